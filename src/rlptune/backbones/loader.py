@@ -1,0 +1,249 @@
+"""Load a CLIP from any of the places users keep one, always through open_clip's own model classes.
+
+Backbone specs (one string, as on the command line):
+
+- ``micro`` — the micro CLIP shipped inside the package (no network, no files).
+- ``ARCH:TAG`` — an open_clip architecture with a pretrained tag (``ViT-B-16:openai``); needs the hub or its cache.
+- ``ARCH:/path/to/weights`` — an open_clip checkpoint file (``.bin``/``.pt``/``.safetensors``) for that architecture.
+- ``/path/to/ViT-B-16.pt`` — an OpenAI CLIP file (TorchScript archive or plain state dict); architecture inferred.
+- ``/path/to/arch.json`` or ``random:ARCH`` — an architecture (open_clip config JSON or name) with random
+  weights, seeded; for tests and benchmarks.
+- ``hf-hub:org/repo`` — open_clip's hub schema.
+
+Third-party files are read with ``torch.load(weights_only=True)`` (or TorchScript), never unrestricted pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RlptuneError
+from .base import Backbone, weights_hash
+
+MICRO_NAME = "micro"
+
+
+def _open_clip():
+    import open_clip
+
+    return open_clip
+
+
+def _default_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _model_cfg_image_size(cfg: dict[str, Any]) -> int:
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def read_arch_json(path: str | Path) -> dict[str, Any]:
+    """An open_clip model config (``{"embed_dim", "vision_cfg", "text_cfg"}``), or a file that wraps one."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RlptuneError(f"{path}: architecture JSON not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RlptuneError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(cfg, dict) and "model_cfg" in cfg:
+        cfg = cfg["model_cfg"]
+    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        raise RlptuneError(f"{path}: expected an open_clip model config with embed_dim, vision_cfg and text_cfg")
+    return cfg
+
+
+def build_clip(cfg: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate open_clip's own CLIP / CustomTextCLIP class from an architecture dict."""
+    oc = _open_clip()
+    cfg = dict(cfg)
+    custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    cls = oc.model.CustomTextCLIP if custom else oc.model.CLIP
+    try:
+        return cls(**cfg)
+    except TypeError as exc:
+        raise RlptuneError(f"architecture config has an unexpected field: {exc}") from None
+
+
+def _tokenizer_for_cfg(cfg: dict[str, Any]):
+    oc = _open_clip()
+    ctx = int(cfg.get("text_cfg", {}).get("context_length", 77))
+    return oc.tokenizer.SimpleTokenizer(context_length=ctx)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.split("/")[1:2] == ["code"] or name.endswith("/constants.pkl") for name in zf.namelist())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, loaded safely: safetensors, TorchScript, or ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RlptuneError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise RlptuneError(f"{path}: checkpoint file is empty")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                state.pop(key, None)
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except RlptuneError:
+        raise
+    except Exception as exc:  # pickle refusals, truncated zips, wrong formats
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RlptuneError(f"{path}: not a loadable weights-only checkpoint ({first[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RlptuneError(f"{path}: expected a state dict of tensors")
+    if next(iter(state)).startswith("module."):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _looks_openai(state: dict[str, torch.Tensor]) -> bool:
+    return "text_projection" in state and ("visual.proj" in state or "visual.layer1.0.conv1.weight" in state)
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    oc = _open_clip()
+    state = oc.factory.convert_state_dict(model, state) if hasattr(oc.factory, "convert_state_dict") else state
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = oc.model.convert_to_custom_text_state_dict(state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise RlptuneError(
+            f"{source}: weights do not match the architecture "
+            f"({len(missing)} missing e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise RlptuneError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
+    model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}, strict=True)
+
+
+def _finish(model, tokenizer, arch: str, spec: str, image_size: int, mean, std, device: str, precision: str) -> Backbone:
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
+    model = model.float().eval()
+    identity = f"{arch}@sha256:{weights_hash(model)[:16]}"
+    model.to(device)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        arch=arch,
+        identity=identity,
+        image_size=int(image_size),
+        image_mean=tuple(float(m) for m in mean),
+        image_std=tuple(float(s) for s in std),
+        spec=spec,
+        precision=precision,
+    )
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean") or getattr(model.visual, "image_mean", None) or OPENAI_MEAN
+    std = cfg.get("std") or getattr(model.visual, "image_std", None) or OPENAI_STD
+    return tuple(mean), tuple(std)
+
+
+def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
+    """Load a CLIP by spec (see module docstring) and return it with tokenizer, transforms settings and identity."""
+    device = _default_device(device)
+    spec = str(spec).strip()
+    if not spec:
+        raise RlptuneError("backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file or an arch .json")
+    oc = _open_clip()
+
+    if spec == MICRO_NAME:
+        from ..micro import shipped
+
+        cfg, state = shipped.micro_config(), shipped.micro_state_dict()
+        model = build_clip(cfg)
+        _load_into(model, state, "micro")
+        return _finish(model, _tokenizer_for_cfg(cfg), "micro", spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision)
+
+    if spec.startswith("random:") or spec.endswith(".json"):
+        target = spec[len("random:"):] if spec.startswith("random:") else spec
+        if target.endswith(".json") or os.path.sep in target:
+            cfg = read_arch_json(target)
+            arch = Path(target).stem
+        else:
+            cfg = oc.factory.get_model_config(target)
+            if cfg is None:
+                raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {target!r}")
+            arch = target
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_clip(cfg)
+        return _finish(model, _tokenizer_for_cfg(cfg), arch, spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision)
+
+    if os.path.isfile(spec):
+        state = read_state_dict(spec)
+        if not _looks_openai(state):
+            raise RlptuneError(
+                f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})"
+            )
+        try:
+            model = oc.model.build_model_from_openai_state_dict(state, cast_dtype=torch.float32)
+        except Exception as exc:
+            raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
+        size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+        tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
+        arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
+        return _finish(model, tok, arch, spec, size, OPENAI_MEAN, OPENAI_STD, device, precision)
+
+    if spec.startswith("hf-hub:") or ":" in spec:
+        if spec.startswith("hf-hub:"):
+            arch, pretrained = spec, None
+        else:
+            arch, pretrained = spec.split(":", 1)
+        if pretrained and (os.path.sep in pretrained or os.path.isfile(pretrained)):
+            cfg = oc.factory.get_model_config(arch)
+            if cfg is None:
+                raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {arch!r}")
+            model = build_clip(cfg)
+            _load_into(model, read_state_dict(pretrained), pretrained)
+            mean, std = OPENAI_MEAN, OPENAI_STD
+            return _finish(model, oc.get_tokenizer(arch), arch, spec, _model_cfg_image_size(cfg), mean, std, device, precision)
+        try:
+            model, _, _ = oc.create_model_and_transforms(arch, pretrained=pretrained, device="cpu")
+        except Exception as exc:  # no network, unknown tag
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RlptuneError(f"backbone {spec!r}: open_clip could not load it ({first[:200]})") from None
+        mean, std = _mean_std(model)
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        return _finish(model, oc.get_tokenizer(arch), arch, spec, size, mean, std, device, precision)
+
+    if spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise RlptuneError(f"{spec}: checkpoint file not found")
+    raise RlptuneError(
+        f"backbone {spec!r}: names no weights; use 'micro', ARCH:TAG (e.g. ViT-B-16:openai), ARCH:/path/to/weights, "
+        f"an OpenAI .pt file, an architecture .json, or random:ARCH"
+    )

@@ -1,0 +1,325 @@
+"""Settings as typed dataclasses, filled from defaults, a method preset, a YAML file and command-line overrides.
+
+Every field carries help text and is validated, so a mistyped key fails with a message naming the field and the
+valid ones. The same dataclasses generate the command-line flags (``--n-ctx``, ``--lr`` …), so YAML keys and flags
+map onto each other 1:1; any field can also be set as ``--set section.field=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import RlptuneError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **kw: Any):
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class BackboneSettings:
+    name: str = _f("micro", "backbone spec: micro | ARCH:TAG | ARCH:/path/weights | /path/openai.pt | arch.json | random:ARCH", flag="backbone")
+    device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
+    precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; prompt parameters stay fp32)", choices=("fp32", "bf16", "fp16"))
+
+
+@dataclass
+class DataSettings:
+    dataset: str = _f("folder", "dataset name (folder, csv, split-json, a CoOp dataset such as eurosat, or micro-*)")
+    root: Optional[str] = _f(None, "dataset root folder (or file for csv / split-json)", flag="data-root")
+    shots: int = _f(16, "images per class drawn for training (0 = all)")
+    split_seed: int = _f(0, "seed of the train/val/test split of a plain image folder")
+    subsample: str = _f("all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new"))
+    image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
+
+
+@dataclass
+class PromptSettings:
+    kind: str = _f("full", "prompt parameterisation: full (CoOp) | lowrank (RLP)", flag="prompt", choices=("full", "lowrank"))
+    n_ctx: int = _f(16, "number of context tokens (ignored when ctx_init is set: its token count is used)")
+    ctx_init: Optional[str] = _f(None, "initialise the context from this text, e.g. 'a photo of a'")
+    init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset")
+    rank: int = _f(1, "rank r of the low-rank update P_A @ P_B (lowrank only)")
+    dropout: float = _f(0.0, "dropout on the low-rank update during training (lowrank only)")
+    a_std: float = _f(1.0, "std of P_A's Gaussian init (lowrank only)")
+    b_std: float = _f(0.0, "std of P_B's Gaussian init (lowrank only; 0 starts exactly at P_fr)")
+    alpha: Optional[float] = _f(None, "LoRA-style scale: the update is multiplied by alpha / rank (unset = 1)")
+
+    def validate(self) -> None:
+        if self.n_ctx < 1:
+            raise RlptuneError(f"prompt.n_ctx must be >= 1, got {self.n_ctx}")
+        if self.rank < 1:
+            raise RlptuneError(f"prompt.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RlptuneError(f"prompt.dropout must be in [0, 1), got {self.dropout}")
+        if self.a_std < 0 or self.b_std < 0 or self.init_std < 0:
+            raise RlptuneError("prompt.a_std, prompt.b_std and prompt.init_std must be >= 0")
+
+
+@dataclass
+class MethodSettings:
+    name: str = _f("coop", "method: zeroshot | coop | rlp | … (see `rlptune methods`)", flag="method")
+    templates: list = _f(["a photo of a {}."], "zero-shot templates ({} = class name); several = ensemble", flag="template")
+    use_dataset_template: bool = _f(False, "zero-shot: use the dataset's hand-crafted template instead")
+    class_specific: bool = _f(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", flag="csc")
+    class_token_position: str = _f("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"))
+    text_chunk: int = _f(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory")
+    checkpoint_text: bool = _f(False, "activation checkpointing in the text tower (less memory, more compute)")
+    options: dict = _f({}, "method-specific options (see the method's config class)")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = _f(10, "training epochs (0 = no training: the initial prompt)")
+    batch_size: int = _f(32, "images per step (global, over all processes)")
+    optimizer: str = _f("sgd", "sgd (momentum) | adamw", choices=("sgd", "adamw"))
+    lr: float = _f(0.002, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(5e-4, "weight decay")
+    scheduler: str = _f("cosine", "cosine | constant (per epoch, as in CoOp)", choices=("cosine", "constant"))
+    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule")
+    warmup_lr: float = _f(1e-5, "warm-up learning rate")
+    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling and dropout")
+    aug_views: int = _f(4, "augmented views per training image for the feature cache (0 = centre crop only)")
+    checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
+    num_workers: int = _f(0, "image-loading worker processes")
+    cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
+    log_diagnostics: bool = _f(True, "log prompt singular values / information density per epoch")
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise RlptuneError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise RlptuneError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise RlptuneError(f"train.lr must be > 0, got {self.lr}")
+        if self.aug_views < 0:
+            raise RlptuneError(f"train.aug_views must be >= 0, got {self.aug_views}")
+
+
+@dataclass
+class EvalSettings:
+    batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size")
+    top_k: int = _f(5, "top-k labels written by predict")
+
+
+@dataclass
+class RunConfig:
+    backbone: BackboneSettings = field(default_factory=BackboneSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def validate(self) -> "RunConfig":
+        self.prompt.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to the field's type, or fail naming the field."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise RlptuneError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise RlptuneError(f"{where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise RlptuneError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise RlptuneError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise RlptuneError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise RlptuneError(f"{where}: expected a string, got {type(value).__name__}")
+        return str(value)
+    if annotation is list or origin is list:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, (list, tuple)):
+            raise RlptuneError(f"{where}: expected a list, got {value!r}")
+        return [str(v) if not isinstance(v, (int, float)) else v for v in value]
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise RlptuneError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _unknown(key: str, valid: list[str], where: str) -> RlptuneError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return RlptuneError(f"{where}: unknown field {key!r}{hint}; valid fields: {', '.join(valid)}")
+
+
+def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
+    """Merge a nested mapping (``{section: {field: value}}``) into ``config``, validating every key and type."""
+    if data is None:
+        return config
+    if not isinstance(data, dict):
+        raise RlptuneError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    classes = _section_classes()
+    for section, values in data.items():
+        if section not in classes:
+            raise _unknown(str(section), list(classes), source)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise RlptuneError(f"{source}: section {section!r} must be a mapping of fields, got {type(values).__name__}")
+        target = getattr(config, section)
+        hints = typing.get_type_hints(classes[section])
+        valid = [f.name for f in fields(classes[section])]
+        for key, value in values.items():
+            if key not in hints:
+                raise _unknown(str(key), valid, f"{source}: {section}")
+            set_field(target, section, key, value, source)
+    return config
+
+
+def set_field(target: Any, section: str, key: str, value: Any, source: str) -> None:
+    hints = typing.get_type_hints(type(target))
+    where = f"{source}: {section}.{key}"
+    coerced = _coerce(value, hints[key], where)
+    choices = next(f.metadata.get("choices") for f in fields(type(target)) if f.name == key)
+    if choices and coerced not in choices:
+        raise RlptuneError(f"{where}: expected one of {', '.join(choices)}, got {coerced!r}")
+    setattr(target, key, coerced)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RlptuneError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RlptuneError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RlptuneError(f"{path}: not valid YAML{pos}") from None
+    return data or {}
+
+
+def preset_path(name: str) -> Path | None:
+    """A shipped named config (``configs/<name>.yaml``), if one exists."""
+    path = PRESET_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config(
+    config_file: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults → the method's preset → ``base`` → YAML file (or named preset) → overrides; then validate.
+
+    The method's preset (``configs/<method>.yaml``) holds a method's paper defaults, so ``--method rlp`` alone
+    gives RLP's settings; anything given explicitly wins over it.
+    """
+    overrides = overrides or {}
+    file_data: dict[str, Any] = {}
+    if config_file:
+        path = preset_path(config_file) if not Path(config_file).exists() else None
+        file_data = load_yaml(path or config_file)
+    method = (
+        (overrides.get("method") or {}).get("name")
+        or ((file_data.get("method") or {}) if isinstance(file_data, dict) else {}).get("name")
+        or ((base or {}).get("method") or {}).get("name")
+        or MethodSettings().name
+    )
+    config = RunConfig()
+    preset = preset_path(str(method))
+    if preset is not None:
+        apply_mapping(config, load_yaml(preset), str(preset))
+    apply_mapping(config, base, "settings")
+    apply_mapping(config, file_data, str(config_file))
+    apply_mapping(config, overrides, "command line")
+    return config.validate()
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Rebuild a resolved config (e.g. a run directory's config.yaml) exactly, without applying presets."""
+    return apply_mapping(RunConfig(), data, source).validate()
+
+
+def flag_table() -> dict[str, tuple[str, str, dataclasses.Field]]:
+    """Command-line flag -> (section, field, dataclass field) for every setting; flags are unique."""
+    table: dict[str, tuple[str, str, dataclasses.Field]] = {}
+    for section, cls in _section_classes().items():
+        for f in fields(cls):
+            flag = f.metadata.get("flag") or f.name.replace("_", "-")
+            if flag in table:
+                raise RuntimeError(f"duplicate flag --{flag} for {section}.{f.name} and {table[flag][0]}.{table[flag][1]}")
+            table[flag] = (section, f.name, f)
+    return table
+
+
+def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.field=value`` strings → nested overrides (values parsed as YAML scalars/lists)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in assignments:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise RlptuneError(f"--set {item!r}: expected section.field=value, e.g. prompt.rank=2")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        if section == "method" and name.startswith("options."):
+            out.setdefault("method", {}).setdefault("options", {})[name[len("options."):]] = value
+            continue
+        out.setdefault(section, {})[name] = value
+    return out

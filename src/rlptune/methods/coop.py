@@ -1,0 +1,62 @@
+"""CoOp: a learned context in front of every class name, cross-entropy on the class logits.
+
+The context's parameterisation is a setting (``prompt.kind``): full-rank is CoOp as published; ``lowrank`` is RLP
+on CoOp's placement. ``rlp`` is registered as its own name with RLP's defaults (configs/rlp.yaml); it is the same
+module, not a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import RlptuneError
+from ..prompts import build_prompt
+from ..text import PromptedClassText, text_embeddings
+from .base import Method, register_method
+
+
+def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
+    """The starting context (…, n, d): text embeddings of ``prompt.ctx_init`` or CoOp's N(0, init_std²)."""
+    settings = config.prompt
+    width = backbone.text.width
+    if settings.ctx_init:
+        init = text_embeddings(backbone, settings.ctx_init)
+        init = init.expand(*shape_lead, *init.shape).clone() if shape_lead else init
+        return init, True
+    return torch.randn(*shape_lead, settings.n_ctx, width) * settings.init_std, False
+
+
+@register_method("coop")
+class CoOp(Method):
+    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(config, backbone, classnames, dataset_template)
+        lead = (len(classnames),) if config.method.class_specific else ()
+        init, from_text = initial_context(config, backbone, lead)
+        self.n_ctx = int(init.shape[-2])
+        self.prompt = build_prompt(config.prompt, init, from_text)
+        self.text = self._make_text(classnames)
+
+    def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
+        m = self.config.method
+        return PromptedClassText(
+            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text
+        ).to(self.backbone.device)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        if self.config.method.class_specific and len(classnames) != self.prompt.shape[0]:
+            raise RlptuneError("a class-specific context (method.class_specific) cannot be applied to other classes")
+        super().set_classnames(classnames)
+        self.text = self._make_text(classnames)
+
+    def class_features(self) -> torch.Tensor:
+        return F.normalize(self.text(self.prompt()), dim=-1)
+
+    def prompt_matrices(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {"ctx": (self.prompt.merged(), self.prompt.initial.detach().clone())}
+
+
+# RLP on CoOp's placement: the same module; configs/rlp.yaml switches prompt.kind to lowrank with RLP's defaults.
+register_method("rlp")(type("RLP", (CoOp,), {"__doc__": "CoOp placement with the low-rank RLP prompt (configs/rlp.yaml)."}))

@@ -1,0 +1,20 @@
+"""Full-rank prompt (CoOp): the context vectors themselves are the trainable parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PromptModule
+
+
+class FullRankPrompt(PromptModule):
+    """P is an (…, n, d) parameter: n·d trainable numbers per prompt (8,192 for n=16, d=512)."""
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.ctx = nn.Parameter(init.detach().clone().float())
+        self.register_buffer("initial", init.detach().clone().float(), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.ctx

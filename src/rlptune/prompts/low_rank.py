@@ -1,0 +1,49 @@
+"""RLP: the re-parameterised low-rank prompt ``P = P_fr + Dropout(s · P_A @ P_B)``.
+
+``P_fr`` (frozen, e.g. the word embeddings of "a photo of a") holds the prior; only ``P_A`` (n×r) and ``P_B``
+(r×d) train: r·(n + d) numbers (516 for n=4, r=1, d=512). Dropout acts on the low-rank update during training
+only; :meth:`merged` folds the branch into one plain prompt, so inference costs nothing extra.
+
+Initialisation (measured, see docs/RLP.md): a product of two factors has gradients that scale with the *other*
+factor (∂L/∂A = s·G·Bᵀ, ∂L/∂B = s·Aᵀ·G), so two tiny Gaussian factors barely move under SGD at CoOp's learning
+rate. The default is the LoRA arrangement: ``P_A ~ N(0, a_std²)`` with a_std = 1 and ``P_B = 0`` (b_std = 0),
+so training starts exactly at ``P_fr`` (the zero-shot prompt) while ∂L/∂B = s·Aᵀ·G is as large as a full-rank
+gradient projected on A's direction. ``alpha`` gives the optional LoRA scale s = alpha / r.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PromptModule
+
+
+class LowRankPrompt(PromptModule):
+    def __init__(
+        self,
+        frozen: torch.Tensor,
+        rank: int = 1,
+        dropout: float = 0.0,
+        a_std: float = 1.0,
+        b_std: float = 0.0,
+        alpha: float | None = None,
+    ) -> None:
+        super().__init__()
+        *lead, n, d = frozen.shape
+        self.rank = int(rank)
+        self.scale = float(alpha) / self.rank if alpha is not None else 1.0
+        self.register_buffer("frozen", frozen.detach().clone().float(), persistent=False)
+        self.register_buffer("initial", frozen.detach().clone().float(), persistent=False)
+        self.A = nn.Parameter(torch.randn(*lead, n, self.rank) * a_std)
+        self.B = nn.Parameter(torch.randn(*lead, self.rank, d) * b_std)
+        self.dropout = nn.Dropout(dropout)
+        with torch.no_grad():  # the true starting point (non-zero when both factors start random)
+            self.initial.add_(self.scale * (self.A @ self.B))
+
+    def update(self) -> torch.Tensor:
+        """The low-rank update s · P_A @ P_B, before dropout."""
+        return self.scale * (self.A @ self.B)
+
+    def forward(self) -> torch.Tensor:
+        return self.frozen + self.dropout(self.update())

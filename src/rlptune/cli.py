@@ -51,8 +51,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     return resolve_config(getattr(args, "config", None), _overrides(args), base=base)
 
 
-def _print_metrics(title: str, metrics: dict, out=sys.stdout) -> None:
-    print(f"{title}: top-1 {metrics['top1']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  (n={metrics['n']})", file=out)
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(f"{title}: top-1 {metrics['top1']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  (n={metrics['n']})")
 
 
 # -- commands ------------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> RlptuneError:
-    close = difflib.get_close_matches(key, valid, n=1)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return RlptuneError(f"{where}: unknown field {key!r}{hint}; valid fields: {', '.join(valid)}")
 

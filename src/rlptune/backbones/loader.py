@@ -4,7 +4,8 @@ Backbone specs (one string, as on the command line):
 
 - ``micro`` — the micro CLIP shipped inside the package (no network, no files).
 - ``ARCH:TAG`` — an open_clip architecture with a pretrained tag (``ViT-B-16:openai``); needs the hub or its cache.
-- ``ARCH:/path/to/weights`` — an open_clip checkpoint file (``.bin``/``.pt``/``.safetensors``) for that architecture.
+- ``ARCH:/path/to/weights`` — an open_clip checkpoint file (``.bin``/``.pt``/``.safetensors``) for that architecture
+  (ARCH is an open_clip name or an architecture ``.json``).
 - ``/path/to/ViT-B-16.pt`` — an OpenAI CLIP file (TorchScript archive or plain state dict); architecture inferred.
 - ``/path/to/arch.json`` or ``random:ARCH`` — an architecture (open_clip config JSON or name) with random
   weights, seeded; for tests and benchmarks.
@@ -101,8 +102,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         elif _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
-                state.pop(key, None)
+            for key in [k for k in state if k in ("input_resolution", "context_length", "vocab_size") or k.endswith("attn_mask")]:
+                state.pop(key)  # scripted archives carry these non-weight buffers
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except RlptuneError:
@@ -210,9 +211,11 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed:
                 f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})"
             )
         try:
-            model = oc.model.build_model_from_openai_state_dict(state, cast_dtype=torch.float32)
+            # open_clip infers the architecture, but rounds weights through fp16 while loading: reload in fp32
+            model = oc.model.build_model_from_openai_state_dict(dict(state), cast_dtype=torch.float32).float()
         except Exception as exc:
             raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
+        _load_into(model, state, spec)
         size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
         tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
         arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
@@ -224,13 +227,17 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed:
         else:
             arch, pretrained = spec.split(":", 1)
         if pretrained and (os.path.sep in pretrained or os.path.isfile(pretrained)):
-            cfg = oc.factory.get_model_config(arch)
+            if arch.endswith(".json"):
+                cfg, arch_name = read_arch_json(arch), Path(arch).stem
+            else:
+                cfg, arch_name = oc.factory.get_model_config(arch), arch
             if cfg is None:
                 raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {arch!r}")
             model = build_clip(cfg)
             _load_into(model, read_state_dict(pretrained), pretrained)
-            mean, std = OPENAI_MEAN, OPENAI_STD
-            return _finish(model, oc.get_tokenizer(arch), arch, spec, _model_cfg_image_size(cfg), mean, std, device, precision)
+            return _finish(
+                model, _tokenizer_for_cfg(cfg), arch_name, spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision
+            )
         try:
             model, _, _ = oc.create_model_and_transforms(arch, pretrained=pretrained, device="cpu")
         except Exception as exc:  # no network, unknown tag

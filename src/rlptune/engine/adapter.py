@@ -100,7 +100,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     except Exception as exc:
         raise RlptuneError(f"{model_path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
     method.load_trainable_state(state, str(model_path))
-    return method
+    return method.eval()
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------

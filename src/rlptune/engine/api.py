@@ -39,10 +39,11 @@ def seed_everything(seed: int) -> None:
 def prepare_dataset(config, few_shot_cache: str | Path | None = None) -> DatasetSplits:
     """Load the configured dataset, draw the few-shot training set (CoOp's algorithm) and pick base/new classes."""
     from ..data import load_dataset
-    from ..data.fewshot import generate_few_shot, subsample_classes
+    from ..data.fewshot import fewshot_splits, subsample_classes
 
     d = config.data
-    splits = load_dataset(d.dataset, d.root, split_seed=d.split_seed)
+    options = {"seed": d.split_seed} if d.dataset.lower() in ("folder", "imagefolder", "image-folder", "csv") else {}
+    splits = load_dataset(d.dataset, d.root, **options)
     if d.image_policy == "skip":
         from ..data.images import check_images
 
@@ -50,7 +51,7 @@ def prepare_dataset(config, few_shot_cache: str | Path | None = None) -> Dataset
         if skipped:
             print(f"skipped {len(skipped)} unreadable images (data.image_policy=skip)", file=sys.stderr)
     if d.shots and d.shots > 0:
-        splits = generate_few_shot(splits, d.shots, config.train.seed, cache_path=few_shot_cache)
+        splits = fewshot_splits(splits, d.shots, config.train.seed, cache_path=few_shot_cache)
     if d.subsample != "all":
         splits = subsample_classes(splits, d.subsample)
     return splits

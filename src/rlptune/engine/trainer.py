@@ -112,8 +112,10 @@ class Trainer:
         if not self.splits.train:
             raise RlptuneError(f"dataset {self.splits.name!r}: the training split is empty")
         labels = torch.tensor([it.label for it in self.splits.train])
-        params = [p for p in method.parameters() if p.requires_grad]
         state = TrainState()
+        if hasattr(method, "fit_custom"):  # closed-form / non-gradient methods (e.g. the linear probe)
+            return method.fit_custom(self, state)
+        params = [p for p in method.parameters() if p.requires_grad]
         if settings.epochs == 0 or not params:
             return state
         optimizer = make_optimizer(params, settings)

@@ -1,0 +1,146 @@
+"""Training learns, is deterministic, resumes exactly; adapters round-trip and refuse other backbones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlptune.backbones import load_backbone
+from rlptune.config import resolve_config
+from rlptune.data import load_dataset
+from rlptune.engine import adapter as adapter_mod
+from rlptune.engine import learning_rate, load_adapter, train
+from rlptune.engine.features import FeatureCache
+from rlptune.errors import RlptuneError
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_arch_path):
+    return load_backbone(str(tiny_arch_path), device="cpu")
+
+
+def _config(colour_folder, tmp_path, **sections):
+    overrides = {
+        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 8},
+        "train": {"epochs": 6, "aug_views": 1, "cache_dir": str(tmp_path / "cache")},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return resolve_config(None, overrides)
+
+
+def test_learning_happens_on_held_out_images(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, method={"name": "coop", "class_specific": True}, data={"shots": 0}, train={"epochs": 20, "lr": 0.05, "batch_size": 16})
+    result = train(config, tmp_path / "run", backbone=tiny, progress=False)
+    zero = train(_config(colour_folder, tmp_path, method={"name": "zeroshot"}), tmp_path / "zs", backbone=tiny, progress=False)
+    assert result["metrics"]["test"]["top1"] >= 75.0  # 4 classes: chance is 25%
+    assert result["metrics"]["test"]["top1"] > zero["metrics"]["test"]["top1"] + 25
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == list(range(1, 21))
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+
+def test_same_seed_same_result_and_adapter_files(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, prompt={"dropout": 0.3})
+    a = train(config, tmp_path / "a", backbone=tiny, progress=False)
+    b = train(config, tmp_path / "b", backbone=tiny, progress=False)
+    assert a["metrics"] == b["metrics"]
+    bytes_a = (tmp_path / "a" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert bytes_a == (tmp_path / "b" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert len(bytes_a) < 4096  # 4 + 32 numbers on the 32-wide test tower
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny, colour_folder, tmp_path, monkeypatch):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, prompt={"dropout": 0.2}, train={"optimizer": "adamw", "lr": 0.01})
+    train(config, tmp_path / "full", backbone=tiny, progress=False)
+
+    real_save = adapter_mod.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed right after the epoch-3 checkpoint
+
+    import rlptune.engine.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", backbone=tiny, progress=False)
+    assert not (tmp_path / "killed" / "result.json").exists()
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    train(config, tmp_path / "killed", backbone=tiny, resume=True, progress=False)
+    full = (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes()
+    resumed = (tmp_path / "killed" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert full == resumed
+    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+def test_adapter_round_trip_gives_identical_logits(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 3, "lr": 0.05})
+    train(config, tmp_path / "run", backbone=tiny, progress=False)
+    splits = load_dataset("folder", colour_folder)
+    feats = FeatureCache(tmp_path / "cache").get_or_encode(tiny, splits, splits.test)
+    method = load_adapter(tmp_path / "run" / "adapter", tiny)
+    with torch.no_grad():
+        unmerged = method.logits(feats)
+        merged = method.merge().logits(feats)
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    acc = 100.0 * float((merged.argmax(-1) == torch.tensor([i.label for i in splits.test])).float().mean())
+    assert abs(acc - saved["metrics"]["test"]["top1"]) < 1e-9
+    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["backbone"]["identity"] == tiny.identity and cfg["trainable_params"] == 4 + 32
+
+
+def test_adapter_on_another_backbone_names_both(tiny, colour_folder, tmp_path, tiny_arch_path):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 0})
+    train(config, tmp_path / "run", backbone=tiny, progress=False)
+    other = load_backbone(f"random:{tiny_arch_path}", seed=5)
+    with pytest.raises(RlptuneError) as info:
+        load_adapter(tmp_path / "run" / "adapter", other)
+    assert tiny.identity in str(info.value) and other.identity in str(info.value)
+
+
+def test_corrupt_adapter_and_checkpoint_are_clear_errors(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 1})
+    train(config, tmp_path / "run", backbone=tiny, progress=False)
+    (tmp_path / "run" / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RlptuneError, match="adapter_model.safetensors: not a safetensors file"):
+        load_adapter(tmp_path / "run" / "adapter", tiny)
+    (tmp_path / "run" / "checkpoint" / "last.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(RlptuneError, match="last.safetensors: not an rlptune checkpoint"):
+        train(config, tmp_path / "run", backbone=tiny, resume=True, progress=False)
+
+
+def test_resume_with_other_settings_is_refused(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 2})
+    train(config, tmp_path / "run", backbone=tiny, progress=False)
+    other = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 2, "lr": 0.5})
+    with pytest.raises(RlptuneError, match="other settings"):
+        train(other, tmp_path / "run", backbone=tiny, resume=True, progress=False)
+
+
+def test_coop_schedule():
+    config = resolve_config(None, {"train": {"epochs": 10, "lr": 0.002}})
+    lrs = [learning_rate(config.train, e) for e in range(10)]
+    assert lrs[0] == 1e-5
+    assert lrs[1] == pytest.approx(0.5 * 0.002 * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()))
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_feature_cache_hits_and_invalidates(tiny, colour_folder, tmp_path):
+    splits = load_dataset("folder", colour_folder)
+    cache = FeatureCache(tmp_path / "c")
+    first = cache.get_or_encode(tiny, splits, splits.test)
+    again = cache.get_or_encode(tiny, splits, splits.test)
+    assert torch.equal(first, again) and (cache.hits, cache.misses) == (1, 1)
+    cache.get_or_encode(tiny, splits, splits.test, view=1)  # another view is another entry
+    cache.get_or_encode(tiny, splits, splits.test[:-1])  # another item list too
+    assert cache.misses == 3
+    assert not list((tmp_path / "c").rglob("*.pkl"))

@@ -1,0 +1,285 @@
+"""Shared pieces of the loaders: reading small text/JSON files, turning checked entries into
+:class:`DatasetSplits`, a seeded stratified split, and listing image files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from ..errors import RlptuneError
+from .items import DatasetSplits, Item
+from .paths import PathChecker, normalize_rel
+
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_TEMPLATE = "a photo of a {}."
+DEFAULT_FRACTIONS = (0.5, 0.2, 0.3)
+
+#: File name endings treated as images when rlptune lists a folder itself.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+
+# One entry as the loaders pass it around: (relative path, label, class name, where it came from).
+Entry = tuple[str, int, str, str]
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RlptuneError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise RlptuneError(f"{path}: expected a {what}, found a folder") from None
+    except OSError as exc:
+        raise RlptuneError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RlptuneError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file") -> object:
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RlptuneError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise RlptuneError(f"{path}: JSON nested too deeply") from None
+
+
+def check_entry(raw: object, source: str | os.PathLike, where: str) -> tuple[str, int, str]:
+    """Check one ``[relative path, label, class name]`` entry's types (not yet the path's safety)."""
+    if not isinstance(raw, (list, tuple)) or len(raw) != 3:
+        shown = _short(raw)
+        raise RlptuneError(f"{source}: {where}: expected [relative path, label, class name], got {shown}")
+    path, label, classname = raw
+    if not isinstance(path, str):
+        raise RlptuneError(f"{source}: {where}: image path must be a string, got {_short(path)}")
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise RlptuneError(f"{source}: {where}: label must be an integer, got {_short(label)}")
+    if label < 0:
+        raise RlptuneError(f"{source}: {where}: label must be >= 0, got {label}")
+    if not isinstance(classname, str) or not classname.strip():
+        raise RlptuneError(f"{source}: {where}: class name must be a non-empty string, got {_short(classname)}")
+    return path, label, classname
+
+
+def _short(value: object, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def build_splits(
+    entries: Mapping[str, Sequence[Entry]],
+    *,
+    name: str,
+    root: str | os.PathLike,
+    source: str | os.PathLike,
+    template: str = DEFAULT_TEMPLATE,
+    check_paths: bool = True,
+    check_files: bool = True,
+    classnames: Sequence[str] | None = None,
+    unique_names: bool = True,
+) -> DatasetSplits:
+    """Turn per-split entries into validated :class:`DatasetSplits`.
+
+    Checks that every label maps to one class name and every class name to one label, that labels run
+    ``0..n-1`` without gaps, that every path stays inside ``root`` (``check_paths``) and that every listed image
+    exists (``check_files``; one error summarises all missing files). ``classnames`` fixes the class list when the
+    caller knows it (every class must still have at least one image). ``unique_names=False`` allows two labels
+    to share a class name (ImageNet's list has such pairs in some versions).
+    """
+    label_name: dict[int, tuple[str, str]] = {}
+    name_label: dict[str, tuple[int, str]] = {}
+    total = 0
+    for split in SPLIT_NAMES:
+        for _path, label, cname, where in entries.get(split, ()):
+            total += 1
+            seen = label_name.get(label)
+            if seen is None:
+                label_name[label] = (cname, where)
+            elif seen[0] != cname:
+                raise RlptuneError(
+                    f"{source}: {where}: label {label} has class name {cname!r} but {seen[1]} gave it {seen[0]!r}"
+                )
+            other = name_label.get(cname)
+            if other is None or not unique_names:
+                name_label[cname] = (label, where)
+            elif other[0] != label:
+                raise RlptuneError(
+                    f"{source}: {where}: class name {cname!r} has label {label} but {other[1]} gave it label "
+                    f"{other[0]}"
+                )
+    if total == 0:
+        raise RlptuneError(f"{source}: no images listed (train, val and test are all empty)")
+    if classnames is not None:
+        classnames = list(classnames)
+        for label, (cname, where) in label_name.items():
+            if label >= len(classnames) or classnames[label] != cname:
+                raise RlptuneError(f"{source}: {where}: label {label} / class {cname!r} is not in the class list")
+        missing = [c for i, c in enumerate(classnames) if i not in label_name]
+        if missing:
+            raise RlptuneError(f"{source}: class {missing[0]!r} has no images ({len(missing)} such classes)")
+    else:
+        n = max(label_name) + 1
+        if len(label_name) != n:
+            gap = next(i for i in range(n) if i not in label_name)
+            raise RlptuneError(
+                f"{source}: label {gap} has no images; labels must run 0..{len(label_name) - 1} without gaps "
+                f"(largest label found: {n - 1})"
+            )
+        classnames = [label_name[i][0] for i in range(n)]
+
+    checker = PathChecker(root, source) if (check_paths or check_files) else None
+    out: dict[str, list[Item]] = {}
+    missing_files: list[tuple[str, str]] = []
+    for split in SPLIT_NAMES:
+        items = []
+        for path, label, cname, where in entries.get(split, ()):
+            if checker is not None:
+                path, exists = checker.check(path, where)
+                if check_files and not exists:
+                    missing_files.append((where, path))
+            else:
+                path = normalize_rel(path, source, where)
+            items.append(Item(path, label, cname))
+        out[split] = items
+    if missing_files:
+        where, path = missing_files[0]
+        raise RlptuneError(
+            f"{source}: {len(missing_files)} of {total} listed images are missing under {root}, first at "
+            f"{where}: {path!r}"
+        )
+    splits = DatasetSplits(name=name, root=Path(root), classnames=classnames, template=template, **out)
+    return splits.validate(source)
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        ft, fv, fs = (float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise RlptuneError(
+            f"split fractions {fractions!r}: expected three numbers (train, val, test) that sum to 1"
+        ) from None
+    if min(ft, fv, fs) < 0 or ft <= 0 or abs(ft + fv + fs - 1.0) > 1e-6:
+        raise RlptuneError(
+            f"split fractions {fractions!r}: expected (train, val, test) >= 0 with train > 0, summing to 1"
+        )
+    return ft, fv, fs
+
+
+def stratified_split(
+    groups: Iterable[tuple[int, Sequence[str]]], fractions: Sequence[float], seed: int
+) -> dict[str, list[tuple[str, int]]]:
+    """Split each class's paths into train/val/test with one seeded RNG, class by class in the order given.
+
+    Per class (as the CoOp toolkit splits DTD): sort the paths, shuffle them, take ``round(n * train)`` for train
+    (at least one), then ``round(n * val)`` for val, the rest for test. Deterministic for a seed.
+    """
+    ft, fv, _ = check_fractions(fractions)
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLIT_NAMES}
+    for label, paths in groups:
+        paths = sorted(paths)
+        rng.shuffle(paths)
+        n = len(paths)
+        n_train = max(1, round(n * ft)) if n else 0
+        n_val = min(round(n * fv), n - n_train)
+        out["train"].extend((p, label) for p in paths[:n_train])
+        out["val"].extend((p, label) for p in paths[n_train : n_train + n_val])
+        out["test"].extend((p, label) for p in paths[n_train + n_val :])
+    return out
+
+
+def list_images(folder: Path, base: Path, *, recursive: bool = True) -> list[str]:
+    """Image files under ``folder`` as sorted POSIX paths relative to ``base`` (hidden files skipped)."""
+    found: list[str] = []
+    try:
+        walker = os.walk(folder, onerror=_raise) if recursive else [(str(folder), [], os.listdir(folder))]
+        for dirpath, dirnames, filenames in walker:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in filenames:
+                if fname.startswith(".") or os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
+                    continue
+                full = os.path.join(dirpath, fname)
+                if os.path.isfile(full):
+                    found.append(Path(os.path.relpath(full, base)).as_posix())
+    except OSError as exc:
+        raise RlptuneError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
+    return sorted(found)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def list_subdirs(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise RlptuneError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
+
+
+def read_name_list(path: str | os.PathLike) -> list[str] | dict[int, str]:
+    """A classnames file: ``.json`` (a list of names, or ``{"<int label>": name}``) or text, one name per line."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = read_json_file(path, "classnames file")
+        if isinstance(data, list) and data and all(isinstance(x, str) and x.strip() for x in data):
+            return [x.strip() for x in data]
+        if isinstance(data, dict) and data:
+            out: dict[int, str] = {}
+            for key, value in data.items():
+                try:
+                    index = int(key)
+                except ValueError:
+                    index = -1
+                if index < 0 or not isinstance(value, str) or not value.strip():
+                    raise RlptuneError(
+                        f"{path}: entry {key!r}: expected a non-negative integer key and a non-empty class name"
+                    )
+                out[index] = value.strip()
+            return out
+        raise RlptuneError(f"{path}: expected a JSON list of class names or an object {{label: class name}}")
+    lines = read_text(path, "classnames file").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise RlptuneError(f"{path}: line {number} is empty; expected one class name per line")
+        names.append(line.strip())
+    if not names:
+        raise RlptuneError(f"{path}: classnames file is empty")
+    return names
+
+
+def read_folder_names(path: str | os.PathLike) -> dict[str, str]:
+    """``<folder> <class name>`` per line (ImageNet's ``classnames.txt``) or a JSON object folder -> name."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = read_json_file(path, "classnames file")
+        if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
+            raise RlptuneError(f"{path}: expected a JSON object {{folder name: class name}}")
+        return {str(k): v.strip() for k, v in data.items()}
+    mapping: dict[str, str] = {}
+    for number, line in enumerate(read_text(path, "classnames file").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(" ")
+        if len(parts) < 2 or not " ".join(parts[1:]).strip():
+            raise RlptuneError(f"{path}: line {number}: expected '<folder> <class name>', got {line.strip()!r}")
+        if parts[0] in mapping:
+            raise RlptuneError(f"{path}: line {number}: folder {parts[0]!r} is listed twice")
+        mapping[parts[0]] = " ".join(parts[1:]).strip()
+    if not mapping:
+        raise RlptuneError(f"{path}: classnames file is empty")
+    return mapping

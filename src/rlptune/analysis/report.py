@@ -1,0 +1,723 @@
+"""Reading run folders and writing the results report (``report.md`` + a self-contained ``report.html``).
+
+A run folder, as the engine writes it, holds ``result.json`` and, optionally, ``metrics.jsonl`` (one JSON object per
+epoch). Readers here are tolerant of missing optional keys so that older or partial runs still show up; anything
+that makes a run unreadable raises :class:`~rlptune.errors.RlptuneError` naming the file.
+
+``result.json``::
+
+    {"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "shots": 16, "backbone": "ViT-B/16",
+     "trainable_params": 2048,
+     "metrics": {"base": {"top1": 80.1, "macro_f1": 79.5, "per_class": [...]}, "new": {...}}  # base2new
+              | {"test": {...}},                                                              # other protocols
+     "targets": {"caltech101": {"top1": 93.1}, ...},          # optional: cross-dataset / domain-gen
+     "prompt_diagnostics": {"ctx": {"P": {...}, "delta": {...}}},  # optional: per prompt name (or one {"P", "delta"})
+     "settings": {...}}
+
+``metrics.jsonl``: ``{"epoch", "lr", "loss", "train_acc", "val_acc"?, "diagnostics"?}`` per line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from html import escape
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from rlptune.analysis.spectrum import diagnostics_from_singular_values, primary_diagnostics, prompt_diagnostics_by_name
+from rlptune.analysis.stats import jsonable, paired_comparison, spearman
+from rlptune.analysis.tables import (
+    Table,
+    _infer_protocol,
+    base2new_table,
+    cross_dataset_table,
+    domain_gen_table,
+    few_shot_curves,
+    few_shot_table,
+    harmonic_mean,
+    other_runs_table,
+    normalize_protocol,
+    render_html,
+    render_markdown,
+    write_table,
+)
+from rlptune.errors import RlptuneError
+from rlptune.io import write_json, write_text
+
+__all__ = [
+    "analyze_runs",
+    "collect_runs",
+    "compare_methods",
+    "diagnostics_table",
+    "disambiguate_methods",
+    "read_metrics_jsonl",
+    "read_result",
+    "render_analysis_markdown",
+    "result_to_row",
+    "write_report",
+]
+
+PromptLoader = Callable[[Path], Mapping[str, Any] | None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse one result.json (a run folder or the file itself); a corrupt or non-object file is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RlptuneError(f"{path}: no such result file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RlptuneError(f"{path}: not a readable JSON result ({exc})") from None
+    if not isinstance(data, dict):
+        raise RlptuneError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Epoch records of a metrics.jsonl; a truncated last line (a run killed mid-write) is skipped, others are errors."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RlptuneError(f"{path}: cannot read ({exc})") from None
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RlptuneError(f"{path}:{number}: not a JSON object") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _top1(value: Any) -> float | None:
+    """Accuracy in percent from ``{"top1": ..}`` (or "accuracy"/"acc") or a bare number."""
+    if isinstance(value, Mapping):
+        for key in ("top1", "accuracy", "acc"):
+            if value.get(key) is not None:
+                return float(value[key])
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _f1(value: Any) -> float | None:
+    return float(value["macro_f1"]) if isinstance(value, Mapping) and value.get("macro_f1") is not None else None
+
+
+def result_to_row(result: Mapping[str, Any], source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Flatten a result.json into a table row: base/new/h for base2new, accuracy (+ targets) otherwise, percent.
+
+    Keeps ``settings`` and ``prompt_diagnostics`` (for spectra and custom grouping) and copies the headline
+    diagnostics (``id_k``, ``id_k_delta``, ``effective_rank``, ... of the first prompt) to the top level. Only
+    ``method`` is required; a missing dataset reads as "unknown", a missing protocol is inferred from the metrics.
+    """
+    where = f"{source}: " if source else "result: "
+    if not result.get("method"):
+        raise RlptuneError(f"{where}missing required field 'method'")
+    metrics = result.get("metrics") or {}
+    if not isinstance(metrics, Mapping):
+        raise RlptuneError(f"{where}'metrics' must be an object")
+    row: dict[str, Any] = {
+        "protocol": normalize_protocol(result["protocol"]) if result.get("protocol") else None,
+        "dataset": str(result.get("dataset") or "unknown"),
+        "method": str(result["method"]),
+        "tag": str(result.get("tag") or result["method"]),
+        "seed": result.get("seed"),
+        "shots": result.get("shots"),
+        "backbone": result.get("backbone"),
+        "trainable_params": result.get("trainable_params"),
+    }
+    base, new = _top1(metrics.get("base")), _top1(metrics.get("new"))
+    if base is not None:
+        row["base"] = base
+    if new is not None:
+        row["new"] = new
+    if base is not None and new is not None:
+        row["h"] = harmonic_mean(base, new)
+    for name, key in (("base", "base_macro_f1"), ("new", "new_macro_f1"), ("test", "macro_f1")):
+        if _f1(metrics.get(name)) is not None:
+            row[key] = _f1(metrics.get(name))
+    accuracy = _top1(metrics.get("test"))
+    if accuracy is None:
+        accuracy = _top1(metrics.get("accuracy", metrics.get("top1")))
+    if accuracy is not None:
+        row["accuracy"] = accuracy
+    targets = result.get("targets") or metrics.get("targets") or {}
+    if isinstance(targets, Mapping):
+        flat = {str(k): _top1(v) for k, v in targets.items()}
+        if any(v is not None for v in flat.values()):
+            row["targets"] = {k: v for k, v in flat.items() if v is not None}
+    if row["protocol"] is None:
+        row["protocol"] = _infer_protocol({**row, "protocol": None})
+    diag = result.get("prompt_diagnostics")
+    if isinstance(diag, Mapping) and prompt_diagnostics_by_name(dict(diag)):
+        row["prompt_diagnostics"] = dict(diag)
+        row.update(_headline(diag))
+    if isinstance(result.get("settings"), Mapping):
+        row["settings"] = dict(result["settings"])
+    return row
+
+
+def _headline(diag: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level id_k / effective_rank / numerical_rank (+ _delta) of the first prompt of a prompt_diagnostics dict
+    (one prompt's ``{"P", "delta"}`` or ``{name: {"P", "delta"}}``; all names listed in ``prompts``)."""
+    named = prompt_diagnostics_by_name(dict(diag))
+    if not named:
+        return {}
+    out: dict[str, Any] = {"prompts": list(named)}
+    diag = next(iter(named.values()))
+    for part, suffix in (("P", ""), ("delta", "_delta")):
+        d = diag.get(part)
+        if not isinstance(d, Mapping):
+            continue
+        for key in ("id_k", "effective_rank", "numerical_rank"):
+            if d.get(key) is not None:
+                out[key + suffix] = d[key]
+        if d.get("k") is not None and "k" not in out:
+            out["k"] = d["k"]
+    return out
+
+
+def collect_runs(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows for every result.json under ``results_dir`` (sorted by path), each with ``run_dir`` and, when a
+    metrics.jsonl sits next to it, ``history`` (its epoch records)."""
+    root = Path(results_dir)
+    if not root.exists():
+        raise RlptuneError(f"{root}: no such results folder")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("result.json") if p.is_file())
+    rows = []
+    for path in files:
+        row = result_to_row(read_result(path), source=path)
+        row["run_dir"] = str(path.parent)
+        metrics = path.parent / "metrics.jsonl"
+        if metrics.is_file():
+            row["history"] = read_metrics_jsonl(metrics)
+        rows.append(row)
+    return rows
+
+
+def _flat_settings(settings: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not isinstance(settings, Mapping):
+        return out
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat_settings(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def disambiguate_methods(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of the rows where runs of one method that differ only in settings (a sweep such as rank 1 2 4 8) get
+    distinct method labels, e.g. ``"rlp (rank=2)"``, built from the settings that differ between runs sharing
+    protocol, dataset, method, seed and shots. Rows without such duplicates keep their label."""
+    out = [dict(r) for r in rows]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in out:
+        key = (row.get("protocol"), row.get("dataset"), row.get("method"), row.get("seed"), row.get("shots"))
+        groups.setdefault(key, []).append(row)
+    varying: dict[Any, set[str]] = {}
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        flats = [_flat_settings(m.get("settings")) for m in members]
+        names = set().union(*flats)
+        varying.setdefault(key[2], set()).update(
+            n for n in names if len({f.get(n) for f in flats}) > 1 and not n.endswith(("dir", "path", "seed"))
+        )
+    for row in out:
+        names = sorted(varying.get(row.get("method"), ()))
+        if names:
+            flat = _flat_settings(row.get("settings"))
+            row["method"] = f"{row['method']} (" + ", ".join(f"{n.split('.')[-1]}={flat.get(n, '–')}" for n in names) + ")"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ID_k analysis
+
+
+def _rediagnose(part: Mapping[str, Any], k: int) -> dict[str, Any] | None:
+    """Recompute ID_k etc. for another k from a stored spectrum (one matrix or a stack's list of spectra)."""
+    sv, shape = part.get("singular_values"), part.get("shape")
+    if not sv or not shape:
+        return None
+    if isinstance(sv[0], (list, tuple)):
+        parts = [diagnostics_from_singular_values(s, shape[-2:], k) for s in sv]
+        return {
+            "k": k,
+            "id_k": float(np.mean([p.id_k for p in parts])),
+            "effective_rank": part.get("effective_rank"),
+            "numerical_rank": part.get("numerical_rank"),
+        }
+    d = diagnostics_from_singular_values(sv, shape, k)
+    return {"k": k, "id_k": d.id_k, "effective_rank": part.get("effective_rank", d.effective_rank),
+            "numerical_rank": part.get("numerical_rank", d.numerical_rank)}
+
+
+def _run_diagnostics(row: Mapping[str, Any], k: int | None, loader: PromptLoader | None) -> tuple[dict, str | None]:
+    """(prompt_diagnostics, where it came from): result.json, else the last metrics.jsonl epoch, else the loader."""
+    found, source = primary_diagnostics(row.get("prompt_diagnostics")), "result.json"
+    if found is None:
+        source = None
+        for record in reversed(row.get("history") or []):
+            found = primary_diagnostics(record.get("diagnostics"))
+            if found is not None:
+                source = "metrics.jsonl (last epoch)"
+                break
+    if found is None and loader is not None and row.get("run_dir"):
+        found = primary_diagnostics(loader(Path(row["run_dir"])))
+        source = "recomputed" if found is not None else None
+    if found is None:
+        return {}, None
+    out = {key: dict(value) for key, value in found[1].items() if isinstance(value, Mapping)}
+    if k is not None and any(part.get("k") != k for part in out.values()):
+        source = f"{source}, ID recomputed for k={k}"
+        for part in out.values():
+            if part.get("k") != k:
+                redone = _rediagnose(part, k)
+                if redone is None:
+                    raise RlptuneError(
+                        f"{row.get('run_dir', 'run')}: diagnostics were stored for k={part.get('k')} without the "
+                        f"spectrum needed to recompute k={k}"
+                    )
+                part.update(redone)
+    return out, source
+
+
+def _run_label(row: Mapping[str, Any], root: Path | None = None) -> str:
+    if row.get("run_label"):
+        return str(row["run_label"])
+    if row.get("run_dir"):
+        path = Path(row["run_dir"])
+        if root is not None:
+            try:
+                return str(path.relative_to(root)) or path.name
+            except ValueError:
+                pass
+        return str(path)
+    return f"{row.get('method')}/{row.get('dataset')}/seed{row.get('seed')}"
+
+
+def diagnostics_table(
+    rows: Sequence[Mapping[str, Any]],
+    k: int | None = None,
+    which: str = "P",
+    metric: str | None = None,
+    prompt_loader: PromptLoader | None = None,
+    root: Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-run diagnostics rows and the Spearman correlation of ID_k (of ``which``: "P" or "delta") with ``metric``
+    (default: new-class accuracy when any run has it, else test accuracy)."""
+    if metric is None:
+        metric = "new" if any(r.get("new") is not None for r in rows) else "accuracy"
+    if which not in ("P", "delta"):
+        raise RlptuneError(f"analyze: 'which' must be 'P' or 'delta', got {which!r}")
+    table: list[dict[str, Any]] = []
+    for row in rows:
+        diag, source = _run_diagnostics(row, k, prompt_loader)
+        p, d = diag.get("P", {}), diag.get("delta", {})
+        table.append(
+            {
+                "run": _run_label(row, root),
+                "protocol": row.get("protocol"),
+                "dataset": row.get("dataset"),
+                "method": row.get("method"),
+                "seed": row.get("seed"),
+                "shots": row.get("shots"),
+                "k": p.get("k", d.get("k", k)),
+                "id_k": p.get("id_k"),
+                "id_k_delta": d.get("id_k"),
+                "effective_rank": p.get("effective_rank"),
+                "effective_rank_delta": d.get("effective_rank"),
+                "numerical_rank": p.get("numerical_rank"),
+                "numerical_rank_delta": d.get("numerical_rank"),
+                "base": row.get("base"),
+                "new": row.get("new"),
+                "h": row.get("h"),
+                "accuracy": row.get("accuracy"),
+                "diagnostics_source": source,
+            }
+        )
+    x_key = "id_k" if which == "P" else "id_k_delta"
+    corr = spearman([r[x_key] for r in table], [r.get(metric) for r in table])
+    ks = {r["k"] for r in table if r[x_key] is not None and r.get(metric) is not None}
+    if len(ks) > 1:
+        raise RlptuneError("analyze: the runs store ID_k for different k; pass k to recompute them on one k")
+    correlation = {"x": x_key, "y": metric, "k": next(iter(ks), None), **corr.to_dict()}
+    return jsonable(table), correlation
+
+
+def analyze_runs(
+    run_dirs: Iterable[str | os.PathLike],
+    k: int | None = None,
+    which: str = "P",
+    metric: str | None = None,
+    prompt_loader: PromptLoader | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``rlptune analyze RUN_DIR...``: per-run diagnostics and the Spearman ρ (p, n) of ID_k vs new-class accuracy.
+
+    Each argument is a run folder, a result.json, or a folder of runs (searched recursively). Diagnostics come
+    from result.json's ``prompt_diagnostics``, else the last epoch of metrics.jsonl, else ``prompt_loader(run_dir)``
+    (a callable returning :func:`~rlptune.analysis.spectrum.prompt_diagnostics` output, e.g. from a checkpoint);
+    with ``k`` they are recomputed for that k from the stored singular values. ``metric`` defaults to "new" when
+    any run is a base-to-new run, else "accuracy". Runs without the metric or without diagnostics are listed but
+    not counted in n.
+    """
+    rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        rows.extend(collect_runs(run_dir))
+    if not rows:
+        raise RlptuneError("analyze: no result.json found in the given folders")
+    return diagnostics_table(rows, k=k, which=which, metric=metric, prompt_loader=prompt_loader)
+
+
+def _fmt(value: Any, decimals: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        if decimals == 0:
+            return str(int(value)) if value.is_integer() else f"{value:.1f}"  # a stack's mean rank can be fractional
+        return f"{value:.{decimals}f}"
+    return str(value)
+
+
+_ANALYSIS_COLUMNS = [
+    ("Run", "run", 0), ("Dataset", "dataset", 0), ("Method", "method", 0), ("Seed", "seed", 0),
+    ("ID_k (P)", "id_k", 3), ("ID_k (ΔP)", "id_k_delta", 3), ("eff. rank (P)", "effective_rank", 2),
+    ("eff. rank (ΔP)", "effective_rank_delta", 2), ("rank (P)", "numerical_rank", 0),
+    ("rank (ΔP)", "numerical_rank_delta", 0), ("New (%)", "new", 2), ("Acc. (%)", "accuracy", 2),
+]
+
+
+def _correlation_text(correlation: Mapping[str, Any]) -> str:
+    y = {"new": "new-class accuracy", "base": "base-class accuracy", "h": "H", "accuracy": "test accuracy"}.get(
+        str(correlation.get("y")), str(correlation.get("y"))
+    )
+    rho = "undefined" if correlation.get("rho") is None else f"{correlation['rho']:.3f}"
+    p = "undefined" if correlation.get("p") is None else f"{correlation['p']:.3g}"
+    which = "ΔP" if correlation.get("x") == "id_k_delta" else "P"
+    k = correlation.get("k") or 1
+    return (
+        f"Spearman correlation of ID_{k} ({which}) with {y}: "
+        f"ρ = {rho}, p = {p}, n = {correlation.get('n')}"
+        + (" (fewer than 3 points or constant values: not defined)" if correlation.get("rho") is None else "")
+    )
+
+
+def render_analysis_markdown(table_rows: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]) -> str:
+    """Markdown for ``rlptune analyze``: one row per run plus the correlation line."""
+    k = correlation.get("k") or next((r.get("k") for r in table_rows if r.get("k")), 1)
+    header = [name.replace("ID_k", f"ID_{k}") for name, _, _ in _ANALYSIS_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
+    for row in table_rows:
+        lines.append("| " + " | ".join(_fmt(row.get(key), dec).replace("|", "\\|") for _, key, dec in _ANALYSIS_COLUMNS) + " |")
+    return "\n".join(lines) + "\n\n" + _correlation_text(correlation) + "\n"
+
+
+def _analysis_html(table_rows: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]) -> str:
+    k = correlation.get("k") or 1
+    parts = ['<table class="results"><thead><tr>']
+    parts += [f"<th>{escape(name.replace('ID_k', f'ID_{k}'))}</th>" for name, _, _ in _ANALYSIS_COLUMNS]
+    parts.append("</tr></thead><tbody>")
+    for row in table_rows:
+        parts.append("<tr>" + "".join(f"<td>{escape(_fmt(row.get(key), dec))}</td>" for _, key, dec in _ANALYSIS_COLUMNS) + "</tr>")
+    parts.append("</tbody></table>")
+    parts.append(f"<p>{escape(_correlation_text(correlation))}</p>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# comparisons
+
+
+def compare_methods(
+    rows: Sequence[Mapping[str, Any]], baseline: str | None = None, max_methods: int = 6
+) -> list[dict[str, Any]]:
+    """Paired comparisons between methods: base2new H and New over (dataset, seed), few-shot (and other single-run)
+    accuracy over (dataset, shots, seed). Each method against ``baseline`` if given, else every pair (when
+    ≤ ``max_methods``)."""
+    specs = [
+        ("base2new", "h", ("dataset", "seed")),
+        ("base2new", "new", ("dataset", "seed")),
+        ("few-shot", "accuracy", ("dataset", "shots", "seed")),
+        ("other", "accuracy", ("dataset", "shots", "seed")),
+    ]
+    known = {"base2new", "few-shot", "cross-dataset", "domain-gen"}
+    out: list[dict[str, Any]] = []
+    for protocol, metric, key in specs:
+        selected = [r for r in rows if (r.get("protocol") == protocol or (protocol == "other" and r.get("protocol") not in known))]
+        methods = sorted({str(r["method"]) for r in selected})
+        if baseline is not None:
+            pairs = [(m, baseline) for m in methods if m != baseline and baseline in methods]
+        elif len(methods) <= max_methods:
+            pairs = [(a, b) for i, b in enumerate(methods) for a in methods[i + 1:]]
+        else:
+            pairs = []
+        for a, b in pairs:
+            result = paired_comparison(
+                [r for r in selected if r["method"] == a], [r for r in selected if r["method"] == b], key=key, metric=metric
+            )
+            if result.n:
+                out.append({"protocol": protocol, "a": a, "b": b, **{k: v for k, v in result.to_dict().items() if k != "pairs"}})
+    return out
+
+
+def _comparison_rows(comparisons: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["Protocol", "Metric", "A", "B", "Pairs", "Mean A − B", "95% CI", "Wilcoxon p"]
+    body = []
+    for c in comparisons:
+        ci = "–" if c.get("ci_low") is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+        mean = "–" if c.get("mean_diff") is None else f"{c['mean_diff']:+.2f}"
+        p = "–" if c.get("p_value") is None else f"{c['p_value']:.3g}"
+        metric = {"h": "H", "new": "New", "accuracy": "Accuracy"}.get(c["metric"], c["metric"])
+        body.append([c["protocol"], metric, c["a"], c["b"], str(c["n"]), mean, ci, p])
+    return header, body
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1,h2,h3{line-height:1.2} table.results{border-collapse:collapse;margin:1em 0;font-size:0.92em}
+table.results caption{text-align:left;font-weight:600;margin-bottom:0.4em}
+table.results th,table.results td{border:1px solid #ccc;padding:0.25em 0.6em}
+table.results th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.average td{font-weight:600;background:#fafafa} figure{margin:1.5em 0} figure img{max-width:100%;height:auto}
+figcaption{font-size:0.9em;color:#555} p.note{font-size:0.85em;color:#555;font-style:italic}
+"""
+
+
+class _Doc:
+    """Builds report.md and report.html side by side."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{escape(text)}</p>")
+
+    def table(self, table: Table, files: Sequence[Path]) -> None:
+        links = ", ".join(f"[{p.suffix[1:]}]({p.relative_to(self.out).as_posix()})" for p in files)
+        self.md += [render_markdown(table), f"Files: {links}", ""]
+        self.html.append(render_html(table))
+
+    def simple_table(self, header: Sequence[str], body: Sequence[Sequence[str]]) -> None:
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "|".join("---" for _ in header) + "|")
+        self.md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
+        self.md.append("")
+        self.html.append('<table class="results"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        self.html += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body]
+        self.html.append("</tbody></table>")
+
+    def raw(self, md: str, html: str) -> None:
+        self.md += [md, ""]
+        self.html.append(html)
+
+    def figure(self, paths: Sequence[Path], caption: str) -> None:
+        png, svg = paths[0], paths[1]
+        rel_png, rel_svg = png.relative_to(self.out).as_posix(), svg.relative_to(self.out).as_posix()
+        self.md += [f"![{caption}]({rel_png})", "", f"*{caption}* ([SVG]({rel_svg}))", ""]
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        self.html.append(
+            f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+        )
+
+
+def _pick_runs(rows: Sequence[Mapping[str, Any]], limit: int, need: Callable[[Mapping[str, Any]], bool]) -> list[Mapping[str, Any]]:
+    """First qualifying run of each (method, dataset), methods interleaved so every method shows up; at most ``limit``."""
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    seen: set[tuple] = set()
+    for row in rows:
+        key = (row.get("method"), row.get("dataset"))
+        if need(row) and key not in seen:
+            seen.add(key)
+            by_method.setdefault(str(row.get("method")), []).append(row)
+    picked: list[Mapping[str, Any]] = []
+    queues = [by_method[m] for m in sorted(by_method)]
+    while len(picked) < limit and any(queues):
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def _spectrum(row: Mapping[str, Any], part: str) -> list[float] | None:
+    found = primary_diagnostics(row.get("prompt_diagnostics"))
+    diag = found[1].get(part) if found is not None else None
+    if not isinstance(diag, Mapping) or not diag.get("singular_values"):
+        return None
+    sv = diag["singular_values"]
+    return list(sv[0]) if isinstance(sv[0], (list, tuple)) else list(sv)  # a stack: its first matrix
+
+
+def write_report(
+    rows_or_results_dir: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    title: str = "rlptune results",
+    baseline: str | None = None,
+) -> list[Path]:
+    """``rlptune report RESULTS_DIR -o OUT``: tables (md/csv/json), figures (png/svg), report.md and report.html.
+
+    report.html is self-contained: tables as HTML, figures embedded as base64 PNG, inline CSS, no scripts and no
+    external links. Runs of one method that differ only in settings (a sweep) are labelled apart first
+    (:func:`disambiguate_methods`). Returns ``[report.md, report.html, *tables, *figures, *json]``.
+    """
+    root: Path | None = None
+    if isinstance(rows_or_results_dir, (str, os.PathLike)):
+        root = Path(rows_or_results_dir)
+        rows = collect_runs(root)
+        if not rows:
+            raise RlptuneError(f"{root}: no result.json found")
+    else:
+        rows = [dict(r) for r in rows_or_results_dir]
+        for row in rows:
+            row["protocol"] = _infer_protocol(row)
+        if not rows:
+            raise RlptuneError("report: no result rows given")
+    rows = disambiguate_methods(rows)
+    out = Path(out_dir)
+    tables_dir, figures_dir = out / "tables", out / "figures"
+    written: list[Path] = []
+    doc = _Doc(out)
+    protocols = sorted({str(r.get("protocol")) for r in rows})
+    doc.heading(title, 1)
+    doc.para(
+        f"{len(rows)} runs; protocols: {', '.join(protocols)}; methods: {', '.join(sorted({str(r['method']) for r in rows}))}; "
+        f"datasets: {len({str(r['dataset']) for r in rows})}. Accuracies in %, mean ± sample std over seeds."
+    )
+
+    table_files: list[Path] = []
+    figure_files: list[Path] = []
+    builders = [
+        ("base2new", "Base-to-new generalisation", base2new_table),
+        ("few-shot", "Few-shot classification", few_shot_table),
+        ("cross-dataset", "Cross-dataset transfer", cross_dataset_table),
+        ("domain-gen", "Domain generalisation", domain_gen_table),
+        ("other", "Other runs", other_runs_table),
+    ]
+    for protocol, heading, build in builders:
+        table = build(rows)
+        if not table.rows:
+            continue
+        doc.heading(heading)
+        files = write_table(table, tables_dir / table.name)
+        table_files += files
+        doc.table(table, files)
+        if protocol == "base2new":
+            paths = _plot("plot_base_new_bars", table, figures_dir / "base2new_bars")
+            figure_files += paths
+            doc.figure(paths, "Base / New / H per dataset and method (mean ± std over seeds)")
+        if protocol == "few-shot":
+            paths = _plot("plot_few_shot_curves", few_shot_curves(table), figures_dir / "few_shot_curves")
+            figure_files += paths
+            doc.figure(paths, "Few-shot accuracy vs shots per class (mean ± std band over seeds)")
+
+    comparisons = compare_methods(rows, baseline=baseline)
+    if comparisons:
+        doc.heading("Paired comparisons")
+        doc.para(
+            "Difference A − B paired over (dataset, seed) (few-shot: dataset, shots, seed): mean, 95% t confidence "
+            "interval and two-sided Wilcoxon signed-rank p-value."
+        )
+        doc.simple_table(*_comparison_rows(comparisons))
+
+    diag_rows = [
+        r for r in rows
+        if primary_diagnostics(r.get("prompt_diagnostics")) or any(primary_diagnostics(h.get("diagnostics")) for h in r.get("history") or [])
+    ]
+    analysis: dict[str, Any] = {}
+    if diag_rows:
+        doc.heading("Information density")
+        table_rows, corr_p = diagnostics_table(diag_rows, which="P", root=root)
+        _, corr_delta = diagnostics_table(diag_rows, which="delta", root=root)
+        analysis = {"runs": table_rows, "correlation": {"P": corr_p, "delta": corr_delta}}
+        doc.raw(
+            render_analysis_markdown(table_rows, corr_p) + "\n" + _correlation_text(corr_delta),
+            _analysis_html(table_rows, corr_p) + f"<p>{escape(_correlation_text(corr_delta))}</p>",
+        )
+        y = str(corr_p["y"])
+        points = [r for r in table_rows if r.get("id_k") is not None and r.get(y) is not None]
+        if len(points) >= 2:
+            what = "new-class accuracy" if y == "new" else "test accuracy"
+            paths = _plot(
+                "plot_id_vs_accuracy", [r["id_k"] for r in points], [r[y] for r in points],
+                figures_dir / ("id_vs_new" if y == "new" else "id_vs_accuracy"), labels=[str(r["method"]) for r in points],
+                k=corr_p.get("k") or 1, ylabel=f"{what[0].upper()}{what[1:]} (%)",
+            )
+            figure_files += paths
+            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run")
+        for part, name, label in (("P", "spectra", "P"), ("delta", "spectra_delta", "ΔP")):
+            picked = _pick_runs(rows, 8, lambda r, part=part: _spectrum(r, part) is not None)
+            if picked:
+                spectra = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": _spectrum(r, part) for r in picked}
+                paths = _plot("plot_singular_spectra", spectra, figures_dir / name,
+                              title=f"Singular-value spectra of {label}")
+                figure_files += paths
+                doc.figure(paths, f"Singular values of {label}, one run per method and dataset (log scale)")
+
+    with_history = _pick_runs(rows, 6, lambda r: bool(r.get("history")))
+    if with_history:
+        doc.heading("Training curves")
+        records = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": r["history"] for r in with_history}
+        try:
+            paths = _plot("plot_training_curves", records, figures_dir / "training_curves")
+        except RlptuneError:
+            paths = []
+        if paths:
+            figure_files += paths
+            doc.figure(paths, "Loss, accuracy and information density over epochs (one run per method and dataset)")
+
+    json_files = [write_json(out / "comparisons.json", jsonable(comparisons))]
+    if analysis:
+        json_files.append(write_json(out / "analysis.json", jsonable(analysis)))
+
+    md_path = write_text(out / "report.md", "\n".join(doc.md).rstrip() + "\n")
+    html = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(doc.html)
+        + "\n</body></html>\n"
+    )
+    html_path = write_text(out / "report.html", html)
+    written += [md_path, html_path, *table_files, *figure_files, *json_files]
+    return written
+
+
+def _plot(name: str, *args: Any, **kwargs: Any) -> list[Path]:
+    """Import plots lazily: matplotlib is only needed when a report is actually drawn."""
+    from rlptune.analysis import plots
+
+    return getattr(plots, name)(*args, **kwargs)

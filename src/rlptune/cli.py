@@ -181,6 +181,59 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .protocols import aggregate, default_targets, make_specs, parse_grid, run_sweep
+
+    datasets = args.datasets or _default_datasets(args.protocol)
+    overrides = _overrides(args)
+    targets = None
+    if args.protocol in ("cross-dataset", "domain-gen"):
+        targets = {d: list(args.targets) for d in datasets} if args.targets else default_targets(args.protocol, datasets)
+    specs = make_specs(
+        args.protocol,
+        datasets,
+        args.methods,
+        args.seeds,
+        args.shots,
+        backbone=args.backbone,
+        data_root=args.data_root,
+        grid=parse_grid(args.grid),
+        targets=targets,
+        config_file=args.config,
+        base_overrides=overrides,
+    )
+    results = Path(args.results)
+    run_sweep(specs, results, jobs=args.jobs)
+    _, markdown = aggregate(results, args.protocol, results / "tables" / args.protocol)
+    print(markdown)
+    print(f"tables: {results / 'tables'}")
+    return 0
+
+
+def _default_datasets(protocol: str) -> list[str]:
+    if protocol in ("cross-dataset", "domain-gen"):
+        return ["micro-shapes"] if protocol == "domain-gen" else ["micro-shapes"]
+    from .micro.suite import MICRO_DATASETS
+
+    return list(MICRO_DATASETS)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
+
+    paths = write_report(args.results, args.output)
+    print(f"report: {Path(args.output) / 'report.html'} ({len(paths)} files)")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.report import analyze_runs, render_analysis_markdown
+
+    table, correlation = analyze_runs(args.runs, k=args.k)
+    print(render_analysis_markdown(table, correlation))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -234,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, sections=("backbone", "method", "prompt"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("run", help="run a protocol over datasets × methods × shots × seeds (× a settings grid)")
+    p.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"))
+    p.add_argument("--datasets", nargs="+", help="dataset names (default: the micro suite; source for cross-dataset/domain-gen)")
+    p.add_argument("--targets", nargs="+", help="target datasets (cross-dataset / domain-gen; default: the literature's)")
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "rlp"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--shots", nargs="+", type=int, default=[16])
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2", help="sweep a setting (repeatable: grid product)")
+    p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    _add_config_flags(p, sections=("method", "prompt", "train", "eval"))
+    p.add_argument("--backbone", default="micro")
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="tables, figures and report.md/report.html from a results folder")
+    p.add_argument("results")
+    p.add_argument("-o", "--output", default="report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("analyze", help="prompt singular values / information density per run, and their correlation with new-class accuracy")
+    p.add_argument("runs", nargs="+", help="run directories or folders of runs")
+    p.add_argument("--k", type=int, default=1, help="k of ID_k")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("methods", help="list registered methods and shipped presets")
     p.set_defaults(func=cmd_methods)

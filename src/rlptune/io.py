@@ -21,6 +21,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any other file
     try:
         writer(tmp)
         with open(tmp, "rb") as handle:
@@ -31,6 +32,15 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
             os.unlink(tmp)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

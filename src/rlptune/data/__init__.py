@@ -43,7 +43,12 @@ def _key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch not in "-_ .")
 
 
-def register_dataset(name: str, loader: Loader, *, aliases: Iterable[str] = (), overwrite: bool = False) -> None:
+_ROOTLESS: set[str] = set()  # datasets that need no root (generated ones, e.g. the micro suite)
+
+
+def register_dataset(
+    name: str, loader: Loader, *, aliases: Iterable[str] = (), overwrite: bool = False, needs_root: bool = True
+) -> None:
     """Make ``loader(root, **options) -> DatasetSplits`` available to :func:`load_dataset` as ``name``.
 
     Names are matched case-insensitively, ignoring ``-``, ``_``, ``.`` and spaces. Registering a name (or alias)
@@ -61,6 +66,8 @@ def register_dataset(name: str, loader: Loader, *, aliases: Iterable[str] = (), 
         if name in _LOADERS:
             raise RlptuneError(f"dataset {name!r} is already registered")
     _LOADERS[name] = loader
+    if not needs_root:
+        _ROOTLESS.add(name)
     for key in keys:
         _ALIASES[key] = name
 
@@ -69,6 +76,7 @@ def unregister_dataset(name: str) -> None:
     """Remove a registered dataset and its aliases (for tests and plug-ins that replace a loader)."""
     canonical = canonical_name(name)
     del _LOADERS[canonical]
+    _ROOTLESS.discard(canonical)
     for key in [k for k, v in _ALIASES.items() if v == canonical]:
         del _ALIASES[key]
 
@@ -94,7 +102,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options) ->
     holding the datasets (CoOp's ``$DATA``) or the dataset's own folder.
     """
     canonical = canonical_name(name)
-    if root is None:
+    if root is None and canonical not in _ROOTLESS:
         env = os.environ.get(DATA_ENV)
         if not env:
             raise RlptuneError(f"dataset {canonical}: no data root given and ${DATA_ENV} is not set")
@@ -145,6 +153,24 @@ for _name, _spec in COOP_DATASETS.items():
 register_dataset("folder", load_folder, aliases=("imagefolder", "image-folder"))
 register_dataset("csv", _csv_loader)
 register_dataset("split-json", _split_json_loader, aliases=("json", "splitjson"))
+
+
+def _register_micro() -> None:
+    """The micro suite (generated, cached under $RLPTUNE_CACHE): ``root`` is an optional cache folder."""
+    from ..micro.suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset
+
+    names = list(MICRO_DATASETS) + [s for shifts in MICRO_SHIFTS.values() for s in shifts]
+    for micro_name in names:
+        register_dataset(micro_name, functools.partial(_micro_loader, micro_name), needs_root=False)
+
+
+def _micro_loader(micro_name: str, root=None):
+    from ..micro.suite import load_micro_dataset
+
+    return load_micro_dataset(micro_name, cache_dir=root)
+
+
+_register_micro()
 
 
 __all__ = [

@@ -50,13 +50,14 @@ class RunSpec:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_file: str | None = None
     label: str | None = None
+    swept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def tag(self) -> str:
-        """Directory-safe name of the method and its swept settings (e.g. ``rlp__prompt.rank=2``)."""
+        """Directory-safe name of the method and its swept (grid) settings (e.g. ``rlp__prompt.rank=2``)."""
         if self.label:
             return self.label
         parts = [self.method]
-        for section, values in sorted(self.overrides.items()):
+        for section, values in sorted(self.swept.items()):
             for key, value in sorted(values.items()):
                 parts.append(f"{section}.{key}={value}")
         return "__".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
@@ -155,7 +156,7 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
 
     batch = config.eval.batch_size
     metrics: dict[str, Any] = {}
-    extra: dict[str, Any] = {"protocol": spec.protocol, "dataset": spec.dataset, "tag": spec.tag(), "settings": spec.overrides}
+    extra: dict[str, Any] = {"protocol": spec.protocol, "dataset": spec.dataset, "tag": spec.tag(), "settings": spec.swept}
     if spec.protocol == "base2new":
         metrics["base"] = evaluate_split(method, train_splits, "test", cache, batch)
         new = subsample_classes(full, "new")
@@ -257,6 +258,7 @@ def make_specs(
                 targets=list((targets or {}).get(dataset, [])),
                 overrides=merged if method != "zeroshot" else {k2: v for k2, v in merged.items() if k2 not in ("prompt", "train")},
                 config_file=config_file,
+                swept=overrides if method != "zeroshot" else {},
             )
         )
     # zero-shot does not depend on seed or shots: keep one spec per distinct run directory

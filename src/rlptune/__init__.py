@@ -1,7 +1,49 @@
-"""rlptune: adapt a frozen CLIP to a new classification task by tuning a tiny prompt (CoOp, RLP, …)."""
+"""rlptune: adapt a frozen CLIP to a new classification task by tuning a tiny prompt (CoOp, RLP, …).
+
+The practitioner's path in a few lines::
+
+    import rlptune
+    backbone = rlptune.load_backbone("micro")                      # or "ViT-B-16:/path/to/weights.pt"
+    config = rlptune.resolve_config(overrides={"method": {"name": "rlp"},
+                                               "data": {"dataset": "folder", "root": "my_images/"}})
+    result = rlptune.train(config, "runs/mine", backbone=backbone)  # adapter in runs/mine/adapter
+    method = rlptune.load_adapter("runs/mine/adapter", backbone)
+    rows = rlptune.predict(method, ["photo.jpg"], top_k=3)
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from .errors import RlptuneError  # noqa: E402
 
-__all__ = ["RlptuneError", "__version__"]
+_LAZY = {
+    "load_backbone": ("backbones", "load_backbone"),
+    "Backbone": ("backbones", "Backbone"),
+    "RunConfig": ("config", "RunConfig"),
+    "resolve_config": ("config", "resolve_config"),
+    "load_dataset": ("data", "load_dataset"),
+    "build_method": ("methods", "build_method"),
+    "list_methods": ("methods", "list_methods"),
+    "train": ("engine.api", "train"),
+    "evaluate": ("engine.api", "evaluate"),
+    "predict": ("engine.api", "predict"),
+    "prepare_dataset": ("engine.api", "prepare_dataset"),
+    "save_adapter": ("engine.adapter", "save_adapter"),
+    "load_adapter": ("engine.adapter", "load_adapter"),
+}
+
+
+def __getattr__(name: str):
+    """Import submodules on first use, so ``import rlptune`` stays cheap (no torch until needed)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rlptune' has no attribute {name!r}")
+
+
+__all__ = ["RlptuneError", "__version__", *_LAZY]

@@ -40,6 +40,8 @@ def test_learning_happens_on_held_out_images(tiny, colour_folder, tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == list(range(1, 21))
     assert lines[-1]["loss"] < lines[0]["loss"]
+    diag = lines[-1]["diagnostics"]["ctx"]  # singular-value diagnostics of P and of P - P_init, every epoch
+    assert 0.0 < diag["P"]["id_k"] <= 1.0 and diag["delta"]["frobenius_norm"] > 0
 
 
 def test_same_seed_same_result_and_adapter_files(tiny, colour_folder, tmp_path):

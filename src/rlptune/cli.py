@@ -112,11 +112,16 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def _read_classes(value: str) -> list[str]:
     path = Path(value)
     if path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from .data._common import read_text
+
+        names = [line.strip() for line in read_text(path, "classes file").splitlines() if line.strip()]
     else:
         names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise RlptuneError(f"--classes {value!r}: expected a comma-separated list or a file with one class per line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RlptuneError(f"--classes {value!r}: class {repeated[0]!r} is listed more than once")
     return names
 
 
@@ -124,6 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.adapter import load_adapter
     from .engine.api import predict, write_predictions_csv
 
+    if args.top_k < 1:
+        raise RlptuneError(f"--top-k must be >= 1, got {args.top_k}")
     method = load_adapter(args.adapter, device=args.device or "auto")
     if args.classes:
         method.set_classnames(_read_classes(args.classes))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,6 +36,12 @@ class BackboneSettings:
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; prompt parameters stay fp32)", choices=("fp32", "bf16", "fp16"))
 
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise RlptuneError("backbone.name is empty; expected micro, ARCH:TAG, ARCH:/path/weights, a .pt file or an arch .json")
+        if not _DEVICE.match(self.device):
+            raise RlptuneError(f"backbone.device {self.device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu[:N]")
+
 
 @dataclass
 class DataSettings:
@@ -43,6 +51,11 @@ class DataSettings:
     split_seed: int = _f(0, "seed of the train/val/test split of a plain image folder")
     subsample: str = _f("all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new"))
     image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
+
+    def validate(self) -> None:
+        if not self.dataset.strip():
+            raise RlptuneError("data.dataset is empty; expected folder, csv, split-json, a CoOp dataset name or micro-*")
+        _at_least("data.shots", self.shots, 0)
 
 
 @dataclass
@@ -66,6 +79,10 @@ class PromptSettings:
             raise RlptuneError(f"prompt.dropout must be in [0, 1), got {self.dropout}")
         if self.a_std < 0 or self.b_std < 0 or self.init_std < 0:
             raise RlptuneError("prompt.a_std, prompt.b_std and prompt.init_std must be >= 0")
+        if self.alpha is not None and self.alpha <= 0:
+            raise RlptuneError(f"prompt.alpha must be > 0 (or unset), got {self.alpha}")
+        if self.ctx_init is not None and not self.ctx_init.strip():
+            raise RlptuneError("prompt.ctx_init is empty; unset it for a random context or give a text such as 'a photo of a'")
 
 
 @dataclass
@@ -77,7 +94,21 @@ class MethodSettings:
     class_token_position: str = _f("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"))
     text_chunk: int = _f(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory")
     checkpoint_text: bool = _f(False, "activation checkpointing in the text tower (less memory, more compute)")
+    shared_prefix: bool = _f(
+        True,
+        "encode the start token + shared context once per step and only each class's own tokens per class "
+        "(prefix caching; exact; used when the class token is at the end and the context is shared)",
+    )
     options: dict = _f({}, "method-specific options (see the method's config class)")
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise RlptuneError("method.name is empty; see `rlptune methods` for the valid ones")
+        if not self.templates:
+            raise RlptuneError("method.templates is empty; expected at least one template such as 'a photo of a {}.'")
+        for template in self.templates:
+            check_template(template, "method.templates")
+        _at_least("method.text_chunk", self.text_chunk, 0)
 
 
 @dataclass
@@ -107,12 +138,25 @@ class TrainSettings:
             raise RlptuneError(f"train.lr must be > 0, got {self.lr}")
         if self.aug_views < 0:
             raise RlptuneError(f"train.aug_views must be >= 0, got {self.aug_views}")
+        _at_least("train.warmup_epochs", self.warmup_epochs, 0)
+        _at_least("train.checkpoint_every", self.checkpoint_every, 0)
+        _at_least("train.num_workers", self.num_workers, 0)
+        _at_least("train.seed", self.seed, 0)
+        if self.seed >= 2**63:
+            raise RlptuneError(f"train.seed must be < 2**63, got {self.seed}")
+        for name in ("momentum", "weight_decay", "warmup_lr"):
+            if getattr(self, name) < 0:
+                raise RlptuneError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
 class EvalSettings:
     batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size")
     top_k: int = _f(5, "top-k labels written by predict")
+
+    def validate(self) -> None:
+        _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.top_k", self.top_k, 1)
 
 
 @dataclass
@@ -125,8 +169,8 @@ class RunConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def validate(self) -> "RunConfig":
-        self.prompt.validate()
-        self.train.validate()
+        for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval):
+            section.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +178,24 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+def _at_least(where: str, value: int, low: int) -> None:
+    if value < low:
+        raise RlptuneError(f"{where} must be >= {low}, got {value}")
+
+
+def check_template(template: Any, where: str) -> str:
+    """A class-prompt template must be a string with one ``{}`` for the class name and nothing else to fill."""
+    if not isinstance(template, str) or "{}" not in template:
+        raise RlptuneError(f"{where}: template {template!r} must contain {{}} where the class name goes, e.g. 'a photo of a {{}}.'")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        raise RlptuneError(f"{where}: template {template!r} has braces other than one {{}} for the class name (write {{{{ }}}} for a literal brace)") from None
+    return template
 
 
 def _section_classes() -> dict[str, type]:
@@ -165,15 +227,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RlptuneError(f"{where}: expected an integer, got {value!r}") from None
     if annotation is float:
         if isinstance(value, bool):
             raise RlptuneError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise RlptuneError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise RlptuneError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise RlptuneError(f"{where}: expected a string, got {type(value).__name__}")
@@ -183,12 +248,30 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return [value]
         if not isinstance(value, (list, tuple)):
             raise RlptuneError(f"{where}: expected a list, got {value!r}")
+        _check_plain(value, where)
         return [str(v) if not isinstance(v, (int, float)) else v for v in value]
     if annotation is dict or origin is dict:
         if not isinstance(value, dict):
             raise RlptuneError(f"{where}: expected a mapping, got {value!r}")
+        _check_plain(value, where)
         return dict(value)
     return value
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """Settings hold plain data: scalars, and lists / string-keyed mappings of them, a few levels deep at most."""
+    if depth > 4:
+        raise RlptuneError(f"{where}: nested too deeply (or refers to itself); expected plain values")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RlptuneError(f"{where}: keys must be strings, got {key!r}")
+            _check_plain(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, where, depth + 1)
+    elif not (value is None or isinstance(value, (str, int, float, bool))):
+        raise RlptuneError(f"{where}: expected a plain value (text, number, true/false, list), got {type(value).__name__}")
 
 
 def _unknown(key: str, valid: list[str], where: str) -> RlptuneError:
@@ -245,6 +328,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         pos = f" at line {mark.line + 1}" if mark is not None else ""
         raise RlptuneError(f"{path}: not valid YAML{pos}") from None
+    except (ValueError, OverflowError) as exc:  # a tagged or date-like scalar YAML cannot construct (2001-02-30)
+        raise RlptuneError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise RlptuneError(f"{path}: YAML nested too deeply") from None
     return data or {}
 
 
@@ -271,22 +358,41 @@ def resolve_config(
     overrides = overrides or {}
     file_data: dict[str, Any] = {}
     if config_file:
-        path = preset_path(config_file) if not Path(config_file).exists() else None
+        config_file = str(config_file)
+        path = None
+        if not Path(config_file).exists():
+            path = preset_path(config_file) if _is_preset_name(config_file) else None
+            if path is None:
+                raise RlptuneError(
+                    f"{config_file}: config file not found (and not a shipped preset: {', '.join(list_presets())})"
+                )
         file_data = load_yaml(path or config_file)
     method = (
-        (overrides.get("method") or {}).get("name")
-        or ((file_data.get("method") or {}) if isinstance(file_data, dict) else {}).get("name")
-        or ((base or {}).get("method") or {}).get("name")
+        _method_name(overrides)
+        or _method_name(file_data)
+        or _method_name(base)
         or MethodSettings().name
     )
     config = RunConfig()
-    preset = preset_path(str(method))
+    preset = preset_path(method) if _is_preset_name(method) else None
     if preset is not None:
         apply_mapping(config, load_yaml(preset), str(preset))
     apply_mapping(config, base, "settings")
     apply_mapping(config, file_data, str(config_file))
     apply_mapping(config, overrides, "command line")
     return config.validate()
+
+
+def _method_name(data: Any) -> str | None:
+    """``data["method"]["name"]`` if it is there and a string (bad shapes are reported by :func:`apply_mapping`)."""
+    section = data.get("method") if isinstance(data, dict) else None
+    name = section.get("name") if isinstance(section, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _is_preset_name(name: str) -> bool:
+    """A method name that can name a shipped preset file (no path separators, no hidden or odd names)."""
+    return name.replace("_", "").replace("-", "").isalnum()
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -316,7 +422,7 @@ def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
         section, name = key.split(".", 1)
         try:
             value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
             value = raw
         if section == "method" and name.startswith("options."):
             out.setdefault("method", {}).setdefault("options", {})[name[len("options."):]] = value

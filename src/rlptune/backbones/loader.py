@@ -37,8 +37,27 @@ def _open_clip():
 
 
 def _default_device(device: str) -> str:
+    device = str(device).strip()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise RlptuneError(f"device {device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu[:N]") from None
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.device(device).index or 0
+        if index >= count:
+            raise RlptuneError(
+                f"device {device!r}: " + (f"this machine has {count} CUDA device(s)" if count else "CUDA is not available on this machine")
+                + "; use --device cpu or auto"
+            )
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RlptuneError(f"device {device!r}: MPS is not available on this machine; use --device cpu or auto")
+    elif kind not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, kind, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise RlptuneError(f"device {device!r}: {kind} is not available on this machine; use --device cpu or auto")
     return device
 
 
@@ -109,8 +128,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except RlptuneError:
         raise
     except Exception as exc:  # pickle refusals, truncated zips, wrong formats
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RlptuneError(f"{path}: not a loadable weights-only checkpoint ({first[:200]})") from None
+        raise RlptuneError(f"{path}: not a loadable weights-only checkpoint ({_load_failure(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -118,6 +136,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if next(iter(state)).startswith("module."):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """One line on why a weights file did not load (torch's own message is many lines and suggests unsafe loading)."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # torch.load(weights_only=True) refused the pickle
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"torch.load(weights_only=True) refused it: {detail[:160]}; rlptune never runs code from a weights file"
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, KeyError) or not any(ch.isalpha() for ch in first):
+        return f"not a PyTorch checkpoint, TorchScript archive or safetensors file ({type(exc).__name__})"
+    return first[:200]
 
 
 def _looks_openai(state: dict[str, torch.Tensor]) -> bool:

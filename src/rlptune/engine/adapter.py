@@ -56,8 +56,12 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise RlptuneError(f"{directory}: not an adapter folder (no {ADAPTER_CONFIG})")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RlptuneError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise RlptuneError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise RlptuneError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RlptuneError(f"{path}: cannot read adapter config ({exc.strerror or exc})") from None
     if not isinstance(payload, dict):
         raise RlptuneError(f"{path}: expected a JSON object")
     for key in ("format", "library", "method", "backbone", "classnames", "settings"):
@@ -65,21 +69,57 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
             raise RlptuneError(f"{path}: missing field {key!r}")
     if payload["format"] != ADAPTER_FORMAT:
         raise RlptuneError(f"{path}: adapter format {payload['format']!r}, this rlptune reads format {ADAPTER_FORMAT}")
-    lib = payload.get("library") or {}
+    lib = payload["library"]
+    if not isinstance(lib, dict):
+        raise RlptuneError(f"{path}: field 'library' must be an object {{name, version}}, got {lib!r}")
     if lib.get("name") != "rlptune":
         raise RlptuneError(f"{path}: written by {lib.get('name')!r}, not rlptune")
-    theirs = str(lib.get("version", "0")).split(".")[0]
-    if theirs != __version__.split(".")[0]:
-        raise RlptuneError(f"{path}: written by rlptune {lib.get('version')}, incompatible with rlptune {__version__}")
+    if not compatible_version(lib.get("version")):
+        raise RlptuneError(
+            f"{path}: written by rlptune {lib.get('version')}, incompatible with rlptune {__version__} "
+            f"(adapters are read by the same major version)"
+        )
+    _check_fields(payload, path)
     return payload
+
+
+def compatible_version(version: object) -> bool:
+    """True when ``version`` (as recorded in a file) has this rlptune's major version."""
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        return False
+    return version.split(".")[0] == __version__.split(".")[0]
+
+
+def _check_fields(payload: dict[str, Any], path: Path) -> None:
+    """The types of an adapter config's fields, so a hand-edited or foreign file fails naming the field."""
+    if not isinstance(payload["method"], str) or not payload["method"]:
+        raise RlptuneError(f"{path}: field 'method' must be a method name, got {payload['method']!r}")
+    backbone = payload["backbone"]
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("identity"), str):
+        raise RlptuneError(f"{path}: field 'backbone' must be an object with the backbone's 'identity' (and 'spec')")
+    if backbone.get("spec") is not None and not isinstance(backbone["spec"], str):
+        raise RlptuneError(f"{path}: field 'backbone.spec' must be a backbone spec string, got {backbone['spec']!r}")
+    names = payload["classnames"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise RlptuneError(f"{path}: field 'classnames' must be a non-empty list of non-empty class names")
+    if not isinstance(payload["settings"], dict):
+        raise RlptuneError(f"{path}: field 'settings' must be an object with 'method' and 'prompt' sections")
+    template = payload.get("dataset_template")
+    if template is not None and not isinstance(template, str):
+        raise RlptuneError(f"{path}: field 'dataset_template' must be a string or null, got {template!r}")
 
 
 def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto"):
     """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given)."""
-    from ..methods import build_method
+    from ..methods import build_method, list_methods
 
     directory = Path(directory)
     payload = read_adapter_config(directory)
+    if payload["method"] not in list_methods():
+        raise RlptuneError(
+            f"{directory / ADAPTER_CONFIG}: method {payload['method']!r} is not known to this rlptune; "
+            f"available: {', '.join(list_methods())}"
+        )
     recorded = payload["backbone"].get("identity")
     if backbone is None:
         backbone = load_backbone(payload["backbone"].get("spec") or "micro", device=device)
@@ -164,11 +204,36 @@ def load_checkpoint(path: str | Path, method, optimizer, config) -> dict:
         raise RlptuneError(f"{path}: not an rlptune checkpoint ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
     if raw is None:
         raise RlptuneError(f"{path}: not an rlptune checkpoint (no rlptune_checkpoint metadata)")
-    meta = json.loads(raw)
+    meta = _checkpoint_meta(raw, path)
+    if not compatible_version(meta.get("library_version")):
+        raise RlptuneError(
+            f"{path}: checkpoint written by rlptune {meta.get('library_version')}, cannot be resumed by rlptune {__version__}"
+        )
     if meta.get("config_digest") != config_digest(config):
         raise RlptuneError(f"{path}: checkpoint was written with other settings; use a new output folder or the same config")
     method.load_trainable_state({k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}, str(path))
-    optimizer.load_state_dict(_unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"]))
+    try:
+        state = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RlptuneError(f"{path}: checkpoint's optimizer state does not match this run ({type(exc).__name__}: {exc})") from None
+    return meta
+
+
+def _checkpoint_meta(raw: str, path: Path) -> dict:
+    """The checkpoint's JSON metadata, checked for the fields resuming needs."""
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise RlptuneError(f"{path}: not an rlptune checkpoint (its rlptune_checkpoint metadata is not JSON)") from None
+    if not isinstance(meta, dict):
+        raise RlptuneError(f"{path}: not an rlptune checkpoint (its metadata is not a JSON object)")
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise RlptuneError(f"{path}: not an rlptune checkpoint (epoch {epoch!r} is not a completed-epoch count)")
+    optim = meta.get("optimizer")
+    if not isinstance(optim, dict) or not isinstance(optim.get("state"), dict) or not isinstance(optim.get("param_groups"), list):
+        raise RlptuneError(f"{path}: not an rlptune checkpoint (no optimizer state in its metadata)")
     return meta
 
 

@@ -1,0 +1,478 @@
+"""The bad-input catalogue: every input a user can get wrong, and the one-line error it gets (docs/RELIABILITY.md).
+
+Each case runs the command line in-process (``rlptune.cli.main``) and checks: exit status 2, exactly one stderr line
+``rlptune: error: ...``, no traceback, and that the line names the file or field at fault. Cases already covered
+in depth elsewhere are referenced, not repeated: tests/test_data_paths.py (symlink escapes), tests/test_data_images.py
+(every image mode and breakage at the loader), tests/test_data_custom.py and tests/test_data_coop.py (loader
+details), tests/test_backbone_loading.py (a malicious pickle is refused), tests/test_engine.py (an adapter loaded on
+another backbone object names both identities).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, draw_image
+from rlptune import __version__
+from rlptune.cli import main
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _shared_backbones(monkeypatch):
+    """Load each tiny backbone once per module run: the cases are about inputs, not about loading weights."""
+    import rlptune.engine.adapter as adapter_mod
+    import rlptune.engine.api as api_mod
+    from rlptune.backbones import load_backbone as real
+
+    def cached(spec, device="cpu", precision="fp32", seed=0):
+        key = (str(spec), device, precision, seed)
+        if key not in _BACKBONES:
+            _BACKBONES[key] = real(spec, device=device, precision=precision, seed=seed)
+        return _BACKBONES[key]
+
+    monkeypatch.setattr(api_mod, "load_backbone", cached)
+    monkeypatch.setattr(adapter_mod, "load_backbone", cached)
+
+
+_BACKBONES: dict = {}
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Exit 2, one ``rlptune: error:`` line that contains every fragment, and no traceback."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("rlptune: error: ")]
+    assert code == 2 and len(errors) == 1, err
+    line = errors[0]
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+def make_folder(root: Path, classes=("red", "green", "blue"), per_split=None, seed=0) -> Path:
+    """root/{train,val,test}/<class>/*.png, small."""
+    per_split = per_split or {"train": 3, "val": 1, "test": 2}
+    rng = np.random.default_rng(seed)
+    for split, count in per_split.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                draw_image(COLOURS[name], rng).save(folder / f"{name}_{i}.png")
+    return root
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few bytes whose PNG header claims width x height pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _png_bytes(tmp: Path) -> bytes:
+    path = tmp / "_ok.png"
+    draw_image(COLOURS["red"], np.random.default_rng(1)).save(path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+BROKEN_IMAGES: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    # name -> (bytes of the file, the reason the error gives)
+    "corrupt.png": (lambda t: _png_bytes(t)[:60] + b"\x00" * 300, "image file is"),
+    "truncated.png": (lambda t: _png_bytes(t)[:-200], "image file is"),
+    "zero-byte.png": (lambda t: b"", "image file is empty (0 bytes)"),
+    "not-an-image.jpg": (lambda t: b"just some text\n" * 10, "not an image file"),
+    "huge.png": (lambda t: png_claiming(12_000, 12_000), "pixels"),
+}
+
+
+@dataclasses.dataclass
+class World:
+    tmp: Path
+    arch: Path
+    data: Path
+    run: Path  # a finished rlp run with a checkpoint and an adapter
+    outputs: int = 0
+
+    def train(self, *extra) -> list:
+        return ["train", "--backbone", self.arch, "--device", "cpu", "--no-progress", "--aug-views", 0,
+                "--cache-dir", self.tmp / "cache", *extra]
+
+    def out(self) -> Path:
+        """A fresh output folder (a reused one would hold another dataset's few-shot draw)."""
+        self.outputs += 1
+        return self.tmp / "out" / str(self.outputs)
+
+    def folder_train(self, root, *extra) -> list:
+        return self.train("--dataset", "folder", "--data-root", root, "-o", self.out(), *extra)
+
+    def adapter_copy(self, name: str) -> Path:
+        target = self.tmp / "adapters" / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.run / "adapter", target)
+        return target
+
+    def run_copy(self, name: str) -> Path:
+        target = self.tmp / "runs" / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.run, target)
+        return target
+
+    def run_args(self) -> list:
+        """The settings self.run was trained with (for --resume cases)."""
+        return ["--dataset", "folder", "--data-root", self.data, "--method", "rlp", "--shots", 2, "--epochs", 3]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_arch_path) -> World:
+    tmp = tmp_path_factory.mktemp("catalogue")
+    data = make_folder(tmp / "colours")
+    w = World(tmp=tmp, arch=tiny_arch_path, data=data, run=tmp / "run")
+    code = main([str(a) for a in w.train(*w.run_args(), "-o", w.run)])
+    assert code == 0 and (w.run / "checkpoint" / "last.safetensors").is_file()
+    return w
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def split_json(w: World, obj) -> list:
+    path = write(w.tmp / "splits" / f"split_{zlib.crc32(json.dumps(obj).encode())}.json",
+                 obj if isinstance(obj, str) else json.dumps(obj))
+    for rel in ("red/a.png", "green/b.png"):
+        target = path.parent / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(next((w.data / "train" / rel.split("/")[0]).iterdir()), target)
+    return w.train("--dataset", "split-json", "--data-root", path, "-o", w.out())
+
+
+def csv_file(w: World, text: str) -> list:
+    path = write(w.tmp / "csvs" / f"labels_{zlib.crc32(text.encode())}.csv", text)
+    return w.train("--dataset", "csv", "--data-root", path, "-o", w.out())
+
+
+def folder_with(w: World, name: str, files: dict[str, bytes]) -> Path:
+    root = w.tmp / "folders" / name
+    if not root.exists():
+        make_folder(root)
+        for rel, content in files.items():
+            write(root / rel, content)
+    return root
+
+
+def mutated_adapter(w: World, name: str, change: Callable[[dict, Path], object], raw: str | None = None) -> list:
+    """A copy of the trained adapter with its config changed by ``change`` (or replaced by ``raw`` text)."""
+    folder = w.adapter_copy(name)
+    path = folder / "adapter_config.json"
+    payload = json.loads(path.read_text())
+    change(payload, folder)
+    path.write_text(raw if raw is not None else json.dumps(payload))
+    return ["predict", folder, w.data / "test" / "red", "--no-progress", "--device", "cpu"]
+
+
+def tampered_checkpoint(w: World, name: str, make: Callable[[Path, World], None]) -> list:
+    run = w.run_copy(name)
+    make(run / "checkpoint" / "last.safetensors", w)
+    return w.train(*w.run_args(), "-o", run, "--resume")
+
+
+def _rewrite_checkpoint_meta(path: Path, change: Callable[[dict], object]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["rlptune_checkpoint"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    raw = change(meta)
+    save_file(tensors, str(path), {"rlptune_checkpoint": raw if isinstance(raw, str) else json.dumps(meta)})
+
+
+def yaml_config(w: World, text: str, *extra) -> list:
+    path = write(w.tmp / "configs" / f"c_{zlib.crc32(text.encode())}.yaml", text)
+    return w.folder_train(w.data, "--config", path, *extra)
+
+
+# -- the catalogue -------------------------------------------------------------------------------------------------
+# id -> (build the command line from the World, fragments the one-line error must contain)
+
+CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
+    # data root
+    "data-root-missing": (lambda w: w.folder_train(w.tmp / "no-such-folder"), ("no-such-folder: dataset root does not exist",)),
+    "data-root-is-a-file": (lambda w: w.folder_train(write(w.tmp / "a-file", "x")), ("a-file: dataset root is not a folder",)),
+    "data-root-unset": (lambda w: w.train("--dataset", "folder", "-o", w.out()), ("no data root given", "$RLPTUNE_DATA")),
+    "dataset-unknown": (lambda w: w.train("--dataset", "cifar-11", "--data-root", w.data, "-o", w.out()),
+                        ("unknown dataset 'cifar-11'", "expected one of", "folder")),
+    # split JSON
+    "split-json-not-json": (lambda w: split_json(w, "{'train': ["), ("not valid JSON (line 1, column 2",)),
+    "split-json-not-utf8": (lambda w: w.train("--dataset", "split-json", "--data-root", write(w.tmp / "latin1.json", b'{"train": "\xe9"}'), "-o", w.out()),
+                            ("latin1.json: split file is not UTF-8 text",)),
+    "split-json-top-level-list": (lambda w: split_json(w, [["red/a.png", 0, "red"]]), ("expected a JSON object with keys train, val, test",)),
+    "split-json-split-not-list": (lambda w: split_json(w, {"train": {"red/a.png": 0}}), ("'train' must be a list of entries, got a dict",)),
+    "split-json-entry-wrong-shape": (lambda w: split_json(w, {"train": [["red/a.png", 0]]}), ("train[0]: expected [relative path, label, class name]",)),
+    "split-json-label-not-int": (lambda w: split_json(w, {"train": [["red/a.png", "0", "red"]]}), ("train[0]: label must be an integer",)),
+    "split-json-unknown-key": (lambda w: split_json(w, {"train": [["red/a.png", 0, "red"]], "extra": []}), ("unknown key(s) 'extra'; expected only train, val, test",)),
+    "split-json-label-two-names": (lambda w: split_json(w, {"train": [["red/a.png", 0, "red"], ["green/b.png", 0, "green"]]}),
+                                   ("train[1]: label 0 has class name 'green' but train[0] gave it 'red'",)),
+    "split-json-name-two-labels": (lambda w: split_json(w, {"train": [["red/a.png", 0, "red"], ["green/b.png", 1, "red"]]}),
+                                   ("class name 'red' has label 1 but train[0] gave it label 0",)),
+    "split-json-label-gap": (lambda w: split_json(w, {"train": [["red/a.png", 0, "red"], ["green/b.png", 2, "green"]]}),
+                             ("label 1 has no images; labels must run 0..1",)),
+    "split-json-path-dotdot": (lambda w: split_json(w, {"train": [["../colours/train/red/red_0.png", 0, "red"]]}),
+                               ("train[0]: image path '../colours/train/red/red_0.png' contains '..'",)),
+    "split-json-path-absolute": (lambda w: split_json(w, {"train": [["/etc/passwd", 0, "red"]]}), ("train[0]: image path '/etc/passwd' is absolute",)),
+    "split-json-image-missing": (lambda w: split_json(w, {"train": [["red/a.png", 0, "red"], ["red/gone.png", 0, "red"]]}),
+                                 ("1 of 2 listed images are missing", "train[1]: 'red/gone.png'")),
+    "split-json-empty": (lambda w: split_json(w, {"train": [], "val": [], "test": []}), ("no images listed",)),
+    # CSV
+    "csv-missing-columns": (lambda w: csv_file(w, "file,class\nred/a.png,red\n"), ("missing column(s) path, label; found columns 'file', 'class'",)),
+    "csv-missing-label-column": (lambda w: csv_file(w, "path,split\nred/a.png,train\n"), ("missing column(s) label",)),
+    "csv-empty": (lambda w: csv_file(w, ""), ("CSV file is empty",)),
+    "csv-header-only": (lambda w: csv_file(w, "path,label\n"), ("CSV has a header but no rows",)),
+    "csv-ragged-row": (lambda w: csv_file(w, "path,label\nred/a.png,red,extra\n"), ("line 2: expected 2 fields, got 3",)),
+    "csv-bad-split": (lambda w: csv_file(w, "path,label,split\nred/a.png,red,training\n"), ("line 2: split 'training' is not one of train, val, test",)),
+    "csv-path-escapes": (lambda w: csv_file(w, "path,label\n../../etc/passwd,red\n"), ("line 2: image path '../../etc/passwd' contains '..'",)),
+    # classes and shots
+    "class-without-images": (lambda w: w.folder_train(folder_with(w, "empty-class", {"train/purple/notes.txt": b"no images here"})),
+                             ("train/purple: class folder has no images",)),
+    "folder-without-classes": (lambda w: w.folder_train(write(w.tmp / "flat" / "x.png", _png_bytes(w.tmp)).parent),
+                               ("no class folders found",)),
+    # images (policy error: the default)
+    **{
+        f"image-{name.split('.')[0]}": (
+            (lambda n: lambda w: w.folder_train(folder_with(w, f"bad-{n}", {f"train/red/{n}": BROKEN_IMAGES[n][0](w.tmp)}), "--epochs", 1))(name),
+            (f"train/red/{name}: ", reason),
+        )
+        for name, (_, reason) in BROKEN_IMAGES.items()
+    },
+    "image-policy-skip-empties-a-class": (
+        lambda w: w.folder_train(
+            folder_with(w, "red-all-broken", {f"train/red/red_{i}.png": b"" for i in range(3)}), "--image-policy", "skip", "--epochs", 1
+        ),
+        ("class 'red' has no readable training images left",),
+    ),
+    # adapters
+    "adapter-not-a-folder": (lambda w: ["predict", w.data, w.data / "test", "--no-progress"], ("not an adapter folder (no adapter_config.json)",)),
+    "adapter-other-backbone": (
+        lambda w: mutated_adapter(w, "other-backbone", lambda p, f: p["backbone"].update(identity="ViT-B-16@sha256:0123456789abcdef")),
+        ("adapter was trained on backbone ViT-B-16@sha256:0123456789abcdef, but the loaded backbone is tiny-clip@sha256:",),
+    ),
+    "adapter-other-major-version": (
+        lambda w: mutated_adapter(w, "v1", lambda p, f: p["library"].update(version="1.0.0")),
+        ("adapter_config.json: written by rlptune 1.0.0, incompatible with rlptune " + __version__,),
+    ),
+    "adapter-other-library": (lambda w: mutated_adapter(w, "peft", lambda p, f: p["library"].update(name="peft")), ("written by 'peft', not rlptune",)),
+    "adapter-other-format": (lambda w: mutated_adapter(w, "format", lambda p, f: p.update(format=2)), ("adapter format 2, this rlptune reads format 1",)),
+    "adapter-config-not-json": (
+        lambda w: mutated_adapter(w, "notjson", lambda p, f: None, raw='{"format": 1,'),
+        ("adapter_config.json: not valid JSON (line 1",),
+    ),
+    "adapter-config-missing-field": (lambda w: mutated_adapter(w, "nofield", lambda p, f: p.pop("classnames")), ("adapter_config.json: missing field 'classnames'",)),
+    "adapter-config-wrong-type": (lambda w: mutated_adapter(w, "badtype", lambda p, f: p.update(classnames="red,green")), ("adapter_config.json: field 'classnames'",)),
+    "adapter-unknown-method": (lambda w: mutated_adapter(w, "method", lambda p, f: p.update(method="prompt-magic")), ("method 'prompt-magic' is not known",)),
+    "adapter-settings-unknown-field": (
+        lambda w: mutated_adapter(w, "settings", lambda p, f: p["settings"]["prompt"].update(rnak=2)),
+        ("adapter_config.json: prompt: unknown field 'rnak' (did you mean 'rank'?)",),
+    ),
+    "adapter-model-missing": (lambda w: mutated_adapter(w, "nomodel", lambda p, f: (f / "adapter_model.safetensors").unlink()), ("missing adapter_model.safetensors",)),
+    "adapter-model-not-safetensors": (
+        lambda w: mutated_adapter(w, "garbage", lambda p, f: (f / "adapter_model.safetensors").write_bytes(b"PK\x03\x04 not safetensors")),
+        ("adapter_model.safetensors: not a safetensors file",),
+    ),
+    "adapter-model-is-a-checkpoint": (
+        lambda w: mutated_adapter(w, "ckpt", lambda p, f: shutil.copy(w.run / "checkpoint" / "last.safetensors", f / "adapter_model.safetensors")),
+        ("adapter_model.safetensors: tensors", "do not match method 'rlp'"),
+    ),
+    # checkpoints (train --resume)
+    "checkpoint-garbage": (lambda w: tampered_checkpoint(w, "garbage", lambda p, w: p.write_bytes(b"\x00" * 64)), ("last.safetensors: not an rlptune checkpoint",)),
+    "checkpoint-is-an-adapter": (
+        lambda w: tampered_checkpoint(w, "adapter", lambda p, w: shutil.copy(w.run / "adapter" / "adapter_model.safetensors", p)),
+        ("last.safetensors: not an rlptune checkpoint (no rlptune_checkpoint metadata)",),
+    ),
+    "checkpoint-metadata-not-json": (
+        lambda w: tampered_checkpoint(w, "meta", lambda p, w: _rewrite_checkpoint_meta(p, lambda m: "{epoch: 1")),
+        ("last.safetensors: not an rlptune checkpoint (its rlptune_checkpoint metadata is not JSON)",),
+    ),
+    "checkpoint-epoch-not-a-count": (
+        lambda w: tampered_checkpoint(w, "epoch", lambda p, w: _rewrite_checkpoint_meta(p, lambda m: m.update(epoch="two"))),
+        ("last.safetensors: not an rlptune checkpoint (epoch 'two'",),
+    ),
+    "checkpoint-other-settings": (
+        lambda w: tampered_checkpoint(w, "digest", lambda p, w: _rewrite_checkpoint_meta(p, lambda m: m.update(config_digest="0" * 16))),
+        ("last.safetensors: checkpoint was written with other settings",),
+    ),
+    "checkpoint-other-major-version": (
+        lambda w: tampered_checkpoint(w, "version", lambda p, w: _rewrite_checkpoint_meta(p, lambda m: m.update(library_version="7.0"))),
+        ("last.safetensors: checkpoint written by rlptune 7.0",),
+    ),
+    "checkpoint-optimizer-state-missing": (
+        lambda w: tampered_checkpoint(w, "optim", lambda p, w: _rewrite_checkpoint_meta(p, lambda m: m.pop("optimizer"))),
+        ("not an rlptune checkpoint (no optimizer state",),
+    ),
+    "resume-with-other-settings": (
+        lambda w: w.train(*w.run_args(), "--lr", 0.5, "-o", w.run_copy("lr"), "--resume"),
+        ("last.safetensors: checkpoint was written with other settings",),
+    ),
+    # backbone weights that are not what their name says
+    "backbone-weights-not-a-checkpoint": (
+        lambda w: w.folder_train(w.data, "--backbone", f"{w.arch}:{write(w.tmp / 'weights.pt', b'just text, not weights')}"),
+        ("weights.pt: not a loadable weights-only checkpoint",),
+    ),
+    "backbone-weights-safetensors-garbage": (
+        lambda w: w.folder_train(w.data, "--backbone", f"{w.arch}:{write(w.tmp / 'weights.safetensors', b'{}garbage')}"),
+        ("weights.safetensors: not a loadable weights-only checkpoint",),
+    ),
+    "backbone-weights-missing": (lambda w: w.folder_train(w.data, "--backbone", w.tmp / "nowhere.pt"), ("nowhere.pt: checkpoint file not found",)),
+    "backbone-spec-unknown": (lambda w: w.folder_train(w.data, "--backbone", "clip-large-ish"), ("backbone 'clip-large-ish': names no weights",)),
+    "device-unknown": (lambda w: w.folder_train(w.data, "--device", "gpu0"), ("backbone.device 'gpu0'",)),
+    # configs
+    "config-unknown-field": (lambda w: yaml_config(w, "train:\n  lr_rate: 0.1\n"),
+                             ("train: unknown field 'lr_rate' (did you mean 'lr'?); valid fields: epochs, batch_size", "weight_decay")),
+    "config-unknown-section": (lambda w: yaml_config(w, "trian: {epochs: 2}\n"), ("unknown field 'trian' (did you mean 'train'?); valid fields: backbone, data",)),
+    "config-mistyped-int": (lambda w: yaml_config(w, "train: {epochs: ten}\n"), ("train.epochs: expected an integer, got 'ten'",)),
+    "config-mistyped-float": (lambda w: yaml_config(w, "train: {lr: fast}\n"), ("train.lr: expected a number, got 'fast'",)),
+    "config-mistyped-bool": (lambda w: yaml_config(w, "method: {class_specific: maybe}\n"), ("method.class_specific: expected true or false",)),
+    "config-bad-choice": (lambda w: yaml_config(w, "prompt: {kind: sparse}\n"), ("prompt.kind: expected one of full, lowrank, got 'sparse'",)),
+    "config-section-not-mapping": (lambda w: yaml_config(w, "train: 5\n"), ("section 'train' must be a mapping of fields",)),
+    "config-not-a-mapping": (lambda w: yaml_config(w, "- train\n- epochs\n"), ("expected a mapping of sections",)),
+    "config-not-yaml": (lambda w: yaml_config(w, "train: {epochs: [1\n"), ("not valid YAML at line",)),
+    "config-impossible-date": (lambda w: yaml_config(w, "train: {seed: 2001-02-30}\n"), ("not valid YAML (day is out of range",)),
+    "config-file-missing": (lambda w: w.folder_train(w.data, "--config", w.tmp / "nope.yaml"), ("nope.yaml: config file not found (and not a shipped preset: ",)),
+    "config-nan": (lambda w: w.folder_train(w.data, "--lr", "nan"), ("train.lr: expected a finite number",)),
+    "config-out-of-range": (lambda w: w.folder_train(w.data, "--shots", -4), ("data.shots must be >= 0, got -4",)),
+    "config-template-without-slot": (lambda w: w.folder_train(w.data, "--template", "a photo"), ("method.templates: template 'a photo' must contain {}",)),
+    "config-options-self-referencing": (lambda w: yaml_config(w, "method: {options: &a {x: *a}}\n"), ("method.options.x", "nested too deeply")),
+    "config-set-without-section": (lambda w: w.folder_train(w.data, "--set", "rank=2"), ("--set 'rank=2': expected section.field=value",)),
+    "config-method-unknown": (lambda w: w.folder_train(w.data, "--method", "coop2"), ("method.name 'coop2' is not known; available: ",)),
+    "method-option-unknown": (lambda w: w.folder_train(w.data, "--method", "kgcoop", "--set", "method.options.lamda=2"),
+                              ("unknown option 'lamda' for method 'kgcoop' (did you mean 'lambda_kg'?)",)),
+    # predict
+    "predict-path-missing": (lambda w: ["predict", w.run / "adapter", w.tmp / "nothing-here", "--no-progress"], ("nothing-here: no such image or folder",)),
+    "predict-folder-without-images": (lambda w: ["predict", w.run / "adapter", write(w.tmp / "texts" / "a.txt", "x").parent, "--no-progress"], ("no images found in",)),
+    "predict-broken-image": (
+        lambda w: ["predict", w.run / "adapter", write(w.tmp / "to-predict" / "cut.png", _png_bytes(w.tmp)[:-200]), "--no-progress"],
+        ("cut.png: image file is",),
+    ),
+    "predict-top-k-zero": (lambda w: ["predict", w.run / "adapter", w.data / "test", "--top-k", 0], ("--top-k must be >= 1",)),
+    "predict-classes-empty": (lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", " , ", "--no-progress"], ("--classes ' , ': expected",)),
+    "predict-classes-repeated": (lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", "cat,dog,cat", "--no-progress"],
+                                 ("class 'cat' is listed more than once",)),
+    "predict-classes-file-binary": (
+        lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", write(w.tmp / "classes.txt", b"\xff\xfe\x00\x01"), "--no-progress"],
+        ("classes.txt: classes file is not UTF-8 text",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input_gets_one_line_error(case, world, capsys, monkeypatch, cache_dir):
+    monkeypatch.delenv("RLPTUNE_DATA", raising=False)
+    build, fragments = CATALOGUE[case]
+    args = build(world)
+    capsys.readouterr()
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, *fragments)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any folder")
+def test_unreadable_data_root(world, capsys, tmp_path):
+    root = make_folder(tmp_path / "locked")
+    os.chmod(root, 0)
+    try:
+        code, _, err = run_cli(world.folder_train(root), capsys)
+    finally:
+        os.chmod(root, 0o755)
+    assert_one_line_error(code, err, "locked")
+
+
+def test_convertible_images_are_converted(world, capsys):
+    """CMYK, 16-bit, alpha, palette-with-transparency and grayscale images train like RGB ones (policy error)."""
+    root = world.tmp / "folders" / "odd-modes"
+    make_folder(root)
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(root / "train" / "red" / "cmyk.jpg")
+    Image.fromarray(np.full((40, 40), 40_000, np.uint16)).save(root / "train" / "green" / "sixteen.png")
+    Image.new("RGBA", (40, 40), (30, 60, 220, 128)).save(root / "train" / "blue" / "alpha.png")
+    palette = Image.new("P", (40, 40), 1)
+    palette.putpalette([0, 0, 0, 220, 30, 30] + [0] * 762)
+    palette.save(root / "test" / "red" / "palette.png", transparency=0)
+    Image.new("LA", (40, 40), (90, 200)).save(root / "test" / "green" / "gray-alpha.png")
+    code, _, err = run_cli(world.folder_train(root, "--epochs", 1, "-o", world.tmp / "odd-run"), capsys)
+    assert code == 0, err
+    assert json.loads((world.tmp / "odd-run" / "result.json").read_text())["metrics"]["test"]["n"] == 3 * 2 + 2
+
+
+def test_skip_policy_drops_and_reports_every_unreadable_image(world, capsys):
+    files = {f"train/red/{n}": make(world.tmp) for n, (make, _) in BROKEN_IMAGES.items()}
+    files["test/blue/zero.png"] = b""
+    root = folder_with(world, "skip-policy", files)
+    out = world.tmp / "skip-run"
+    code, _, err = run_cli(world.folder_train(root, "--image-policy", "skip", "--epochs", 1, "-o", out), capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("skipped "))
+    assert line.startswith(f"skipped {len(files)} unreadable image(s) (data.image_policy=skip): ")
+    assert str(out / "skipped_images.json") in line
+    report = json.loads((out / "skipped_images.json").read_text())
+    assert sorted(r["path"] for r in report) == sorted(files)
+    assert all(r["reason"] and r["split"] in ("train", "test") for r in report)
+    result = json.loads((out / "result.json").read_text())
+    assert result["metrics"]["test"]["n"] == 3 * 2  # the generated test images; the zero-byte one was dropped
+
+
+def test_fewer_images_than_shots_keeps_all_and_warns_naming_the_class(world, capsys, caplog):
+    """Not an error (CoOp's toolkit does the same): every image of the short class is used and the run says so."""
+    out = world.tmp / "short-run"
+    code, _, err = run_cli(world.folder_train(world.data, "--shots", 5, "--epochs", 1, "-o", out), capsys)
+    assert code == 0, err
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "fewer images than shots" in warning and "'blue': 3 train image(s) for 5 shots" in warning
+    record = json.loads((out / "few_shot.json").read_text())
+    assert {c["classname"] for c in record["short_classes"]} == {"red", "green", "blue"}
+    assert len(record["train"]) == 9
+
+
+def test_catalogue_is_documented():
+    """docs/RELIABILITY.md lists every case id of this catalogue."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    missing = [case for case in CATALOGUE if f"`{case}`" not in doc]
+    assert not missing, f"docs/RELIABILITY.md does not list {missing}"
+
+
+def test_adapter_library_version_rule(world, capsys):
+    """Adapters are read by the same major version: another minor / patch loads, anything else is refused."""
+    from rlptune.engine.adapter import compatible_version
+
+    major = __version__.split(".")[0]
+    assert compatible_version(__version__) and compatible_version(f"{major}.99.7") and compatible_version(f"{major}")
+    for other in (f"{int(major) + 1}.0.0", "x.1", "", None, 0, 1.5, [major]):
+        assert not compatible_version(other), other
+    code, out, err = run_cli(mutated_adapter(world, "minor", lambda p, f: p["library"].update(version=f"{major}.99.7")), capsys)
+    assert code == 0 and len(out.splitlines()) == 2, err  # two test images of class red
+    code, _, err = run_cli(mutated_adapter(world, "no-version", lambda p, f: p["library"].pop("version")), capsys)
+    assert_one_line_error(code, err, "written by rlptune None, incompatible with rlptune " + __version__)

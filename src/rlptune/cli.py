@@ -164,6 +164,7 @@ def parameter_counts(config) -> dict[str, Any]:
         "n_ctx": getattr(method, "n_ctx", None),
         "rank": config.prompt.rank if config.prompt.kind == "lowrank" else None,
         "trainable_params": method.num_trainable(),
+        "formula": method.parameter_formula() if hasattr(method, "parameter_formula") else None,
     }
 
 

@@ -20,6 +20,34 @@ from torch import nn
 from ..errors import RlptuneError
 
 
+BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
+"""``before_block(i, x) -> x``: called with the batch-first hidden states (B, L, w) before transformer block i."""
+
+
+def run_transformer_blocks(
+    transformer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, before_block: BlockHook | None = None
+) -> torch.Tensor:
+    """Run an open_clip ``Transformer`` on batch-first ``x``; with ``before_block``, block by block with the hook.
+
+    Without a hook this is ``transformer(x, attn_mask=...)`` itself. With one, the transformer's own blocks
+    (``resblocks``) run in order, exactly as its ``forward`` does, and ``before_block(i, x)`` may edit or extend
+    the hidden states before block i (always given and returned batch-first).
+    """
+    if before_block is None:
+        return transformer(x, attn_mask=attn_mask)
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None:
+        raise RlptuneError(f"backbone transformer {type(transformer).__name__} has no resblocks: per-layer prompts are not supported")
+    batch_first = getattr(transformer, "batch_first", True)
+    for i, block in enumerate(blocks):
+        x = before_block(i, x)
+        if batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x
+
+
 class TextTower:
     """Open_clip's text tower, driven from token embeddings instead of token ids.
 
@@ -61,6 +89,22 @@ class TextTower:
         return int(self.token_embedding.embedding_dim)
 
     @property
+    def positional_embedding(self) -> torch.Tensor:
+        """The (context_length, d) positional embeddings (read through, never copied)."""
+        return self._owner.positional_embedding
+
+    @property
+    def ln_final(self) -> nn.Module:
+        """The final LayerNorm applied before pooling."""
+        return self._owner.ln_final
+
+    @property
+    def cast_dtype(self) -> torch.dtype:
+        """The dtype open_clip casts token embeddings to before the blocks (the blocks' weight dtype)."""
+        t = self.transformer
+        return t.get_cast_dtype() if hasattr(t, "get_cast_dtype") else self.dtype
+
+    @property
     def context_length(self) -> int:
         return int(self._owner.positional_embedding.shape[0])
 
@@ -86,11 +130,15 @@ class TextTower:
         mask = getattr(self._owner, "attn_mask", None)
         return None if mask is None else mask[:length, :length]
 
-    def run_blocks(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        """Positional embeddings + the transformer blocks over the first ``length`` positions of x (B, L, d)."""
+    def run_blocks(self, x: torch.Tensor, length: int, before_block: BlockHook | None = None) -> torch.Tensor:
+        """Positional embeddings + the transformer blocks over the first ``length`` positions of x (B, L, d).
+
+        ``before_block(i, x) -> x`` (optional) is called on the batch-first hidden states before block i, e.g. to
+        replace prompt tokens layer by layer; it must keep the sequence length (the causal mask is fixed).
+        """
         cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else x.dtype
         x = x[:, :length].to(cast) + self._owner.positional_embedding[:length].to(cast)
-        return self.transformer(x, attn_mask=self.causal_mask(length))
+        return run_transformer_blocks(self.transformer, x, self.causal_mask(length), before_block)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm already applied; the text projection into the joint space."""
@@ -101,18 +149,81 @@ class TextTower:
             return proj(pooled)
         return pooled @ proj
 
-    def encode_embeddings(self, embeddings: torch.Tensor, eot: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    def encode_embeddings(
+        self, embeddings: torch.Tensor, eot: torch.Tensor, truncate: bool = True, before_block: BlockHook | None = None
+    ) -> torch.Tensor:
         """Text features (B, e) from token embeddings (B, L, d) whose end-of-text tokens sit at ``eot`` (B,).
 
         With ``truncate`` the transformer runs only over the first 1 + max(eot) positions: under the causal mask
         no later token can influence the pooled one, so the result equals the full-length run (tested).
+        ``before_block`` is passed to :meth:`run_blocks`.
         """
         eot = eot.to(embeddings.device)
         length = int(eot.max().item()) + 1 if truncate else embeddings.shape[1]
-        x = self.run_blocks(embeddings, length)
+        x = self.run_blocks(embeddings, length, before_block)
         x = self._owner.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         return self.head(pooled)
+
+
+class VisionTower:
+    """Open_clip's ``VisionTransformer`` run from its own modules, with a hook between blocks.
+
+    ``encode(images)`` equals ``model.encode_image(images)`` (tested); ``encode(images, before_block)`` lets the
+    hook append tokens before block 0 and replace them before later blocks (per-layer prompt tokens). Tokens a
+    hook appends are dropped before pooling, so pooling (class token, average or attentional) sees exactly the
+    image's own tokens. Towers without a token sequence (``ModifiedResNet``, timm towers) are refused.
+    """
+
+    _REQUIRED = ("conv1", "class_embedding", "positional_embedding", "transformer", "_embeds", "_pool")
+
+    def __init__(self, model: nn.Module) -> None:
+        visual = getattr(model, "visual", None)
+        missing = [a for a in self._REQUIRED if not hasattr(visual, a)] if visual is not None else ["visual"]
+        if missing or not hasattr(visual.transformer, "resblocks"):
+            name = type(visual).__name__ if visual is not None else "none"
+            raise RlptuneError(
+                f"backbone image tower {name} has no token transformer: prompts or adapters in the image tower need "
+                f"an open_clip VisionTransformer (ViT); use a ViT backbone or a text-only method"
+            )
+        self._visual = visual
+
+    @property
+    def module(self) -> nn.Module:
+        return self._visual
+
+    @property
+    def width(self) -> int:
+        """Token width w of the image transformer (768 for ViT-B-16): the width of a visual prompt vector."""
+        return int(self._visual.class_embedding.shape[-1])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._visual.transformer.resblocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self._visual.class_embedding.device
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens + class token + positional embeddings (+ ln_pre): the input of block 0, (B, 1 + P, w)."""
+        return self._visual._embeds(images.to(self.device))
+
+    def run_blocks(self, x: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
+        return run_transformer_blocks(self._visual.transformer, x, None, before_block)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooling (the tower's own), final norm and projection: unnormalised image features (B, e)."""
+        pooled, _ = self._visual._pool(x)
+        proj = getattr(self._visual, "proj", None)
+        return pooled @ proj if proj is not None else pooled
+
+    def encode(self, images: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
+        """Unnormalised image features (B, e); tokens appended by ``before_block`` are dropped before pooling."""
+        x = self.embed(images)
+        own = x.shape[1]
+        x = self.run_blocks(x, before_block)
+        return self.head(x[:, :own])
 
 
 @dataclass
@@ -176,6 +287,11 @@ class Backbone:
         return F.normalize(feats.float(), dim=-1) if normalize else feats.float()
 
     # -- images --------------------------------------------------------------------------------------------
+    @property
+    def vision(self) -> VisionTower:
+        """The image tower as a :class:`VisionTower` (raises RlptuneError for towers without tokens)."""
+        return VisionTower(self.model)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         with self.autocast():
             feats = self.model.encode_image(images.to(self.device))

@@ -50,6 +50,7 @@ class Method(nn.Module):
 
     registered_name = "method"
     needs_image_tower = False
+    transfers_to_new_classes = True  # False for per-class heads (linear probe): base-to-new skips "new"
 
     def __init__(self, config, backbone: Backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__()

@@ -36,13 +36,14 @@ class CoOp(Method):
         lead = (len(classnames),) if config.method.class_specific else ()
         init, from_text = initial_context(config, backbone, lead)
         self.n_ctx = int(init.shape[-2])
-        self.prompt = build_prompt(config.prompt, init, from_text)
+        self.prompt = build_prompt(config.prompt, init, from_text).to(backbone.device)
         self.text = self._make_text(classnames)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         m = self.config.method
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text
+            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
+            shared_prefix=m.shared_prefix,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

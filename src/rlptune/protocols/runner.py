@@ -159,11 +159,12 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     extra: dict[str, Any] = {"protocol": spec.protocol, "dataset": spec.dataset, "tag": spec.tag(), "settings": spec.swept}
     if spec.protocol == "base2new":
         metrics["base"] = evaluate_split(method, train_splits, "test", cache, batch)
-        new = subsample_classes(full, "new")
-        method.set_classnames(new.classnames)
-        metrics["new"] = evaluate_split(method, new, "test", cache, batch)
-        extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
-        method.set_classnames(train_splits.classnames)
+        if method.transfers_to_new_classes:
+            new = subsample_classes(full, "new")
+            method.set_classnames(new.classnames)
+            metrics["new"] = evaluate_split(method, new, "test", cache, batch)
+            extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
+            method.set_classnames(train_splits.classnames)
     else:
         metrics["test"] = evaluate_split(method, train_splits, "test", cache, batch)
         if spec.targets:
@@ -223,8 +224,10 @@ def run_sweep(
 
 def _summary(result: dict) -> str:
     m = result["metrics"]
-    if "base" in m:
+    if "base" in m and "new" in m:
         return f"base {m['base']['top1']:.1f}  new {m['new']['top1']:.1f}  H {result.get('h', 0):.1f}"
+    if "base" in m:
+        return f"base {m['base']['top1']:.1f}  (no new-class score: the method cannot score unseen classes)"
     return f"test {m['test']['top1']:.1f}"
 
 

@@ -1,0 +1,311 @@
+"""Deep prompts: new prompt tokens at each of the first J layers of the text and/or image tower.
+
+One module, four registered names (each with its paper defaults as ``configs/<name>.yaml``):
+
+- ``deep_text``: text prompts at the first J_t layers. Layer 0 is CoOp's context (``prompt.ctx_init`` or random,
+  after the start token); before each later layer i < J_t the hidden states at those n positions are *replaced*
+  by layer i's own learned tokens (MaPLe's "deep language prompting"). Image features are CLIP's (cached).
+- ``deep_vision``: VPT-deep on an open_clip ViT. n_v tokens are appended to the image tokens before block 0 and
+  replaced before each block i < J_v; they are dropped before pooling. The classifier is the frozen CLIP's
+  hand-crafted prompt (dataset template, else "a photo of a {}.").
+- ``ivlp``: both at once, independent (Independent Vision-Language Prompting, from the MaPLe paper).
+- ``maple``: MaPLe-style coupling: the vision prompt of layer i is a learned linear map ``F_i: d → w`` of the
+  text prompt of layer i (J maps, one per layer); the vision tokens have no parameters of their own.
+
+Every prompt is built by :func:`rlptune.prompts.build_prompt`, so ``prompt.kind: lowrank`` turns all of them
+into RLP at once; a deep prompt (J−1, n, d) is factorised per layer (A: (J−1, n, r), B: (J−1, r, d)).
+
+Trainable parameters (d text width, w vision width, n text tokens, n_v vision tokens; full rank / low rank):
+  deep_text  J_t·n·d                         | J_t·r·(n+d)
+  deep_vision J_v·n_v·w                      | J_v·r·(n_v+w)
+  ivlp       J_t·n·d + J_v·n_v·w             | J_t·r·(n+d) + J_v·r·(n_v+w)
+  maple      J·n·d + J·(d·w + w)             | J·r·(n+d) + J·(d·w + w)
+ViT-B-16 (d=512, w=768), n = n_v = 2, J = 9: ivlp 9,216 + 13,824 = 23,040; maple 9,216 + 3,545,856 = 3,555,072.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RlptuneError
+from ..prompts import build_prompt
+from ..text import PromptedClassText
+from .base import Method, register_method
+from .coop import initial_context
+from .options import option, parse_options
+from .shared import formula, handcrafted_features, handcrafted_template, prompt_term
+
+
+@dataclass
+class DeepPromptOptions:
+    text_depth: int = option(9, "J_t: text layers with prompts (1 = CoOp's context only; 0 = no text prompts)")
+    vision_depth: int = option(9, "J_v: image layers with prompts (VPT-deep; 0 = none)")
+    vision_ctx: int = option(2, "n_v: prompt tokens in the image tower")
+    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts")
+    template: Optional[str] = option(None, "hand-crafted template when there are no text prompts; unset = dataset's, else 'a photo of a {}.'")
+
+    def validate(self) -> None:
+        if self.text_depth < 0 or self.vision_depth < 0:
+            raise RlptuneError("method.options.text_depth and vision_depth must be >= 0")
+        if self.text_depth == 0 and self.vision_depth == 0:
+            raise RlptuneError("method.options: text_depth and vision_depth are both 0: nothing to learn")
+        if self.vision_depth > 0 and self.vision_ctx < 1:
+            raise RlptuneError(f"method.options.vision_ctx must be >= 1, got {self.vision_ctx}")
+        if self.deep_init_std < 0:
+            raise RlptuneError("method.options.deep_init_std must be >= 0")
+
+
+@dataclass
+class DeepTextOptions(DeepPromptOptions):
+    vision_depth: int = option(0, "J_v: image layers with prompts (0 for deep_text)")
+
+
+@dataclass
+class DeepVisionOptions(DeepPromptOptions):
+    text_depth: int = option(0, "J_t: text layers with prompts (0 for deep_vision: the hand-crafted prompt classifies)")
+
+
+@dataclass
+class MapleOptions:
+    depth: int = option(9, "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)")
+    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1")
+
+    def validate(self) -> None:
+        if self.depth < 1:
+            raise RlptuneError(f"method.options.depth must be >= 1, got {self.depth}")
+        if self.deep_init_std < 0:
+            raise RlptuneError("method.options.deep_init_std must be >= 0")
+
+
+def _replace(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
+    """x (B, L, w) with positions start … start+n replaced by ``tokens`` (n, w) for every row."""
+    n = tokens.shape[0]
+    rows = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :start], rows, x[:, start + n :]], dim=1)
+
+
+class DeepPrompts(Method):
+    """Text and/or vision prompts at the first J layers (see the module docstring)."""
+
+    options_class: type = DeepPromptOptions
+    coupled = False
+
+    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(config, backbone, classnames, dataset_template)
+        opts = parse_options(self.options_class, config.method.options, self.registered_name)
+        self.options = opts
+        if self.coupled:
+            self.text_depth = self.vision_depth = opts.depth
+        else:
+            self.text_depth, self.vision_depth = opts.text_depth, opts.vision_depth
+        if config.method.class_specific:
+            raise RlptuneError(f"{self.registered_name}: method.class_specific is not supported with deep prompts")
+        text_layers = len(backbone.text.transformer.resblocks)
+        if self.text_depth > text_layers:
+            raise RlptuneError(
+                f"{self.registered_name}: prompt depth {self.text_depth} exceeds the text tower's {text_layers} layers; "
+                f"set method.options.{'depth' if self.coupled else 'text_depth'} <= {text_layers}"
+            )
+        width = backbone.text.width
+        self.n_ctx: int | None = None  # no text prompt (deep_vision)
+        if self.text_depth > 0:
+            if self.text_depth > 1 and config.method.class_token_position != "end":
+                raise RlptuneError(f"{self.registered_name}: deep text prompts need method.class_token_position=end")
+            init, from_text = initial_context(config, backbone)
+            self.n_ctx = int(init.shape[-2])
+            self.text_prompt = build_prompt(config.prompt, init, from_text)
+            if self.text_depth > 1:
+                deep = torch.randn(self.text_depth - 1, self.n_ctx, width) * opts.deep_init_std
+                self.text_deep = build_prompt(config.prompt, deep, False)
+            self.text = self._make_text(classnames)
+        else:
+            self.template = handcrafted_template(dataset_template, opts.template)
+            self.register_buffer("fixed_text", handcrafted_features(backbone, classnames, self.template), persistent=False)
+
+        self.needs_image_tower = self.vision_depth > 0
+        if self.vision_depth > 0:
+            vision = backbone.vision  # raises a clear RlptuneError on towers without tokens (ModifiedResNet)
+            if self.vision_depth > vision.num_layers:
+                raise RlptuneError(
+                    f"{self.registered_name}: prompt depth {self.vision_depth} exceeds the image tower's {vision.num_layers} "
+                    f"layers; set method.options.{'depth' if self.coupled else 'vision_depth'} <= {vision.num_layers}"
+                )
+            self.vision_width = vision.width
+            if self.coupled:
+                self.n_vision = self.n_ctx
+                self.couplers = nn.ModuleList([nn.Linear(width, vision.width) for _ in range(self.vision_depth)]).to(backbone.device)
+            else:
+                self.n_vision = int(opts.vision_ctx)
+                init = torch.randn(self.vision_depth, self.n_vision, vision.width) * opts.deep_init_std
+                self.vision_prompt = build_prompt(config.prompt, init, False)
+        self._merged_vision: torch.Tensor | None = None
+        self.to(backbone.device)
+
+    def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
+        m = self.config.method
+        return PromptedClassText(self.backbone, classnames, self.n_ctx, m.class_token_position).to(self.backbone.device)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        super().set_classnames(classnames)
+        if self.text_depth > 0:
+            self.text = self._make_text(classnames)
+        else:
+            self.fixed_text = handcrafted_features(self.backbone, classnames, self.template)
+
+    # -- prompts per layer ---------------------------------------------------------------------------------------
+    def text_prompts(self) -> list[torch.Tensor]:
+        """The text prompt (n, d) of each of the first J_t layers."""
+        if self.text_depth == 0:
+            return []
+        layers = [self.text_prompt()]
+        if self.text_depth > 1:
+            layers += list(self.text_deep().unbind(0))
+        return layers
+
+    def vision_prompts(self) -> torch.Tensor:
+        """The vision prompt (J_v, n_v, w) of each of the first J_v layers."""
+        if self._merged_vision is not None:
+            return self._merged_vision
+        if self.coupled:
+            return torch.stack([f(p) for f, p in zip(self.couplers, self.text_prompts())])
+        return self.vision_prompt()
+
+    # -- text side ---------------------------------------------------------------------------------------------
+    def class_features(self) -> torch.Tensor:
+        if self.text_depth == 0:
+            return self.fixed_text
+        layers = self.text_prompts()
+        deep = layers[1:]
+
+        def hook(i: int, x: torch.Tensor) -> torch.Tensor:
+            return _replace(x, 1, deep[i - 1]) if 1 <= i <= len(deep) else x
+
+        text = self.text
+        step = self.config.method.text_chunk or text.num_classes
+        outs = []
+        for start in range(0, text.num_classes, step):
+            rows = slice(start, min(start + step, text.num_classes))
+            embeddings = text.assemble(layers[0], rows)
+            with self.backbone.autocast():
+                outs.append(
+                    self.backbone.text.encode_embeddings(embeddings, text.eot[rows], before_block=hook if deep else None).float()
+                )
+        return F.normalize(torch.cat(outs, dim=0), dim=-1)
+
+    # -- image side --------------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vision_depth == 0:
+            return self.backbone.encode_image(images)
+        prompts = self.vision_prompts()
+        n = self.n_vision
+
+        def hook(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i == 0:
+                return torch.cat([x, prompts[0].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
+            if i < prompts.shape[0]:
+                return _replace(x, x.shape[1] - n, prompts[i])
+            return x
+
+        with self.backbone.autocast():
+            feats = self.backbone.vision.encode(images, hook)
+        return F.normalize(feats.float(), dim=-1)
+
+    # -- merge / adapters / diagnostics ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> "DeepPrompts":
+        """Cache the class features and the vision prompts: inference = prompted image tower + one matmul."""
+        super().merge()
+        if self.vision_depth > 0:
+            self._merged_vision = None
+            self._merged_vision = self.vision_prompts().detach()
+        return self
+
+    def unmerge(self) -> None:
+        super().unmerge()
+        self._merged_vision = None
+
+    def load_trainable_state(self, state, source: str = "adapter") -> None:
+        super().load_trainable_state(state, source)
+        self._merged_vision = None
+
+    def train(self, mode: bool = True) -> "DeepPrompts":
+        if mode:
+            self._merged_features = None
+            self._merged_vision = None
+        return super().train(mode)
+
+    def prompt_matrices(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.text_depth > 0:
+            out["text.0"] = (self.text_prompt.merged(), self.text_prompt.initial.detach().clone())
+            if self.text_depth > 1:
+                merged, initial = self.text_deep.merged(), self.text_deep.initial.detach()
+                for i in range(self.text_depth - 1):
+                    out[f"text.{i + 1}"] = (merged[i], initial[i].clone())
+        if self.vision_depth > 0 and not self.coupled:
+            merged, initial = self.vision_prompt.merged(), self.vision_prompt.initial.detach()
+            for i in range(self.vision_depth):
+                out[f"vision.{i}"] = (merged[i], initial[i].clone())
+        return out
+
+    def parameter_formula(self) -> str:
+        settings, d = self.config.prompt, self.backbone.text.width
+        terms, symbols = [], {}
+        if self.text_depth > 0:
+            terms.append(prompt_term(settings, self.n_ctx, d, self.text_depth, copies_sym="J_t" if not self.coupled else "J"))
+            symbols.update({"n": self.n_ctx, "d": d})
+        if self.vision_depth > 0:
+            w = self.vision_width
+            symbols["w"] = w
+            if self.coupled:
+                terms.append(("J·(d·w + w)", self.vision_depth * (d * w + w)))
+            else:
+                terms.append(prompt_term(settings, self.n_vision, w, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
+                symbols["n_v"] = self.n_vision
+        if self.coupled:
+            symbols["J"] = self.text_depth
+        else:
+            if self.text_depth:
+                symbols["J_t"] = self.text_depth
+            if self.vision_depth:
+                symbols["J_v"] = self.vision_depth
+        if settings.kind == "lowrank":
+            symbols["r"] = settings.rank
+        return formula(terms, symbols)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "text_depth": self.text_depth, "vision_depth": self.vision_depth}
+
+
+@register_method("deep_text")
+class DeepText(DeepPrompts):
+    """Deep text prompts (J_t layers), CLIP's own image features."""
+
+    options_class = DeepTextOptions
+
+
+@register_method("deep_vision")
+class DeepVision(DeepPrompts):
+    """VPT-deep in the image tower, hand-crafted text classifier."""
+
+    options_class = DeepVisionOptions
+
+
+@register_method("ivlp")
+class IVLP(DeepPrompts):
+    """Independent deep prompts in both towers."""
+
+    options_class = DeepPromptOptions
+
+
+@register_method("maple")
+class MaPLe(DeepPrompts):
+    """Deep text prompts; vision prompts = per-layer linear maps of them."""
+
+    options_class = MapleOptions
+    coupled = True

@@ -24,7 +24,7 @@ from ..backbones import Backbone, eval_transform, train_transform
 from ..data.items import DatasetSplits, Item
 from ..errors import RlptuneError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -72,11 +72,20 @@ def items_fingerprint(splits: DatasetSplits, items: Sequence[Item]) -> str:
     return digest.hexdigest()
 
 
+def transform_for_view(backbone: Backbone, view: int) -> Callable:
+    """View 0 = the evaluation transform (centre crop); view v > 0 = the training augmentation, seeded per image."""
+    return eval_transform(backbone) if view == 0 else train_transform(backbone)
+
+
 def transform_description(backbone: Backbone, view: int) -> dict:
+    """What the features of ``view`` depend on besides the weights: the transform itself (its repr lists every
+    parameter: sizes, crop scale and ratio, interpolation, flip, mean/std) and the per-image seeding scheme."""
     base = {"size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std}
+    spec = " ".join(repr(transform_for_view(backbone, view)).split())
     if view == 0:
-        return {**base, "kind": "eval: resize bicubic + center crop"}
-    return {**base, "kind": "train: random resized crop (0.08, 1) bicubic + hflip", "view": view}
+        return {**base, "kind": "eval: resize bicubic + center crop", "transform": spec}
+    return {**base, "kind": "train: random resized crop (0.08, 1) bicubic + hflip", "view": view, "transform": spec,
+            "seeding": "seed(view_seed*1000003 + view*100003 + index)"}
 
 
 def cache_key(backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int) -> str:
@@ -102,7 +111,7 @@ def encode_items(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Normalised image features (N, e) of ``items`` for one view (0 = centre crop), in item order."""
-    transform = eval_transform(backbone) if view == 0 else train_transform(backbone)
+    transform = transform_for_view(backbone, view)
     loader = DataLoader(ImageItems(splits, items, transform, view), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     encode = encoder or backbone.encode_image
     outs = []

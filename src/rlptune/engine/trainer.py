@@ -4,6 +4,11 @@ Determinism by construction: everything random in epoch e (shuffle order, dropou
 (seed, e), so a run resumed from the checkpoint after epoch e continues exactly as the uninterrupted run would
 (bitwise on CPU). The learning-rate schedule is CoOp's (Dassl's): ``warmup_epochs`` at a constant ``warmup_lr``,
 then cosine annealing per epoch, lr(e) = ½·lr·(1 + cos(π·e / epochs)).
+
+Precision: every forward (text and image side) runs under the backbone's autocast (bf16/fp16 on GPU, nothing on
+fp32); trainable tensors must be fp32 (checked), so there are no low-precision master weights, and fp16 uses a
+gradient scaler. Under ``torchrun`` the step runs through DistributedDataParallel with each global batch split
+evenly over the ranks and rank 0 as the only writer (see :mod:`rlptune.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..backbones import Backbone, train_transform
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from .adapter import load_checkpoint, save_adapter, save_checkpoint
+from .distributed import DistContext, current, wrap_for_training
 from .evaluate import classification_metrics
 from .features import FeatureCache, ImageItems
 
@@ -94,39 +100,49 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.checkpoint_path = self.output_dir / "checkpoint" / "last.safetensors"
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.dist: DistContext = current()
 
     # -- data ------------------------------------------------------------------------------------------------
     def train_views(self) -> list[torch.Tensor]:
         """Cached image features of the training items, one tensor per augmented view (or the centre crop)."""
         settings = self.config.train
         views = range(1, settings.aug_views + 1) if settings.aug_views > 0 else [0]
-        return [
-            self.cache.get_or_encode(self.backbone, self.splits, self.splits.train, view=v, num_workers=settings.num_workers)
-            for v in views
-        ]
+        with self.dist.main_first():  # rank 0 builds the cache, the other ranks then read it
+            return [
+                self.cache.get_or_encode(self.backbone, self.splits, self.splits.train, view=v, num_workers=settings.num_workers)
+                for v in views
+            ]
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainState:
         settings = self.config.train
         method = self.method
+        ddp = self.dist
         if not self.splits.train:
             raise RlptuneError(f"dataset {self.splits.name!r}: the training split is empty")
         labels = torch.tensor([it.label for it in self.splits.train])
         state = TrainState()
+        method.unmerge()  # merged (inference) class features must never stand in for the trainable path
         if hasattr(method, "fit_custom"):  # closed-form / non-gradient methods (e.g. the linear probe)
             return method.fit_custom(self, state)
         params = [p for p in method.parameters() if p.requires_grad]
         if settings.epochs == 0 or not params:
             return state
+        for name, p in method.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                raise RlptuneError(
+                    f"trainable tensor {name} is {p.dtype}; trainable prompts must be fp32 (low precision comes from autocast)"
+                )
         optimizer = make_optimizer(params, settings)
         start = 0
         if resume and self.checkpoint_path.is_file():
             meta = load_checkpoint(self.checkpoint_path, method, optimizer, self.config)
             start = int(meta["epoch"])
             state.resumed_from = start
-            self._truncate_metrics(start)
-            self.log(f"resuming after epoch {start} from {self.checkpoint_path}")
-        elif not resume and self.metrics_path.exists():
+            if ddp.is_main:
+                self._truncate_metrics(start)
+                self.log(f"resuming after epoch {start} from {self.checkpoint_path}")
+        elif self.metrics_path.exists() and ddp.is_main:  # a fresh start, or a resume with no checkpoint yet
             self.metrics_path.unlink()
 
         t0 = time.perf_counter()
@@ -137,11 +153,25 @@ class Trainer:
         count = len(labels)
         batch = min(settings.batch_size, count)
         drop_last = count >= settings.batch_size
+        if ddp.enabled:
+            if settings.batch_size % ddp.world_size:
+                raise RlptuneError(
+                    f"train.batch_size {settings.batch_size} is the global batch and must be divisible by the "
+                    f"{ddp.world_size} processes"
+                )
+            batch = (batch // ddp.world_size) * ddp.world_size
+            if batch == 0:
+                raise RlptuneError(f"{count} training images cannot be split over {ddp.world_size} processes")
+            drop_last = True  # equal shards on every rank: the mean of rank means is the global mean
         device = self.backbone.device
+        step_module = wrap_for_training(method, ddp)
+        scaler = None
+        if self.backbone.precision == "fp16" and device.type == "cuda":
+            scaler = torch.amp.GradScaler("cuda")
 
         epochs = range(start, settings.epochs)
         bar = None
-        if self.progress:
+        if self.progress and ddp.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=settings.epochs, initial=start, desc="train", unit="epoch", file=sys.stderr)
@@ -150,33 +180,44 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             method.train()
-            torch.manual_seed(epoch_seed(settings.seed, epoch, 1))  # dropout masks of this epoch
+            torch.manual_seed(epoch_seed(settings.seed, epoch, 1))  # dropout masks of this epoch (same on every rank)
             order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch, 2)))
             stop = (count // batch) * batch if drop_last else count
             total_loss, correct, seen, steps = 0.0, 0, 0, 0
             if views is not None:
                 feats = views[epoch % len(views)]
             for start_idx in range(0, stop, batch):
-                idx = order[start_idx : start_idx + batch]
-                if views is not None:
-                    x = feats[idx].to(device)
-                else:
-                    x = method.encode_images(torch.stack([image_loader[int(i)][0] for i in idx]).to(device))
-                y = labels[idx].to(device)
-                logits = method.logits(x)
-                loss = method.loss(logits, y)
+                idx = ddp.shard(order[start_idx : start_idx + batch])
+                with self.backbone.autocast():
+                    if views is not None:
+                        x = feats[idx].to(device)
+                    else:
+                        x = method.encode_images(torch.stack([image_loader[int(i)][0] for i in idx]).to(device))
+                    y = labels[idx].to(device)
+                    logits = step_module(x)
+                    loss = method.loss(logits.float(), y)
                 if not torch.isfinite(loss):
                     raise RlptuneError(
                         f"training diverged: non-finite loss at epoch {epoch + 1}, step {steps + 1} (lr {lr:g}); "
                         f"the last good checkpoint is {self.checkpoint_path if self.checkpoint_path.exists() else 'none'}"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if not all(bool(torch.isfinite(p).all()) for p in params):
+                    self._diverged(f"the trainable tensors became non-finite in the update at epoch {epoch + 1}, step {steps + 1}", lr)
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((logits.detach().argmax(-1) == y).sum())
                 seen += len(idx)
                 steps += 1
+            if ddp.enabled:
+                total_loss, correct, seen = ddp.all_reduce_sum([total_loss, correct, seen], device=self._reduce_device())
+                correct, seen = int(round(correct)), int(round(seen))
             record = {
                 "epoch": epoch + 1,
                 "lr": lr,
@@ -184,16 +225,22 @@ class Trainer:
                 "train_acc": 100.0 * correct / max(seen, 1),
                 "steps": steps,
             }
-            if settings.log_diagnostics:
-                diagnostics = prompt_diagnostics_for(method)
-                if diagnostics:
-                    record["diagnostics"] = diagnostics
-            io.append_jsonl(self.metrics_path, record)
+            # the effective prompts (e.g. P_fr + P_A @ P_B) can overflow while their factors are finite: never log
+            # diagnostics of, or checkpoint, a diverged prompt
+            for name, (current, _) in method.prompt_matrices().items():
+                if not bool(torch.isfinite(current).all()):
+                    self._diverged(f"prompt {name!r} became non-finite during epoch {epoch + 1}", lr)
             state.records.append(record)
             state.epochs_done = epoch + 1
-            last = epoch + 1 == settings.epochs
-            if settings.checkpoint_every and ((epoch + 1) % settings.checkpoint_every == 0 or last):
-                save_checkpoint(self.checkpoint_path, method, optimizer, epoch + 1, self.config)
+            if ddp.is_main:  # the one writer
+                if settings.log_diagnostics:
+                    diagnostics = prompt_diagnostics_for(method)
+                    if diagnostics:
+                        record["diagnostics"] = diagnostics
+                io.append_jsonl(self.metrics_path, record)
+                last = epoch + 1 == settings.epochs
+                if settings.checkpoint_every and ((epoch + 1) % settings.checkpoint_every == 0 or last):
+                    save_checkpoint(self.checkpoint_path, method, optimizer, epoch + 1, self.config)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
@@ -202,6 +249,13 @@ class Trainer:
         state.seconds = time.perf_counter() - t0
         method.eval()
         return state
+
+    def _diverged(self, what: str, lr: float) -> None:
+        last = self.checkpoint_path if self.checkpoint_path.exists() else "none"
+        raise RlptuneError(f"training diverged: {what} (lr {lr:g}); the last good checkpoint is {last}")
+
+    def _reduce_device(self) -> torch.device:
+        return self.backbone.device if self.dist.backend == "nccl" else torch.device("cpu")
 
     def _image_loader(self) -> ImageItems:
         return ImageItems(self.splits, self.splits.train, train_transform(self.backbone))

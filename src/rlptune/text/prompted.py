@@ -6,6 +6,13 @@ positions move the name). The name / full stop / EOT embeddings come from the ba
 a context equal to the embeddings of "a photo of a" reproduces ``encode_text("a photo of a {name}.")`` exactly.
 The transformer runs only over the first 1 + max(EOT position) tokens (exact under the causal mask), optionally in
 chunks of classes with activation checkpointing so memory stays bounded for 1,000 classes.
+
+With the class token at the end and one context shared by all classes (the default CoOp/RLP set-up) the encoding
+is prefix-cached (:mod:`rlptune.text.shared_prefix`): ``[SOS] [ctx]`` goes through the blocks once per call and
+only each class's own tokens are run per class, grouped by their exact length (no padding) and, with ``chunk``,
+in groups of at most ``chunk`` classes, each optionally under activation checkpointing. Class-specific contexts,
+other class positions, ``shared_prefix=False`` and text towers the shared path does not support use the plain
+path above.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..backbones.base import Backbone
 from ..errors import RlptuneError
+from . import shared_prefix as sp
 
 PLACEHOLDER = "X"
 
@@ -44,6 +52,7 @@ class PromptedClassText(nn.Module):
         position: str = "end",
         chunk: int = 0,
         use_checkpoint: bool = False,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         if position not in ("end", "middle", "front"):
@@ -79,6 +88,55 @@ class PromptedClassText(nn.Module):
         self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)  # SOS
         self.register_buffer("suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # name . EOT pad
         self.name_lens = name_lens
+        if position != "end":  # where each output position reads from in the "end" layout [SOS][ctx][name . EOT …]
+            self.register_buffer("_layout", self._position_layout(ids.shape[1], name_lens), persistent=False)
+
+        # shared-prefix path: why it cannot be used (None = it can), and the class groups it runs
+        self.shared_prefix = bool(shared_prefix)
+        if position != "end":
+            self.shared_prefix_reason: str | None = f"class token position {position!r} puts class tokens inside the prefix"
+        elif not bool((self.prefix == self.prefix[:1]).all()):
+            self.shared_prefix_reason = "the start-token embeddings differ between classes"
+        else:
+            self.shared_prefix_reason = sp.unsupported_reason(backbone.text)
+        own_lens = (eot - self.n_ctx).tolist()  # name + "." + EOT tokens of each class (suffix length to the EOT)
+        self._groups = self._length_groups(own_lens, self.chunk)
+        order = torch.tensor([i for members, _ in self._groups for i in members], dtype=torch.long)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        self.register_buffer("_group_inverse", inverse, persistent=False)  # grouped order -> class order
+
+    def _position_layout(self, length: int, name_lens: list[int]) -> torch.Tensor:
+        """(C, L) source index of every position for the middle / front class-token positions (one gather)."""
+        n, half = self.n_ctx, self.n_ctx // 2
+        rows = []
+        for m in name_lens:
+            ctx = list(range(1, 1 + n))
+            name = list(range(1 + n, 1 + n + m))
+            if self.position == "middle":
+                head = [0] + ctx[:half] + name + ctx[half:]
+            else:  # front
+                head = [0] + name + ctx
+            rows.append(head + list(range(len(head), length)))
+        return torch.tensor(rows, dtype=torch.long)
+
+    @staticmethod
+    def _length_groups(lengths: list[int], chunk: int) -> list[tuple[list[int], int]]:
+        """Class indices grouped by their own-token count (no padding inside a group), each split in ``chunk``s."""
+        by_len: dict[int, list[int]] = {}
+        for index, length in enumerate(lengths):
+            by_len.setdefault(int(length), []).append(index)
+        groups = []
+        for length in sorted(by_len):
+            members = by_len[length]
+            step = chunk if chunk > 0 else len(members)
+            groups += [(members[i : i + step], length) for i in range(0, len(members), step)]
+        return groups
+
+    def uses_shared_prefix(self, ctx: torch.Tensor | None = None) -> bool:
+        """Whether :meth:`forward` takes the shared-prefix path (for a context of ``ctx``'s shape)."""
+        shared_ctx = ctx is None or ctx.dim() == 2
+        return self.shared_prefix and shared_ctx and self.shared_prefix_reason is None
 
     @property
     def backbone(self) -> Backbone:
@@ -98,19 +156,11 @@ class PromptedClassText(nn.Module):
         else:
             ctx = ctx[rows]
         ctx = ctx.to(prefix.dtype)
+        end_layout = torch.cat([prefix, ctx, suffix], dim=1)
         if self.position == "end":
-            return torch.cat([prefix, ctx, suffix], dim=1)
-        half = self.n_ctx // 2
-        pieces = []
-        for i in range(count):
-            name_len = self.name_lens[rows.start + i]
-            name, rest = suffix[i : i + 1, :name_len], suffix[i : i + 1, name_len:]
-            c = ctx[i : i + 1]
-            if self.position == "middle":
-                pieces.append(torch.cat([prefix[i : i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
-            else:
-                pieces.append(torch.cat([prefix[i : i + 1], name, c, rest], dim=1))
-        return torch.cat(pieces, dim=0)
+            return end_layout
+        index = self._layout[rows].unsqueeze(-1).expand(-1, -1, end_layout.shape[-1])
+        return torch.gather(end_layout, 1, index)  # all classes at once, no Python loop over classes
 
     def _encode_rows(self, ctx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         rows = slice(start, stop)
@@ -119,7 +169,65 @@ class PromptedClassText(nn.Module):
             return self.backbone.text.encode_embeddings(embeddings, self.eot[rows]).float()
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text features (C, e) of every class with context ``ctx``."""
+        """Unnormalised text features (C, e) of every class with context ``ctx`` (n, d) or (C, n, d)."""
+        if self.uses_shared_prefix(ctx):
+            return self._forward_shared(ctx)
+        return self._forward_plain(ctx)
+
+    def encode_contexts(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features (B, C, e) of every class under each of B contexts (B, n, d) — e.g. CoCoOp's
+        image-conditioned contexts — in one batched call.
+
+        On the shared-prefix path the B prefixes ``[SOS][ctx_b]`` are encoded once each and the B × C class
+        suffixes attend to their own prefix, so the cost is B × P + B × Σ_c S_c token positions instead of
+        B × C × (P + S). Otherwise the B × C full prompts are assembled and encoded at once.
+        """
+        if contexts.dim() != 3:
+            raise RlptuneError(f"encode_contexts expects contexts of shape (B, n, d), got {tuple(contexts.shape)}")
+        if self.uses_shared_prefix():
+            return self._forward_shared(contexts)
+        count = contexts.shape[0]
+        embeddings = torch.cat([self.assemble(contexts[i]) for i in range(count)], dim=0)
+        eot = self.eot.repeat(count)
+        with self.backbone.autocast():
+            feats = self.backbone.text.encode_embeddings(embeddings, eot).float()
+        return feats.view(count, self.num_classes, -1)
+
+    # -- shared prefix ------------------------------------------------------------------------------------------
+    def _forward_shared(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(n, d) → (C, e); (B, n, d) → (B, C, e) with one cached prefix per context."""
+        tower = self.backbone.text
+        batched = ctx.dim() == 3
+        contexts = ctx if batched else ctx.unsqueeze(0)
+        with self.backbone.autocast():
+            sos = self.prefix[:1].expand(contexts.shape[0], -1, -1)  # (B, 1, d)
+            cache = sp.encode_prefix(tower, torch.cat([sos, contexts.to(self.prefix.dtype)], dim=1))  # (B, 1 + n, d)
+        kv = cache.tensors()
+        outs = []
+        for members, length in self._groups:
+            index = torch.tensor(members, device=self.suffix.device)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                outs.append(checkpoint(self._encode_group, index, length, cache.length, *kv, use_reentrant=False))
+            else:
+                outs.append(self._encode_group(index, length, cache.length, *kv))
+        feats = torch.cat(outs, dim=1)  # (B, C, e) in grouped order
+        if len(self._groups) > 1:
+            feats = feats[:, self._group_inverse]
+        return feats if batched else feats[0]
+
+    def _encode_group(self, index: torch.Tensor, length: int, prefix_len: int, *kv: torch.Tensor) -> torch.Tensor:
+        """Features (B, len(index), e) of one length group under each cached prefix."""
+        cache = sp.PrefixCache.from_tensors(kv, prefix_len)
+        batch = cache.batch
+        suffix = self.suffix[index, :length]
+        if batch > 1:
+            suffix = suffix.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * len(index), length, -1)
+        with self.backbone.autocast():  # grouped by exact length: every row's EOT is its last token
+            feats = sp.encode_classes(self.backbone.text, cache, suffix).float()
+        return feats.view(batch, len(index), -1)
+
+    # -- plain path ---------------------------------------------------------------------------------------------
+    def _forward_plain(self, ctx: torch.Tensor) -> torch.Tensor:
         step = self.chunk if self.chunk > 0 else self.num_classes
         outs = []
         for start in range(0, self.num_classes, step):

@@ -124,6 +124,8 @@ class TrainSettings:
     warmup_lr: float = _f(1e-5, "warm-up learning rate")
     seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling and dropout")
     aug_views: int = _f(4, "augmented views per training image for the feature cache (0 = centre crop only)")
+    crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
+    flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
     checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
     num_workers: int = _f(0, "image-loading worker processes")
     cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
@@ -138,6 +140,8 @@ class TrainSettings:
             raise RlptuneError(f"train.lr must be > 0, got {self.lr}")
         if self.aug_views < 0:
             raise RlptuneError(f"train.aug_views must be >= 0, got {self.aug_views}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise RlptuneError(f"train.crop_scale must be in (0, 1], got {self.crop_scale}")
         _at_least("train.warmup_epochs", self.warmup_epochs, 0)
         _at_least("train.checkpoint_every", self.checkpoint_every, 0)
         _at_least("train.num_workers", self.num_workers, 0)

@@ -167,7 +167,10 @@ def _register_micro() -> None:
 def _micro_loader(micro_name: str, root=None):
     from ..micro.suite import load_micro_dataset
 
-    return load_micro_dataset(micro_name, cache_dir=root)
+    splits = load_micro_dataset(micro_name, cache_dir=root)
+    if micro_name.startswith("micro-positions"):
+        splits.hflip_invariant = False  # "on the left" mirrors to "on the right"
+    return splits
 
 
 _register_micro()

@@ -189,14 +189,12 @@ def subsample_classes(splits: DatasetSplits, which: str = "all") -> DatasetSplit
     labels = list(range(splits.num_classes))
     m = math.ceil(len(labels) / 2)
     keep = labels[:m] if which == "base" else labels[m:]
-    return DatasetSplits(
-        name=splits.name,
-        root=splits.root,
+    return dataclasses.replace(
+        splits,
         classnames=[splits.classnames[i] for i in keep],
         train=relabel(splits.train, keep),
         val=relabel(splits.val, keep),
         test=relabel(splits.test, keep),
-        template=splits.template,
     )
 
 

@@ -39,6 +39,7 @@ class DatasetSplits:
     val: list[Item] = field(default_factory=list)
     test: list[Item] = field(default_factory=list)
     template: str = "a photo of a {}."
+    hflip_invariant: bool = True  # False when mirroring changes the label (left/right positions)
 
     def abspath(self, item: Item) -> Path:
         return Path(self.root) / item.path

@@ -72,28 +72,37 @@ def items_fingerprint(splits: DatasetSplits, items: Sequence[Item]) -> str:
     return digest.hexdigest()
 
 
-def transform_for_view(backbone: Backbone, view: int) -> Callable:
+Augment = tuple  # (smallest crop-area fraction, horizontal flip)
+DEFAULT_AUGMENT: Augment = (0.08, True)  # CoOp's random resized crop (0.08, 1) + flip
+
+
+def transform_for_view(backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT) -> Callable:
     """View 0 = the evaluation transform (centre crop); view v > 0 = the training augmentation, seeded per image."""
-    return eval_transform(backbone) if view == 0 else train_transform(backbone)
+    if view == 0:
+        return eval_transform(backbone)
+    return train_transform(backbone, crop_scale=(float(augment[0]), 1.0), flip=bool(augment[1]))
 
 
-def transform_description(backbone: Backbone, view: int) -> dict:
+def transform_description(backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT) -> dict:
     """What the features of ``view`` depend on besides the weights: the transform itself (its repr lists every
     parameter: sizes, crop scale and ratio, interpolation, flip, mean/std) and the per-image seeding scheme."""
     base = {"size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std}
-    spec = " ".join(repr(transform_for_view(backbone, view)).split())
+    spec = " ".join(repr(transform_for_view(backbone, view, augment)).split())
     if view == 0:
         return {**base, "kind": "eval: resize bicubic + center crop", "transform": spec}
-    return {**base, "kind": "train: random resized crop (0.08, 1) bicubic + hflip", "view": view, "transform": spec,
+    kind = f"train: random resized crop ({augment[0]}, 1) bicubic" + (" + hflip" if augment[1] else "")
+    return {**base, "kind": kind, "view": view, "transform": spec,
             "seeding": "seed(view_seed*1000003 + view*100003 + index)"}
 
 
-def cache_key(backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int) -> str:
+def cache_key(
+    backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = DEFAULT_AUGMENT
+) -> str:
     desc = {
         "version": CACHE_VERSION,
         "backbone": backbone.identity,
         "precision": backbone.precision,
-        "transform": transform_description(backbone, view),
+        "transform": transform_description(backbone, view, augment),
         "items": items_fingerprint(splits, items),
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
@@ -109,9 +118,10 @@ def encode_items(
     num_workers: int = 0,
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    augment: Augment = DEFAULT_AUGMENT,
 ) -> torch.Tensor:
     """Normalised image features (N, e) of ``items`` for one view (0 = centre crop), in item order."""
-    transform = transform_for_view(backbone, view)
+    transform = transform_for_view(backbone, view, augment)
     loader = DataLoader(ImageItems(splits, items, transform, view), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     encode = encoder or backbone.encode_image
     outs = []
@@ -144,10 +154,12 @@ class FeatureCache:
         view: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
+        augment: Augment = DEFAULT_AUGMENT,
     ) -> torch.Tensor:
         if not items:
             raise RlptuneError(f"dataset {splits.name!r}: no images to encode")
-        key = cache_key(backbone, splits, items, view)
+        augment = tuple(augment) if view > 0 else DEFAULT_AUGMENT  # the centre crop does not depend on it
+        key = cache_key(backbone, splits, items, view, augment)
         path = self.path(key)
         if self.enabled and path.is_file():
             from safetensors.torch import load_file
@@ -160,14 +172,14 @@ class FeatureCache:
             except Exception:  # a damaged cache file is rebuilt, never trusted
                 pass
         self.misses += 1
-        feats = encode_items(backbone, splits, items, view, batch_size, num_workers)
+        feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment)
         if self.enabled:
             manifest = {
                 "backbone": backbone.identity,
                 "dataset": splits.name,
                 "view": view,
                 "count": len(items),
-                "transform": transform_description(backbone, view),
+                "transform": transform_description(backbone, view, augment),
             }
             io.write_safetensors(path, {"features": feats}, {"manifest": json.dumps(manifest)})
             io.write_json(path.with_suffix(".json"), manifest)

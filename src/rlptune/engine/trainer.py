@@ -109,7 +109,9 @@ class Trainer:
         views = range(1, settings.aug_views + 1) if settings.aug_views > 0 else [0]
         with self.dist.main_first():  # rank 0 builds the cache, the other ranks then read it
             return [
-                self.cache.get_or_encode(self.backbone, self.splits, self.splits.train, view=v, num_workers=settings.num_workers)
+                self.cache.get_or_encode(
+                    self.backbone, self.splits, self.splits.train, view=v, num_workers=settings.num_workers, augment=self.augment()
+                )
                 for v in views
             ]
 
@@ -257,8 +259,14 @@ class Trainer:
     def _reduce_device(self) -> torch.device:
         return self.backbone.device if self.dist.backend == "nccl" else torch.device("cpu")
 
+    def augment(self) -> tuple[float, bool]:
+        """(smallest crop fraction, flip): the settings, with flip off for datasets whose labels a mirror changes."""
+        settings = self.config.train
+        return (settings.crop_scale, settings.flip and self.splits.hflip_invariant)
+
     def _image_loader(self) -> ImageItems:
-        return ImageItems(self.splits, self.splits.train, train_transform(self.backbone))
+        crop, flip = self.augment()
+        return ImageItems(self.splits, self.splits.train, train_transform(self.backbone, crop_scale=(crop, 1.0), flip=flip))
 
     def _truncate_metrics(self, epochs_done: int) -> None:
         """Drop metric lines of epochs after the checkpoint (they will be re-run), atomically."""

@@ -1,13 +1,17 @@
 """The embedded micro world: a procedural image-caption world, a micro CLIP pretrained on it, and the micro suite.
 
 Submodules: :mod:`.world` (scenes, rendering, captions), :mod:`.suite` (the micro benchmark datasets),
-:mod:`.pretrain` (contrastive pretraining of the micro CLIP). The shipped weights live in ``weights/`` and the
-architecture in ``micro_clip.json`` (open_clip model-config format).
+:mod:`.pretrain` (contrastive pretraining of the micro CLIP, ``rlptune pretrain-micro``). The architecture ships as
+``micro_clip.json`` (open_clip model-config format) and the trained weights as ``weights/micro_clip.safetensors``
+(fp16 floating tensors, keys as in ``open_clip.model.CLIP(**config).state_dict()``; integer BatchNorm counters stay
+int64). Images are 64x64 RGB with open_clip's default (OpenAI) mean/std normalisation.
 """
 
 from pathlib import Path
 
+from .suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset
+
 MICRO_CONFIG_PATH = Path(__file__).with_name("micro_clip.json")
 MICRO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "micro_clip.safetensors"
 
-__all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH"]
+__all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH", "MICRO_DATASETS", "MICRO_SHIFTS", "load_micro_dataset"]

@@ -42,6 +42,8 @@ WEIGHTS_NAME = "micro_clip.safetensors"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
+DEFAULT_STEPS = 3600
+DEFAULT_LR = 1.5e-3
 GROUPS = 16
 GROUP_SIZE = 8
 FACTOR_WEIGHTS = {
@@ -103,7 +105,9 @@ def _sample_background(rng: np.random.Generator, progress: float = 1.0) -> str:
     return W.BACKGROUNDS[int(rng.integers(1, len(W.BACKGROUNDS)))]
 
 
-def sample_batch(rng: np.random.Generator, progress: float = 1.0) -> tuple[list[W.Scene], list[np.ndarray], list[str], list[dict]]:
+def sample_batch(rng: np.random.Generator, progress: float = 1.0
+                 ) -> tuple[list[W.Scene], list[np.ndarray], list[str], list[dict]]:
+    """One batch: scenes, rendered images, captions and their claims; ``progress`` in [0, 1] drives the curriculum."""
     scenes: list[W.Scene] = []
     factors: list[str | None] = []
     names = list(FACTOR_WEIGHTS)
@@ -263,18 +267,18 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, steps: int | None = None,
-                   threads: int | None = None, log: Callable[[str], None] = print, lr: float = 1e-3,
+                   threads: int | None = None, log: Callable[[str], None] = print, lr: float = DEFAULT_LR,
                    eval_every: int = 500, save_every_s: float = 300.0) -> Path:
     """Pretrain the micro CLIP; writes ``output_dir/micro_clip.safetensors`` (atomically) and returns its path.
 
-    ``steps`` fixes the schedule (batches of 128 pairs; default 6000); ``minutes`` is a wall-clock cap that stops
-    early (saving what exists). The same seed, steps and thread count give the same weights.
+    ``steps`` fixes the schedule (batches of 128 pairs; default ``DEFAULT_STEPS``); ``minutes`` is a wall-clock cap
+    that stops early (saving what exists). The same seed, steps and thread count give the same weights.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(int(threads))
-    steps = int(steps) if steps is not None else 6000
+    steps = int(steps) if steps is not None else DEFAULT_STEPS
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 1])
     model = build_model()
@@ -348,10 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlptune pretrain-micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="micro_clip_out", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of 128 pairs (default 6000)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimizer steps of 128 pairs (default {DEFAULT_STEPS})")
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: reproducible, and on a shared CPU faster than 2)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--eval-every", type=int, default=500)
     args = parser.parse_args(argv)
     pretrain_micro(args.out, seed=args.seed, minutes=args.minutes, steps=args.steps, threads=args.threads,

@@ -62,7 +62,8 @@ _POS5 = {"left": "on the left", "right": "on the right", "top": "at the top", "b
 
 _SPECS: list[MicroSpec] = [
     MicroSpec("micro-shapes", "sketch", tuple(_cls(s, shape=s) for s in SHAPES),
-              fixed=(("count", 1),), choices=(("size", ("medium", "large")), ("background", ("plain", "snow", "sunset", "desert"))),
+              fixed=(("count", 1),),
+              choices=(("size", ("medium", "large")), ("background", ("plain", "snow", "sunset", "desert"))),
               analogue="ImageNet / Caltech101"),
     MicroSpec("micro-textures", "noisy", tuple(_cls(p, pattern=p) for p in PATTERNS),
               fixed=(("count", 1), ("size", "large")), analogue="DTD"),

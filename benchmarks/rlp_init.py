@@ -32,13 +32,13 @@ def main() -> None:
     parser.add_argument("--backbone", default="micro")
     parser.add_argument("--datasets", nargs="+", default=["micro-shapes", "micro-textures", "micro-scenes"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     results = args.results or tempfile.mkdtemp(prefix="rlp-init-")
     rows = []
     for label, (method, overrides) in VARIANTS.items():
-        train = {"epochs": args.epochs, "aug_views": 4, **overrides.get("train", {})}
+        train = {"epochs": args.epochs, "aug_views": 0, **overrides.get("train", {})}
         specs = make_specs("base2new", args.datasets, [method], args.seeds, [16], backbone=args.backbone,
                            base_overrides={**overrides, "train": train})
         for spec in specs:

@@ -54,3 +54,24 @@ def test_shipped_micro_clip_zero_shot_floor():
     acc = float(((img @ txt.T).argmax(-1) == y).float().mean())
     assert acc >= FLOOR, f"zero-shot {acc:.3f} on {SAMPLE_DATASET} below the recorded floor {FLOOR} ({RECORDED})"
     assert acc >= 2.0 / len(spec.classnames)
+
+
+def test_micro_loads_by_name_offline_and_keeps_its_zero_shot_floor(monkeypatch, tmp_path):
+    """The user's path: `--backbone micro` through rlptune's loader, dataset files, transforms and zero-shot method."""
+    from rlptune.backbones import load_backbone
+    from rlptune.config import resolve_config
+    from rlptune.data import load_dataset
+    from rlptune.engine.api import evaluate, zero_shot_method
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RLPTUNE_CACHE", str(tmp_path))
+    torch.set_num_threads(1)
+    backbone = load_backbone("micro", device="cpu")
+    assert backbone.arch == "micro" and backbone.identity.startswith("micro@sha256:")
+    splits = load_dataset(SAMPLE_DATASET)
+    per_class = len(splits.test) // splits.num_classes  # test items are stored class by class
+    splits.test = [it for k, it in enumerate(splits.test) if k % per_class < PER_CLASS]
+    method = zero_shot_method(resolve_config(), backbone, splits.classnames, splits.template)
+    metrics = evaluate(method, splits, "test")
+    assert metrics["n"] == PER_CLASS * splits.num_classes
+    assert metrics["top1"] >= 100 * FLOOR, f"zero-shot {metrics['top1']:.1f}% below the floor {100 * FLOOR}%"

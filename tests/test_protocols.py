@@ -56,3 +56,15 @@ def test_transfer_protocols_via_cli(protocol, source, n_targets, tiny_arch_path,
     assert len(result["targets"]) == n_targets
     out = capsys.readouterr().out
     assert source in out or "Average" in out
+
+
+def test_parallel_sweep_and_analyze(tiny_arch_path, micro_cache, tmp_path, capsys):
+    """Two worker processes share the sweep; `rlptune analyze` then tabulates ID_k against new-class accuracy."""
+    specs = make_specs("base2new", ["micro-colors"], ["rlp"], [1, 2], [1], backbone=str(tiny_arch_path),
+                       grid=parse_grid(["prompt.rank=1,2"]), base_overrides=TINY_TRAIN)
+    results = run_sweep(specs, tmp_path / "res", jobs=2, log=lambda m: None)
+    assert len(results) == 4 and all("new" in r["metrics"] for r in results)
+    run_dirs = [str(s.run_dir(tmp_path / "res")) for s in specs]
+    assert main(["analyze", *run_dirs]) == 0
+    out = capsys.readouterr().out
+    assert "Spearman" in out and "n = 4" in out.replace("n=4", "n = 4")

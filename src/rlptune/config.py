@@ -279,7 +279,9 @@ def _check_plain(value: Any, where: str, depth: int = 0) -> None:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> RlptuneError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
+    # a field the key extends or abbreviates ("lr_rate" -> "lr", "batch" -> "batch_size") beats edit distance
+    stems = [v for v in valid if key.startswith(v + "_") or (len(key) >= 3 and v.startswith(key))]
+    close = stems[:1] or difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return RlptuneError(f"{where}: unknown field {key!r}{hint}; valid fields: {', '.join(valid)}")
 

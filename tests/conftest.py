@@ -74,3 +74,21 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("RLPTUNE_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models on a shared machine: one thread avoids oversubscription stalls (results are thread-independent)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def backbone_from_arch(tmp_path_factory, arch: dict, name: str):
+    """A random-weight backbone from an architecture dict, written as the JSON file users would pass."""
+    from rlptune.backbones import load_backbone
+
+    path = tmp_path_factory.mktemp("arch") / f"{name}.json"
+    path.write_text(json.dumps(arch))
+    return load_backbone(str(path), device="cpu")

@@ -5,14 +5,12 @@ and never touches the backbone, deep prompts are replaced (not accumulated) laye
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_ARCH
-from rlptune.backbones import load_backbone
+from conftest import TINY_ARCH, backbone_from_arch
 from rlptune.backbones.base import weights_hash
 from rlptune.config import resolve_config
 from rlptune.methods import build_method
@@ -22,19 +20,12 @@ TINY_VIT["vision_cfg"]["layers"] = 3
 CLASSES = ["red", "green", "blue"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    path = tmp_path_factory.mktemp("arch") / "tiny-vit3.json"
-    path.write_text(json.dumps(TINY_VIT))
-    return load_backbone(str(path), device="cpu")
+    return backbone_from_arch(tmp_path_factory, TINY_VIT, "tiny-vit3")
 
 
 def _build(backbone, name, options=None, classes=CLASSES, template=None, **sections):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import backbone_from_arch
 import torch
 
 from rlptune.backbones import load_backbone
@@ -27,19 +28,12 @@ PARAM_ARCH = {
 CLASSES = ["red", "green", "blue"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    path = tmp_path_factory.mktemp("arch") / "param-arch.json"
-    path.write_text(json.dumps(PARAM_ARCH))
-    return load_backbone(str(path), device="cpu")
+    return backbone_from_arch(tmp_path_factory, PARAM_ARCH, "param-arch")
 
 
 def _build(backbone, name, options=None, **sections):

@@ -14,8 +14,8 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_ARCH
-from rlptune.backbones import eval_transform, load_backbone
+from conftest import TINY_ARCH, backbone_from_arch
+from rlptune.backbones import eval_transform
 from rlptune.config import resolve_config
 from rlptune.data import load_dataset
 from rlptune.data.fewshot import subsample_classes
@@ -28,20 +28,12 @@ TINY_VIT = copy.deepcopy(TINY_ARCH)
 TINY_VIT["vision_cfg"]["layers"] = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids oversubscription stalls (results are thread-independent)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    path = tmp_path_factory.mktemp("arch") / "tiny-vit.json"
-    path.write_text(json.dumps(TINY_VIT))
-    return load_backbone(str(path), device="cpu")
+    return backbone_from_arch(tmp_path_factory, TINY_VIT, "tiny-vit")
 
 
 def _config(colour_folder, cache, name, options=None, **sections):

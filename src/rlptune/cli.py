@@ -220,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _default_datasets(protocol: str) -> list[str]:
     if protocol in ("cross-dataset", "domain-gen"):
-        return ["micro-shapes"] if protocol == "domain-gen" else ["micro-shapes"]
+        return ["micro-shapes"]  # the source: the micro dataset that also has shifted renderings
     from .micro.suite import MICRO_DATASETS
 
     return list(MICRO_DATASETS)

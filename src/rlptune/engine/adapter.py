@@ -12,7 +12,6 @@ either the previous or the new checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -236,6 +235,3 @@ def _checkpoint_meta(raw: str, path: Path) -> dict:
         raise RlptuneError(f"{path}: not an rlptune checkpoint (no optimizer state in its metadata)")
     return meta
 
-
-def dataclass_json(obj) -> dict:
-    return dataclasses.asdict(obj)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 
@@ -30,16 +28,3 @@ def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_
         "n": n,
     }
 
-
-@torch.no_grad()
-def evaluate_features(method, features: torch.Tensor, labels: Sequence[int] | torch.Tensor, batch_size: int = 4096) -> dict:
-    """Metrics of ``method`` on precomputed image features (merged class features, one matmul per batch)."""
-    method.eval()
-    if method._merged_features is None:
-        method.merge()
-    labels = torch.as_tensor(labels)
-    device = method.backbone.device
-    preds = torch.cat(
-        [method.logits(features[i : i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(features), batch_size)]
-    )
-    return classification_metrics(preds, labels, len(method.classnames))

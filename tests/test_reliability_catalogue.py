@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, draw_image
+from conftest import COLOURS, draw_image, make_image_folder
 from rlptune import __version__
 from rlptune.cli import main
 
@@ -69,15 +69,7 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
 
 def make_folder(root: Path, classes=("red", "green", "blue"), per_split=None, seed=0) -> Path:
     """root/{train,val,test}/<class>/*.png, small."""
-    per_split = per_split or {"train": 3, "val": 1, "test": 2}
-    rng = np.random.default_rng(seed)
-    for split, count in per_split.items():
-        for name in classes:
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                draw_image(COLOURS[name], rng).save(folder / f"{name}_{i}.png")
-    return root
+    return make_image_folder(root, list(classes), per_split or {"train": 3, "val": 1, "test": 2}, seed)
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -274,7 +266,7 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
     },
     "image-policy-skip-empties-a-class": (
         lambda w: w.folder_train(
-            folder_with(w, "red-all-broken", {f"train/red/red_{i}.png": b"" for i in range(3)}), "--image-policy", "skip", "--epochs", 1
+            folder_with(w, "red-all-broken", {f"train/red/red_{i:03d}.png": b"" for i in range(3)}), "--image-policy", "skip", "--epochs", 1
         ),
         ("class 'red' has no readable training images left",),
     ),

@@ -15,6 +15,12 @@ from typing import Any, Callable, Mapping
 import torch
 
 
+def default_cache_dir() -> Path:
+    """Where caches live: $RLPTUNE_CACHE, else ~/.cache/rlptune (feature cache, micro-suite images)."""
+    env = os.environ.get("RLPTUNE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "rlptune"
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` then move the temporary file onto ``path`` atomically."""
     path = Path(path)

@@ -20,15 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import io
+from ..io import default_cache_dir
 from ..backbones import Backbone, eval_transform, train_transform
 from ..data.items import DatasetSplits, Item
 from ..errors import RlptuneError
 
 CACHE_VERSION = 2
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RLPTUNE_CACHE", Path.home() / ".cache" / "rlptune"))
 
 
 def _load_image(path: Path):

@@ -9,9 +9,9 @@ int64). Images are 64x64 RGB with open_clip's default (OpenAI) mean/std normalis
 
 from pathlib import Path
 
-from .suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset
-
 MICRO_CONFIG_PATH = Path(__file__).with_name("micro_clip.json")
 MICRO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "micro_clip.safetensors"
+
+from .suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset  # noqa: E402  (after the paths submodules use)
 
 __all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH", "MICRO_DATASETS", "MICRO_SHIFTS", "load_micro_dataset"]

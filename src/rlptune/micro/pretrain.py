@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from ..io import write_json, write_safetensors
 from . import world as W
 
-CONFIG_PATH = Path(__file__).with_name("micro_clip.json")
-WEIGHTS_PATH = Path(__file__).parent / "weights" / "micro_clip.safetensors"
+from . import MICRO_CONFIG_PATH as CONFIG_PATH
+from . import MICRO_WEIGHTS_PATH as WEIGHTS_PATH
 WEIGHTS_NAME = "micro_clip.safetensors"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import RlptuneError
 
-HERE = Path(__file__).resolve().parent
-CONFIG_PATH = HERE / "micro_clip.json"
-WEIGHTS_PATH = HERE / "weights" / "micro_clip.safetensors"
+from . import MICRO_CONFIG_PATH as CONFIG_PATH
+from . import MICRO_WEIGHTS_PATH as WEIGHTS_PATH
 
 
 def micro_config() -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import RlptuneError
+from ..io import default_cache_dir
 from .world import (
     BACKGROUNDS, COLOR_NAMES, PATTERNS, SHAPES, WORLD_VERSION, Scene, max_size_for_count, render, sample_scene,
     _plural,
@@ -152,11 +153,6 @@ def render_split(name: str, split: str) -> tuple[list[np.ndarray], list[int]]:
         images.append(render(scene, rng))
         labels.append(label)
     return images, labels
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("RLPTUNE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "rlptune"
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:

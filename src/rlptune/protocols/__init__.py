@@ -8,11 +8,9 @@ from typing import Any, Sequence
 from ..errors import RlptuneError
 from .runner import PROTOCOLS, RunSpec, harmonic_mean, make_specs, parse_grid, run_single, run_sweep
 
-COOP_CROSS_TARGETS = [
-    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft", "sun397", "dtd",
-    "eurosat", "ucf101",
-]
-IMAGENET_SHIFTS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+from ..data.coop import COOP_11, IMAGENET_SHIFTS
+
+COOP_CROSS_TARGETS = [name for name in COOP_11 if name != "ImageNet"]  # the ten targets of ImageNet
 
 
 def default_targets(protocol: str, sources: Sequence[str]) -> dict[str, list[str]]:

@@ -30,6 +30,7 @@ from .. import io
 from ..backbones import Backbone, load_backbone
 from ..config import resolve_config
 from ..data.items import DatasetSplits
+from ..analysis.tables import harmonic_mean
 from ..errors import RlptuneError
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
@@ -94,10 +95,6 @@ def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
             out.setdefault(section, {})[name] = value
         grids.append(out)
     return grids or [{}]
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
 def _load(dataset: str, root: str | None) -> DatasetSplits:

@@ -80,7 +80,7 @@ def transform_for_view(backbone: Backbone, view: int, augment: Augment = DEFAULT
     return train_transform(backbone, crop_scale=(float(augment[0]), 1.0), flip=bool(augment[1]))
 
 
-def transform_description(backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT) -> dict:
+def transform_description(backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT, view_seed: int = 0) -> dict:
     """What the features of ``view`` depend on besides the weights: the transform itself (its repr lists every
     parameter: sizes, crop scale and ratio, interpolation, flip, mean/std) and the per-image seeding scheme."""
     base = {"size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std}
@@ -88,18 +88,19 @@ def transform_description(backbone: Backbone, view: int, augment: Augment = DEFA
     if view == 0:
         return {**base, "kind": "eval: resize bicubic + center crop", "transform": spec}
     kind = f"train: random resized crop ({augment[0]}, 1) bicubic" + (" + hflip" if augment[1] else "")
-    return {**base, "kind": kind, "view": view, "transform": spec,
+    return {**base, "kind": kind, "view": view, "view_seed": view_seed, "transform": spec,
             "seeding": "seed(view_seed*1000003 + view*100003 + index)"}
 
 
 def cache_key(
-    backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = DEFAULT_AUGMENT
+    backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = DEFAULT_AUGMENT,
+    view_seed: int = 0,
 ) -> str:
     desc = {
         "version": CACHE_VERSION,
         "backbone": backbone.identity,
         "precision": backbone.precision,
-        "transform": transform_description(backbone, view, augment),
+        "transform": transform_description(backbone, view, augment, view_seed),
         "items": items_fingerprint(splits, items),
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
@@ -116,10 +117,17 @@ def encode_items(
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
     augment: Augment = DEFAULT_AUGMENT,
+    view_seed: int = 0,
 ) -> torch.Tensor:
-    """Normalised image features (N, e) of ``items`` for one view (0 = centre crop), in item order."""
+    """Normalised image features (N, e) of ``items`` for one view (0 = centre crop), in item order.
+
+    View v > 0 draws image i's crop and flip from ``seed(view_seed·1000003 + v·100003 + i)``: a run's fresh view of
+    epoch e is view e + 1 with the run's seed, so every method and setting of a sweep that shares (backbone, images,
+    seed, epoch) shares the features, and other seeds see other crops.
+    """
     transform = transform_for_view(backbone, view, augment)
-    loader = DataLoader(ImageItems(splits, items, transform, view), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dataset = ImageItems(splits, items, transform, view, view_seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     encode = encoder or backbone.encode_image
     outs = []
     for images, _, _ in loader:
@@ -152,11 +160,13 @@ class FeatureCache:
         batch_size: int = 128,
         num_workers: int = 0,
         augment: Augment = DEFAULT_AUGMENT,
+        view_seed: int = 0,
     ) -> torch.Tensor:
         if not items:
             raise RlptuneError(f"dataset {splits.name!r}: no images to encode")
         augment = tuple(augment) if view > 0 else DEFAULT_AUGMENT  # the centre crop does not depend on it
-        key = cache_key(backbone, splits, items, view, augment)
+        view_seed = view_seed if view > 0 else 0
+        key = cache_key(backbone, splits, items, view, augment, view_seed)
         path = self.path(key)
         if self.enabled and path.is_file():
             from safetensors.torch import load_file
@@ -169,14 +179,14 @@ class FeatureCache:
             except Exception:  # a damaged cache file is rebuilt, never trusted
                 pass
         self.misses += 1
-        feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment)
+        feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment, view_seed=view_seed)
         if self.enabled:
             manifest = {
                 "backbone": backbone.identity,
                 "dataset": splits.name,
                 "view": view,
                 "count": len(items),
-                "transform": transform_description(backbone, view, augment),
+                "transform": transform_description(backbone, view, augment, view_seed),
             }
             io.write_safetensors(path, {"features": feats}, {"manifest": json.dumps(manifest)})
             io.write_json(path.with_suffix(".json"), manifest)

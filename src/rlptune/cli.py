@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain-micro", help="pretrain the micro CLIP on the procedural world", add_help=False)
     p.set_defaults(func=None, passthrough=cmd_pretrain_micro)
+
+    from .serve.cli import add_serve_parser  # issue 18; fastapi/uvicorn are imported only when serving
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -170,7 +170,7 @@ async def _read_classify(request: Request, server: Server) -> tuple[str, int, li
     """(task, top_k, [(filename, bytes)]) from a multipart form or a JSON body with base64 images."""
     settings = server.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=settings.max_images_per_request + 1, max_fields=16)
         task = form.get("task")
         top_k = form.get("top_k", "5")

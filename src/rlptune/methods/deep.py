@@ -2,12 +2,14 @@
 
 One module, four registered names (each with its paper defaults as ``configs/<name>.yaml``):
 
-- ``deep_text``: text prompts at the first J_t layers. Layer 0 is CoOp's context (``prompt.ctx_init`` or random,
-  after the start token); before each later layer i < J_t the hidden states at those n positions are *replaced*
-  by layer i's own learned tokens (MaPLe's "deep language prompting"). Image features are CLIP's (cached).
-- ``deep_vision``: VPT-deep on an open_clip ViT. n_v tokens are appended to the image tokens before block 0 and
-  replaced before each block i < J_v; they are dropped before pooling. The classifier is the frozen CLIP's
-  hand-crafted prompt (dataset template, else "a photo of a {}.").
+- ``deep_text``: text prompts at the first J_t layers. Layer 0 is the context after the start token: the first
+  n = ``prompt.n_ctx`` tokens of ``prompt.ctx_init`` are learned and the rest of that text stays fixed words, as in
+  the official MaPLe / IVLP / PromptSRC code (n = 2 and "a photo of a" give ``[ctx₁ ctx₂] of a {name}.``; without
+  ``ctx_init``, n random tokens); before each later layer i < J_t the hidden states at the n learned positions are
+  *replaced* by layer i's own learned tokens (MaPLe's "deep language prompting"). Image features are CLIP's (cached).
+- ``deep_vision``: VPT-deep on a ViT image tower. n_v tokens are appended to the image tokens *before* the pre-norm
+  (``ln_pre``), as the official code does, and replaced before each block 1 ≤ i < J_v; they are dropped before
+  pooling. The classifier is the frozen CLIP's hand-crafted prompt (dataset template, else "a photo of a {}.").
 - ``ivlp``: both at once, independent (Independent Vision-Language Prompting, from the MaPLe paper).
 - ``maple``: MaPLe-style coupling: the vision prompt of layer i is a learned linear map ``F_i: d → w`` of the
   text prompt of layer i (J maps, one per layer); the vision tokens have no parameters of their own.
@@ -34,10 +36,9 @@ from torch import nn
 
 from ..errors import RlptuneError
 from ..prompts import build_prompt
-from ..text import PromptedClassText
+from ..text import PromptedClassText, context_from_init
 from .base import Method, register_method
-from .coop import initial_context
-from .options import option, parse_options
+from .options import option
 from .shared import formula, handcrafted_features, handcrafted_template, prompt_term
 
 
@@ -82,6 +83,14 @@ class MapleOptions:
             raise RlptuneError("method.options.deep_init_std must be >= 0")
 
 
+def text_context_init(settings, backbone, n_ctx: int) -> tuple[torch.Tensor, bool, str | None]:
+    """The learned layer-0 text context (n, d), whether it comes from words, and the context text whose tokens after
+    the first n stay fixed words (``prompt.ctx_init``; None for a random N(0, init_std²) context)."""
+    if settings.ctx_init:
+        return context_from_init(backbone, settings.ctx_init, n_ctx), True, settings.ctx_init
+    return torch.randn(n_ctx, backbone.text.width) * settings.init_std, False, None
+
+
 def _replace(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
     """x (B, L, w) with positions start … start+n replaced by ``tokens`` (n, w) for every row."""
     n = tokens.shape[0]
@@ -94,18 +103,18 @@ class DeepPrompts(Method):
 
     options_class: type = DeepPromptOptions
     coupled = False
+    honours = frozenset({"class_token_position", "text_chunk", "checkpoint_text"})
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        opts = parse_options(self.options_class, config.method.options, self.registered_name)
-        self.options = opts
+        opts = self.options
         if self.coupled:
             self.text_depth = self.vision_depth = opts.depth
         else:
             self.text_depth, self.vision_depth = opts.text_depth, opts.vision_depth
         if config.method.class_specific:
             raise RlptuneError(f"{self.registered_name}: method.class_specific is not supported with deep prompts")
-        text_layers = len(backbone.text.transformer.resblocks)
+        text_layers = backbone.text.num_layers
         if self.text_depth > text_layers:
             raise RlptuneError(
                 f"{self.registered_name}: prompt depth {self.text_depth} exceeds the text tower's {text_layers} layers; "
@@ -116,7 +125,7 @@ class DeepPrompts(Method):
         if self.text_depth > 0:
             if self.text_depth > 1 and config.method.class_token_position != "end":
                 raise RlptuneError(f"{self.registered_name}: deep text prompts need method.class_token_position=end")
-            init, from_text = initial_context(config, backbone)
+            init, from_text, self.context_text = text_context_init(config.prompt, backbone, self.text_context_size())
             self.n_ctx = int(init.shape[-2])
             self.text_prompt = build_prompt(config.prompt, init, from_text)
             if self.text_depth > 1:
@@ -146,9 +155,16 @@ class DeepPrompts(Method):
         self._merged_vision: torch.Tensor | None = None
         self.to(backbone.device)
 
+    def text_context_size(self) -> int:
+        """n: learned text tokens per layer (``prompt.n_ctx``)."""
+        return int(self.config.prompt.n_ctx)
+
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         m = self.config.method
-        return PromptedClassText(self.backbone, classnames, self.n_ctx, m.class_token_position).to(self.backbone.device)
+        return PromptedClassText(
+            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
+            shared_prefix=m.shared_prefix, context_text=self.context_text,
+        ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
@@ -182,20 +198,10 @@ class DeepPrompts(Method):
         layers = self.text_prompts()
         deep = layers[1:]
 
-        def hook(i: int, x: torch.Tensor) -> torch.Tensor:
+        def hook(i: int, x: torch.Tensor) -> torch.Tensor:  # the learned positions 1 … n only: fixed words stay
             return _replace(x, 1, deep[i - 1]) if 1 <= i <= len(deep) else x
 
-        text = self.text
-        step = self.config.method.text_chunk or text.num_classes
-        outs = []
-        for start in range(0, text.num_classes, step):
-            rows = slice(start, min(start + step, text.num_classes))
-            embeddings = text.assemble(layers[0], rows)
-            with self.backbone.autocast():
-                outs.append(
-                    self.backbone.text.encode_embeddings(embeddings, text.eot[rows], before_block=hook if deep else None).float()
-                )
-        return F.normalize(torch.cat(outs, dim=0), dim=-1)
+        return F.normalize(self.text(layers[0], before_block=hook if deep else None), dim=-1)
 
     # -- image side --------------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -203,16 +209,18 @@ class DeepPrompts(Method):
             return self.backbone.encode_image(images)
         prompts = self.vision_prompts()
         n = self.n_vision
+        vision = self.backbone.vision
 
         def hook(i: int, x: torch.Tensor) -> torch.Tensor:
-            if i == 0:
-                return torch.cat([x, prompts[0].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
-            if i < prompts.shape[0]:
-                return _replace(x, x.shape[1] - n, prompts[i])
-            return x
+            return _replace(x, x.shape[1] - n, prompts[i]) if 1 <= i < prompts.shape[0] else x
 
         with self.backbone.autocast():
-            feats = self.backbone.vision.encode(images, hook)
+            x = vision.embed_tokens(images.to(vision.device))
+            own = x.shape[1]
+            first = prompts[0].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = vision.pre_norm(torch.cat([x, first], dim=1))  # layer-0 prompts before ln_pre, as the official code
+            x = vision.run_blocks(x, hook)
+            feats = vision.head(x[:, :own])
         return F.normalize(feats.float(), dim=-1)
 
     # -- merge / adapters / diagnostics ----------------------------------------------------------------------------
@@ -229,8 +237,8 @@ class DeepPrompts(Method):
         super().unmerge()
         self._merged_vision = None
 
-    def load_trainable_state(self, state, source: str = "adapter") -> None:
-        super().load_trainable_state(state, source)
+    def load_adapter_state(self, state, source: str = "adapter") -> None:
+        super().load_adapter_state(state, source)
         self._merged_vision = None
 
     def train(self, mode: bool = True) -> "DeepPrompts":

@@ -2,17 +2,22 @@
 
 For C classes and a context of n vectors the token sequence of class c is
 ``[SOS] [ctx₁ … ctxₙ] [name tokens] [.] [EOT] [pad …]`` (class token at the end; CoOp's "middle" and "front"
-positions move the name). The name / full stop / EOT embeddings come from the backbone's own token embedding, so
-a context equal to the embeddings of "a photo of a" reproduces ``encode_text("a photo of a {name}.")`` exactly.
+positions move the name). With a ``context_text`` longer than n tokens (the fixed-words layout of the official
+MaPLe / IVLP / PromptSRC code: ``n_ctx = 2`` and "a photo of a" give ``[SOS] [ctx₁ ctx₂] of a {name}.``) the first n
+tokens of that text are the learned slot and the rest stay as fixed word embeddings after it. The fixed words,
+name, full stop and EOT embeddings come from the backbone's own token embedding, so a context equal to the
+embeddings of "a photo of a" (or of "a photo" before the fixed "of a") reproduces
+``encode_text("a photo of a {name}.")`` exactly.
 The transformer runs only over the first 1 + max(EOT position) tokens (exact under the causal mask), optionally in
 chunks of classes with activation checkpointing so memory stays bounded for 1,000 classes.
 
 With the class token at the end and one context shared by all classes (the default CoOp/RLP set-up) the encoding
-is prefix-cached (:mod:`rlptune.text.shared_prefix`): ``[SOS] [ctx]`` goes through the blocks once per call and
-only each class's own tokens are run per class, grouped by their exact length (no padding) and, with ``chunk``,
-in groups of at most ``chunk`` classes, each optionally under activation checkpointing. Class-specific contexts,
-other class positions, ``shared_prefix=False`` and text towers the shared path does not support use the plain
-path above.
+is prefix-cached (:mod:`rlptune.text.shared_prefix`): ``[SOS] [ctx] [fixed words]`` goes through the blocks once
+per call and only each class's own tokens are run per class, grouped by their exact length (no padding) and, with
+``chunk``, in groups of at most ``chunk`` classes, each optionally under activation checkpointing. Class-specific
+contexts, other class positions, ``shared_prefix=False`` and text towers the shared path does not support use the
+plain path above. Deep text prompts (a ``before_block`` hook that replaces the context positions layer by layer) run
+on either path: on the shared one the hook edits only the prefix, which is where those positions are.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, BlockHook
 from ..errors import RlptuneError
 from . import shared_prefix as sp
 
@@ -41,6 +46,21 @@ def text_embeddings(backbone: Backbone, text: str) -> torch.Tensor:
         return backbone.text.embed(ids[None, 1:eot])[0].float().clone()
 
 
+def context_from_init(backbone: Backbone, ctx_init: str, n_ctx: int) -> torch.Tensor:
+    """The learned part (n, d) of a context initialised from ``ctx_init``: its first ``n_ctx`` token embeddings.
+
+    The remaining tokens of ``ctx_init`` stay fixed text (pass ``context_text=ctx_init`` to
+    :class:`PromptedClassText`), as the official MaPLe / IVLP / PromptSRC code does.
+    """
+    words = text_embeddings(backbone, ctx_init)
+    if not 1 <= n_ctx <= words.shape[0]:
+        raise RlptuneError(
+            f"prompt.n_ctx {n_ctx} must be between 1 and the {words.shape[0]} tokens of prompt.ctx_init {ctx_init!r} "
+            f"(the first n_ctx tokens are learned, the rest stay fixed words)"
+        )
+    return words[:n_ctx].clone()
+
+
 class PromptedClassText(nn.Module):
     """Token buffers for one list of class names around an n-token context slot, and the batched encoder."""
 
@@ -53,7 +73,10 @@ class PromptedClassText(nn.Module):
         chunk: int = 0,
         use_checkpoint: bool = False,
         shared_prefix: bool = True,
+        context_text: str | None = None,
     ) -> None:
+        """``context_text``: the text whose first ``n_ctx`` tokens are the learned slot; its remaining tokens stay
+        fixed words after the slot (``None``: n placeholders, no fixed words)."""
         super().__init__()
         if position not in ("end", "middle", "front"):
             raise RlptuneError(f"method.class_token_position {position!r}: expected end, middle or front")
@@ -67,7 +90,18 @@ class PromptedClassText(nn.Module):
         self.classnames = [str(c).replace("_", " ") for c in classnames]
 
         placeholder = " ".join([PLACEHOLDER] * self.n_ctx)
-        texts = [f"{placeholder} {name}." for name in self.classnames]
+        if context_text is not None:
+            context_text = " ".join(context_text.replace("_", " ").split())
+            context_len = int(backbone.text.eot_positions(backbone.tokenize([context_text]))[0]) - 1
+            if not 1 <= self.n_ctx <= context_len:
+                raise RlptuneError(
+                    f"n_ctx {self.n_ctx} must be between 1 and the {context_len} tokens of the context text {context_text!r}"
+                )
+            self.n_fixed = context_len - self.n_ctx  # fixed-word tokens after the learned slot
+        else:
+            self.n_fixed = 0
+        self.context_text = context_text
+        texts = [f"{context_text or placeholder} {name}." for name in self.classnames]
         ids = backbone.tokenize(texts)
         eot = backbone.text.eot_positions(ids)
         ctx_len = ids.shape[1]
@@ -80,13 +114,16 @@ class PromptedClassText(nn.Module):
         if tokenizer_encode is not None:
             name_lens = [len(tokenizer_encode(name)) for name in self.classnames]
         else:  # count tokens between the context and the final "." from the tokenised text
-            name_lens = [int(e) - 1 - self.n_ctx - 1 for e in eot]
+            name_lens = [int(e) - 1 - self.n_ctx - self.n_fixed - 1 for e in eot]
         with torch.no_grad():
             emb = backbone.text.embed(ids).float()
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)  # SOS
-        self.register_buffer("suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # name . EOT pad
+        self.register_buffer("suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # [fixed] name . EOT pad
+        head = 1 + self.n_ctx + self.n_fixed
+        self.register_buffer("fixed", emb[:1, 1 + self.n_ctx : head].clone(), persistent=False)  # (1, m, d)
+        self.register_buffer("own", emb[:, head:].clone(), persistent=False)  # name . EOT pad (each class's own)
         self.name_lens = name_lens
         if position != "end":  # where each output position reads from in the "end" layout [SOS][ctx][name . EOT …]
             self.register_buffer("_layout", self._position_layout(ids.shape[1], name_lens), persistent=False)
@@ -97,9 +134,11 @@ class PromptedClassText(nn.Module):
             self.shared_prefix_reason: str | None = f"class token position {position!r} puts class tokens inside the prefix"
         elif not bool((self.prefix == self.prefix[:1]).all()):
             self.shared_prefix_reason = "the start-token embeddings differ between classes"
+        elif not bool((emb[:, 1 + self.n_ctx : head] == self.fixed).all()):
+            self.shared_prefix_reason = "the fixed words tokenise differently between classes"
         else:
             self.shared_prefix_reason = sp.unsupported_reason(backbone.text)
-        own_lens = (eot - self.n_ctx).tolist()  # name + "." + EOT tokens of each class (suffix length to the EOT)
+        own_lens = (eot - head + 1).tolist()  # name + "." + EOT tokens of each class (own length to the EOT)
         self._groups = self._length_groups(own_lens, self.chunk)
         order = torch.tensor([i for members, _ in self._groups for i in members], dtype=torch.long)
         inverse = torch.empty_like(order)
@@ -107,8 +146,10 @@ class PromptedClassText(nn.Module):
         self.register_buffer("_group_inverse", inverse, persistent=False)  # grouped order -> class order
 
     def _position_layout(self, length: int, name_lens: list[int]) -> torch.Tensor:
-        """(C, L) source index of every position for the middle / front class-token positions (one gather)."""
-        n, half = self.n_ctx, self.n_ctx // 2
+        """(C, L) source index of every position for the middle / front class-token positions (one gather).
+        The context block is the learned slot followed by the fixed words (they move together)."""
+        n = self.n_ctx + self.n_fixed
+        half = n // 2
         rows = []
         for m in name_lens:
             ctx = list(range(1, 1 + n))
@@ -162,23 +203,27 @@ class PromptedClassText(nn.Module):
         index = self._layout[rows].unsqueeze(-1).expand(-1, -1, end_layout.shape[-1])
         return torch.gather(end_layout, 1, index)  # all classes at once, no Python loop over classes
 
-    def _encode_rows(self, ctx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _encode_rows(self, ctx: torch.Tensor, start: int, stop: int, before_block: BlockHook | None = None) -> torch.Tensor:
         rows = slice(start, stop)
         embeddings = self.assemble(ctx, rows)
         with self.backbone.autocast():
-            return self.backbone.text.encode_embeddings(embeddings, self.eot[rows]).float()
+            return self.backbone.text.encode_embeddings(embeddings, self.eot[rows], before_block=before_block).float()
 
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text features (C, e) of every class with context ``ctx`` (n, d) or (C, n, d)."""
+    def forward(self, ctx: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
+        """Unnormalised text features (C, e) of every class with context ``ctx`` (n, d) or (C, n, d).
+
+        ``before_block(i, x) -> x`` may edit the context positions ``1 … n`` of the hidden states before block i
+        (deep text prompts); it must leave every other position as it is.
+        """
         if self.uses_shared_prefix(ctx):
-            return self._forward_shared(ctx)
-        return self._forward_plain(ctx)
+            return self._forward_shared(ctx, before_block)
+        return self._forward_plain(ctx, before_block)
 
     def encode_contexts(self, contexts: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features (B, C, e) of every class under each of B contexts (B, n, d) — e.g. CoCoOp's
         image-conditioned contexts — in one batched call.
 
-        On the shared-prefix path the B prefixes ``[SOS][ctx_b]`` are encoded once each and the B × C class
+        On the shared-prefix path the B prefixes ``[SOS][ctx_b][fixed words]`` are encoded once each and the B × C class
         suffixes attend to their own prefix, so the cost is B × P + B × Σ_c S_c token positions instead of
         B × C × (P + S). Otherwise the B × C full prompts are assembled and encoded at once.
         """
@@ -194,14 +239,17 @@ class PromptedClassText(nn.Module):
         return feats.view(count, self.num_classes, -1)
 
     # -- shared prefix ------------------------------------------------------------------------------------------
-    def _forward_shared(self, ctx: torch.Tensor) -> torch.Tensor:
+    def _forward_shared(self, ctx: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
         """(n, d) → (C, e); (B, n, d) → (B, C, e) with one cached prefix per context."""
         tower = self.backbone.text
         batched = ctx.dim() == 3
         contexts = ctx if batched else ctx.unsqueeze(0)
         with self.backbone.autocast():
-            sos = self.prefix[:1].expand(contexts.shape[0], -1, -1)  # (B, 1, d)
-            cache = sp.encode_prefix(tower, torch.cat([sos, contexts.to(self.prefix.dtype)], dim=1))  # (B, 1 + n, d)
+            count = contexts.shape[0]
+            sos = self.prefix[:1].expand(count, -1, -1)  # (B, 1, d)
+            fixed = self.fixed.expand(count, -1, -1)  # (B, m, d) fixed words, part of the shared prefix
+            prefix = torch.cat([sos, contexts.to(self.prefix.dtype), fixed], dim=1)  # (B, 1 + n + m, d)
+            cache = sp.encode_prefix(tower, prefix, before_block)
         kv = cache.tensors()
         outs = []
         for members, length in self._groups:
@@ -219,7 +267,7 @@ class PromptedClassText(nn.Module):
         """Features (B, len(index), e) of one length group under each cached prefix."""
         cache = sp.PrefixCache.from_tensors(kv, prefix_len)
         batch = cache.batch
-        suffix = self.suffix[index, :length]
+        suffix = self.own[index, :length]
         if batch > 1:
             suffix = suffix.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * len(index), length, -1)
         with self.backbone.autocast():  # grouped by exact length: every row's EOT is its last token
@@ -227,13 +275,13 @@ class PromptedClassText(nn.Module):
         return feats.view(batch, len(index), -1)
 
     # -- plain path ---------------------------------------------------------------------------------------------
-    def _forward_plain(self, ctx: torch.Tensor) -> torch.Tensor:
+    def _forward_plain(self, ctx: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
         step = self.chunk if self.chunk > 0 else self.num_classes
         outs = []
         for start in range(0, self.num_classes, step):
             stop = min(start + step, self.num_classes)
             if self.use_checkpoint and torch.is_grad_enabled():
-                outs.append(checkpoint(self._encode_rows, ctx, start, stop, use_reentrant=False))
+                outs.append(checkpoint(self._encode_rows, ctx, start, stop, before_block, use_reentrant=False))
             else:
-                outs.append(self._encode_rows(ctx, start, stop))
+                outs.append(self._encode_rows(ctx, start, stop, before_block))
         return torch.cat(outs, dim=0)

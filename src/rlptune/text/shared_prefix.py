@@ -1,12 +1,15 @@
 """Shared-prefix (prefix-cached) text encoding: the context shared by all classes is encoded once per step.
 
-With the class token at the end, every class prompt starts with the same tokens, ``[SOS] [ctx₁ … ctxₙ]``. Under
+With the class token at the end, every class prompt starts with the same tokens, ``[SOS] [ctx₁ … ctxₙ]`` (and any
+fixed words after the context, e.g. "of a" after a 2-token context initialised from "a photo of a"). Under
 the causal mask a token only sees earlier tokens, so the hidden states of that prefix are identical for every
 class at every layer. This module computes them once (a batch of one sequence, P = 1 + n tokens) and runs only
 each class's own tokens (name, full stop, end-of-text: S_c tokens) through the blocks, letting them attend to the
 cached prefix keys and values, exactly as prefix/KV caching does in language-model serving. A step then costs
 about P + Σ_c S_c token-layers instead of C · (P + S) and the attention scores are (S × (P + S)) per class.
-Gradients flow back into the prefix (and so into the context) through the cached keys and values.
+Gradients flow back into the prefix (and so into the context) through the cached keys and values. Deep text
+prompts, which replace the context positions before each of the first J blocks, only touch the prefix: the
+``before_block`` hook of :func:`encode_prefix` applies them there, and the class tokens see them through the cache.
 
 It runs the backbone's own modules and weights: for each open_clip ``ResidualAttentionBlock`` it calls ``ln_1``,
 the attention's ``in_proj_weight``/``in_proj_bias`` and ``out_proj``, ``ls_1``, ``ln_2``, ``mlp`` and ``ls_2``
@@ -19,7 +22,7 @@ and gradient) is tested in ``tests/test_speed_shared_prefix.py``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +96,11 @@ class PrefixCache:
         return cls(list(tensors[0::2]), list(tensors[1::2]), length)
 
 
-def encode_prefix(tower, prefix: torch.Tensor) -> PrefixCache:
-    """Run the shared prefix (P, d) — start token + context — or B of them (B, P, d) through every block once;
-    return the per-layer K/V cache. The prefix's own outputs past the last block are not needed (no class pools
-    inside the prefix), so the last block stops after its keys and values.
+def encode_prefix(tower, prefix: torch.Tensor, before_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> PrefixCache:
+    """Run the shared prefix (P, d) — start token + context (+ fixed words) — or B of them (B, P, d) through every
+    block once; return the per-layer K/V cache. The prefix's own outputs past the last block are not needed (no class
+    pools inside the prefix), so the last block stops after its keys and values. ``before_block(i, x) -> x`` edits the
+    prefix hidden states (B, P, d) before block i (deep prompts replacing the context positions); it must keep P.
     """
     x = prefix if prefix.dim() == 3 else prefix.unsqueeze(0)  # (B, P, d)
     batch, length, _ = x.shape
@@ -105,6 +109,8 @@ def encode_prefix(tower, prefix: torch.Tensor) -> PrefixCache:
     keys, values = [], []
     blocks = tower.transformer.resblocks
     for i, block in enumerate(blocks):
+        if before_block is not None:
+            x = before_block(i, x)
         attn = block.attn
         heads = attn.num_heads
         h = block.ln_1(x)

@@ -55,3 +55,41 @@ def test_spectra_and_training_curves(tmp_path: Path) -> None:
     with pytest.raises(RlptuneError):
         plot_training_curves([{"epoch": 0, "lr": 0.1}], tmp_path / "nothing")
     assert len(OKABE_ITO) == 8
+
+
+def _edge_ink(png: Path) -> int:
+    """Non-white pixels in the outermost 3-pixel frame of a PNG: text cut off at the canvas edge leaves ink there."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("L")).astype(int)
+    frame = np.concatenate([pixels[:3].ravel(), pixels[-3:].ravel(), pixels[:, :3].ravel(), pixels[:, -3:].ravel()])
+    return int((frame < 200).sum())
+
+
+def test_long_titles_labels_and_legends_are_not_cut_off(tmp_path: Path) -> None:
+    """Few-shot panels with long dataset names, one method hidden under another, training runs with long labels."""
+    long_ds = "micro-patterned-textures-rendered-in-six-styles-with-a-long-name"
+    same = {"shots": [1, 2, 4], "mean": [50.0, 55.0, 60.0], "std": [1.0, 1.0, 1.0], "n": [2, 2, 2]}
+    curves = {"Average": {"coop": same, "rlp": same, "zeroshot": {"shots": [0], "mean": [52.0], "std": [None], "n": [1]}},
+              long_ds: {"coop": same, "rlp": same}}
+    paths = plot_few_shot_curves(curves, tmp_path / "fs", title="Few-shot accuracy " * 8)
+    assert _edge_ink(paths[0]) == 0
+    svg = paths[1].read_text(encoding="utf-8")
+    assert svg.count('stroke-dasharray') >= 2  # rlp dashed over coop, zero-shot dotted: the equal curves stay apart
+    records = [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e, "val_acc": 45.0 + e} for e in range(1, 4)]
+    runs = {f"{m} ({long_ds}, seed 1)": records for m in ("coop", "rlp", "kgcoop", "maple")}
+    train = plot_training_curves(runs, tmp_path / "train")
+    assert _edge_ink(train[0]) == 0
+    rows = [{"protocol": "base2new", "dataset": d, "method": "rlp", "seed": 1, "base": 80.0, "new": 60.0}
+            for d in (long_ds, "dtd")]
+    assert _edge_ink(plot_base_new_bars(rows, tmp_path / "bars")[0]) == 0
+
+
+def test_training_curves_draw_validation_only_when_logged(tmp_path: Path) -> None:
+    with_val = [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e, "val_acc": 45.0 + e} for e in range(1, 4)]
+    without = [{k: v for k, v in r.items() if k != "val_acc"} for r in with_val]
+    a = plot_training_curves(with_val, tmp_path / "a")[1].read_text(encoding="utf-8")
+    b = plot_training_curves(without, tmp_path / "b")[1].read_text(encoding="utf-8")
+    assert a.count("<path") > b.count("<path")  # the dashed validation line (and its legend entry) exist only in a
+    assert "stroke-dasharray" in a and "stroke-dasharray" not in b

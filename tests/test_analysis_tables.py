@@ -71,8 +71,8 @@ def test_single_seed_and_missing_cell() -> None:
     rows = [{"protocol": "base_to_new", "dataset": "dtd", "method": "coop", "seed": 1, "base": 80.0, "new": 60.0},
             {"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "base": 81.0}]
     md = render_markdown(base2new_table(rows), title=False)
-    assert "| dtd | coop | 80.00 ± 0.00 | 60.00 ± 0.00 | 68.57 ± 0.00 | 1 |" in md
-    assert "| dtd | rlp | 81.00 ± 0.00 | – | – | 1 |" in md
+    assert "| dtd | coop | 80.00 ± – | 60.00 ± – | 68.57 ± – | 1 |" in md
+    assert "| dtd | rlp | 81.00 ± – | – | – | 1 |" in md
     assert "**Average" not in md  # one dataset: no average row
 
 
@@ -132,7 +132,7 @@ def test_cross_dataset_and_domain_gen() -> None:
           for ds, acc in (("imagenet", 72.0), ("imagenet_r", 77.0), ("imagenet_v2", 64.0), ("imagenet_sketch", 49.0))]
     md = render_markdown(domain_gen_table(dg), title=False).splitlines()
     assert md[0] == "| Method | Trained on | Source | imagenet_v2 | imagenet_sketch | imagenet_r | Average | Seeds |"
-    assert md[2] == "| rlp | imagenet | 72.00 ± 0.00 | 64.00 ± 0.00 | 49.00 ± 0.00 | 77.00 ± 0.00 | 63.33 ± 0.00 | 1 |"
+    assert md[2] == "| rlp | imagenet | 72.00 ± – | 64.00 ± – | 49.00 ± – | 77.00 ± – | 63.33 ± – | 1 |"
     assert cross_dataset_table(dg).rows == []  # protocols do not mix
 
 
@@ -141,7 +141,8 @@ def test_protocol_names_html_and_write(tmp_path) -> None:
         "base2new", "few-shot", "cross-dataset", "domain-gen"]
     table = base2new_table(b2n_rows())
     html = render_html(table)
-    assert html.startswith('<table class="results"') and "<td class=\"num\">82.00 ± 1.00</td>" in html
+    assert '<table class="results" id="table-base2new">' in html and "<td class=\"num\">82.00 ± 1.00</td>" in html
+    assert "<script" not in render_html(base2new_table([{**b2n_rows()[0], "method": "<script>x</script>"}]))  # escaped
     paths = write_table(table, tmp_path / "t" / "base2new")
     assert [p.name for p in paths] == ["base2new.md", "base2new.csv", "base2new.json"]
     assert all(p.is_file() for p in paths)

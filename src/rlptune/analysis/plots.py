@@ -59,9 +59,22 @@ def _save(fig: Any, stem: str | Path) -> list[Path]:
     with matplotlib.rc_context({"svg.hashsalt": "rlptune", "svg.fonttype": "path"}):
         for ext, kwargs in (("png", {"dpi": 150, "metadata": {"Software": None}}), ("svg", {"metadata": {"Date": None}})):
             buffer = io.BytesIO()
-            fig.savefig(buffer, format=ext, facecolor="white", **kwargs)
+            # tight bounding box: titles, outside legends and long tick labels are never cut at the canvas edge
+            fig.savefig(buffer, format=ext, facecolor="white", bbox_inches="tight", pad_inches=0.12, **kwargs)
             paths.append(write_bytes(stem.with_name(f"{stem.name}.{ext}"), buffer.getvalue()))
     return paths
+
+
+def _wrap(text: str, width_inches: float, fontsize: float = 12.0) -> str:
+    """Break a title into lines that fit ``width_inches`` (about 0.55 em per character), so none is cut off."""
+    import textwrap
+
+    chars = max(16, int(width_inches * 72.0 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _suptitle(fig: Any, text: str) -> None:
+    fig.suptitle(_wrap(text, fig.get_figwidth()))
 
 
 def _id_label(k: int) -> str:
@@ -101,13 +114,15 @@ def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None =
         ax.set_ylim(low, min(100.0, max(values) + 5.0) if values else 100.0)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    axes[-1].set_xticks(x, groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    group_width = fig.get_figwidth() / max(len(groups), 1)
+    tick_labels = [_wrap(g, group_width * 0.9, 10.0) for g in groups]
+    axes[-1].set_xticks(x, tick_labels, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     axes[-1].set_xlabel("Dataset")
     axes[0].legend(title="Method", ncols=min(len(methods), 4), loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
     if any(row.average for row in table.rows) and len(groups) > 1:
         for ax in axes:
             ax.axvline(len(groups) - 1.5, color="#999999", linewidth=0.8, linestyle=":")
-    fig.suptitle(title or "Base-to-new generalisation per dataset\n(bars: mean over seeds; whiskers: ± std)")
+    _suptitle(fig, title or "Base-to-new generalisation per dataset\n(bars: mean over seeds; whiskers: ± std)")
     return _save(fig, stem)
 
 
@@ -117,16 +132,24 @@ def plot_few_shot_curves(
     datasets: Sequence[str] | None = None,
     title: str | None = None,
 ) -> list[Path]:
-    """One panel per dataset (Average first): accuracy vs shots (log₂ axis), mean line with a ± std band per method."""
+    """One panel per dataset (Average first): accuracy vs shots (log₂ axis), mean line with a ± std band per method.
+
+    Methods with equal accuracies would hide each other's lines, so each method's points are nudged sideways by a
+    small fraction of an octave and drawn with its own marker and dash pattern. A curve with only the 0-shot point
+    (zero-shot CLIP, which does not depend on shots) is a grey dotted horizontal line across the panel.
+    """
     names = list(datasets) if datasets is not None else sorted(curves, key=lambda d: (d != "Average",))
     names = [d for d in names if d in curves]
     if not names:
         raise RlptuneError("plot: no few-shot results to draw")
     methods = list(dict.fromkeys(m for d in names for m in curves[d]))
-    ncols = min(4, len(names))
+    trained = [m for m in methods if any(s > 0 for d in names for s in (curves[d].get(m) or {}).get("shots", []))]
+    ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = _figure(3.2 * ncols + 0.4, 2.8 * nrows + 0.8)
+    panel_width = 3.6
+    fig = _figure(max(panel_width * ncols + 0.4, 6.4), 3.0 * nrows + 1.2)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    dashes = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (3, 1))]
     for ax, ds in zip(axes, names):
         shots_seen: set[int] = set()
         for j, method in enumerate(methods):
@@ -136,22 +159,37 @@ def plot_few_shot_curves(
             xs = np.asarray(curve["shots"], dtype=float)
             mean = np.asarray(curve["mean"], dtype=float)
             std = np.asarray([0.0 if s is None else s for s in curve.get("std", [0.0] * len(xs))], dtype=float)
-            ax.plot(xs, mean, marker=_marker(j), color=_colour(j), label=method, linewidth=1.5, markersize=4)
-            ax.fill_between(xs, mean - std, mean + std, color=_colour(j), alpha=0.2, linewidth=0)
+            positive = xs > 0
+            if not positive.any():  # zero-shot: one number, independent of the shot count
+                ax.axhline(float(mean[0]), color="#666666", linestyle=":", linewidth=1.6, label=f"{method} (0 shots)")
+                continue
+            xs, mean, std = xs[positive], mean[positive], std[positive]
+            slot = trained.index(method) if method in trained else 0
+            nudge = 2.0 ** ((slot - (len(trained) - 1) / 2.0) * 0.06)  # ± a few % of an octave
+            ax.plot(xs * nudge, mean, marker=_marker(j), color=_colour(j), label=method, linewidth=1.5,
+                    linestyle=dashes[slot % len(dashes)], markersize=5, markeredgecolor="black", markeredgewidth=0.4,
+                    zorder=3 + slot)
+            ax.fill_between(xs * nudge, mean - std, mean + std, color=_colour(j), alpha=0.15, linewidth=0)
             shots_seen.update(int(s) for s in xs)
-        ax.set_title(ds)
+        ax.set_title(_wrap(ds, panel_width, 10.0), fontsize=10)
         ax.set_xscale("log", base=2)
         ticks = sorted(shots_seen)
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.set_xlim(ticks[0] / 1.35, ticks[-1] * 1.35)
         ax.minorticks_off()
         ax.set_xlabel("Shots per class")
         ax.set_ylabel("Accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title="Method", loc="outside lower center", ncols=min(len(methods), 6), frameon=False)
-    fig.suptitle(title or "Few-shot accuracy vs shots (mean ± std over seeds)")
+    handles: dict[str, Any] = {}
+    for ax in axes[: len(names)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), title="Method", loc="outside lower center",
+               ncols=min(len(handles), 4), frameon=False)
+    _suptitle(fig, title or "Few-shot accuracy vs shots per class (mean ± std over seeds)")
     return _save(fig, stem)
 
 
@@ -164,37 +202,66 @@ def plot_id_vs_accuracy(
     xlabel: str | None = None,
     ylabel: str = "New-class accuracy (%)",
     title: str | None = None,
+    markers_by: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Scatter of information density vs new-class accuracy with a least-squares line; Spearman ρ, p, n in the title."""
+    """Scatter of information density vs accuracy, one point per run.
+
+    Colour = ``labels`` (the method), marker = ``markers_by`` (the dataset). Pooled over methods, a correlation
+    mostly says which method, so each method gets its own least-squares line and Spearman ρ, p, n in the legend; the
+    pooled ρ is in the title together with what it pools over.
+    """
     from rlptune.analysis.stats import spearman
 
-    if len(id_k) != len(accuracy) or (labels is not None and len(labels) != len(id_k)):
-        raise RlptuneError("plot: id_k, accuracy and labels must have the same length")
-    keep = [i for i in range(len(id_k)) if id_k[i] is not None and accuracy[i] is not None
+    n_points = len(id_k)
+    if len(accuracy) != n_points or any(g is not None and len(g) != n_points for g in (labels, markers_by)):
+        raise RlptuneError("plot: id_k, accuracy, labels and markers_by must have the same length")
+    keep = [i for i in range(n_points) if id_k[i] is not None and accuracy[i] is not None
             and math.isfinite(float(id_k[i])) and math.isfinite(float(accuracy[i]))]
     xs = np.asarray([float(id_k[i]) for i in keep])
     ys = np.asarray([float(accuracy[i]) for i in keep])
-    groups = [str(labels[i]) for i in keep] if labels is not None else ["run"] * len(keep)
-    corr = spearman(xs.tolist(), ys.tolist())
-    fig = _figure(6.0, 4.5)
+    groups = [str(labels[i]) for i in keep] if labels is not None else ["runs"] * len(keep)
+    shapes = [str(markers_by[i]) for i in keep] if markers_by is not None else [""] * len(keep)
+    shape_order = list(dict.fromkeys(shapes))
+    fig = _figure(7.0, 5.0)
     ax = fig.subplots()
+
+    def rho_text(sel: list[int]) -> str:
+        corr = spearman(xs[sel].tolist(), ys[sel].tolist())
+        if math.isnan(corr.rho):
+            return f"ρ n/a, n = {corr.n}"
+        return f"ρ = {corr.rho:.2f}, p = {corr.p:.2g}, n = {corr.n}"
+
     for j, group in enumerate(dict.fromkeys(groups)):
         sel = [i for i, g in enumerate(groups) if g == group]
-        ax.scatter(xs[sel], ys[sel], color=_colour(j), marker=_marker(j), s=36, edgecolor="black", linewidth=0.4,
-                   label=group if labels is not None else None, zorder=3)
-    if len(set(xs.tolist())) >= 2:
-        slope, intercept = np.polyfit(xs, ys, 1)
-        grid = np.linspace(xs.min(), xs.max(), 50)
-        ax.plot(grid, slope * grid + intercept, color="#555555", linestyle="--", linewidth=1.2,
-                label=f"least-squares fit (slope {slope:.3g})", zorder=2)
-    rho = "n/a" if math.isnan(corr.rho) else f"{corr.rho:.2f}"
-    p = "n/a" if math.isnan(corr.p) else f"{corr.p:.2g}"
-    ax.set_title(title or f"{_id_label(k)} vs accuracy — Spearman ρ = {rho}, p = {p}, n = {corr.n}")
+        for shape in shape_order:
+            part = [i for i in sel if shapes[i] == shape]
+            if part:
+                ax.scatter(xs[part], ys[part], color=_colour(j), marker=_marker(shape_order.index(shape)), s=40,
+                           edgecolor="black", linewidth=0.4, zorder=3)
+        label = f"{group}: {rho_text(sel)}"
+        if len(set(xs[sel].tolist())) >= 2:
+            slope, intercept = np.polyfit(xs[sel], ys[sel], 1)
+            grid = np.linspace(xs[sel].min(), xs[sel].max(), 50)
+            ax.plot(grid, slope * grid + intercept, color=_colour(j), linestyle="--", linewidth=1.2, zorder=2, label=label)
+        else:
+            ax.plot([], [], color=_colour(j), marker="o", linestyle="none", label=label)
+    from matplotlib.lines import Line2D
+
+    legend = ax.legend(title="Method (trend line, Spearman within method)", frameon=False, fontsize="small",
+                       title_fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if markers_by is not None:
+        ax.add_artist(legend)
+        shape_handles = [Line2D([], [], color="#444444", marker=_marker(i), linestyle="none", label=shape)
+                         for i, shape in enumerate(shape_order)]
+        ax.legend(handles=shape_handles, title="Dataset", frameon=False, fontsize="small", title_fontsize="small",
+                  loc="lower left", bbox_to_anchor=(1.01, 0.0))
+    pooled = rho_text(list(range(len(keep))))
+    over = f"{len(set(groups))} method(s)" + (f" × {len(shape_order)} dataset(s)" if markers_by is not None else "")
+    ax.set_title(_wrap(title or f"{_id_label(k)} vs accuracy — pooled over {over}: Spearman {pooled}", 4.8, 11.0),
+                 fontsize=11)
     ax.set_xlabel(xlabel or f"Information density {_id_label(k)} of the prompt")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=False, fontsize="small")
     return _save(fig, stem)
 
 
@@ -226,7 +293,7 @@ def plot_singular_spectra(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Index i (singular values in descending order)")
     ax.set_ylabel("σ$_i$ / σ$_1$" if normalize else "Singular value σ$_i$")
-    ax.set_title(title or ("Normalised singular-value spectra of prompts" if normalize else "Singular-value spectra of prompts"))
+    ax.set_title(_wrap(title or ("Normalised singular-value spectra of prompts" if normalize else "Singular-value spectra of prompts"), 5.5))
     ax.grid(alpha=0.3)
     if drew:
         ax.legend(frameon=False, fontsize="small")
@@ -276,14 +343,17 @@ def plot_training_curves(
                 break
     panels = [
         ("Loss", "Training loss", [(("loss",), "-", "")]),
-        ("Accuracy", "Accuracy (%)", [(("train_acc",), "-", "train"), (("val_acc",), "--", "val")]),
+        ("Accuracy", "Accuracy (%)", [(("train_acc",), "-", "training (epoch mean)"), (("val_acc",), "--", "validation")]),
         (_id_label(k), f"Information density {_id_label(k)}",
          [(("diagnostics", "P", "id_k"), "-", "P"), (("diagnostics", "delta", "id_k"), "--", "ΔP")]),
     ]
     present = [p for p in panels if any(_series(recs, *path)[0] for recs in runs.values() for path, _, _ in p[2])]
     if not present:
         raise RlptuneError("plot: the training records have no loss, accuracy or diagnostics to draw")
-    fig = _figure(4.0 * len(present) + 0.5, 3.8 + (0.35 * math.ceil(len(runs) / 3) + 0.4 if len(runs) > 1 else 0.0))
+    width = 4.0 * len(present) + 0.5
+    longest = max(len(run) for run in runs)  # legend columns that fit the width (about 0.6 em per character)
+    legend_cols = max(1, min(len(runs), 3, int(width * 72.0 / (0.6 * 10.0 * (longest + 6)))))
+    fig = _figure(width, 3.8 + (0.3 * math.ceil(len(runs) / legend_cols) + 0.5 if len(runs) > 1 else 0.0))
     axes = np.atleast_1d(fig.subplots(1, len(present), squeeze=False)).ravel()
     multi = len(runs) > 1
     from matplotlib.lines import Line2D
@@ -313,6 +383,6 @@ def plot_training_curves(
             ax.legend(frameon=False, fontsize="small")
     if multi:
         handles = [Line2D([], [], color=_colour(j), marker=_marker(j), label=run) for j, run in enumerate(runs)]
-        fig.legend(handles=handles, title="Run", loc="outside lower center", ncols=min(len(runs), 3), frameon=False)
-    fig.suptitle(title or "Training curves")
+        fig.legend(handles=handles, title="Run", loc="outside lower center", ncols=legend_cols, frameon=False)
+    _suptitle(fig, title or "Training curves (training: mean over each epoch's batches; validation: end of epoch)")
     return _save(fig, stem)

@@ -23,18 +23,20 @@ import base64
 import json
 import math
 import os
-from html import escape
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from rlptune.analysis.spectrum import diagnostics_from_singular_values, primary_diagnostics, prompt_diagnostics_by_name
-from rlptune.analysis.stats import jsonable, paired_comparison, spearman
+from rlptune.analysis.stats import jsonable, paired_comparison, row_metric, spearman
 from rlptune.analysis.tables import (
     Table,
     _infer_protocol,
     base2new_table,
+    collapse_shot_independent,
+    is_shot_independent,
     cross_dataset_table,
     domain_gen_table,
     few_shot_curves,
@@ -42,8 +44,8 @@ from rlptune.analysis.tables import (
     harmonic_mean,
     other_runs_table,
     normalize_protocol,
-    render_html,
     render_markdown,
+    table_view,
     write_table,
 )
 from rlptune.errors import RlptuneError
@@ -208,11 +210,26 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     for path in files:
         row = result_to_row(read_result(path), source=path)
         row["run_dir"] = str(path.parent)
+        if "settings" not in row and (path.parent / "config.yaml").is_file():
+            settings = _read_config(path.parent / "config.yaml")  # a plain `rlptune train` run keeps them there
+            if settings:
+                row["settings"] = settings
         metrics = path.parent / "metrics.jsonl"
         if metrics.is_file():
             row["history"] = read_metrics_jsonl(metrics)
         rows.append(row)
     return rows
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    """The run's resolved settings from its config.yaml, or None when it cannot be read (labels only, not needed)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _flat_settings(settings: Any, prefix: str = "") -> dict[str, str]:
@@ -251,7 +268,33 @@ def disambiguate_methods(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         if names:
             flat = _flat_settings(row.get("settings"))
             row["method"] = f"{row['method']} (" + ", ".join(f"{n.split('.')[-1]}={flat.get(n, '–')}" for n in names) + ")"
+    _label_repeats_by_folder(out)
     return out
+
+
+def _label_repeats_by_folder(rows: list[dict[str, Any]]) -> None:
+    """Runs still indistinguishable after the settings (the same training run twice into two folders) are labelled
+    by the shortest tail of their folder path that tells them apart ("coop [runs/b]"), else by position."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if is_shot_independent(row):
+            continue  # zero-shot repeats are one result, merged later (collapse_shot_independent)
+        key = (row.get("protocol"), row.get("dataset"), row.get("method"), row.get("seed"), row.get("shots"))
+        groups.setdefault(key, []).append(row)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        parts = [Path(m["run_dir"]).parts if m.get("run_dir") else () for m in members]
+        names = None
+        if all(parts):
+            for depth in range(1, max(len(p) for p in parts) + 1):
+                tails = ["/".join(p[-depth:]) for p in parts]
+                if len(set(tails)) == len(tails):
+                    names = tails
+                    break
+        names = names or [f"run {i}" for i in range(1, len(members) + 1)]
+        for member, name in zip(members, names):
+            member["method"] = f"{member['method']} [{name}]"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,12 +404,39 @@ def diagnostics_table(
             }
         )
     x_key = "id_k" if which == "P" else "id_k_delta"
-    corr = spearman([r[x_key] for r in table], [r.get(metric) for r in table])
     ks = {r["k"] for r in table if r[x_key] is not None and r.get(metric) is not None}
     if len(ks) > 1:
         raise RlptuneError("analyze: the runs store ID_k for different k; pass k to recompute them on one k")
-    correlation = {"x": x_key, "y": metric, "k": next(iter(ks), None), **corr.to_dict()}
+    correlation = {"x": x_key, "y": metric, "k": next(iter(ks), None), **_grouped_correlations(table, x_key, metric)}
     return jsonable(table), correlation
+
+
+def _grouped_correlations(table: Sequence[Mapping[str, Any]], x_key: str, metric: str) -> dict[str, Any]:
+    """Spearman ρ (p, n) within each method, within each dataset, and pooled over all runs.
+
+    Pooled over methods, ρ mostly measures "which method" (methods differ in both ID_k and accuracy), so the pooled
+    numbers come with the grouping they pool over (``pooled_over``) and the within-group numbers come first.
+    """
+    points = [r for r in table if r.get(x_key) is not None and r.get(metric) is not None]
+    pooled = spearman([r[x_key] for r in points], [r[metric] for r in points])
+
+    def within(field: str) -> list[dict[str, Any]]:
+        out = []
+        for group in sorted({str(r.get(field)) for r in points}):
+            members = [r for r in points if str(r.get(field)) == group]
+            corr = spearman([r[x_key] for r in members], [r[metric] for r in members])
+            out.append({"group": group, **corr.to_dict()})
+        return out
+
+    return {
+        **pooled.to_dict(),
+        "pooled_over": {
+            "methods": sorted({str(r.get("method")) for r in points}),
+            "datasets": sorted({str(r.get("dataset")) for r in points}),
+        },
+        "within_method": within("method"),
+        "within_dataset": within("dataset"),
+    }
 
 
 def analyze_runs(
@@ -411,41 +481,44 @@ _ANALYSIS_COLUMNS = [
 ]
 
 
-def _correlation_text(correlation: Mapping[str, Any]) -> str:
+def _rho_text(corr: Mapping[str, Any]) -> str:
+    if corr.get("rho") is None:
+        return f"ρ undefined (n = {corr.get('n')}: fewer than 3 points or constant values)"
+    return f"ρ = {corr['rho']:.3f}, p = {corr['p']:.3g}, n = {corr.get('n')}"
+
+
+def _correlation_lines(correlation: Mapping[str, Any]) -> list[str]:
+    """Within-method and within-dataset Spearman lines first, then the pooled one with what it pools over."""
     y = {"new": "new-class accuracy", "base": "base-class accuracy", "h": "H", "accuracy": "test accuracy"}.get(
         str(correlation.get("y")), str(correlation.get("y"))
     )
-    rho = "undefined" if correlation.get("rho") is None else f"{correlation['rho']:.3f}"
-    p = "undefined" if correlation.get("p") is None else f"{correlation['p']:.3g}"
     which = "ΔP" if correlation.get("x") == "id_k_delta" else "P"
     k = correlation.get("k") or 1
-    return (
-        f"Spearman correlation of ID_{k} ({which}) with {y}: "
-        f"ρ = {rho}, p = {p}, n = {correlation.get('n')}"
-        + (" (fewer than 3 points or constant values: not defined)" if correlation.get("rho") is None else "")
-    )
+    lines = [f"Spearman correlation of ID_{k} ({which}) with {y}:"]
+    for field, name in (("within_method", "method"), ("within_dataset", "dataset")):
+        for group in correlation.get(field) or []:
+            lines.append(f"- within {name} {group['group']}: {_rho_text(group)}")
+    over = correlation.get("pooled_over") or {}
+    methods, datasets = over.get("methods") or [], over.get("datasets") or []
+    grouping = f" over {len(methods)} method(s) × {len(datasets)} dataset(s)" if over else ""
+    caveat = "; across methods this mostly says which method, not how ID relates to accuracy" if len(methods) > 1 else ""
+    lines.append(f"- pooled{grouping}: {_rho_text(correlation)}{caveat}")
+    return lines
+
+
+def _correlation_text(correlation: Mapping[str, Any]) -> str:
+    return "\n".join(_correlation_lines(correlation))
 
 
 def render_analysis_markdown(table_rows: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]) -> str:
-    """Markdown for ``rlptune analyze``: one row per run plus the correlation line."""
+    """Markdown for ``rlptune analyze``: one row per run, then Spearman ρ within each method, within each dataset,
+    and pooled (with what it pools over)."""
     k = correlation.get("k") or next((r.get("k") for r in table_rows if r.get("k")), 1)
     header = [name.replace("ID_k", f"ID_{k}") for name, _, _ in _ANALYSIS_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     for row in table_rows:
         lines.append("| " + " | ".join(_fmt(row.get(key), dec).replace("|", "\\|") for _, key, dec in _ANALYSIS_COLUMNS) + " |")
     return "\n".join(lines) + "\n\n" + _correlation_text(correlation) + "\n"
-
-
-def _analysis_html(table_rows: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]) -> str:
-    k = correlation.get("k") or 1
-    parts = ['<table class="results"><thead><tr>']
-    parts += [f"<th>{escape(name.replace('ID_k', f'ID_{k}'))}</th>" for name, _, _ in _ANALYSIS_COLUMNS]
-    parts.append("</tr></thead><tbody>")
-    for row in table_rows:
-        parts.append("<tr>" + "".join(f"<td>{escape(_fmt(row.get(key), dec))}</td>" for _, key, dec in _ANALYSIS_COLUMNS) + "</tr>")
-    parts.append("</tbody></table>")
-    parts.append(f"<p>{escape(_correlation_text(correlation))}</p>")
-    return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,7 +530,12 @@ def compare_methods(
 ) -> list[dict[str, Any]]:
     """Paired comparisons between methods: base2new H and New over (dataset, seed), few-shot (and other single-run)
     accuracy over (dataset, shots, seed). Each method against ``baseline`` if given, else every pair (when
-    ≤ ``max_methods``)."""
+    ≤ ``max_methods``).
+
+    Zero-shot CLIP is one number per dataset whatever the seed and shot count, so repeating it per seed would fake
+    pairs: against it, the other method is first averaged over seeds and paired over datasets only (few-shot: per
+    shot count). Each comparison names what it is paired over (``paired_over``).
+    """
     specs = [
         ("base2new", "h", ("dataset", "seed")),
         ("base2new", "new", ("dataset", "seed")),
@@ -467,7 +545,9 @@ def compare_methods(
     known = {"base2new", "few-shot", "cross-dataset", "domain-gen"}
     out: list[dict[str, Any]] = []
     for protocol, metric, key in specs:
-        selected = [r for r in rows if (r.get("protocol") == protocol or (protocol == "other" and r.get("protocol") not in known))]
+        selected = collapse_shot_independent(
+            [r for r in rows if (r.get("protocol") == protocol or (protocol == "other" and r.get("protocol") not in known))]
+        )
         methods = sorted({str(r["method"]) for r in selected})
         if baseline is not None:
             pairs = [(m, baseline) for m in methods if m != baseline and baseline in methods]
@@ -476,23 +556,59 @@ def compare_methods(
         else:
             pairs = []
         for a, b in pairs:
-            result = paired_comparison(
-                [r for r in selected if r["method"] == a], [r for r in selected if r["method"] == b], key=key, metric=metric
-            )
-            if result.n:
-                out.append({"protocol": protocol, "a": a, "b": b, **{k: v for k, v in result.to_dict().items() if k != "pairs"}})
+            a_rows = [r for r in selected if r["method"] == a]
+            b_rows = [r for r in selected if r["method"] == b]
+            for label, a_side, b_side, pair_key, over in _pairings(protocol, key, a_rows, b_rows, metric):
+                result = paired_comparison(a_side, b_side, key=pair_key, metric=metric)
+                if result.n:
+                    out.append({"protocol": label, "a": a, "b": b, "paired_over": over,
+                                **{k: v for k, v in result.to_dict().items() if k != "pairs"}})
     return out
 
 
+def _pairings(
+    protocol: str, key: tuple[str, ...], a_rows: list, b_rows: list, metric: str
+) -> list[tuple[str, list, list, tuple[str, ...], str]]:
+    """(label, a rows, b rows, key, what the pairs are) for one method pair: as is, or, when one side is
+    shot/seed-independent (zero-shot), the other side averaged over seeds and paired over datasets, per shot count."""
+    a_fixed = bool(a_rows) and all(is_shot_independent(r) for r in a_rows)
+    b_fixed = bool(b_rows) and all(is_shot_independent(r) for r in b_rows)
+    if not (a_fixed or b_fixed):
+        return [(protocol, a_rows, b_rows, key, ", ".join(key))]
+    if a_fixed and b_fixed:
+        return [(protocol, a_rows, b_rows, ("dataset",), "dataset")]
+    trained = b_rows if a_fixed else a_rows
+    fixed = a_rows if a_fixed else b_rows
+    out = []
+    shot_counts = sorted({r.get("shots") for r in trained}, key=lambda s: (s is None, s or 0)) if "shots" in key else [None]
+    for shots in shot_counts:
+        members = [r for r in trained if "shots" not in key or r.get("shots") == shots]
+        averaged = _seed_means(members, metric)
+        label = protocol if shots is None or len(shot_counts) == 1 and protocol != "few-shot" else f"{protocol} ({shots} shots)"
+        sides = (fixed, averaged) if a_fixed else (averaged, fixed)
+        out.append((label, sides[0], sides[1], ("dataset",), "dataset (seed mean vs zero-shot)"))
+    return out
+
+
+def _seed_means(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per dataset with the metric averaged over the seeds (the per-seed H for "h")."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        value = row_metric(row, metric)
+        if value is not None:
+            values.setdefault(str(row.get("dataset")), []).append(value)
+    return [{"dataset": ds, metric: float(np.mean(v)), "seeds": len(v)} for ds, v in values.items()]
+
+
 def _comparison_rows(comparisons: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["Protocol", "Metric", "A", "B", "Pairs", "Mean A − B", "95% CI", "Wilcoxon p"]
+    header = ["Protocol", "Metric", "A", "B", "Paired over", "Pairs", "Mean A − B", "95% CI", "Wilcoxon p"]
     body = []
     for c in comparisons:
         ci = "–" if c.get("ci_low") is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
         mean = "–" if c.get("mean_diff") is None else f"{c['mean_diff']:+.2f}"
         p = "–" if c.get("p_value") is None else f"{c['p_value']:.3g}"
         metric = {"h": "H", "new": "New", "accuracy": "Accuracy"}.get(c["metric"], c["metric"])
-        body.append([c["protocol"], metric, c["a"], c["b"], str(c["n"]), mean, ci, p])
+        body.append([c["protocol"], metric, c["a"], c["b"], str(c.get("paired_over", "")), str(c["n"]), mean, ci, p])
     return header, body
 
 
@@ -500,60 +616,81 @@ def _comparison_rows(comparisons: Sequence[Mapping[str, Any]]) -> tuple[list[str
 # report
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1,h2,h3{line-height:1.2} table.results{border-collapse:collapse;margin:1em 0;font-size:0.92em}
-table.results caption{text-align:left;font-weight:600;margin-bottom:0.4em}
-table.results th,table.results td{border:1px solid #ccc;padding:0.25em 0.6em}
-table.results th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.average td{font-weight:600;background:#fafafa} figure{margin:1.5em 0} figure img{max-width:100%;height:auto}
-figcaption{font-size:0.9em;color:#555} p.note{font-size:0.85em;color:#555;font-style:italic}
-"""
-
-
 class _Doc:
-    """Builds report.md and report.html side by side."""
+    """Builds report.md (strings) and the block model of report.html (rendered by the Jinja2 templates) side by side."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.md: list[str] = []
-        self.html: list[str] = []
+        self.summary: list[str] = []
+        self.sections: list[dict[str, Any]] = []
 
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md += ["#" * level + " " + text, ""]
-        self.html.append(f"<h{level}>{escape(text)}</h{level}>")
+    def _blocks(self) -> list[dict[str, Any]]:
+        if not self.sections:
+            raise RlptuneError("report: a block was added before any section heading")
+        return self.sections[-1]["blocks"]
 
-    def para(self, text: str) -> None:
+    def intro(self, title: str, text: str) -> None:
+        self.md += [f"# {title}", "", text, ""]
+        self.summary.append(text)
+
+    def heading(self, text: str) -> None:
+        self.md += [f"## {text}", ""]
+        slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        self.sections.append({"id": f"section-{slug}", "title": text, "blocks": []})
+
+    def para(self, text: str, css: str = "") -> None:
         self.md += [text, ""]
-        self.html.append(f"<p>{escape(text)}</p>")
+        self._blocks().append({"kind": "para", "text": text, "class": css})
+
+    def bullets(self, lines: Sequence[str], css: str = "") -> None:
+        self.md += [f"- {line}" for line in lines] + [""]
+        self._blocks().append({"kind": "list", "entries": list(lines), "class": css})
 
     def table(self, table: Table, files: Sequence[Path]) -> None:
-        links = ", ".join(f"[{p.suffix[1:]}]({p.relative_to(self.out).as_posix()})" for p in files)
-        self.md += [render_markdown(table), f"Files: {links}", ""]
-        self.html.append(render_html(table))
+        rel = [p.relative_to(self.out).as_posix() for p in files]
+        self.md += [render_markdown(table), "Files: " + ", ".join(f"[{Path(r).suffix[1:]}]({r})" for r in rel), ""]
+        self._blocks().append({"kind": "table", "table": table_view(table)})
+        self._blocks().append({"kind": "files", "files": rel})
 
-    def simple_table(self, header: Sequence[str], body: Sequence[Sequence[str]]) -> None:
+    def simple_table(self, name: str, header: Sequence[str], body: Sequence[Sequence[str]], caption: str = "") -> None:
         self.md.append("| " + " | ".join(header) + " |")
         self.md.append("|" + "|".join("---" for _ in header) + "|")
         self.md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
         self.md.append("")
-        self.html.append('<table class="results"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
-        self.html += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body]
-        self.html.append("</tbody></table>")
-
-    def raw(self, md: str, html: str) -> None:
-        self.md += [md, ""]
-        self.html.append(html)
+        view = {
+            "id": name, "caption": caption, "header": list(header), "notes": [],
+            "rows": [{"average": False, "cells": [{"text": c, "num": _looks_numeric(c)} for c in row]} for row in body],
+        }
+        self._blocks().append({"kind": "table", "table": view})
 
     def figure(self, paths: Sequence[Path], caption: str) -> None:
         png, svg = paths[0], paths[1]
         rel_png, rel_svg = png.relative_to(self.out).as_posix(), svg.relative_to(self.out).as_posix()
         self.md += [f"![{caption}]({rel_png})", "", f"*{caption}* ([SVG]({rel_svg}))", ""]
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        self.html.append(
-            f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>"
-        )
+        data = png.read_bytes()
+        width, height = _png_size(data)
+        self._blocks().append({"kind": "figure", "figure": {
+            "id": png.stem.replace("_", "-"), "caption": caption, "svg": rel_svg, "width": width, "height": height,
+            "src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+        }})
+
+    def html(self, title: str) -> str:
+        from rlptune import __version__
+        from rlptune.analysis.templates import render
+
+        return render("report.html", title=title, summary=self.summary, sections=self.sections, version=__version__)
+
+
+def _looks_numeric(text: str) -> bool:
+    return bool(re.fullmatch(r"[-+−\[\]0-9.,eE ±–]+", text.strip())) and any(ch.isdigit() for ch in text)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Pixel width and height from a PNG's IHDR chunk (so the page reserves the figure's box before decoding)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24:
+        raise RlptuneError("report: a figure is not a PNG file")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _pick_runs(rows: Sequence[Mapping[str, Any]], limit: int, need: Callable[[Mapping[str, Any]], bool]) -> list[Mapping[str, Any]]:
@@ -583,6 +720,16 @@ def _spectrum(row: Mapping[str, Any], part: str) -> list[float] | None:
     return list(sv[0]) if isinstance(sv[0], (list, tuple)) else list(sv)  # a stack: its first matrix
 
 
+_TRAINING_CURVE_NOTE = (
+    "What the curves are: training loss and accuracy are averages over each epoch's mini-batches, measured while the "
+    "prompt is being updated, on augmented training views. Frozen-image methods cycle through a fixed number of "
+    "cached augmented views (train.aug_views, 4 by default), one per epoch, so these curves can show a saw-tooth "
+    "with that period; it is the view changing, not the optimisation. Validation accuracy (dashed), when the run "
+    "logged it, is measured once at the end of each epoch on the held-out validation split without augmentation: "
+    "read generalisation from that line, not from the training one."
+)
+
+
 def write_report(
     rows_or_results_dir: Sequence[Mapping[str, Any]] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -591,16 +738,21 @@ def write_report(
 ) -> list[Path]:
     """``rlptune report RESULTS_DIR -o OUT``: tables (md/csv/json), figures (png/svg), report.md and report.html.
 
-    report.html is self-contained: tables as HTML, figures embedded as base64 PNG, inline CSS, no scripts and no
-    external links. Runs of one method that differ only in settings (a sweep) are labelled apart first
-    (:func:`disambiguate_methods`). Returns ``[report.md, report.html, *tables, *figures, *json]``.
+    report.html is rendered from the Jinja2 templates in ``rlptune/analysis/templates`` and is self-contained:
+    tables as HTML, figures embedded as base64 PNG, inline CSS, no scripts and no external links. Runs of one method
+    that differ only in settings (a sweep) are labelled apart first (:func:`disambiguate_methods`), and zero-shot
+    runs repeated per shot count and seed are shown once. Returns
+    ``[report.md, report.html, *tables, *figures, *json]``.
     """
+    from rlptune.analysis.templates import environment
+
+    environment()  # fail on a missing jinja2 before any file is written
     root: Path | None = None
     if isinstance(rows_or_results_dir, (str, os.PathLike)):
         root = Path(rows_or_results_dir)
         rows = collect_runs(root)
         if not rows:
-            raise RlptuneError(f"{root}: no result.json found")
+            raise RlptuneError(f"{root}: no result.json found (a finished run folder holds one)")
     else:
         rows = [dict(r) for r in rows_or_results_dir]
         for row in rows:
@@ -610,14 +762,13 @@ def write_report(
     rows = disambiguate_methods(rows)
     out = Path(out_dir)
     tables_dir, figures_dir = out / "tables", out / "figures"
-    written: list[Path] = []
     doc = _Doc(out)
     protocols = sorted({str(r.get("protocol")) for r in rows})
-    doc.heading(title, 1)
-    doc.para(
+    doc.intro(title, (
         f"{len(rows)} runs; protocols: {', '.join(protocols)}; methods: {', '.join(sorted({str(r['method']) for r in rows}))}; "
-        f"datasets: {len({str(r['dataset']) for r in rows})}. Accuracies in %, mean ± sample std over seeds."
-    )
+        f"datasets: {len({str(r['dataset']) for r in rows})}. Accuracies in %, mean ± sample std over seeds "
+        "(– : one seed, no spread observed)."
+    ))
 
     table_files: list[Path] = []
     figure_files: list[Path] = []
@@ -626,7 +777,7 @@ def write_report(
         ("few-shot", "Few-shot classification", few_shot_table),
         ("cross-dataset", "Cross-dataset transfer", cross_dataset_table),
         ("domain-gen", "Domain generalisation", domain_gen_table),
-        ("other", "Other runs", other_runs_table),
+        ("other", "Single runs", other_runs_table),
     ]
     for protocol, heading, build in builders:
         table = build(rows)
@@ -643,16 +794,19 @@ def write_report(
         if protocol == "few-shot":
             paths = _plot("plot_few_shot_curves", few_shot_curves(table), figures_dir / "few_shot_curves")
             figure_files += paths
-            doc.figure(paths, "Few-shot accuracy vs shots per class (mean ± std band over seeds)")
+            doc.figure(paths, "Few-shot accuracy vs shots per class (mean ± std band over seeds; markers of "
+                              "different methods are nudged sideways so equal values stay visible; zero-shot CLIP "
+                              "is the grey dotted line)")
 
     comparisons = compare_methods(rows, baseline=baseline)
     if comparisons:
         doc.heading("Paired comparisons")
         doc.para(
-            "Difference A − B paired over (dataset, seed) (few-shot: dataset, shots, seed): mean, 95% t confidence "
-            "interval and two-sided Wilcoxon signed-rank p-value."
+            "Difference A − B paired as the 'Paired over' column says: mean, 95% t confidence interval and two-sided "
+            "Wilcoxon signed-rank p-value. Against zero-shot CLIP (one number per dataset), the other method is first "
+            "averaged over seeds, so the pairs are datasets."
         )
-        doc.simple_table(*_comparison_rows(comparisons))
+        doc.simple_table("comparisons", *_comparison_rows(comparisons))
 
     diag_rows = [
         r for r in rows
@@ -664,10 +818,14 @@ def write_report(
         table_rows, corr_p = diagnostics_table(diag_rows, which="P", root=root)
         _, corr_delta = diagnostics_table(diag_rows, which="delta", root=root)
         analysis = {"runs": table_rows, "correlation": {"P": corr_p, "delta": corr_delta}}
-        doc.raw(
-            render_analysis_markdown(table_rows, corr_p) + "\n" + _correlation_text(corr_delta),
-            _analysis_html(table_rows, corr_p) + f"<p>{escape(_correlation_text(corr_delta))}</p>",
-        )
+        k = corr_p.get("k") or next((r.get("k") for r in table_rows if r.get("k")), 1)
+        header = [name.replace("ID_k", f"ID_{k}") for name, _, _ in _ANALYSIS_COLUMNS]
+        body = [[_fmt(r.get(key), dec) for _, key, dec in _ANALYSIS_COLUMNS] for r in table_rows]
+        doc.simple_table("diagnostics", header, body)
+        for corr in (corr_p, corr_delta):
+            lines = _correlation_lines(corr)
+            doc.para(lines[0])
+            doc.bullets([line[2:] for line in lines[1:]], css="correlation")
         y = str(corr_p["y"])
         points = [r for r in table_rows if r.get("id_k") is not None and r.get(y) is not None]
         if len(points) >= 2:
@@ -675,10 +833,12 @@ def write_report(
             paths = _plot(
                 "plot_id_vs_accuracy", [r["id_k"] for r in points], [r[y] for r in points],
                 figures_dir / ("id_vs_new" if y == "new" else "id_vs_accuracy"), labels=[str(r["method"]) for r in points],
-                k=corr_p.get("k") or 1, ylabel=f"{what[0].upper()}{what[1:]} (%)",
+                markers_by=[str(r["dataset"]) for r in points], k=k, ylabel=f"{what[0].upper()}{what[1:]} (%)",
             )
             figure_files += paths
-            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run")
+            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run; colour: method, "
+                              "marker: dataset; one trend line and Spearman ρ per method (the pooled ρ is in the title "
+                              "with what it pools over)")
         for part, name, label in (("P", "spectra", "P"), ("delta", "spectra_delta", "ΔP")):
             picked = _pick_runs(rows, 8, lambda r, part=part: _spectrum(r, part) is not None)
             if picked:
@@ -690,30 +850,26 @@ def write_report(
 
     with_history = _pick_runs(rows, 6, lambda r: bool(r.get("history")))
     if with_history:
-        doc.heading("Training curves")
         records = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": r["history"] for r in with_history}
         try:
             paths = _plot("plot_training_curves", records, figures_dir / "training_curves")
         except RlptuneError:
             paths = []
         if paths:
+            doc.heading("Training curves")
+            has_val = any(rec.get("val_acc") is not None for r in with_history for rec in r["history"])
+            doc.para(_TRAINING_CURVE_NOTE + ("" if has_val else " These runs logged no validation accuracy."), css="note")
             figure_files += paths
-            doc.figure(paths, "Loss, accuracy and information density over epochs (one run per method and dataset)")
+            doc.figure(paths, "Training loss, accuracy (training solid, validation dashed) and information density "
+                              "per epoch, one run per method and dataset")
 
     json_files = [write_json(out / "comparisons.json", jsonable(comparisons))]
     if analysis:
         json_files.append(write_json(out / "analysis.json", jsonable(analysis)))
 
     md_path = write_text(out / "report.md", "\n".join(doc.md).rstrip() + "\n")
-    html = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
-        + "\n".join(doc.html)
-        + "\n</body></html>\n"
-    )
-    html_path = write_text(out / "report.html", html)
-    written += [md_path, html_path, *table_files, *figure_files, *json_files]
-    return written
+    html_path = write_text(out / "report.html", doc.html(title))
+    return [md_path, html_path, *table_files, *figure_files, *json_files]
 
 
 def _plot(name: str, *args: Any, **kwargs: Any) -> list[Path]:

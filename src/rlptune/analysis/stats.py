@@ -6,8 +6,9 @@ sample — which removes most of that noise before testing.
 
 Conventions:
 
-* std is the sample standard deviation (ddof = 1). With one value it is defined as 0.0 (no spread observed) so
-  tables and JSON stay numeric; the n printed next to it tells the reader it is not an estimate.
+* std is the sample standard deviation (ddof = 1). With one value ``MeanStd.std`` is 0.0 so arithmetic stays
+  numeric, but it is printed as "–" (``MeanStd.format``), and table cells store None (empty in CSV, null in JSON):
+  one seed shows no spread, which is not a spread of zero.
 * Paired difference d_j = a_j − b_j for each key present in both; mean d̄, sample std s_d, and the 95% t interval
   d̄ ± t_{0.975, n−1} · s_d / √n. Two-sided Wilcoxon signed-rank test on d (scipy, zero differences dropped,
   exact distribution for small n). With n < 2 the interval and p are undefined (NaN in Python, null in JSON);
@@ -28,7 +29,16 @@ import numpy as np
 
 from rlptune.errors import RlptuneError
 
-__all__ = ["MeanStd", "PairedComparison", "SpearmanResult", "mean_std", "paired_comparison", "spearman", "jsonable"]
+__all__ = [
+    "MeanStd",
+    "PairedComparison",
+    "SpearmanResult",
+    "jsonable",
+    "mean_std",
+    "paired_comparison",
+    "row_metric",
+    "spearman",
+]
 
 
 def jsonable(value: Any) -> Any:
@@ -56,7 +66,9 @@ class MeanStd:
     values: list[float] = field(default_factory=list)
 
     def format(self, decimals: int = 2) -> str:
-        """``"76.47 ± 0.52"``, the literature's cell format."""
+        """``"76.47 ± 0.52"``, the literature's cell format; ``"76.47 ± –"`` for one value (no spread observed)."""
+        if self.n < 2:
+            return f"{self.mean:.{decimals}f} ± –"
         return f"{self.mean:.{decimals}f} ± {self.std:.{decimals}f}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +85,8 @@ def mean_std(values: Iterable[float | None]) -> MeanStd:
     return MeanStd(mean=float(arr.mean()), std=std, n=int(arr.size), values=kept)
 
 
-def _row_value(row: Mapping[str, Any], metric: str) -> float | None:
+def row_metric(row: Mapping[str, Any], metric: str) -> float | None:
+    """A row's value of ``metric`` (H computed from base and new when the row has no "h"); None when absent."""
     value = row.get(metric)
     if value is None and metric == "h" and row.get("base") is not None and row.get("new") is not None:
         from rlptune.analysis.tables import harmonic_mean
@@ -112,7 +125,7 @@ def _keyed(rows: Sequence[Mapping[str, Any]], key: tuple[str, ...], metric: str,
         missing = [name for name in key if name not in row]
         if missing:
             raise RlptuneError(f"paired comparison: a row of {side} has no {missing[0]!r} field (key {list(key)})")
-        value = _row_value(row, metric)
+        value = row_metric(row, metric)
         if value is None:
             continue
         k = tuple(row[name] for name in key)

@@ -47,11 +47,14 @@ __all__ = [
     "few_shot_curves",
     "few_shot_table",
     "other_runs_table",
+    "collapse_shot_independent",
+    "is_shot_independent",
     "harmonic_mean",
     "normalize_protocol",
     "render_csv",
     "render_html",
     "render_markdown",
+    "table_view",
     "table_to_json",
     "write_table",
 ]
@@ -121,8 +124,10 @@ class Cell:
     seeds: list[Any] = field(default_factory=list)
 
     def format(self, decimals: int = 2) -> str:
+        """``"76.47 ± 0.52"``; one seed: ``"76.47 ± –"`` (no spread observed, not a spread of 0); an average whose
+        seeds do not line up: the mean alone."""
         if self.std is None:
-            return f"{self.value:.{decimals}f}"
+            return f"{self.value:.{decimals}f} ± –" if self.n == 1 else f"{self.value:.{decimals}f}"
         return f"{self.value:.{decimals}f} ± {self.std:.{decimals}f}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +182,66 @@ def _infer_protocol(row: Mapping[str, Any]) -> str:
 
 
 def _select(rows: Rows, protocol: str) -> list[Mapping[str, Any]]:
-    return [row for row in rows if _infer_protocol(row) == protocol]
+    return collapse_shot_independent([row for row in rows if _infer_protocol(row) == protocol])
+
+
+# Methods whose result depends on neither the shot count nor the seed (nothing is trained): a sweep runs them once
+# per (shots, seed) cell, but they are one number per dataset and must be shown, and paired, once.
+SHOT_INDEPENDENT_METHODS = frozenset({"zeroshot", "zsclip", "zeroshotclip"})
+
+
+def is_shot_independent(row: Mapping[str, Any]) -> bool:
+    """True for zero-shot CLIP rows (by method name, or a result's ``"shot_independent": true``)."""
+    if row.get("shot_independent") is not None:
+        return bool(row["shot_independent"])
+    name = str(row.get("method") or "").split(" (")[0]
+    return re.sub(r"[^a-z0-9]", "", name.lower()) in SHOT_INDEPENDENT_METHODS
+
+
+def collapse_shot_independent(rows: Rows) -> list[Mapping[str, Any]]:
+    """Rows where each zero-shot (dataset, method) is one row, not one per shot count and seed.
+
+    The merged row keeps the mean of each accuracy over the runs (they are equal unless the evaluation itself is
+    random), ``seed`` None, ``shots`` 0 for few-shot (the "0 shots" column) and ``merged_runs`` = how many runs it
+    stands for. Other rows pass through unchanged (same objects, same order).
+    """
+    out: list[Mapping[str, Any]] = []
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if not is_shot_independent(row):
+            out.append(row)
+            continue
+        key = (_infer_protocol(row), str(row.get("dataset")), str(row.get("method")), str(row.get("tag")),
+               str(row.get("source")))
+        if key not in groups:
+            groups[key] = []
+            out.append(groups[key])  # type: ignore[arg-type]  # placeholder, replaced below in the same position
+        groups[key].append(row)
+    return [_merge_runs(item) if isinstance(item, list) else item for item in out]
+
+
+def _merge_runs(runs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    merged = dict(runs[0])
+    for name in ("base", "new", "accuracy", "macro_f1", "base_macro_f1", "new_macro_f1"):
+        values = [float(r[name]) for r in runs if r.get(name) is not None]
+        if values:
+            merged[name] = float(np.mean(values))
+    targets: dict[str, list[float]] = {}
+    for r in runs:
+        for target, value in (r.get("targets") or {}).items():
+            if isinstance(value, Mapping):
+                value = value.get("top1", value.get("accuracy"))
+            if value is not None:
+                targets.setdefault(str(target), []).append(float(value))
+    if targets:
+        merged["targets"] = {t: float(np.mean(v)) for t, v in targets.items()}
+    if merged.get("base") is not None and merged.get("new") is not None:
+        merged["h"] = harmonic_mean(merged["base"], merged["new"])
+    merged["seed"] = None
+    if _infer_protocol(merged) == "few-shot":
+        merged["shots"] = 0
+    merged["merged_runs"] = len(runs)
+    return merged
 
 
 def _order(names: Iterable[str], wanted: Sequence[str] | None, key: Callable[[str], Any]) -> list[str]:
@@ -191,12 +255,17 @@ def _seed_key(seed: Any) -> tuple[int, Any]:
     return (0, seed) if isinstance(seed, (int, float)) else (1, str(seed))
 
 
+def _spread(values: Sequence[float]) -> float | None:
+    """Sample std over seeds; None for one seed (no spread observed: printed "–", empty in CSV, null in JSON)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
 def _cell(by_seed: Mapping[Any, float]) -> Cell | None:
     if not by_seed:
         return None
     seeds = sorted(by_seed, key=_seed_key)
     stats = mean_std(by_seed[s] for s in seeds)
-    return Cell(value=stats.mean, std=stats.std, n=stats.n, values=stats.values, seeds=seeds)
+    return Cell(value=stats.mean, std=_spread(stats.values), n=stats.n, values=stats.values, seeds=seeds)
 
 
 def _seeds_align(cells: Sequence[Cell | None]) -> list[Any] | None:
@@ -214,8 +283,7 @@ def _average_cell(cells: Sequence[Cell]) -> Cell:
     if seeds is None:
         return Cell(value=value, std=None, n=0)
     per_seed = [float(np.mean([c.values[i] for c in cells])) for i in range(len(seeds))]
-    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-    return Cell(value=value, std=std, n=len(seeds), values=per_seed, seeds=seeds)
+    return Cell(value=value, std=_spread(per_seed), n=len(seeds), values=per_seed, seeds=seeds)
 
 
 def _put(store: dict, key: tuple, value: float, what: str) -> None:
@@ -326,10 +394,9 @@ def _average_h(found: list[dict[str, Cell | None]], avg: dict[str, Cell | None])
     if cb is None or cn is None:
         return None
     value = harmonic_mean(cb.value, cn.value)
-    if cb.seeds and cb.seeds == cn.seeds and cb.std is not None and cn.std is not None:
+    if cb.seeds and cb.seeds == cn.seeds and cb.n and cn.n:
         per_seed = [harmonic_mean(b, n) for b, n in zip(cb.values, cn.values)]
-        std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-        return Cell(value=value, std=std, n=len(per_seed), values=per_seed, seeds=list(cb.seeds))
+        return Cell(value=value, std=_spread(per_seed), n=len(per_seed), values=per_seed, seeds=list(cb.seeds))
     return Cell(value=value, std=None, n=0)
 
 
@@ -339,6 +406,9 @@ def _average_h(found: list[dict[str, Cell | None]], avg: dict[str, Cell | None])
 
 def _shots_label(shots: Any) -> str:
     return f"{shots} shot" if shots == 1 else f"{shots} shots"
+
+
+_ZERO_SHOT_NOTE = "0 shots: zero-shot CLIP, which trains nothing; one evaluation per dataset, the same for every shot count and seed."
 
 
 def few_shot_table(
@@ -396,7 +466,8 @@ def few_shot_table(
         label_columns=["Dataset", "Method"],
         value_columns=columns,
         rows=out_rows,
-        notes=["Average: mean over datasets of the per-dataset means; ± over seeds when all datasets share the same seeds."],
+        notes=["Average: mean over datasets of the per-dataset means; ± over seeds when all datasets share the same seeds."]
+        + ([_ZERO_SHOT_NOTE] if 0 in shots else []),
     )
 
 
@@ -498,7 +569,7 @@ def other_runs_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence
     """Runs outside the four protocols (e.g. a plain ``rlptune train``): test accuracy and macro-F1 per dataset × method."""
     acc: dict[tuple, float] = {}
     f1: dict[tuple, float] = {}
-    for row in rows:
+    for row in collapse_shot_independent(rows):
         if _infer_protocol(row) in ("base2new", "few-shot", "cross-dataset", "domain-gen") or row.get("accuracy") is None:
             continue
         key = (str(row["dataset"]), _group(row, group_by), row.get("shots"), row.get("seed"))
@@ -629,25 +700,24 @@ def table_to_json(table: Table) -> dict[str, Any]:
     )
 
 
-def render_html(table: Table, decimals: int = 2) -> str:
-    """An HTML <table> (escaped, no external assets) for the self-contained report."""
-    from html import escape
-
+def table_view(table: Table, decimals: int = 2) -> dict[str, Any]:
+    """The table as display strings (header, rows of cells, notes): what the HTML template renders."""
     header = [*table.label_columns, *table.value_columns, "Seeds", *table.extra_columns]
-    parts = [f"<table class=\"results\" id=\"table-{escape(table.name)}\">", f"<caption>{escape(table.title)}</caption>", "<thead><tr>"]
-    parts += [f"<th>{escape(h)}</th>" for h in header]
-    parts.append("</tr></thead><tbody>")
+    rows = []
     for row in table.rows:
-        parts.append("<tr class=\"average\">" if row.average else "<tr>")
-        parts += [f"<td>{escape(row.labels[c])}</td>" for c in table.label_columns]
-        parts += [f"<td class=\"num\">{escape(_cell_text(row.cells.get(c), row, decimals))}</td>" for c in table.value_columns]
-        parts.append(f"<td class=\"num\">{escape(_seeds_text(row))}</td>")
-        parts += [f"<td class=\"num\">{escape(_extra_text(row.extra.get(c)))}</td>" for c in table.extra_columns]
-        parts.append("</tr>")
-    parts.append("</tbody></table>")
-    if table.notes:
-        parts += [f"<p class=\"note\">{escape(note)}</p>" for note in table.notes]
-    return "\n".join(parts)
+        cells = [{"text": str(row.labels[c]), "num": False} for c in table.label_columns]
+        cells += [{"text": _cell_text(row.cells.get(c), row, decimals), "num": True} for c in table.value_columns]
+        cells.append({"text": _seeds_text(row), "num": True})
+        cells += [{"text": _extra_text(row.extra.get(c)), "num": True} for c in table.extra_columns]
+        rows.append({"average": row.average, "cells": cells})
+    return {"id": table.name, "caption": table.title, "header": header, "rows": rows, "notes": list(table.notes)}
+
+
+def render_html(table: Table, decimals: int = 2) -> str:
+    """An HTML <table> (escaped, no external assets), from the report's template (needs jinja2)."""
+    from rlptune.analysis.templates import render_macro
+
+    return render_macro("_blocks.html", "results_table", table_view(table, decimals))
 
 
 def write_table(table: Table, stem: str | Path, decimals: int = 2) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -128,12 +129,25 @@ def test_resume_with_other_settings_is_refused(tiny, colour_folder, tmp_path):
         train(other, tmp_path / "run", backbone=tiny, resume=True, progress=False)
 
 
-def test_coop_schedule():
-    config = resolve_config(None, {"train": {"epochs": 10, "lr": 0.002}})
-    lrs = [learning_rate(config.train, e) for e in range(10)]
-    assert lrs[0] == 1e-5
-    assert lrs[1] == pytest.approx(0.5 * 0.002 * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()))
-    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+@pytest.mark.parametrize("epochs", [5, 10, 50, 200])
+def test_schedule_is_dassls_constant_warmup_then_cosine(epochs):
+    """Dassl: epoch 0 at the warm-up rate, epoch 1 at the full rate, epoch e >= 1 at lr·(1 + cos(π(e − 1)/T))/2."""
+    config = resolve_config(None, {"train": {"epochs": epochs, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5}})
+    lrs = [learning_rate(config.train, e) for e in range(epochs)]
+    expected = [1e-5] + [0.5 * 0.002 * (1 + math.cos(math.pi * (e - 1) / epochs)) for e in range(1, epochs)]
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+    assert lrs[1] == 0.002  # the peak rate is trained at
+    if epochs == 50:  # an official CoOp run's log: 1e-5, 2.0e-3, 1.998e-3, ..., 7.9e-6
+        assert f"{lrs[2]:.3e}" == "1.998e-03" and f"{lrs[-1]:.1e}" == "7.9e-06"
+
+
+def test_step_schedule_runs_the_cosine_over_iterations_to_its_floor():
+    """CLIP-LoRA: per-iteration cosine from lr to eta_min over the whole run, no warm-up."""
+    config = resolve_config(None, {"train": {"iterations": 100, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 0, "schedule_unit": "step"}})
+    rates = [learning_rate(config.train, i // 10, i % 10, 10) for i in range(100)]
+    assert rates[0] == pytest.approx(2e-4)
+    assert rates[50] == pytest.approx(1e-6 + 0.5 * (2e-4 - 1e-6))
+    assert rates[99] == pytest.approx(1e-6 + 0.5 * (2e-4 - 1e-6) * (1 + math.cos(math.pi * 99 / 100)))
 
 
 def test_feature_cache_hits_and_invalidates(tiny, colour_folder, tmp_path):

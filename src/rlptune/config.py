@@ -19,6 +19,8 @@ from typing import Any, Optional
 import yaml
 
 from .errors import RlptuneError
+from .options import coerce, options_dict, parse_options
+from . import registry
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -30,8 +32,18 @@ def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None =
     return field(default=default, metadata=meta, **kw)
 
 
+class _Section:
+    """Settings sections refuse attributes they do not declare (``cfg.train.epoch = 5`` is a typo, not a new field)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        known = {f.name for f in fields(self)} if dataclasses.is_dataclass(self) else set()
+        if known and name not in known:
+            raise _unknown(name, sorted(known), type(self).__name__)
+        object.__setattr__(self, name, value)
+
+
 @dataclass
-class BackboneSettings:
+class BackboneSettings(_Section):
     name: str = _f("micro", "backbone spec: micro | ARCH:TAG | ARCH:/path/weights | /path/openai.pt | arch.json | random:ARCH", flag="backbone")
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; prompt parameters stay fp32)", choices=("fp32", "bf16", "fp16"))
@@ -44,13 +56,19 @@ class BackboneSettings:
 
 
 @dataclass
-class DataSettings:
+class DataSettings(_Section):
     dataset: str = _f("folder", "dataset name (folder, csv, split-json, a CoOp dataset such as eurosat, or micro-*)")
     root: Optional[str] = _f(None, "dataset root folder (or file for csv / split-json)", flag="data-root")
     shots: int = _f(16, "images per class drawn for training (0 = all)")
-    split_seed: int = _f(0, "seed of the train/val/test split of a plain image folder")
+    split_seed: int = _f(1, "seed of the train/val/test split of a plain image folder or CSV (the loaders' default too)")
     subsample: str = _f("all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new"))
     image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
+    protocol: str = _f(
+        "few-shot",
+        "evaluation protocol the run belongs to; selects the method's official recipe (few-shot | base2new | "
+        "cross-dataset | domain-gen)",
+        choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
+    )
 
     def validate(self) -> None:
         if not self.dataset.strip():
@@ -59,9 +77,13 @@ class DataSettings:
 
 
 @dataclass
-class PromptSettings:
-    kind: str = _f("full", "prompt parameterisation: full (CoOp) | lowrank (RLP)", flag="prompt", choices=("full", "lowrank"))
-    n_ctx: int = _f(16, "number of context tokens (ignored when ctx_init is set: its token count is used)")
+class PromptSettings(_Section):
+    kind: str = _f("full", "prompt parameterisation: full (CoOp) | lowrank (RLP) | any registered kind", flag="prompt")
+    n_ctx: int = _f(
+        16,
+        "learned context tokens; with ctx_init, its first n_ctx tokens are learned and the rest stay fixed text "
+        "(MaPLe: 2 of 'a photo of a'); n_ctx above the init's token count learns the whole init (CoOp)",
+    )
     ctx_init: Optional[str] = _f(None, "initialise the context from this text, e.g. 'a photo of a'")
     init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset")
     rank: int = _f(1, "rank r of the low-rank update P_A @ P_B (lowrank only)")
@@ -71,6 +93,7 @@ class PromptSettings:
     alpha: Optional[float] = _f(None, "LoRA-style scale: the update is multiplied by alpha / rank (unset = 1)")
 
     def validate(self) -> None:
+        registry.prompt_builder(self.kind)  # an unknown kind is one line with the registered ones
         if self.n_ctx < 1:
             raise RlptuneError(f"prompt.n_ctx must be >= 1, got {self.n_ctx}")
         if self.rank < 1:
@@ -86,7 +109,7 @@ class PromptSettings:
 
 
 @dataclass
-class MethodSettings:
+class MethodSettings(_Section):
     name: str = _f("coop", "method: zeroshot | coop | rlp | … (see `rlptune methods`)", flag="method")
     templates: list = _f(["a photo of a {}."], "zero-shot templates ({} = class name); several = ensemble", flag="template")
     use_dataset_template: bool = _f(False, "zero-shot: use the dataset's hand-crafted template instead")
@@ -99,11 +122,23 @@ class MethodSettings:
         "encode the start token + shared context once per step and only each class's own tokens per class "
         "(prefix caching; exact; used when the class token is at the end and the context is shared)",
     )
-    options: dict = _f({}, "method-specific options (see the method's config class)")
+    options: dict = _f({}, "method-specific options (`rlptune train --method NAME --help` lists them)")
 
     def validate(self) -> None:
         if not self.name.strip():
             raise RlptuneError("method.name is empty; see `rlptune methods` for the valid ones")
+        entry = registry.method_entry(self.name)
+        options = parse_options(entry.options_class, self.options, self.name)
+        object.__setattr__(self, "options", options_dict(options))  # every option recorded, with its value
+        honoured = getattr(entry.method_class, "honours", frozenset())
+        defaults = MethodSettings.__dataclass_fields__
+        for name in _HONOURABLE:
+            default = defaults[name].default
+            if getattr(self, name) != default and name not in honoured:
+                raise RlptuneError(
+                    f"method.{name}={getattr(self, name)!r}: method {self.name!r} does not support this setting "
+                    f"(leave it at {default!r})"
+                )
         if not self.templates:
             raise RlptuneError("method.templates is empty; expected at least one template such as 'a photo of a {}.'")
         for template in self.templates:
@@ -112,20 +147,28 @@ class MethodSettings:
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(_Section):
     epochs: int = _f(10, "training epochs (0 = no training: the initial prompt)")
+    iterations: int = _f(0, "train for this many steps instead of whole epochs (0 = use epochs; CLIP-LoRA: 500 x shots)")
     batch_size: int = _f(32, "images per step (global, over all processes)")
     optimizer: str = _f("sgd", "sgd (momentum) | adamw", choices=("sgd", "adamw"))
     lr: float = _f(0.002, "peak learning rate")
+    min_lr: float = _f(0.0, "floor of the cosine schedule (eta_min; Dassl 0, CLIP-LoRA 1e-6)")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay")
-    scheduler: str = _f("cosine", "cosine | constant (per epoch, as in CoOp)", choices=("cosine", "constant"))
-    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule")
+    scheduler: str = _f("cosine", "cosine | constant", choices=("cosine", "constant"))
+    schedule_unit: str = _f("epoch", "the schedule steps once per epoch (Dassl) or once per step (CLIP-LoRA)", choices=("epoch", "step"))
+    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule (Dassl's constant warm-up)")
     warmup_lr: float = _f(1e-5, "warm-up learning rate")
-    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling and dropout")
-    aug_views: int = _f(4, "augmented views per training image for the feature cache (0 = centre crop only)")
+    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling, dropout and augmentation")
+    aug_views: int = _f(
+        0,
+        "0 = a fresh random crop and flip per image per epoch, as the official code (default); "
+        "K > 0 = K cached augmented views cycled over the epochs (faster, less faithful; see docs/METHODS.md)",
+    )
     crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
+    val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc")
     checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
     num_workers: int = _f(0, "image-loading worker processes")
     cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
@@ -134,6 +177,7 @@ class TrainSettings:
     def validate(self) -> None:
         if self.epochs < 0:
             raise RlptuneError(f"train.epochs must be >= 0, got {self.epochs}")
+        _at_least("train.iterations", self.iterations, 0)
         if self.batch_size < 1:
             raise RlptuneError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -144,17 +188,23 @@ class TrainSettings:
             raise RlptuneError(f"train.crop_scale must be in (0, 1], got {self.crop_scale}")
         _at_least("train.warmup_epochs", self.warmup_epochs, 0)
         _at_least("train.checkpoint_every", self.checkpoint_every, 0)
+        _at_least("train.val_every", self.val_every, 0)
         _at_least("train.num_workers", self.num_workers, 0)
         _at_least("train.seed", self.seed, 0)
         if self.seed >= 2**63:
             raise RlptuneError(f"train.seed must be < 2**63, got {self.seed}")
-        for name in ("momentum", "weight_decay", "warmup_lr"):
+        for name in ("momentum", "weight_decay", "warmup_lr", "min_lr"):
             if getattr(self, name) < 0:
                 raise RlptuneError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr >= self.lr:
+            raise RlptuneError(f"train.min_lr ({self.min_lr:g}) must be below train.lr ({self.lr:g})")
+        for name in ("lr", "warmup_lr", "min_lr"):
+            if getattr(self, name) > 3.4e38:
+                raise RlptuneError(f"train.{name} {getattr(self, name):g} is beyond float32's range")
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(_Section):
     batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size")
     top_k: int = _f(5, "top-k labels written by predict")
 
@@ -172,9 +222,22 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
+            name = self.method
+            self.method = MethodSettings()
+            apply_mapping(self, method_preset(name, self.data.protocol, self.data.shots, self.data.dataset), f"{name} preset")
+            self.method.name = name
+
     def validate(self) -> "RunConfig":
         for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval):
             section.validate()
+        required = getattr(registry.method_entry(self.method.name).method_class, "requires_prompt_kind", None)
+        if required is not None and self.prompt.kind != required:
+            raise RlptuneError(
+                f"method {self.method.name!r} is defined by prompt.kind={required!r}, got {self.prompt.kind!r} "
+                f"(use --method coop for a full-rank context)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +245,9 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+#: ``method.*`` settings that only some methods honour (see ``Method.honours``).
+_HONOURABLE = ("class_specific", "class_token_position", "text_chunk", "checkpoint_text", "use_dataset_template")
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
@@ -205,77 +271,6 @@ def check_template(template: Any, where: str) -> str:
 def _section_classes() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {name: hints[name] for name in SECTIONS}
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to the field's type, or fail naming the field."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(value, inner, where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise RlptuneError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise RlptuneError(f"{where}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise RlptuneError(f"{where}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        if isinstance(value, bool):
-            raise RlptuneError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise RlptuneError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise RlptuneError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise RlptuneError(f"{where}: expected a string, got {type(value).__name__}")
-        return str(value)
-    if annotation is list or origin is list:
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, (list, tuple)):
-            raise RlptuneError(f"{where}: expected a list, got {value!r}")
-        _check_plain(value, where)
-        return [str(v) if not isinstance(v, (int, float)) else v for v in value]
-    if annotation is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise RlptuneError(f"{where}: expected a mapping, got {value!r}")
-        _check_plain(value, where)
-        return dict(value)
-    return value
-
-
-def _check_plain(value: Any, where: str, depth: int = 0) -> None:
-    """Settings hold plain data: scalars, and lists / string-keyed mappings of them, a few levels deep at most."""
-    if depth > 4:
-        raise RlptuneError(f"{where}: nested too deeply (or refers to itself); expected plain values")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise RlptuneError(f"{where}: keys must be strings, got {key!r}")
-            _check_plain(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, where, depth + 1)
-    elif not (value is None or isinstance(value, (str, int, float, bool))):
-        raise RlptuneError(f"{where}: expected a plain value (text, number, true/false, list), got {type(value).__name__}")
 
 
 def _unknown(key: str, valid: list[str], where: str) -> RlptuneError:
@@ -313,10 +308,12 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
 def set_field(target: Any, section: str, key: str, value: Any, source: str) -> None:
     hints = typing.get_type_hints(type(target))
     where = f"{source}: {section}.{key}"
-    coerced = _coerce(value, hints[key], where)
+    coerced = coerce(value, hints[key], where)
     choices = next(f.metadata.get("choices") for f in fields(type(target)) if f.name == key)
     if choices and coerced not in choices:
         raise RlptuneError(f"{where}: expected one of {', '.join(choices)}, got {coerced!r}")
+    if section == "method" and key == "options":  # options merge: --set method.options.x=1 keeps the preset's others
+        coerced = {**getattr(target, key), **coerced}
     setattr(target, key, coerced)
 
 
@@ -351,15 +348,21 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Any]:
+    """The method's official recipe for this protocol and shot count, as a settings mapping (empty when unknown)."""
+    path = preset_path(method) if _is_preset_name(method) else None
+    return load_yaml(path) if path is not None else {}
+
+
 def resolve_config(
     config_file: str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults → the method's preset → ``base`` → YAML file (or named preset) → overrides; then validate.
+    """Defaults → the method's recipe → ``base`` → YAML file (or named preset) → overrides; then validate.
 
-    The method's preset (``configs/<method>.yaml``) holds a method's paper defaults, so ``--method rlp`` alone
-    gives RLP's settings; anything given explicitly wins over it.
+    The recipe is the official one for the method, protocol (``data.protocol``) and shot count (``data.shots``), so
+    ``--method rlp`` alone gives RLP's settings; anything given explicitly wins over it.
     """
     overrides = overrides or {}
     file_data: dict[str, Any] = {}
@@ -373,27 +376,29 @@ def resolve_config(
                     f"{config_file}: config file not found (and not a shipped preset: {', '.join(list_presets())})"
                 )
         file_data = load_yaml(path or config_file)
-    method = (
-        _method_name(overrides)
-        or _method_name(file_data)
-        or _method_name(base)
-        or MethodSettings().name
-    )
+    layers = (overrides, file_data, base)
+    method = _peek(layers, "method", "name", str) or MethodSettings().name
+    protocol = _peek(layers, "data", "protocol", str) or DataSettings().protocol
+    shots = _peek(layers, "data", "shots", int)
+    dataset = _peek(layers, "data", "dataset", str)
     config = RunConfig()
-    preset = preset_path(method) if _is_preset_name(method) else None
-    if preset is not None:
-        apply_mapping(config, load_yaml(preset), str(preset))
+    apply_mapping(config, method_preset(method, protocol, DataSettings().shots if shots is None else shots, dataset), f"{method} recipe")
     apply_mapping(config, base, "settings")
     apply_mapping(config, file_data, str(config_file))
     apply_mapping(config, overrides, "command line")
     return config.validate()
 
 
-def _method_name(data: Any) -> str | None:
-    """``data["method"]["name"]`` if it is there and a string (bad shapes are reported by :func:`apply_mapping`)."""
-    section = data.get("method") if isinstance(data, dict) else None
-    name = section.get("name") if isinstance(section, dict) else None
-    return name if isinstance(name, str) and name else None
+def _peek(layers: tuple, section: str, name: str, kind: type) -> Any:
+    """The first ``layers[i][section][name]`` of the right type (bad shapes are reported by :func:`apply_mapping`)."""
+    for data in layers:
+        part = data.get(section) if isinstance(data, dict) else None
+        value = part.get(name) if isinstance(part, dict) else None
+        if kind is int and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, kind) and not isinstance(value, bool) and value != "":
+            return value
+    return None
 
 
 def _is_preset_name(name: str) -> bool:

@@ -136,25 +136,26 @@ def training_device(device: str, context: DistContext) -> str:
     return device
 
 
-class _Logits(nn.Module):
-    """What DDP wraps: the method's trainable prompt, with ``forward`` = the method's logits."""
+class _Step(nn.Module):
+    """What DDP wraps: the method, with ``forward(batch)`` = its training step as (loss, logits, logs)."""
 
     def __init__(self, method: nn.Module) -> None:
         super().__init__()
         self.method = method
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.method.logits(features)
+    def forward(self, batch):
+        out = self.method.training_step(batch)
+        return out.loss, out.logits, out.logs
 
 
 def wrap_for_training(method: nn.Module, context: DistContext) -> nn.Module:
-    """A module whose ``forward(x)`` returns ``method.logits(x)``: DDP-wrapped when distributed.
+    """A module whose ``forward(batch)`` runs ``method.training_step(batch)``: DDP-wrapped when distributed.
 
     Rank 0's trainable tensors are broadcast at construction (all ranks start equal); gradients are averaged
     across ranks in backward. Buffers (class-token embeddings, frozen prompt parts) are identical by
     construction and are not re-broadcast each step.
     """
-    module = _Logits(method)
+    module = _Step(method)
     if not context.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel

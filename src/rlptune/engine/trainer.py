@@ -2,8 +2,14 @@
 
 Determinism by construction: everything random in epoch e (shuffle order, dropout masks) is seeded from
 (seed, e), so a run resumed from the checkpoint after epoch e continues exactly as the uninterrupted run would
-(bitwise on CPU). The learning-rate schedule is CoOp's (Dassl's): ``warmup_epochs`` at a constant ``warmup_lr``,
-then cosine annealing per epoch, lr(e) = ½·lr·(1 + cos(π·e / epochs)).
+(bitwise on CPU). The learning-rate schedule is Dassl's, exactly: ``warmup_epochs`` W at a constant ``warmup_lr``,
+then a cosine whose count starts after the warm-up, lr(e) = min_lr + ½·(lr − min_lr)·(1 + cos(π·(e − W) / epochs)) —
+epoch W runs at the full rate. With ``schedule_unit = step`` (CLIP-LoRA) the cosine runs over the steps instead.
+
+Augmentation is the official one by default: frozen-image methods see, at every epoch, the features of a new random
+resized crop and flip of every training image, drawn from the run's seed (view e + 1 of the feature cache), so a sweep
+encodes each (backbone, image, seed, epoch) once and every method and setting shares it; ``aug_views = K`` cycles K
+cached views instead (faster, measurably less faithful).
 
 Precision: every forward (text and image side) runs under the backbone's autocast (bf16/fp16 on GPU, nothing on
 fp32); trainable tensors must be fp32 (checked), so there are no low-precision master weights, and fp16 uses a
@@ -19,27 +25,47 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .. import __version__, io
-from ..backbones import Backbone, train_transform
+from ..backbones import Backbone, eval_transform, train_transform
 from ..data.items import DatasetSplits
+from ..analysis.spectrum import prompt_diagnostics
 from ..errors import RlptuneError
+from ..methods.base import Batch, ClosedFormData
 from .adapter import load_checkpoint, save_adapter, save_checkpoint
 from .distributed import DistContext, current, wrap_for_training
 from .evaluate import classification_metrics
-from .features import FeatureCache, ImageItems
+from .features import FeatureCache, ImageItems, encode_items
 
 
-def learning_rate(settings, epoch: int) -> float:
-    """CoOp's per-epoch schedule: constant warm-up, then cosine (or constant) over all epochs."""
+def learning_rate(settings, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """The learning rate of ``step`` of ``epoch`` (0-based) under Dassl's constant warm-up + cosine (see above)."""
     if epoch < settings.warmup_epochs:
         return settings.warmup_lr
     if settings.scheduler == "constant":
         return settings.lr
-    return 0.5 * settings.lr * (1.0 + math.cos(math.pi * epoch / max(settings.epochs, 1)))
+    if settings.schedule_unit == "step":
+        total = max(total_steps(settings, steps_per_epoch) - settings.warmup_epochs * steps_per_epoch, 1)
+        t = (epoch - settings.warmup_epochs) * steps_per_epoch + step
+    else:
+        total = max(settings.epochs, 1)
+        t = epoch - settings.warmup_epochs
+    return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1.0 + math.cos(math.pi * t / total))
+
+
+def total_steps(settings, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: ``iterations`` when set, else epochs × steps per epoch."""
+    return settings.iterations if settings.iterations > 0 else settings.epochs * steps_per_epoch
+
+
+def total_epochs(settings, steps_per_epoch: int) -> int:
+    """Epochs the loop runs: ``epochs``, or enough (the last one cut short) to make ``iterations`` steps."""
+    if settings.iterations > 0:
+        return math.ceil(settings.iterations / max(steps_per_epoch, 1))
+    return settings.epochs
 
 
 def make_optimizer(params, settings) -> torch.optim.Optimizer:
@@ -67,10 +93,6 @@ class TrainState:
 
 def prompt_diagnostics_for(method) -> dict[str, Any]:
     """Singular-value diagnostics of every prompt of the method (ID_1, effective rank …), JSON-ready."""
-    try:
-        from ..analysis.spectrum import prompt_diagnostics
-    except ImportError:  # analysis module not installed in a stripped build
-        return {}
     out = {}
     for name, (current, initial) in method.prompt_matrices().items():
         out[name] = prompt_diagnostics(current, initial)
@@ -89,6 +111,7 @@ class Trainer:
         cache: FeatureCache | None = None,
         log: Callable[[str], None] | None = None,
         progress: bool | None = None,
+        loggers: Sequence[Any] = (),
     ) -> None:
         self.config = config
         self.method = method
@@ -101,19 +124,23 @@ class Trainer:
         self.checkpoint_path = self.output_dir / "checkpoint" / "last.safetensors"
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.dist: DistContext = current()
+        self.loggers: list = list(loggers or [])
 
     # -- data ------------------------------------------------------------------------------------------------
-    def train_views(self) -> list[torch.Tensor]:
-        """Cached image features of the training items, one tensor per augmented view (or the centre crop)."""
+    def epoch_features(self, epoch: int) -> torch.Tensor:
+        """Frozen image features of the training items for ``epoch``: a fresh augmented view per epoch (the official
+        recipe), one of ``aug_views`` cached views, cycled, when that opt-in is set."""
         settings = self.config.train
-        views = range(1, settings.aug_views + 1) if settings.aug_views > 0 else [0]
+        view = (epoch % settings.aug_views) + 1 if settings.aug_views > 0 else epoch + 1
         with self.dist.main_first():  # rank 0 builds the cache, the other ranks then read it
-            return [
-                self.cache.get_or_encode(
-                    self.backbone, self.splits, self.splits.train, view=v, num_workers=settings.num_workers, augment=self.augment()
-                )
-                for v in views
-            ]
+            return self.cache.get_or_encode(
+                self.backbone, self.splits, self.splits.train, view=view, num_workers=settings.num_workers,
+                augment=self.augment(), view_seed=settings.seed,
+            )
+
+    def centre_features(self, items) -> torch.Tensor:
+        with self.dist.main_first():
+            return self.cache.get_or_encode(self.backbone, self.splits, items, view=0, num_workers=self.config.train.num_workers)
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainState:
@@ -125,10 +152,10 @@ class Trainer:
         labels = torch.tensor([it.label for it in self.splits.train])
         state = TrainState()
         method.unmerge()  # merged (inference) class features must never stand in for the trainable path
-        if hasattr(method, "fit_custom"):  # closed-form / non-gradient methods (e.g. the linear probe)
-            return method.fit_custom(self, state)
+        if method.closed_form:
+            return self._fit_closed_form(labels, state)
         params = [p for p in method.parameters() if p.requires_grad]
-        if settings.epochs == 0 or not params:
+        if (settings.epochs == 0 and settings.iterations == 0) or not params:
             return state
         for name, p in method.named_parameters():
             if p.requires_grad and p.dtype != torch.float32:
@@ -136,22 +163,6 @@ class Trainer:
                     f"trainable tensor {name} is {p.dtype}; trainable prompts must be fp32 (low precision comes from autocast)"
                 )
         optimizer = make_optimizer(params, settings)
-        start = 0
-        if resume and self.checkpoint_path.is_file():
-            meta = load_checkpoint(self.checkpoint_path, method, optimizer, self.config)
-            start = int(meta["epoch"])
-            state.resumed_from = start
-            if ddp.is_main:
-                self._truncate_metrics(start)
-                self.log(f"resuming after epoch {start} from {self.checkpoint_path}")
-        elif self.metrics_path.exists() and ddp.is_main:  # a fresh start, or a resume with no checkpoint yet
-            self.metrics_path.unlink()
-
-        t0 = time.perf_counter()
-        if method.needs_image_tower:
-            views, image_loader = None, self._image_loader()
-        else:
-            views, image_loader = self.train_views(), None
         count = len(labels)
         batch = min(settings.batch_size, count)
         drop_last = count >= settings.batch_size
@@ -165,39 +176,66 @@ class Trainer:
             if batch == 0:
                 raise RlptuneError(f"{count} training images cannot be split over {ddp.world_size} processes")
             drop_last = True  # equal shards on every rank: the mean of rank means is the global mean
+        stop = (count // batch) * batch if drop_last else count
+        steps_per_epoch = max(1, -(-stop // batch))
+        epochs_total = total_epochs(settings, steps_per_epoch)
+        steps_total = total_steps(settings, steps_per_epoch)
+
+        start = 0
+        if resume and self.checkpoint_path.is_file():
+            meta = load_checkpoint(self.checkpoint_path, method, optimizer, self.config)
+            start = int(meta["epoch"])
+            state.resumed_from = start
+            if ddp.is_main:
+                self._truncate_metrics(start)
+                self.log(f"resuming after epoch {start} from {self.checkpoint_path}")
+        elif self.metrics_path.exists() and ddp.is_main:  # a fresh start, or a resume with no checkpoint yet
+            self.metrics_path.unlink()
+
+        t0 = time.perf_counter()
+        image_loader = self._image_loader() if method.needs_image_tower else None
+        val = self._validation_inputs() if settings.val_every and self.splits.val else None
         device = self.backbone.device
         step_module = wrap_for_training(method, ddp)
         scaler = None
         if self.backbone.precision == "fp16" and device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
+        method.on_train_start(epochs_total, steps_per_epoch)
 
-        epochs = range(start, settings.epochs)
         bar = None
         if self.progress and ddp.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=settings.epochs, initial=start, desc="train", unit="epoch", file=sys.stderr)
-        for epoch in epochs:
-            lr = learning_rate(settings, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            bar = tqdm(total=epochs_total, initial=start, desc="train", unit="epoch", file=sys.stderr)
+        for epoch in range(start, epochs_total):
+            if image_loader is not None:
+                image_loader.view, image_loader.view_seed = epoch + 1, settings.seed  # a fresh crop per image and epoch
+                feats = None
+            else:
+                feats = self.epoch_features(epoch)  # before seeding: encoding (a cache miss) may draw from the global RNG
             method.train()
+            method.on_epoch_start(epoch)
             torch.manual_seed(epoch_seed(settings.seed, epoch, 1))  # dropout masks of this epoch (same on every rank)
             order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch, 2)))
-            stop = (count // batch) * batch if drop_last else count
             total_loss, correct, seen, steps = 0.0, 0, 0, 0
-            if views is not None:
-                feats = views[epoch % len(views)]
-            for start_idx in range(0, stop, batch):
+            logged: dict[str, float] = {}
+            lr = learning_rate(settings, epoch, 0, steps_per_epoch)
+            for step, start_idx in enumerate(range(0, stop, batch)):
+                if epoch * steps_per_epoch + step >= steps_total:
+                    break  # ``iterations`` reached inside the last epoch
+                lr = learning_rate(settings, epoch, step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 idx = ddp.shard(order[start_idx : start_idx + batch])
+                y = labels[idx].to(device)
                 with self.backbone.autocast():
-                    if views is not None:
-                        x = feats[idx].to(device)
+                    if feats is not None:
+                        inputs = Batch(labels=y, features=feats[idx].to(device), epoch=epoch, step=step)
                     else:
-                        x = method.encode_images(torch.stack([image_loader[int(i)][0] for i in idx]).to(device))
-                    y = labels[idx].to(device)
-                    logits = step_module(x)
-                    loss = method.loss(logits.float(), y)
+                        images = torch.stack([image_loader[int(i)][0] for i in idx]).to(device)
+                        inputs = Batch(labels=y, images=images, epoch=epoch, step=step)
+                    loss, logits, logs = step_module(inputs)
+                    loss = loss.float()
                 if not torch.isfinite(loss):
                     raise RlptuneError(
                         f"training diverged: non-finite loss at epoch {epoch + 1}, step {steps + 1} (lr {lr:g}); "
@@ -214,19 +252,25 @@ class Trainer:
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     self._diverged(f"the trainable tensors became non-finite in the update at epoch {epoch + 1}, step {steps + 1}", lr)
                 total_loss += float(loss.detach()) * len(idx)
+                for key, value in logs.items():
+                    logged[key] = logged.get(key, 0.0) + float(value) * len(idx)
                 correct += int((logits.detach().argmax(-1) == y).sum())
                 seen += len(idx)
                 steps += 1
+            method.on_epoch_end(epoch)
             if ddp.enabled:
                 total_loss, correct, seen = ddp.all_reduce_sum([total_loss, correct, seen], device=self._reduce_device())
                 correct, seen = int(round(correct)), int(round(seen))
-            record = {
+            record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": lr,
                 "loss": total_loss / max(seen, 1),
                 "train_acc": 100.0 * correct / max(seen, 1),
                 "steps": steps,
             }
+            record.update({k: v / max(seen, 1) for k, v in logged.items()})
+            if val is not None and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == epochs_total):
+                record["val_acc"] = self._validation_accuracy(val)
             # the effective prompts (e.g. P_fr + P_A @ P_B) can overflow while their factors are finite: never log
             # diagnostics of, or checkpoint, a diverged prompt
             for name, (current, _) in method.prompt_matrices().items():
@@ -240,7 +284,9 @@ class Trainer:
                     if diagnostics:
                         record["diagnostics"] = diagnostics
                 io.append_jsonl(self.metrics_path, record)
-                last = epoch + 1 == settings.epochs
+                for logger in self.loggers:
+                    logger.log_epoch(record)
+                last = epoch + 1 == epochs_total
                 if settings.checkpoint_every and ((epoch + 1) % settings.checkpoint_every == 0 or last):
                     save_checkpoint(self.checkpoint_path, method, optimizer, epoch + 1, self.config)
             if bar is not None:
@@ -251,6 +297,57 @@ class Trainer:
         state.seconds = time.perf_counter() - t0
         method.eval()
         return state
+
+    def _fit_closed_form(self, labels: torch.Tensor, state: TrainState) -> TrainState:
+        """Methods fitted in closed form (the linear probe) get centre-crop features; one record is logged."""
+        if self.config.train.epochs == 0:
+            return state
+        t0 = time.perf_counter()
+        data = ClosedFormData(self.centre_features(self.splits.train).cpu(), labels, log=self.log)
+        if self.splits.val:
+            data.val_features = self.centre_features(self.splits.val).cpu()
+            data.val_labels = torch.tensor([it.label for it in self.splits.val])
+        record = {"epoch": 1, **self.method.fit_closed_form(data)}
+        self.method.unmerge()
+        if self.dist.is_main:
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
+            io.append_jsonl(self.metrics_path, record)
+            for logger in self.loggers:
+                logger.log_epoch(record)
+        state.records.append(record)
+        state.epochs_done = 1
+        state.seconds = time.perf_counter() - t0
+        self.method.eval()
+        return state
+
+    def _validation_inputs(self):
+        """What per-epoch validation needs, prepared once: centre-crop features (or images) and labels."""
+        items = self.splits.val
+        labels = torch.tensor([it.label for it in items])
+        if self.method.needs_image_tower:
+            return ImageItems(self.splits, items, eval_transform(self.backbone)), labels
+        return self.centre_features(items), labels
+
+    @torch.no_grad()
+    def _validation_accuracy(self, val) -> float:
+        inputs, labels = val
+        method = self.method
+        was_training = method.training
+        method.eval()
+        with self.backbone.autocast():
+            text = method.class_features()
+            if isinstance(inputs, ImageItems):
+                chunks = [
+                    method.encode_images(torch.stack([inputs[i][0] for i in range(s, min(s + 64, len(inputs)))]))
+                    for s in range(0, len(inputs), 64)
+                ]
+                feats = torch.cat(chunks)
+            else:
+                feats = inputs.to(self.backbone.device)
+            preds = method.scores(feats, text).argmax(-1).cpu()
+        method.train(was_training)
+        return 100.0 * float((preds == labels).float().mean())
 
     def _diverged(self, what: str, lr: float) -> None:
         last = self.checkpoint_path if self.checkpoint_path.exists() else "none"
@@ -266,7 +363,8 @@ class Trainer:
 
     def _image_loader(self) -> ImageItems:
         crop, flip = self.augment()
-        return ImageItems(self.splits, self.splits.train, train_transform(self.backbone, crop_scale=(crop, 1.0), flip=flip))
+        transform = train_transform(self.backbone, crop_scale=(crop, 1.0), flip=flip)
+        return ImageItems(self.splits, self.splits.train, transform, view=1, view_seed=self.config.train.seed)
 
     def _truncate_metrics(self, epochs_done: int) -> None:
         """Drop metric lines of epochs after the checkpoint (they will be re-run), atomically."""
@@ -290,8 +388,6 @@ def evaluate_split(method, splits: DatasetSplits, split: str, cache: FeatureCach
     labels = torch.tensor([it.label for it in items])
     method.eval()
     if method.needs_image_tower:
-        from .features import encode_items
-
         feats = encode_items(method.backbone, splits, items, 0, batch_size, num_workers, encoder=method.encode_images)
     else:
         feats = cache.get_or_encode(method.backbone, splits, items, view=0, batch_size=batch_size, num_workers=num_workers)

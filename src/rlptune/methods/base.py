@@ -1,14 +1,22 @@
-"""What every method is: where prompts go and what the loss is, behind one interface the engine drives.
+"""The method contract: what every method declares, and the only things the engine calls.
 
-A method is an ``nn.Module`` built from (run config, backbone, class names). The engine only calls
-:meth:`Method.logits` on image features (or images, for methods that put prompts into the image tower),
-:meth:`Method.loss`, and the adapter helpers. Methods are registered by name so later methods plug in without
-touching the engine.
+A method is an ``nn.Module`` built from (run config, backbone, class names), registered with its typed options
+(peft's config-class-with-model-class arrangement)::
+
+    @register_method("kgcoop", options=KgCoOpOptions)
+    class KgCoOp(CoOp): ...
+
+The engine drives training through :meth:`Method.training_step` (one :class:`Batch` in, one :class:`StepOutput`
+out), the epoch hooks, and — for methods fitted in closed form such as the linear probe —
+:meth:`Method.fit_closed_form`; inference goes through :meth:`Method.merge`, :meth:`Method.encode_images` and
+:meth:`Method.logits`; adapters through :meth:`Method.adapter_state` / :meth:`Method.load_adapter_state`. Nothing is
+discovered with ``hasattr``: every hook has a default here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,27 +24,60 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import RlptuneError
+from .. import registry
+from ..options import NoOptions, parse_options
 
-_REGISTRY: dict[str, type["Method"]] = {}
+
+@dataclass
+class Batch:
+    """One training step's inputs, prepared by the engine."""
+
+    labels: torch.Tensor
+    features: torch.Tensor | None = None  # (B, e) normalised frozen image features (methods with a frozen image tower)
+    images: torch.Tensor | None = None  # (B, 3, H, W) augmented images (methods with needs_image_tower)
+    epoch: int = 0
+    step: int = 0
 
 
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+@dataclass
+class StepOutput:
+    """What a training step returns: the loss to back-propagate, the logits for accuracy, extra numbers to log."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ClosedFormData:
+    """Centre-crop image features handed to a closed-form method (train, and validation when the split has one)."""
+
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    val_features: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    log: Callable[[str], None] = print
+
+
+def register_method(name: str, options: type | None = None) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: make ``cls`` available as ``method.name = name`` with its typed options dataclass."""
+
     def wrap(cls: type[Method]) -> type[Method]:
-        _REGISTRY[name] = cls
+        if options is not None:
+            cls.options_class = options
         cls.registered_name = name
+        registry.register_method_class(name, cls, cls.options_class)
         return cls
 
     return wrap
 
 
 def get_method_class(name: str) -> type["Method"]:
-    if name not in _REGISTRY:
-        raise RlptuneError(f"method.name {name!r} is not known; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return registry.method_entry(name).method_class
 
 
 def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return registry.method_names()
 
 
 def build_method(config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None) -> "Method":
@@ -45,16 +86,26 @@ def build_method(config, backbone: Backbone, classnames: Sequence[str], dataset_
 
 
 class Method(nn.Module):
-    """Base class. Subclasses set ``needs_image_tower`` when they change the image path (deep vision prompts);
-    the others train on cached image features."""
+    """Base class of every method; subclasses override what they change (see the module docstring)."""
 
-    registered_name = "method"
-    needs_image_tower = False
-    transfers_to_new_classes = True  # False for per-class heads (linear probe): base-to-new skips "new"
+    registered_name: ClassVar[str] = "method"
+    options_class: ClassVar[type] = NoOptions
+    #: True: the method changes the image tower (prompts or adapters inside it) and trains on images, not features.
+    needs_image_tower: bool = False
+    #: False for per-class heads (linear probe): base-to-new skips the "new" evaluation.
+    transfers_to_new_classes: ClassVar[bool] = True
+    #: True: trained by :meth:`fit_closed_form` on centre-crop features instead of the gradient loop.
+    closed_form: ClassVar[bool] = False
+    #: ``method.*`` settings (beyond name/options/templates) this method honours; setting another one away from its
+    #: default is an error when settings are resolved, never silently ignored.
+    honours: ClassVar[frozenset[str]] = frozenset()
+    #: The ``prompt.kind`` this method requires (``"lowrank"`` for RLP), or None when any parameterisation works.
+    requires_prompt_kind: ClassVar[str | None] = None
 
     def __init__(self, config, backbone: Backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__()
         self.config = config
+        self.options = parse_options(self.options_class, config.method.options, self.registered_name)
         self._backbone = [backbone]  # not a submodule: the frozen backbone is never part of the method's state
         self.classnames = list(classnames)
         self.dataset_template = dataset_template
@@ -67,13 +118,61 @@ class Method(nn.Module):
     # -- text side -----------------------------------------------------------------------------------------
     def class_features(self) -> torch.Tensor:
         """Normalised class text features (C, e) as used in training (with gradients)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"method {self.registered_name!r} does not define class_features()")
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Point the method at another list of classes (new classes, another dataset): learned prompts transfer."""
         self.classnames = list(classnames)
         self._merged_features = None
 
+    # -- image side -------------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features; methods that prompt the image tower override this."""
+        return self.backbone.encode_image(images)
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP's normalised image features (no prompts, no gradients)."""
+        return self.backbone.encode_image(images)
+
+    # -- scores ------------------------------------------------------------------------------------------------
+    def scores(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarities (B, C) between normalised image and class features."""
+        return self.backbone.logit_scale * image_features.to(text_features.dtype) @ text_features.t()
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Inference scores (B, C); uses the merged class features when :meth:`merge` has run."""
+        text = self._merged_features if self._merged_features is not None else self.class_features()
+        return self.scores(image_features, text)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def image_features_of(self, batch: Batch) -> torch.Tensor:
+        """The batch's image features: the engine's frozen features, or the (prompted) image tower on its images."""
+        if batch.features is not None:
+            return batch.features
+        if batch.images is None:
+            raise RlptuneError(f"method {self.registered_name!r}: the batch carries neither image features nor images")
+        return self.encode_images(batch.images)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        """Cross-entropy over the class logits; methods with extra loss terms override this."""
+        logits = self.scores(self.image_features_of(batch), self.class_features())
+        return StepOutput(F.cross_entropy(logits.float(), batch.labels), logits)
+
+    def on_train_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        """Called once before the first epoch (also when resuming): schedules of loss weights, aggregation windows."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before every epoch (0-based)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after every epoch's last step (0-based), before metrics and the checkpoint are written."""
+
+    def fit_closed_form(self, data: ClosedFormData) -> dict[str, Any]:
+        """Fit without the gradient loop (``closed_form = True``); returns the record to log."""
+        raise NotImplementedError(f"method {self.registered_name!r} is not fitted in closed form")
+
+    # -- inference ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def merge(self) -> "Method":
         """Fold every trainable branch and precompute the class features: inference = image tower + one matmul."""
@@ -82,28 +181,20 @@ class Method(nn.Module):
         return self
 
     def unmerge(self) -> None:
+        """Drop everything :meth:`merge` cached (called before training and after loading new weights)."""
         self._merged_features = None
 
-    # -- image side -------------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image features; methods that prompt the image tower override this."""
-        return self.backbone.encode_image(images)
-
-    # -- scores and loss --------------------------------------------------------------------------------------
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine similarities (B, C) between normalised image features and the class features."""
-        text = self._merged_features if self._merged_features is not None else self.class_features()
-        return self.backbone.logit_scale * image_features.to(text.dtype) @ text.t()
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels)
+    def train(self, mode: bool = True) -> "Method":
+        if mode:
+            self.unmerge()  # merged (inference) features must never stand in for the trainable path
+        return super().train(mode)
 
     # -- adapters -----------------------------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
+    def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors only (what an adapter file holds)."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
         own = dict(self.named_parameters())
         expected = {n for n, p in own.items() if p.requires_grad}
         if set(state) != expected:
@@ -117,10 +208,15 @@ class Method(nn.Module):
                         f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
                     )
                 own[name].copy_(tensor.to(own[name].dtype))
-        self._merged_features = None
+        self.unmerge()
 
+    # -- description ---------------------------------------------------------------------------------------------
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_formula(self) -> str:
+        """The trainable count as a formula with its values; methods with prompts describe their own."""
+        return f"{self.num_trainable():,}"
 
     def prompt_matrices(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Named (effective prompt, initial prompt) pairs for diagnostics; empty for prompt-free methods."""

@@ -29,9 +29,9 @@ from torch import nn
 from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText
-from .base import Method, register_method
+from .base import Batch, Method, StepOutput, register_method
 from .coop import initial_context
-from .options import option, parse_options
+from ..options import option
 from .shared import formula, prompt_term
 
 
@@ -51,10 +51,10 @@ class CoCoOpOptions:
 @register_method("cocoop")
 class CoCoOp(Method):
     options_class = CoCoOpOptions
+    honours = frozenset({"text_chunk"})
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        self.options = parse_options(CoCoOpOptions, config.method.options, "cocoop")
         if config.method.class_specific:
             raise RlptuneError("cocoop: method.class_specific is not supported (the context is conditioned on the image instead)")
         init, from_text = initial_context(config, backbone)
@@ -127,6 +127,11 @@ class CoCoOp(Method):
             outs.append(torch.einsum("be,bce->bc", feats[start : start + step], text))
         return self.backbone.logit_scale * torch.cat(outs, dim=0)
 
+    def training_step(self, batch: Batch) -> StepOutput:
+        """Cross-entropy over the per-image conditional class features (CoCoOp's logits)."""
+        logits = self.logits(self.image_features_of(batch))
+        return StepOutput(F.cross_entropy(logits.float(), batch.labels), logits)
+
     @torch.no_grad()
     def merge(self) -> "CoCoOp":
         """Fold the context's parameterisation into one tensor; class features stay per image (not cacheable)."""
@@ -135,10 +140,6 @@ class CoCoOp(Method):
         return self
 
     def unmerge(self) -> None:
-        self._merged_ctx = None
-
-    def load_trainable_state(self, state, source: str = "adapter") -> None:
-        super().load_trainable_state(state, source)
         self._merged_ctx = None
 
     def prompt_matrices(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

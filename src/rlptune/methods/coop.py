@@ -16,6 +16,7 @@ from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, text_embeddings
 from .base import Method, register_method
+from .shared import formula
 
 
 def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
@@ -31,6 +32,8 @@ def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple
 
 @register_method("coop")
 class CoOp(Method):
+    honours = frozenset({"class_specific", "class_token_position", "text_chunk", "checkpoint_text"})
+
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
         lead = (len(classnames),) if config.method.class_specific else ()
@@ -58,6 +61,17 @@ class CoOp(Method):
     def prompt_matrices(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {"ctx": (self.prompt.merged(), self.prompt.initial.detach().clone())}
 
+    def parameter_formula(self) -> str:
+        d = self.backbone.text.width
+        symbols = {"n": self.n_ctx, "d": d, **self.prompt.formula_symbols()}
+        if self.config.method.class_specific:
+            symbols["C"] = len(self.classnames)
+            return formula([self.prompt.count_term("n", "d", copies_sym="C")], symbols)
+        return formula([self.prompt.count_term("n", "d")], symbols)
 
-# RLP on CoOp's placement: the same module; configs/rlp.yaml switches prompt.kind to lowrank with RLP's defaults.
-register_method("rlp")(type("RLP", (CoOp,), {"__doc__": "CoOp placement with the low-rank RLP prompt (configs/rlp.yaml)."}))
+
+@register_method("rlp")
+class RLP(CoOp):
+    """RLP on CoOp's placement: the same module, defined by the low-rank prompt (its preset sets the rest)."""
+
+    requires_prompt_kind = "lowrank"

@@ -9,16 +9,15 @@ so the result does not depend on the start and is deterministic on CPU. scikit-l
 Before fitting (``train.epochs: 0``) the probe is the zero-shot classifier: W = logit_scale · (hand-crafted class
 text features), b = 0, so it scores exactly like zero-shot CLIP.
 
-Adapter note: the probe is not trained by gradient steps through the engine's loop (it has ``fit_custom``), but
+Adapter note: the probe is not trained by gradient steps through the engine's loop (it is fitted in closed form: ``fit_closed_form``), but
 its weight and bias are kept as ``requires_grad=True`` parameters on purpose: that is what marks tensors as
-"trained" for the adapter file (``trainable_state``) and for ``rlptune params``. Parameters: C·(e + 1).
+"trained" for the adapter file (``adapter_state``) and for ``rlptune params``. Parameters: C·(e + 1).
 A linear probe cannot score classes it was not fitted on, so ``set_classnames`` with other classes is refused.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import io
 from ..errors import RlptuneError
-from .base import Method, register_method
-from .options import option, parse_options
+from ..options import option
+from .base import ClosedFormData, Method, register_method
 from .shared import formula, handcrafted_features, handcrafted_template
 
 
@@ -108,10 +106,10 @@ def search_l2(xtr, ytr, xval, yval, classes: int, opts: LinearProbeOptions) -> t
 class LinearProbe(Method):
     options_class = LinearProbeOptions
     transfers_to_new_classes = False
+    closed_form = True
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        self.options = parse_options(LinearProbeOptions, config.method.options, "linear_probe")
         template = handcrafted_template(dataset_template, self.options.template or None)
         text = handcrafted_features(backbone, classnames, template)
         # zero-shot start; "trainable" marks these as the adapter's tensors (see the module docstring)
@@ -135,34 +133,25 @@ class LinearProbe(Method):
         self.eval()
         return self
 
-    def fit_custom(self, trainer, state):
-        """Search λ on the validation split, fit on the training split, log one record (the engine's hook)."""
-        t0 = time.perf_counter()
-        if trainer.config.train.epochs == 0:
-            return state
-        splits, backbone, opts = trainer.splits, self.backbone, self.options
-        workers = trainer.config.train.num_workers
-        xtr = trainer.cache.get_or_encode(backbone, splits, splits.train, view=0, num_workers=workers).cpu()
-        ytr = torch.tensor([it.label for it in splits.train])
+    def fit_closed_form(self, data: ClosedFormData) -> dict:
+        """Search λ on the validation split, fit on the training split; returns the record to log."""
+        opts = self.options
+        xtr, ytr = data.train_features, data.train_labels
         classes = len(self.classnames)
         search: list[dict] = []
         if opts.l2 > 0:
             l2, source = opts.l2, "fixed"
-        elif splits.val:
-            xval = trainer.cache.get_or_encode(backbone, splits, splits.val, view=0, num_workers=workers).cpu()
-            yval = torch.tensor([it.label for it in splits.val])
-            l2, search = search_l2(xtr, ytr, xval, yval, classes, opts)
+        elif data.val_features is not None:
+            l2, search = search_l2(xtr, ytr, data.val_features, data.val_labels, classes, opts)
             source = "val search"
         else:
             l2, source = opts.default_l2, "default (no validation split)"
-            trainer.log(f"linear_probe: no validation split, using l2={l2:g}")
+            data.log(f"linear_probe: no validation split, using l2={l2:g}")
         weight, bias = fit_logistic(xtr, ytr, classes, l2, opts.max_iter)
         with torch.no_grad():
             self.weight.copy_(weight.to(self.weight))
             self.bias.copy_(bias.to(self.bias))
-        self._merged_features = None
         record = {
-            "epoch": 1,
             "l2": l2,
             "l2_source": source,
             "train_acc": accuracy(weight, bias, xtr, ytr),
@@ -171,14 +160,7 @@ class LinearProbe(Method):
         }
         if search:
             record["val_acc"] = max(s["val_acc"] for s in search if s["l2"] == l2)
-        if trainer.metrics_path.exists():
-            trainer.metrics_path.unlink()
-        io.append_jsonl(trainer.metrics_path, record)
-        state.records.append(record)
-        state.epochs_done = 1
-        state.seconds = time.perf_counter() - t0
-        self.eval()
-        return state
+        return record
 
     def parameter_formula(self) -> str:
         e, c = int(self.weight.shape[1]), len(self.classnames)

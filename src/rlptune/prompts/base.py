@@ -1,11 +1,14 @@
-"""The prompt-parameterisation seam: every parameterisation is a module returning the effective prompt."""
+"""The prompt-parameterisation seam: every parameterisation is a module returning the effective prompt, and owns
+its parameter count and the formula that documents it (nothing outside ``prompts/`` asks "is it low-rank?")."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import RlptuneError
+from .. import registry
 
 
 class PromptModule(nn.Module):
@@ -34,33 +37,38 @@ class PromptModule(nn.Module):
     def shape(self) -> torch.Size:
         return self.initial.shape
 
+    @property
+    def copies(self) -> int:
+        """How many (n, d) prompts this module holds (the product of the leading dimensions: layers, classes)."""
+        return int(torch.Size(self.initial.shape[:-2]).numel())
+
     def num_trainable(self) -> int:
         return count_trainable(self)
+
+    def count_term(self, n_sym: str = "n", d_sym: str = "d", copies_sym: str = "") -> tuple[str, int]:
+        """(symbolic formula, value) of the trainable count, e.g. ``("r·(n+d)", 516)``."""
+        raise NotImplementedError
+
+    def formula_symbols(self) -> dict[str, int]:
+        """Symbols of :meth:`count_term` beyond n and d (e.g. ``{"r": 1}``)."""
+        return {}
 
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+PromptBuilder = Callable[[object, torch.Tensor, bool], PromptModule]
+
+
+def register_prompt_kind(name: str, builder: PromptBuilder) -> None:
+    """Make ``prompt.kind = name`` build ``builder(settings, init, from_text)`` (a new parameterisation, from anywhere)."""
+    registry.register_prompt_kind(name, builder)
+
+
 def build_prompt(settings, init: torch.Tensor, from_text: bool) -> PromptModule:
-    """A prompt module of ``init``'s shape from :class:`rlptune.config.PromptSettings`.
+    """A prompt module of ``init``'s shape for :class:`rlptune.config.PromptSettings` (``settings.kind`` picks it).
 
     ``init`` is the starting prompt (text embeddings when ``from_text``, else CoOp's random N(0, init_std²)).
-    Low-rank: ``P_fr`` is the text embeddings, or zeros when there is no init text, as in RLP.
     """
-    from .full_rank import FullRankPrompt
-    from .low_rank import LowRankPrompt
-
-    if settings.kind == "full":
-        return FullRankPrompt(init)
-    if settings.kind == "lowrank":
-        frozen = init if from_text else torch.zeros_like(init)
-        return LowRankPrompt(
-            frozen,
-            rank=settings.rank,
-            dropout=settings.dropout,
-            a_std=settings.a_std,
-            b_std=settings.b_std,
-            alpha=settings.alpha,
-        )
-    raise RlptuneError(f"prompt.kind {settings.kind!r} is not known: expected full or lowrank")
+    return registry.prompt_builder(settings.kind)(settings, init, from_text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PromptModule
+from .base import PromptModule, register_prompt_kind
 
 
 class FullRankPrompt(PromptModule):
@@ -18,3 +18,10 @@ class FullRankPrompt(PromptModule):
 
     def forward(self) -> torch.Tensor:
         return self.ctx
+
+    def count_term(self, n_sym: str = "n", d_sym: str = "d", copies_sym: str = "") -> tuple[str, int]:
+        lead = f"{copies_sym}·" if copies_sym else ""
+        return f"{lead}{n_sym}·{d_sym}", self.num_trainable()
+
+
+register_prompt_kind("full", lambda settings, init, from_text: FullRankPrompt(init))

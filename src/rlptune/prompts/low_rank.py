@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PromptModule
+from .base import PromptModule, register_prompt_kind
 
 
 class LowRankPrompt(PromptModule):
@@ -47,3 +47,21 @@ class LowRankPrompt(PromptModule):
 
     def forward(self) -> torch.Tensor:
         return self.frozen + self.dropout(self.update())
+
+    def count_term(self, n_sym: str = "n", d_sym: str = "d", copies_sym: str = "") -> tuple[str, int]:
+        lead = f"{copies_sym}·" if copies_sym else ""
+        return f"{lead}r·({n_sym}+{d_sym})", self.num_trainable()
+
+    def formula_symbols(self) -> dict[str, int]:
+        return {"r": self.rank}
+
+
+def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPrompt:
+    """RLP: ``P_fr`` is the text embeddings, or zeros when there is no init text, as in the paper."""
+    frozen = init if from_text else torch.zeros_like(init)
+    return LowRankPrompt(
+        frozen, rank=settings.rank, dropout=settings.dropout, a_std=settings.a_std, b_std=settings.b_std, alpha=settings.alpha
+    )
+
+
+register_prompt_kind("lowrank", _build_low_rank)

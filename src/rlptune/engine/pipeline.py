@@ -1,0 +1,214 @@
+"""One run pipeline for every entry point: resolve settings → prepare data → build method → train → evaluate → write.
+
+``rlptune train``, ``rlptune eval``, the Python API (:func:`rlptune.train`, :func:`rlptune.evaluate`), every protocol
+of ``rlptune run`` and ``rlptune demo`` call these functions, so the same settings give the same item lists, few-shot
+draws and metrics whichever door a user comes through. :func:`prepare_data` is the one place that reads a dataset and
+applies the split seed, the image policy, the few-shot draw and the class subset.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from .. import io
+from ..analysis.tables import harmonic_mean
+from ..backbones import Backbone, load_backbone
+from ..data import canonical_name, load_dataset
+from ..data.fewshot import fewshot_splits, subsample_classes
+from ..data.images import check_images, skipped_report
+from ..data.items import DatasetSplits
+from ..errors import RlptuneError
+from ..methods import Method, build_method
+from .distributed import init_from_env, training_device
+from .features import FeatureCache
+from .trainer import Trainer, evaluate_split, finish_run, library_versions
+
+#: Loaders whose train/val/test split is drawn by rlptune and therefore takes ``data.split_seed``.
+SEEDED_SPLIT_LOADERS = ("folder", "csv")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class PreparedData:
+    """The data of one run: every class after the few-shot draw, and the classes the method trains on."""
+
+    drawn: DatasetSplits
+    train: DatasetSplits
+
+    @property
+    def new(self) -> DatasetSplits:
+        """The new half of the classes (base-to-new), with the same draw."""
+        return subsample_classes(self.drawn, "new")
+
+
+def training_subset(config) -> str:
+    """Which classes train: base-to-new always trains on the base half; otherwise ``data.subsample``."""
+    if config.data.protocol == "base2new":
+        if config.data.subsample == "new":
+            raise RlptuneError("data.subsample=new contradicts data.protocol=base2new, which trains on the base classes")
+        return "base"
+    return config.data.subsample
+
+
+def load_data(config, name: str | None = None, skipped: str | Path | None = None) -> DatasetSplits:
+    """Dataset ``name`` (default ``data.dataset``) from ``data.root`` with the split seed and the image policy applied."""
+    d = config.data
+    name = name or d.dataset
+    options = {"seed": d.split_seed} if canonical_name(name) in SEEDED_SPLIT_LOADERS else {}
+    splits = load_dataset(name, d.root, **options)
+    if d.image_policy == "skip":
+        splits = _skip_unreadable(splits, skipped)
+    return splits
+
+
+def prepare_data(config, few_shot_cache: str | Path | None = None, skipped: str | Path | None = None) -> PreparedData:
+    """Load the configured dataset, draw the few-shot training set (Dassl's algorithm) and pick the training classes."""
+    splits = load_data(config, skipped=skipped)
+    if config.data.shots > 0:
+        splits = fewshot_splits(splits, config.data.shots, config.train.seed, cache_path=few_shot_cache)
+    subset = training_subset(config)
+    train = subsample_classes(splits, subset) if subset != "all" else splits
+    return PreparedData(drawn=splits, train=train)
+
+
+def _skip_unreadable(splits: DatasetSplits, report: str | Path | None) -> DatasetSplits:
+    """The ``skip`` image policy: drop unreadable images, report each one, refuse a class left without any."""
+    before = {it.label for it in splits.train}
+    splits, dropped = check_images(splits, policy="skip")
+    if report is not None and dropped:
+        io.write_json(report, skipped_report(dropped))
+    if dropped:
+        paths = sorted({s.path for s in dropped})
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        where = f"; list in {report}" if report is not None else ""
+        print(f"skipped {len(paths)} unreadable image(s) (data.image_policy=skip): {shown}{where}", file=sys.stderr)
+    emptied = sorted(before - {it.label for it in splits.train})
+    if emptied:
+        raise RlptuneError(
+            f"{splits.root}: class {splits.classnames[emptied[0]]!r} has no readable training images left after "
+            f"skipping unreadable ones ({len(emptied)} such class(es)); fix or remove its files"
+        )
+    return splits
+
+
+def resolve_backbone(config, backbone: Backbone | None = None) -> Backbone:
+    if backbone is not None:
+        return backbone
+    b = config.backbone
+    return load_backbone(b.name, device=b.device, precision=b.precision)
+
+
+def evaluate_run(
+    method: Method, config, data: PreparedData, cache: FeatureCache, targets: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The protocol's metrics of a trained method: (metrics, extra result fields such as ``h`` and ``targets``)."""
+    batch, workers = config.eval.batch_size, config.train.num_workers
+    metrics: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if config.data.protocol == "base2new":
+        metrics["base"] = evaluate_split(method, data.train, "test", cache, batch, workers)
+        if method.transfers_to_new_classes:
+            new = data.new
+            method.set_classnames(new.classnames)
+            metrics["new"] = evaluate_split(method, new, "test", cache, batch, workers)
+            extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
+            method.set_classnames(data.train.classnames)
+        return metrics, extra
+    if data.train.test:
+        metrics["test"] = evaluate_split(method, data.train, "test", cache, batch, workers)
+    if targets:
+        results = {}
+        for name in targets:
+            target = load_data(config, name)
+            method.set_classnames(target.classnames)
+            results[name] = evaluate_split(method, target, "test", cache, batch, workers)
+        method.set_classnames(data.train.classnames)
+        extra["targets"] = results
+    return metrics, extra
+
+
+def run(
+    config,
+    output_dir: str | Path,
+    *,
+    backbone: Backbone | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    targets: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train the configured method, evaluate it under its protocol, write the run directory; return result.json."""
+    output_dir = Path(output_dir)
+    ddp = init_from_env(config.backbone.device)  # under torchrun: join the group (one process per device)
+    if ddp.enabled and backbone is None:
+        config.backbone.device = training_device(config.backbone.device, ddp)
+    with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
+        # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
+        data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json")
+    backbone = resolve_backbone(config, backbone)
+    if ddp.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
+        (output_dir / "result.json").unlink(missing_ok=True)
+        io.write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        io.write_json(
+            output_dir / "run_info.json",
+            {
+                "versions": library_versions(),
+                "backbone": backbone.identity,
+                "dataset": data.train.name,
+                "classes": data.train.classnames,
+                "world_size": ddp.world_size,
+            },
+        )
+    seed_everything(config.train.seed)
+    method = build_method(config, backbone, data.train.classnames, data.train.template)
+    cache = FeatureCache(config.train.cache_dir)
+    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress)
+    state = trainer.fit(resume=resume)
+    if not ddp.is_main:  # one writer: rank 0 evaluates and writes the adapter and result.json
+        ddp.barrier()
+        return json.loads((output_dir / "result.json").read_text(encoding="utf-8"))
+    metrics, fields = evaluate_run(method, config, data, cache, targets)
+    fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields, **(extra or {})}
+    if ddp.enabled:
+        fields["world_size"] = ddp.world_size
+    try:
+        return finish_run(output_dir, method, config, state, metrics, fields)
+    finally:
+        ddp.barrier()
+
+
+def evaluate(method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128) -> dict:
+    """Metrics of a (trained or zero-shot) method on a split; the method is pointed at the split's classes."""
+    if list(method.classnames) != list(splits.classnames):
+        method.set_classnames(splits.classnames)
+    return evaluate_split(method, splits, split, cache or FeatureCache(), batch_size)
+
+
+__all__ = [
+    "PreparedData",
+    "evaluate",
+    "evaluate_run",
+    "load_data",
+    "prepare_data",
+    "resolve_backbone",
+    "run",
+    "seed_everything",
+    "training_subset",
+]

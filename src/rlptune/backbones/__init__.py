@@ -1,17 +1,48 @@
-"""Load a CLIP (open_clip, never patched) and expose its towers through one small interface."""
+"""Load a CLIP (open_clip or Hugging Face transformers, never patched) and expose its towers through one interface.
 
-from .base import Backbone, TextTower, weights_hash
-from .loader import build_clip, load_backbone, read_arch_json, read_state_dict
+Loaders are registered by spec prefix or matcher (:func:`register_backbone_loader`); each model library implements
+the tower interface of :mod:`.base` in its own module (:mod:`.openclip`, :mod:`.hf`).
+"""
+
+from .base import Backbone, BackboneFamily, BlockHook, TextTower, VisionTower, structural_copy, weights_hash
+from .loader import (
+    BackboneRequest,
+    backbone_loaders,
+    build_clip,
+    finish_backbone,
+    load_backbone,
+    read_arch_json,
+    read_state_dict,
+    register_backbone_loader,
+)
+from .openclip import OPEN_CLIP, OpenClipTextTower, OpenClipVisionTower, SplitAttention
+from .hf import HF, HFTextTower, HFTokenizer, HFVisionTower, write_clip_tokenizer_files
 from .transforms import eval_transform, train_transform
 
 __all__ = [
     "Backbone",
+    "BackboneFamily",
+    "BackboneRequest",
+    "BlockHook",
+    "HF",
+    "HFTextTower",
+    "HFTokenizer",
+    "HFVisionTower",
+    "OPEN_CLIP",
+    "OpenClipTextTower",
+    "OpenClipVisionTower",
+    "SplitAttention",
     "TextTower",
+    "VisionTower",
+    "backbone_loaders",
     "build_clip",
     "eval_transform",
+    "finish_backbone",
     "load_backbone",
     "read_arch_json",
     "read_state_dict",
+    "register_backbone_loader",
+    "structural_copy",
     "train_transform",
     "weights_hash",
 ]

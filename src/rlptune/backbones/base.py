@@ -1,17 +1,36 @@
 """The backbone interface: a loaded CLIP seen through two small doors, the text tower and the image tower.
 
-Methods never reach into open_clip internals: they get a :class:`Backbone` whose :class:`TextTower` accepts token
-embeddings with prompt vectors already spliced in and otherwise runs exactly open_clip's own text tower (positional
-embeddings, causal mask, final norm, pooling at the end-of-text token, projection), using the model's own modules
-and weights. Nothing here knows any tuning method exists.
+Methods never reach into one library's internals. They get a :class:`Backbone` whose :class:`TextTower` accepts
+token embeddings with prompt vectors already spliced in and otherwise runs exactly the model's own text tower
+(positional embeddings, causal mask, blocks, final norm, pooling at the end-of-text token, projection), and whose
+:class:`VisionTower` runs the image transformer from its own modules with a hook between blocks. Both towers list
+their attention modules for adapters (LoRA). Nothing here knows any tuning method exists, and nothing here knows
+open_clip or Hugging Face: each library implements the towers in its own module (:mod:`.openclip`, :mod:`.hf`) and
+registers a :class:`BackboneFamily`.
+
+Interface (what methods may use):
+
+- ``backbone.text``: ``embed(ids)``, ``eot_positions(ids)``, ``run_blocks(x, length, before_block)``,
+  ``final_norm(x)``, ``pool(x, eot)``, ``head(pooled)``, ``encode_embeddings(emb, eot, truncate, before_block)``,
+  ``attention_modules()``, ``width``, ``num_layers``, ``context_length``, ``token_embedding``,
+  ``positional_embedding``, ``ln_final``, ``cast_dtype``, ``causal_mask(length)``.
+- ``backbone.vision``: ``embed_tokens(images)`` (patches + class token + positions, before the pre-norm),
+  ``pre_norm(x)``, ``embed(images) = pre_norm(embed_tokens(images))``, ``run_blocks(x, before_block)``,
+  ``head(x)``, ``encode(images, before_block)``, ``attention_modules()``, ``width``, ``num_layers``.
+- ``backbone``: ``tokenize``, ``encode_text_ids``, ``encode_image``, ``logit_scale``, ``autocast``,
+  ``attention_modules(tower)``, ``adapter_copy(towers)``, ``identity``, ``spec``, ``image_size/mean/std``,
+  ``device``, ``precision``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
+import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +42,15 @@ from ..errors import RlptuneError
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 """``before_block(i, x) -> x``: called with the batch-first hidden states (B, L, w) before transformer block i."""
 
+TOWERS = ("text", "vision")
+
 
 def run_transformer_blocks(
     transformer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, before_block: BlockHook | None = None
 ) -> torch.Tensor:
     """Run an open_clip ``Transformer`` on batch-first ``x``; with ``before_block``, block by block with the hook.
 
-    Without a hook this is ``transformer(x, attn_mask=...)`` itself. With one, the transformer's own blocks
-    (``resblocks``) run in order, exactly as its ``forward`` does, and ``before_block(i, x)`` may edit or extend
-    the hidden states before block i (always given and returned batch-first).
+    Kept here for callers of rlptune 0.1; the open_clip towers in :mod:`.openclip` use it.
     """
     if before_block is None:
         return transformer(x, attn_mask=attn_mask)
@@ -49,68 +68,76 @@ def run_transformer_blocks(
 
 
 class TextTower:
-    """Open_clip's text tower, driven from token embeddings instead of token ids.
+    """A CLIP text tower driven from token embeddings instead of token ids (the interface; see subclasses).
 
-    Works for both of open_clip's layouts: ``CLIP`` (text modules attached to the model) and ``CustomTextCLIP``
-    (a ``TextTransformer`` under ``model.text``). Pooling at the end-of-text token is exact for the ``argmax`` and
-    ``eos`` pool types; other text towers (CoCa's class token, HF text models) are refused with a clear error.
+    Subclasses provide the modules (``token_embedding``, ``positional_embedding``, ``ln_final``), the pooling rule
+    (:meth:`eot_positions`), :meth:`causal_mask`, :meth:`run_blocks`, :meth:`head`, :meth:`attention_modules` and
+    ``num_layers``; the encoding itself (:meth:`encode_embeddings`) is shared, so every library pools and projects
+    the same way.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        owner = getattr(model, "text", None)
-        if owner is None or not hasattr(owner, "token_embedding"):
-            owner = model
-        for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
-            if not hasattr(owner, attr):
-                raise RlptuneError(f"backbone text tower has no {attr!r}: only open_clip transformer text towers are supported")
-        if getattr(owner, "cls_emb", None) is not None:
-            raise RlptuneError("backbone text tower appends a class token (CoCa-style); prompt injection needs EOT pooling")
-        pool = getattr(owner, "text_pool_type", getattr(owner, "pool_type", "argmax"))
-        if pool not in ("argmax", "eos"):
-            raise RlptuneError(f"backbone text pool type {pool!r} is not supported: expected 'argmax' or 'eos'")
-        if getattr(owner, "use_pad_mask", False):
-            raise RlptuneError("backbone text tower uses a padding mask; only causal-mask text towers are supported")
-        self._owner = owner
-        self.pool_type = pool
-        self.eos_id = getattr(owner, "text_eos_id", getattr(owner, "eos_id", None))
-
-    # -- the modules, read through (never copied) so that .to(device) on the model is seen here ---------------
+    # -- provided by each library ---------------------------------------------------------------------------
     @property
     def token_embedding(self) -> nn.Embedding:
-        return self._owner.token_embedding
+        raise NotImplementedError
 
     @property
-    def transformer(self) -> nn.Module:
-        return self._owner.transformer
+    def positional_embedding(self) -> torch.Tensor:
+        """The (context_length, d) positional embeddings (read through, never copied)."""
+        raise NotImplementedError
 
+    @property
+    def ln_final(self) -> nn.Module:
+        """The final LayerNorm applied before pooling."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer blocks (the deepest layer a per-layer prompt can reach)."""
+        raise NotImplementedError
+
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled (end-of-text) token of each row, exactly as the library's own pooling picks it."""
+        raise NotImplementedError
+
+    def causal_mask(self, length: int) -> torch.Tensor | None:
+        """The additive (length, length) causal mask (``-inf`` above the diagonal), or None without one."""
+        raise NotImplementedError
+
+    def run_blocks(self, x: torch.Tensor, length: int, before_block: BlockHook | None = None) -> torch.Tensor:
+        """Positional embeddings + the transformer blocks over the first ``length`` positions of x (B, L, d).
+
+        ``before_block(i, x) -> x`` (optional) is called on the batch-first hidden states before block i, e.g. to
+        replace prompt tokens layer by layer; it must keep the sequence length (the causal mask is fixed).
+        """
+        raise NotImplementedError
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The text projection into the joint space (final norm already applied)."""
+        raise NotImplementedError
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The self-attention module of every block, in order (for adapters; see :meth:`Backbone.adapter_copy`)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------------------
     @property
     def width(self) -> int:
         """Token-embedding width d (512 for ViT-B-16): the width of a prompt vector."""
         return int(self.token_embedding.embedding_dim)
 
     @property
-    def positional_embedding(self) -> torch.Tensor:
-        """The (context_length, d) positional embeddings (read through, never copied)."""
-        return self._owner.positional_embedding
-
-    @property
-    def ln_final(self) -> nn.Module:
-        """The final LayerNorm applied before pooling."""
-        return self._owner.ln_final
-
-    @property
-    def cast_dtype(self) -> torch.dtype:
-        """The dtype open_clip casts token embeddings to before the blocks (the blocks' weight dtype)."""
-        t = self.transformer
-        return t.get_cast_dtype() if hasattr(t, "get_cast_dtype") else self.dtype
-
-    @property
     def context_length(self) -> int:
-        return int(self._owner.positional_embedding.shape[0])
+        return int(self.positional_embedding.shape[0])
 
     @property
     def dtype(self) -> torch.dtype:
         return self.token_embedding.weight.dtype
+
+    @property
+    def cast_dtype(self) -> torch.dtype:
+        """The dtype token embeddings are cast to before the blocks (the blocks' weight dtype)."""
+        return self.dtype
 
     @property
     def device(self) -> torch.device:
@@ -120,34 +147,13 @@ class TextTower:
         """Token embeddings (B, L, d) of token ids (B, L)."""
         return self.token_embedding(token_ids.to(self.device))
 
-    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Index of the pooled (end-of-text) token of each row, exactly as open_clip's pooling picks it."""
-        if self.pool_type == "eos" and self.eos_id is not None:
-            return (token_ids == self.eos_id).int().argmax(dim=-1)
-        return token_ids.argmax(dim=-1)
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_final(x)
 
-    def causal_mask(self, length: int) -> torch.Tensor | None:
-        mask = getattr(self._owner, "attn_mask", None)
-        return None if mask is None else mask[:length, :length]
-
-    def run_blocks(self, x: torch.Tensor, length: int, before_block: BlockHook | None = None) -> torch.Tensor:
-        """Positional embeddings + the transformer blocks over the first ``length`` positions of x (B, L, d).
-
-        ``before_block(i, x) -> x`` (optional) is called on the batch-first hidden states before block i, e.g. to
-        replace prompt tokens layer by layer; it must keep the sequence length (the causal mask is fixed).
-        """
-        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else x.dtype
-        x = x[:, :length].to(cast) + self._owner.positional_embedding[:length].to(cast)
-        return run_transformer_blocks(self.transformer, x, self.causal_mask(length), before_block)
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Final LayerNorm already applied; the text projection into the joint space."""
-        proj = getattr(self._owner, "text_projection", None)
-        if proj is None:
-            return pooled
-        if isinstance(proj, nn.Linear):
-            return proj(pooled)
-        return pooled @ proj
+    @staticmethod
+    def pool(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """The hidden state (B, d) at each row's end-of-text position."""
+        return x[torch.arange(x.shape[0], device=x.device), eot.to(x.device)]
 
     def encode_embeddings(
         self, embeddings: torch.Tensor, eot: torch.Tensor, truncate: bool = True, before_block: BlockHook | None = None
@@ -161,62 +167,59 @@ class TextTower:
         eot = eot.to(embeddings.device)
         length = int(eot.max().item()) + 1 if truncate else embeddings.shape[1]
         x = self.run_blocks(embeddings, length, before_block)
-        x = self._owner.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
-        return self.head(pooled)
+        return self.head(self.pool(self.final_norm(x), eot))
 
 
 class VisionTower:
-    """Open_clip's ``VisionTransformer`` run from its own modules, with a hook between blocks.
+    """A CLIP image transformer run from its own modules, with a hook between blocks (the interface).
 
-    ``encode(images)`` equals ``model.encode_image(images)`` (tested); ``encode(images, before_block)`` lets the
+    ``encode(images)`` equals the library's own image encoding (tested); ``encode(images, before_block)`` lets the
     hook append tokens before block 0 and replace them before later blocks (per-layer prompt tokens). Tokens a
-    hook appends are dropped before pooling, so pooling (class token, average or attentional) sees exactly the
-    image's own tokens. Towers without a token sequence (``ModifiedResNet``, timm towers) are refused.
+    hook appends are dropped before pooling, so pooling sees exactly the image's own tokens. A method that must
+    add tokens *before* the pre-norm (MaPLe's layer-0 vision prompts) calls :meth:`embed_tokens`, appends, then
+    :meth:`pre_norm`, :meth:`run_blocks` and :meth:`head` on the image's own tokens.
     """
-
-    _REQUIRED = ("conv1", "class_embedding", "positional_embedding", "transformer", "_embeds", "_pool")
-
-    def __init__(self, model: nn.Module) -> None:
-        visual = getattr(model, "visual", None)
-        missing = [a for a in self._REQUIRED if not hasattr(visual, a)] if visual is not None else ["visual"]
-        if missing or not hasattr(visual.transformer, "resblocks"):
-            name = type(visual).__name__ if visual is not None else "none"
-            raise RlptuneError(
-                f"backbone image tower {name} has no token transformer: prompts or adapters in the image tower need "
-                f"an open_clip VisionTransformer (ViT); use a ViT backbone or a text-only method"
-            )
-        self._visual = visual
 
     @property
     def module(self) -> nn.Module:
-        return self._visual
+        """The image tower's root module."""
+        raise NotImplementedError
 
     @property
     def width(self) -> int:
         """Token width w of the image transformer (768 for ViT-B-16): the width of a visual prompt vector."""
-        return int(self._visual.class_embedding.shape[-1])
+        raise NotImplementedError
 
     @property
     def num_layers(self) -> int:
-        return len(self._visual.transformer.resblocks)
+        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
-        return self._visual.class_embedding.device
+        return next(self.module.parameters()).device
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens + class token + positional embeddings (+ ln_pre): the input of block 0, (B, 1 + P, w)."""
-        return self._visual._embeds(images.to(self.device))
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens + class token + positional embeddings, before the pre-norm: (B, 1 + P, w)."""
+        raise NotImplementedError
+
+    def pre_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm applied to the tokens before block 0 (open_clip ``ln_pre``, HF ``pre_layrnorm``)."""
+        raise NotImplementedError
 
     def run_blocks(self, x: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
-        return run_transformer_blocks(self._visual.transformer, x, None, before_block)
+        raise NotImplementedError
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Pooling (the tower's own), final norm and projection: unnormalised image features (B, e)."""
-        pooled, _ = self._visual._pool(x)
-        proj = getattr(self._visual, "proj", None)
-        return pooled @ proj if proj is not None else pooled
+        raise NotImplementedError
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The self-attention module of every block, in order (for adapters)."""
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The input of block 0: ``pre_norm(embed_tokens(images))``, (B, 1 + P, w)."""
+        return self.pre_norm(self.embed_tokens(images))
 
     def encode(self, images: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
         """Unnormalised image features (B, e); tokens appended by ``before_block`` are dropped before pooling."""
@@ -226,12 +229,50 @@ class VisionTower:
         return self.head(x[:, :own])
 
 
+class BackboneFamily:
+    """How one model library's CLIP is seen through the interface (open_clip, Hugging Face transformers).
+
+    A family builds the towers of a model, runs the library's own reference encoders (what the tower path is tested
+    against) and readies a model copy for adapters. Register a new library's family with a loader
+    (:func:`rlptune.backbones.register_backbone_loader`) and no method changes.
+    """
+
+    name = "family"
+
+    def text_tower(self, model: nn.Module) -> TextTower:
+        raise NotImplementedError
+
+    def vision_tower(self, model: nn.Module) -> VisionTower:
+        raise NotImplementedError
+
+    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+        """The library's own text encoder (unnormalised features)."""
+        raise NotImplementedError
+
+    def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The library's own image encoder (unnormalised features)."""
+        raise NotImplementedError
+
+    def logit_scale(self, model: nn.Module) -> torch.Tensor:
+        return model.logit_scale.detach().exp()
+
+    def prepare_for_adapters(self, model: nn.Module, towers: Sequence[str]) -> None:
+        """Make the attention modules of ``towers`` expose ``q_proj``/``k_proj``/``v_proj``/``out_proj`` as
+        ``nn.Linear`` (in a model copy that shares the weights); a no-op where they already do."""
+
+
+def structural_copy(model: nn.Module) -> nn.Module:
+    """A new module tree that shares every parameter and buffer (the same tensors) with ``model``."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 @dataclass
 class Backbone:
-    """A loaded CLIP with its tokenizer, transforms and identity.
+    """A loaded CLIP with its tokenizer, transforms settings and identity.
 
     ``identity`` (architecture + a hash of the weights) is what adapters record, so that an adapter is never
-    silently applied to other weights.
+    silently applied to other weights; ``spec`` is a resolvable spec (absolute paths) that loads it again.
     """
 
     model: nn.Module
@@ -244,12 +285,15 @@ class Backbone:
     spec: str = ""
     precision: str = "fp32"
     info: dict[str, Any] = field(default_factory=dict)
+    family: BackboneFamily | None = None
 
     def __post_init__(self) -> None:
+        if self.family is None:
+            raise RlptuneError("Backbone needs its family (how its library's towers are read); build it with load_backbone")
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.text = TextTower(self.model)
+        self.text = self.family.text_tower(self.model)
 
     # -- settings -------------------------------------------------------------------------------------------
     @property
@@ -274,28 +318,53 @@ class Backbone:
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.detach().exp()
+        return self.family.logit_scale(self.model)
 
     # -- text ----------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
 
     def encode_text_ids(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Open_clip's own ``encode_text`` (the reference the prompted path is tested against)."""
+        """The library's own text encoder (the reference the prompted path is tested against)."""
         with self.autocast():
-            feats = self.model.encode_text(token_ids.to(self.device))
+            feats = self.family.encode_text(self.model, token_ids.to(self.device))
         return F.normalize(feats.float(), dim=-1) if normalize else feats.float()
 
     # -- images --------------------------------------------------------------------------------------------
     @property
     def vision(self) -> VisionTower:
         """The image tower as a :class:`VisionTower` (raises RlptuneError for towers without tokens)."""
-        return VisionTower(self.model)
+        return self.family.vision_tower(self.model)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         with self.autocast():
-            feats = self.model.encode_image(images.to(self.device))
+            feats = self.family.encode_image(self.model, images.to(self.device))
         return F.normalize(feats.float(), dim=-1) if normalize else feats.float()
+
+    # -- adapters ------------------------------------------------------------------------------------------
+    def tower(self, name: str) -> TextTower | VisionTower:
+        if name not in TOWERS:
+            raise RlptuneError(f"backbone tower {name!r}: expected one of {', '.join(TOWERS)}")
+        return self.text if name == "text" else self.vision
+
+    def attention_modules(self, tower: str) -> list[tuple[str, nn.Module]]:
+        """(name in ``model``, module) of the self-attention of every block of ``tower`` ('text' or 'vision').
+
+        On a copy from :meth:`adapter_copy` every module has ``q_proj``/``k_proj``/``v_proj``/``out_proj``
+        ``nn.Linear`` children, so an adapter library targets ``f"{name}.q_proj"`` whatever the model library.
+        """
+        modules = self.tower(tower).attention_modules()
+        names = {id(m): name for name, m in self.model.named_modules()}
+        return [(names[id(m)], m) for m in modules]
+
+    def adapter_copy(self, towers: Sequence[str] = TOWERS) -> "Backbone":
+        """A backbone sharing every weight with this one (no copy of the data) whose attention modules in
+        ``towers`` expose separate q/k/v/out ``nn.Linear`` projections: adapters injected into it leave this
+        backbone (and its weight hash) untouched."""
+        clone = dataclasses.replace(self, model=structural_copy(self.model), info=dict(self.info))
+        clone.family.prepare_for_adapters(clone.model, towers)
+        clone.text = clone.family.text_tower(clone.model)
+        return clone
 
 
 def weights_hash(model: nn.Module) -> str:

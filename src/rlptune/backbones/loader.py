@@ -10,6 +10,14 @@ Backbone specs (one string, as on the command line):
 - ``/path/to/arch.json`` or ``random:ARCH`` — an architecture (open_clip config JSON or name) with random
   weights, seeded; for tests and benchmarks.
 - ``hf-hub:org/repo`` — open_clip's hub schema.
+- ``hf:PATH_OR_NAME`` — a Hugging Face ``CLIPModel`` (a ``save_pretrained`` folder, or a hub name from the local
+  cache or the network); see :mod:`.hf`.
+
+Specs are resolved by a registry of loaders (:func:`register_backbone_loader`), not by one if-chain: a string key
+ending in ``:`` is a prefix (``hf:``, ``random:``), another string key is an exact name (``micro``), and a callable
+key is a matcher ``spec -> bool``; prefixes and names are looked up first (longest prefix wins), then matchers in
+registration order. A loader returns the :class:`Backbone` (usually through :func:`finish_backbone`) with a
+*resolvable* spec: file paths made absolute, so an adapter that records it loads from any working directory.
 
 Third-party files are read with ``torch.load(weights_only=True)`` (or TorchScript), never unrestricted pickle.
 """
@@ -19,13 +27,15 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 import torch
 
 from ..errors import RlptuneError
-from .base import Backbone, weights_hash
+from .base import Backbone, BackboneFamily, weights_hash
+from .openclip import OPEN_CLIP
 
 MICRO_NAME = "micro"
 
@@ -173,12 +183,98 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}, strict=True)
 
 
-def _finish(model, tokenizer, arch: str, spec: str, image_size: int, mean, std, device: str, precision: str) -> Backbone:
+@dataclass(frozen=True)
+class BackboneRequest:
+    """What a loader is asked for: the spec as typed and the load settings."""
+
+    spec: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    seed: int = 0
+
+
+BackboneLoader = Callable[[BackboneRequest], Backbone]
+SpecMatcher = Union[str, Callable[[str], bool]]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    key: SpecMatcher
+    loader: BackboneLoader
+    name: str
+
+
+_BY_NAME: dict[str, _Registered] = {}  # exact names and "prefix:" keys
+_MATCHERS: list[_Registered] = []  # callables, tried in registration order
+
+
+def register_backbone_loader(prefix_or_matcher: SpecMatcher, loader: BackboneLoader, name: str | None = None) -> None:
+    """Make ``load_backbone`` hand specs matching ``prefix_or_matcher`` to ``loader(request) -> Backbone``.
+
+    A string ending in ``:`` is a prefix (``"hf:"``); another string is an exact name (``"micro"``); a callable is
+    a matcher ``spec -> bool``. Registering an existing string key replaces its loader (plug-ins may override).
+    """
+    if isinstance(prefix_or_matcher, str):
+        if not prefix_or_matcher.strip():
+            raise RlptuneError("register_backbone_loader: empty prefix")
+        _BY_NAME[prefix_or_matcher] = _Registered(prefix_or_matcher, loader, name or prefix_or_matcher)
+    elif callable(prefix_or_matcher):
+        _MATCHERS.append(_Registered(prefix_or_matcher, loader, name or getattr(loader, "__name__", "loader")))
+    else:
+        raise RlptuneError(f"register_backbone_loader: expected a prefix string or a callable, got {prefix_or_matcher!r}")
+
+
+def backbone_loaders() -> list[str]:
+    """Names of the registered loaders, in lookup order (for help texts and docs)."""
+    return [r.name for r in sorted(_BY_NAME.values(), key=lambda r: -len(r.key))] + [r.name for r in _MATCHERS]
+
+
+def _find_loader(spec: str) -> _Registered | None:
+    if spec in _BY_NAME and not spec.endswith(":"):
+        return _BY_NAME[spec]
+    prefixes = [k for k in _BY_NAME if k.endswith(":") and spec.startswith(k)]
+    if prefixes:
+        return _BY_NAME[max(prefixes, key=len)]
+    for registered in _MATCHERS:
+        if registered.key(spec):
+            return registered
+    return None
+
+
+def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
+    """Load a CLIP by spec (see module docstring) and return it with tokenizer, transforms settings and identity."""
+    device = _default_device(device)
+    spec = str(spec).strip()
+    if not spec:
+        raise RlptuneError("backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file, an arch .json or hf:PATH")
     if precision not in ("fp32", "bf16", "fp16"):
         raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
+    registered = _find_loader(spec)
+    if registered is None:
+        raise RlptuneError(
+            f"backbone {spec!r}: names no weights; use 'micro', ARCH:TAG (e.g. ViT-B-16:openai), ARCH:/path/to/weights, "
+            f"an OpenAI .pt file, an architecture .json, random:ARCH or hf:PATH_OR_NAME"
+        )
+    backbone = registered.loader(BackboneRequest(spec, device, precision, seed))
+    backbone.info.setdefault("typed_spec", spec)
+    return backbone
+
+
+def finish_backbone(
+    model: torch.nn.Module,
+    tokenizer,
+    arch: str,
+    spec: str,
+    image_size: int,
+    mean,
+    std,
+    request: BackboneRequest,
+    family: BackboneFamily = OPEN_CLIP,
+) -> Backbone:
+    """fp32 weights, eval mode, the identity (``arch@sha256:<16 hex>`` over the weights), moved to the device."""
     model = model.float().eval()
     identity = f"{arch}@sha256:{weights_hash(model)[:16]}"
-    model.to(device)
+    model.to(request.device)
     return Backbone(
         model=model,
         tokenizer=tokenizer,
@@ -188,8 +284,14 @@ def _finish(model, tokenizer, arch: str, spec: str, image_size: int, mean, std, 
         image_mean=tuple(float(m) for m in mean),
         image_std=tuple(float(s) for s in std),
         spec=spec,
-        precision=precision,
+        precision=request.precision,
+        family=family,
     )
+
+
+def absolute(path: str) -> str:
+    """``path`` made absolute (what a resolvable spec records)."""
+    return str(Path(path).expanduser().resolve())
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -203,84 +305,97 @@ def _mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean), tuple(std)
 
 
-def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
-    """Load a CLIP by spec (see module docstring) and return it with tokenizer, transforms settings and identity."""
-    device = _default_device(device)
-    spec = str(spec).strip()
-    if not spec:
-        raise RlptuneError("backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file or an arch .json")
-    oc = _open_clip()
+# -- the built-in open_clip loaders -----------------------------------------------------------------------------
 
-    if spec == MICRO_NAME:
-        from ..micro import shipped
+def _load_micro(request: BackboneRequest) -> Backbone:
+    from ..micro import shipped  # the micro package sits above backbones (it trains one): loaded on use
 
-        cfg, state = shipped.micro_config(), shipped.micro_state_dict()
+    cfg, state = shipped.micro_config(), shipped.micro_state_dict()
+    model = build_clip(cfg)
+    _load_into(model, state, "micro")
+    return finish_backbone(model, _tokenizer_for_cfg(cfg), "micro", MICRO_NAME, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
+
+
+def _load_random(request: BackboneRequest) -> Backbone:
+    """``random:ARCH`` / ``random:path.json`` / ``path.json``: an architecture with seeded random weights."""
+    spec = request.spec
+    target = spec[len("random:"):] if spec.startswith("random:") else spec
+    if target.endswith(".json") or os.path.sep in target:
+        cfg = read_arch_json(target)
+        arch = Path(target).stem
+        resolved = absolute(target) if spec == target else f"random:{absolute(target)}"
+    else:
+        cfg = _open_clip().factory.get_model_config(target)
+        if cfg is None:
+            raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {target!r}")
+        arch, resolved = target, spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(request.seed)
         model = build_clip(cfg)
-        _load_into(model, state, "micro")
-        return _finish(model, _tokenizer_for_cfg(cfg), "micro", spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision)
+    backbone = finish_backbone(model, _tokenizer_for_cfg(cfg), arch, resolved, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
+    backbone.info["seed"] = request.seed
+    return backbone
 
-    if spec.startswith("random:") or spec.endswith(".json"):
-        target = spec[len("random:"):] if spec.startswith("random:") else spec
-        if target.endswith(".json") or os.path.sep in target:
-            cfg = read_arch_json(target)
-            arch = Path(target).stem
+
+def _load_openai_file(request: BackboneRequest) -> Backbone:
+    """An existing file: an OpenAI CLIP state dict or TorchScript archive (architecture inferred)."""
+    spec = request.spec
+    state = read_state_dict(spec)
+    if not _looks_openai(state):
+        raise RlptuneError(f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})")
+    oc = _open_clip()
+    try:
+        # open_clip infers the architecture, but rounds weights through fp16 while loading: reload in fp32
+        model = oc.model.build_model_from_openai_state_dict(dict(state), cast_dtype=torch.float32).float()
+    except Exception as exc:
+        raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
+    _load_into(model, state, spec)
+    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+    tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
+    arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
+    return finish_backbone(model, tok, arch, absolute(spec), size, OPENAI_MEAN, OPENAI_STD, request)
+
+
+def _load_open_clip_name(request: BackboneRequest) -> Backbone:
+    """``ARCH:TAG`` (pretrained tag), ``ARCH:/path/to/weights`` (a checkpoint file) or ``hf-hub:org/repo``."""
+    spec = request.spec
+    oc = _open_clip()
+    if spec.startswith("hf-hub:"):
+        arch, pretrained = spec, None
+    else:
+        arch, pretrained = spec.split(":", 1)
+    if pretrained and (os.path.sep in pretrained or os.path.isfile(pretrained)):
+        if arch.endswith(".json"):
+            cfg, arch_name, arch_spec = read_arch_json(arch), Path(arch).stem, absolute(arch)
         else:
-            cfg = oc.factory.get_model_config(target)
-            if cfg is None:
-                raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {target!r}")
-            arch = target
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_clip(cfg)
-        return _finish(model, _tokenizer_for_cfg(cfg), arch, spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision)
+            cfg, arch_name, arch_spec = oc.factory.get_model_config(arch), arch, arch
+        if cfg is None:
+            raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {arch!r}")
+        model = build_clip(cfg)
+        _load_into(model, read_state_dict(pretrained), pretrained)
+        return finish_backbone(
+            model, _tokenizer_for_cfg(cfg), arch_name, f"{arch_spec}:{absolute(pretrained)}", _model_cfg_image_size(cfg),
+            OPENAI_MEAN, OPENAI_STD, request,
+        )
+    try:
+        model, _, _ = oc.create_model_and_transforms(arch, pretrained=pretrained, device="cpu")
+    except Exception as exc:  # no network, unknown tag
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RlptuneError(f"backbone {spec!r}: open_clip could not load it ({first[:200]})") from None
+    mean, std = _mean_std(model)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return finish_backbone(model, oc.get_tokenizer(arch), arch, spec, size, mean, std, request)
 
-    if os.path.isfile(spec):
-        state = read_state_dict(spec)
-        if not _looks_openai(state):
-            raise RlptuneError(
-                f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})"
-            )
-        try:
-            # open_clip infers the architecture, but rounds weights through fp16 while loading: reload in fp32
-            model = oc.model.build_model_from_openai_state_dict(dict(state), cast_dtype=torch.float32).float()
-        except Exception as exc:
-            raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
-        _load_into(model, state, spec)
-        size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
-        tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
-        arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
-        return _finish(model, tok, arch, spec, size, OPENAI_MEAN, OPENAI_STD, device, precision)
 
-    if spec.startswith("hf-hub:") or ":" in spec:
-        if spec.startswith("hf-hub:"):
-            arch, pretrained = spec, None
-        else:
-            arch, pretrained = spec.split(":", 1)
-        if pretrained and (os.path.sep in pretrained or os.path.isfile(pretrained)):
-            if arch.endswith(".json"):
-                cfg, arch_name = read_arch_json(arch), Path(arch).stem
-            else:
-                cfg, arch_name = oc.factory.get_model_config(arch), arch
-            if cfg is None:
-                raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {arch!r}")
-            model = build_clip(cfg)
-            _load_into(model, read_state_dict(pretrained), pretrained)
-            return _finish(
-                model, _tokenizer_for_cfg(cfg), arch_name, spec, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, device, precision
-            )
-        try:
-            model, _, _ = oc.create_model_and_transforms(arch, pretrained=pretrained, device="cpu")
-        except Exception as exc:  # no network, unknown tag
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RlptuneError(f"backbone {spec!r}: open_clip could not load it ({first[:200]})") from None
-        mean, std = _mean_std(model)
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        return _finish(model, oc.get_tokenizer(arch), arch, spec, size, mean, std, device, precision)
+def _missing_checkpoint(request: BackboneRequest) -> Backbone:
+    raise RlptuneError(f"{request.spec}: checkpoint file not found")
 
-    if spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        raise RlptuneError(f"{spec}: checkpoint file not found")
-    raise RlptuneError(
-        f"backbone {spec!r}: names no weights; use 'micro', ARCH:TAG (e.g. ViT-B-16:openai), ARCH:/path/to/weights, "
-        f"an OpenAI .pt file, an architecture .json, or random:ARCH"
-    )
+
+register_backbone_loader(MICRO_NAME, _load_micro, "micro (shipped micro CLIP)")
+register_backbone_loader("random:", _load_random, "random:ARCH")
+register_backbone_loader("hf-hub:", _load_open_clip_name, "hf-hub:org/repo (open_clip)")
+register_backbone_loader(lambda spec: spec.endswith(".json"), _load_random, "arch .json (random weights)")
+register_backbone_loader(os.path.isfile, _load_openai_file, "OpenAI .pt file")
+register_backbone_loader(lambda spec: ":" in spec, _load_open_clip_name, "ARCH:TAG or ARCH:/path/to/weights")
+register_backbone_loader(lambda spec: spec.endswith((".pt", ".pth", ".bin", ".safetensors")), _missing_checkpoint, "missing checkpoint")

@@ -1,25 +1,23 @@
 """CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): low-rank adapters on the attention projections of both towers.
 
-Built with the ``peft`` library (``pip install 'rlptune[lora]'``), r = 2, α = 1 (scale α/r), dropout 0.25 on
-the adapter input, on W_q, W_k, W_v of every attention block of the text and the image transformer, trained with
-AdamW at lr 2e-4 (``configs/clip_lora.yaml``).
+Built with the ``peft`` library (``pip install 'rlptune[lora]'``). The official recipe: r = 2, α = 1, the update
+scaled by α/√r (the official ``loralib`` scaling; peft's ``use_rslora=True`` is exactly that), dropout 0.25 on the
+adapter input, A Kaiming-uniform and B zero (peft's default), on W_q, W_k, W_v of every attention block of the text
+and the image transformer, "a photo of a {}." for every dataset, AdamW at lr 2e-4 (``configs/clip_lora.yaml``).
 
-Why the attention modules are rebuilt first: open_clip's blocks use ``torch.nn.MultiheadAttention``, whose q/k/v
-projection is one fused ``in_proj_weight`` *parameter* (not an ``nn.Linear``) fed straight to
-``F.multi_head_attention_forward``, and whose ``out_proj`` forward is never called. peft's own LoRA for
-``MultiheadAttention`` works around that by merging the adapter into the base weights before every forward and
-subtracting it afterwards, which (a) puts one joint rank-r update on the stacked (3d × d) q/k/v matrix instead of
-one per projection, (b) always adapts ``out_proj`` too, and (c) rewrites the frozen base weights in place on every
-call, so they drift by floating-point rounding and the backbone's weight hash changes. Instead, each
-``MultiheadAttention`` of the towers is replaced, in a *structural copy* of the model, by :class:`SplitAttention`:
-the same computation (scaled dot-product attention, same masks, same heads) with ``q_proj``/``k_proj``/
-``v_proj``/``out_proj`` as ``nn.Linear`` modules whose weights are *views* of the original frozen tensors (no
-copy of the data). peft's standard ``Linear`` LoRA then targets those modules by name
-(``peft.inject_adapter_in_model``), exactly as CLIP-LoRA does with its own split attention.
+Everything model-specific goes through the backbone interface: :meth:`Backbone.adapter_copy` gives a backbone that
+shares every weight with the loaded one (no copy of the data) and whose attention modules expose ``q_proj``/
+``k_proj``/``v_proj``/``out_proj`` as ``nn.Linear`` (open_clip's fused ``nn.MultiheadAttention`` is replaced by a
+:class:`~rlptune.backbones.SplitAttention` view, whose result equals the original; Hugging Face's ``CLIPAttention``
+already has them), and :meth:`Backbone.attention_modules` names them. peft's standard ``Linear`` LoRA then targets
+those modules by their exact names (``peft.inject_adapter_in_model``). Why not peft's own ``MultiheadAttention``
+LoRA: it puts one joint update on the stacked q/k/v matrix, always adapts ``out_proj`` and rewrites the frozen base
+weights in place on every call (they drift by rounding and the backbone's hash changes).
 
-The loaded backbone is never modified: the structural copy shares every parameter and buffer with it (no
-memory for a second set of weights), nothing is written to disk, and the base stays frozen (only ``lora_A`` /
-``lora_B`` require gradients). Build the method after moving the backbone to its device.
+The loaded backbone is never modified and the base stays frozen (only ``lora_A`` / ``lora_B`` require gradients).
+On a Hugging Face backbone the trained adapter is also written as a genuine peft adapter of the ``CLIPModel``
+(:meth:`ClipLoRA.export_adapter_files`): ``PeftModel.from_pretrained(clip_model, folder)`` loads it. Build the
+method after moving the backbone to its device.
 
 Trainable parameters: Σ over adapted projections r·(d_in + d_out) = 2r·width per projection:
   T·L_t·2r·d + T·L_v·2r·w   (T = number of targets, 3 for q,k,v; L_t, L_v = blocks per tower)
@@ -28,130 +26,36 @@ Trainable parameters: Σ over adapted projections r·(d_in + d_out) = 2r·width 
 
 from __future__ import annotations
 
-import copy
-import itertools
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..backbones.base import TextTower
+from .. import io
+from ..backbones import SplitAttention  # noqa: F401  (re-exported: rlptune 0.1 imported it from here)
 from ..errors import RlptuneError
 from .base import Method, register_method
 from .options import option, parse_options
 from .shared import formula, handcrafted_template
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
-
-
-class SplitAttention(nn.Module):
-    """``nn.MultiheadAttention``'s forward with separate q/k/v/out ``nn.Linear`` projections.
-
-    The projections' weights are views of the original module's (frozen) tensors, so the result equals the
-    original attention (to float rounding, tested) and costs no extra memory. Supports what open_clip's blocks
-    use: self/cross attention with equal embedding dims, additive or boolean ``attn_mask``, ``need_weights=False``.
-    """
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        if not getattr(mha, "_qkv_same_embed_dim", True) or mha.bias_k is not None or mha.add_zero_attn:
-            raise RlptuneError("CLIP-LoRA: attention with separate k/v dims, bias_k/bias_v or add_zero_attn is not supported")
-        d = mha.embed_dim
-        self.embed_dim, self.num_heads, self.batch_first = d, mha.num_heads, mha.batch_first
-        self.dropout = float(mha.dropout)
-        weight, bias = mha.in_proj_weight, mha.in_proj_bias
-        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            linear = nn.Linear(d, d, bias=bias is not None, device="meta")
-            linear.weight = nn.Parameter(weight.detach()[i * d : (i + 1) * d], requires_grad=False)
-            if bias is not None:
-                linear.bias = nn.Parameter(bias.detach()[i * d : (i + 1) * d], requires_grad=False)
-            setattr(self, name, linear)
-        out = nn.Linear(d, d, bias=mha.out_proj.bias is not None, device="meta")
-        out.weight = nn.Parameter(mha.out_proj.weight.detach(), requires_grad=False)
-        if mha.out_proj.bias is not None:
-            out.bias = nn.Parameter(mha.out_proj.bias.detach(), requires_grad=False)
-        self.out_proj = out
-
-    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None, **kwargs):
-        if key_padding_mask is not None or need_weights:
-            raise RlptuneError("CLIP-LoRA: key_padding_mask / need_weights are not supported by the split attention")
-        key = query if key is None else key
-        value = key if value is None else value
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        batch, q_len, _ = query.shape
-        heads, head_dim = self.num_heads, self.embed_dim // self.num_heads
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, -1, heads, head_dim).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(query)), split(self.k_proj(key)), split(self.v_proj(value))
-        mask = attn_mask
-        if mask is not None and mask.dtype == torch.bool:  # MultiheadAttention: True = not allowed
-            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask, float("-inf"))
-        elif mask is not None:
-            mask = mask.to(q.dtype)
-        if mask is not None and mask.dim() == 3:  # (B·heads, L, S) as MultiheadAttention takes it
-            mask = mask.view(batch, heads, mask.shape[-2], mask.shape[-1])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        return out, None
-
-
-def _towers(model: nn.Module) -> dict[str, nn.Module | None]:
-    """The transformer of each tower of an open_clip model (None where a tower has no transformer blocks)."""
-    text_owner = getattr(model, "text", None)
-    if text_owner is None or not hasattr(text_owner, "transformer"):
-        text_owner = model
-    visual = getattr(model, "visual", None)
-    return {
-        "text": getattr(text_owner, "transformer", None),
-        "vision": getattr(visual, "transformer", None) if visual is not None else None,
-    }
-
-
-def structural_copy(model: nn.Module) -> nn.Module:
-    """A new module tree that shares every parameter and buffer (the same tensors) with ``model``."""
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
-def split_attention(model: nn.Module, towers: Sequence[str], method: str) -> dict[str, list[str]]:
-    """Replace each tower's ``MultiheadAttention`` blocks by :class:`SplitAttention`; names of the new modules."""
-    found: dict[str, list[str]] = {}
-    prefix_of = {id(m): name for name, m in model.named_modules()}
-    for tower, transformer in _towers(model).items():
-        if tower not in towers:
-            continue
-        blocks = getattr(transformer, "resblocks", None) if transformer is not None else None
-        attn = [b for b in (blocks or []) if isinstance(getattr(b, "attn", None), nn.MultiheadAttention)]
-        if not attn:
-            kind = type(getattr(model, "visual", None)).__name__ if tower == "vision" else type(transformer).__name__
-            raise RlptuneError(
-                f"{method}: the {tower} tower ({kind}) has no nn.MultiheadAttention blocks to adapt; "
-                f"set method.options.towers to {'text' if tower == 'vision' else 'vision'} or use a ViT backbone"
-            )
-        names = []
-        for block in attn:
-            block.attn = SplitAttention(block.attn)
-            names.append(f"{prefix_of[id(block)]}.attn")
-        found[tower] = names
-    return found
+PEFT_PREFIX = "base_model.model."  # how PeftModel names the wrapped model's modules in its files
+CLIP_LORA_TEMPLATE = "a photo of a {}."
 
 
 @dataclass
 class ClipLoraOptions:
     r: int = option(2, "LoRA rank of each adapted projection (CLIP-LoRA: 2)")
-    alpha: float = option(1.0, "LoRA alpha; the update is scaled by alpha / r (CLIP-LoRA: 1)")
+    alpha: float = option(1.0, "LoRA alpha (CLIP-LoRA: 1); the update is scaled by alpha/sqrt(r) with rslora, else alpha/r")
+    rslora: bool = option(True, "scale by alpha/sqrt(r) as the official CLIP-LoRA code (peft use_rslora); false = alpha/r")
     dropout: float = option(0.25, "dropout on the adapter input during training (CLIP-LoRA: 0.25)")
     targets: list = option(["q", "k", "v"], "projections to adapt in every attention block: any of q, k, v, o")
     towers: str = option("both", "towers to adapt: both | text | vision")
-    template: str = option("", "class prompt template ({} = class name); empty = the dataset's, else 'a photo of a {}.'")
+    template: str = option(CLIP_LORA_TEMPLATE, "class prompt template ({} = class name; CLIP-LoRA uses 'a photo of a {}.' for every dataset); empty = the dataset's")
 
     def validate(self) -> None:
         if self.r < 1:
@@ -177,29 +81,40 @@ class ClipLoRA(Method):
         except ImportError:
             raise RlptuneError("clip_lora needs the peft library: pip install 'rlptune[lora]' (or pip install peft)") from None
         towers = ("text", "vision") if opts.towers == "both" else (opts.towers,)
-        clip = structural_copy(backbone.model)
-        attention = split_attention(clip, towers, "clip_lora")
-        targets = [f"{name}.{TARGETS[t]}" for names in attention.values() for name in names for t in opts.targets]
+        try:
+            adapted = backbone.adapter_copy(towers)
+        except RlptuneError as exc:
+            raise RlptuneError(f"clip_lora: {exc}; set method.options.towers") from None
+        attention = {tower: adapted.attention_modules(tower) for tower in towers}
+        targets = [f"{name}.{TARGETS[t]}" for modules in attention.values() for name, _ in modules for t in opts.targets]
         # a string target is matched by peft as a full regex: exact module names only (a list would also match
         # any module whose name merely ends with one, e.g. the image tower's out_proj for a text target)
         pattern = "|".join(re.escape(t) for t in targets)
-        lora = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=f"^(?:{pattern})$", bias="none")
-        self.clip = inject_adapter_in_model(lora, clip)
+        self.lora_config = LoraConfig(
+            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=f"^(?:{pattern})$", bias="none",
+            use_rslora=bool(opts.rslora),
+        )
+        self.clip = inject_adapter_in_model(self.lora_config, adapted.model)
         for name, p in self.clip.named_parameters():
             p.requires_grad_("lora_" in name)
-        self.adapted = {tower: len(names) for tower, names in attention.items()}
+        self._adapted = [adapted]  # a list: the adapted backbone's model is already a submodule (self.clip)
+        self.adapted = {tower: len(modules) for tower, modules in attention.items()}
         self.needs_image_tower = "vision" in towers
         self.template = handcrafted_template(dataset_template, opts.template or None)
-        self._text_tower = TextTower(self.clip)
         self._set_tokens(classnames)
         self.to(backbone.device)
         self.train(False)
+
+    @property
+    def adapted_backbone(self):
+        """The backbone whose attention projections carry the LoRA adapters (shares every base weight)."""
+        return self._adapted[0]
 
     def _set_tokens(self, classnames: Sequence[str]) -> None:
         texts = [self.template.format(str(c).replace("_", " ")) for c in classnames]
         ids = self.backbone.tokenize(texts)
         self.register_buffer("token_ids", ids.to(self.backbone.device), persistent=False)
-        self.register_buffer("eot", self._text_tower.eot_positions(ids).to(self.backbone.device), persistent=False)
+        self.register_buffer("eot", self.backbone.text.eot_positions(ids).to(self.backbone.device), persistent=False)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
@@ -218,7 +133,7 @@ class ClipLoRA(Method):
         return self
 
     def class_features(self) -> torch.Tensor:
-        tower = self._text_tower
+        tower = self.adapted_backbone.text
         step = self.config.method.text_chunk or len(self.token_ids)
         outs = []
         for start in range(0, len(self.token_ids), step):
@@ -230,9 +145,31 @@ class ClipLoRA(Method):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if not self.needs_image_tower:
             return self.backbone.encode_image(images)
-        with self.backbone.autocast():
-            feats = self.clip.encode_image(images.to(self.backbone.device))
-        return F.normalize(feats.float(), dim=-1)
+        return self.adapted_backbone.encode_image(images)
+
+    # -- a genuine peft adapter ---------------------------------------------------------------------------------
+    def peft_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA tensors under the names ``PeftModel.save_pretrained`` gives them (adapter name removed)."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.clip, adapter_name="default")
+        return {PEFT_PREFIX + name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+
+    def export_adapter_files(self, directory: str | Path) -> Path | None:
+        """Write the adapters as a peft adapter of the backbone's own model class (``adapter_config.json`` +
+        ``adapter_model.safetensors`` in peft's layout) when the backbone is a Hugging Face ``CLIPModel``;
+        ``PeftModel.from_pretrained(clip_model, directory)`` then loads it. Returns None (writes nothing) on
+        backbones peft users cannot load into (open_clip: the split attention exists only inside rlptune)."""
+        if self.backbone.family.name != "hf":
+            return None
+        directory = Path(directory)
+        config = self.lora_config.to_dict()
+        config["base_model_name_or_path"] = self.backbone.info.get("hf_source")
+        config["target_modules"] = self.lora_config.target_modules
+        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        io.write_safetensors(directory / "adapter_model.safetensors", self.peft_state(), {"format": "pt"})
+        io.write_json(directory / "adapter_config.json", json.loads(json.dumps(config, default=str)))
+        return directory
 
     def parameter_formula(self) -> str:
         r, t = self.options.r, len(self.options.targets)

@@ -1,0 +1,324 @@
+"""Hugging Face ``transformers.CLIPModel`` seen through the backbone interface (``hf:PATH_OR_NAME``).
+
+``PATH_OR_NAME`` is a folder written by ``CLIPModel.save_pretrained`` (or any local snapshot), or a hub name such
+as ``openai/clip-vit-base-patch16``, read from the local cache first and from the hub when the network works.
+The towers run the model's own modules and weights: the text tower adds ``position_embedding`` to the (prompted)
+token embeddings, runs every ``CLIPEncoderLayer`` under the causal mask, applies ``final_layer_norm``, pools where
+``CLIPTextModel`` pools (the first ``eos_token_id``, or the argmax token id for configs with the legacy
+``eos_token_id == 2``) and applies ``text_projection``; the image tower is ``embeddings`` → ``pre_layrnorm`` →
+layers → class token → ``post_layernorm`` → ``visual_projection``. So a context equal to "a photo of a"
+reproduces ``get_text_features("a photo of a {name}.")`` and images reproduce ``get_image_features`` (tested).
+
+The attention modules already have separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears, which is
+exactly what peft targets, so a CLIP-LoRA adapter trained on this backbone is a genuine peft adapter of the
+``CLIPModel``. ``transformers`` is an optional dependency, imported only when an ``hf:`` spec is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import RlptuneError
+from .base import Backbone, BackboneFamily, BlockHook, TextTower, VisionTower
+from .loader import OPENAI_MEAN, OPENAI_STD, BackboneRequest, absolute, finish_backbone, register_backbone_loader
+
+HF_PREFIX = "hf:"
+LEGACY_EOS_ID = 2  # CLIP configs from before transformers PR #24773: pool at the argmax token id
+
+
+def _call_layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One ``CLIPEncoderLayer`` (transformers 4.x takes the causal mask separately and returns a tuple)."""
+    params = inspect.signature(layer.forward).parameters
+    if "causal_attention_mask" in params:
+        out = layer(x, None, mask)
+    else:
+        out = layer(x, mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _features(output) -> torch.Tensor:
+    """``get_text_features``/``get_image_features`` return a tensor (transformers 4) or an output object (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class HFTextTower(TextTower):
+    """``CLIPModel.text_model`` + ``text_projection`` driven from token embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        text = getattr(model, "text_model", None)
+        if text is None or not hasattr(text, "embeddings") or not hasattr(model, "text_projection"):
+            raise RlptuneError(f"hf backbone {type(model).__name__} has no text_model/text_projection: expected a transformers CLIPModel")
+        self._model = model
+        self._text = text
+        self.eos_id = getattr(text, "eos_token_id", None)
+        if self.eos_id is None:
+            self.eos_id = getattr(model.config.text_config, "eos_token_id", LEGACY_EOS_ID)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self._text.embeddings.token_embedding
+
+    @property
+    def positional_embedding(self) -> torch.Tensor:
+        return self._text.embeddings.position_embedding.weight
+
+    @property
+    def ln_final(self) -> nn.Module:
+        return self._text.final_layer_norm
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The ``CLIPEncoder`` (it has no ``resblocks``: the open_clip-only shared-prefix path is not taken)."""
+        return self._text.encoder
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._text.encoder.layers)
+
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.eos_id == LEGACY_EOS_ID:
+            return token_ids.int().argmax(dim=-1)
+        return (token_ids.int() == int(self.eos_id)).int().argmax(dim=-1)
+
+    def causal_mask(self, length: int) -> torch.Tensor | None:
+        return torch.full((length, length), float("-inf"), device=self.device).triu(1)
+
+    def run_blocks(self, x: torch.Tensor, length: int, before_block: BlockHook | None = None) -> torch.Tensor:
+        cast = self.cast_dtype
+        x = x[:, :length].to(cast) + self.positional_embedding[:length].to(cast)
+        # CLIPTextModel's additive causal mask: dtype minimum above the diagonal, (1, 1, L, L)
+        mask = torch.full((length, length), torch.finfo(x.dtype).min, device=x.device, dtype=x.dtype).triu(1)[None, None]
+        for i, layer in enumerate(self._text.encoder.layers):
+            if before_block is not None:
+                x = before_block(i, x)
+            x = _call_layer(layer, x, mask)
+        return x
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self._model.text_projection(pooled)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self._text.encoder.layers]
+
+
+class HFVisionTower(VisionTower):
+    """``CLIPModel.vision_model`` + ``visual_projection`` run layer by layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        vision = getattr(model, "vision_model", None)
+        if vision is None or not hasattr(model, "visual_projection"):
+            raise RlptuneError(f"hf backbone {type(model).__name__} has no vision_model/visual_projection: expected a transformers CLIPModel")
+        self._model = model
+        self._vision = vision
+
+    @property
+    def module(self) -> nn.Module:
+        return self._vision
+
+    @property
+    def width(self) -> int:
+        return int(self._vision.embeddings.class_embedding.shape[-1])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._vision.encoder.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self._vision.embeddings.class_embedding.device
+
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self._vision.embeddings(images.to(self.device))
+
+    def pre_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vision.pre_layrnorm(x)
+
+    def run_blocks(self, x: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self._vision.encoder.layers):
+            if before_block is not None:
+                x = before_block(i, x)
+            x = _call_layer(layer, x, None)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self._model.visual_projection(self._vision.post_layernorm(x[:, 0]))
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self._vision.encoder.layers]
+
+
+class HFFamily(BackboneFamily):
+    name = "hf"
+
+    def text_tower(self, model: nn.Module) -> TextTower:
+        return HFTextTower(model)
+
+    def vision_tower(self, model: nn.Module) -> VisionTower:
+        return HFVisionTower(model)
+
+    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+        return _features(model.get_text_features(input_ids=token_ids))
+
+    def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return _features(model.get_image_features(pixel_values=images))
+
+    def prepare_for_adapters(self, model: nn.Module, towers: Sequence[str]) -> None:
+        """Nothing to split: ``CLIPAttention`` already has q/k/v/out ``nn.Linear`` projections."""
+
+
+HF = HFFamily()
+
+
+class HFTokenizer:
+    """A transformers CLIP tokenizer with open_clip's calling convention: ``tok(texts) -> (B, context) ids``.
+
+    ``encode(text)`` gives the text's BPE ids without start/end tokens, as open_clip's ``SimpleTokenizer.encode``
+    (the prompted text path counts class-name tokens with it). Padding uses the tokenizer's pad token; pooling
+    reads the first end-of-text token, so the features do not depend on the pad id.
+    """
+
+    def __init__(self, tokenizer, context_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = int(context_length)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        length = int(context_length or self.context_length)
+        out = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        return out["input_ids"].long()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise RlptuneError("hf: backbones need the transformers library: pip install transformers") from None
+    return transformers
+
+
+def _pretrained(load, source: str, spec: str, what: str):
+    """``load(source, local_files_only=...)``: a local folder as is; a hub name from the cache, else the hub."""
+    attempts = [True] if os.path.isdir(source) else [True, False]  # a hub name: the cache first (offline), then the hub
+    last: Exception = RuntimeError("not loaded")
+    for local_only in attempts:
+        try:
+            return load(source, local_files_only=local_only)
+        except Exception as exc:  # missing files, network errors of huggingface_hub, corrupt files
+            last = exc
+    first = (str(last).strip().splitlines() or [type(last).__name__])[0]
+    raise RlptuneError(f"backbone {spec!r}: could not load the {what} ({first[:200]})")
+
+
+def _image_settings(source: str, config) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Crop size, mean and std from the folder's ``preprocessor_config.json`` (CLIP's defaults otherwise)."""
+    size, mean, std = int(config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD
+    path = Path(source) / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            pre = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise RlptuneError(f"{path}: not valid JSON") from None
+        mean = tuple(pre.get("image_mean") or mean)
+        std = tuple(pre.get("image_std") or std)
+        crop = pre.get("crop_size")
+        if isinstance(crop, dict):
+            crop = crop.get("height") or crop.get("shortest_edge")
+        size = int(crop or size)
+    return size, mean, std
+
+
+def _tokenizer(source: str, spec: str, config) -> HFTokenizer | object:
+    """The folder's tokenizer; without tokenizer files, open_clip's BPE when the vocabulary is OpenAI's (49,408)."""
+    tf = _transformers()
+    context = int(config.text_config.max_position_embeddings)
+    folder = Path(source)
+    # a folder without tokenizer files would silently get transformers' placeholder vocabulary: check first
+    has_files = (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+    try:
+        if folder.is_dir() and not has_files:
+            raise RlptuneError("no tokenizer files")
+        return HFTokenizer(_pretrained(tf.AutoTokenizer.from_pretrained, source, spec, "tokenizer"), context)
+    except RlptuneError:
+        if int(config.text_config.vocab_size) != 49408:
+            raise RlptuneError(
+                f"backbone {spec!r}: no tokenizer files (tokenizer.json or vocab.json + merges.txt) and the vocabulary "
+                f"({config.text_config.vocab_size}) is not OpenAI CLIP's; save the tokenizer with the model"
+            ) from None
+        import open_clip
+
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context)
+
+
+def hf_arch(config) -> str:
+    """A readable architecture name from the config (stable when the folder is renamed or moved)."""
+    v, t = config.vision_config, config.text_config
+    return f"hf-clip-vit-p{v.patch_size}-{v.image_size}px-w{v.hidden_size}x{v.num_hidden_layers}-t{t.hidden_size}x{t.num_hidden_layers}"
+
+
+def load_hf_backbone(request: BackboneRequest) -> Backbone:
+    """``hf:PATH_OR_NAME`` → a :class:`Backbone` over ``transformers.CLIPModel``."""
+    spec = request.spec
+    source = spec[len(HF_PREFIX):].strip()
+    if not source:
+        raise RlptuneError("backbone 'hf:': expected hf:PATH (a save_pretrained folder) or hf:ORG/NAME (a hub model)")
+    local = os.path.isdir(os.path.expanduser(source))
+    if local:
+        source = absolute(source)
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise RlptuneError(f"backbone {spec!r}: folder {source} not found")
+    tf = _transformers()
+    model = _pretrained(lambda s, **kw: tf.CLIPModel.from_pretrained(s, **kw), source, spec, "CLIPModel")
+    if not isinstance(model, tf.CLIPModel):
+        raise RlptuneError(f"backbone {spec!r}: expected a CLIPModel, got {type(model).__name__}")
+    tokenizer = _tokenizer(source, spec, model.config)
+    size, mean, std = _image_settings(source, model.config) if local else (int(model.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD)
+    if not local:
+        try:
+            processor = tf.CLIPImageProcessor.from_pretrained(source, local_files_only=True)
+            size = int(processor.crop_size["height"]) if isinstance(processor.crop_size, dict) else size
+            mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+        except Exception:  # no processor in the cache: CLIP's defaults
+            pass
+    backbone = finish_backbone(model, tokenizer, hf_arch(model.config), f"{HF_PREFIX}{source}", size, mean, std, request, family=HF)
+    backbone.info["hf_source"] = source
+    return backbone
+
+
+def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) -> Path:
+    """Write OpenAI CLIP's tokenizer (``vocab.json``, ``merges.txt``, configs) into ``directory`` from open_clip's
+    bundled BPE merges — the same 49,408-token vocabulary — so a ``CLIPModel`` folder gets a tokenizer offline."""
+    import gzip
+
+    import open_clip
+
+    tf = _transformers()
+    bpe = Path(open_clip.tokenizer.default_bpe())
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    pairs = [tuple(line.split()) for line in merges]
+    byte_symbols = list(open_clip.tokenizer.bytes_to_unicode().values())
+    symbols = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(p) for p in pairs]
+    symbols += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {s: i for i, s in enumerate(symbols)}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
+    try:
+        tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=[" ".join(p) for p in pairs], model_max_length=context_length)
+    except TypeError:  # transformers 4: the slow tokenizer reads the files
+        tokenizer = tf.CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=context_length)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+register_backbone_loader(HF_PREFIX, load_hf_backbone, "hf:PATH_OR_NAME (transformers CLIPModel)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import typing
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 from . import __version__
 from .config import flag_table, parse_set, resolve_config
 from .errors import RlptuneError
+from .protocols.executors import add_executor_args, executor_settings_from_args
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None) -> None:
@@ -27,7 +29,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
         group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
         hint = typing.get_type_hints(classes[section])[name]
         dest = f"cfg__{section}__{name}"
-        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r}, or the method's recipe)"
         if hint is bool:
             group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif hint is list or typing.get_origin(hint) is list:
@@ -38,12 +41,52 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
             group.add_argument(f"--{flag}", dest=dest, default=None, metavar=name.upper(), help=help_text)
 
 
+def _method_in(argv: Sequence[str]) -> str | None:
+    """The ``--method NAME`` of a command line, if any (its options become flags of that command)."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """The typed options of the method named on the command line, as flags with their defaults and help."""
+    from . import registry
+    from .options import option_fields
+
+    name = _method_in(argv)
+    if not name:
+        return
+    try:
+        entry = registry.method_entry(name)
+    except RlptuneError:
+        return  # reported when the settings are resolved, with a suggestion
+    fields = option_fields(entry.options_class)
+    if not fields:
+        return
+    taken = {a for action in parser._actions for a in action.option_strings}
+    group = parser.add_argument_group(f"{name} options (method.options.*)")
+    for field_name, default, help_text, hint in fields:
+        flag = "--" + field_name.replace("_", "-")
+        if flag in taken:
+            flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"
+        text = f"{help_text} (default: {default!r})"
+        if hint is bool:
+            group.add_argument(flag, dest=f"opt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=f"opt__{field_name}", default=None, metavar=field_name.upper(), help=text)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out = parse_set(getattr(args, "set", []) or [])
     for key, value in vars(args).items():
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__", 2)
             out.setdefault(section, {})[name] = value
+        elif key.startswith("opt__") and value is not None:
+            out.setdefault("method", {}).setdefault("options", {})[key[len("opt__"):]] = value
     return out
 
 
@@ -211,8 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         base_overrides=overrides,
     )
     results = Path(args.results)
-    run_sweep(specs, results, jobs=args.jobs)
-    _, markdown = aggregate(results, args.protocol, results / "tables" / args.protocol)
+    run_sweep(specs, results, executor=executor_settings_from_args(args))
+    _, markdown = aggregate(results, args.protocol, results / "tables" / args.protocol, run_dirs=[s.run_dir(results) for s in specs])
     print(markdown)
     print(f"tables: {results / 'tables'}")
     return 0
@@ -254,7 +297,7 @@ def cmd_pretrain_micro(args: argparse.Namespace, rest: list[str]) -> int:
     return int(pretrain_main(rest) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlptune", description="Adapt a frozen CLIP with a tiny prompt (CoOp, RLP, …).")
     parser.add_argument("--version", action="version", version=f"rlptune {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
@@ -262,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a method and write a run directory (adapter, metrics, result)")
     _add_config_flags(p)
+    _add_method_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -306,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2", help="sweep a setting (repeatable: grid product)")
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    add_executor_args(p)
     _add_config_flags(p, sections=("method", "prompt", "train", "eval"))
     p.add_argument("--backbone", default="micro")
     p.add_argument("--data-root", default=None)
@@ -341,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     show_traceback = "--traceback" in argv
     try:
         if argv and argv[0] == "pretrain-micro":

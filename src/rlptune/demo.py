@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 from . import io
+from .analysis.plots import plot_base_new_bars
+from .analysis.report import write_report
+from .micro.suite import MICRO_DATASETS
+from .protocols import aggregate, make_specs, run_sweep
 
 DEMO_METHODS = ("zeroshot", "coop", "rlp")
 
@@ -23,11 +27,6 @@ DEMO_TRAIN = {"epochs": 100, "aug_views": 0}
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .analysis.plots import plot_base_new_bars
-    from .analysis.report import write_report
-    from .micro.suite import MICRO_DATASETS
-    from .protocols import aggregate, make_specs, run_sweep
-
     out = Path(args.output)
     results = out / "runs"
     datasets = list(MICRO_DATASETS)

@@ -18,6 +18,8 @@ from .errors import RlptuneError
 
 BUILTIN_METHODS_MODULE = "rlptune.methods"
 BUILTIN_PROMPTS_MODULE = "rlptune.prompts"
+#: Packages that register datasets of their own when imported (the micro suite registers its ``micro-*`` names).
+BUILTIN_DATASET_PLUGINS = ("rlptune.micro",)
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,9 @@ def prompt_builder(name: str) -> Callable[..., Any]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RlptuneError(f"prompt.kind {name!r} is not known{hint}; expected one of {', '.join(kinds)}")
     return _PROMPT_KINDS[name]
+
+
+def load_dataset_plugins() -> None:
+    """Import the built-in packages that register datasets (idempotent: Python imports a module once)."""
+    for module in BUILTIN_DATASET_PLUGINS:
+        importlib.import_module(module)

@@ -13,6 +13,7 @@ import inspect
 import os
 from typing import Callable, Iterable
 
+from .. import registry
 from ..errors import RlptuneError
 from .coop import (
     COOP_11,
@@ -82,12 +83,15 @@ def unregister_dataset(name: str) -> None:
 
 
 def list_datasets() -> list[str]:
-    """Registered dataset names (canonical spelling), CoOp datasets first."""
+    """Registered dataset names (canonical spelling), CoOp datasets first, then plug-ins' (the micro suite)."""
+    registry.load_dataset_plugins()
     return list(_LOADERS)
 
 
 def canonical_name(name: str) -> str:
     """The registered name ``name`` refers to; raises with the list of valid names."""
+    if not (isinstance(name, str) and _key(name) in _ALIASES):
+        registry.load_dataset_plugins()  # built-in plug-ins register their datasets on import
     canonical = _ALIASES.get(_key(name)) if isinstance(name, str) else None
     if canonical is None:
         raise RlptuneError(f"unknown dataset {name!r}; expected one of {', '.join(list_datasets())}")
@@ -153,27 +157,6 @@ for _name, _spec in COOP_DATASETS.items():
 register_dataset("folder", load_folder, aliases=("imagefolder", "image-folder"))
 register_dataset("csv", _csv_loader)
 register_dataset("split-json", _split_json_loader, aliases=("json", "splitjson"))
-
-
-def _register_micro() -> None:
-    """The micro suite (generated, cached under $RLPTUNE_CACHE): ``root`` is an optional cache folder."""
-    from ..micro.suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset
-
-    names = list(MICRO_DATASETS) + [s for shifts in MICRO_SHIFTS.values() for s in shifts]
-    for micro_name in names:
-        register_dataset(micro_name, functools.partial(_micro_loader, micro_name), needs_root=False)
-
-
-def _micro_loader(micro_name: str, root=None):
-    from ..micro.suite import load_micro_dataset
-
-    splits = load_micro_dataset(micro_name, cache_dir=root)
-    if micro_name.startswith("micro-positions"):
-        splits.hflip_invariant = False  # "on the left" mirrors to "on the right"
-    return splits
-
-
-_register_micro()
 
 
 __all__ = [

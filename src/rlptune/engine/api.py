@@ -12,6 +12,8 @@ Example (the README runs the same lines in a test)::
 
 from __future__ import annotations
 
+import csv
+import io as _io
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -116,9 +118,6 @@ def predict(
 
 
 def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int) -> Path:
-    import csv
-    import io as _io
-
     buffer = _io.StringIO()
     writer = csv.writer(buffer)
     header = ["path"]

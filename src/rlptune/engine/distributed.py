@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 import torch.distributed as dist
 from torch import nn
 
@@ -158,8 +159,6 @@ def wrap_for_training(method: nn.Module, context: DistContext) -> nn.Module:
     module = _Step(method)
     if not context.enabled:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     device = next((p.device for p in method.parameters() if p.requires_grad), torch.device("cpu"))
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=False)

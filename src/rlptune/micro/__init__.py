@@ -12,6 +12,21 @@ from pathlib import Path
 MICRO_CONFIG_PATH = Path(__file__).with_name("micro_clip.json")
 MICRO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "micro_clip.safetensors"
 
+import functools  # noqa: E402
+
+from ..data import register_dataset  # noqa: E402
 from .suite import MICRO_DATASETS, MICRO_SHIFTS, load_micro_dataset  # noqa: E402  (after the paths submodules use)
+
+
+def _micro_loader(micro_name: str, root=None):
+    """A micro dataset (generated, cached under $RLPTUNE_CACHE); ``root`` is an optional cache folder."""
+    splits = load_micro_dataset(micro_name, cache_dir=root)
+    if micro_name.startswith("micro-positions"):
+        splits.hflip_invariant = False  # "on the left" mirrors to "on the right"
+    return splits
+
+
+for _name in list(MICRO_DATASETS) + [s for shifts in MICRO_SHIFTS.values() for s in shifts]:
+    register_dataset(_name, functools.partial(_micro_loader, _name), needs_root=False)
 
 __all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH", "MICRO_DATASETS", "MICRO_SHIFTS", "load_micro_dataset"]

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import write_json, write_safetensors
+from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, dataset_scenes, micro_spec
 from . import world as W
 
 from . import MICRO_CONFIG_PATH as CONFIG_PATH
@@ -153,7 +154,6 @@ def positives(scenes: list[W.Scene], claims: list[dict]) -> torch.Tensor:
 
 def world_vocabulary(tokenizer) -> list[int]:
     """Token ids the world's captions (and the suite's prompts) can use, sorted."""
-    from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, micro_spec
 
     texts = []
     texts += W.SHAPES + [W._plural(s) for s in W.SHAPES] + W.COLOR_NAMES + W.PATTERNS + W.SIZE_NAMES
@@ -224,7 +224,6 @@ class CompactEmbedding(torch.nn.Module):
 @torch.no_grad()
 def quick_zero_shot(model, tokenizer, per_class: int = 10, embed=None, style_prompt: bool = False) -> dict:
     """Zero-shot accuracy on the first ``per_class`` test images per class of every micro dataset."""
-    from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, dataset_scenes, micro_spec
 
     was_training = model.training
     model.eval()

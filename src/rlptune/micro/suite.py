@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.items import DatasetSplits, Item
 from ..errors import RlptuneError
 from ..io import default_cache_dir
 from .world import (
@@ -162,8 +163,6 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def _item_paths(spec: MicroSpec) -> dict:
-    # imported here: rlptune.data registers the micro datasets and imports this module while initialising
-    from ..data.items import Item
 
     splits: dict = {}
     for split, n in spec.splits.items():
@@ -180,7 +179,6 @@ def load_micro_dataset(name: str, cache_dir: str | Path | None = None):
 
     Returns :class:`rlptune.data.items.DatasetSplits` rooted at the cache folder.
     """
-    from ..data.items import DatasetSplits
 
     spec = micro_spec(name)
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -165,3 +165,80 @@ def test_sweep_runs_are_labelled_apart() -> None:
     labels = [r["method"] for r in disambiguate_methods(rows)]
     assert labels == ["rlp (rank=1)", "rlp (rank=2)", "coop"]
     assert rows[0]["method"] == "rlp"  # inputs untouched
+
+
+def test_zero_shot_is_paired_once_per_dataset() -> None:
+    from rlptune.analysis.report import compare_methods
+
+    rows = [{"protocol": "few-shot", "dataset": ds, "method": "rlp", "seed": s, "shots": k, "accuracy": 60.0 + k + s + i}
+            for i, ds in enumerate(("dtd", "eurosat", "ucf101")) for k in (1, 4) for s in (1, 2, 3)]
+    rows += [{"protocol": "few-shot", "dataset": ds, "method": "zeroshot", "seed": s, "shots": k, "accuracy": 50.0}
+             for ds in ("dtd", "eurosat", "ucf101") for k in (1, 4) for s in (1, 2, 3)]
+    rows += [{"protocol": "base2new", "dataset": ds, "method": m, "seed": s, "base": 80.0 + s * (m == "rlp"),
+              "new": 70.0 + s * (m == "rlp")} for ds in ("dtd", "eurosat") for m in ("rlp", "zeroshot") for s in (1, 2, 3)]
+    found = {(c["protocol"], c["metric"]): c for c in compare_methods(rows, baseline="zeroshot")}
+    assert set(found) == {("few-shot (1 shots)", "accuracy"), ("few-shot (4 shots)", "accuracy"),
+                          ("base2new", "h"), ("base2new", "new")}
+    one = found[("few-shot (1 shots)", "accuracy")]
+    assert one["n"] == 3 and one["paired_over"].startswith("dataset")  # 3 datasets, not 3 × 3 seeds × shots
+    assert one["mean_diff"] == pytest.approx(60.0 + 1 + 2 + 1 - 50.0)  # rlp's seed mean (63 + i) vs 50, mean over i
+    assert found[("base2new", "new")]["n"] == 2 and found[("base2new", "new")]["mean_diff"] == pytest.approx(2.0)
+
+
+def test_correlation_within_method_and_dataset_with_pooled_grouping() -> None:
+    from rlptune.analysis.report import _grouped_correlations
+
+    # within each method ID and accuracy rise together; between methods the one with higher ID is worse
+    table = [{"method": m, "dataset": d, "id_k": base + 0.01 * i + 0.001 * j, "new": acc + i + 0.1 * j}
+             for m, base, acc in (("coop", 0.2, 80.0), ("rlp", 0.9, 60.0))
+             for j, d in enumerate(("dtd", "eurosat")) for i in range(4)]
+    corr = _grouped_correlations(table, "id_k", "new")
+    assert corr["rho"] < -0.5 and corr["n"] == 16  # pooled: "which method"
+    assert corr["pooled_over"] == {"methods": ["coop", "rlp"], "datasets": ["dtd", "eurosat"]}
+    within = {c["group"]: c for c in corr["within_method"]}
+    assert within["coop"]["rho"] > 0.9 and within["rlp"]["rho"] > 0.9 and within["rlp"]["n"] == 8
+    assert {c["group"] for c in corr["within_dataset"]} == {"dtd", "eurosat"}
+    from rlptune.analysis.report import _correlation_text
+
+    text = _correlation_text({"x": "id_k", "y": "new", "k": 1, **corr})
+    assert "within method coop: ρ = 1.000, p < 0.0001, n = 8" in text and "within dataset dtd: ρ = " in text
+    assert "pooled over 2 method(s) × 2 dataset(s)" in text and "mostly says which method" in text
+
+
+def _train_run(root: Path, name: str, epochs: int, accuracy: float, history: list | None = None) -> None:
+    """What `rlptune train` leaves: result.json (protocol "train", no settings) and config.yaml."""
+    import yaml
+
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({
+        "method": "rlp", "dataset": "colours", "seed": 1, "shots": 4, "backbone": "micro", "protocol": "train",
+        "trainable_params": 36, "epochs": epochs, "metrics": {"test": {"top1": accuracy, "macro_f1": accuracy - 1}}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "rlp"}, "train": {"epochs": epochs, "seed": 1},
+                                                     "output_dir": str(run)}))
+    if history:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+
+def test_report_on_plain_train_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rlptune.cli import main
+
+    runs = tmp_path / "runs"
+    history = [{"epoch": e, "lr": 0.002, "loss": 1.0 / e, "train_acc": 50.0 + e, "steps": 2} for e in (1, 2, 3)]
+    _train_run(runs, "short", 5, 70.0, history)
+    _train_run(runs, "long", 50, 80.0)
+    _train_run(runs, "again/long", 50, 81.0)  # the same command twice: only the folder tells them apart
+    assert main(["report", str(runs), "-o", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "group_by" not in md + capsys.readouterr().err
+    assert "| colours | rlp (epochs=5) | 4 | 70.00 ± – | 69.00 ± – | 1 |" in md
+    assert "| colours | rlp (epochs=50) [again/long] | 4 | 81.00 ± – |" in md
+    assert "| colours | rlp (epochs=50) [runs/long] | 4 | 80.00 ± – |" in md
+    assert "These runs logged no validation accuracy." in md and "cached augmented views" in md
+
+
+def test_training_curve_section_mentions_validation_when_logged(results_dir: Path, tmp_path: Path) -> None:
+    write_report(results_dir / "base2new" / "dtd", tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "## Training curves" in md and "Validation accuracy (dashed)" in md
+    assert "logged no validation accuracy" not in md

@@ -157,3 +157,34 @@ def test_other_runs_table() -> None:
     assert md[0] == "| Dataset | Method | Shots | Accuracy | Macro-F1 | Seeds |"
     assert md[2] == "| colours | rlp | 4 | 31.50 ± 0.71 | 20.00 ± 0.00 | 2 |"
     assert len(md) == 3  # base2new rows belong to their own table
+
+
+def test_one_seed_prints_a_dash_not_zero_spread() -> None:
+    table = base2new_table([r for r in b2n_rows() if r["seed"] == 1 and r["dataset"] == "dtd"])
+    assert render_markdown(table, title=False).splitlines()[2] == "| dtd | coop | 81.00 ± – | 59.00 ± – | 68.27 ± – | 1 | 8,192 |"
+    line = render_csv(table).splitlines()[1].split(",")
+    assert line[3:6] == ["81.0", "", "1"]  # Base, Base std (empty: undefined), Base n
+    assert table_to_json(table)["rows"][0]["cells"]["Base"]["std"] is None
+    two = base2new_table([r for r in b2n_rows() if r["seed"] in (1, 2) and r["dataset"] == "dtd"])
+    assert "81.50 ± 0.71" in render_markdown(two)
+
+
+def test_zero_shot_is_one_row_not_one_per_shot_and_seed() -> None:
+    from rlptune.analysis.tables import collapse_shot_independent, other_runs_table
+
+    rows = [{"protocol": "few-shot", "dataset": ds, "method": m, "seed": s, "shots": k,
+             "accuracy": 60.0 + k + s if m == "rlp" else 55.0}
+            for ds in ("dtd", "eurosat") for m in ("rlp", "zeroshot") for k in (1, 4) for s in (1, 2, 3)]
+    assert len(collapse_shot_independent(rows)) == 12 + 2  # 12 rlp runs, one zero-shot row per dataset
+    md = render_markdown(few_shot_table(rows), title=False).splitlines()
+    assert md[0] == "| Dataset | Method | 0 shots | 1 shot | 4 shots | Seeds |"
+    assert "| dtd | zeroshot | 55.00 ± – | – | – | 1 |" in md
+    assert "| dtd | rlp | – | 63.00 ± 1.00 | 66.00 ± 1.00 | 3 |" in md
+    assert sum("zeroshot" in line for line in md) == 3  # dtd, eurosat, Average
+    curves = few_shot_curves(few_shot_table(rows))
+    assert curves["dtd"]["zeroshot"]["shots"] == [0] and curves["dtd"]["rlp"]["shots"] == [1, 4]
+    b2n = [{"protocol": "base2new", "dataset": "dtd", "method": "zeroshot", "seed": s, "shots": 0, "base": 70.0,
+            "new": 74.0} for s in (1, 2, 3)]
+    assert "| dtd | zeroshot | 70.00 ± – | 74.00 ± – | 71.94 ± – | 1 |" in render_markdown(base2new_table(b2n))
+    train = [{"protocol": "train", "dataset": "dtd", "method": "zeroshot", "seed": s, "accuracy": 50.0} for s in (1, 2)]
+    assert len(other_runs_table(train).rows) == 1

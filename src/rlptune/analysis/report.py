@@ -484,7 +484,8 @@ _ANALYSIS_COLUMNS = [
 def _rho_text(corr: Mapping[str, Any]) -> str:
     if corr.get("rho") is None:
         return f"ρ undefined (n = {corr.get('n')}: fewer than 3 points or constant values)"
-    return f"ρ = {corr['rho']:.3f}, p = {corr['p']:.3g}, n = {corr.get('n')}"
+    p = "p < 0.0001" if corr["p"] < 1e-4 else f"p = {corr['p']:.3g}"
+    return f"ρ = {corr['rho']:.3f}, {p}, n = {corr.get('n')}"
 
 
 def _correlation_lines(correlation: Mapping[str, Any]) -> list[str]:

@@ -5,5 +5,6 @@ from . import zeroshot as _zeroshot  # noqa: F401  (registers)
 from . import coop as _coop  # noqa: F401
 from . import cocoop as _cocoop, deep as _deep, kgcoop as _kgcoop  # noqa: F401  (issue 6 baselines)
 from . import linear_probe as _linear_probe, lora as _lora  # noqa: F401  (peft is imported lazily)
+from . import promptsrc as _promptsrc  # noqa: F401  (issue 16)
 
 __all__ = ["Method", "build_method", "get_method_class", "list_methods", "register_method"]

@@ -11,6 +11,8 @@ from .base import Method, register_method
 
 @register_method("zeroshot")
 class ZeroShot(Method):
+    honours = frozenset({"use_dataset_template"})  # CoOp's zero-shot CLIP uses each dataset's template
+
     def templates(self) -> list[str]:
         if self.config.method.use_dataset_template and self.dataset_template:
             return [self.dataset_template]

@@ -27,6 +27,7 @@ from ..errors import RlptuneError
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
 ADAPTER_FORMAT = 1
+PEFT_SUBFOLDER = "peft"  # PeftModel.from_pretrained(clip_model, <adapter>/peft) where a method exports one
 
 
 def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | None = None) -> Path:
@@ -45,6 +46,9 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
     }
     io.write_safetensors(directory / ADAPTER_MODEL, method.trainable_state(), {"format": str(ADAPTER_FORMAT)})
     io.write_json(directory / ADAPTER_CONFIG, payload)
+    export = getattr(method, "export_adapter_files", None)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
+    if export is not None:
+        export(directory / PEFT_SUBFOLDER)
     return directory
 
 

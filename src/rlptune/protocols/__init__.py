@@ -6,11 +6,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RlptuneError
-from .runner import PROTOCOLS, RunSpec, harmonic_mean, make_specs, parse_grid, run_single, run_sweep
 
-from ..data.coop import COOP_11, IMAGENET_SHIFTS
+#: Loaded on first use (PEP 562): the CLI builds its parser (executor flags included) without importing torch.
+_FROM_RUNNER = ("PROTOCOLS", "RunSpec", "harmonic_mean", "make_specs", "parse_grid", "run_single", "run_sweep")
 
-COOP_CROSS_TARGETS = [name for name in COOP_11 if name != "ImageNet"]  # the ten targets of ImageNet
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    if name == "COOP_CROSS_TARGETS":  # the ten targets of ImageNet
+        from ..data.coop import COOP_11
+
+        return [n for n in COOP_11 if n != "ImageNet"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_targets(protocol: str, sources: Sequence[str]) -> dict[str, list[str]]:
@@ -28,7 +38,10 @@ def default_targets(protocol: str, sources: Sequence[str]) -> dict[str, list[str
                     raise RlptuneError(f"domain-gen: micro dataset {source!r} has no shifted variants; use one of {', '.join(MICRO_SHIFTS)}")
                 targets[source] = list(MICRO_SHIFTS[source])
         else:
-            targets[source] = list(COOP_CROSS_TARGETS if protocol == "cross-dataset" else IMAGENET_SHIFTS)
+            from ..data.coop import COOP_11, IMAGENET_SHIFTS
+
+            cross = [n for n in COOP_11 if n != "ImageNet"]
+            targets[source] = list(cross if protocol == "cross-dataset" else IMAGENET_SHIFTS)
     return targets
 
 
@@ -49,12 +62,21 @@ def tables_for(rows: list[dict[str, Any]], protocol: str, group_by: str = "metho
     return T.domain_gen_table(rows, group_by=group_by)
 
 
-def aggregate(results_dir: str | Path, protocol: str, out_stem: str | Path | None = None) -> tuple[Any, str]:
-    """Collect every finished run of ``protocol`` under ``results_dir`` into a table (md/csv/json); return it."""
+def aggregate(
+    results_dir: str | Path,
+    protocol: str,
+    out_stem: str | Path | None = None,
+    run_dirs: Sequence[str | Path] | None = None,
+) -> tuple[Any, str]:
+    """Collect every finished run of ``protocol`` under ``results_dir`` into a table (md/csv/json); return it.
+    ``run_dirs`` keeps only those runs (a sweep's own runs, not earlier sweeps' with other settings)."""
     from ..analysis import tables as T
     from ..analysis.report import collect_runs
 
     rows = [r for r in collect_runs(results_dir) if T.normalize_protocol(r.get("protocol")) == protocol]
+    if run_dirs is not None:
+        wanted = {Path(d).resolve() for d in run_dirs}
+        rows = [r for r in rows if Path(r["run_dir"]).resolve() in wanted]
     if not rows:
         raise RlptuneError(f"{results_dir}: no finished {protocol} runs")
     table = tables_for(rows, protocol, group_by=_method_label)

@@ -13,12 +13,13 @@ checkpoint but no result. Any setting can be swept as a grid; several processes 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
 import os
+import re
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +33,10 @@ from ..config import resolve_config
 from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
 from ..errors import RlptuneError
+from ..data import canonical_name
+from ..methods import get_method_class
+from ..rundir import settings_hash
+from .executors import ExecutorSettings, SweepProgress, Task, make_executor
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
 
@@ -54,17 +59,21 @@ class RunSpec:
     swept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def tag(self) -> str:
-        """Directory-safe name of the method and its swept (grid) settings (e.g. ``rlp__prompt.rank=2``)."""
+        """Readable name of the method and its swept (grid) settings (e.g. ``rlp__prompt.rank=2``): the run's
+        row label in tables. Unlike the folder name it is not sanitised, so distinct grid points stay distinct."""
         if self.label:
             return self.label
         parts = [self.method]
         for section, values in sorted(self.swept.items()):
             for key, value in sorted(values.items()):
                 parts.append(f"{section}.{key}={value}")
-        return "__".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
+        return "__".join(str(p) for p in parts)
 
     def run_dir(self, results_dir: str | Path) -> Path:
-        return Path(results_dir) / self.protocol / self.dataset / self.tag() / f"shots{self.shots}" / f"seed{self.seed}"
+        """``<results>/<protocol>/<dataset>/<tag>/shots<K>/seed<S>-<settings hash>``: keyed by every setting that
+        affects the result, so a rerun with other settings (``--epochs``, ``--lr`` …) never reuses these results."""
+        return (Path(results_dir) / self.protocol / self.dataset / _folder_name(self.tag()) / f"shots{self.shots}"
+                / f"seed{self.seed}-{spec_settings_hash(self)[:12]}")
 
     def config(self):
         overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in self.overrides.items()}
@@ -74,6 +83,26 @@ class RunSpec:
         data.update({"dataset": self.dataset, "root": self.data_root, "shots": self.shots})
         overrides.setdefault("train", {})["seed"] = self.seed
         return resolve_config(self.config_file, overrides)
+
+
+_UNSAFE_IN_FOLDER_NAME = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_SPEC_HASHES: dict[str, str] = {}
+
+
+def _folder_name(tag: str, limit: int = 120) -> str:
+    """A folder-safe, length-bounded form of a tag (the settings hash in the leaf folder keeps runs apart)."""
+    name = _UNSAFE_IN_FOLDER_NAME.sub("_", tag).strip("._") or "run"
+    return name[:limit]
+
+
+def spec_settings_hash(spec: RunSpec) -> str:
+    """Hash of everything that decides a run's result: its resolved settings (minus execution-only fields, see
+    :func:`rlptune.rundir.settings_hash`), protocol and evaluation targets. Resolving validates the settings."""
+    key = json.dumps(asdict(spec), sort_keys=True, default=str)
+    if key not in _SPEC_HASHES:
+        config = spec.config()
+        _SPEC_HASHES[key] = settings_hash({**config.to_dict(), "protocol": spec.protocol, "targets": list(spec.targets)})
+    return _SPEC_HASHES[key]
 
 
 def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
@@ -87,6 +116,11 @@ def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
         values = [yaml.safe_load(v) for v in raw.split(",") if v != ""]
         if not values:
             raise RlptuneError(f"--grid {item!r}: no values")
+        repeated = [v for i, v in enumerate(values) if any(v == w and type(v) is type(w) for w in values[:i])]
+        if repeated:
+            raise RlptuneError(f"--grid {item!r}: value {repeated[0]!r} is listed more than once")
+        if any(a[0] == section and a[1] == name for a in axes):
+            raise RlptuneError(f"--grid {item!r}: {key} is already swept by another --grid; give all its values in one")
         axes.append((section, name, values))
     grids = []
     for combo in itertools.product(*[a[2] for a in axes]):
@@ -175,14 +209,37 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     return finish_run(run_dir, method, config, state, metrics, extra)
 
 
-def _worker(args: tuple[dict, str, int]) -> tuple[str, dict | None, str | None]:
-    spec_dict, results_dir, threads = args
-    torch.set_num_threads(threads)
-    spec = RunSpec(**spec_dict)
-    try:
-        return spec.run_dir(results_dir).as_posix(), run_single(spec, results_dir), None
-    except RlptuneError as exc:
-        return spec.run_dir(results_dir).as_posix(), None, str(exc)
+def execute_spec(payload: dict[str, Any], backbone: Backbone | None = None) -> str:
+    """One run of a sweep as every executor's workers call it (``payload``: the spec as a dict and the results
+    folder, plain data that pickles anywhere); returns the progress summary, raises on failure."""
+    spec = RunSpec(**payload["spec"])
+    return _summary(run_single(spec, payload["results_dir"], backbone=backbone))
+
+
+def validate_specs(specs: Sequence[RunSpec]) -> None:
+    """Check every run before the first one starts: protocol, method, datasets and resolved settings (grids
+    included), and that no two runs share a folder or a table row. A typo must not surface hours into a sweep."""
+    by_hash: dict[str, RunSpec] = {}
+    by_row: dict[tuple, RunSpec] = {}
+    for spec in specs:
+        if spec.protocol not in PROTOCOLS:
+            raise RlptuneError(f"protocol {spec.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        get_method_class(spec.method)
+        for name in (spec.dataset, *spec.targets):
+            canonical_name(name)
+        digest = spec_settings_hash(spec)
+        twin = by_hash.setdefault(digest, spec)
+        if twin is not spec:
+            raise RlptuneError(f"run {_title(spec)} is listed twice (same settings); remove the repeated method, grid value or seed")
+        row = (spec.protocol, spec.dataset, spec.tag(), spec.shots, spec.seed)
+        other = by_row.setdefault(row, spec)
+        if other is not spec:
+            raise RlptuneError(f"runs with settings {other.swept} and {spec.swept} share the name {spec.tag()!r}; "
+                               f"give them distinct labels")
+
+
+def _title(spec: RunSpec) -> str:
+    return f"{spec.protocol} {spec.dataset} {spec.tag()} shots {spec.shots} seed {spec.seed}"
 
 
 def run_sweep(
@@ -191,32 +248,35 @@ def run_sweep(
     jobs: int = 1,
     log: Callable[[str], None] | None = None,
     backbone: Backbone | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every spec not yet finished (``jobs`` processes at once); return all results in spec order."""
+    """Run every spec not yet finished on ``executor`` (default: ``jobs`` processes on this machine) and return
+    all results in spec order. Failed runs do not stop the others; at the end they are listed (first line of
+    each error) and the sweep fails with one line. Finished runs are skipped and interrupted ones resume, on
+    every executor, because the run directory is the unit of work."""
     log = log or (lambda m: print(m, file=sys.stderr))
     results_dir = Path(results_dir)
+    settings = (executor or ExecutorSettings(jobs=jobs)).validate()
+    validate_specs(specs)
     pending = [s for s in specs if not (s.run_dir(results_dir) / "result.json").is_file()]
-    log(f"{len(specs)} runs, {len(specs) - len(pending)} already finished, {len(pending)} to run")
-    if jobs <= 1 or len(pending) <= 1:
-        for i, spec in enumerate(pending, 1):
-            result = run_single(spec, results_dir, backbone=backbone)
-            log(f"[{i}/{len(pending)}] {spec.protocol} {spec.dataset} {spec.tag()} seed {spec.seed}: {_summary(result)}")
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        errors = []
-        ctx = torch.multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, (asdict(s), str(results_dir), threads)) for s in pending]
-            for i, future in enumerate(as_completed(futures), 1):
-                where, result, error = future.result()
-                if error:
-                    errors.append(error)
-                    log(f"[{i}/{len(pending)}] {where}: error: {error}")
-                else:
-                    log(f"[{i}/{len(pending)}] {where}: {_summary(result)}")
-        if errors:
-            raise RlptuneError(f"{len(errors)} run(s) failed; first: {errors[0]}")
-    return [json.loads((s.run_dir(results_dir) / "result.json").read_text()) for s in specs]
+    where = "" if settings.kind == "local" else f" on {settings.kind}"
+    log(f"{len(specs)} runs, {len(specs) - len(pending)} already finished, {len(pending)} to run{where}")
+    tasks = [Task(str(s.run_dir(results_dir)), _title(s), {"spec": asdict(s), "results_dir": str(results_dir)}) for s in pending]
+    progress = SweepProgress(tasks, log)
+    if tasks:
+        in_process = settings.kind == "local" and (settings.jobs <= 1 or len(tasks) <= 1)
+        work = functools.partial(execute_spec, backbone=backbone) if in_process and backbone is not None else execute_spec
+        make_executor(settings, results_dir).run(tasks, work, progress)
+    failures = progress.failures
+    if failures:
+        log(f"{len(failures)} failed run(s):")
+        for outcome in failures:
+            log(f"  {outcome.key}: {outcome.error}")
+        details = results_dir / "failed-runs.log"
+        io.write_text(details, "".join(f"== {o.key}\n{o.detail.rstrip()}\n\n" for o in failures))
+        raise RlptuneError(f"{len(failures)} of {len(pending)} runs failed (listed above; details in {details}); first: "
+                           f"{failures[0].error}")
+    return [json.loads((s.run_dir(results_dir) / "result.json").read_text(encoding="utf-8")) for s in specs]
 
 
 def _summary(result: dict) -> str:
@@ -261,15 +321,29 @@ def make_specs(
                 swept=overrides if method != "zeroshot" else {},
             )
         )
-    # zero-shot does not depend on seed or shots: keep one spec per distinct run directory
+    # zero-shot ignores the grid (and shots outside few-shot): keep one of its identical specs; any other
+    # repeat is a repeated method, seed or grid value, which validate_specs reports
     seen, unique = set(), []
     for spec in specs:
-        key = (spec.protocol, spec.dataset, spec.tag(), spec.shots, spec.seed)
-        if key not in seen:
-            seen.add(key)
-            unique.append(spec)
+        key = json.dumps(asdict(spec), sort_keys=True, default=str)
+        if key in seen and spec.method == "zeroshot":
+            continue
+        seen.add(key)
+        unique.append(spec)
+    validate_specs(unique)
     return unique
 
 
-__all__ = ["PROTOCOLS", "RunSpec", "harmonic_mean", "make_specs", "parse_grid", "run_single", "run_sweep"]
+__all__ = [
+    "PROTOCOLS",
+    "RunSpec",
+    "execute_spec",
+    "harmonic_mean",
+    "make_specs",
+    "parse_grid",
+    "run_single",
+    "run_sweep",
+    "spec_settings_hash",
+    "validate_specs",
+]
 

@@ -395,7 +395,7 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         task_name, top_k, blobs = await _read_classify(request, server)
         _name(task_name)
         try:
-            task = await run_in_threadpool(server.registry.get, task_name)
+            task = server.registry.cached_task(task_name) or await run_in_threadpool(server.registry.get, task_name)
         except KeyError:
             raise ApiError(404, f"unknown task {task_name!r}; GET /v1/tasks lists the tasks") from None
         except RlptuneError as exc:

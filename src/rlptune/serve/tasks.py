@@ -205,6 +205,14 @@ class TaskRegistry:
     def cached_bytes(self) -> int:
         return self._cached_bytes
 
+    def cached_task(self, name: str) -> LoadedTask | None:
+        """The task if it is in memory (marked as recently used), else None; never touches the disk."""
+        with self._lock:
+            task = self._cache.get(name)
+            if task is not None:
+                self._cache.move_to_end(name)
+            return task
+
     def get(self, name: str) -> LoadedTask:
         """The loaded task (loaded from disk on a miss). Raises KeyError for an unknown task."""
         with self._lock:

@@ -222,7 +222,7 @@ def plot_id_vs_accuracy(
     groups = [str(labels[i]) for i in keep] if labels is not None else ["runs"] * len(keep)
     shapes = [str(markers_by[i]) for i in keep] if markers_by is not None else [""] * len(keep)
     shape_order = list(dict.fromkeys(shapes))
-    fig = _figure(7.0, 5.0)
+    fig = _figure(8.5, 5.0)
     ax = fig.subplots()
 
     def rho_text(sel: list[int]) -> str:
@@ -257,7 +257,7 @@ def plot_id_vs_accuracy(
                   loc="lower left", bbox_to_anchor=(1.01, 0.0))
     pooled = rho_text(list(range(len(keep))))
     over = f"{len(set(groups))} method(s)" + (f" × {len(shape_order)} dataset(s)" if markers_by is not None else "")
-    ax.set_title(_wrap(title or f"{_id_label(k)} vs accuracy — pooled over {over}: Spearman {pooled}", 4.8, 11.0),
+    ax.set_title(_wrap(title or f"{_id_label(k)} vs accuracy — pooled over {over}: Spearman {pooled}", 5.5, 11.0),
                  fontsize=11)
     ax.set_xlabel(xlabel or f"Information density {_id_label(k)} of the prompt")
     ax.set_ylabel(ylabel)

@@ -279,3 +279,29 @@ def test_clip_lora_on_open_clip_exports_nothing(tmp_path, tiny_arch_path):
     backbone = load_backbone(str(tiny_arch_path))
     method = _build(backbone, "clip_lora", classes=["a", "b"])
     assert method.export_adapter_files(tmp_path / "peft") is None and not (tmp_path / "peft").exists()
+
+
+def test_a_clip_lora_adapter_travels_and_carries_its_peft_export(hf, hf_folder, tmp_path, monkeypatch):
+    peft = pytest.importorskip("peft")
+    from rlptune.engine.adapter import load_adapter, read_adapter_config, save_adapter
+
+    config = resolve_config(None, {"method": {"name": "clip_lora"}})
+    method = build_method(config, hf, NAMES, None)
+    _perturb_lora(method, seed=1)
+    method.eval()
+    images = _images(2)
+    with torch.no_grad():
+        ours = hf.logit_scale * method.encode_images(images) @ method.class_features().t()
+    folder = save_adapter(tmp_path / "adapter", method, config)
+    recorded = read_adapter_config(folder)["backbone"]
+    assert recorded["spec"] == f"hf:{hf_folder.resolve()}" and recorded["identity"] == hf.identity
+    monkeypatch.chdir(tmp_path.parent)  # another working directory: the recorded spec still loads the backbone
+    loaded = load_adapter(folder, device="cpu")
+    with torch.no_grad():
+        again = loaded.backbone.logit_scale * loaded.encode_images(images) @ loaded.class_features().t()
+    assert (ours - again).abs().max() < 1e-5
+    base = transformers.CLIPModel.from_pretrained(str(hf_folder)).eval()
+    wrapped = peft.PeftModel.from_pretrained(base, str(folder / "peft")).eval()
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(_features(wrapped.get_image_features(pixel_values=images)), dim=-1)
+    assert (image - method.encode_images(images)).abs().max() < 1e-5

@@ -224,11 +224,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .config import list_presets
+    from . import recipes
     from .methods import list_methods
 
     print("methods:", ", ".join(list_methods()))
-    print("presets:", ", ".join(list_presets()))
+    print()
+    print(recipes.methods_table())
     return 0
 
 

@@ -20,9 +20,8 @@ import yaml
 
 from .errors import RlptuneError
 from .options import coerce, options_dict, parse_options
-from . import registry
+from . import recipes, registry
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **kw: Any):
@@ -338,20 +337,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def preset_path(name: str) -> Path | None:
-    """A shipped named config (``configs/<name>.yaml``), if one exists."""
-    path = PRESET_DIR / f"{name}.yaml"
-    return path if path.is_file() else None
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
 def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Any]:
-    """The method's official recipe for this protocol and shot count, as a settings mapping (empty when unknown)."""
-    path = preset_path(method) if _is_preset_name(method) else None
-    return load_yaml(path) if path is not None else {}
+    """The method's official recipe for this protocol and shot count (:mod:`rlptune.recipes`, every value sourced);
+    empty for methods without one (e.g. a method added from outside the package)."""
+    if method not in recipes.recipe_methods():
+        return {}
+    return recipes.preset(method, protocol, shots, dataset)
 
 
 def resolve_config(
@@ -368,14 +359,12 @@ def resolve_config(
     file_data: dict[str, Any] = {}
     if config_file:
         config_file = str(config_file)
-        path = None
-        if not Path(config_file).exists():
-            path = preset_path(config_file) if _is_preset_name(config_file) else None
-            if path is None:
-                raise RlptuneError(
-                    f"{config_file}: config file not found (and not a shipped preset: {', '.join(list_presets())})"
-                )
-        file_data = load_yaml(path or config_file)
+        path = Path(config_file) if Path(config_file).exists() else None
+        if path is None and config_file not in recipes.recipe_methods():
+            raise RlptuneError(
+                f"{config_file}: config file not found (and not a method with a recipe: {', '.join(recipes.recipe_methods())})"
+            )
+        file_data = load_yaml(path) if path is not None else {"method": {"name": config_file}}
     layers = (overrides, file_data, base)
     method = _peek(layers, "method", "name", str) or MethodSettings().name
     protocol = _peek(layers, "data", "protocol", str) or DataSettings().protocol
@@ -399,11 +388,6 @@ def _peek(layers: tuple, section: str, name: str, kind: type) -> Any:
         if isinstance(value, kind) and not isinstance(value, bool) and value != "":
             return value
     return None
-
-
-def _is_preset_name(name: str) -> bool:
-    """A method name that can name a shipped preset file (no path separators, no hidden or odd names)."""
-    return name.replace("_", "").replace("-", "").isalnum()
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:

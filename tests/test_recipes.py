@@ -365,12 +365,17 @@ def test_schedule_and_augmentation_facts_are_documented():
     assert "base · (1 + cos(π (e − W) / T)) / 2" in doc
     for text in ("1.209e-3", "7.885e-6", "3.166e-3", "1.005e-4"):  # Dassl T=5 / T=50 and CLIP-LoRA midpoint values
         assert text in doc, text
-    for method in METHODS:
-        assert f"`{method}`" in doc
+    for method in METHODS:  # each method's table in the docs names every setting its recipe sets
+        section = doc.split(f"#### `{method}` — ", 1)[1].split("\n#### ", 1)[0]
+        for protocol in PROTOCOLS:
+            for key in recipes.sources(method, protocol, 16, "dtd"):
+                assert f"| `{key}` |" in section, (method, key)
     assert recipes.AUGMENTATION["train: random resized crop, area scale"][0] == (0.08, 1.0)
     assert recipes.AUGMENTATION["train: interpolation"][0] == "bicubic"
     assert recipes.DASSL_SCHEDULE["WARMUP_RECOUNT"][0] is True
     assert recipes.LINEAR_PROBE_SEARCH["C grid"][0] == (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+    assert "drop_last = is_train and len(data_source) >= batch_size" in doc
+    assert set(recipes.DATA_LOADER) == {"Dassl train sampler", "Dassl drop_last", "Dassl evaluated model", "CLIP-LoRA loader"}
 
 
 def test_errors_name_what_is_wrong_in_one_line():

@@ -209,6 +209,15 @@ AUGMENTATION: dict[str, tuple[Any, str]] = {
     "eval: centre crop": (224, DASSL_TRANSFORMS + " (_build_transform_test: CenterCrop(SIZE))"),
 }
 
+#: How the official training loops batch the data and which model they evaluate (no RunConfig field; rlptune's
+#: engine does the same: shuffled batches, the last incomplete batch dropped when the split has a full batch).
+DATA_LOADER: dict[str, tuple[Any, str]] = {
+    "Dassl train sampler": ("RandomSampler (a new order every epoch)", DASSL_DEFAULTS + " (DATALOADER.TRAIN_X.SAMPLER)"),
+    "Dassl drop_last": ("len(train) >= batch_size (the last incomplete batch is dropped)", _DASSL + "dassl/data/data_manager.py"),
+    "Dassl evaluated model": ("the last epoch's (TEST.FINAL_MODEL = 'last_step'; no validation-based selection)", DASSL_DEFAULTS),
+    "CLIP-LoRA loader": ("shuffle=True, drop_last=False, restarted until 500*K iterations", _LORA + "datasets/utils.py"),
+}
+
 #: How Dassl's learning-rate schedule runs (every Dassl-based recipe: CoOp, RLP, CoCoOp, KgCoOp, MaPLe, IVLP, deep
 #: prompts, PromptSRC). See :func:`dassl_epoch_lr`.
 DASSL_SCHEDULE: dict[str, tuple[Any, str]] = {

@@ -51,7 +51,7 @@ _LORA = "MaxZanella/CLIP-LoRA:"
 DASSL_DEFAULTS = _DASSL + "dassl/config/defaults.py"
 DASSL_SCHEDULER = _DASSL + "dassl/optim/lr_scheduler.py"
 DASSL_TRANSFORMS = _DASSL + "dassl/data/transforms/transforms.py"
-RLP_SOURCE = "rlptune:src/rlptune/configs/rlp.yaml, docs/RLP.md (RLP has no public code)"
+RLP_SOURCE = "rlptune:docs/RLP.md (RLP has no public code; the parameterisation and the measured init)"
 
 
 @dataclass(frozen=True)

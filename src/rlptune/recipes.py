@@ -260,8 +260,12 @@ LINEAR_PROBE_SEARCH: dict[str, tuple[Any, str]] = {
 # building blocks
 
 
+_DASSL_CROP = (DASSL_DEFAULTS, "INPUT.RRCROP_SCALE = (0.08, 1.0); config TRANSFORMS random_resized_crop")
+
+
 def _dassl_train(config: str, *, lr: float, batch: int, epochs: int | None, defaults: str = DASSL_DEFAULTS,
-                 scheduler: str = DASSL_SCHEDULER, stepper: str = _COOP + "trainers/coop.py") -> list[Setting]:
+                 scheduler: str = DASSL_SCHEDULER, stepper: str = _COOP + "trainers/coop.py",
+                 crop: tuple[str, str] = _DASSL_CROP) -> list[Setting]:
     """The optimiser, schedule and augmentation every Dassl config fixes (SGD, cosine, 1 constant warm-up epoch)."""
     settings = [
         _s("train.optimizer", "sgd", config),
@@ -275,7 +279,7 @@ def _dassl_train(config: str, *, lr: float, batch: int, epochs: int | None, defa
         _s("train.min_lr", 0.0, scheduler, "CosineAnnealingLR without eta_min"),
         _s("train.schedule_unit", "epoch", stepper, "the scheduler steps after an epoch's last batch"),
         _s("train.iterations", 0, config, "Dassl trains by epochs (OPTIM.MAX_EPOCH)"),
-        _s("train.crop_scale", 0.08, defaults, "INPUT.RRCROP_SCALE = (0.08, 1.0); config TRANSFORMS random_resized_crop"),
+        _s("train.crop_scale", 0.08, *crop),
         _s("train.flip", True, config, "TRANSFORMS random_flip"),
     ]
     if epochs is not None:
@@ -444,7 +448,9 @@ _add(Recipe(
             _s("prompt.ctx_init", "a photo of a", _KG + "KgCoOp/trainers/kgcoop.py", "CTX_INIT: True -> 'a photo of a' (hard-coded)"),
             _s("prompt.init_std", 0.02, _KG + "KgCoOp/trainers/kgcoop.py"),
             *_dassl_train(_KG_CFG, lr=0.002, batch=128, epochs=100, defaults=_KG_DEFAULTS, scheduler=_KG_SCHED,
-                          stepper=_KG + "KgCoOp/trainers/kgcoop.py"),
+                          stepper=_KG + "KgCoOp/trainers/kgcoop.py",
+                          crop=(_KG + "Dassl.ProGrad.pytorch/dassl/data/transforms/transforms.py",
+                                "RandomResizedCrop without a scale: torchvision's default (0.08, 1.0)")),
         ),
         *(
             _rule(_s("method.options.template", template, KGCOOP_TEMPLATES_SOURCE, "CUSTOM_TEMPLATES[dataset]"),

@@ -242,3 +242,19 @@ def test_training_curve_section_mentions_validation_when_logged(results_dir: Pat
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "## Training curves" in md and "Validation accuracy (dashed)" in md
     assert "logged no validation accuracy" not in md
+
+
+def test_missing_jinja2_is_one_line_before_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from rlptune.analysis import templates
+
+    templates.environment.cache_clear()
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # import jinja2 -> ImportError
+    try:
+        rows = [{"protocol": "few-shot", "dataset": "dtd", "method": "coop", "seed": 1, "shots": 2, "accuracy": 50.0}]
+        with pytest.raises(RlptuneError, match=r"^report.html needs the jinja2 package: pip install 'rlptune\[report\]'"):
+            write_report(rows, tmp_path / "r")
+        assert not (tmp_path / "r").exists()
+    finally:
+        templates.environment.cache_clear()

@@ -69,12 +69,16 @@ def test_cache_key_covers_backbone_transform_view_and_items(tiny, splits, tiny_a
     assert cache_key(tiny, splits, items[:-1], 1) != key
     tiny_bf16 = load_backbone(str(tiny_arch_path), precision="bf16")
     assert cache_key(tiny_bf16, splits, items, 1) != key  # autocast features differ
-    path = splits.abspath(items[0])  # a touched image invalidates
-    stat = path.stat()
+    path = splits.abspath(items[0])  # keyed by content: a touch alone keeps the key, new bytes change it
+    stat, original = path.stat(), path.read_bytes()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert cache_key(tiny, splits, items, 1) == key
     try:
+        path.write_bytes(bytes([original[0] ^ 1]) + original[1:])  # same size, mtime restored below
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert cache_key(tiny, splits, items, 1) != key
     finally:
+        path.write_bytes(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 

@@ -6,13 +6,17 @@ then ``os.replace`` (atomic on POSIX and Windows). A killed process never leaves
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
+
+from .errors import RlptuneError
 
 
 def default_cache_dir() -> Path:
@@ -24,20 +28,41 @@ def default_cache_dir() -> Path:
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` then move the temporary file onto ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any other file
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         writer(tmp)
+        # mkstemp makes 0600 and some writers (safetensors) recreate the file: results get the umask's mode
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # full disk, read-only folder, a file where a folder should be ...
+            raise RlptuneError(os_error_line(exc, path, "write")) from None
         raise
     return path
+
+
+def os_error_line(exc: OSError, path: str | os.PathLike, action: str = "write") -> str:
+    """One line for an OS error while doing ``action`` on ``path``, saying why in words (full disk, read-only ...)."""
+    reasons = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a parent of it is a file, not a folder",
+        errno.EEXIST: "a file is in the way of a folder",
+        errno.EISDIR: "it is a folder",
+        errno.ENAMETOOLONG: "the name is too long",
+    }
+    reason = reasons.get(exc.errno or 0) or " ".join(str(exc.strerror or exc).split()).lower()
+    return f"{path}: cannot {action} ({reason})"
 
 
 def _current_umask() -> int:
@@ -78,12 +103,33 @@ def write_safetensors(
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON line; each line is written with a single write call and flushed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(dict(record), default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise RlptuneError(os_error_line(exc, path, "write")) from None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) for a with-block; a second process
+    waits its turn. Used so processes that need the same cache entry build it once."""
+    import fcntl
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise RlptuneError(os_error_line(exc, path, "create the lock file")) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _json_default(obj: Any) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import RlptuneError
-from ..io import write_json
+from ..io import file_lock, write_json
 from ._common import check_entry, read_json_file
 from .items import DatasetSplits, Item, relabel
 from .paths import normalize_rel
@@ -100,10 +100,21 @@ def fewshot_splits(
         "repeat": bool(repeat),
         "source": {"train": _digest(splits.train), "val": _digest(splits.val)},
     }
-    if cache_path is not None and Path(cache_path).exists():
-        train, val = _read_cache(Path(cache_path), header, splits)
-        return dataclasses.replace(splits, train=train, val=val)
+    if cache_path is None:
+        return _draw(splits, header, num_shots, val_shots, seed, None, repeat, strict)
+    cache_path = Path(cache_path)
+    if cache_path.exists() and not cache_path.is_file():
+        raise RlptuneError(f"{cache_path}: few-shot cache path is a folder, not a file")
+    # one process draws and writes, the others wait and read its file (never a half-written one: atomic writes)
+    with file_lock(cache_path.parent / f".{cache_path.name}.lock"):
+        if cache_path.exists():
+            train, val = _read_cache(cache_path, header, splits)
+            return dataclasses.replace(splits, train=train, val=val)
+        return _draw(splits, header, num_shots, val_shots, seed, cache_path, repeat, strict)
 
+
+def _draw(splits, header, num_shots, val_shots, seed, cache_path, repeat, strict) -> DatasetSplits:
+    """A fresh draw (and its cache file when ``cache_path`` is given)."""
     short = _short_classes(splits, splits.train, num_shots, "train") + _short_classes(
         splits, splits.val, val_shots, "val"
     )

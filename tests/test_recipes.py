@@ -110,7 +110,7 @@ BASE = {
     },
     # CLIP-LoRA run_utils.py / lora.py / main.py / datasets/*.py
     "clip_lora": {
-        "method": {"name": "clip_lora", "options": {"r": 2, "alpha": 1.0, "dropout": 0.25, "targets": ["q", "k", "v"],
+        "method": {"name": "clip_lora", "options": {"r": 2, "alpha": 1.0, "rslora": True, "dropout": 0.25, "targets": ["q", "k", "v"],
                                                     "towers": "both", "template": "a photo of a {}."}},
         "train": {"optimizer": "adamw", "lr": 0.0002, "weight_decay": 0.01, "batch_size": 32, "iterations": 8000,
                   "scheduler": "cosine", "schedule_unit": "step", "min_lr": 1e-06, "warmup_epochs": 0,

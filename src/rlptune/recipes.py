@@ -578,7 +578,9 @@ _add(Recipe(
         _rule(
             _s("method.name", "clip_lora", _LORA + "lora.py"),
             _s("method.options.r", 2, _LORA + "run_utils.py", "--r"),
-            _s("method.options.alpha", 1.0, _LORA + "run_utils.py", "--alpha; scale alpha/sqrt(r) (loralib/layers.py)"),
+            _s("method.options.alpha", 1.0, _LORA + "run_utils.py", "--alpha"),
+            _s("method.options.rslora", True, _LORA + "loralib/layers.py",
+               "scaling = lora_alpha / math.sqrt(r) (lora_alpha / r is commented out)"),
             _s("method.options.dropout", 0.25, _LORA + "run_utils.py", "--dropout_rate"),
             _s("method.options.targets", ["q", "k", "v"], _LORA + "run_utils.py", "--params"),
             _s("method.options.towers", "both", _LORA + "run_utils.py", "--encoder"),

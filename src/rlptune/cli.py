@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     output = Path(args.output)
-    result = train(config, output, resume=args.resume, progress=not args.no_progress)
+    result = train(config, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)")
     if "test" in result["metrics"]:
         _print_metrics("test", result["metrics"]["test"])
@@ -308,7 +308,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_config_flags(p)
     _add_method_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue a killed or finished run with the same settings")
+    p.add_argument("--overwrite", action="store_true", help="replace what the output folder holds (only when the run succeeds)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -38,12 +38,14 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the configured method, evaluate it under its protocol, write the run directory; return result.json.
 
-    The same pipeline as ``rlptune train`` and ``rlptune run`` (:func:`rlptune.engine.pipeline.run`).
+    The same pipeline as ``rlptune train`` and ``rlptune run`` (:func:`rlptune.engine.pipeline.run`): a folder that
+    already holds a run is reused only with ``resume`` (same settings) or replaced with ``overwrite``.
     """
-    return pipeline.run(config, output_dir, backbone=backbone, resume=resume, progress=progress, log=log)
+    return pipeline.run(config, output_dir, backbone=backbone, resume=resume, overwrite=overwrite, progress=progress, log=log)
 
 
 def prepare_dataset(config, few_shot_cache: str | Path | None = None, skipped_report: str | Path | None = None) -> DatasetSplits:

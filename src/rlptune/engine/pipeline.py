@@ -28,6 +28,7 @@ from ..data.images import check_images, skipped_report
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import Method, build_method
+from ..rundir import RunDirectory, settings_hash
 from .distributed import init_from_env, training_device
 from .features import FeatureCache
 from .trainer import Trainer, evaluate_split, finish_run, library_versions
@@ -147,16 +148,33 @@ def run(
     *,
     backbone: Backbone | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     targets: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the configured method, evaluate it under its protocol, write the run directory; return result.json."""
+    """Train the configured method, evaluate it under its protocol, write the run directory; return result.json.
+
+    The run directory is a transaction (:class:`rlptune.rundir.RunDirectory`): everything is written into a staging
+    folder that replaces ``output_dir`` only when the run has finished, under a lock; a finished run is reused only
+    with ``resume`` (same settings) or replaced with ``overwrite``. Under ``torchrun`` rank 0 writes ``output_dir``
+    directly (the ranks share one folder).
+    """
     output_dir = Path(output_dir)
     ddp = init_from_env(config.backbone.device)  # under torchrun: join the group (one process per device)
     if ddp.enabled and backbone is None:
         config.backbone.device = training_device(config.backbone.device, ddp)
+    if ddp.enabled:
+        return _run_in(config, output_dir, ddp, backbone, resume, progress, log, targets, extra)
+    with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite) as run_dir:
+        result = _run_in(config, run_dir.staging, ddp, backbone, run_dir.resumed_from is not None, progress, log, targets, extra)
+        run_dir.commit()
+    return result
+
+
+def _run_in(config, output_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
+    """The run itself, writing into ``output_dir`` (a staging folder, or the shared folder under torchrun)."""
     with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
         # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
         data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json")

@@ -32,6 +32,7 @@ from ..backbones import Backbone, load_backbone
 from ..config import resolve_config
 from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
+from ..engine import pipeline
 from ..errors import RlptuneError
 from ..data import canonical_name
 from ..methods import get_method_class
@@ -80,7 +81,7 @@ class RunSpec:
         overrides.setdefault("method", {})["name"] = self.method
         overrides.setdefault("backbone", {}).setdefault("name", self.backbone)
         data = overrides.setdefault("data", {})
-        data.update({"dataset": self.dataset, "root": self.data_root, "shots": self.shots})
+        data.update({"dataset": self.dataset, "root": self.data_root, "shots": self.shots, "protocol": self.protocol})
         overrides.setdefault("train", {})["seed"] = self.seed
         return resolve_config(self.config_file, overrides)
 
@@ -131,12 +132,6 @@ def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
     return grids or [{}]
 
 
-def _load(dataset: str, root: str | None) -> DatasetSplits:
-    from ..data import load_dataset
-
-    return load_dataset(dataset, root)
-
-
 class _Backbones:
     """Load each backbone once per process."""
 
@@ -155,13 +150,7 @@ _BACKBONES = _Backbones()
 
 
 def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run one protocol run (or return its existing result); resumes from a checkpoint if one exists."""
-    from ..data.fewshot import fewshot_splits, subsample_classes
-    from ..engine.features import FeatureCache
-    from ..engine.trainer import Trainer, evaluate_split, finish_run
-    from ..engine.api import seed_everything
-    from ..methods import build_method
-
+    """Run one protocol run (or return its existing result) through the one run pipeline; resumes from a checkpoint."""
     if spec.protocol not in PROTOCOLS:
         raise RlptuneError(f"protocol {spec.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     run_dir = spec.run_dir(results_dir)
@@ -170,43 +159,9 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
         return json.loads(result_path.read_text(encoding="utf-8"))
     config = spec.config()
     backbone = backbone or _BACKBONES.get(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    io.write_json(run_dir / "spec.json", asdict(spec))
-
-    full = _load(spec.dataset, spec.data_root)
-    drawn = fewshot_splits(full, spec.shots, spec.seed, cache_path=run_dir / "few_shot.json") if spec.shots > 0 else full
-    train_splits = subsample_classes(drawn, "base") if spec.protocol == "base2new" else drawn
-
-    seed_everything(spec.seed)
-    method = build_method(config, backbone, train_splits.classnames, train_splits.template)
-    cache = FeatureCache(config.train.cache_dir)
-    trainer = Trainer(config, method, train_splits, run_dir, cache=cache, progress=progress)
-    resume = (run_dir / "checkpoint" / "last.safetensors").is_file()
-    state = trainer.fit(resume=resume)
-
-    batch = config.eval.batch_size
-    metrics: dict[str, Any] = {}
-    extra: dict[str, Any] = {"protocol": spec.protocol, "dataset": spec.dataset, "tag": spec.tag(), "settings": spec.swept}
-    if spec.protocol == "base2new":
-        metrics["base"] = evaluate_split(method, train_splits, "test", cache, batch)
-        if method.transfers_to_new_classes:
-            new = subsample_classes(full, "new")
-            method.set_classnames(new.classnames)
-            metrics["new"] = evaluate_split(method, new, "test", cache, batch)
-            extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
-            method.set_classnames(train_splits.classnames)
-    else:
-        metrics["test"] = evaluate_split(method, train_splits, "test", cache, batch)
-        if spec.targets:
-            targets = {}
-            for name in spec.targets:
-                target = _load(name, spec.data_root)
-                method.set_classnames(target.classnames)
-                targets[name] = evaluate_split(method, target, "test", cache, batch)
-            method.set_classnames(train_splits.classnames)
-            extra["targets"] = targets
-    return finish_run(run_dir, method, config, state, metrics, extra)
+    # run folders are keyed by the settings hash: an interrupted run (its staging folder) always resumes
+    extra = {"tag": spec.tag(), "settings": spec.swept, "spec": asdict(spec)}
+    return pipeline.run(config, run_dir, backbone=backbone, resume=True, progress=progress, targets=spec.targets, extra=extra)
 
 
 def execute_spec(payload: dict[str, Any], backbone: Backbone | None = None) -> str:

@@ -253,11 +253,14 @@ def test_bad_options_are_one_line_errors(vit):
         ({"n_templates": 61}, "n_templates must be between 1 and 60"),
         ({"gpa_std": 0}, "gpa_std must be > 0"),
         ({"templates": ["no placeholder"]}, "templates: 'no placeholder'"),
-        ({"text_ctx": 5}, "must be between 1 and the 4 tokens of prompt.ctx_init"),
+        ({"text_ctx": 5}, "prompt.n_ctx=4 disagrees with method.options.text_ctx=5"),
     ]:
         with pytest.raises(RlptuneError, match=match) as err:
             _build(vit, options)
         assert "\n" not in str(err.value)
+    with pytest.raises(RlptuneError, match="method.options.text_ctx 5 must be between 1 and the 4 tokens of prompt.ctx_init"):
+        _build(vit, {"text_ctx": 5}, prompt={"n_ctx": 5})
+    assert _build(vit, {"text_ctx": 2}, prompt={"n_ctx": 16}).n_ctx == 2  # prompt.n_ctx at its default: text_ctx rules
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +282,9 @@ def test_vit_b16_parameter_counts_match_the_official_build(vit_b16):
     assert rlp.parameter_formula().endswith("= 4,644 + 6,948 = 11,592 (n=4, d=512, w=768, n_v=4, J_t=9, J_v=9, r=1)")
     rank4 = build_method(_config(prompt={"kind": "lowrank", "rank": 4}), vit_b16, NAMES)
     assert rank4.num_trainable() == 4 * 11_592
+    # the official recipe alone (rlptune.recipes) builds the same thing
+    recipe = build_method(resolve_config(None, {"method": {"name": "promptsrc"}, "data": {"protocol": "base2new"}}), vit_b16, NAMES)
+    assert recipe.num_trainable() == 46_080 and recipe.context_text == "a photo of a" and recipe.text.n_fixed == 0
 
 
 # -- training on a tiny random ViT ---------------------------------------------------------------------------------

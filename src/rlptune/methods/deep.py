@@ -83,11 +83,11 @@ class MapleOptions:
             raise RlptuneError("method.options.deep_init_std must be >= 0")
 
 
-def text_context_init(settings, backbone, n_ctx: int) -> tuple[torch.Tensor, bool, str | None]:
+def text_context_init(settings, backbone, n_ctx: int, field: str = "prompt.n_ctx") -> tuple[torch.Tensor, bool, str | None]:
     """The learned layer-0 text context (n, d), whether it comes from words, and the context text whose tokens after
     the first n stay fixed words (``prompt.ctx_init``; None for a random N(0, init_std²) context)."""
     if settings.ctx_init:
-        return context_from_init(backbone, settings.ctx_init, n_ctx), True, settings.ctx_init
+        return context_from_init(backbone, settings.ctx_init, n_ctx, field), True, settings.ctx_init
     return torch.randn(n_ctx, backbone.text.width) * settings.init_std, False, None
 
 
@@ -104,6 +104,7 @@ class DeepPrompts(Method):
     options_class: type = DeepPromptOptions
     coupled = False
     honours = frozenset({"class_token_position", "text_chunk", "checkpoint_text"})
+    text_context_field = "prompt.n_ctx"  # the setting that gives the learned text tokens per layer
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
@@ -125,7 +126,9 @@ class DeepPrompts(Method):
         if self.text_depth > 0:
             if self.text_depth > 1 and config.method.class_token_position != "end":
                 raise RlptuneError(f"{self.registered_name}: deep text prompts need method.class_token_position=end")
-            init, from_text, self.context_text = text_context_init(config.prompt, backbone, self.text_context_size())
+            init, from_text, self.context_text = text_context_init(
+                config.prompt, backbone, self.text_context_size(), self.text_context_field
+            )
             self.n_ctx = int(init.shape[-2])
             self.text_prompt = build_prompt(config.prompt, init, from_text)
             if self.text_depth > 1:

@@ -21,7 +21,8 @@ self-regularisers of ``trainers/promptsrc.py``:
   ``prompts.vision`` (J_v, n_v, w)); with full-rank prompts it is also copied into the parameters, as the
   official code's ``load_state_dict`` does.
 - textual diversity: t̄ averages the 60 ImageNet templates of the repository's ``trainers/imagenet_templates.py``
-  (``IMAGENET_TEMPLATES``, the same list for every dataset), computed once for the training classes.
+  (``IMAGENET_TEMPLATES``, the same list for every dataset; :data:`rlptune.recipes.PROMPTSRC_TEMPLATES`), computed
+  once for the training classes.
 
 Official defaults (``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``, base-to-new): J_t = J_v = 9,
 n = n_v = 4, ctx_init "a photo of a", text weight 25, image weight 10, GPA μ = 15, σ = 1, SGD lr 0.0025, batch 4,
@@ -44,6 +45,7 @@ building the method for evaluation costs no extra text encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,29 +55,10 @@ import torch.nn.functional as F
 
 from ..errors import RlptuneError
 from ..prompts import FullRankPrompt
+from ..recipes import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once (data, no torch)
 from .base import Batch, StepOutput, register_method
 from .deep import DeepPrompts
 from .options import option
-
-#: ``IMAGENET_TEMPLATES`` of PromptSRC's ``trainers/imagenet_templates.py`` (60 of CLIP's 80 ImageNet prompts, in
-#: the repository's order): the ensemble whose mean frozen text feature regularises the prompted one.
-PROMPTSRC_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
-    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.", "a photo of a clean {}.",
-    "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.", "the plastic {}.",
-    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
-    "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.",
-    "a bright photo of the {}.", "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
-    "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-    "a close-up photo of the {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.",
-    "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.", "the toy {}.",
-    "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
-    "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.",
-    "a sketch of the {}.", "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
-)
 
 
 @dataclass
@@ -134,6 +117,7 @@ class PromptSRC(DeepPrompts):
     """IVLP prompts trained with PromptSRC's self-regularisers and Gaussian prompt aggregation."""
 
     options_class = PromptSRCOptions
+    text_context_field = "method.options.text_ctx"
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
@@ -143,7 +127,16 @@ class PromptSRC(DeepPrompts):
         self._aggregated: dict[str, torch.Tensor] | None = None  # the final aggregate: plain prompts per layer
 
     def text_context_size(self) -> int:
-        return int(self.options.text_ctx)
+        """n = ``method.options.text_ctx``; ``prompt.n_ctx`` may only repeat it (or stay at its default)."""
+        n = int(self.options.text_ctx)
+        given = int(self.config.prompt.n_ctx)
+        default = {f.name: f.default for f in dataclasses.fields(type(self.config.prompt))}.get("n_ctx", given)
+        if given not in (n, default):
+            raise RlptuneError(
+                f"prompt.n_ctx={given} disagrees with method.options.text_ctx={n}: promptsrc learns text_ctx tokens per "
+                f"layer; set method.options.text_ctx={given} or leave prompt.n_ctx unset"
+            )
+        return n
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)

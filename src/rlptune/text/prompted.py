@@ -46,16 +46,17 @@ def text_embeddings(backbone: Backbone, text: str) -> torch.Tensor:
         return backbone.text.embed(ids[None, 1:eot])[0].float().clone()
 
 
-def context_from_init(backbone: Backbone, ctx_init: str, n_ctx: int) -> torch.Tensor:
+def context_from_init(backbone: Backbone, ctx_init: str, n_ctx: int, field: str = "prompt.n_ctx") -> torch.Tensor:
     """The learned part (n, d) of a context initialised from ``ctx_init``: its first ``n_ctx`` token embeddings.
 
     The remaining tokens of ``ctx_init`` stay fixed text (pass ``context_text=ctx_init`` to
-    :class:`PromptedClassText`), as the official MaPLe / IVLP / PromptSRC code does.
+    :class:`PromptedClassText`), as the official MaPLe / IVLP / PromptSRC code does. ``field`` names the setting
+    that gave ``n_ctx`` in the error.
     """
     words = text_embeddings(backbone, ctx_init)
     if not 1 <= n_ctx <= words.shape[0]:
         raise RlptuneError(
-            f"prompt.n_ctx {n_ctx} must be between 1 and the {words.shape[0]} tokens of prompt.ctx_init {ctx_init!r} "
+            f"{field} {n_ctx} must be between 1 and the {words.shape[0]} tokens of prompt.ctx_init {ctx_init!r} "
             f"(the first n_ctx tokens are learned, the rest stay fixed words)"
         )
     return words[:n_ctx].clone()

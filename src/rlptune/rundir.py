@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import io
 from .errors import RlptuneError
+from .io import os_error_line
 
 MARKER = ".rlptune-run.json"
 MARKER_FORMAT = "rlptune-run/1"
@@ -58,22 +60,6 @@ def settings_hash(config_dict: Mapping[str, Any]) -> str:
             relevant[section] = values
     payload = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def os_error_line(exc: OSError, path: str | os.PathLike, action: str) -> str:
-    """One line for an OS error while ``action`` on ``path``: full disk, read-only, permission, not a folder ..."""
-    reasons = {
-        errno.ENOSPC: "no space left on device",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "operation not permitted",
-        errno.ENOTDIR: "a parent of it is a file, not a folder",
-        errno.EEXIST: "a file is in the way",
-        errno.ENAMETOOLONG: "the name is too long",
-    }
-    reason = reasons.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
-    return f"{path}: cannot {action} ({reason})"
 
 
 def is_run_directory(path: Path) -> bool:
@@ -272,7 +258,7 @@ class RunDirectory:
         self.resumed_from = source
 
     def _write_marker(self) -> None:
-        from . import __version__, io
+        from . import __version__
 
         io.write_json(
             self.staging / MARKER,

@@ -18,6 +18,7 @@ def test_mean_std_sample_std() -> None:
     assert r.format() == "2.50 ± 1.29"
     one = mean_std([70.0, None])
     assert (one.mean, one.std, one.n) == (70.0, 0.0, 1)
+    assert one.format() == "70.00 ± –"  # one seed: no spread observed, not a spread of 0.00
     with pytest.raises(RlptuneError):
         mean_std([])
 

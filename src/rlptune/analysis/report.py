@@ -793,11 +793,13 @@ def write_report(
             figure_files += paths
             doc.figure(paths, "Base / New / H per dataset and method (mean ± std over seeds)")
         if protocol == "few-shot":
-            paths = _plot("plot_few_shot_curves", few_shot_curves(table), figures_dir / "few_shot_curves")
+            curves = few_shot_curves(table)
+            paths = _plot("plot_few_shot_curves", curves, figures_dir / "few_shot_curves")
             figure_files += paths
+            zero_shot = any(c.get("shots") == [0] for methods in curves.values() for c in methods.values())
             doc.figure(paths, "Few-shot accuracy vs shots per class (mean ± std band over seeds; markers of "
-                              "different methods are nudged sideways so equal values stay visible; zero-shot CLIP "
-                              "is the grey dotted line)")
+                              "different methods are nudged sideways so equal values stay visible"
+                              + ("; zero-shot CLIP is the grey dotted line)" if zero_shot else ")"))
 
     comparisons = compare_methods(rows, baseline=baseline)
     if comparisons:

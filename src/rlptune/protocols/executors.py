@@ -140,15 +140,21 @@ def run_task(work: WorkFunction, task: Task, threads: int = 0) -> Outcome:
     """Run one task in this process and turn any exception into an :class:`Outcome` (workers of every executor
     call this, so an error crosses process boundaries as plain text, never as an unpicklable exception)."""
     if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
+        _limit_threads(threads)
     try:
         return Outcome(task.key, summary=work(task.payload))
     except RlptuneError as exc:
         return Outcome(task.key, error=_first_line(str(exc)), detail=str(exc))
     except Exception as exc:  # a bug or a library error: keep the sweep going, keep the traceback
-        return Outcome(task.key, error=_first_line(f"{type(exc).__name__}: {exc}"), detail=traceback.format_exc())
+        return Outcome(task.key, error=f"{type(exc).__name__}: {_first_line(str(exc))}", detail=traceback.format_exc())
+
+
+def _limit_threads(threads: int) -> None:
+    """Runs side by side must not each use every core; torch reads the variable when it is first imported."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def _first_line(text: str) -> str:
@@ -274,6 +280,13 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlptune-parent-watchdog", daemon=True).start()
 
 
+def _pool_task(work: WorkFunction, task: Task, threads: int, started: str) -> Outcome:
+    """``run_task`` in a pool worker, leaving a mark that it started: when a dead worker breaks the pool, only
+    runs that had started are charged a retry (queued ones lost nothing)."""
+    Path(started).touch()
+    return run_task(work, task, threads)
+
+
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Terminate the pool's workers now (their runs keep their checkpoints), then release the pool."""
     processes = list(getattr(pool, "_processes", {}).values() or [])
@@ -311,7 +324,9 @@ class LocalExecutor(Executor):
             queue = self._run_pool(queue, work, progress, attempts)
 
     def _run_pool(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress, attempts: dict[str, int]) -> list[Task]:
+        """One pool over ``tasks``; returns the runs to start again because a dead worker broke the pool."""
         import multiprocessing
+        import tempfile
 
         pool = ProcessPoolExecutor(
             max_workers=min(self.settings.jobs, len(tasks)),
@@ -320,28 +335,33 @@ class LocalExecutor(Executor):
             initargs=(os.getpid(),),
         )
         retry: list[Task] = []
-        try:
-            futures: dict[Future, Task] = {pool.submit(run_task, work, t, self.threads()): t for t in tasks}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=min(1.0, self.settings.progress_every_s), return_when=FIRST_COMPLETED)
-                running = min(len(pending), self.settings.jobs)
-                for future in finished:
-                    task = futures[future]
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        attempts[task.key] += 1
-                        if attempts[task.key] <= self.settings.max_retries:
-                            retry.append(task)
-                            continue
-                        outcome = Outcome(task.key, error=f"its worker process died {attempts[task.key]} times (killed or out of memory)")
-                    progress.record(outcome, running)
-                progress.heartbeat(min(len(pending), self.settings.jobs), self.settings.progress_every_s)
-        except BaseException:
-            _stop_pool(pool)
-            raise
-        pool.shutdown(wait=True)
+        with tempfile.TemporaryDirectory(prefix="rlptune-pool-") as marks:
+            started = {t.key: Path(marks) / f"{i}.started" for i, t in enumerate(tasks)}
+            try:
+                futures: dict[Future, Task] = {
+                    pool.submit(_pool_task, work, t, self.threads(), str(started[t.key])): t for t in tasks
+                }
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, timeout=min(1.0, self.settings.progress_every_s), return_when=FIRST_COMPLETED)
+                    running = min(len(pending), self.settings.jobs)
+                    for future in finished:
+                        task = futures[future]
+                        try:
+                            outcome = future.result()
+                        except BrokenProcessPool:
+                            attempts[task.key] += started[task.key].exists()
+                            if attempts[task.key] <= self.settings.max_retries:
+                                retry.append(task)
+                                continue
+                            outcome = Outcome(task.key, error=f"its worker process died {attempts[task.key]} times "
+                                                              f"(killed or out of memory)")
+                        progress.record(outcome, running)
+                    progress.heartbeat(running, self.settings.progress_every_s)
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
         return retry
 
 

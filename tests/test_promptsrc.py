@@ -347,3 +347,44 @@ def test_promptsrc_trains_beats_zero_shot_and_round_trips(vit, colour_folder, ze
     assert torch.equal(a, b)
     assert torch.allclose(a, merged, atol=1e-5)
     assert 100.0 * int((a.argmax(-1) == labels).sum()) / len(labels) == pytest.approx(top1, abs=1e-6)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_aggregate(vit, colour_folder, tmp_path, monkeypatch):
+    """The running GPA sum travels in the checkpoint: stopping after epoch 2 of 4 and resuming gives the same adapter."""
+    from rlptune.methods.promptsrc import PromptSRC
+
+    options = {**TRAIN_OPTIONS, "gpa_mean": 3, "gpa_std": 1}
+    prompt = {"ctx_init": "a photo of a", "kind": "lowrank", "rank": 2, "dropout": 0.2}
+
+    def config():
+        c = _run_config(colour_folder, tmp_path / "cache", "promptsrc", options, prompt)
+        c.train.epochs = 4
+        return c
+
+    train(config(), tmp_path / "full", backbone=vit, progress=False)
+
+    real_start = PromptSRC.on_epoch_start
+
+    def stop_at_epoch_two(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        real_start(self, epoch)
+
+    monkeypatch.setattr(PromptSRC, "on_epoch_start", stop_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), tmp_path / "stopped", backbone=vit, progress=False)
+    monkeypatch.setattr(PromptSRC, "on_epoch_start", real_start)
+    assert not (tmp_path / "stopped" / "adapter" / "adapter_model.safetensors").exists()
+    from safetensors import safe_open
+
+    (checkpoint,) = tmp_path.glob(".stopped.staging-*/checkpoint/last.safetensors")  # kept for --resume (rlptune.rundir)
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        assert {"param.gpa_sum.text", "param.gpa_sum.vision"} <= set(handle.keys())
+    messages = []
+    train(config(), tmp_path / "stopped", backbone=vit, progress=False, resume=True, log=messages.append)
+    assert any("resuming after epoch 2" in m for m in messages), messages
+    for run in ("full", "stopped"):
+        assert set(load_adapter(tmp_path / run / "adapter", vit).adapter_state()) == {"prompts.text", "prompts.vision"}
+    assert (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "stopped" / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()

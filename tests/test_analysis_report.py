@@ -258,3 +258,12 @@ def test_missing_jinja2_is_one_line_before_any_file(tmp_path: Path, monkeypatch:
         assert not (tmp_path / "r").exists()
     finally:
         templates.environment.cache_clear()
+
+
+def test_zero_shot_is_the_reference_side_without_a_baseline() -> None:
+    from rlptune.analysis.report import compare_methods
+
+    rows = [{"protocol": "base2new", "dataset": ds, "method": m, "seed": s, "base": 80.0 + (m == "rlp"), "new": 70.0}
+            for ds in ("dtd", "eurosat") for m in ("rlp", "zeroshot") for s in (1, 2)]
+    found = compare_methods(rows)
+    assert {(c["a"], c["b"]) for c in found} == {("rlp", "zeroshot")} and all(c["n"] == 2 for c in found)

@@ -559,6 +559,8 @@ def compare_methods(
         for a, b in pairs:
             a_rows = [r for r in selected if r["method"] == a]
             b_rows = [r for r in selected if r["method"] == b]
+            if all(map(is_shot_independent, a_rows)) and not all(map(is_shot_independent, b_rows)):
+                a, b, a_rows, b_rows = b, a, b_rows, a_rows  # zero-shot is the reference: "method − zero-shot"
             for label, a_side, b_side, pair_key, over in _pairings(protocol, key, a_rows, b_rows, metric):
                 result = paired_comparison(a_side, b_side, key=pair_key, metric=metric)
                 if result.n:

@@ -10,6 +10,6 @@ if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.st
   .venv/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 fi
 if ! .venv/bin/python -c "import rlptune, pytest, hypothesis, peft, fastapi, uvicorn, jinja2" 2>/dev/null || [ pyproject.toml -nt .venv/.rlptune-installed ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,lora,serve,report]"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,lora,serve,report,tensorboard]"
   touch .venv/.rlptune-installed
 fi

@@ -16,7 +16,7 @@ from .errors import RlptuneError
 from .protocols.executors import add_executor_args, executor_settings_from_args
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
     from .config import _section_classes
 
     classes = _section_classes()
@@ -24,7 +24,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set any field, e.g. prompt.rank=2")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (section, name, f) in flag_table().items():
-        if sections is not None and section not in sections:
+        if (sections is not None and section not in sections) or name in skip:
             continue
         group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
         hint = typing.get_type_hints(classes[section])[name]
@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     output = Path(args.output)
-    result = train(config, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(config, output, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
     print(f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)")
     if "test" in result["metrics"]:
         _print_metrics("test", result["metrics"]["test"])
@@ -113,19 +113,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_splits(args: argparse.Namespace, adapter_config: dict | None = None):
+def _data_splits(args: argparse.Namespace):
     from .engine.api import prepare_dataset
 
-    base = {"data": {"shots": 0}}
-    config = resolve_config(None, _overrides(args), base=base)
+    config = resolve_config(None, _overrides(args), base={"data": {"shots": 0}})
     return config, prepare_dataset(config)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _load_adapter(args: argparse.Namespace):
+    """The adapter on its recorded backbone, or on ``--backbone`` (the identity is checked either way)."""
+    from .backbones import load_backbone
     from .engine.adapter import load_adapter
+
+    device = args.device or "auto"
+    backbone = load_backbone(args.backbone, device=device) if args.backbone else None
+    return load_adapter(args.adapter, backbone=backbone, device=device)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: redirected logs get no bar frames."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.api import evaluate
 
-    method = load_adapter(args.adapter, device=args.device or "auto")
+    method = _load_adapter(args)
     config, splits = _data_splits(args)
     metrics = evaluate(method, splits, args.split, batch_size=config.eval.batch_size)
     _print_metrics(f"{splits.name} {args.split} ({method.registered_name})", metrics)
@@ -174,10 +187,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise RlptuneError(f"--top-k must be >= 1, got {args.top_k}")
-    method = load_adapter(args.adapter, device=args.device or "auto")
+    method = _load_adapter(args)
     if args.classes:
         method.set_classnames(_read_classes(args.classes))
-    rows = predict(method, args.images, top_k=args.top_k, progress=not args.no_progress)
+    rows = predict(method, args.images, top_k=args.top_k, progress=_progress(args))
     k = max(1, min(args.top_k, len(method.classnames)))
     if args.output:
         write_predictions_csv(args.output, rows, k)
@@ -298,8 +311,52 @@ def cmd_pretrain_micro(args: argparse.Namespace, rest: list[str]) -> int:
     return int(pretrain_main(rest) or 0)
 
 
+#: Names people type for a flag, from other tools, and the flag they mean.
+FLAG_SYNONYMS = {
+    "learning-rate": "lr", "learningrate": "lr", "base-lr": "lr", "max-epoch": "epochs", "max-epochs": "epochs",
+    "num-epochs": "epochs", "n-epochs": "epochs", "epoch": "epochs", "bs": "batch-size", "batch": "batch-size",
+    "wd": "weight-decay", "num-shots": "shots", "n-shots": "shots", "nctx": "n-ctx", "num-ctx": "n-ctx",
+    "model": "backbone", "arch": "backbone", "out": "output", "output-dir": "output",
+}
+
+
+def suggest_flag(token: str, flags: Sequence[str]) -> str | None:
+    """The flag a mistyped one most likely means: a known synonym, the same name with dashes, then edit distance."""
+    import difflib
+
+    key = token.lstrip("-").split("=", 1)[0].replace("_", "-").lower()
+    names = {f.lstrip("-") for f in flags if f.startswith("--")}
+    for candidate in (key, FLAG_SYNONYMS.get(key)):
+        if candidate in names:
+            return f"--{candidate}"
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return f"--{close[0]}" if close else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a did-you-mean for unknown flags (``--learning_rate`` → ``--lr``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            unknown = [t for t in message.split(":", 1)[1].split() if t.startswith("--")]
+            flags = [o for p in _all_parsers(self) for a in p._actions for o in a.option_strings]
+            hint = suggest_flag(unknown[0], flags) if unknown else None
+            if hint:
+                message += f" (did you mean {hint}?)"
+        super().error(message)
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_all_parsers(sub))
+    return found
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlptune", description="Adapt a frozen CLIP with a tiny prompt (CoOp, RLP, …).")
+    parser = _Parser(prog="rlptune", description="Adapt a frozen CLIP with a tiny prompt (CoOp, RLP, …).")
     parser.add_argument("--version", action="version", version=f"rlptune {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,14 +372,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an adapter on a dataset split")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    _add_config_flags(p, sections=("data", "eval"))
-    p.add_argument("--device", default=None)
+    _add_config_flags(p, sections=("data", "eval"), skip=("top_k",))
+    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy with hand-written templates")
-    _add_config_flags(p, sections=("backbone", "data", "method", "eval"))
+    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("top_k", "class_specific", "class_token_position", "text_chunk", "checkpoint_text", "shared_prefix", "name"))
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_zeroshot)
@@ -333,7 +391,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--classes", help="comma-separated class names or a file (one per line): overrides the adapter's classes")
     p.add_argument("-o", "--output", help="CSV file to write (default: print)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -168,6 +168,8 @@ class TrainSettings(_Section):
     crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
     val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc")
+    select_best: bool = _f(False, "keep the epoch with the best validation accuracy instead of the last (the papers report the last)")
+    loggers: list = _f([], "extra metric loggers besides metrics.jsonl: tensorboard, csv (comma-separated or repeated)", flag="logger")
     checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
     num_workers: int = _f(0, "image-loading worker processes")
     cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
@@ -188,6 +190,9 @@ class TrainSettings(_Section):
         _at_least("train.warmup_epochs", self.warmup_epochs, 0)
         _at_least("train.checkpoint_every", self.checkpoint_every, 0)
         _at_least("train.val_every", self.val_every, 0)
+        self.loggers = [n.strip() for item in self.loggers for n in str(item).split(",") if n.strip()]
+        if self.select_best and self.val_every == 0:
+            raise RlptuneError("train.select_best needs validation: set train.val_every >= 1")
         _at_least("train.num_workers", self.num_workers, 0)
         _at_least("train.seed", self.seed, 0)
         if self.seed >= 2**63:
@@ -316,6 +321,31 @@ def set_field(target: Any, section: str, key: str, value: Any, source: str) -> N
     setattr(target, key, coerced)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden on purpose; explicit ones may not repeat
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except (TypeError, yaml.YAMLError):
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"line {line}: key {key!r} given twice (first at line {seen[key]}); each key may appear once")
+                seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -325,7 +355,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RlptuneError(f"{path}: cannot read config ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise RlptuneError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f" at line {mark.line + 1}" if mark is not None else ""

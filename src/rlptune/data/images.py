@@ -168,3 +168,25 @@ def check_images(
 def skipped_report(skipped: Iterable[SkippedImage]) -> list[dict[str, str]]:
     """The skipped images as JSON-ready records (``split``, ``path``, ``reason``)."""
     return [dataclasses.asdict(s) for s in skipped]
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def collect_images(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[Path]:
+    """Files given directly plus image files found (recursively, sorted) in given folders; one path or many."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    given = list(paths)
+    for raw in given:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise RlptuneError(f"{path}: no such image or folder")
+    if not out:
+        raise RlptuneError(f"no images found in {', '.join(str(p) for p in given) or 'an empty list'}")
+    return out

@@ -22,7 +22,6 @@ import torch
 
 from .. import io
 from ..backbones import Backbone, eval_transform
-from ..data.images import load_image
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import build_method
@@ -58,65 +57,17 @@ def zero_shot_method(config, backbone: Backbone, classnames: Sequence[str], data
     return build_method(config, backbone, classnames, dataset_template)
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files given directly plus image files found (recursively, sorted) in given folders."""
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise RlptuneError(f"{path}: no such image or folder")
-    if not out:
-        raise RlptuneError(f"no images found in {', '.join(str(p) for p in paths)}")
-    return out
-
-
 @torch.no_grad()
 def predict(
     method,
-    images: Sequence[str | Path],
+    images: Any,
     top_k: int = 5,
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Top-k labels and probabilities for each image (softmax over the method's classes)."""
-
-    paths = collect_images(images)
-    transform = eval_transform(method.backbone)
-    method.eval()
-    method.merge()
-    k = max(1, min(top_k, len(method.classnames)))
-    rows: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        batch = torch.stack([transform(load_image(p)) for p in chunk])
-        feats = method.encode_images(batch)
-        probs = method.logits(feats).softmax(-1).cpu()
-        top = probs.topk(k, dim=-1)
-        for path, values, indices in zip(chunk, top.values, top.indices):
-            rows.append(
-                {
-                    "path": str(path),
-                    "labels": [method.classnames[int(i)] for i in indices],
-                    "probs": [float(v) for v in values],
-                }
-            )
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return rows
+    """Top-k labels and probabilities for each image: a path, a list of paths, a folder, a PIL image or a tensor batch
+    (see :meth:`rlptune.Method.predict`)."""
+    return method.predict(images, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
 def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int) -> Path:
@@ -135,7 +86,6 @@ def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: i
 
 
 __all__ = [
-    "collect_images",
     "evaluate",
     "load_adapter",
     "predict",

@@ -31,6 +31,7 @@ from ..methods import Method, build_method
 from ..rundir import RunDirectory, settings_hash
 from .distributed import init_from_env, training_device
 from .features import FeatureCache
+from .loggers import make_loggers
 from .trainer import Trainer, evaluate_split, finish_run, library_versions
 
 #: Loaders whose train/val/test split is drawn by rlptune and therefore takes ``data.split_seed``.
@@ -197,8 +198,13 @@ def _run_in(config, output_dir: Path, ddp, backbone, resume, progress, log, targ
     seed_everything(config.train.seed)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
     cache = FeatureCache(config.train.cache_dir)
-    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress)
-    state = trainer.fit(resume=resume)
+    loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
+    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers)
+    try:
+        state = trainer.fit(resume=resume)
+    finally:
+        for logger in loggers:
+            logger.close()
     if not ddp.is_main:  # one writer: rank 0 evaluates and writes the adapter and result.json
         ddp.barrier()
         return json.loads((output_dir / "result.json").read_text(encoding="utf-8"))

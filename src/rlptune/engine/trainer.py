@@ -89,6 +89,7 @@ class TrainState:
     epochs_done: int = 0
     resumed_from: int | None = None
     seconds: float = 0.0
+    best: tuple[int, float, dict] | None = None  # (epoch, validation accuracy, trained tensors) with select_best
 
 
 def prompt_diagnostics_for(method) -> dict[str, Any]:
@@ -271,6 +272,8 @@ class Trainer:
             record.update({k: v / max(seen, 1) for k, v in logged.items()})
             if val is not None and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == epochs_total):
                 record["val_acc"] = self._validation_accuracy(val)
+                if settings.select_best and (state.best is None or record["val_acc"] > state.best[1]):
+                    state.best = (epoch + 1, record["val_acc"], method.adapter_state())
             # the effective prompts (e.g. P_fr + P_A @ P_B) can overflow while their factors are finite: never log
             # diagnostics of, or checkpoint, a diverged prompt
             for name, (current, _) in method.prompt_matrices().items():
@@ -294,6 +297,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
         if bar is not None:
             bar.close()
+        if settings.select_best and state.best is not None:
+            epoch_kept, accuracy, tensors = state.best
+            method.load_adapter_state(tensors, f"epoch {epoch_kept}")
+            self.log(f"kept epoch {epoch_kept} (best validation accuracy {accuracy:.2f}%)")
         state.seconds = time.perf_counter() - t0
         method.eval()
         return state
@@ -423,6 +430,7 @@ def finish_run(output_dir: Path, method, config, state: TrainState, metrics: dic
         "backbone": method.backbone.identity,
         "trainable_params": method.num_trainable(),
         "epochs": state.epochs_done,
+        **({"selected_epoch": state.best[0]} if state.best is not None else {}),
         "train_seconds": round(state.seconds, 3),
         "metrics": metrics,
         "prompt_diagnostics": prompt_diagnostics_for(method),

@@ -77,6 +77,56 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def prompt_key(name: str) -> str:
+    """The form a class name takes in a prompt, for telling names apart: case-folded, ``_`` as a space, runs of
+    whitespace as one space. Two names with the same key give identical prompts, so a model cannot separate them."""
+    return " ".join(name.replace("_", " ").casefold().split())
+
+
+def check_unique_classnames(names: Sequence[str], source: str | os.PathLike, what: str = "class names") -> None:
+    """One-line error listing the names that collide after :func:`prompt_key` (``'red' = 'Red' = 'RED'``)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(prompt_key(name), []).append(name)
+    colliding = [group for key, group in groups.items() if len(group) > 1]
+    if not colliding:
+        return
+    shown = "; ".join(" = ".join(repr(n) for n in group[:4]) + (" = ..." if len(group) > 4 else "") for group in colliding[:3])
+    more = f" and {len(colliding) - 3} more group(s)" if len(colliding) > 3 else ""
+    raise RlptuneError(
+        f"{source}: {what} collide after prompt normalisation (case, '_' and spaces ignored), so their prompts are "
+        f"identical: {shown}{more}; rename or merge them"
+    )
+
+
+def read_class_list(value: str, flag: str = "--classes") -> list[str]:
+    """A class list given on the command line: a file with one name per line, or comma-separated names.
+
+    Empty lists, repeated names and names that collide after prompt normalisation are one-line errors; a value
+    too long to be a file name is read as a list (never an OS error)."""
+    shown = value if len(value) <= 60 else value[:57] + "..."
+    try:
+        is_file = Path(value).is_file()
+    except (OSError, ValueError):  # longer than a file name can be, or a NUL byte
+        is_file = False
+    if is_file:
+        names = [line.strip() for line in read_text(value, "classes file").splitlines() if line.strip()]
+    else:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise RlptuneError(f"{flag} {shown!r}: expected a comma-separated list or a file with one class per line")
+    repeated = _repeated(names)
+    if repeated:
+        raise RlptuneError(f"{flag} {shown!r}: class {repeated[0]!r} is listed more than once")
+    check_unique_classnames(names, f"{flag} {shown!r}", "classes")
+    return names
+
+
+def _repeated(names: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)})
+
+
 def build_splits(
     entries: Mapping[str, Sequence[Entry]],
     *,
@@ -88,6 +138,7 @@ def build_splits(
     check_files: bool = True,
     classnames: Sequence[str] | None = None,
     unique_names: bool = True,
+    one_listing_per_image: bool = False,
 ) -> DatasetSplits:
     """Turn per-split entries into validated :class:`DatasetSplits`.
 
@@ -95,7 +146,8 @@ def build_splits(
     ``0..n-1`` without gaps, that every path stays inside ``root`` (``check_paths``) and that every listed image
     exists (``check_files``; one error summarises all missing files). ``classnames`` fixes the class list when the
     caller knows it (every class must still have at least one image). ``unique_names=False`` allows two labels
-    to share a class name (ImageNet's list has such pairs in some versions).
+    to share a class name (ImageNet's list has such pairs in some versions). ``one_listing_per_image`` (user-made
+    CSV / split JSON) makes an image listed under two labels, or in two splits, an error.
     """
     label_name: dict[int, tuple[str, str]] = {}
     name_label: dict[str, tuple[int, str]] = {}
@@ -137,10 +189,13 @@ def build_splits(
                 f"(largest label found: {n - 1})"
             )
         classnames = [label_name[i][0] for i in range(n)]
+    if unique_names:
+        check_unique_classnames(classnames, source)
 
     checker = PathChecker(root, source) if (check_paths or check_files) else None
     out: dict[str, list[Item]] = {}
     missing_files: list[tuple[str, str]] = []
+    first_seen: dict[str, tuple[str, int, str]] = {}  # image path -> (split, label, where) of its first listing
     for split in SPLIT_NAMES:
         items = []
         for path, label, cname, where in entries.get(split, ()):
@@ -150,6 +205,8 @@ def build_splits(
                     missing_files.append((where, path))
             else:
                 path = normalize_rel(path, source, where)
+            if one_listing_per_image:
+                _check_listed_once(first_seen, path, split, label, where, classnames, source)
             items.append(Item(path, label, cname))
         out[split] = items
     if missing_files:
@@ -160,6 +217,28 @@ def build_splits(
         )
     splits = DatasetSplits(name=name, root=Path(root), classnames=classnames, template=template, **out)
     return splits.validate(source)
+
+
+def _check_listed_once(
+    first_seen: dict[str, tuple[str, int, str]], path: str, split: str, label: int, where: str,
+    classnames: Sequence[str], source: str | os.PathLike,
+) -> None:
+    """An image under two labels (a label conflict) or in two splits (a train/test leak) is an error."""
+    seen = first_seen.get(path)
+    if seen is None:
+        first_seen[path] = (split, label, where)
+        return
+    seen_split, seen_label, seen_where = seen
+    if seen_label != label:
+        raise RlptuneError(
+            f"{source}: {where}: image {path!r} is labelled {classnames[label]!r} but {seen_where} labels it "
+            f"{classnames[seen_label]!r}; an image has one label"
+        )
+    if seen_split != split:
+        raise RlptuneError(
+            f"{source}: {where}: image {path!r} is in the {split} split and also in {seen_split} ({seen_where}); "
+            f"an image in two splits leaks between training and evaluation"
+        )
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

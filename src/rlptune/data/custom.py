@@ -85,6 +85,7 @@ def load_split_json(
         source=path,
         template=template,
         check_files=check_files,
+        one_listing_per_image=True,
     )
 
 
@@ -159,10 +160,10 @@ def load_csv(
         groups: dict[int, list[str]] = {}
         for (img, _lab, _split, where), label in zip(records, labelled["labels"]):
             groups.setdefault(label, []).append(img)
-            where_of.setdefault(img, where)
+            where_of.setdefault((img, label), where)
         drawn = stratified_split(sorted(groups.items()), fractions, seed)
         for split in SPLIT_NAMES:
-            entries[split] = [(img, label, classlist[label], where_of[img]) for img, label in drawn[split]]
+            entries[split] = [(img, label, classlist[label], where_of[img, label]) for img, label in drawn[split]]
     return build_splits(
         entries,
         name=name or path.stem,
@@ -171,6 +172,7 @@ def load_csv(
         template=template,
         check_files=check_files,
         classnames=classlist,
+        one_listing_per_image=True,
     )
 
 

@@ -3,7 +3,8 @@
 Two layouts are recognised:
 
 * ``root/{train,val,test}/<class>/<image>`` - the splits are given (``val`` and ``test`` may be missing). Used when
-  ``root`` holds a ``train`` folder and no folders other than ``train``, ``val`` and ``test``.
+  ``root`` holds a ``train`` folder and no folders other than ``train``, ``val`` and ``test``; a root that mixes
+  split folders with other folders is an error naming them (the layout is never guessed).
 * ``root/<class>/<image>`` - split per class with a seeded, stratified split (default 50/20/30; ``fractions`` and
   ``seed`` change it; the same seed always gives the same split).
 
@@ -25,6 +26,7 @@ from ._common import (
     SPLIT_NAMES,
     Entry,
     build_splits,
+    check_unique_classnames,
     list_images,
     list_subdirs,
     read_folder_names,
@@ -53,7 +55,20 @@ def load_folder(
     real_root(root)
     subdirs = list_subdirs(root)
     mapping = _folder_names(classnames)
-    if "train" in subdirs and set(subdirs) <= set(SPLIT_NAMES):
+    split_dirs = [d for d in subdirs if d in SPLIT_NAMES]
+    if split_dirs and len(split_dirs) != len(subdirs):  # never guess which layout a mixed root means
+        others = [d for d in subdirs if d not in SPLIT_NAMES]
+        shown = ", ".join(repr(d) for d in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise RlptuneError(
+            f"{root}: holds split folder(s) {', '.join(d + '/' for d in split_dirs)} and unexpected folder(s) "
+            f"{shown}; expected only train/, val/, test/ (each with class folders) or only class folders"
+        )
+    if split_dirs and "train" not in split_dirs:
+        raise RlptuneError(
+            f"{root}: holds {', '.join(d + '/' for d in split_dirs)} but no train/ folder; expected "
+            f"train/<class>/<image> (val/ and test/ optional) or only class folders"
+        )
+    if split_dirs:
         per_split = {s: list_subdirs(root / s) if s in subdirs else [] for s in SPLIT_NAMES}
         folders = sorted(set().union(*per_split.values()))
         if not folders:
@@ -120,3 +135,4 @@ def _check_unique(names: list[str], root: Path) -> None:
         if name in seen:
             raise RlptuneError(f"{root}: two class folders give the same class name {name!r}")
         seen[name] = i
+    check_unique_classnames(names, root, "class folder names")

@@ -22,6 +22,7 @@ import torch
 from .. import __version__, io
 from ..backbones import Backbone, load_backbone
 from ..config import config_from_dict
+from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -105,6 +106,7 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
     names = payload["classnames"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise RlptuneError(f"{path}: field 'classnames' must be a non-empty list of non-empty class names")
+    check_unique_classnames(names, f"{path}: field 'classnames'")
     if not isinstance(payload["settings"], dict):
         raise RlptuneError(f"{path}: field 'settings' must be an object with 'method' and 'prompt' sections")
     template = payload.get("dataset_template")
@@ -132,7 +134,6 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         )
     config = config_from_dict({**payload["settings"]}, f"{directory / ADAPTER_CONFIG}")
     config.method.name = payload["method"]
-    method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
     model_path = directory / ADAPTER_MODEL
     if not model_path.is_file():
         raise RlptuneError(f"{directory}: missing {ADAPTER_MODEL}")
@@ -142,8 +143,22 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         state = load_file(str(model_path))
     except Exception as exc:
         raise RlptuneError(f"{model_path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    check_finite(state, model_path)
+    method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
     method.load_trainable_state(state, str(model_path))
     return method.eval()
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tensor") -> None:
+    """A NaN or infinite number in trained tensors makes every score meaningless: refuse the file, naming it."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise RlptuneError(
+                    f"{path}: {what} {name!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; the "
+                    f"file is damaged or its training diverged"
+                )
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -214,7 +229,9 @@ def load_checkpoint(path: str | Path, method, optimizer, config) -> dict:
         )
     if meta.get("config_digest") != config_digest(config):
         raise RlptuneError(f"{path}: checkpoint was written with other settings; use a new output folder or the same config")
-    method.load_trainable_state({k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}, str(path))
+    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    check_finite(params, path, "checkpoint tensor")
+    method.load_trainable_state(params, str(path))
     try:
         state = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
         optimizer.load_state_dict(state)

@@ -87,12 +87,14 @@ def test_fixed_words_shared_prefix_equals_plain_forward_and_gradient(tiny):
     assert shared[2].abs().sum() > 0  # the deep prompts receive gradients through the prefix cache
 
 
-@pytest.mark.parametrize("name", ["deep_text", "ivlp", "maple"])
+@pytest.mark.parametrize("name", ["deep_text", "ivlp", "maple", "coop", "rlp"])
 def test_methods_learn_the_first_n_tokens_and_keep_the_rest_fixed(tiny, name):
     options = {"depth": 1} if name == "maple" else {"text_depth": 1, "vision_depth": 0 if name == "deep_text" else 1}
-    method = build_method(_config(name, options), tiny, NAMES)
+    options = {} if name in ("coop", "rlp") else options
+    method = build_method(_config(name, options, kind="lowrank" if name == "rlp" else "full"), tiny, NAMES)
     assert method.n_ctx == 2 and method.text.n_fixed == 2
-    assert tuple(method.text_prompt.initial.shape) == (2, tiny.text.width)
+    prompt = method.prompt if name in ("coop", "rlp") else method.text_prompt
+    assert tuple(prompt.initial.shape) == (2, tiny.text.width)
     with torch.no_grad():
         ours = method.class_features()
     assert (ours - _reference(tiny)).abs().max().item() < 1e-5  # context = its init words: exact
@@ -118,10 +120,15 @@ def test_deep_text_prompts_replace_only_the_learned_positions(tiny):
     assert (ours - F.normalize(pooled, dim=-1)).abs().max().item() < 1e-5
 
 
-def test_n_ctx_longer_than_the_init_is_one_clear_error(tiny):
-    with pytest.raises(RlptuneError, match=r"prompt.n_ctx 5 must be between 1 and the 4 tokens of prompt.ctx_init 'a photo of a'") as err:
-        build_method(_config("ivlp", {"text_depth": 2, "vision_depth": 1}, n_ctx=5), tiny, NAMES)
-    assert "\n" not in str(err.value)
+def test_n_ctx_at_or_above_the_init_length_learns_the_whole_init(tiny):
+    for n_ctx in (4, 16):
+        method = build_method(_config("ivlp", {"text_depth": 1, "vision_depth": 1}, n_ctx=n_ctx), tiny, NAMES)
+        assert (method.n_ctx, method.text.n_fixed) == (4, 0)
+        assert torch.equal(method.text_prompt.initial, text_embeddings(tiny, "a photo of a"))
+        with torch.no_grad():
+            assert (method.class_features() - _reference(tiny)).abs().max().item() < 1e-5
+    with pytest.raises(RlptuneError, match="n_ctx 5 must be between 1 and the 4 tokens"):
+        PromptedClassText(tiny, NAMES, 5, context_text="a photo of a")
 
 
 def test_counts_follow_the_learned_tokens_only(tiny):

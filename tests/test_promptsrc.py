@@ -258,8 +258,7 @@ def test_bad_options_are_one_line_errors(vit):
         with pytest.raises(RlptuneError, match=match) as err:
             _build(vit, options)
         assert "\n" not in str(err.value)
-    with pytest.raises(RlptuneError, match="method.options.text_ctx 5 must be between 1 and the 4 tokens of prompt.ctx_init"):
-        _build(vit, {"text_ctx": 5}, prompt={"n_ctx": 5})
+    assert _build(vit, {"text_ctx": 5}, prompt={"n_ctx": 5}).n_ctx == 4  # at or above the init's length: all of it
     assert _build(vit, {"text_ctx": 2}, prompt={"n_ctx": 16}).n_ctx == 2  # prompt.n_ctx at its default: text_ctx rules
 
 

@@ -14,17 +14,18 @@ import torch.nn.functional as F
 
 from ..errors import RlptuneError
 from ..prompts import build_prompt
-from ..text import PromptedClassText, text_embeddings
+from ..text import PromptedClassText, context_from_init
 from .base import Method, register_method
 from .shared import formula
 
 
 def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
-    """The starting context (…, n, d): text embeddings of ``prompt.ctx_init`` or CoOp's N(0, init_std²)."""
+    """The starting context (…, n, d): the first n = ``prompt.n_ctx`` token embeddings of ``prompt.ctx_init`` (its
+    remaining tokens stay fixed words, see :class:`PromptedClassText`), or CoOp's N(0, init_std²)."""
     settings = config.prompt
     width = backbone.text.width
     if settings.ctx_init:
-        init = text_embeddings(backbone, settings.ctx_init)
+        init = context_from_init(backbone, settings.ctx_init, settings.n_ctx)
         init = init.expand(*shape_lead, *init.shape).clone() if shape_lead else init
         return init, True
     return torch.randn(*shape_lead, settings.n_ctx, width) * settings.init_std, False
@@ -46,7 +47,7 @@ class CoOp(Method):
         m = self.config.method
         return PromptedClassText(
             self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
-            shared_prefix=m.shared_prefix,
+            shared_prefix=m.shared_prefix, context_text=self.config.prompt.ctx_init,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -50,16 +50,13 @@ def context_from_init(backbone: Backbone, ctx_init: str, n_ctx: int, field: str 
     """The learned part (n, d) of a context initialised from ``ctx_init``: its first ``n_ctx`` token embeddings.
 
     The remaining tokens of ``ctx_init`` stay fixed text (pass ``context_text=ctx_init`` to
-    :class:`PromptedClassText`), as the official MaPLe / IVLP / PromptSRC code does. ``field`` names the setting
-    that gave ``n_ctx`` in the error.
+    :class:`PromptedClassText`), as the official MaPLe / IVLP / PromptSRC code does. An ``n_ctx`` at or above the
+    init's token count learns the whole init (CoOp's "a photo of a" with the default n_ctx). ``field`` names the
+    setting that gave ``n_ctx`` in the error.
     """
-    words = text_embeddings(backbone, ctx_init)
-    if not 1 <= n_ctx <= words.shape[0]:
-        raise RlptuneError(
-            f"{field} {n_ctx} must be between 1 and the {words.shape[0]} tokens of prompt.ctx_init {ctx_init!r} "
-            f"(the first n_ctx tokens are learned, the rest stay fixed words)"
-        )
-    return words[:n_ctx].clone()
+    if n_ctx < 1:
+        raise RlptuneError(f"{field} must be >= 1, got {n_ctx}")
+    return text_embeddings(backbone, ctx_init)[:n_ctx].clone()
 
 
 class PromptedClassText(nn.Module):

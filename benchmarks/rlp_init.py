@@ -38,7 +38,7 @@ def main() -> None:
     results = args.results or tempfile.mkdtemp(prefix="rlp-init-")
     rows = []
     for label, (method, overrides) in VARIANTS.items():
-        train = {"epochs": args.epochs, "aug_views": 0, **overrides.get("train", {})}
+        train = {"epochs": args.epochs, "augment": False, **overrides.get("train", {})}
         specs = make_specs("base2new", args.datasets, [method], args.seeds, [16], backbone=args.backbone,
                            base_overrides={**overrides, "train": train})
         for spec in specs:

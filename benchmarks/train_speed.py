@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from rlptune.methods.base import Batch
 import torch.nn.functional as F
 from torch import nn
 
@@ -309,7 +311,7 @@ def rlptune_step_seconds(backbone, classnames, method: str, reps: int = 1, **tex
     with Phase() as phase:
         for _ in range(reps):
             t0 = time.perf_counter()
-            loss = m.loss(m.logits(x), y)
+            loss = m.training_step(Batch(labels=y, features=x)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -8,6 +8,8 @@ import copy
 
 import pytest
 import torch
+
+from rlptune.methods.base import Batch
 import torch.nn.functional as F
 
 from conftest import TINY_ARCH, backbone_from_arch
@@ -87,7 +89,7 @@ def test_deep_prompts_are_replaced_layer_by_layer(vit):
         for h in hooks:
             h.remove()
     assert lengths == [17 + 2] * 3  # 16 patches + class token + 2 prompt tokens at every layer: replaced, not stacked
-    loss = method.loss(method.logits(feats), torch.tensor([0, 1]))
+    loss = method.training_step(Batch(labels=torch.tensor([0, 1]), features=feats)).loss
     loss.backward()
     for name in ("text_prompt.ctx", "text_deep.ctx", "vision_prompt.ctx"):
         grad = dict(method.named_parameters())[name].grad
@@ -114,9 +116,11 @@ def test_maple_vision_prompts_are_linear_maps_of_the_text_prompts(vit):
     assert vision.shape == (2, method.n_ctx, 32)
 
 
-def test_deep_vision_classifies_with_the_dataset_template(vit):
+def test_deep_vision_classifies_with_the_recipe_template_or_the_dataset_s(vit):
     template = "a blurry photo of a {}."
-    method = _build(vit, "deep_vision", {"vision_depth": 1}, template=template)
+    official = _build(vit, "deep_vision", {"vision_depth": 1}, template=template)  # VPT's code: "a photo of a {}."
+    assert torch.allclose(official.class_features(), _zero_shot(vit, "a photo of a {}."))
+    method = _build(vit, "deep_vision", {"vision_depth": 1, "template": None}, template=template)
     assert torch.allclose(method.class_features(), _zero_shot(vit, template))
 
 
@@ -134,7 +138,7 @@ def test_cocoop_batched_equals_one_image_at_a_time(vit):
         expected = vit.logit_scale * torch.einsum("be,bce->bc", feats, single)
         assert torch.allclose(logits, expected, atol=1e-5)
         chunked = _build(vit, "cocoop", {"inference_images_per_call": 2})
-        chunked.load_trainable_state(method.trainable_state())
+        chunked.load_adapter_state(method.adapter_state())
         assert torch.allclose(chunked.eval().logits(feats), logits, atol=1e-5)
 
 
@@ -164,7 +168,7 @@ def test_kgcoop_loss_is_cross_entropy_plus_guidance(vit):
         method.prompt.ctx.add_(0.05 * torch.randn_like(method.prompt.ctx))
     feats = F.normalize(torch.randn(6, 32), dim=-1)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    loss = method.loss(method.logits(feats), labels)
+    loss = method.training_step(Batch(labels=labels, features=feats)).loss
     text = method.class_features()
     expected = F.cross_entropy(vit.logit_scale * feats @ text.t(), labels) + 8.0 * (
         1 - F.cosine_similarity(text, method.handcrafted, dim=-1).mean()
@@ -204,7 +208,7 @@ def test_clip_lora_starts_at_clip_and_never_changes_the_backbone(vit):
     assert not vit.model.training and not method.clip.training
     assert any(m.training for n, m in method.clip.named_modules() if n.endswith("lora_dropout"))
     for _ in range(2):
-        loss = method.loss(method.logits(method.encode_images(images)), torch.tensor([0, 1, 2]))
+        loss = method.training_step(Batch(labels=torch.tensor([0, 1, 2]), images=images)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

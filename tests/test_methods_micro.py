@@ -33,7 +33,7 @@ def micro_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("micro-methods")
     specs = []
     for method, extra in METHODS.items():
-        train = {"epochs": 30, "aug_views": 0, **extra.get("train", {})}
+        train = {"epochs": 30, "augment": False, **extra.get("train", {})}
         overrides = {"train": train, **{k: v for k, v in extra.items() if k != "train"}}
         specs += make_specs("base2new", ["micro-patterned"], [method], [1], [16], backbone="micro", base_overrides=overrides)
     specs += make_specs("base2new", ["micro-patterned"], ["zeroshot"], [1], [16], backbone="micro")

@@ -41,7 +41,7 @@ def _config(colour_folder, cache, name, options=None, **sections):
         "method": {"name": name, "options": options or {}},
         "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0, "subsample": "base"},
         "train": {
-            "epochs": 8, "batch_size": 16, "optimizer": "adamw", "lr": 0.05, "warmup_epochs": 0, "aug_views": 0,
+            "epochs": 8, "batch_size": 16, "optimizer": "adamw", "lr": 0.05, "warmup_epochs": 0, "augment": False,
             "cache_dir": str(cache), "log_diagnostics": False,
         },
     }

@@ -136,7 +136,7 @@ def test_method_setting_turns_it_off(tiny):
         resolve_config(overrides={"method": {"name": "coop", "shared_prefix": False}, "prompt": {"n_ctx": 4}}), tiny, NAMES
     )
     assert on.text.uses_shared_prefix() and not off.text.uses_shared_prefix()
-    off.load_trainable_state(on.trainable_state())
+    off.load_adapter_state(on.adapter_state())
     with torch.no_grad():
         assert (on.class_features() - off.class_features()).abs().max().item() < 1e-5
 

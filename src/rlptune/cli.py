@@ -437,7 +437,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pretrain-micro", help="pretrain the micro CLIP on the procedural world", add_help=False)
-    p.set_defaults(func=None, passthrough=cmd_pretrain_micro)
+    p.set_defaults(func=None)  # main() hands its arguments to the pretraining command as they are
 
     from .serve.cli import add_serve_parser  # issue 18; fastapi/uvicorn are imported only when serving
 

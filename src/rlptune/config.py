@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import typing
@@ -19,6 +20,8 @@ from typing import Any, Optional
 import yaml
 
 from .errors import RlptuneError
+
+_log = logging.getLogger(__name__)
 from .options import coerce, options_dict, parse_options
 from . import recipes, registry
 
@@ -165,6 +168,7 @@ class TrainSettings(_Section):
         "0 = a fresh random crop and flip per image per epoch, as the official code (default); "
         "K > 0 = K cached augmented views cycled over the epochs (faster, less faithful; see docs/METHODS.md)",
     )
+    augment: bool = _f(True, "random resized crop + flip for training (false = centre crops only: not the official recipe)")
     crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
     val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc")
@@ -202,7 +206,7 @@ class TrainSettings(_Section):
                 raise RlptuneError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.min_lr >= self.lr:
             raise RlptuneError(f"train.min_lr ({self.min_lr:g}) must be below train.lr ({self.lr:g})")
-        for name in ("lr", "warmup_lr", "min_lr"):
+        for name in ("lr", "warmup_lr", "min_lr", "momentum", "weight_decay"):
             if getattr(self, name) > 3.4e38:
                 raise RlptuneError(f"train.{name} {getattr(self, name):g} is beyond float32's range")
 
@@ -242,6 +246,7 @@ class RunConfig:
                 f"method {self.method.name!r} is defined by prompt.kind={required!r}, got {self.prompt.kind!r} "
                 f"(use --method coop for a full-rank context)"
             )
+        _warn_nonsensical(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,6 +259,27 @@ SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 _HONOURABLE = ("class_specific", "class_token_position", "text_chunk", "checkpoint_text", "use_dataset_template")
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_nonsensical(config: "RunConfig") -> None:
+    """Settings that are valid but almost surely not meant: say so once per process (the run goes ahead)."""
+    t = config.train
+    notes = []
+    if t.optimizer == "sgd" and t.momentum > 1:
+        notes.append(f"train.momentum {t.momentum:g} is above 1: SGD's steps grow without bound (CoOp uses 0.9)")
+    if t.epochs > 0 and t.warmup_epochs >= t.epochs:
+        notes.append(
+            f"train.warmup_epochs {t.warmup_epochs} >= train.epochs {t.epochs}: the whole run stays at the warm-up "
+            f"learning rate {t.warmup_lr:g} and train.lr is never used"
+        )
+    # prompt.rank above min(n_ctx, width) is reported where the prompt is built (prompts/low_rank.py)
+    for note in notes:
+        if note not in _WARNED:
+            _WARNED.add(note)
+            _log.warning("%s", note)
 
 
 def _at_least(where: str, value: int, low: int) -> None:

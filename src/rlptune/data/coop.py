@@ -54,9 +54,6 @@ EUROSAT_CLASSNAMES = {
     "SeaLake": "Sea or Lake",
 }
 
-#: CoOp's Caltech101 renames, made when its split was created (the split file already has the new names).
-CALTECH101_CLASSNAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
-
 
 @dataclass(frozen=True)
 class CoopDataset:

@@ -132,6 +132,8 @@ class Trainer:
         """Frozen image features of the training items for ``epoch``: a fresh augmented view per epoch (the official
         recipe), one of ``aug_views`` cached views, cycled, when that opt-in is set."""
         settings = self.config.train
+        if not settings.augment:
+            return self.centre_features(self.splits.train)
         view = (epoch % settings.aug_views) + 1 if settings.aug_views > 0 else epoch + 1
         with self.dist.main_first():  # rank 0 builds the cache, the other ranks then read it
             return self.cache.get_or_encode(
@@ -141,7 +143,8 @@ class Trainer:
 
     def centre_features(self, items) -> torch.Tensor:
         with self.dist.main_first():
-            return self.cache.get_or_encode(self.backbone, self.splits, items, view=0, num_workers=self.config.train.num_workers)
+            return self.cache.get_or_encode(self.backbone, self.splits, items, view=0, num_workers=self.config.train.num_workers,
+                                            normalize=self.method.normalize_features)
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainState:
@@ -210,7 +213,8 @@ class Trainer:
             bar = tqdm(total=epochs_total, initial=start, desc="train", unit="epoch", file=sys.stderr)
         for epoch in range(start, epochs_total):
             if image_loader is not None:
-                image_loader.view, image_loader.view_seed = epoch + 1, settings.seed  # a fresh crop per image and epoch
+                if settings.augment:  # a fresh crop per image and epoch
+                    image_loader.view, image_loader.view_seed = epoch + 1, settings.seed
                 feats = None
             else:
                 feats = self.epoch_features(epoch)  # before seeding: encoding (a cache miss) may draw from the global RNG
@@ -370,6 +374,8 @@ class Trainer:
 
     def _image_loader(self) -> ImageItems:
         crop, flip = self.augment()
+        if not self.config.train.augment:
+            return ImageItems(self.splits, self.splits.train, eval_transform(self.backbone))
         transform = train_transform(self.backbone, crop_scale=(crop, 1.0), flip=flip)
         return ImageItems(self.splits, self.splits.train, transform, view=1, view_seed=self.config.train.seed)
 
@@ -397,7 +403,8 @@ def evaluate_split(method, splits: DatasetSplits, split: str, cache: FeatureCach
     if method.needs_image_tower:
         feats = encode_items(method.backbone, splits, items, 0, batch_size, num_workers, encoder=method.encode_images)
     else:
-        feats = cache.get_or_encode(method.backbone, splits, items, view=0, batch_size=batch_size, num_workers=num_workers)
+        feats = cache.get_or_encode(method.backbone, splits, items, view=0, batch_size=batch_size, num_workers=num_workers,
+                                    normalize=method.normalize_features)
     with torch.no_grad():
         method.merge()
         preds = torch.cat(

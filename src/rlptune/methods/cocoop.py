@@ -89,26 +89,9 @@ class CoCoOp(Method):
         return self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))
 
     def conditional_class_features(self, ctx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised class features (B, C, e): every class prompt of every image in one text-tower call."""
-        text, count = self.text, tokens.shape[0]
-        classes = text.num_classes
-        shifted = (ctx.unsqueeze(0) + tokens.unsqueeze(1)).to(text.prefix.dtype)  # (B, n, d)
-        length = int(text.eot.max()) + 1  # exact truncation: nothing after the last EOT is ever needed
-        if text.position == "end":
-            suffix = text.suffix[:, : length - 1 - self.n_ctx]
-            embeddings = torch.cat(
-                [
-                    text.prefix.unsqueeze(0).expand(count, -1, -1, -1),
-                    shifted.unsqueeze(1).expand(-1, classes, -1, -1),
-                    suffix.unsqueeze(0).expand(count, -1, -1, -1),
-                ],
-                dim=2,
-            ).reshape(count * classes, length, -1)
-        else:
-            embeddings = torch.cat([text.assemble(shifted[i])[:, :length] for i in range(count)], dim=0)
-        with self.backbone.autocast():
-            feats = self.backbone.text.encode_embeddings(embeddings, text.eot.repeat(count)).float()
-        return F.normalize(feats, dim=-1).view(count, classes, -1)
+        """Normalised class features (B, C, e): every class prompt of every image in one batched text-tower call."""
+        shifted = (ctx.unsqueeze(0) + tokens.unsqueeze(1)).to(self.text.prefix.dtype)  # (B, n, d)
+        return F.normalize(self.text.encode_contexts(shifted), dim=-1)
 
     def class_features(self) -> torch.Tensor:
         """Class features of the context alone (no image token): for diagnostics, not used for scoring."""

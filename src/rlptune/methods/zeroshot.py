@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..errors import RlptuneError
 from .base import Method, register_method
+from .shared import handcrafted_features
 
 
 @register_method("zeroshot")
@@ -24,16 +25,8 @@ class ZeroShot(Method):
 
     @torch.no_grad()
     def class_features(self) -> torch.Tensor:
-        total = None
-        for template in self.templates():
-            texts = [template.format(name.replace("_", " ")) for name in self.classnames]
-            feats = torch.cat(
-                [
-                    self.backbone.encode_text_ids(self.backbone.tokenize(texts[i : i + 256]), normalize=True)
-                    for i in range(0, len(texts), 256)
-                ]
-            )
-            total = feats if total is None else total + feats
+        """CLIP's prompt ensemble: the mean of each template's normalised class features, renormalised."""
+        total = sum(handcrafted_features(self.backbone, self.classnames, template) for template in self.templates())
         return F.normalize(total, dim=-1)
 
     def describe(self) -> dict:

@@ -93,7 +93,6 @@ STYLE_TEMPLATES = {
 # Style-neutral wrappers: true of any rendering.
 NEUTRAL_TEMPLATES = ["{}", "an image of {}", "there is {}", "this shows {}"]
 
-ATTRIBUTES = ("shape", "color", "pattern", "size", "count", "position", "background", "style")
 
 
 @dataclass(frozen=True)

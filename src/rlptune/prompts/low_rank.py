@@ -13,6 +13,8 @@ gradient projected on A's direction. ``alpha`` gives the optional LoRA scale s =
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -59,6 +61,12 @@ class LowRankPrompt(PromptModule):
 def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPrompt:
     """RLP: ``P_fr`` is the text embeddings, or zeros when there is no init text, as in the paper."""
     frozen = init if from_text else torch.zeros_like(init)
+    n, d = init.shape[-2], init.shape[-1]
+    if settings.rank > min(n, d):  # valid, but the extra rank buys parameters and no expressiveness
+        logging.getLogger(__name__).warning(
+            "prompt.rank %d > min(n_ctx %d, width %d): P_A @ P_B cannot have rank above %d, so the extra rank only "
+            "adds parameters", settings.rank, n, d, min(n, d),
+        )
     return LowRankPrompt(
         frozen, rank=settings.rank, dropout=settings.dropout, a_std=settings.a_std, b_std=settings.b_std, alpha=settings.alpha
     )

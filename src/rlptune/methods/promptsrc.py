@@ -36,11 +36,13 @@ ViT-B-16 (d = 512, w = 768), J_t = J_v = 9, n = n_v = 4: 9·4·512 + 9·4·768 =
 official code builds: ``prompt_learner.ctx`` (4×512), 8 text ``VPT_shallow`` (4×512, blocks 1–8), ``visual.VPT``
 (4×768) and 8 vision ``VPT_shallow`` (4×768, blocks 1–8). RLP r = 1: 9·516 + 9·772 = 4,644 + 6,948 = 11,592.
 
-Deviations from the official code: everything runs in the backbone's precision setting (the official casts the
-prompts to fp16 and keeps CLIP in fp16); ``text_ctx`` larger than the tokens of ``prompt.ctx_init`` is an error
-(the official silently falls back to a random context when n > 4 and misreads the init when n exceeds its
-tokens); the template-ensemble features are computed on the first training step (not at construction), so
-building the method for evaluation costs no extra text encoding.
+Deviations from the official code: everything runs in the backbone's precision setting (the official keeps CLIP
+and the prompts in fp16, the ensemble's text encoder in fp32); a ``text_ctx`` at or above the token count of
+``prompt.ctx_init`` learns the whole init (the official falls back to a random context when n > 4 and reads past
+the init's end-of-text token when n exceeds its tokens); the template-ensemble features are computed on the first
+training step, not at construction, so building the method for evaluation encodes no templates. Under RLP (no
+official counterpart) the deep prompts' frozen part is zero, RLP's rule for prompts without init text, so layers
+≥ 1 start at 0 rather than N(0, 0.02²), and after aggregation the factors are no longer used: the plain aggregate is.
 """
 
 from __future__ import annotations
@@ -148,12 +150,16 @@ class PromptSRC(DeepPrompts):
         """t̄ (C, e): the frozen CLIP's unnormalised text features averaged over the template ensemble, normalised."""
         if self._ensemble_text is None:
             names = [str(c).replace("_", " ") for c in self.classnames]
+            templates = self.options.ensemble()
             total = None
-            for template in self.options.ensemble():
-                ids = self.backbone.tokenize([template.replace("{}", name) for name in names])
-                feats = self.backbone.encode_text_ids(ids, normalize=False).float()
+            for template in templates:
+                texts = [template.replace("{}", name) for name in names]
+                feats = torch.cat([
+                    self.backbone.encode_text_ids(self.backbone.tokenize(texts[i : i + 256]), normalize=False).float()
+                    for i in range(0, len(texts), 256)  # bounded memory for 1,000 classes
+                ])
                 total = feats if total is None else total + feats
-            self._ensemble_text = F.normalize(total / len(self.options.ensemble()), dim=-1)
+            self._ensemble_text = F.normalize(total / len(templates), dim=-1)
         return self._ensemble_text
 
     # -- training ------------------------------------------------------------------------------------------------

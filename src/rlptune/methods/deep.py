@@ -1,6 +1,7 @@
 """Deep prompts: new prompt tokens at each of the first J layers of the text and/or image tower.
 
-One module, four registered names (each with its paper defaults as ``configs/<name>.yaml``):
+One module, four registered names (each with its official recipe in :mod:`rlptune.recipes`; PromptSRC,
+:mod:`rlptune.methods.promptsrc`, is IVLP's placement with its own losses):
 
 - ``deep_text``: text prompts at the first J_t layers. Layer 0 is the context after the start token: the first
   n = ``prompt.n_ctx`` tokens of ``prompt.ctx_init`` are learned and the rest of that text stays fixed words, as in
@@ -17,7 +18,8 @@ One module, four registered names (each with its paper defaults as ``configs/<na
 Every prompt is built by :func:`rlptune.prompts.build_prompt`, so ``prompt.kind: lowrank`` turns all of them
 into RLP at once; a deep prompt (J−1, n, d) is factorised per layer (A: (J−1, n, r), B: (J−1, r, d)).
 
-Trainable parameters (d text width, w vision width, n text tokens, n_v vision tokens; full rank / low rank):
+Trainable parameters (d text width, w vision width, n learned text tokens — fixed words are not parameters —,
+n_v vision tokens; full rank / low rank):
   deep_text  J_t·n·d                         | J_t·r·(n+d)
   deep_vision J_v·n_v·w                      | J_v·r·(n_v+w)
   ivlp       J_t·n·d + J_v·n_v·w             | J_t·r·(n+d) + J_v·r·(n_v+w)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backbones.openclip import OpenClipTextTower
 from ..io import write_json, write_safetensors
 from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, dataset_scenes, micro_spec
 from . import world as W
@@ -182,17 +183,12 @@ def tokenize(tokenizer, texts: list[str], context_length: int = 77) -> torch.Ten
 
 
 def encode_text_truncated(model, tokens: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """open_clip's ``CLIP.encode_text`` over the first L tokens only (L = 1 + last end-of-text position)."""
-    from open_clip.transformer import text_global_pool
-
-    length = int(tokens.argmax(dim=-1).max()) + 1
-    tokens = tokens[:, :length]
-    x = (embed or model.token_embedding)(tokens)
-    x = x + model.positional_embedding[:length]
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type)
-    return x @ model.text_projection
+    """open_clip's ``CLIP.encode_text`` over the first L tokens only (L = 1 + last end-of-text position), through
+    the backbone interface's own text tower (one implementation of the truncated encoding in the package)."""
+    tower = OpenClipTextTower(model)
+    eot = tower.eot_positions(tokens)
+    length = int(eot.max()) + 1
+    return tower.encode_embeddings((embed or model.token_embedding)(tokens[:, :length]), eot)
 
 
 class CompactEmbedding(torch.nn.Module):

@@ -227,18 +227,3 @@ def test_linear_probe_starts_as_zero_shot(vit):
     reference = vit.logit_scale * feats @ _zero_shot(vit).t()
     assert torch.allclose(method.logits(feats), reference, atol=1e-5)
 
-
-def test_logistic_fit_and_search():
-    from rlptune.methods.linear_probe import LinearProbeOptions, accuracy, fit_logistic, search_l2
-
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 8, generator=gen) * 2
-    y = torch.arange(3).repeat(20)
-    x = centres[y] + torch.randn(60, 8, generator=gen)
-    w, b = fit_logistic(x, y, 3, 1e-3, 200)
-    assert accuracy(w, b, x, y) > 90
-    strong, _ = fit_logistic(x, y, 3, 10.0, 200)
-    assert strong.norm() < w.norm()  # regularisation shrinks the weights
-    l2, trials = search_l2(x[:45], y[:45], x[45:], y[45:], 3, LinearProbeOptions(grid=5))
-    assert 1e-6 <= l2 <= 1e2 and len(trials) >= 5
-    assert max(t["val_acc"] for t in trials) == next(t["val_acc"] for t in trials if t["l2"] == l2)

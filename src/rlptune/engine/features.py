@@ -119,7 +119,7 @@ def transform_description(backbone: Backbone, view: int, augment: Augment = DEFA
 
 def cache_key(
     backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = DEFAULT_AUGMENT,
-    view_seed: int = 0,
+    view_seed: int = 0, normalize: bool = True,
 ) -> str:
     desc = {
         "version": CACHE_VERSION,
@@ -128,6 +128,8 @@ def cache_key(
         "transform": transform_description(backbone, view, augment, view_seed),
         "items": items_fingerprint(splits, items),
     }
+    if not normalize:  # raw image-tower output (the linear probe); normalised entries keep their existing keys
+        desc["normalize"] = False
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -143,8 +145,9 @@ def encode_items(
     progress: Callable[[int], None] | None = None,
     augment: Augment = DEFAULT_AUGMENT,
     view_seed: int = 0,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Normalised image features (N, e) of ``items`` for one view (0 = centre crop), in item order.
+    """Normalised (``normalize=False``: raw) image features (N, e) of ``items`` for one view (0 = centre crop).
 
     View v > 0 draws image i's crop and flip from ``seed(view_seed·1000003 + v·100003 + i)``: a run's fresh view of
     epoch e is view e + 1 with the run's seed, so every method and setting of a sweep that shares (backbone, images,
@@ -153,7 +156,7 @@ def encode_items(
     transform = transform_for_view(backbone, view, augment)
     dataset = ImageItems(splits, items, transform, view, view_seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    encode = encoder or backbone.encode_image
+    encode = encoder or (lambda images: backbone.encode_image(images, normalize=normalize))
     outs = []
     for images, _, _ in loader:
         outs.append(encode(images).float().cpu())
@@ -196,6 +199,7 @@ class FeatureCache:
         num_workers: int = 0,
         augment: Augment = DEFAULT_AUGMENT,
         view_seed: int = 0,
+        normalize: bool = True,
     ) -> torch.Tensor:
         if not items:
             raise RlptuneError(f"dataset {splits.name!r}: no images to encode")
@@ -206,10 +210,11 @@ class FeatureCache:
             self._load_memo()
         memo_size = len(_CONTENT_MEMO)
         sources = items_fingerprint(splits, items)
-        key = cache_key(backbone, splits, items, view, augment, view_seed)
+        key = cache_key(backbone, splits, items, view, augment, view_seed, normalize)
         if not self.enabled:
             self.misses += 1
-            return encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment, view_seed=view_seed)
+            return encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
+                                view_seed=view_seed, normalize=normalize)
         if len(_CONTENT_MEMO) != memo_size:
             self._save_memo()
         path = self.path(key)
@@ -225,7 +230,8 @@ class FeatureCache:
                 self.hits += 1
                 return feats
             self.misses += 1
-            feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment, view_seed=view_seed)
+            feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
+                                 view_seed=view_seed, normalize=normalize)
             manifest = {
                 "backbone": backbone.identity,
                 "dataset": splits.name,

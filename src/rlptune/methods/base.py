@@ -102,6 +102,9 @@ class Method(nn.Module):
     transfers_to_new_classes: ClassVar[bool] = True
     #: True: trained by :meth:`fit_closed_form` on centre-crop features instead of the gradient loop.
     closed_form: ClassVar[bool] = False
+    #: False: the engine hands this method the image tower's unnormalised features (closed-form fit and evaluation;
+    #: the linear probe, as CoOp's lpclip fits them), and its :meth:`encode_images` returns the same.
+    normalize_features: ClassVar[bool] = True
     #: ``method.*`` settings (beyond name/options/templates) this method honours; setting another one away from its
     #: default is an error when settings are resolved, never silently ignored.
     honours: ClassVar[frozenset[str]] = frozenset()

@@ -1,25 +1,38 @@
-"""Linear probe (CLIP / CoOp's baseline): multinomial logistic regression on cached image features.
+"""Linear probe CLIP, as the CoOp paper ran it (``lpclip/``): logistic regression on unnormalised image features.
 
-logits = x·Wᵀ + b on the normalised image features x (centre crops, from the feature cache). The L2 strength λ
-of ``mean cross-entropy + λ/2·‖W‖²`` is searched on the validation split (a log grid, then a finer grid around
-the best value, as CLIP's sweep does); the final probe is fitted on the training split with the chosen λ. Each
-fit is full-batch L-BFGS (``torch.optim.LBFGS`` with a strong-Wolfe line search, float64): the problem is convex,
-so the result does not depend on the start and is deterministic on CPU. scikit-learn is not a dependency.
+logits = x·Wᵀ + b, where x is the frozen image tower's *unnormalised* output on the evaluation transform (resize +
+centre crop): the method declares ``normalize_features = False`` and the engine hands it raw features when fitting
+and evaluating (its :meth:`LinearProbe.encode_images` gives the same for ``predict`` and the server).
+
+The fit is scikit-learn's ``LogisticRegression(solver="lbfgs", penalty="l2", C=C, max_iter=1000)``: it minimises
+``C · Σᵢ CE(x_i·Wᵀ + b, y_i) + ½‖W‖²`` (bias not penalised; for two classes one weight vector, sklearn's binary
+model). C is chosen on the few-shot validation split (``min(K, 4)`` images per class, drawn with the training
+shots) exactly as ``lpclip/linear_probe.py`` does it:
+
+1. C over 1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6; the first best validation accuracy wins (a tie keeps the largest C,
+   the weakest regularisation);
+2. 8 bisection steps in log10 C, starting from [C*/10, 10·C*]: each step fits both ends, keeps the better (a tie
+   keeps the left, smaller C) and halves the interval towards it; the C kept at the last step is the answer.
+
+The final probe is the fit at that C on the training split only. Without scikit-learn (an optional extra:
+``pip install rlptune[probe]``) the same objective is minimised by full-batch L-BFGS in float64 (``solver: torch``,
+the fallback of ``solver: auto``); both are deterministic on CPU.
 
 Before fitting (``train.epochs: 0``) the probe is the zero-shot classifier: W = logit_scale · (hand-crafted class
-text features), b = 0, so it scores exactly like zero-shot CLIP.
+text features), b = 0, so it predicts exactly as zero-shot CLIP (on raw features the logits are the zero-shot
+logits times the image's feature norm, so the ranking is the same).
 
-Adapter note: the probe is not trained by gradient steps through the engine's loop (it is fitted in closed form: ``fit_closed_form``), but
-its weight and bias are kept as ``requires_grad=True`` parameters on purpose: that is what marks tensors as
-"trained" for the adapter file (``adapter_state``) and for ``rlptune params``. Parameters: C·(e + 1).
-A linear probe cannot score classes it was not fitted on, so ``set_classnames`` with other classes is refused.
+Adapter note: the probe is fitted in closed form (``fit_closed_form``), not by the engine's gradient loop, but its
+weight and bias are ``requires_grad=True`` parameters on purpose: that marks them as the adapter's tensors
+(``adapter_state``) and for ``rlptune params``. Parameters: C·(e + 1). A linear probe cannot score classes it was
+not fitted on, so ``set_classnames`` with other classes is refused.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,76 +43,142 @@ from ..options import option
 from .base import ClosedFormData, Method, register_method
 from .shared import formula, handcrafted_features, handcrafted_template
 
+#: lpclip/linear_probe.py: the C grid, in the order it is searched (ties keep the first, i.e. the largest C).
+C_GRID: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+SOLVERS = ("auto", "sklearn", "torch")
+
 
 @dataclass
 class LinearProbeOptions:
-    l2_min: float = option(1e-6, "smallest L2 strength λ of the search grid")
-    l2_max: float = option(1e2, "largest L2 strength λ of the search grid")
-    grid: int = option(9, "points of the coarse log-spaced λ grid (then 4 refinements around the best)")
-    l2: float = option(0.0, "fixed λ (> 0 skips the search; also used when there is no validation split)")
-    default_l2: float = option(1e-3, "λ used when the validation split is empty and l2 is unset")
-    max_iter: int = option(500, "L-BFGS iterations per fit")
+    c: float = option(0.0, "fixed inverse L2 strength C (> 0 skips the search); sklearn's LogisticRegression C")
+    search_steps: int = option(8, "bisection steps in log10 C after the grid (CoOp lpclip: 8)")
+    default_c: float = option(1.0, "C used when there is no validation split and c is unset (sklearn's default)")
+    max_iter: int = option(1000, "L-BFGS iterations per fit (CoOp lpclip: 1000)")
+    solver: str = option("auto", "auto = scikit-learn when installed, else torch | sklearn | torch (the same objective)")
     template: str = option("", "template of the zero-shot initialisation; empty = the dataset's, else 'a photo of a {}.'")
 
     def validate(self) -> None:
-        if not 0 < self.l2_min <= self.l2_max:
-            raise RlptuneError("method.options: need 0 < l2_min <= l2_max")
-        if self.grid < 1 or self.max_iter < 1:
-            raise RlptuneError("method.options.grid and max_iter must be >= 1")
-        if self.l2 < 0 or self.default_l2 <= 0:
-            raise RlptuneError("method.options.l2 must be >= 0 and default_l2 > 0")
+        if self.c < 0 or self.default_c <= 0:
+            raise RlptuneError(f"method.options.c must be >= 0 and default_c > 0, got c={self.c}, default_c={self.default_c}")
+        if self.search_steps < 0 or self.max_iter < 1:
+            raise RlptuneError("method.options.search_steps must be >= 0 and max_iter >= 1")
+        if self.solver not in SOLVERS:
+            raise RlptuneError(f"method.options.solver {self.solver!r}: expected one of {', '.join(SOLVERS)}")
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """W (C, e), b (C) minimising mean CE(x·Wᵀ + b, y) + λ/2·‖W‖² by L-BFGS in float64, starting from zero."""
+def sklearn_available() -> bool:
+    try:
+        import sklearn.linear_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_solver(solver: str) -> str:
+    """``auto`` → ``sklearn`` when it is installed, else ``torch``; ``sklearn`` without it is a one-line error."""
+    if solver == "auto":
+        return "sklearn" if sklearn_available() else "torch"
+    if solver == "sklearn" and not sklearn_available():
+        raise RlptuneError("method.options.solver=sklearn: scikit-learn is not installed (pip install 'rlptune[probe]'), "
+                           "or use solver=torch")
+    return solver
+
+
+def _as_head(coef: torch.Tensor, intercept: torch.Tensor, present: Sequence[int], classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (classes, e) weight and (classes,) bias from a fitted model over the labels ``present``.
+
+    Two labels give one weight vector w (sklearn's binary model, P(second) = σ(x·w + b)): the head is rows (0, w)
+    and biases (0, b), whose softmax is exactly that sigmoid. Labels absent from the training set never win."""
+    weight = torch.zeros(classes, coef.shape[1], dtype=torch.float64)
+    bias = torch.full((classes,), -1e9, dtype=torch.float64)
+    index = torch.as_tensor(list(present))
+    if coef.shape[0] == 1 and len(present) == 2:
+        coef = torch.cat([torch.zeros_like(coef), coef])
+        intercept = torch.cat([torch.zeros_like(intercept), intercept])
+    weight[index] = coef
+    bias[index] = intercept
+    return weight, bias
+
+
+def fit_sklearn(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's ``LogisticRegression(solver='lbfgs', penalty='l2', C=c, max_iter=max_iter)`` as a head."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # lpclip runs the same capped fits (large C, separable data)
+        # lpclip passes penalty="l2": the default in every scikit-learn version (the argument is deprecated in 1.8)
+        model = LogisticRegression(solver="lbfgs", C=c, max_iter=max_iter)
+        model.fit(x.double().numpy(), y.long().numpy())
+    coef = torch.from_numpy(model.coef_).double()
+    intercept = torch.from_numpy(model.intercept_).double()
+    return _as_head(coef, intercept, [int(k) for k in model.classes_], classes)
+
+
+def fit_torch(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same objective, C·Σ CE + ½‖W‖² (divided by C·N for conditioning), by L-BFGS in float64 from zero."""
     x, y = x.double(), y.long()
-    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    present = sorted(set(y.tolist()))
+    remap = {label: i for i, label in enumerate(present)}
+    target = torch.tensor([remap[int(v)] for v in y])
+    rows = 1 if len(present) == 2 else len(present)
+    weight = torch.zeros(rows, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(rows, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12,
+        tolerance_grad=1e-10, tolerance_change=1e-14,
     )
+    l2 = 1.0 / (c * len(y))
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.t() + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        logits = x @ weight.t() + bias
+        if rows == 1:  # binary: logits (0, x·w + b), as sklearn's binary model
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        loss = F.cross_entropy(logits, target) + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    if len(present) > 1:
+        with torch.enable_grad():
+            optimizer.step(closure)
+    return _as_head(weight.detach(), bias.detach(), present, classes)
+
+
+FITTERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {"sklearn": fit_sklearn, "torch": fit_torch}
 
 
 def accuracy(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float(((x.double() @ weight.t() + bias).argmax(-1) == y).double().mean())
 
 
-def search_l2(xtr, ytr, xval, yval, classes: int, opts: LinearProbeOptions) -> tuple[float, list[dict]]:
-    """The λ with the best validation accuracy (ties → the stronger regularisation); every trial recorded."""
-    trials: dict[float, float] = {}
+def search_c(val_accuracy: Callable[[float], float], steps: int = 8) -> tuple[float, list[dict]]:
+    """CoOp lpclip's search of C (see the module docstring); returns the chosen C and every trial in order.
 
-    def trial(l2: float) -> float:
-        if l2 not in trials:
-            w, b = fit_logistic(xtr, ytr, classes, l2, opts.max_iter)
-            trials[l2] = accuracy(w, b, xval, yval)
-        return trials[l2]
+    ``val_accuracy(C)`` fits at C and scores the validation split; repeated Cs are asked again (callers memoise)."""
+    trials: list[dict] = []
 
-    def best() -> float:
-        return max(trials, key=lambda l2: (trials[l2], l2))
+    def trial(c: float, stage: str) -> float:
+        acc = val_accuracy(c)
+        trials.append({"C": c, "val_acc": acc, "stage": stage})
+        return acc
 
-    lo, hi = math.log10(opts.l2_min), math.log10(opts.l2_max)
-    coarse = [10 ** (lo + (hi - lo) * i / max(opts.grid - 1, 1)) for i in range(opts.grid)]
-    for l2 in coarse:
-        trial(l2)
-    step = (hi - lo) / max(opts.grid - 1, 1)
-    for _ in range(4):  # refine around the best: half the step each time
-        step /= 2
-        centre = math.log10(best())
-        for l2 in (10 ** (centre - step), 10 ** (centre + step)):
-            if opts.l2_min <= l2 <= opts.l2_max:
-                trial(l2)
-    return best(), [{"l2": l2, "val_acc": acc} for l2, acc in sorted(trials.items())]
+    grid = [trial(c, "grid") for c in C_GRID]
+    peak = C_GRID[grid.index(max(grid))]  # the first maximum: the largest C among ties
+    left, right = 0.1 * peak, 10.0 * peak
+    chosen = peak
+    for step in range(steps):
+        acc_left, acc_right = trial(left, f"bisect {step + 1}"), trial(right, f"bisect {step + 1}")
+        log_left, log_right = math.log10(left), math.log10(right)
+        middle = 0.5 * (log_left + log_right)
+        if acc_left < acc_right:
+            chosen, log_left = right, middle
+        else:  # a tie keeps the left end (the smaller C)
+            chosen, log_right = left, middle
+        left, right = 10.0 ** log_left, 10.0 ** log_right
+    return chosen, trials
 
 
 @register_method("linear_probe")
@@ -107,6 +186,7 @@ class LinearProbe(Method):
     options_class = LinearProbeOptions
     transfers_to_new_classes = False
     closed_form = True
+    normalize_features = False  # lpclip fits the image tower's raw output
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
@@ -122,6 +202,10 @@ class LinearProbe(Method):
             raise RlptuneError("linear_probe: a linear probe scores only the classes it was fitted on; refit it for other classes")
         super().set_classnames(classnames)
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen image tower's unnormalised features: what the probe is fitted on."""
+        return self.backbone.encode_image(images, normalize=False)
+
     def class_features(self) -> torch.Tensor:
         return F.normalize(self.weight, dim=-1)
 
@@ -134,32 +218,42 @@ class LinearProbe(Method):
         return self
 
     def fit_closed_form(self, data: ClosedFormData) -> dict:
-        """Search λ on the validation split, fit on the training split; returns the record to log."""
+        """Search C on the validation split (CoOp lpclip's procedure), fit on the training split; the record to log."""
         opts = self.options
+        solver = resolve_solver(opts.solver)
+        fit = FITTERS[solver]
         xtr, ytr = data.train_features, data.train_labels
         classes = len(self.classnames)
+        memo: dict[float, float] = {}
+
+        def val_accuracy(c: float) -> float:
+            if c not in memo:
+                memo[c] = accuracy(*fit(xtr, ytr, classes, c, opts.max_iter), data.val_features, data.val_labels)
+            return memo[c]
+
         search: list[dict] = []
-        if opts.l2 > 0:
-            l2, source = opts.l2, "fixed"
-        elif data.val_features is not None:
-            l2, search = search_l2(xtr, ytr, data.val_features, data.val_labels, classes, opts)
-            source = "val search"
+        if opts.c > 0:
+            c, source = opts.c, "fixed"
+        elif data.val_features is not None and len(data.val_features):
+            c, search = search_c(val_accuracy, opts.search_steps)
+            source = "validation search (CoOp lpclip)"
         else:
-            l2, source = opts.default_l2, "default (no validation split)"
-            data.log(f"linear_probe: no validation split, using l2={l2:g}")
-        weight, bias = fit_logistic(xtr, ytr, classes, l2, opts.max_iter)
+            c, source = opts.default_c, "default (no validation split)"
+            data.log(f"linear_probe: no validation split, using C={c:g}")
+        weight, bias = fit(xtr, ytr, classes, c, opts.max_iter)
         with torch.no_grad():
             self.weight.copy_(weight.to(self.weight))
             self.bias.copy_(bias.to(self.bias))
         record = {
-            "l2": l2,
-            "l2_source": source,
+            "C": c,
+            "C_source": source,
+            "solver": solver,
             "train_acc": accuracy(weight, bias, xtr, ytr),
-            "loss": float(F.cross_entropy(xtr.double() @ weight.t() + bias, ytr)),
+            "loss": float(F.cross_entropy(xtr.double() @ weight.t() + bias, ytr.long())),
             "search": search,
         }
         if search:
-            record["val_acc"] = max(s["val_acc"] for s in search if s["l2"] == l2)
+            record["val_acc"] = memo[c]
         return record
 
     def parameter_formula(self) -> str:

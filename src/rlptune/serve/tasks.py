@@ -113,7 +113,7 @@ def prepare_task(info: TaskInfo, method, backbone, width: int) -> LoadedTask:
     """Merge the method and keep what scoring needs (see the module docstring)."""
     method.eval()
     method.merge()
-    if method.needs_image_tower:
+    if method.needs_image_tower or not method.normalize_features:  # the linear probe scores raw features
         return LoadedTask(info, "image_tower", method=method, nbytes=_own_bytes(method, backbone))
     device = backbone.device
     eye = torch.eye(width, device=device)

@@ -17,7 +17,7 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -34,7 +34,7 @@ from rlptune.cli import main
 def _shared_backbones(monkeypatch):
     """Load each tiny backbone once per module run: the cases are about inputs, not about loading weights."""
     import rlptune.engine.adapter as adapter_mod
-    import rlptune.engine.api as api_mod
+    import rlptune.engine.pipeline as api_mod
     from rlptune.backbones import load_backbone as real
 
     def cached(spec, device="cpu", precision="fp32", seed=0):
@@ -106,6 +106,8 @@ class World:
     data: Path
     run: Path  # a finished rlp run with a checkpoint and an adapter
     outputs: int = 0
+    monkeypatch: Any = None  # the running case's monkeypatch (cases that simulate a full disk)
+    held: list = dataclasses.field(default_factory=list)  # lock file descriptors a case holds while it runs
 
     def train(self, *extra) -> list:
         return ["train", "--backbone", self.arch, "--device", "cpu", "--no-progress", "--aug-views", 0,
@@ -330,7 +332,7 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
     ),
     "resume-with-other-settings": (
         lambda w: w.train(*w.run_args(), "--lr", 0.5, "-o", w.run_copy("lr"), "--resume"),
-        ("last.safetensors: checkpoint was written with other settings",),
+        ("runs/lr: run was made with other settings (settings hash",),
     ),
     # backbone weights that are not what their name says
     "backbone-weights-not-a-checkpoint": (
@@ -346,23 +348,23 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
     "device-unknown": (lambda w: w.folder_train(w.data, "--device", "gpu0"), ("backbone.device 'gpu0'",)),
     # configs
     "config-unknown-field": (lambda w: yaml_config(w, "train:\n  lr_rate: 0.1\n"),
-                             ("train: unknown field 'lr_rate' (did you mean 'lr'?); valid fields: epochs, batch_size", "weight_decay")),
+                             ("train: unknown field 'lr_rate' (did you mean 'lr'?); valid fields: epochs", "weight_decay")),
     "config-unknown-section": (lambda w: yaml_config(w, "trian: {epochs: 2}\n"), ("unknown field 'trian' (did you mean 'train'?); valid fields: backbone, data",)),
     "config-mistyped-int": (lambda w: yaml_config(w, "train: {epochs: ten}\n"), ("train.epochs: expected an integer, got 'ten'",)),
     "config-mistyped-float": (lambda w: yaml_config(w, "train: {lr: fast}\n"), ("train.lr: expected a number, got 'fast'",)),
     "config-mistyped-bool": (lambda w: yaml_config(w, "method: {class_specific: maybe}\n"), ("method.class_specific: expected true or false",)),
-    "config-bad-choice": (lambda w: yaml_config(w, "prompt: {kind: sparse}\n"), ("prompt.kind: expected one of full, lowrank, got 'sparse'",)),
+    "config-bad-choice": (lambda w: yaml_config(w, "prompt: {kind: sparse}\n"), ("prompt.kind 'sparse' is not known; expected one of full, lowrank",)),
     "config-section-not-mapping": (lambda w: yaml_config(w, "train: 5\n"), ("section 'train' must be a mapping of fields",)),
     "config-not-a-mapping": (lambda w: yaml_config(w, "- train\n- epochs\n"), ("expected a mapping of sections",)),
     "config-not-yaml": (lambda w: yaml_config(w, "train: {epochs: [1\n"), ("not valid YAML at line",)),
     "config-impossible-date": (lambda w: yaml_config(w, "train: {seed: 2001-02-30}\n"), ("not valid YAML (day is out of range",)),
-    "config-file-missing": (lambda w: w.folder_train(w.data, "--config", w.tmp / "nope.yaml"), ("nope.yaml: config file not found (and not a shipped preset: ",)),
+    "config-file-missing": (lambda w: w.folder_train(w.data, "--config", w.tmp / "nope.yaml"), ("nope.yaml: config file not found",)),
     "config-nan": (lambda w: w.folder_train(w.data, "--lr", "nan"), ("train.lr: expected a finite number",)),
     "config-out-of-range": (lambda w: w.folder_train(w.data, "--shots", -4), ("data.shots must be >= 0, got -4",)),
     "config-template-without-slot": (lambda w: w.folder_train(w.data, "--template", "a photo"), ("method.templates: template 'a photo' must contain {}",)),
     "config-options-self-referencing": (lambda w: yaml_config(w, "method: {options: &a {x: *a}}\n"), ("method.options.x", "nested too deeply")),
     "config-set-without-section": (lambda w: w.folder_train(w.data, "--set", "rank=2"), ("--set 'rank=2': expected section.field=value",)),
-    "config-method-unknown": (lambda w: w.folder_train(w.data, "--method", "coop2"), ("method.name 'coop2' is not known; available: ",)),
+    "config-method-unknown": (lambda w: w.folder_train(w.data, "--method", "coop2"), ("method.name 'coop2' is not known", "available: ")),
     "method-option-unknown": (lambda w: w.folder_train(w.data, "--method", "kgcoop", "--set", "method.options.lamda=2"),
                               ("unknown option 'lamda' for method 'kgcoop' (did you mean 'lambda_kg'?)",)),
     # predict
@@ -383,14 +385,373 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(CATALOGUE))
+# -- round 2: data loss, stale results, collisions, guessed layouts (issue 13) -----------------------------------
+
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` with its bytes (None when the folder does not exist)."""
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return {"": folder.read_bytes()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def finished_copy(w: World, name: str) -> Path:
+    """A copy of the finished run to be protected (a case must leave it byte-identical)."""
+    return w.run_copy(name)
+
+
+def foreign_folder(w: World, name: str) -> Path:
+    """A plain folder holding a user's own result.json and metrics.jsonl (not written by rlptune)."""
+    root = w.tmp / "foreign" / name
+    if not root.exists():
+        write(root / "result.json", '{"accuracy": 91.5, "mine": true}\n')
+        write(root / "metrics.jsonl", '{"epoch": 0, "loss": 1.0}\n')
+    return root
+
+
+def hold_lock(w: World, target: Path) -> Path:
+    """Lock ``target`` the way a running rlptune process does (flock on the sibling lock file, pid inside)."""
+    import fcntl
+
+    lock = target.parent / f".{target.name}.rlptune.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"424242\n", 0)
+    w.held.append(fd)
+    return target
+
+
+def interrupted_beside(w: World, target: Path) -> Path:
+    """A staging folder with a checkpoint beside ``target``: what a killed run leaves for --resume."""
+    staging = target.parent / f".{target.name}.staging-99999999"
+    shutil.copytree(target, staging, dirs_exist_ok=True)
+    (staging / "result.json").unlink(missing_ok=True)
+    return target
+
+
+def full_disk(w: World) -> None:
+    """Every fsync fails with ENOSPC (rlptune fsyncs each file it writes), as on a full disk."""
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w.monkeypatch.setattr(os, "fsync", no_space)
+
+
+def nan_adapter(w: World, name: str, value: float) -> list:
+    from safetensors.torch import load_file, save_file
+
+    folder = w.adapter_copy(name)
+    path = folder / "adapter_model.safetensors"
+    state = load_file(str(path))
+    key = sorted(state)[0]
+    state[key].view(-1)[0] = value
+    save_file(state, str(path))
+    return ["predict", folder, w.data / "test" / "red", "--no-progress", "--device", "cpu"]
+
+
+def _checkpoint_nan(path: Path, w: World) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    key = sorted(k for k in tensors if k.startswith("param."))[0]
+    tensors[key].view(-1)[0] = float("inf")
+    save_file(tensors, str(path), meta)
+
+
+def colliding_folder(w: World, name: str, classes: tuple[str, ...]) -> Path:
+    """A class-folder dataset (no split folders) whose folder names collide after prompt normalisation."""
+    root = w.tmp / "colliding" / name
+    if not root.exists():
+        for i, cls in enumerate(classes):
+            for j in range(2):
+                write(root / cls / f"{j}.png", _png_bytes(w.tmp))
+    return root
+
+
+def mixed_layout(w: World, name: str, extra: tuple[str, ...], drop: tuple[str, ...] = ()) -> Path:
+    root = w.tmp / "layouts" / name
+    if not root.exists():
+        make_folder(root)
+        for folder in extra:
+            write(root / folder / "red" / "x.png", _png_bytes(w.tmp))
+        for folder in drop:
+            shutil.rmtree(root / folder)
+    return root
+
+
+def csv_images(w: World, text: str) -> list:
+    """A CSV next to real images red/a.png, red/b.png, green/c.png (so only the listed problem is wrong)."""
+    folder = w.tmp / "csv-images"
+    for rel in ("red/a.png", "red/b.png", "green/c.png", "green/d.png"):
+        if not (folder / rel).exists():
+            write(folder / rel, _png_bytes(w.tmp))
+    path = write(folder / f"labels_{zlib.crc32(text.encode())}.csv", text)
+    return w.train("--dataset", "csv", "--data-root", path, "-o", w.out())
+
+
+def split_json_images(w: World, obj) -> list:
+    path = write(w.tmp / "csv-images" / f"split_{zlib.crc32(json.dumps(obj).encode())}.json", json.dumps(obj))
+    csv_images(w, "path,label\nred/a.png,red\n")  # makes sure the images exist
+    return w.train("--dataset", "split-json", "--data-root", path, "-o", w.out())
+
+
+LONG_CLASSES = ",".join(f"class number {i}" for i in range(3000))  # longer than any file name may be
+
+#: Cases that pass only once the lead wires a helper in (the test marks them xfail(strict=True) until then).
+NEEDS_LEAD: dict[str, str] = {
+    "predict-classes-collide-case": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
+    "predict-classes-collide-underscore": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
+    "predict-classes-very-long": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
+}
+
+CATALOGUE.update({
+    # run directories: a failed or refused run never changes what the folder held (byte-identical afterwards)
+    "rundir-finished-run-rerun-refused": (
+        lambda w: (w.train(*w.run_args(), "-o", finished_copy(w, "rerun")), w.tmp / "runs" / "rerun"),
+        ("runs/rerun: holds a finished run (result.json); use --overwrite",),
+    ),
+    "rundir-finished-run-failed-overwrite": (
+        lambda w: (w.folder_train(folder_with(w, "bad-for-overwrite", {"train/red/cut.png": _png_bytes(w.tmp)[:-200]}), "--epochs", 1,
+                                  "-o", finished_copy(w, "failed-overwrite"), "--overwrite"), w.tmp / "runs" / "failed-overwrite"),
+        ("train/red/cut.png: image file is",),
+    ),
+    "rundir-finished-run-failed-resume": (
+        lambda w: (w.train(*w.run_args(), "--epochs", 5, "-o", finished_copy(w, "failed-resume"), "--resume"), w.tmp / "runs" / "failed-resume"),
+        ("runs/failed-resume: run was made with other settings",),
+    ),
+    "rundir-foreign-folder-refused": (
+        lambda w: (w.folder_train(w.data, "-o", foreign_folder(w, "plain")), foreign_folder(w, "plain")),
+        ("foreign/plain: folder is not empty and not an rlptune run (holds 'metrics.jsonl', 'result.json'); use --overwrite",),
+    ),
+    "rundir-foreign-folder-resume-refused": (
+        lambda w: (w.folder_train(w.data, "-o", foreign_folder(w, "resume"), "--resume"), foreign_folder(w, "resume")),
+        ("foreign/resume: not an rlptune run directory (holds 'metrics.jsonl', 'result.json'); nothing to resume",),
+    ),
+    "rundir-foreign-folder-failed-overwrite": (
+        lambda w: (w.folder_train(folder_with(w, "bad-for-foreign", {"train/red/zero.png": b""}), "--epochs", 1, "-o",
+                                  foreign_folder(w, "overwrite"), "--overwrite"), foreign_folder(w, "overwrite")),
+        ("train/red/zero.png: image file is empty",),
+    ),
+    "rundir-in-use": (
+        lambda w: (w.train(*w.run_args(), "-o", hold_lock(w, finished_copy(w, "locked")), "--overwrite"), w.tmp / "runs" / "locked"),
+        ("runs/locked: run directory is in use by another rlptune process (pid 424242)",),
+    ),
+    "rundir-interrupted-run-needs-resume": (
+        lambda w: (w.train(*w.run_args(), "-o", interrupted_beside(w, finished_copy(w, "interrupted"))), w.tmp / "runs" / "interrupted"),
+        ("runs/interrupted: an interrupted run of this folder is kept in .interrupted.staging-99999999; use --resume",),
+    ),
+    "rundir-full-disk": (
+        lambda w: (full_disk(w) or w.train(*w.run_args(), "-o", finished_copy(w, "full-disk"), "--overwrite"), w.tmp / "runs" / "full-disk"),
+        ("cannot write (no space left on device)",),
+    ),
+    "output-is-a-file": (
+        lambda w: (w.folder_train(w.data, "-o", write(w.tmp / "out-file", "keep me")), w.tmp / "out-file"),
+        ("out-file: output path is a file, not a folder",),
+    ),
+    "output-under-a-file": (
+        lambda w: (w.folder_train(w.data, "-o", write(w.tmp / "out-file2", "keep me") / "run"), w.tmp / "out-file2"),
+        ("out-file2/run: output path is under", "which is a file, not a folder"),
+    ),
+    "output-under-proc": (lambda w: w.folder_train(w.data, "-o", "/proc/self/rlptune-run"), ("/proc/self/rlptune-run: output path is inside a kernel file system",)),
+    "cache-dir-is-a-file": (
+        lambda w: w.folder_train(w.data, "--epochs", 1, "--cache-dir", write(w.tmp / "cache-file", "x")),
+        ("cache-file: feature cache folder is a file, not a folder",),
+    ),
+    "eval-json-under-a-file": (
+        lambda w: ["eval", w.run / "adapter", "--dataset", "folder", "--data-root", w.data, "--device", "cpu",
+                   "--json", write(w.tmp / "json-parent", "x") / "m.json"],
+        ("json-parent/m.json: cannot write (a file is in the way of a folder)",),
+    ),
+    "predict-output-is-a-folder": (
+        lambda w: ["predict", w.run / "adapter", w.data / "test" / "red", "--no-progress", "--device", "cpu", "-o", w.data],
+        ("cannot write (it is a folder)",),
+    ),
+    # adapters and checkpoints that would give a number from broken tensors
+    "adapter-tensor-nan": (lambda w: nan_adapter(w, "nan", float("nan")), ("adapter_model.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
+    "adapter-tensor-inf": (lambda w: nan_adapter(w, "inf", float("-inf")), ("adapter_model.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
+    "adapter-classnames-collide-case": (
+        lambda w: mutated_adapter(w, "collide-case", lambda p, f: p.update(classnames=["red", "Red", "RED"])),
+        ("adapter_config.json: field 'classnames': class names collide after prompt normalisation", "'red' = 'Red' = 'RED'"),
+    ),
+    "adapter-classnames-collide-underscore": (
+        lambda w: mutated_adapter(w, "collide-underscore", lambda p, f: p.update(classnames=["dark_blue", "dark blue", "red"])),
+        ("field 'classnames': class names collide", "'dark_blue' = 'dark blue'"),
+    ),
+    "checkpoint-tensor-inf": (
+        lambda w: tampered_checkpoint(w, "inf", _checkpoint_nan),
+        ("last.safetensors: checkpoint tensor", "holds 1 non-finite value(s)"),
+    ),
+    # class names that give identical prompts
+    "folder-classes-collide-case": (
+        lambda w: w.folder_train(colliding_folder(w, "case", ("red", "Red", "RED"))),
+        ("class folder names collide after prompt normalisation (case, '_' and spaces ignored)", "'RED' = 'Red' = 'red'"),
+    ),
+    "folder-classes-collide-underscore": (
+        lambda w: w.folder_train(colliding_folder(w, "underscore", ("dark_blue", "Dark Blue", "red"))),
+        ("class folder names collide", "'Dark Blue' = 'dark blue'"),
+    ),
+    "csv-classes-collide-case": (lambda w: csv_images(w, "path,label\nred/a.png,Red\nred/b.png,red\n"), ("class names collide after prompt normalisation", "'Red' = 'red'")),
+    "csv-classes-collide-underscore": (
+        lambda w: csv_images(w, "path,label\nred/a.png,dark_blue\nred/b.png,dark  blue\n"),
+        ("class names collide", "'dark blue' = 'dark_blue'"),
+    ),
+    "split-json-classes-collide": (
+        lambda w: split_json_images(w, {"train": [["red/a.png", 0, "red"], ["green/c.png", 1, "Red"]]}),
+        ("class names collide after prompt normalisation", "'red' = 'Red'"),
+    ),
+    "predict-classes-collide-case": (
+        lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", "red,Red,RED", "--no-progress", "--device", "cpu"],
+        ("--classes 'red,Red,RED': classes collide after prompt normalisation", "'red' = 'Red' = 'RED'"),
+    ),
+    "predict-classes-collide-underscore": (
+        lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", "dark_blue,dark blue", "--no-progress", "--device", "cpu"],
+        ("classes collide after prompt normalisation", "'dark_blue' = 'dark blue'"),
+    ),
+    "predict-classes-very-long": (
+        lambda w: ["predict", w.run / "adapter", w.data / "test", "--classes", LONG_CLASSES + ",class number 7", "--no-progress", "--device", "cpu"],
+        ("--classes 'class number 0,", "class 'class number 7' is listed more than once"),
+    ),
+    # label conflicts and leaks in user-made lists
+    "csv-image-two-labels": (
+        lambda w: csv_images(w, "path,label\nred/a.png,red\nred/a.png,green\ngreen/c.png,green\n"),
+        ("line 3: image 'red/a.png' is labelled 'green' but line 2 labels it 'red'",),
+    ),
+    "csv-train-test-leak": (
+        lambda w: csv_images(w, "path,label,split\nred/a.png,red,train\ngreen/c.png,green,train\nred/a.png,red,test\n"),
+        ("line 4: image 'red/a.png' is in the test split and also in train (line 2)",),
+    ),
+    "csv-train-val-leak": (
+        lambda w: csv_images(w, "path,label,split\nred/a.png,red,train\ngreen/c.png,green,train\ngreen/c.png,green,val\n"),
+        ("line 4: image 'green/c.png' is in the val split and also in train (line 3)",),
+    ),
+    "split-json-image-two-labels": (
+        lambda w: split_json_images(w, {"train": [["red/a.png", 0, "red"], ["green/c.png", 1, "green"], ["red/a.png", 1, "green"]]}),
+        ("train[2]: image 'red/a.png' is labelled 'green' but train[0] labels it 'red'",),
+    ),
+    "split-json-train-test-leak": (
+        lambda w: split_json_images(w, {"train": [["red/a.png", 0, "red"], ["green/c.png", 1, "green"]], "test": [["./red/a.png", 0, "red"]]}),
+        ("test[0]: image 'red/a.png' is in the test split and also in train (train[0])",),
+    ),
+    "csv-path-is-a-folder": (
+        lambda w: w.train("--dataset", "csv", "--data-root", w.data, "-o", w.out()),
+        ("colours: expected a CSV file, found a folder",),
+    ),
+    "split-json-path-is-a-folder": (
+        lambda w: w.train("--dataset", "split-json", "--data-root", w.data, "-o", w.out()),
+        ("colours: expected a split file, found a folder",),
+    ),
+    # no guessed layouts
+    "folder-split-folders-and-others": (
+        lambda w: w.folder_train(mixed_layout(w, "notes", ("notes",))),
+        ("holds split folder(s) test/, train/, val/ and unexpected folder(s) 'notes'; expected only train/, val/, test/",),
+    ),
+    "folder-class-folders-and-a-test-folder": (
+        lambda w: w.folder_train(mixed_layout(w, "classes-and-test", ("red", "green"), drop=("train", "val"))),
+        ("holds split folder(s) test/ and unexpected folder(s) 'green', 'red'",),
+    ),
+    "folder-split-folders-without-train": (
+        lambda w: w.folder_train(mixed_layout(w, "no-train", (), drop=("train",))),
+        ("holds test/, val/ but no train/ folder",),
+    ),
+    # YAML that PyYAML would silently take the last of
+    "config-duplicate-section": (
+        lambda w: yaml_config(w, "train:\n  epochs: 1\nmethod:\n  name: rlp\ntrain:\n  lr: 0.01\n"),
+        ("line 5: key 'train' given twice (first at line 1); each key may appear once",),
+    ),
+    "config-duplicate-field": (lambda w: yaml_config(w, "train:\n  epochs: 1\n  epochs: 50\n"), ("line 3: key 'epochs' given twice (first at line 2)",)),
+    "config-duplicate-flow-key": (lambda w: yaml_config(w, "prompt: {rank: 1, rank: 4}\n"), ("line 1: key 'rank' given twice",)),
+    # numbers outside what float32 training can hold, and other out-of-range settings
+    "config-lr-beyond-float32": (lambda w: w.folder_train(w.data, "--lr", "1e39"), ("train.lr 1e+39 is beyond float32's range",)),
+    "config-warmup-lr-beyond-float32": (lambda w: w.folder_train(w.data, "--warmup-lr", "5e38"), ("train.warmup_lr 5e+38 is beyond float32's range",)),
+    "config-momentum-beyond-float32": (lambda w: w.folder_train(w.data, "--momentum", "1e300"), ("train.momentum 1e+300 is beyond float32's range",)),
+    "config-weight-decay-beyond-float32": (lambda w: w.folder_train(w.data, "--weight-decay", "4e38"), ("train.weight_decay 4e+38 is beyond float32's range",)),
+    "config-lr-infinite": (lambda w: w.folder_train(w.data, "--lr", "inf"), ("train.lr: expected a finite number",)),
+    "config-lr-zero": (lambda w: w.folder_train(w.data, "--lr", 0), ("train.lr must be > 0, got 0",)),
+    "config-lr-negative": (lambda w: w.folder_train(w.data, "--lr", "-0.1"), ("train.lr must be > 0, got -0.1",)),
+    "config-min-lr-above-lr": (lambda w: w.folder_train(w.data, "--lr", 0.01, "--min-lr", 0.1), ("train.min_lr (0.1) must be below train.lr (0.01)",)),
+    "config-momentum-negative": (lambda w: w.folder_train(w.data, "--momentum", "-0.5"), ("train.momentum must be >= 0, got -0.5",)),
+    "config-weight-decay-negative": (lambda w: w.folder_train(w.data, "--weight-decay", "-1"), ("train.weight_decay must be >= 0",)),
+    "config-epochs-negative": (lambda w: w.folder_train(w.data, "--epochs", -1), ("train.epochs must be >= 0, got -1",)),
+    "config-epochs-fraction": (lambda w: w.folder_train(w.data, "--epochs", 2.5), ("train.epochs: expected an integer, got '2.5'",)),
+    "config-epochs-bool": (lambda w: yaml_config(w, "train: {epochs: true}\n"), ("train.epochs: expected an integer, got True",)),
+    "config-lr-list": (lambda w: yaml_config(w, "train: {lr: [0.1, 0.2]}\n"), ("train.lr: expected a number",)),
+    "config-batch-size-zero": (lambda w: w.folder_train(w.data, "--batch-size", 0), ("train.batch_size must be >= 1, got 0",)),
+    "config-warmup-negative": (lambda w: w.folder_train(w.data, "--warmup-epochs", -2), ("train.warmup_epochs must be >= 0, got -2",)),
+    "config-aug-views-negative": (lambda w: w.folder_train(w.data, "--aug-views", -1), ("train.aug_views must be >= 0, got -1",)),
+    "config-crop-scale-zero": (lambda w: w.folder_train(w.data, "--crop-scale", 0), ("train.crop_scale must be in (0, 1], got 0",)),
+    "config-crop-scale-above-one": (lambda w: w.folder_train(w.data, "--crop-scale", 1.5), ("train.crop_scale must be in (0, 1], got 1.5",)),
+    "config-seed-negative": (lambda w: w.folder_train(w.data, "--seed", -1), ("train.seed must be >= 0, got -1",)),
+    "config-seed-huge": (lambda w: w.folder_train(w.data, "--seed", 2**63), ("train.seed must be < 2**63",)),
+    "config-num-workers-negative": (lambda w: w.folder_train(w.data, "--num-workers", -3), ("train.num_workers must be >= 0, got -3",)),
+    "config-checkpoint-every-negative": (lambda w: w.folder_train(w.data, "--checkpoint-every", -1), ("train.checkpoint_every must be >= 0, got -1",)),
+    "config-select-best-without-validation": (
+        lambda w: w.folder_train(w.data, "--select-best", "--val-every", 0), ("train.select_best needs validation: set train.val_every >= 1",),
+    ),
+    "config-rank-zero": (lambda w: w.folder_train(w.data, "--method", "rlp", "--rank", 0), ("prompt.rank must be >= 1, got 0",)),
+    "config-n-ctx-zero": (lambda w: w.folder_train(w.data, "--n-ctx", 0), ("prompt.n_ctx must be >= 1, got 0",)),
+    "config-dropout-one": (lambda w: w.folder_train(w.data, "--method", "rlp", "--dropout", 1), ("prompt.dropout must be in [0, 1), got 1",)),
+    "config-alpha-negative": (lambda w: w.folder_train(w.data, "--method", "rlp", "--alpha", "-2"), ("prompt.alpha must be > 0 (or unset), got -2",)),
+    "config-std-negative": (lambda w: w.folder_train(w.data, "--init-std", "-0.02"), ("prompt.a_std, prompt.b_std and prompt.init_std must be >= 0",)),
+    "config-ctx-init-blank": (lambda w: w.folder_train(w.data, "--ctx-init", "   "), ("prompt.ctx_init is empty",)),
+    "config-template-extra-braces": (lambda w: w.folder_train(w.data, "--template", "a {} of {kind}"), ("method.templates: template 'a {} of {kind}' has braces other than one {}",)),
+    "config-eval-batch-size-zero": (lambda w: w.folder_train(w.data, "--eval-batch-size", 0), ("eval.batch_size must be >= 1, got 0",)),
+    "config-text-chunk-negative": (lambda w: w.folder_train(w.data, "--text-chunk", -1), ("method.text_chunk must be >= 0, got -1",)),
+    "config-file-is-a-folder": (lambda w: w.folder_train(w.data, "--config", w.data), ("colours: cannot read config",)),
+    "config-file-not-utf8": (lambda w: w.folder_train(w.data, "--config", write(w.tmp / "latin1.yaml", b"train: {epochs: \xe9}\n")), ("latin1.yaml: cannot read config",)),
+    "config-set-unknown-section": (lambda w: w.folder_train(w.data, "--set", "trian.epochs=2"), ("unknown field 'trian' (did you mean 'train'?)",)),
+    "config-set-unknown-field": (lambda w: w.folder_train(w.data, "--set", "train.epoch=2"), ("train: unknown field 'epoch' (did you mean 'epochs'?)",)),
+    "config-bad-image-policy": (lambda w: w.folder_train(w.data, "--image-policy", "ignore"), ("data.image_policy: expected one of error, skip, got 'ignore'",)),
+    "config-bad-subsample": (lambda w: w.folder_train(w.data, "--subsample", "novel"), ("data.subsample: expected one of all, base, new, got 'novel'",)),
+    # more data entries
+    "csv-empty-label": (lambda w: csv_images(w, "path,label\nred/a.png,\n"), ("line 2: empty label",)),
+    "csv-empty-path": (lambda w: csv_images(w, "path,label\n ,red\n"), ("line 2: empty path",)),
+    "csv-path-absolute": (lambda w: csv_images(w, "path,label\n/etc/hostname,red\n"), ("line 2: image path '/etc/hostname' is absolute",)),
+    "csv-image-missing": (lambda w: csv_images(w, "path,label\nred/a.png,red\nred/nope.png,red\n"), ("1 of 2 listed images are missing", "'red/nope.png'")),
+    "csv-not-utf8": (lambda w: w.train("--dataset", "csv", "--data-root", write(w.tmp / "latin1.csv", b"path,label\nr\xe9d/a.png,red\n"), "-o", w.out()),
+                     ("latin1.csv: CSV file is not UTF-8 text",)),
+    "split-json-label-negative": (lambda w: split_json(w, {"train": [["red/a.png", -1, "red"]]}), ("train[0]: label must be >= 0, got -1",)),
+    "split-json-classname-blank": (lambda w: split_json(w, {"train": [["red/a.png", 0, "  "]]}), ("train[0]: class name must be a non-empty string",)),
+    "split-json-path-not-string": (lambda w: split_json(w, {"train": [[7, 0, "red"]]}), ("train[0]: image path must be a string, got 7",)),
+    "split-json-nested-too-deep": (lambda w: split_json(w, "[" * 100_000 + "]" * 100_000), ("JSON nested too deeply",)),
+    "folder-class-name-empty": (lambda w: w.folder_train(colliding_folder(w, "blank-name", ("red", "___"))), ("___: folder name gives an empty class name",)),
+    "folder-train-without-classes": (
+        lambda w: w.folder_train(write(w.tmp / "empty-train" / "train" / "readme.txt", "no classes").parent.parent),
+        ("empty-train/train: no class folders found; expected train/<class>/<image>",),
+    ),
+})
+
+
+def _case_param(case: str):
+    reason = NEEDS_LEAD.get(case)
+    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else case
+
+
+@pytest.mark.parametrize("case", [_case_param(c) for c in CATALOGUE])
 def test_bad_input_gets_one_line_error(case, world, capsys, monkeypatch, cache_dir):
+    """One line, no traceback; for the data-loss cases also: the folder that held results is byte-identical."""
     monkeypatch.delenv("RLPTUNE_DATA", raising=False)
     build, fragments = CATALOGUE[case]
-    args = build(world)
+    world.monkeypatch = monkeypatch
+    built = build(world)
+    args, protected = built if isinstance(built, tuple) else (built, None)
+    before = snapshot(protected) if protected is not None else None
     capsys.readouterr()
-    code, _, err = run_cli(args, capsys)
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        monkeypatch.undo()
+        while world.held:
+            os.close(world.held.pop())
     assert_one_line_error(code, err, *fragments)
+    if protected is not None:
+        assert snapshot(protected) == before, f"{protected} changed"
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any folder")

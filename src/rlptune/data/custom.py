@@ -147,6 +147,14 @@ def load_csv(
     if not records:
         raise RlptuneError(f"{path}: CSV has a header but no rows")
 
+    labels_seen: dict[str, tuple[str, str]] = {}  # image -> (label, line): an image has one label
+    for img, label, _split, where in records:
+        first = labels_seen.setdefault(img, (label, where))
+        if first[0] != label:
+            raise RlptuneError(
+                f"{path}: {where}: image {img!r} is labelled {label!r} but {first[1]} labels it {first[0]!r}; an image "
+                f"has one label"
+            )
     names = _resolve_classnames(classnames)
     labelled = _label_records(records, names, path, classnames)
     classlist = [labelled["classes"][i] for i in range(len(labelled["classes"]))]

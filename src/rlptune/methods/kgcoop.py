@@ -1,8 +1,11 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp plus knowledge guidance towards the hand-crafted prompt.
 
 loss = cross-entropy + λ · (1 − mean_c cos(g(t_c), g(h_c))), where g(t_c) is the learned class text feature and
-g(h_c) the frozen CLIP's feature of the hand-crafted prompt (the dataset's template, e.g.
-"a photo of a {}, a type of pet.", or "a photo of a {}." when the dataset has none). λ = 8 as in the paper.
+g(h_c) the frozen CLIP's feature of the hand-crafted prompt. The hand-crafted prompt is KgCoOp's own per-dataset
+template (its ``CUSTOM_TEMPLATES``, :data:`rlptune.recipes.KGCOOP_TEMPLATES`, chosen by the CoOp name of
+``data.dataset``; e.g. DTD "a photo of a {}, a type of texture.", where CoOp's zero-shot uses "{} texture."); for a
+dataset KgCoOp does not know, the dataset's own template, else "a photo of a {}."; ``method.options.template``
+overrides all of them. λ = 8 as in the paper.
 
 Same placement and parameter count as CoOp (n·d, or r·(n+d) with ``prompt.kind: lowrank``): the guidance adds
 no parameters. Inference is CoOp's.
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RlptuneError
+from ..recipes import KGCOOP_TEMPLATES, canonical_dataset
 from .base import Batch, StepOutput, register_method
 from .coop import CoOp
 from ..options import option
@@ -26,18 +30,26 @@ from .shared import handcrafted_features, handcrafted_template
 @dataclass
 class KgCoOpOptions:
     lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)")
-    template: Optional[str] = option(None, "hand-crafted template ({} = class name); unset = the dataset's, else 'a photo of a {}.'")
+    template: Optional[str] = option(
+        None, "hand-crafted template ({} = class name); unset = KgCoOp's own for a CoOp dataset, else the dataset's, "
+        "else 'a photo of a {}.'")
 
     def validate(self) -> None:
         if self.lambda_kg < 0:
             raise RlptuneError(f"method.options.lambda_kg must be >= 0, got {self.lambda_kg}")
 
 
+def kgcoop_template(dataset: str | None, dataset_template: str | None) -> str | None:
+    """KgCoOp's hand-crafted template for ``dataset`` (its CUSTOM_TEMPLATES entry), else the dataset's own."""
+    name = canonical_dataset(dataset)
+    return KGCOOP_TEMPLATES.get(name, dataset_template) if name else dataset_template
+
+
 @register_method("kgcoop", options=KgCoOpOptions)
 class KgCoOp(CoOp):
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        self.template = handcrafted_template(dataset_template, self.options.template)
+        self.template = handcrafted_template(kgcoop_template(config.data.dataset, dataset_template), self.options.template)
         self.register_buffer("handcrafted", handcrafted_features(backbone, classnames, self.template), persistent=False)
         self.to(backbone.device)  # the prompt too (a random-init context is created on the CPU)
 

@@ -549,7 +549,7 @@ CATALOGUE.update({
     ),
     "rundir-full-disk": (
         lambda w: (full_disk(w) or w.train(*w.run_args(), "-o", finished_copy(w, "full-disk"), "--overwrite"), w.tmp / "runs" / "full-disk"),
-        ("cannot write (no space left on device)",),
+        ("runs/full-disk/.rlptune-run.json: cannot write (no space left on device)",),
     ),
     "output-is-a-file": (
         lambda w: (w.folder_train(w.data, "-o", write(w.tmp / "out-file", "keep me")), w.tmp / "out-file"),
@@ -586,7 +586,7 @@ CATALOGUE.update({
     ),
     "checkpoint-tensor-inf": (
         lambda w: tampered_checkpoint(w, "inf", _checkpoint_nan),
-        ("last.safetensors: checkpoint tensor", "holds 1 non-finite value(s)"),
+        ("runs/inf/checkpoint/last.safetensors: checkpoint tensor", "holds 1 non-finite value(s)"),
     ),
     # class names that give identical prompts
     "folder-classes-collide-case": (
@@ -703,8 +703,8 @@ CATALOGUE.update({
     "config-template-extra-braces": (lambda w: w.folder_train(w.data, "--template", "a {} of {kind}"), ("method.templates: template 'a {} of {kind}' has braces other than one {}",)),
     "config-eval-batch-size-zero": (lambda w: w.folder_train(w.data, "--eval-batch-size", 0), ("eval.batch_size must be >= 1, got 0",)),
     "config-text-chunk-negative": (lambda w: w.folder_train(w.data, "--text-chunk", -1), ("method.text_chunk must be >= 0, got -1",)),
-    "config-file-is-a-folder": (lambda w: w.folder_train(w.data, "--config", w.data), ("colours: cannot read config",)),
-    "config-file-not-utf8": (lambda w: w.folder_train(w.data, "--config", write(w.tmp / "latin1.yaml", b"train: {epochs: \xe9}\n")), ("latin1.yaml: cannot read config",)),
+    "config-file-is-a-folder": (lambda w: w.folder_train(w.data, "--config", w.data), ("colours: expected a YAML config file, found a folder",)),
+    "config-file-not-utf8": (lambda w: w.folder_train(w.data, "--config", write(w.tmp / "latin1.yaml", b"train: {epochs: \xe9}\n")), ("latin1.yaml: config file is not UTF-8 text (byte 16)",)),
     "config-set-unknown-section": (lambda w: w.folder_train(w.data, "--set", "trian.epochs=2"), ("unknown field 'trian' (did you mean 'train'?)",)),
     "config-set-unknown-field": (lambda w: w.folder_train(w.data, "--set", "train.epoch=2"), ("train: unknown field 'epoch' (did you mean 'epochs'?)",)),
     "config-bad-image-policy": (lambda w: w.folder_train(w.data, "--image-policy", "ignore"), ("data.image_policy: expected one of error, skip, got 'ignore'",)),

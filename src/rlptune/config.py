@@ -378,8 +378,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RlptuneError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RlptuneError(f"{path}: cannot read config ({exc})") from None
+    except IsADirectoryError:
+        raise RlptuneError(f"{path}: expected a YAML config file, found a folder") from None
+    except UnicodeDecodeError as exc:
+        raise RlptuneError(f"{path}: config file is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RlptuneError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as exc:

@@ -84,7 +84,8 @@ class RunDirectory:
     ``with RunDirectory(out, settings_hash(cfg), resume=..., overwrite=...) as run:`` write everything under
     ``run.staging`` (pre-filled with the checkpoint, metrics and few-shot draw when resuming), call
     ``run.commit()`` once the result is written. Leaving the block without a commit (an error, Ctrl-C) leaves
-    ``target`` untouched and keeps the staging folder for ``--resume`` if it holds a checkpoint.
+    ``target`` untouched and keeps the staging folder for ``--resume`` if it holds a checkpoint. An
+    :class:`RlptuneError` leaving the block names files by their place in the run folder, not in staging.
     """
 
     def __init__(self, target: str | os.PathLike, settings_hash: str, *, resume: bool, overwrite: bool) -> None:
@@ -111,8 +112,8 @@ class RunDirectory:
         try:
             self._recover_interrupted_commit()
             self._prepare_staging()
-        except BaseException:
-            self._unlock()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -292,6 +293,9 @@ class RunDirectory:
         try:
             if not self.committed and self.staging.is_dir() and not (self.staging / CHECKPOINT).is_file():
                 shutil.rmtree(self.staging, ignore_errors=True)  # nothing to resume from
+            if isinstance(exc, RlptuneError) and exc.args and str(self.staging) in str(exc.args[0]):
+                # the user knows the run folder, not the staging folder: name the file where it belongs
+                exc.args = (str(exc.args[0]).replace(str(self.staging), str(self.target)),)
         finally:
             self._unlock()
 

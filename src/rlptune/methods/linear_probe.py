@@ -31,6 +31,7 @@ not fitted on, so ``set_classnames`` with other classes is refused.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -102,8 +103,6 @@ def _as_head(coef: torch.Tensor, intercept: torch.Tensor, present: Sequence[int]
 
 def fit_sklearn(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's ``LogisticRegression(solver='lbfgs', penalty='l2', C=c, max_iter=max_iter)`` as a head."""
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 

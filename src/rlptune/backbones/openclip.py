@@ -233,10 +233,7 @@ class OpenClipFamily(BackboneFamily):
             attention = [b for b in blocks if isinstance(getattr(b, "attn", None), nn.MultiheadAttention)]
             if not attention and not any(isinstance(getattr(b, "attn", None), SplitAttention) for b in blocks):
                 kind = type(getattr(model, "visual", None)).__name__ if tower == "vision" else "text transformer"
-                raise RlptuneError(
-                    f"the {tower} tower ({kind}) has no nn.MultiheadAttention blocks to adapt; "
-                    f"adapt only the {'text' if tower == 'vision' else 'vision'} tower or use a ViT backbone"
-                )
+                raise RlptuneError(f"the {tower} tower ({kind}) has no nn.MultiheadAttention blocks to adapt")
             for block in attention:
                 block.attn = SplitAttention(block.attn)
 

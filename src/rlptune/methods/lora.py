@@ -84,7 +84,8 @@ class ClipLoRA(Method):
         try:
             adapted = backbone.adapter_copy(towers)
         except RlptuneError as exc:
-            raise RlptuneError(f"clip_lora: {exc}; set method.options.towers") from None
+            other = "text" if "vision" in towers else "vision"
+            raise RlptuneError(f"clip_lora: {exc}; set method.options.towers to {other} or use a ViT backbone") from None
         attention = {tower: adapted.attention_modules(tower) for tower in towers}
         targets = [f"{name}.{TARGETS[t]}" for modules in attention.values() for name, _ in modules for t in opts.targets]
         # a string target is matched by peft as a full regex: exact module names only (a list would also match

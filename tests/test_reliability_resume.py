@@ -66,10 +66,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter_bitwise(tiny_arch_p
     with open(stderr, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "rlptune.cli", *args, "-o", str(killed)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
-    checkpoint = killed / "checkpoint" / "last.safetensors"
+    # the run writes into a staging folder beside its target and moves it in only when it has finished
+    staged = lambda: next(iter(tmp_path.glob(".killed.staging-*/checkpoint/last.safetensors")), None)  # noqa: E731
     deadline = time.monotonic() + 300
     try:
-        while not checkpoint.exists():
+        while staged() is None:
             if proc.poll() is not None:
                 pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: {stderr.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -81,9 +82,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter_bitwise(tiny_arch_p
             proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = checkpoint_epoch(checkpoint)
+    done = checkpoint_epoch(staged())
     assert 1 <= done < epochs, "the process finished before it could be killed"
-    assert not (killed / "result.json").exists() and not (killed / "adapter" / "adapter_config.json").exists()
+    assert not killed.exists()  # nothing half-done where the results go
+
+    checkpoint = killed / "checkpoint" / "last.safetensors"
 
     assert main(args + ["-o", str(killed), "--resume"]) == 0
     assert f"resuming after epoch {done}" in capsys.readouterr().err
@@ -130,34 +133,41 @@ def test_same_seed_same_results_and_the_run_folder_records_everything(tiny_arch_
 
 
 def test_non_finite_loss_stops_naming_where_and_keeps_the_last_checkpoint(tiny_arch_path, data, tmp_path, cache_dir, capsys, monkeypatch):
+    """The finished run already in the folder stays byte-identical; the failed attempt is kept beside it (staging)
+    with its last good checkpoint, and --resume continues from there."""
+    import dataclasses
+
     from rlptune.methods.base import Method
-
-    real_loss = Method.loss
-    calls = {"n": 0}
-
-    def loss_nan_at_third_step(self, logits, labels):
-        calls["n"] += 1
-        loss = real_loss(self, logits, labels)
-        return loss * float("nan") if calls["n"] == 3 else loss
 
     run = tmp_path / "run"
     args = train_args(tiny_arch_path, data, 5)  # 8 images, one step per epoch: step 3 is epoch 3
-    monkeypatch.setattr(Method, "loss", loss_nan_at_third_step)
-    run.mkdir()
-    (run / "result.json").write_text("{}")  # a finished earlier run in the same folder: not complete any more
+    assert main(args + ["-o", str(run)]) == 0  # a finished earlier run with the same settings
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    real_step = Method.training_step
+    calls = {"n": 0}
+
+    def nan_at_third_step(self, batch):
+        calls["n"] += 1
+        out = real_step(self, batch)
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if calls["n"] == 3 else out
+
+    monkeypatch.setattr(Method, "training_step", nan_at_third_step)
     capsys.readouterr()
-    code = main(args + ["-o", str(run)])
+    code = main(args + ["-o", str(run), "--overwrite"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     [line] = [line for line in err.splitlines() if line.startswith("rlptune: error: ")]
     assert "non-finite loss at epoch 3, step 1" in line
     assert f"the last good checkpoint is {run / 'checkpoint' / 'last.safetensors'}" in line
-    assert checkpoint_epoch(run / "checkpoint" / "last.safetensors") == 2
-    assert epochs_logged(run) == [1, 2]
-    assert not (run / "result.json").exists() and not (run / "adapter").exists()
-    assert stray_files(run) == []
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before  # untouched
+    [staging] = tmp_path.glob(".run.staging-*")
+    assert checkpoint_epoch(staging / "checkpoint" / "last.safetensors") == 2
+    assert epochs_logged(staging) == [1, 2]
+    assert not (staging / "result.json").exists() and not (staging / "adapter").exists()
+    assert stray_files(staging) == []
 
-    monkeypatch.setattr(Method, "loss", real_loss)  # e.g. a fixed data problem: continue from the checkpoint
+    monkeypatch.setattr(Method, "training_step", real_step)  # e.g. a fixed data problem: continue from the checkpoint
     assert main(args + ["-o", str(run), "--resume"]) == 0
     assert epochs_logged(run) == [1, 2, 3, 4, 5]
     assert (run / "result.json").exists()

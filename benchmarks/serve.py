@@ -2,14 +2,18 @@
 
 For each backbone (the shipped micro CLIP, and a ViT-B-16-sized backbone with random weights):
 
-1. **Bare image tower**: ``backbone.encode_image`` on preprocessed batches of ``--batch`` images, images/s.
-   This is the ceiling: what the tower alone does with perfectly full batches and no HTTP, decoding or scoring.
+1. **Bare image tower**: ``backbone.encode_image`` on preprocessed batches of ``--batch`` images, images/s,
+   measured right before and right after each setting's traffic (mean of the two; the server idle), since a
+   shared machine's load drifts. This is the ceiling: the tower alone with perfectly full batches and no HTTP,
+   decoding or scoring.
 2. **Server**: ``python -m rlptune serve`` on 127.0.0.1 (a free port, ``--max-lifetime-s`` so it always stops)
    with N adapters registered (RLP, CoOp and KgCoOp in turn, 10 classes each, preloaded), and ``--clients``
    concurrent clients sending PNG files, each request for a task drawn uniformly at random, 1 image (3 requests
    in 4) or 4 images (1 in 4), for ``--seconds`` per setting (at most ``--max-requests``). Reported: images/s,
    its ratio to the bare tower (goal >= 0.8), request latency p50 / p99, failed requests (goal 0), and the
-   server's resident memory with N adapters registered.
+   server's resident memory with N adapters registered. Also the CPU time per image of the bare tower and of the
+   whole server process (HTTP, decoding, batching, tower, scoring) and their ratio: on a machine shared with the
+   clients and other work the wall-clock ratio measures contention as much as the server, the CPU ratio does not.
 3. **Parity**: the server's answers for a few tasks and images equal ``rlptune.engine.api.predict`` (the function
    behind ``rlptune predict``) on the same adapter folders.
 
@@ -95,14 +99,21 @@ def make_adapters(root: Path, backbone, count: int) -> None:
 
 
 @torch.no_grad()
-def tower_throughput(backbone, batch: int, seconds: float) -> float:
+def tower_throughput(backbone, batch: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of the bare image tower on full batches."""
     images = torch.randn(batch, 3, backbone.image_size, backbone.image_size)
     backbone.encode_image(images)  # warm-up
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds or done == 0:
         backbone.encode_image(images)
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / done
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -216,8 +227,6 @@ def check_parity(url: str, adapters: Path, backbone, pngs: list[bytes], workdir:
 def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
     torch.set_num_threads(args.threads)
     backbone = load_backbone(spec, device="cpu")
-    tower = tower_throughput(backbone, args.batch, args.tower_seconds)
-    print(f"{spec}: bare image tower {tower:.1f} images/s (batch {args.batch}, {args.threads} threads)", flush=True)
     pngs = make_pngs(16, backbone.image_size)
     rows = []
     for count in args.tasks:
@@ -227,22 +236,29 @@ def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
         built = time.perf_counter() - start
         server = ServerProcess(spec, adapters, args.batch, args.threads, args.server_lifetime, workdir / f"server-{count}.log")
         try:
-            ready = server.wait_ready(args.server_lifetime / 2)
+            ready = server.wait_ready(args.ready_timeout)
             rss = rss_mib(server.proc.pid)
             parity = check_parity(server.url, adapters, backbone, pngs, workdir)
             tasks = sorted(p.name for p in adapters.iterdir())
+            # the bare tower right before and after the traffic (server idle): the machine's load drifts
+            before = tower_throughput(backbone, args.batch, args.tower_seconds)
+            cpu_before = cpu_seconds(server.proc.pid)
             result = asyncio.run(load(server.url, tasks, pngs, args.clients, args.seconds, args.max_requests, seed=count))
+            result["server_cpu_ms_per_image"] = 1000 * (cpu_seconds(server.proc.pid) - cpu_before) / max(1, result["images"])
+            after = tower_throughput(backbone, args.batch, args.tower_seconds)
+            tower, tower_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         finally:
             server.stop()
         row = {
-            "backbone": spec, "tasks": count, "tower_images_per_s": tower, **result,
+            "backbone": spec, "tasks": count, "clients": args.clients, "batch": args.batch, "tower_images_per_s": tower, "tower_cpu_ms_per_image": tower_cpu, **result,
+            "cpu_ratio": tower_cpu / result["server_cpu_ms_per_image"],
             "ratio": result["images_per_s"] / tower, "rss_mib": rss, "startup_s": ready, "adapters_built_s": built, "parity": parity,
         }
         rows.append(row)
         print(
             f"  {count:>5} tasks: {row['images_per_s']:.1f} images/s = {row['ratio']:.2f}x tower, p50 {row['p50_ms']:.0f} ms, "
             f"p99 {row['p99_ms']:.0f} ms, {row['requests']} requests, {row['failed']} failed, RSS {rss:.0f} MiB, "
-            f"start {ready:.1f}s, parity {'ok' if parity else 'MISMATCH'}",
+            f"server CPU {result['server_cpu_ms_per_image']:.1f} ms/image, start {ready:.1f}s, parity {'ok' if parity else 'MISMATCH'}",
             flush=True,
         )
         shutil.rmtree(adapters, ignore_errors=True)
@@ -251,13 +267,15 @@ def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| backbone | tasks | bare tower (img/s) | server (img/s) | ratio | p50 (ms) | p99 (ms) | requests | failed | server RSS (MiB) | = predict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| backbone | tasks | clients / batch | bare tower (img/s) | server (img/s) | ratio | p50 (ms) | p99 (ms) | requests | failed | CPU per image: tower / server (ms) | CPU ratio | server RSS (MiB) | = predict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backbone']} | {r['tasks']} | {r['tower_images_per_s']:.1f} | {r['images_per_s']:.1f} | {r['ratio']:.2f} | "
-            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests']} | {r['failed']} | {r['rss_mib']:.0f} | {'yes' if r['parity'] else 'NO'} |"
+            f"| {r['backbone']} | {r['tasks']} | {r['clients']} / {r['batch']} | {r['tower_images_per_s']:.1f} | {r['images_per_s']:.1f} | {r['ratio']:.2f} | "
+            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests']} | {r['failed']} | {r['tower_cpu_ms_per_image']:.1f} / {r['server_cpu_ms_per_image']:.1f} | "
+            f"{r['cpu_ratio']:.2f} | {r['rss_mib']:.0f} | "
+            f"{'yes' if r['parity'] else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -272,14 +290,20 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=5000, help="cap on requests per setting")
     parser.add_argument("--tower-seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the bare-tower run (1: on a shared machine more threads oversubscribe)")
-    parser.add_argument("--server-lifetime", type=float, default=600.0, help="each server stops by itself after this")
+    parser.add_argument("--server-lifetime", type=float, default=900.0, help="each server stops by itself after this")
+    parser.add_argument("--ready-timeout", type=float, default=300.0, help="give up when a server (loading its adapters) is not ready by then")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--from-json", nargs="+", help="only print the table of rows written earlier with --json (one or more files)")
     args = parser.parse_args()
+    if args.from_json:
+        print(table([row for path in args.from_json for row in json.loads(Path(path).read_text())]))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlptune-serve-bench-") as tmp:
         for spec in args.backbones:
             rows += run_backbone(spec, args, Path(tmp))
     print()
+    print(f"{args.clients} clients, batch {args.batch}, {args.threads} torch thread(s), {args.seconds:g} s per setting")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -16,6 +16,7 @@ exactly what peft targets, so a CLIP-LoRA adapter trained on this backbone is a 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -33,10 +34,14 @@ HF_PREFIX = "hf:"
 LEGACY_EOS_ID = 2  # CLIP configs from before transformers PR #24773: pool at the argmax token id
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_separate_causal_mask(layer_class: type) -> bool:
+    return "causal_attention_mask" in inspect.signature(layer_class.forward).parameters
+
+
 def _call_layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """One ``CLIPEncoderLayer`` (transformers 4.x takes the causal mask separately and returns a tuple)."""
-    params = inspect.signature(layer.forward).parameters
-    if "causal_attention_mask" in params:
+    if _takes_separate_causal_mask(type(layer)):
         out = layer(x, None, mask)
     else:
         out = layer(x, mask)

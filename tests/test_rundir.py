@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlptune.errors import RlptuneError
-from rlptune.rundir import CHECKPOINT, MARKER, RunDirectory, is_run_directory, recorded_hash, settings_hash
+from rlptune.rundir import CHECKPOINT, MARKER, RunDirectory, is_run_directory, read_result, recorded_hash, settings_hash
 
 H1, H2 = "a" * 16, "b" * 16
 
@@ -282,3 +282,19 @@ def test_two_processes_never_interleave_one_run_directory(tmp_path, hold, delay,
     assert (target / "metrics.jsonl").read_text() == "".join(f"{result} {e}\n" for e in range(3))
     assert siblings(target) == []
     assert (target / MARKER).is_file()
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b'{"metrics": {"top1": 9', "not valid JSON at line 1, column 23"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"\xff\xfe{}", "not UTF-8 text at byte 0"),
+    (b"[" * 100_000, "nested too deeply"),
+])
+def test_corrupt_result_file_is_one_line(tmp_path, content, reason):
+    (tmp_path / "result.json").write_bytes(content)
+    with pytest.raises(RlptuneError, match=r"result.json: corrupt result file \(" + reason.replace("(", r"\(")):
+        read_result(tmp_path)
+    with pytest.raises(RlptuneError, match="no result file"):
+        read_result(tmp_path / "other")
+    (tmp_path / "result.json").write_text('{"metrics": {}}')
+    assert read_result(tmp_path / "result.json") == {"metrics": {}}

@@ -78,6 +78,34 @@ def recorded_hash(path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def read_result(run: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's ``result.json`` as a dict; a missing, unreadable or corrupt one is a one-line error naming
+    it (sweeps and reports meet results written by other processes, or damaged on disk)."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / RESULT
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RlptuneError(f"{path}: no result file (the run has not finished)") from None
+    except UnicodeDecodeError as exc:
+        raise RlptuneError(f"{path}: corrupt result file (not UTF-8 text at byte {exc.start}); delete it to run again") from None
+    except OSError as exc:
+        raise RlptuneError(os_error_line(exc, path, "read the result file")) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RlptuneError(
+            f"{path}: corrupt result file (not valid JSON at line {exc.lineno}, column {exc.colno}); delete it to "
+            f"run again"
+        ) from None
+    except RecursionError:
+        raise RlptuneError(f"{path}: corrupt result file (JSON nested too deeply); delete it to run again") from None
+    if not isinstance(data, dict):
+        raise RlptuneError(f"{path}: corrupt result file (expected a JSON object, got {type(data).__name__}); delete it to run again")
+    return data
+
+
 class RunDirectory:
     """Context manager that makes one run's writes to ``target`` all-or-nothing (see the module docstring).
 
@@ -345,4 +373,4 @@ def _read_holder(lock_path: Path) -> str:
     return "unknown"
 
 
-__all__ = ["RunDirectory", "settings_hash", "is_run_directory", "recorded_hash", "os_error_line"]
+__all__ = ["RunDirectory", "settings_hash", "is_run_directory", "read_result", "recorded_hash", "os_error_line"]

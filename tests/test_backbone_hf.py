@@ -305,3 +305,13 @@ def test_a_clip_lora_adapter_travels_and_carries_its_peft_export(hf, hf_folder, 
     with torch.no_grad():
         image = torch.nn.functional.normalize(_features(wrapped.get_image_features(pixel_values=images)), dim=-1)
     assert (image - method.encode_images(images)).abs().max() < 1e-5
+
+
+def test_image_settings_come_from_the_folders_preprocessor_config(tmp_path):
+    folder = save_tiny_clip(tmp_path / "with-processor", seed=3)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]
+    ).save_pretrained(str(folder))
+    backbone = load_backbone(f"hf:{folder}")
+    assert backbone.image_size == 32
+    assert backbone.image_mean == pytest.approx((0.5, 0.4, 0.3)) and backbone.image_std == pytest.approx((0.2, 0.25, 0.3))

@@ -288,7 +288,7 @@ def test_two_processes_never_interleave_one_run_directory(tmp_path, hold, delay,
     (b'{"metrics": {"top1": 9', "not valid JSON at line 1, column 23"),
     (b"[1, 2]", "expected a JSON object, got list"),
     (b"\xff\xfe{}", "not UTF-8 text at byte 0"),
-    (b"[" * 100_000, "nested too deeply"),
+    (b"[" * 100_000, "JSON nested too deeply"),
 ])
 def test_corrupt_result_file_is_one_line(tmp_path, content, reason):
     (tmp_path / "result.json").write_bytes(content)

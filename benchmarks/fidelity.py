@@ -138,6 +138,16 @@ def kgcoop_template(splits: DatasetSplits) -> str:
     return splits.template or "a photo of a {}."
 
 
+def reference_loss(model: nn.Module, prompt: ReferencePrompt, image_features: torch.Tensor, labels: torch.Tensor,
+                   handcrafted: torch.Tensor | None = None, kg_weight: float = 0.0) -> torch.Tensor:
+    """CoOp's loss on normalised image features: CE of logit_scale · cos; KgCoOp adds λ·(1 − mean cos(text, hand))."""
+    text = F.normalize(reference_text_features(model, prompt(), prompt.tokenized).float(), dim=-1)
+    loss = F.cross_entropy(model.logit_scale.exp().detach() * image_features @ text.t(), labels)
+    if handcrafted is not None and kg_weight:
+        loss = loss + kg_weight * (1.0 - F.cosine_similarity(text, handcrafted, dim=-1).mean())
+    return loss
+
+
 @dataclass
 class ReferenceResult:
     accuracy: float
@@ -157,23 +167,24 @@ class ReferenceRun:
         self.kg_weight = float(weight if weight is not None else 8.0) if config.method.name == "kgcoop" else 0.0
         self.template = handcrafted_template or kgcoop_template(splits)
 
+    @torch.no_grad()
+    def handcrafted(self) -> torch.Tensor:
+        """KgCoOp's frozen text features of the hand-crafted prompts (normalised)."""
+        tokens = self.backbone.tokenize([self.template.format(c.replace("_", " ")) for c in self.splits.classnames])
+        return F.normalize(self.backbone.model.encode_text(tokens).float(), dim=-1)
+
     def fit_and_evaluate(self, test_features: torch.Tensor, test_labels: torch.Tensor) -> ReferenceResult:
         s, model = self.config.train, self.backbone.model
         t0 = time.perf_counter()
         torch.manual_seed(s.seed)  # Dassl's set_random_seed: the prompt init, shuffles, crops and dropout follow
         prompt = ReferencePrompt(self.backbone, self.splits.classnames, self.config.prompt)
-        handcrafted = None
-        if self.kg_weight:
-            with torch.no_grad():
-                tokens = self.backbone.tokenize([self.template.format(c.replace("_", " ")) for c in self.splits.classnames])
-                handcrafted = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        handcrafted = self.handcrafted() if self.kg_weight else None
         optimizer = torch.optim.SGD(prompt.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         flip = s.flip and self.splits.hflip_invariant
         transform = train_transform(self.backbone, crop_scale=(s.crop_scale, 1.0), flip=flip)
         dataset = ImageItems(self.splits, self.splits.train, transform)  # view 0: the transform draws from the global RNG
         loader = torch.utils.data.DataLoader(dataset, batch_size=s.batch_size, shuffle=True,
                                              drop_last=len(dataset) >= s.batch_size, num_workers=0)
-        scale = model.logit_scale.exp().detach()
         result = ReferenceResult(0.0, [], train_paths=[it.path for it in dataset.items])
         for epoch in range(s.epochs):
             lr = dassl_epoch_lr(epoch, s.lr, s.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr)
@@ -185,10 +196,7 @@ class ReferenceRun:
                 result.batches.append([int(i) for i in index])
                 with torch.no_grad():
                     image_features = F.normalize(model.visual(images).float(), dim=-1)
-                text = F.normalize(reference_text_features(model, prompt(), prompt.tokenized).float(), dim=-1)
-                loss = F.cross_entropy(scale * image_features @ text.t(), labels)
-                if handcrafted is not None:
-                    loss = loss + self.kg_weight * (1.0 - F.cosine_similarity(text, handcrafted, dim=-1).mean())
+                loss = reference_loss(model, prompt, image_features, labels, handcrafted, self.kg_weight)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

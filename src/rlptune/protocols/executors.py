@@ -13,9 +13,12 @@ imported only by the executor that uses them.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -263,8 +266,6 @@ def _die_with_parent(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
@@ -325,9 +326,6 @@ class LocalExecutor(Executor):
 
     def _run_pool(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress, attempts: dict[str, int]) -> list[Task]:
         """One pool over ``tasks``; returns the runs to start again because a dead worker broke the pool."""
-        import multiprocessing
-        import tempfile
-
         pool = ProcessPoolExecutor(
             max_workers=min(self.settings.jobs, len(tasks)),
             mp_context=multiprocessing.get_context("spawn"),

@@ -79,7 +79,7 @@ def content_digest(path: Path, dataset: str = "") -> str:
     except OSError:
         raise RlptuneError(f"{path}: image listed in dataset {dataset!r} does not exist") from None
     stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    key = str(path)
+    key = os.path.abspath(path)
     known = _CONTENT_MEMO.get(key)
     if known is not None and tuple(known[:4]) == stamp:
         return known[4]
@@ -205,16 +205,15 @@ class FeatureCache:
             raise RlptuneError(f"dataset {splits.name!r}: no images to encode")
         augment = tuple(augment) if view > 0 else DEFAULT_AUGMENT  # the centre crop does not depend on it
         view_seed = view_seed if view > 0 else 0
-        if self.enabled:
-            self._check_root()
-            self._load_memo()
-        memo_size = len(_CONTENT_MEMO)
-        sources = items_fingerprint(splits, items)
-        key = cache_key(backbone, splits, items, view, augment, view_seed, normalize)
         if not self.enabled:
             self.misses += 1
             return encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
                                 view_seed=view_seed, normalize=normalize)
+        self._check_root()
+        self._load_memo()
+        memo_size = len(_CONTENT_MEMO)
+        sources = items_fingerprint(splits, items)
+        key = cache_key(backbone, splits, items, view, augment, view_seed, normalize)
         if len(_CONTENT_MEMO) != memo_size:
             self._save_memo()
         path = self.path(key)

@@ -256,6 +256,8 @@ def test_train_command_with_fuzzed_config_files(places, capsys):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(api, "train", up_to_training)
-        mp.setattr(api, "load_backbone", cached_backbone)
+        import rlptune.engine.pipeline as pipeline  # where resolve_backbone finds load_backbone
+
+        mp.setattr(pipeline, "load_backbone", cached_backbone)
         check()
     assert outcomes["reached"] > 0 and outcomes["error"] > 0, outcomes

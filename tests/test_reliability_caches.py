@@ -186,3 +186,32 @@ def test_full_disk_is_one_line(tmp_path):
     with pytest.raises(RlptuneError, match=r"out\.json: cannot write \(no space left on device\)"):
         io.atomic_write(tmp_path / "out.json", full)
     assert list(tmp_path.iterdir()) == []
+
+
+def _draw(splits, path: str, start_at: float, queue) -> None:
+    from rlptune.data.fewshot import fewshot_splits
+
+    while time.time() < start_at:
+        time.sleep(0.001)
+    drawn = fewshot_splits(splits, 1, 3, cache_path=path)
+    queue.put([it.path for it in drawn.train])
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(delay=st.floats(0.0, 0.01))
+def test_two_processes_drawing_one_few_shot_cache_agree(splits, tmp_path, delay):
+    import json
+
+    path = tmp_path / f"draw-{time.monotonic_ns()}" / "few_shot.json"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    start_at = time.time() + 0.2
+    procs = [ctx.Process(target=_draw, args=(splits, str(path), start_at + d, queue)) for d in (0.0, delay)]
+    for p in procs:
+        p.start()
+    draws = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert draws[0] == draws[1]
+    assert [e[0] for e in json.loads(path.read_text())["train"]] == draws[0]
+    assert not list(path.parent.glob(".*.tmp"))

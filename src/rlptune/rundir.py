@@ -40,7 +40,7 @@ RESUMABLE = ("checkpoint", "metrics.jsonl", "few_shot.json")
 #: Settings that change how a run is executed or logged but not its result (not part of the settings hash).
 NON_RESULT_SETTINGS = {
     "backbone": ("device",),
-    "train": ("checkpoint_every", "num_workers", "cache_dir", "log_diagnostics"),
+    "train": ("checkpoint_every", "num_workers", "cache_dir", "log_diagnostics", "loggers"),
     "eval": ("batch_size", "top_k"),
 }
 

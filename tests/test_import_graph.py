@@ -21,7 +21,7 @@ LAZY_THIRD_PARTY = {
     "PIL", "torchvision", "safetensors", "psutil", "multipart",
 }
 #: Package modules whose function-level imports of rlptune itself keep start-up fast (``rlptune --help`` in 0.1 s).
-LAZY_ENTRY_POINTS = {"rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry"}
+LAZY_ENTRY_POINTS = {"rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols"}
 
 
 def _module_name(path: Path) -> str:

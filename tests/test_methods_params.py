@@ -55,7 +55,7 @@ FORMULAS = {
     "rlp": ({}, 4, lambda k, r, n: _prompt(k, r, n, D)),
     "cocoop": ({}, 4, lambda k, r, n: _prompt(k, r, n, D) + (E * H + H) + (H * D + D)),
     "kgcoop": ({}, 4, lambda k, r, n: _prompt(k, r, n, D)),
-    "deep_text": ({"text_depth": 3}, 2, lambda k, r, n: _prompt(k, r, n, D, 3)),
+    "deep_text": ({"text_depth": 3}, 4, lambda k, r, n: _prompt(k, r, n, D, 3)),  # language prompting: 4 tokens
     "deep_vision": ({"vision_depth": 4, "vision_ctx": 5}, None, lambda k, r, n: _prompt(k, r, 5, W, 4)),
     "ivlp": (
         {"text_depth": 2, "vision_depth": 3, "vision_ctx": 3},
@@ -70,6 +70,10 @@ FORMULAS = {
 @pytest.mark.parametrize("name", sorted(FORMULAS))
 def test_prompt_methods_count_matches_formula_and_lowrank_is_one_setting(backbone, name, kind, rank):
     options, n, expected = FORMULAS[name]
+    if name == "rlp" and kind == "full":  # RLP is its low-rank prompt: a full-rank RLP is refused, never built
+        with pytest.raises(RlptuneError, match="defined by prompt.kind='lowrank'"):
+            _build(backbone, name, options, prompt={"kind": kind, "rank": rank})
+        return
     method = _build(backbone, name, options, prompt={"kind": kind, "rank": rank})
     if n is not None:
         assert method.n_ctx == n
@@ -86,8 +90,9 @@ def test_prompt_methods_count_matches_formula_and_lowrank_is_one_setting(backbon
 
 def test_lowrank_deep_prompt_factorises_each_layer(backbone):
     method = _build(backbone, "deep_text", {"text_depth": 3}, prompt={"kind": "lowrank", "rank": 2})
-    assert tuple(method.text_prompt.A.shape) == (2, 2) and tuple(method.text_prompt.B.shape) == (2, D)
-    assert tuple(method.text_deep.A.shape) == (2, 2, 2) and tuple(method.text_deep.B.shape) == (2, 2, D)
+    n = 4  # language prompting's 4 tokens
+    assert tuple(method.text_prompt.A.shape) == (n, 2) and tuple(method.text_prompt.B.shape) == (2, D)
+    assert tuple(method.text_deep.A.shape) == (2, n, 2) and tuple(method.text_deep.B.shape) == (2, 2, D)
 
 
 def test_clip_lora_count(backbone):
@@ -119,9 +124,9 @@ def test_presets_hold_the_paper_defaults():
     assert (cocoop.prompt.ctx_init, cocoop.train.batch_size, cocoop.train.lr) == ("a photo of a", 1, 0.002)
     kg = resolve_config(None, {"method": {"name": "kgcoop"}})
     assert kg.prompt.ctx_init == "a photo of a" and get_method_class("kgcoop").options_class().lambda_kg == 8.0
-    for name in ("ivlp", "maple", "deep_text", "deep_vision"):
+    for name, lr in (("ivlp", 0.0035), ("maple", 0.0035), ("deep_text", 0.0025)):  # every value: tests/test_recipes.py
         cfg = resolve_config(None, {"method": {"name": name}})
-        assert (cfg.train.lr, cfg.train.batch_size, cfg.train.epochs, cfg.prompt.ctx_init) == (0.0035, 4, 5, "a photo")
+        assert (cfg.train.lr, cfg.train.batch_size, cfg.train.epochs, cfg.prompt.ctx_init) == (lr, 4, 5, "a photo of a")
     opts = get_method_class("ivlp").options_class()
     assert (opts.text_depth, opts.vision_depth, opts.vision_ctx) == (9, 9, 2)
     assert get_method_class("maple").options_class().depth == 9
@@ -132,7 +137,7 @@ def test_presets_hold_the_paper_defaults():
 
 
 def test_unknown_option_is_a_clear_error(backbone):
-    with pytest.raises(RlptuneError, match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\).*lambda_kg: weight"):
+    with pytest.raises(RlptuneError, match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\); valid options: lambda_kg, template"):
         _build(backbone, "kgcoop", {"lamda_kg": 1})
     with pytest.raises(RlptuneError, match="method.options.lambda_kg: expected a number"):
         _build(backbone, "kgcoop", {"lambda_kg": "lots"})
@@ -153,16 +158,19 @@ def test_modified_resnet_image_tower_is_refused_clearly():
     with pytest.raises(RlptuneError, match=r"vision tower \(ModifiedResNet\) has no nn.MultiheadAttention.*towers to text"):
         _build(resnet, "clip_lora")
     assert _build(resnet, "clip_lora", {"towers": "text"}).num_trainable() == 3 * 2 * 2 * 4 * 128
-    assert _build(resnet, "deep_text", {"text_depth": 4}).num_trainable() == 4 * 2 * 128  # text prompts still work (n=2, d=128)
+    assert _build(resnet, "deep_text", {"text_depth": 4}).num_trainable() == 4 * 4 * 128  # text prompts still work (n=4, d=128)
 
 
 @pytest.mark.slow
 def test_vit_b16_counts_match_the_literature():
     """ViT-B-16 (random weights: counts need the architecture only): the numbers the papers report."""
     vit_b16 = load_backbone("random:ViT-B-16", device="cpu")
+    # under each method's official recipe (rlptune.recipes): language prompting 12 layers x 4 tokens (IVLP's
+    # 4ctx_language_only config), VPT-deep 12 x 8 tokens (VPT/vit_b16_c2_ep5_batch4_4.yaml), IVLP 12 + 12 layers x 2
+    # tokens (IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml), MaPLe 9 layers x 2 tokens + couplers, PromptSRC 9 + 9 x 4
     expected = {
-        "coop": 8_192, "rlp": 516, "cocoop": 35_360, "kgcoop": 2_048, "deep_text": 9_216, "deep_vision": 13_824,
-        "ivlp": 23_040, "maple": 3_555_072, "clip_lora": 184_320,
+        "coop": 8_192, "rlp": 516, "cocoop": 35_360, "kgcoop": 2_048, "deep_text": 24_576, "deep_vision": 73_728,
+        "ivlp": 30_720, "maple": 3_555_072, "clip_lora": 184_320, "promptsrc": 46_080,
     }
     for name, count in expected.items():
         method = build_method(resolve_config(None, {"method": {"name": name}}), vit_b16, ["a", "b"])

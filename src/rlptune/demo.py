@@ -41,7 +41,7 @@ def run_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     run_sweep(specs, results)
     minutes = (time.perf_counter() - t0) / 60
-    table, markdown = aggregate(results, "base2new", out / "base2new")
+    table, markdown = aggregate(results, "base2new", out / "base2new", run_dirs=[s.run_dir(results) for s in specs])
     plot_base_new_bars(table, out / "base2new_chart")
     write_report(results, out / "report")
     header = (

@@ -24,6 +24,7 @@ from ..backbones import Backbone, load_backbone
 from ..config import config_from_dict
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
+from ..methods import build_method, list_methods
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
@@ -45,11 +46,9 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "trainable_params": method.num_trainable(),
         **(extra or {}),
     }
-    io.write_safetensors(directory / ADAPTER_MODEL, method.trainable_state(), {"format": str(ADAPTER_FORMAT)})
+    io.write_safetensors(directory / ADAPTER_MODEL, method.adapter_state(), {"format": str(ADAPTER_FORMAT)})
     io.write_json(directory / ADAPTER_CONFIG, payload)
-    export = getattr(method, "export_adapter_files", None)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
-    if export is not None:
-        export(directory / PEFT_SUBFOLDER)
+    method.export_adapter_files(directory / PEFT_SUBFOLDER)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
     return directory
 
 
@@ -116,8 +115,6 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
 
 def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto"):
     """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given)."""
-    from ..methods import build_method, list_methods
-
     directory = Path(directory)
     payload = read_adapter_config(directory)
     if payload["method"] not in list_methods():
@@ -145,7 +142,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         raise RlptuneError(f"{model_path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
     check_finite(state, model_path)
     method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
-    method.load_trainable_state(state, str(model_path))
+    method.load_adapter_state(state, str(model_path))
     return method.eval()
 
 
@@ -197,7 +194,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: dict) -> dic
 
 def save_checkpoint(path: str | Path, method, optimizer, epoch: int, config, extra: dict | None = None) -> Path:
     opt_tensors, opt_scalars = _flatten_optimizer(optimizer.state_dict())
-    tensors = {f"param.{k}": v for k, v in method.trainable_state().items()}
+    tensors = {f"param.{k}": v for k, v in method.adapter_state().items()}
     tensors.update(opt_tensors)
     meta = {
         "epoch": epoch,
@@ -231,7 +228,7 @@ def load_checkpoint(path: str | Path, method, optimizer, config) -> dict:
         raise RlptuneError(f"{path}: checkpoint was written with other settings; use a new output folder or the same config")
     params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
     check_finite(params, path, "checkpoint tensor")
-    method.load_trainable_state(params, str(path))
+    method.load_adapter_state(params, str(path))
     try:
         state = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
         optimizer.load_state_dict(state)

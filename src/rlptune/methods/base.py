@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -267,6 +268,11 @@ class Method(nn.Module):
                     )
                 own[name].copy_(tensor.to(own[name].dtype))
         self.unmerge()
+
+    def export_adapter_files(self, directory: Path) -> Path | None:
+        """Write the adapter in another tool's own format too (CLIP-LoRA on a Hugging Face CLIP: a peft adapter);
+        nothing by default."""
+        return None
 
     # -- description ---------------------------------------------------------------------------------------------
     def num_trainable(self) -> int:

@@ -51,7 +51,7 @@ class CoCoOpOptions:
 @register_method("cocoop")
 class CoCoOp(Method):
     options_class = CoCoOpOptions
-    honours = frozenset({"text_chunk"})
+    honours = frozenset({"text_chunk", "class_token_position"})
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
@@ -73,7 +73,9 @@ class CoCoOp(Method):
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         m = self.config.method
-        return PromptedClassText(self.backbone, classnames, self.n_ctx, m.class_token_position).to(self.backbone.device)
+        return PromptedClassText(
+            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, context_text=self.config.prompt.ctx_init
+        ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)

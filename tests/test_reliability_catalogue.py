@@ -564,6 +564,11 @@ CATALOGUE.update({
         lambda w: w.folder_train(w.data, "--epochs", 1, "--cache-dir", write(w.tmp / "cache-file", "x")),
         ("cache-file: feature cache folder is a file, not a folder",),
     ),
+    "micro-cache-is-a-file": (
+        lambda w: w.monkeypatch.setenv("RLPTUNE_CACHE", str(write(w.tmp / "cache-env-file", "x")))
+        or w.train("--dataset", "micro-shapes", "-o", w.out()),
+        ("cache-env-file/micro/", "cannot write the micro dataset into the cache ($RLPTUNE_CACHE) (a parent of it is a file, not a folder)"),
+    ),
     "eval-json-under-a-file": (
         lambda w: ["eval", w.run / "adapter", "--dataset", "folder", "--data-root", w.data, "--device", "cpu",
                    "--json", write(w.tmp / "json-parent", "x") / "m.json"],

@@ -186,28 +186,39 @@ def load_micro_dataset(name: str, cache_dir: str | Path | None = None):
     items = _item_paths(spec)
     marker = root / "COMPLETE"
     if not marker.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root.parent))
         try:
-            for split in spec.splits:
-                if spec.splits[split] == 0:
-                    continue
-                for (scene, label, rng), item in zip(dataset_scenes(name, split), items[split]):
-                    path = tmp / item.path
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(_png_bytes(render(scene, rng)))
-            (tmp / "classnames.txt").write_text("\n".join(spec.classnames) + "\n", encoding="utf-8")
-            (tmp / "COMPLETE").write_text(f"{WORLD_VERSION} {name} style={spec.style}\n", encoding="utf-8")
-            try:
-                os.replace(tmp, root)
-            except OSError:
-                # another process finished first (the target folder exists and is not empty): use theirs
-                if not marker.exists():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            _render_dataset(name, spec, items, root, marker)
+        except OSError as exc:  # a cache path that is a file, a read-only or full disk: one line, not a traceback
+            from ..errors import RlptuneError
+            from ..io import os_error_line
+
+            raise RlptuneError(os_error_line(exc, exc.filename or base, "write the micro dataset into the cache ($RLPTUNE_CACHE)")) from None
     return DatasetSplits(
         name=name, root=root, classnames=spec.classnames, train=items["train"], val=items["val"],
         test=items["test"], template=GENERIC_TEMPLATE,
     ).validate(root)
+
+
+def _render_dataset(name: str, spec: MicroSpec, items: dict, root: Path, marker: Path) -> None:
+    """Render every image of a micro dataset into a temporary folder, then move it onto ``root`` atomically."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root.parent))
+    try:
+        for split in spec.splits:
+            if spec.splits[split] == 0:
+                continue
+            for (scene, label, rng), item in zip(dataset_scenes(name, split), items[split]):
+                path = tmp / item.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_png_bytes(render(scene, rng)))
+        (tmp / "classnames.txt").write_text("\n".join(spec.classnames) + "\n", encoding="utf-8")
+        (tmp / "COMPLETE").write_text(f"{WORLD_VERSION} {name} style={spec.style}\n", encoding="utf-8")
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            # another process finished first (the target folder exists and is not empty): use theirs
+            if not marker.exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/serve.py                          # both backbones, 1 / 10 / 1000 tasks
     .venv/bin/python benchmarks/serve.py --backbones micro --seconds 5 --tasks 1 10
     .venv/bin/python benchmarks/serve.py --json benchmarks/serve_results.json
+    .venv/bin/python benchmarks/serve.py --backbones random:ViT-B-16 --tasks 1000 --registered-only
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rlptune.backbones import eval_transform, load_backbone  # noqa: E402
+from rlptune.backbones import load_backbone  # noqa: E402
 from rlptune.config import resolve_config  # noqa: E402
 from rlptune.engine.adapter import load_adapter, save_adapter  # noqa: E402
 from rlptune.engine.api import predict  # noqa: E402
@@ -124,14 +125,14 @@ def rss_mib(pid: int) -> float:
 
 
 class ServerProcess:
-    def __init__(self, spec: str, adapters: Path, batch: int, threads: int, lifetime: float, log: Path) -> None:
+    def __init__(self, spec: str, adapters: Path, batch: int, threads: int, lifetime: float, log: Path, preload: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "rlptune", "serve", "--backbone", spec, "--adapters", str(adapters), "--device", "cpu",
             "--host", "127.0.0.1", "--port", str(self.port), "--max-batch-size", str(batch), "--max-wait-ms", "5",
-            "--preload", "--max-lifetime-s", str(lifetime),
-        ]
+            "--max-lifetime-s", str(lifetime),
+        ] + (["--preload"] if preload else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RLPTUNE_SERVE_TOKEN": "benchmark-token-0123456789"}
         self.log = open(log, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -224,6 +225,21 @@ def check_parity(url: str, adapters: Path, backbone, pngs: list[bytes], workdir:
     return True
 
 
+def registered_only(spec: str, args, workdir: Path) -> None:
+    """Resident memory of a server with N adapters registered but none loaded yet (no traffic)."""
+    backbone = load_backbone(spec, device="cpu")
+    for count in args.tasks:
+        adapters = workdir / f"{spec.replace(':', '_')}-{count}"
+        make_adapters(adapters, backbone, count)
+        server = ServerProcess(spec, adapters, args.batch, args.threads, args.server_lifetime, workdir / f"server-{count}.log", preload=False)
+        try:
+            ready = server.wait_ready(args.ready_timeout)
+            print(f"{spec}: {count} adapters registered (none loaded): server RSS {rss_mib(server.proc.pid):.0f} MiB, ready in {ready:.1f}s", flush=True)
+        finally:
+            server.stop()
+        shutil.rmtree(adapters, ignore_errors=True)
+
+
 def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
     torch.set_num_threads(args.threads)
     backbone = load_backbone(spec, device="cpu")
@@ -293,10 +309,16 @@ def main() -> int:
     parser.add_argument("--server-lifetime", type=float, default=900.0, help="each server stops by itself after this")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="give up when a server (loading its adapters) is not ready by then")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--registered-only", action="store_true", help="only the server's memory with the adapters registered, none loaded (no traffic)")
     parser.add_argument("--from-json", nargs="+", help="only print the table of rows written earlier with --json (one or more files)")
     args = parser.parse_args()
     if args.from_json:
         print(table([row for path in args.from_json for row in json.loads(Path(path).read_text())]))
+        return 0
+    if args.registered_only:
+        with tempfile.TemporaryDirectory(prefix="rlptune-serve-bench-") as tmp:
+            for spec in args.backbones:
+                registered_only(spec, args, Path(tmp))
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlptune-serve-bench-") as tmp:

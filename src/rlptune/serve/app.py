@@ -6,7 +6,6 @@ Errors are ``{"error": "<one line>"}`` with a 4xx status; an unexpected failure 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -17,7 +16,6 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from fastapi import FastAPI, Request

@@ -432,3 +432,17 @@ def test_cli_serve_flags_and_one_line_error(capsys, tmp_path):
     code = main(["serve", "--backbone", "micro", "--adapters", str(tmp_path / "missing"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "adapters folder not found" in err[0]
+
+
+def test_the_same_app_serves_again_after_a_shutdown(backbone, adapters, images):
+    """Lifespan can run twice (ASGI servers and test clients restart apps): batcher and temp folder come back."""
+    settings = ServeSettings(backbone=backbone.spec, adapters=str(adapters))
+    app = create_app(settings, backbone=backbone, token=TOKEN)
+    answers = []
+    for _ in range(2):
+        with TestClient(app) as c:
+            response = classify(c, "rlp-a", images[:1])
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+        assert not app.state.server.tmpdir.exists()
+    assert answers[0] == answers[1]

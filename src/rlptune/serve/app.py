@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -141,6 +142,7 @@ class Server:
         tensors = []
         for index, (label, data) in enumerate(blobs, start=1):
             name = f"image {index}" + (f" ({label})" if label else "")
+            self.tmpdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # also after a restart or a /tmp cleaner
             fd, path = tempfile.mkstemp(dir=self.tmpdir, suffix=".img")
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -284,15 +286,14 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        server.closing = False
         await server.batcher.start()
         try:
             yield
         finally:
             server.closing = True
             await server.batcher.stop()
-            for path in server.tmpdir.glob("*"):
-                path.unlink(missing_ok=True)
-            server.tmpdir.rmdir()
+            shutil.rmtree(server.tmpdir, ignore_errors=True)
 
     app = FastAPI(
         title="rlptune serve",

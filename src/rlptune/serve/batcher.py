@@ -57,10 +57,12 @@ class Batcher:
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlptune-tower")
+        self._executor: ThreadPoolExecutor | None = None
         self._closing = False
 
     async def start(self) -> None:
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlptune-tower")
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._loop())
 
@@ -70,7 +72,8 @@ class Batcher:
         if self._queue is not None and self._worker is not None:
             await self._queue.put(None)
             await self._worker
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, task: LoadedTask, images: torch.Tensor, top_k: int) -> list[Prediction]:
         if self._closing or self._queue is None:

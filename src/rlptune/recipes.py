@@ -243,7 +243,7 @@ CLIP_LORA_DETAILS: dict[str, tuple[Any, str]] = {
     "precision": ("fp16 autocast with GradScaler", _LORA + "lora.py"),
 }
 
-#: The CoOp paper's linear probe (lpclip/), which rlptune's ``linear_probe`` approximates: there is no per-shot
+#: The CoOp paper's linear probe (lpclip/), which rlptune's ``linear_probe`` follows: there is no per-shot
 #: training schedule, only this search of scikit-learn's inverse L2 strength C on a few-shot validation set.
 LINEAR_PROBE_SEARCH: dict[str, tuple[Any, str]] = {
     "solver": ("sklearn LogisticRegression(solver='lbfgs', penalty='l2', max_iter=1000)", _COOP + "lpclip/linear_probe.py"),
@@ -393,7 +393,7 @@ _add(Recipe(
             _s("train.epochs", 1, "rlptune:src/rlptune/methods/linear_probe.py", "one closed-form fit (0 = the zero-shot weights)"),
         ),
     ),
-    notes=("The official C search and its tie rules are in LINEAR_PROBE_SEARCH; rlptune's search differs (docs/METHODS.md).",),
+    notes=("The official C search and its tie rules are in LINEAR_PROBE_SEARCH; rlptune runs that search (docs/METHODS.md).",),
 ))
 
 _add(Recipe("coop", "CoOp (Zhou et al., IJCV 2022)", tuple(_coop_rules("coop"))))

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import TINY_ARCH, backbone_from_arch
 from rlptune.config import resolve_config
@@ -141,7 +142,7 @@ def test_probe_fits_and_scores_raw_image_features(vit, colour_folder, tmp_path):
     labels = torch.tensor([it.label for it in splits.test])
     expected = 100.0 * float((probe.logits(test_raw).argmax(-1) == labels).float().mean())
     assert metrics["top1"] == pytest.approx(expected)
-    images = torch.stack([probe.preprocess(__import__("PIL.Image").Image.open(splits.abspath(it))) for it in splits.test[:5]])
+    images = torch.stack([probe.preprocess(Image.open(splits.abspath(it)).convert("RGB")) for it in splits.test[:5]])
     assert torch.allclose(probe(images), probe.logits(test_raw[:5]), atol=1e-4)
 
 

@@ -80,10 +80,11 @@ CASES = [
     ("cocoop", {}, {}, 50),
     ("kgcoop", {}, {}, 30),  # lambda = 8 keeps it near the (chance-level, random-weights) hand-crafted prompt
     ("deep_text", {"text_depth": 2}, {"epochs": 10}, 20),
-    ("deep_vision", {"vision_depth": 4}, {}, 50),
-    ("ivlp", {"text_depth": 2, "vision_depth": 4}, {}, 40),
+    # the tiny tower's settings, pinned (the official VPT/IVLP recipes use 8 and 2 tokens at depth 12)
+    ("deep_vision", {"vision_depth": 4, "vision_ctx": 2, "template": None}, {"augment": True}, 50),
+    ("ivlp", {"text_depth": 2, "vision_depth": 4, "vision_ctx": 2}, {"augment": True}, 40),  # context "a photo" below
     ("maple", {"depth": 2}, {}, 50),
-    ("clip_lora", {}, {"lr": 0.03}, 50),
+    ("clip_lora", {}, {"lr": 0.03, "iterations": 0}, 50),  # epochs, not the recipe's 500 x shots iterations
     ("linear_probe", {}, {}, 50),
 ]
 
@@ -92,7 +93,9 @@ CASES = [
 def test_method_beats_zero_shot_and_adapter_round_trips(
     name, options, train_overrides, gain, vit, colour_folder, zero_shot_top1, tmp_path
 ):
-    config = _config(colour_folder, tmp_path / "cache", name, options, train=train_overrides)
+    # a two-token context without fixed words: on this random tiny tower "[ctx] of a {name}." learns too slowly
+    prompt = {"ctx_init": "a photo"} if name == "ivlp" else {}
+    config = _config(colour_folder, tmp_path / "cache", name, options, train=train_overrides, prompt=prompt)
     result = train(config, tmp_path / "run", backbone=vit, progress=False)
     top1 = result["metrics"]["test"]["top1"]
     assert top1 >= zero_shot_top1 + gain, (name, top1, zero_shot_top1)

@@ -505,11 +505,7 @@ def split_json_images(w: World, obj) -> list:
 LONG_CLASSES = ",".join(f"class number {i}" for i in range(3000))  # longer than any file name may be
 
 #: Cases that pass only once the lead wires a helper in (the test marks them xfail(strict=True) until then).
-NEEDS_LEAD: dict[str, str] = {
-    "predict-classes-collide-case": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
-    "predict-classes-collide-underscore": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
-    "predict-classes-very-long": "needs cli.py to read --classes with rlptune.data._common.read_class_list",
-}
+NEEDS_LEAD: dict[str, str] = {}
 
 CATALOGUE.update({
     # run directories: a failed or refused run never changes what the folder held (byte-identical afterwards)

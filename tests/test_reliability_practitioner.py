@@ -86,13 +86,18 @@ def adapter(tmp_path_factory, tiny_arch_path, colour_folder) -> Path:
     return run / "adapter"
 
 
-def test_predict_folder_shows_progress_and_writes_every_image(adapter, colour_folder, tmp_path, capsys):
+def test_predict_folder_shows_progress_on_a_terminal_only_and_writes_every_image(adapter, colour_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "pred.csv"
     nested = colour_folder / "test"  # class sub-folders: images are found recursively
     code = main(["predict", str(adapter), str(nested), "--top-k", "2", "-o", str(out), "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "predict" in captured.err and "48/48" in captured.err  # the progress bar (stderr)
+    assert "48/48" not in captured.err  # redirected (not a terminal): no bar frames in the log
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    code = main(["predict", str(adapter), str(nested), "--top-k", "2", "-o", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "predict" in captured.err and "48/48" in captured.err  # the progress bar on a terminal (stderr)
     assert f"wrote 48 predictions to {out}" in captured.out
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows) and len(rows) == 48

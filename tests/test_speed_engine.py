@@ -91,68 +91,32 @@ def test_training_cycles_views_and_never_runs_the_image_tower_once_cached(tiny, 
     assert images.calls == 0 and result["epochs"] == 4
     monkeypatch.undo()
 
-    # epochs cycle through the cached views: epoch e trains on view (e mod V) + 1
+    # with aug_views = V, epoch e trains on cached view (e mod V) + 1
     data = prepare_dataset(config, tmp_path / "warm" / "few_shot.json")  # the same 16 items: cache hits
     method = build_method(config, tiny, data.classnames)
     trainer = Trainer(config, method, data, tmp_path / "t", cache=FeatureCache(tmp_path / "cache"), progress=False)
-    views = trainer.train_views()
-    assert len(views) == 2 and not torch.equal(views[0], views[1])
-    used = []
-    real_logits = method.logits
-    monkeypatch.setattr(method, "logits", lambda x: used.append(x.detach().clone()) or real_logits(x))
-    monkeypatch.setattr(trainer, "train_views", lambda: views)
-    trainer.fit()
-    rows = {v: {tuple(r.tolist()) for r in views[v]} for v in (0, 1)}
-    per_epoch = len(used) // 4
-    for epoch in range(4):
-        batch_rows = {tuple(r.tolist()) for x in used[epoch * per_epoch : (epoch + 1) * per_epoch] for r in x}
-        assert batch_rows <= rows[epoch % 2]
+    views = [trainer.epoch_features(e) for e in range(4)]
+    assert not torch.equal(views[0], views[1])
+    assert torch.equal(views[0], views[2]) and torch.equal(views[1], views[3])
 
 
-# -- inference ------------------------------------------------------------------------------------------------------
+def test_fresh_views_differ_every_epoch_and_seed_and_are_shared_across_methods(tiny, colour_folder, tmp_path):
+    """The default (official) mode: a new crop per image and epoch, drawn from the run's seed; another method with
+    the same seed reads the very same features from the cache."""
+    def features(method_name, seed, epochs):
+        config = _config(colour_folder, tmp_path, method={"name": method_name}, train={"aug_views": 0, "seed": seed})
+        data = prepare_dataset(config)
+        method = build_method(config, tiny, data.classnames)
+        cache = FeatureCache(tmp_path / "cache")
+        trainer = Trainer(config, method, data, tmp_path / "t", cache=cache, progress=False)
+        return [trainer.epoch_features(e) for e in range(epochs)], cache
 
-def test_eval_and_predict_cost_one_text_pass(tiny, colour_folder, splits, tmp_path, monkeypatch):
-    config = _config(colour_folder, tmp_path, method={"name": "rlp"})
-    train(config, tmp_path / "run", backbone=tiny, progress=False)
-    from rlptune.engine import load_adapter
-
-    method = load_adapter(tmp_path / "run" / "adapter", tiny)
-    text_calls = Counter()
-    method.text.register_forward_pre_hook(lambda *a: text_calls())
-    cache = FeatureCache(tmp_path / "cache")
-    metrics = evaluate_split(method, splits, "test", cache, batch_size=5)
-    assert metrics["n"] == len(splits.test) and text_calls.calls == 1  # class features once, then matmuls
-    image_calls = Counter()
-    real = tiny.encode_image
-    monkeypatch.setattr(tiny, "encode_image", lambda x, **k: image_calls() or real(x, **k))
-    rows = predict(method, [colour_folder / "test"], top_k=2, batch_size=7)
-    assert len(rows) == len(splits.test)
-    assert text_calls.calls == 2  # one more text pass for the whole predict call, however many batches
-    assert image_calls.calls == -(-len(splits.test) // 7)
-
-
-# -- precision ------------------------------------------------------------------------------------------------------
-
-def test_bf16_autocast_in_every_forward_with_fp32_prompts(tiny_arch_path, colour_folder, tmp_path):
-    backbone = load_backbone(str(tiny_arch_path), precision="bf16")  # CPU autocast stands in for the GPU here
-    text_states, image_states = [], []
-    # the MLP of a text block runs on the shared-prefix path and on the plain path alike
-    backbone.text.transformer.resblocks[0].mlp.register_forward_pre_hook(
-        lambda *a: text_states.append(torch.is_autocast_enabled("cpu"))
-    )
-    backbone.model.visual.register_forward_pre_hook(lambda *a: image_states.append(torch.is_autocast_enabled("cpu")))
-    for method_name, extra in (("coop", {}), ("rlp", {}), ("coop", {"class_specific": True})):
-        config = _config(colour_folder, tmp_path, method={"name": method_name, **extra}, backbone={"precision": "bf16"})
-        result = train(config, tmp_path / f"{method_name}{len(extra)}", backbone=backbone, progress=False)
-        assert result["epochs"] == 2
-        assert text_states and all(text_states) and image_states and all(image_states)
-        method = build_method(config, backbone, ["red", "green", "blue", "yellow"])
-        method.train()
-        method.class_features().sum().backward()
-        for p in method.parameters():
-            if p.requires_grad:
-                assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
-    assert resolve_config(None, {}).backbone.precision == "fp32"  # fp32 is the default
+    coop, _ = features("coop", 1, 3)
+    assert not torch.equal(coop[0], coop[1]) and not torch.equal(coop[1], coop[2])
+    rlp, cache = features("rlp", 1, 3)
+    assert all(torch.equal(a, b) for a, b in zip(coop, rlp)) and cache.misses == 0  # shared, not re-encoded
+    other_seed, _ = features("coop", 2, 1)
+    assert not torch.equal(other_seed[0], coop[0])
 
 
 def test_fp32_is_the_cpu_default_and_trainable_tensors_must_be_fp32(tiny, colour_folder, tmp_path):

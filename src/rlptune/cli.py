@@ -166,19 +166,9 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _read_classes(value: str) -> list[str]:
-    path = Path(value)
-    if path.is_file():
-        from .data._common import read_text
+    from .data._common import read_class_list
 
-        names = [line.strip() for line in read_text(path, "classes file").splitlines() if line.strip()]
-    else:
-        names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise RlptuneError(f"--classes {value!r}: expected a comma-separated list or a file with one class per line")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise RlptuneError(f"--classes {value!r}: class {repeated[0]!r} is listed more than once")
-    return names
+    return read_class_list(value)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

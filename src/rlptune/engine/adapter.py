@@ -12,7 +12,6 @@ either the previous or the new checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ..backbones import Backbone, load_backbone
 from ..config import config_from_dict
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
+from ..rundir import settings_hash
 from ..methods import build_method, list_methods
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -162,11 +162,7 @@ def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tens
 
 def config_digest(config) -> str:
     """Digest of the settings that change the training trajectory (a resume with other settings is refused)."""
-    cfg = config.to_dict()
-    relevant = {k: cfg[k] for k in ("backbone", "data", "method", "prompt", "train")}
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("checkpoint_every", "num_workers", "cache_dir")}
-    relevant["backbone"] = {k: v for k, v in relevant["backbone"].items() if k != "device"}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_hash(config.to_dict())  # the run directory's key: one definition of "the same settings"
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

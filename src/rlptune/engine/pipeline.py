@@ -66,20 +66,22 @@ def training_subset(config) -> str:
     return config.data.subsample
 
 
-def load_data(config, name: str | None = None, skipped: str | Path | None = None) -> DatasetSplits:
+def load_data(config, name: str | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None) -> DatasetSplits:
     """Dataset ``name`` (default ``data.dataset``) from ``data.root`` with the split seed and the image policy applied."""
     d = config.data
     name = name or d.dataset
     options = {"seed": d.split_seed} if canonical_name(name) in SEEDED_SPLIT_LOADERS else {}
     splits = load_dataset(name, d.root, **options)
     if d.image_policy == "skip":
-        splits = _skip_unreadable(splits, skipped)
+        splits = _skip_unreadable(splits, skipped, skipped_shown or skipped)
     return splits
 
 
-def prepare_data(config, few_shot_cache: str | Path | None = None, skipped: str | Path | None = None) -> PreparedData:
+def prepare_data(
+    config, few_shot_cache: str | Path | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None
+) -> PreparedData:
     """Load the configured dataset, draw the few-shot training set (Dassl's algorithm) and pick the training classes."""
-    splits = load_data(config, skipped=skipped)
+    splits = load_data(config, skipped=skipped, skipped_shown=skipped_shown)
     if config.data.shots > 0:
         splits = fewshot_splits(splits, config.data.shots, config.train.seed, cache_path=few_shot_cache)
     subset = training_subset(config)
@@ -87,7 +89,7 @@ def prepare_data(config, few_shot_cache: str | Path | None = None, skipped: str 
     return PreparedData(drawn=splits, train=train)
 
 
-def _skip_unreadable(splits: DatasetSplits, report: str | Path | None) -> DatasetSplits:
+def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, shown: str | Path | None) -> DatasetSplits:
     """The ``skip`` image policy: drop unreadable images, report each one, refuse a class left without any."""
     before = {it.label for it in splits.train}
     splits, dropped = check_images(splits, policy="skip")
@@ -96,7 +98,7 @@ def _skip_unreadable(splits: DatasetSplits, report: str | Path | None) -> Datase
     if dropped:
         paths = sorted({s.path for s in dropped})
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        where = f"; list in {report}" if report is not None else ""
+        where = f"; list in {shown}" if shown is not None else ""  # where the list will be once the run is in place
         print(f"skipped {len(paths)} unreadable image(s) (data.image_policy=skip): {shown}{where}", file=sys.stderr)
     emptied = sorted(before - {it.label for it in splits.train})
     if emptied:
@@ -167,18 +169,20 @@ def run(
     if ddp.enabled and backbone is None:
         config.backbone.device = training_device(config.backbone.device, ddp)
     if ddp.enabled:
-        return _run_in(config, output_dir, ddp, backbone, resume, progress, log, targets, extra)
+        return _run_in(config, output_dir, output_dir, ddp, backbone, resume, progress, log, targets, extra)
     with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite) as run_dir:
-        result = _run_in(config, run_dir.staging, ddp, backbone, run_dir.resumed_from is not None, progress, log, targets, extra)
+        resumed = run_dir.resumed_from is not None
+        result = _run_in(config, run_dir.staging, output_dir, ddp, backbone, resumed, progress, log, targets, extra)
         run_dir.commit()
     return result
 
 
-def _run_in(config, output_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
-    """The run itself, writing into ``output_dir`` (a staging folder, or the shared folder under torchrun)."""
+def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
+    """The run itself, writing into ``output_dir`` (a staging folder that becomes ``final_dir``, or under torchrun the
+    shared folder itself)."""
     with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
         # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
-        data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json")
+        data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json", final_dir / "skipped_images.json")
     backbone = resolve_backbone(config, backbone)
     if ddp.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)

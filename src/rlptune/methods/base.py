@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import eval_transform
 from ..backbones.base import Backbone
+from ..data._common import check_unique_classnames
 from ..data.images import collect_images, load_image
 from ..errors import RlptuneError
 from .. import registry
@@ -132,6 +133,7 @@ class Method(nn.Module):
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Point the method at another list of classes (new classes, another dataset): learned prompts transfer."""
+        check_unique_classnames(list(classnames), "classnames")
         self.classnames = list(classnames)
         self._merged_features = None
 

@@ -33,6 +33,7 @@ from ..config import resolve_config
 from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
 from ..engine import pipeline
+from ..rundir import read_result
 from ..errors import RlptuneError
 from ..data import canonical_name
 from ..methods import get_method_class
@@ -156,7 +157,7 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     run_dir = spec.run_dir(results_dir)
     result_path = run_dir / "result.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text(encoding="utf-8"))
+        return read_result(run_dir)
     config = spec.config()
     backbone = backbone or _BACKBONES.get(config)
     # run folders are keyed by the settings hash: an interrupted run (its staging folder) always resumes
@@ -231,7 +232,7 @@ def run_sweep(
         io.write_text(details, "".join(f"== {o.key}\n{o.detail.rstrip()}\n\n" for o in failures))
         raise RlptuneError(f"{len(failures)} of {len(pending)} runs failed (listed above; details in {details}); first: "
                            f"{failures[0].error}")
-    return [json.loads((s.run_dir(results_dir) / "result.json").read_text(encoding="utf-8")) for s in specs]
+    return [read_result(s.run_dir(results_dir)) for s in specs]
 
 
 def _summary(result: dict) -> str:

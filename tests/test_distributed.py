@@ -68,7 +68,7 @@ def test_two_processes_equal_one_process(tiny_arch_path, colour_folder, tmp_path
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["world_size"] == 2
     assert result["metrics"]["test"]["top1"] == pytest.approx(single["metrics"]["test"]["top1"])
-    assert len(list((tmp_path / "cache-two" / "features").glob("*.safetensors"))) == 3  # 2 train views + test
+    assert len(list((tmp_path / "cache-two" / "features").glob("*.safetensors"))) == 4  # 2 train views + validation + test
 
 
 def test_single_process_context_and_sharding():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import argparse
 import dataclasses
 import json
@@ -24,7 +26,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set any field, e.g. prompt.rank=2")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (section, name, f) in flag_table().items():
-        if (sections is not None and section not in sections) or name in skip:
+        if (sections is not None and section not in sections) or f"{section}.{name}" in skip:
             continue
         group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
         hint = typing.get_type_hints(classes[section])[name]
@@ -312,7 +314,6 @@ FLAG_SYNONYMS = {
 
 def suggest_flag(token: str, flags: Sequence[str]) -> str | None:
     """The flag a mistyped one most likely means: a known synonym, the same name with dashes, then edit distance."""
-    import difflib
 
     key = token.lstrip("-").split("=", 1)[0].replace("_", "-").lower()
     names = {f.lstrip("-") for f in flags if f.startswith("--")}
@@ -362,7 +363,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an adapter on a dataset split")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    _add_config_flags(p, sections=("data", "eval"), skip=("top_k",))
+    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",))
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -370,7 +371,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy with hand-written templates")
-    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("top_k", "class_specific", "class_token_position", "text_chunk", "checkpoint_text", "shared_prefix", "name"))
+    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("eval.top_k", "method.class_specific", "method.class_token_position", "method.text_chunk", "method.checkpoint_text", "method.shared_prefix", "method.name", "method.options"))
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_zeroshot)

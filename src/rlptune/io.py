@@ -6,6 +6,8 @@ then ``os.replace`` (atomic on POSIX and Windows). A killed process never leaves
 
 from __future__ import annotations
 
+import fcntl
+
 import contextlib
 import errno
 import json
@@ -118,7 +120,6 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) for a with-block; a second process
     waits its turn. Used so processes that need the same cache entry build it once."""
-    import fcntl
 
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

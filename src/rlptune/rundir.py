@@ -17,6 +17,8 @@ checked by :func:`settings_hash`), and a non-empty folder that is not an rlptune
 
 from __future__ import annotations
 
+import glob
+
 import errno
 import fcntl
 import hashlib
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import io
+from . import __version__, io
 from .errors import RlptuneError
 from .io import os_error_line
 
@@ -287,7 +289,6 @@ class RunDirectory:
         self.resumed_from = source
 
     def _write_marker(self) -> None:
-        from . import __version__
 
         io.write_json(
             self.staging / MARKER,
@@ -329,7 +330,6 @@ class RunDirectory:
 
 
 def _glob_escape(name: str) -> str:
-    import glob
 
     return glob.escape(name)
 

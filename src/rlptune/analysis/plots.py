@@ -9,6 +9,8 @@ differ by marker so a grey-scale print still reads.
 
 from __future__ import annotations
 
+import textwrap
+
 import io
 import math
 from pathlib import Path
@@ -17,6 +19,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rlptune.errors import RlptuneError
+from rlptune.analysis.spectrum import primary_diagnostics
+from rlptune.analysis.stats import spearman
+from rlptune.analysis.tables import Table, base2new_table
 from rlptune.io import write_bytes
 
 __all__ = [
@@ -67,7 +72,6 @@ def _save(fig: Any, stem: str | Path) -> list[Path]:
 
 def _wrap(text: str, width_inches: float, fontsize: float = 12.0) -> str:
     """Break a title into lines that fit ``width_inches`` (about 0.55 em per character), so none is cut off."""
-    import textwrap
 
     chars = max(16, int(width_inches * 72.0 / (0.55 * fontsize)))
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
@@ -86,7 +90,6 @@ def _id_label(k: int) -> str:
 
 def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None = None) -> list[Path]:
     """Grouped bars (one panel each for Base, New, H): datasets (and Average) on x, one bar per method, ± std."""
-    from rlptune.analysis.tables import Table, base2new_table
 
     table = table_or_rows if isinstance(table_or_rows, Table) else base2new_table(table_or_rows)
     if not table.rows:
@@ -210,7 +213,6 @@ def plot_id_vs_accuracy(
     mostly says which method, so each method gets its own least-squares line and Spearman ρ, p, n in the legend; the
     pooled ρ is in the title together with what it pools over.
     """
-    from rlptune.analysis.stats import spearman
 
     n_points = len(id_k)
     if len(accuracy) != n_points or any(g is not None and len(g) != n_points for g in (labels, markers_by)):
@@ -302,7 +304,6 @@ def plot_singular_spectra(
 
 def _series(records: Sequence[Mapping[str, Any]], *path: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of ``rec[path[0]][path[1]]...``; a "diagnostics" path reads the first prompt's diagnostics."""
-    from rlptune.analysis.spectrum import primary_diagnostics
 
     xs, ys = [], []
     for i, rec in enumerate(records):
@@ -332,7 +333,6 @@ def plot_training_curves(
     runs = {"run": list(records)} if not isinstance(records, Mapping) else {str(k): list(v) for k, v in records.items()}
     if not any(runs.values()):
         raise RlptuneError("plot: no training records to draw")
-    from rlptune.analysis.spectrum import primary_diagnostics
 
     k = 1
     for recs in runs.values():

@@ -19,6 +19,8 @@ that makes a run unreadable raises :class:`~rlptune.errors.RlptuneError` naming 
 
 from __future__ import annotations
 
+import yaml
+
 import base64
 import json
 import math
@@ -49,6 +51,8 @@ from rlptune.analysis.tables import (
     write_table,
 )
 from rlptune.errors import RlptuneError
+from rlptune import __version__
+from rlptune.analysis import plots
 from rlptune.io import write_json, write_text
 
 __all__ = [
@@ -223,7 +227,6 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _read_config(path: Path) -> dict[str, Any] | None:
     """The run's resolved settings from its config.yaml, or None when it cannot be read (labels only, not needed)."""
-    import yaml
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -679,7 +682,6 @@ class _Doc:
         }})
 
     def html(self, title: str) -> str:
-        from rlptune import __version__
         from rlptune.analysis.templates import render
 
         return render("report.html", title=title, summary=self.summary, sections=self.sections, version=__version__)
@@ -879,6 +881,5 @@ def write_report(
 
 def _plot(name: str, *args: Any, **kwargs: Any) -> list[Path]:
     """Import plots lazily: matplotlib is only needed when a report is actually drawn."""
-    from rlptune.analysis import plots
 
     return getattr(plots, name)(*args, **kwargs)

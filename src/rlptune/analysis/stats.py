@@ -89,7 +89,6 @@ def row_metric(row: Mapping[str, Any], metric: str) -> float | None:
     """A row's value of ``metric`` (H computed from base and new when the row has no "h"); None when absent."""
     value = row.get(metric)
     if value is None and metric == "h" and row.get("base") is not None and row.get("new") is not None:
-        from rlptune.analysis.tables import harmonic_mean
 
         value = harmonic_mean(float(row["base"]), float(row["new"]))
     return None if value is None else float(value)
@@ -229,3 +228,9 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> SpearmanRe
         warnings.simplefilter("ignore")
         result = sps.spearmanr(xs, ys)
     return SpearmanResult(rho=float(result.statistic), p=float(result.pvalue), n=n)
+
+
+def harmonic_mean(b: float, n: float) -> float:
+    """H = 2·b·n / (b + n), the base/new trade-off of CoCoOp; 0 when both are 0."""
+    b, n = float(b), float(n)
+    return 0.0 if b + n == 0.0 else 2.0 * b * n / (b + n)

@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rlptune.analysis.stats import jsonable, mean_std
+from rlptune.analysis.stats import harmonic_mean, jsonable, mean_std
 from rlptune.errors import RlptuneError
+from rlptune.io import write_json, write_text
 
 __all__ = [
     "Cell",
@@ -105,12 +106,6 @@ def normalize_protocol(name: Any) -> str:
 def dataset_sort_key(name: str) -> tuple[int, str]:
     """Literature order (ImageNet, Caltech101, ..., UCF101, then the ImageNet shifts), unknown names after, by name."""
     return (_DATASET_RANK.get(re.sub(r"[^a-z0-9]", "", str(name).lower()), len(_DATASET_ORDER)), str(name))
-
-
-def harmonic_mean(b: float, n: float) -> float:
-    """H = 2·b·n / (b + n), the base/new trade-off of CoCoOp; 0 when both are 0."""
-    b, n = float(b), float(n)
-    return 0.0 if b + n == 0.0 else 2.0 * b * n / (b + n)
 
 
 @dataclass
@@ -722,7 +717,6 @@ def render_html(table: Table, decimals: int = 2) -> str:
 
 def write_table(table: Table, stem: str | Path, decimals: int = 2) -> list[Path]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` atomically; returns the three paths."""
-    from rlptune.io import write_json, write_text
 
     stem = Path(stem)
     return [

@@ -16,6 +16,8 @@ exactly what peft targets, so a CLIP-LoRA adapter trained on this backbone is a 
 
 from __future__ import annotations
 
+import gzip
+
 import functools
 import inspect
 import json
@@ -302,7 +304,6 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
 def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) -> Path:
     """Write OpenAI CLIP's tokenizer (``vocab.json``, ``merges.txt``, configs) into ``directory`` from open_clip's
     bundled BPE merges — the same 49,408-token vocabulary — so a ``CLIPModel`` folder gets a tokenizer offline."""
-    import gzip
 
     import open_clip
 

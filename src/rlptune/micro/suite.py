@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..data.items import DatasetSplits, Item
 from ..errors import RlptuneError
-from ..io import default_cache_dir
+from ..io import default_cache_dir, os_error_line
 from .world import (
     BACKGROUNDS, COLOR_NAMES, PATTERNS, SHAPES, WORLD_VERSION, Scene, max_size_for_count, render, sample_scene,
     _plural,
@@ -189,9 +189,6 @@ def load_micro_dataset(name: str, cache_dir: str | Path | None = None):
         try:
             _render_dataset(name, spec, items, root, marker)
         except OSError as exc:  # a cache path that is a file, a read-only or full disk: one line, not a traceback
-            from ..errors import RlptuneError
-            from ..io import os_error_line
-
             raise RlptuneError(os_error_line(exc, exc.filename or base, "write the micro dataset into the cache ($RLPTUNE_CACHE)")) from None
     return DatasetSplits(
         name=name, root=root, classnames=spec.classnames, train=items["train"], val=items["val"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import argparse
 import sys
 import typing
@@ -75,7 +77,6 @@ def run_server(settings: ServeSettings) -> int:
     )
     server = uvicorn.Server(config)
     if settings.max_lifetime_s > 0:
-        import threading
 
         timer = threading.Timer(settings.max_lifetime_s, lambda: setattr(server, "should_exit", True))
         timer.daemon = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import ipaddress
 import os
 from dataclasses import dataclass, field, fields
@@ -83,7 +85,6 @@ class ServeSettings:
             if len(token) < 16:
                 raise RlptuneError(f"${TOKEN_ENV} must be at least 16 characters")
             return token, False
-        import secrets
 
         return secrets.token_urlsafe(24), True
 

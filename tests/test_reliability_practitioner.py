@@ -56,7 +56,8 @@ def test_readme_example_with_the_shipped_micro_backbone(tmp_path, monkeypatch, c
     namespace = run_example(code, tmp_path, monkeypatch)
     assert (tmp_path / "runs" / "mine" / "adapter" / "adapter_model.safetensors").is_file()
     assert capsys.readouterr().out.strip()
-    assert namespace["method"].registered_name == "rlp"
+    assert namespace["model"].registered_name == "rlp"
+    assert tuple(namespace["logits"].shape) == (1, len(namespace["model"].classnames))
 
 
 def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_dir, capsys, tiny_arch_path):
@@ -70,7 +71,8 @@ def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_d
     assert adapter.joinpath("adapter_model.safetensors").stat().st_size < 4096
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) >= 2  # the result line, then one line per predicted image
-    assert namespace["method"].registered_name == "rlp"
+    assert namespace["model"].registered_name == "rlp"
+    assert tuple(namespace["logits"].shape) == (1, len(namespace["model"].classnames))
 
 
 # -- rlptune predict on a folder ---------------------------------------------------------------------------------

@@ -301,7 +301,9 @@ def test_a_clip_lora_adapter_travels_and_carries_its_peft_export(hf, hf_folder, 
         again = loaded.backbone.logit_scale * loaded.encode_images(images) @ loaded.class_features().t()
     assert (ours - again).abs().max() < 1e-5
     base = transformers.CLIPModel.from_pretrained(str(hf_folder)).eval()
-    wrapped = peft.PeftModel.from_pretrained(base, str(folder / "peft")).eval()
+    # the peft export sits at the top of the adapter folder, next to rlptune's own files (different names)
+    assert {"adapter_config.json", "adapter_model.safetensors", "rlptune_adapter.json"} <= {p.name for p in folder.iterdir()}
+    wrapped = peft.PeftModel.from_pretrained(base, str(folder)).eval()
     with torch.no_grad():
         image = torch.nn.functional.normalize(_features(wrapped.get_image_features(pixel_values=images)), dim=-1)
     assert (image - method.encode_images(images)).abs().max() < 1e-5

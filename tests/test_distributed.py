@@ -51,8 +51,8 @@ def test_two_processes_equal_one_process(tiny_arch_path, colour_folder, tmp_path
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
-    one = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "adapter" / "rlptune_adapter.safetensors"))
+    two = load_file(str(tmp_path / "two" / "adapter" / "rlptune_adapter.safetensors"))
     assert sorted(one) == sorted(two) == ["prompt.A", "prompt.B"]
     initial_b = torch.zeros_like(one["prompt.B"])
     assert (one["prompt.B"] - initial_b).abs().max() > 1e-3  # the prompt really moved

@@ -50,9 +50,9 @@ def test_same_seed_same_result_and_adapter_files(tiny, colour_folder, tmp_path):
     a = train(config, tmp_path / "a", backbone=tiny, progress=False)
     b = train(config, tmp_path / "b", backbone=tiny, progress=False)
     assert a["metrics"] == b["metrics"]
-    bytes_a = (tmp_path / "a" / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert bytes_a == (tmp_path / "b" / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    bytes_a = (tmp_path / "a" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
+    assert bytes_a == (tmp_path / "b" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["rlptune_adapter.json", "rlptune_adapter.safetensors"]
     assert len(bytes_a) < 4096  # 4 + 32 numbers on the 32-wide test tower
 
 
@@ -77,8 +77,8 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, colour_folder, tmp
     assert not (tmp_path / "killed" / "result.json").exists()
     monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
     train(config, tmp_path / "killed", backbone=tiny, resume=True, progress=False)
-    full = (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes()
-    resumed = (tmp_path / "killed" / "adapter" / "adapter_model.safetensors").read_bytes()
+    full = (tmp_path / "full" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
+    resumed = (tmp_path / "killed" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert full == resumed
     epochs = [json.loads(l)["epoch"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
@@ -97,7 +97,7 @@ def test_adapter_round_trip_gives_identical_logits(tiny, colour_folder, tmp_path
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     acc = 100.0 * float((merged.argmax(-1) == torch.tensor([i.label for i in splits.test])).float().mean())
     assert abs(acc - saved["metrics"]["test"]["top1"]) < 1e-9
-    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    cfg = json.loads((tmp_path / "run" / "adapter" / "rlptune_adapter.json").read_text())
     assert cfg["backbone"]["identity"] == tiny.identity and cfg["trainable_params"] == 4 + 32
 
 
@@ -113,8 +113,8 @@ def test_adapter_on_another_backbone_names_both(tiny, colour_folder, tmp_path, t
 def test_corrupt_adapter_and_checkpoint_are_clear_errors(tiny, colour_folder, tmp_path):
     config = _config(colour_folder, tmp_path, method={"name": "rlp"}, train={"epochs": 1})
     train(config, tmp_path / "run", backbone=tiny, progress=False)
-    (tmp_path / "run" / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(RlptuneError, match="adapter_model.safetensors: not a safetensors file"):
+    (tmp_path / "run" / "adapter" / "rlptune_adapter.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RlptuneError, match="rlptune_adapter.safetensors: not a safetensors file"):
         load_adapter(tmp_path / "run" / "adapter", tiny)
     (tmp_path / "run" / "checkpoint" / "last.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(RlptuneError, match="last.safetensors: not an rlptune checkpoint"):

@@ -123,8 +123,8 @@ def test_ray_worker_killed_mid_run_is_retried_and_resumes_to_the_same_adapter(ra
     assert progress.outcomes and progress.outcomes[0].ok, progress.outcomes
     epochs = [line for line in (spec.run_dir(results) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(epochs) == 8  # each epoch once: resumed, not restarted on top of the old lines
-    mine = load_file(spec.run_dir(results) / "adapter" / "adapter_model.safetensors")
-    theirs = load_file(spec.run_dir(reference) / "adapter" / "adapter_model.safetensors")
+    mine = load_file(spec.run_dir(results) / "adapter" / "rlptune_adapter.safetensors")
+    theirs = load_file(spec.run_dir(reference) / "adapter" / "rlptune_adapter.safetensors")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 

@@ -112,7 +112,7 @@ def test_method_beats_zero_shot_and_adapter_round_trips(
     assert torch.allclose(a, merged, atol=1e-5)
     acc = 100.0 * int((a.argmax(-1) == labels).sum()) / len(labels)
     assert acc == pytest.approx(top1, abs=1e-6)
-    stored = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    stored = json.loads((tmp_path / "run" / "adapter" / "rlptune_adapter.json").read_text())
     assert stored["method"] == name and stored["trainable_params"] == first.num_trainable()
 
 

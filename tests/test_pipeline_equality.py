@@ -83,7 +83,7 @@ def test_train_api_and_run_agree(kind, datasets, tiny_arch_path, tmp_path):
     cli = json.loads((tmp_path / "cli" / "result.json").read_text())
     run = json.loads(run_result.read_text())
     assert cli["metrics"]["test"] == api["metrics"]["test"] == run["metrics"]["test"]
-    assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").read_bytes() == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "cli" / "adapter" / "rlptune_adapter.safetensors").read_bytes() == (run_dir / "adapter" / "rlptune_adapter.safetensors").read_bytes()
 
     # the API's load_dataset and evaluate see the same test split as the CLI (one default split seed everywhere)
     default = rlptune.resolve_config(overrides={**settings, "data": {**settings["data"], "split_seed": 1}})

@@ -373,7 +373,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_aggregate(vit, colour_fold
     with pytest.raises(KeyboardInterrupt):
         train(config(), tmp_path / "stopped", backbone=vit, progress=False)
     monkeypatch.setattr(PromptSRC, "on_epoch_start", real_start)
-    assert not (tmp_path / "stopped" / "adapter" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "stopped" / "adapter" / "rlptune_adapter.safetensors").exists()
     from safetensors import safe_open
 
     (checkpoint,) = tmp_path.glob(".stopped.staging-*/checkpoint/last.safetensors")  # kept for --resume (rlptune.rundir)
@@ -384,6 +384,6 @@ def test_interrupted_run_resumes_to_the_uninterrupted_aggregate(vit, colour_fold
     assert any("resuming after epoch 2" in m for m in messages), messages
     for run in ("full", "stopped"):
         assert set(load_adapter(tmp_path / run / "adapter", vit).adapter_state()) == {"prompts.text", "prompts.vision"}
-    assert (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes() == (
-        tmp_path / "stopped" / "adapter" / "adapter_model.safetensors"
+    assert (tmp_path / "full" / "adapter" / "rlptune_adapter.safetensors").read_bytes() == (
+        tmp_path / "stopped" / "adapter" / "rlptune_adapter.safetensors"
     ).read_bytes()

@@ -185,7 +185,7 @@ def folder_with(w: World, name: str, files: dict[str, bytes]) -> Path:
 def mutated_adapter(w: World, name: str, change: Callable[[dict, Path], object], raw: str | None = None) -> list:
     """A copy of the trained adapter with its config changed by ``change`` (or replaced by ``raw`` text)."""
     folder = w.adapter_copy(name)
-    path = folder / "adapter_config.json"
+    path = folder / "rlptune_adapter.json"
     payload = json.loads(path.read_text())
     change(payload, folder)
     path.write_text(raw if raw is not None else json.dumps(payload))
@@ -273,41 +273,41 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
         ("class 'red' has no readable training images left",),
     ),
     # adapters
-    "adapter-not-a-folder": (lambda w: ["predict", w.data, w.data / "test", "--no-progress"], ("not an adapter folder (no adapter_config.json)",)),
+    "adapter-not-a-folder": (lambda w: ["predict", w.data, w.data / "test", "--no-progress"], ("not an adapter folder (no rlptune_adapter.json)",)),
     "adapter-other-backbone": (
         lambda w: mutated_adapter(w, "other-backbone", lambda p, f: p["backbone"].update(identity="ViT-B-16@sha256:0123456789abcdef")),
         ("adapter was trained on backbone ViT-B-16@sha256:0123456789abcdef, but the loaded backbone is tiny-clip@sha256:",),
     ),
     "adapter-other-major-version": (
         lambda w: mutated_adapter(w, "v1", lambda p, f: p["library"].update(version="1.0.0")),
-        ("adapter_config.json: written by rlptune 1.0.0, incompatible with rlptune " + __version__,),
+        ("rlptune_adapter.json: written by rlptune 1.0.0, incompatible with rlptune " + __version__,),
     ),
     "adapter-other-library": (lambda w: mutated_adapter(w, "peft", lambda p, f: p["library"].update(name="peft")), ("written by 'peft', not rlptune",)),
     "adapter-other-format": (lambda w: mutated_adapter(w, "format", lambda p, f: p.update(format=2)), ("adapter format 2, this rlptune reads format 1",)),
     "adapter-config-not-json": (
         lambda w: mutated_adapter(w, "notjson", lambda p, f: None, raw='{"format": 1,'),
-        ("adapter_config.json: not valid JSON (line 1",),
+        ("rlptune_adapter.json: not valid JSON (line 1",),
     ),
-    "adapter-config-missing-field": (lambda w: mutated_adapter(w, "nofield", lambda p, f: p.pop("classnames")), ("adapter_config.json: missing field 'classnames'",)),
-    "adapter-config-wrong-type": (lambda w: mutated_adapter(w, "badtype", lambda p, f: p.update(classnames="red,green")), ("adapter_config.json: field 'classnames'",)),
+    "adapter-config-missing-field": (lambda w: mutated_adapter(w, "nofield", lambda p, f: p.pop("classnames")), ("rlptune_adapter.json: missing field 'classnames'",)),
+    "adapter-config-wrong-type": (lambda w: mutated_adapter(w, "badtype", lambda p, f: p.update(classnames="red,green")), ("rlptune_adapter.json: field 'classnames'",)),
     "adapter-unknown-method": (lambda w: mutated_adapter(w, "method", lambda p, f: p.update(method="prompt-magic")), ("method 'prompt-magic' is not known",)),
     "adapter-settings-unknown-field": (
         lambda w: mutated_adapter(w, "settings", lambda p, f: p["settings"]["prompt"].update(rnak=2)),
-        ("adapter_config.json: prompt: unknown field 'rnak' (did you mean 'rank'?)",),
+        ("rlptune_adapter.json: prompt: unknown field 'rnak' (did you mean 'rank'?)",),
     ),
-    "adapter-model-missing": (lambda w: mutated_adapter(w, "nomodel", lambda p, f: (f / "adapter_model.safetensors").unlink()), ("missing adapter_model.safetensors",)),
+    "adapter-model-missing": (lambda w: mutated_adapter(w, "nomodel", lambda p, f: (f / "rlptune_adapter.safetensors").unlink()), ("missing rlptune_adapter.safetensors",)),
     "adapter-model-not-safetensors": (
-        lambda w: mutated_adapter(w, "garbage", lambda p, f: (f / "adapter_model.safetensors").write_bytes(b"PK\x03\x04 not safetensors")),
-        ("adapter_model.safetensors: not a safetensors file",),
+        lambda w: mutated_adapter(w, "garbage", lambda p, f: (f / "rlptune_adapter.safetensors").write_bytes(b"PK\x03\x04 not safetensors")),
+        ("rlptune_adapter.safetensors: not a safetensors file",),
     ),
     "adapter-model-is-a-checkpoint": (
-        lambda w: mutated_adapter(w, "ckpt", lambda p, f: shutil.copy(w.run / "checkpoint" / "last.safetensors", f / "adapter_model.safetensors")),
-        ("adapter_model.safetensors: tensors", "do not match method 'rlp'"),
+        lambda w: mutated_adapter(w, "ckpt", lambda p, f: shutil.copy(w.run / "checkpoint" / "last.safetensors", f / "rlptune_adapter.safetensors")),
+        ("rlptune_adapter.safetensors: tensors", "do not match method 'rlp'"),
     ),
     # checkpoints (train --resume)
     "checkpoint-garbage": (lambda w: tampered_checkpoint(w, "garbage", lambda p, w: p.write_bytes(b"\x00" * 64)), ("last.safetensors: not an rlptune checkpoint",)),
     "checkpoint-is-an-adapter": (
-        lambda w: tampered_checkpoint(w, "adapter", lambda p, w: shutil.copy(w.run / "adapter" / "adapter_model.safetensors", p)),
+        lambda w: tampered_checkpoint(w, "adapter", lambda p, w: shutil.copy(w.run / "adapter" / "rlptune_adapter.safetensors", p)),
         ("last.safetensors: not an rlptune checkpoint (no rlptune_checkpoint metadata)",),
     ),
     "checkpoint-metadata-not-json": (
@@ -445,7 +445,7 @@ def nan_adapter(w: World, name: str, value: float) -> list:
     from safetensors.torch import load_file, save_file
 
     folder = w.adapter_copy(name)
-    path = folder / "adapter_model.safetensors"
+    path = folder / "rlptune_adapter.safetensors"
     state = load_file(str(path))
     key = sorted(state)[0]
     state[key].view(-1)[0] = value
@@ -575,11 +575,11 @@ CATALOGUE.update({
         ("cannot write (it is a folder)",),
     ),
     # adapters and checkpoints that would give a number from broken tensors
-    "adapter-tensor-nan": (lambda w: nan_adapter(w, "nan", float("nan")), ("adapter_model.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
-    "adapter-tensor-inf": (lambda w: nan_adapter(w, "inf", float("-inf")), ("adapter_model.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
+    "adapter-tensor-nan": (lambda w: nan_adapter(w, "nan", float("nan")), ("rlptune_adapter.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
+    "adapter-tensor-inf": (lambda w: nan_adapter(w, "inf", float("-inf")), ("rlptune_adapter.safetensors: tensor", "holds 1 non-finite value(s) (NaN or inf)")),
     "adapter-classnames-collide-case": (
         lambda w: mutated_adapter(w, "collide-case", lambda p, f: p.update(classnames=["red", "Red", "RED"])),
-        ("adapter_config.json: field 'classnames': class names collide after prompt normalisation", "'red' = 'Red' = 'RED'"),
+        ("rlptune_adapter.json: field 'classnames': class names collide after prompt normalisation", "'red' = 'Red' = 'RED'"),
     ),
     "adapter-classnames-collide-underscore": (
         lambda w: mutated_adapter(w, "collide-underscore", lambda p, f: p.update(classnames=["dark_blue", "dark blue", "red"])),

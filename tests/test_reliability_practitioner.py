@@ -54,7 +54,7 @@ def test_readme_example_with_the_shipped_micro_backbone(tmp_path, monkeypatch, c
     if '"micro"' in code and not WEIGHTS_PATH.is_file():
         pytest.skip(f"the micro CLIP weights ({WEIGHTS_PATH}) are not built yet; `rlptune pretrain-micro` creates them")
     namespace = run_example(code, tmp_path, monkeypatch)
-    assert (tmp_path / "runs" / "mine" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "runs" / "mine" / "adapter" / "rlptune_adapter.safetensors").is_file()
     assert capsys.readouterr().out.strip()
     assert namespace["model"].registered_name == "rlp"
     assert tuple(namespace["logits"].shape) == (1, len(namespace["model"].classnames))
@@ -67,8 +67,8 @@ def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_d
     code = code.replace('load_backbone("micro")', f"load_backbone({str(tiny_arch_path)!r})")
     namespace = run_example(code, tmp_path, monkeypatch)
     adapter = tmp_path / "runs" / "mine" / "adapter"
-    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert adapter.joinpath("adapter_model.safetensors").stat().st_size < 4096
+    assert sorted(p.name for p in adapter.iterdir()) == ["rlptune_adapter.json", "rlptune_adapter.safetensors"]
+    assert adapter.joinpath("rlptune_adapter.safetensors").stat().st_size < 4096
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) >= 2  # the result line, then one line per predicted image
     assert namespace["model"].registered_name == "rlp"

@@ -92,8 +92,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter_bitwise(tiny_arch_p
     assert f"resuming after epoch {done}" in capsys.readouterr().err
     assert main(args + ["-o", str(full)]) == 0
 
-    resumed = (killed / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert resumed == (full / "adapter" / "adapter_model.safetensors").read_bytes()
+    resumed = (killed / "adapter" / "rlptune_adapter.safetensors").read_bytes()
+    assert resumed == (full / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert epochs_logged(killed) == list(range(1, epochs + 1))
     assert checkpoint_epoch(checkpoint) == epochs
     a, b = (json.loads((run / "result.json").read_text()) for run in (killed, full))
@@ -110,7 +110,7 @@ def test_same_seed_same_results_and_the_run_folder_records_everything(tiny_arch_
         result.pop("train_seconds")
     assert results[0] == results[1]
     assert (runs[0] / "metrics.jsonl").read_text() == (runs[1] / "metrics.jsonl").read_text()
-    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml", "few_shot.json"):
+    for name in ("adapter/rlptune_adapter.safetensors", "adapter/rlptune_adapter.json", "config.yaml", "few_shot.json"):
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
 
     run = runs[0]
@@ -126,7 +126,7 @@ def test_same_seed_same_results_and_the_run_folder_records_everything(tiny_arch_
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["open_clip"] == open_clip.__version__
     assert {"python", "torchvision"} <= set(info["versions"])
-    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    adapter = json.loads((run / "adapter" / "rlptune_adapter.json").read_text())
     assert info["backbone"] == adapter["backbone"]["identity"] == results[0]["backbone"]
     assert info["backbone"].startswith("tiny-clip@sha256:")
     assert info["classes"] == ["blue", "green", "red", "yellow"]

@@ -44,7 +44,7 @@ def write_run(folder: Path, epochs: int, tag: str) -> None:
             handle.write(f'{{"epoch": {epoch}, "tag": "{tag}"}}\n')
     (folder / "few_shot.json").write_text("{}")
     (folder / "adapter").mkdir(exist_ok=True)
-    (folder / "adapter" / "adapter_model.safetensors").write_text(tag)
+    (folder / "adapter" / "rlptune_adapter.safetensors").write_text(tag)
     (folder / "result.json").write_text(f'{{"tag": "{tag}"}}')
 
 

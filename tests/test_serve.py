@@ -258,8 +258,8 @@ def test_memory_bounded_lru_evicts_and_reloads(backbone, adapters, images):
 
 def _upload(client, name, folder: Path, token=TOKEN, config=None, model=None):
     files = {
-        "config": ("adapter_config.json", config if config is not None else (folder / "adapter_config.json").read_bytes()),
-        "model": ("adapter_model.safetensors", model if model is not None else (folder / "adapter_model.safetensors").read_bytes()),
+        "config": ("rlptune_adapter.json", config if config is not None else (folder / "rlptune_adapter.json").read_bytes()),
+        "model": ("rlptune_adapter.safetensors", model if model is not None else (folder / "rlptune_adapter.safetensors").read_bytes()),
     }
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return client.put(f"/v1/tasks/{name}", files=files, headers=headers)
@@ -359,7 +359,7 @@ def test_adapter_upload_needs_the_token_and_a_valid_adapter(backbone, tmp_path, 
     source = make_adapter(tmp_path / "src", backbone, "rlp", {}, seed=1)
     other = load_backbone(str(tiny_arch_path), device="cpu")  # 2-layer image tower: another identity
     foreign = make_adapter(tmp_path / "foreign", other, "rlp", {}, seed=1)
-    config = json.loads((source / "adapter_config.json").read_text())
+    config = json.loads((source / "rlptune_adapter.json").read_text())
     with make_client(backbone, root) as c:
         assert_one_line_error(_upload(c, "t", source, token=None), 401, "Authorization: Bearer")
         assert_one_line_error(_upload(c, "t", source, token="wrong-token-0123456789"), 403, "wrong token")
@@ -374,8 +374,8 @@ def test_adapter_upload_needs_the_token_and_a_valid_adapter(backbone, tmp_path, 
         assert_one_line_error(_upload(c, "t", source, config=b"{not json"), 400, "not valid JSON")
         assert_one_line_error(_upload(c, "t", source, config=json.dumps({**config, "method": "nope"}).encode()), 400, "method 'nope'")
         bad_shapes = make_adapter(tmp_path / "coop", backbone, "coop", {}, seed=1)
-        assert_one_line_error(_upload(c, "t", source, model=(bad_shapes / "adapter_model.safetensors").read_bytes()), 400, "do not match")
-        missing = c.put("/v1/tasks/t", files={"config": ("adapter_config.json", b"{}")}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert_one_line_error(_upload(c, "t", source, model=(bad_shapes / "rlptune_adapter.safetensors").read_bytes()), 400, "do not match")
+        missing = c.put("/v1/tasks/t", files={"config": ("rlptune_adapter.json", b"{}")}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert_one_line_error(missing, 400, "'model' is missing")
         assert_one_line_error(c.put("/v1/tasks/t", json={}, headers={"Authorization": f"Bearer {TOKEN}"}), 415, "multipart")
         assert c.get("/v1/tasks").json()["tasks"] == []
@@ -389,7 +389,7 @@ def test_unservable_adapters_in_the_folder_are_skipped_not_fatal(backbone, tmp_p
     make_adapter(root / "good", backbone, "rlp", {}, seed=1)
     make_adapter(root / "foreign", load_backbone(str(tiny_arch_path), device="cpu"), "rlp", {}, seed=1)
     (root / "broken").mkdir()
-    (root / "broken" / "adapter_config.json").write_text("{")
+    (root / "broken" / "rlptune_adapter.json").write_text("{")
     (root / "bad name!").mkdir()
     with make_client(backbone, root) as c:
         assert [t["name"] for t in c.get("/v1/tasks").json()["tasks"]] == ["good"]

@@ -1,9 +1,13 @@
 """Adapters (what a user ships) and training checkpoints (what a killed run resumes from).
 
-Adapter folder = ``adapter_config.json`` (method, prompt settings, class names, templates, backbone identity,
-library version) + ``adapter_model.safetensors`` (the trained tensors only: 516 numbers for RLP n=4 r=1 on a
-512-wide text tower). Frozen parts (``P_fr``, class-token embeddings) are rebuilt from the backbone, whose
-identity is checked on load.
+Adapter folder = ``rlptune_adapter.json`` (``"adapter_type": "rlptune"``, method, prompt settings, class names,
+templates, backbone identity and resolvable spec, library version) + ``rlptune_adapter.safetensors`` (the trained
+tensors only: 516 numbers for RLP n=4 r=1 on a 512-wide text tower). Frozen parts (``P_fr``, class-token
+embeddings) are rebuilt from the backbone, whose identity is checked on load. The names are rlptune's own so that
+no other tool mistakes the folder for its format; rlptune 0.1.0 wrote peft's names (``adapter_config.json`` +
+``adapter_model.safetensors``), which are still read. CLIP-LoRA on a Hugging Face ``CLIPModel`` also writes a
+genuine peft adapter under peft's names at the top of the same folder, so ``PeftModel.from_pretrained(clip,
+folder)`` loads it directly.
 
 Checkpoint = one safetensors file holding the trainable tensors and the optimizer's tensors, with everything else
 (epoch, optimizer scalars, config digest) as JSON in its metadata: one file, written atomically, so it is always
@@ -26,16 +30,23 @@ from ..errors import RlptuneError
 from ..rundir import settings_hash
 from ..methods import build_method, list_methods
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_MODEL = "adapter_model.safetensors"
+ADAPTER_CONFIG = "rlptune_adapter.json"
+ADAPTER_MODEL = "rlptune_adapter.safetensors"
+ADAPTER_TYPE = "rlptune"  # the type field of ADAPTER_CONFIG, as peft has peft_type
 ADAPTER_FORMAT = 1
-PEFT_SUBFOLDER = "peft"  # PeftModel.from_pretrained(clip_model, <adapter>/peft) where a method exports one
+#: rlptune 0.1.0's file names (peft's, which peft then refused for lack of peft_type): read, never written.
+LEGACY_ADAPTER_CONFIG = "adapter_config.json"
+LEGACY_ADAPTER_MODEL = "adapter_model.safetensors"
+#: Where a method's export for another library goes: the adapter folder itself (CLIP-LoRA's peft files keep
+#: peft's names next to rlptune's), so ``PeftModel.from_pretrained(clip_model, <adapter>)`` works as is.
+PEFT_EXPORT_FOLDER = "."
 
 
 def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     cfg = config.to_dict()
     payload = {
+        "adapter_type": ADAPTER_TYPE,
         "format": ADAPTER_FORMAT,
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
@@ -46,17 +57,56 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "trainable_params": method.num_trainable(),
         **(extra or {}),
     }
-    io.write_safetensors(directory / ADAPTER_MODEL, method.adapter_state(), {"format": str(ADAPTER_FORMAT)})
+    # one metadata key: safetensors writes a metadata map in no fixed order, and adapters must be byte-identical
+    io.write_safetensors(directory / ADAPTER_MODEL, method.adapter_state(), {"rlptune_adapter": str(ADAPTER_FORMAT)})
     io.write_json(directory / ADAPTER_CONFIG, payload)
-    method.export_adapter_files(directory / PEFT_SUBFOLDER)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
+    method.export_adapter_files(directory / PEFT_EXPORT_FOLDER)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
     return directory
 
 
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+def adapter_files(directory: str | Path) -> tuple[Path, Path]:
+    """(config file, tensors file) of an adapter folder: rlptune's names, else rlptune 0.1.0's (peft's names).
+
+    A folder that holds neither, or holds another tool's files, is one line saying what it is instead.
+    """
     directory = Path(directory)
-    path = directory / ADAPTER_CONFIG
-    if not path.is_file():
-        raise RlptuneError(f"{directory}: not an adapter folder (no {ADAPTER_CONFIG})")
+    if (directory / ADAPTER_CONFIG).is_file():
+        return directory / ADAPTER_CONFIG, directory / ADAPTER_MODEL
+    if (directory / LEGACY_ADAPTER_CONFIG).is_file():
+        return directory / LEGACY_ADAPTER_CONFIG, directory / LEGACY_ADAPTER_MODEL
+    raise RlptuneError(_not_an_adapter_line(directory))
+
+
+def _not_an_adapter_line(directory: Path) -> str:
+    """Why ``directory`` is not an adapter folder, naming what it is when it is something known."""
+    if not directory.exists():
+        return f"{directory}: no such adapter folder"
+    if not directory.is_dir():
+        return f"{directory}: not an adapter folder (a file; pass the folder that holds {ADAPTER_CONFIG})"
+    if (directory / "adapter" / ADAPTER_CONFIG).is_file() or (directory / "adapter" / LEGACY_ADAPTER_CONFIG).is_file():
+        return f"{directory}: not an adapter folder (no {ADAPTER_CONFIG}); this is a run folder, pass {directory / 'adapter'}"
+    model_type = _json_field(directory / "config.json", "model_type")
+    if model_type is not None:
+        return (
+            f"{directory}: this is a Hugging Face transformers model folder (model_type {model_type}), not an adapter; "
+            f"use it as a backbone (--backbone hf:{directory}) and pass an rlptune adapter folder"
+        )
+    if (directory / "open_clip_config.json").is_file():
+        return f"{directory}: this is an open_clip model folder, not an adapter; pass an rlptune adapter folder (with {ADAPTER_CONFIG})"
+    return f"{directory}: not an adapter folder (no {ADAPTER_CONFIG})"
+
+
+def _json_field(path: Path, key: str) -> str | None:
+    """``key`` of a small JSON object file when it is a string (used only to name a foreign folder)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    path, _ = adapter_files(directory)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -67,6 +117,14 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise RlptuneError(f"{path}: cannot read adapter config ({exc.strerror or exc})") from None
     if not isinstance(payload, dict):
         raise RlptuneError(f"{path}: expected a JSON object")
+    if "peft_type" in payload:
+        raise RlptuneError(
+            f"{path}: this is a peft adapter (peft_type {payload['peft_type']}); load it with "
+            f"peft.PeftModel.from_pretrained, or pass the rlptune adapter folder"
+        )
+    adapter_type = payload.get("adapter_type", ADAPTER_TYPE)  # rlptune 0.1.0 wrote no type field
+    if adapter_type != ADAPTER_TYPE:
+        raise RlptuneError(f"{path}: adapter_type {adapter_type!r}, expected {ADAPTER_TYPE!r} (not an rlptune adapter)")
     for key in ("format", "library", "method", "backbone", "classnames", "settings"):
         if key not in payload:
             raise RlptuneError(f"{path}: missing field {key!r}")
@@ -117,9 +175,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given)."""
     directory = Path(directory)
     payload = read_adapter_config(directory)
+    config_path, model_path = adapter_files(directory)
     if payload["method"] not in list_methods():
         raise RlptuneError(
-            f"{directory / ADAPTER_CONFIG}: method {payload['method']!r} is not known to this rlptune; "
+            f"{config_path}: method {payload['method']!r} is not known to this rlptune; "
             f"available: {', '.join(list_methods())}"
         )
     recorded = payload["backbone"].get("identity")
@@ -129,11 +188,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         raise RlptuneError(
             f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}"
         )
-    config = config_from_dict({**payload["settings"]}, f"{directory / ADAPTER_CONFIG}")
+    config = config_from_dict({**payload["settings"]}, f"{config_path}")
     config.method.name = payload["method"]
-    model_path = directory / ADAPTER_MODEL
     if not model_path.is_file():
-        raise RlptuneError(f"{directory}: missing {ADAPTER_MODEL}")
+        raise RlptuneError(f"{directory}: missing {model_path.name}")
     from safetensors.torch import load_file
 
     try:

@@ -265,8 +265,8 @@ _UPLOAD_BODY = {
                     "type": "object",
                     "required": ["config", "model"],
                     "properties": {
-                        "config": {"type": "string", "format": "binary", "description": "adapter_config.json"},
-                        "model": {"type": "string", "format": "binary", "description": "adapter_model.safetensors"},
+                        "config": {"type": "string", "format": "binary", "description": "rlptune_adapter.json"},
+                        "model": {"type": "string", "format": "binary", "description": "rlptune_adapter.safetensors"},
                     },
                 }
             }
@@ -368,13 +368,13 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         _name(name)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
-            raise ApiError(415, "upload an adapter as multipart/form-data with files 'config' (adapter_config.json) and 'model' (adapter_model.safetensors)")
+            raise ApiError(415, "upload an adapter as multipart/form-data with files 'config' (rlptune_adapter.json) and 'model' (rlptune_adapter.safetensors)")
         form = await request.form(max_files=2, max_fields=4)
         parts = {}
         for key in ("config", "model"):
             item = form.get(key)
             if item is None or isinstance(item, str):
-                raise ApiError(400, f"form file {key!r} is missing ({'adapter_config.json' if key == 'config' else 'adapter_model.safetensors'})")
+                raise ApiError(400, f"form file {key!r} is missing ({'rlptune_adapter.json' if key == 'config' else 'rlptune_adapter.safetensors'})")
             parts[key] = await item.read()
         info, replaced = await run_in_threadpool(server.registry.install, name, parts["config"], parts["model"])
         return JSONResponse({"task": info.to_json(), "replaced": replaced}, status_code=200 if replaced else 201)

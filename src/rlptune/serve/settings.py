@@ -22,7 +22,7 @@ def _s(default: Any, help: str) -> Any:
 @dataclass
 class ServeSettings:
     backbone: str = _s("micro", "backbone spec every adapter was trained on (micro, ARCH:TAG, random:ARCH, ...)")
-    adapters: str = _s("adapters", "folder of adapter folders: <adapters>/<task name>/adapter_config.json + adapter_model.safetensors")
+    adapters: str = _s("adapters", "folder of adapter folders: <adapters>/<task name>/rlptune_adapter.json + rlptune_adapter.safetensors")
     host: str = _s("127.0.0.1", "address to bind; loopback by default (other hosts are reachable only if you say so)")
     port: int = _s(8000, "TCP port")
     device: str = _s("auto", "device for the backbone: auto, cpu, cuda, cuda:1 ...")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .. import io
-from ..engine.adapter import ADAPTER_CONFIG, ADAPTER_MODEL, load_adapter, read_adapter_config
+from ..engine.adapter import ADAPTER_CONFIG, ADAPTER_MODEL, adapter_files, load_adapter, read_adapter_config
 from ..errors import RlptuneError
 
 log = logging.getLogger("rlptune.serve")
@@ -53,7 +53,7 @@ def check_task_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What ``GET /v1/tasks`` shows about a task (read from its adapter_config.json)."""
+    """What ``GET /v1/tasks`` shows about a task (read from its rlptune_adapter.json)."""
 
     name: str
     method: str
@@ -173,8 +173,9 @@ class TaskRegistry:
         identity = payload["backbone"]["identity"]
         if identity != self.backbone.identity:
             raise RlptuneError(f"{folder}: adapter was trained on backbone {identity}, but this server runs {self.backbone.identity}")
-        if not (folder / ADAPTER_MODEL).is_file():
-            raise RlptuneError(f"{folder}: missing {ADAPTER_MODEL}")
+        model_path = adapter_files(folder)[1]  # rlptune's names, or 0.1.0's
+        if not model_path.is_file():
+            raise RlptuneError(f"{folder}: missing {model_path.name}")
         return TaskInfo(name, payload["method"], tuple(payload["classnames"]), identity)
 
     def folder(self, name: str) -> Path:

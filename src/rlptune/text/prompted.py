@@ -13,8 +13,8 @@ chunks of classes with activation checkpointing so memory stays bounded for 1,00
 
 With the class token at the end and one context shared by all classes (the default CoOp/RLP set-up) the encoding
 is prefix-cached (:mod:`rlptune.text.shared_prefix`): ``[SOS] [ctx] [fixed words]`` goes through the blocks once
-per call and only each class's own tokens are run per class, grouped by their exact length (no padding) and, with
-``chunk``, in groups of at most ``chunk`` classes, each optionally under activation checkpointing. Class-specific
+per call and only each class's own tokens are run, packed end to end in one sequence (no padding) and, with
+``chunk``, in packs of at most ``chunk`` classes, each optionally under activation checkpointing. Class-specific
 contexts, other class positions, ``shared_prefix=False`` and text towers the shared path does not support use the
 plain path above. Deep text prompts (a ``before_block`` hook that replaces the context positions layer by layer) run
 on either path: on the shared one the hook edits only the prefix, which is where those positions are.
@@ -137,11 +137,8 @@ class PromptedClassText(nn.Module):
         else:
             self.shared_prefix_reason = sp.unsupported_reason(backbone.text)
         own_lens = (eot - head + 1).tolist()  # name + "." + EOT tokens of each class (own length to the EOT)
-        self._groups = self._length_groups(own_lens, self.chunk)
-        order = torch.tensor([i for members, _ in self._groups for i in members], dtype=torch.long)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        self.register_buffer("_group_inverse", inverse, persistent=False)  # grouped order -> class order
+        packs = sp.pack_classes(own_lens, self.own.shape[1], self.chunk)  # classes in order: no reordering needed
+        self._groups = [(pack.members, pack) for pack in packs]
 
     def _position_layout(self, length: int, name_lens: list[int]) -> torch.Tensor:
         """(C, L) source index of every position for the middle / front class-token positions (one gather).
@@ -158,19 +155,6 @@ class PromptedClassText(nn.Module):
                 head = [0] + name + ctx
             rows.append(head + list(range(len(head), length)))
         return torch.tensor(rows, dtype=torch.long)
-
-    @staticmethod
-    def _length_groups(lengths: list[int], chunk: int) -> list[tuple[list[int], int]]:
-        """Class indices grouped by their own-token count (no padding inside a group), each split in ``chunk``s."""
-        by_len: dict[int, list[int]] = {}
-        for index, length in enumerate(lengths):
-            by_len.setdefault(int(length), []).append(index)
-        groups = []
-        for length in sorted(by_len):
-            members = by_len[length]
-            step = chunk if chunk > 0 else len(members)
-            groups += [(members[i : i + step], length) for i in range(0, len(members), step)]
-        return groups
 
     def uses_shared_prefix(self, ctx: torch.Tensor | None = None) -> bool:
         """Whether :meth:`forward` takes the shared-prefix path (for a context of ``ctx``'s shape)."""
@@ -250,27 +234,20 @@ class PromptedClassText(nn.Module):
             cache = sp.encode_prefix(tower, prefix, before_block)
         kv = cache.tensors()
         outs = []
-        for members, length in self._groups:
-            index = torch.tensor(members, device=self.suffix.device)
+        for number in range(len(self._groups)):
             if self.use_checkpoint and torch.is_grad_enabled():
-                outs.append(checkpoint(self._encode_group, index, length, cache.length, *kv, use_reentrant=False))
+                outs.append(checkpoint(self._encode_group, number, cache.length, *kv, use_reentrant=False))
             else:
-                outs.append(self._encode_group(index, length, cache.length, *kv))
-        feats = torch.cat(outs, dim=1)  # (B, C, e) in grouped order
-        if len(self._groups) > 1:
-            feats = feats[:, self._group_inverse]
+                outs.append(self._encode_group(number, cache.length, *kv))
+        feats = torch.cat(outs, dim=1)  # (B, C, e): packs hold consecutive classes in order
         return feats if batched else feats[0]
 
-    def _encode_group(self, index: torch.Tensor, length: int, prefix_len: int, *kv: torch.Tensor) -> torch.Tensor:
-        """Features (B, len(index), e) of one length group under each cached prefix."""
+    def _encode_group(self, number: int, prefix_len: int, *kv: torch.Tensor) -> torch.Tensor:
+        """Features (B, classes, e) of pack ``number`` (consecutive classes' own tokens end to end) under each
+        cached prefix."""
         cache = sp.PrefixCache.from_tensors(kv, prefix_len)
-        batch = cache.batch
-        suffix = self.own[index, :length]
-        if batch > 1:
-            suffix = suffix.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * len(index), length, -1)
-        with self.backbone.autocast():  # grouped by exact length: every row's EOT is its last token
-            feats = sp.encode_classes(self.backbone.text, cache, suffix).float()
-        return feats.view(batch, len(index), -1)
+        with self.backbone.autocast():
+            return sp.encode_pack(self.backbone.text, cache, self.own, self._groups[number][1]).float()
 
     # -- plain path ---------------------------------------------------------------------------------------------
     def _forward_plain(self, ctx: torch.Tensor, before_block: BlockHook | None = None) -> torch.Tensor:

@@ -55,6 +55,7 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "dataset_template": method.dataset_template,
         "settings": {"method": cfg["method"], "prompt": cfg["prompt"]},
         "trainable_params": method.num_trainable(),
+        "parameter_formula": method.parameter_formula(),  # for the model card: "r·(n+d) = 516 (n=4, r=1, d=512)"
         **(extra or {}),
     }
     # one metadata key: safetensors writes a metadata map in no fixed order, and adapters must be byte-identical

@@ -43,6 +43,10 @@ _LAZY = {
     "prepare_dataset": ("engine.api", "prepare_dataset"),
     "save_adapter": ("engine.adapter", "save_adapter"),
     "load_adapter": ("engine.adapter", "load_adapter"),
+    # hub-shaped adapters: folder + model card, a folder or hub repo id, an upload (docs/ADAPTERS.md)
+    "save_pretrained": ("engine.hub", "save_pretrained"),
+    "from_pretrained": ("engine.hub", "from_pretrained"),
+    "push_to_hub": ("engine.hub", "push_to_hub"),
 }
 
 

@@ -89,7 +89,7 @@ def prepare_data(
     return PreparedData(drawn=splits, train=train)
 
 
-def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, shown: str | Path | None) -> DatasetSplits:
+def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, report_shown: str | Path | None) -> DatasetSplits:
     """The ``skip`` image policy: drop unreadable images, report each one, refuse a class left without any."""
     before = {it.label for it in splits.train}
     splits, dropped = check_images(splits, policy="skip")
@@ -98,7 +98,7 @@ def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, shown: st
     if dropped:
         paths = sorted({s.path for s in dropped})
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        where = f"; list in {shown}" if shown is not None else ""  # where the list will be once the run is in place
+        where = f"; list in {report_shown}" if report_shown is not None else ""  # where it is once the run is in place
         print(f"skipped {len(paths)} unreadable image(s) (data.image_policy=skip): {shown}{where}", file=sys.stderr)
     emptied = sorted(before - {it.label for it in splits.train})
     if emptied:

@@ -445,6 +445,166 @@ def bench_b16(args, log) -> dict:
     return out
 
 
+SWEEP_METHODS = ("coop", "rlp", "kgcoop")  # the SGD-trained frozen-image methods of the base-to-new sweep
+
+
+def _fit_epoch_seconds(config, backbone, splits, work: Path, name: str) -> tuple[float, int]:
+    """One whole ``Trainer.fit`` epoch on precomputed features (the image side is timed apart): seconds, steps."""
+    e_dim = int(backbone.model.text_projection.shape[1])
+    method = build_method(config, backbone, splits.classnames, splits.template)
+    trainer = Trainer(config, method, splits, work / name, cache=FeatureCache(work / "cache"), progress=False)
+    feats = F.normalize(torch.randn(len(splits.train), e_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    trainer.epoch_features = lambda epoch, feats=feats: feats
+    with Phase() as phase:
+        state = trainer.fit()
+    return phase.seconds, int(state.records[-1]["steps"])
+
+
+def extrapolate(q: dict, image_cost: str = "measured") -> dict:
+    """Whole runs at the official epochs from the timed pieces of :func:`bench_equal_fidelity`.
+
+    ``image_cost``: "measured" = each side's own per-image figure (the reference's from its steps, rlptune's from
+    ``encode_items``); "equal" = both sides pay the larger of the two (the image work is the same code on both
+    sides — load, crop, tower — so a difference between the two figures is the machine's load changing)."""
+    s, r, img, sw, si = q["setting"], q["reference"], q["image"], q["sweep"], q["single"]
+    f_img, c_img = img["fresh_per_image"], img["centre_per_image"]
+    r_base, r_single = r["base"]["image_per_image"], r["single"]["image_per_image"]
+    if image_cost == "equal":
+        f_img = r_base = r_single = max(f_img, r_base, r_single)
+        c_img = max(c_img, f_img)
+    n_base, classes, shots, seeds = s["base_classes"], s["classes"], s["shots"], s["sweep_seeds"]
+    n_train, n_full = n_base * shots, classes * shots
+    n_test_base, n_test = n_base * s["test_per_class"], classes * s["test_per_class"]
+    epochs_of, batch_of, ours, lp_fit = sw["epochs"], sw["batch"], sw["ours_epochs"], sw["probe_fit"]
+    ref_runs = {}
+    for method in SWEEP_METHODS:  # per seed: E epochs of (the epoch's images + steps x 77-token text) + base and new tests
+        ref_runs[method] = epochs_of[method] * (n_train * r_base + n_train // batch_of[method] * r["base"]["text_step"]) + n_test * c_img
+    ref_runs["linear_probe"] = n_train * c_img + n_test_base * c_img + lp_fit
+    ref_runs["zeroshot"] = n_test * c_img  # once: it has no seed
+    ref_sweep = seeds * sum(ref_runs[m] for m in (*SWEEP_METHODS, "linear_probe")) + ref_runs["zeroshot"]
+
+    def ours_sweep(views_per_seed: int) -> dict:
+        images = seeds * views_per_seed * n_train * f_img  # each (seed, epoch) view encoded once, read by every method
+        text = seeds * sum(epochs_of[m] * ours[m]["epoch_text"] for m in SWEEP_METHODS)
+        probe = seeds * (n_train * c_img + lp_fit)
+        tests = n_test * c_img  # base + new test features once per backbone, shared by every run
+        return {"images": images, "text": text, "probe": probe, "tests": tests, "total": images + text + probe + tests}
+
+    fresh, views4 = ours_sweep(max(epochs_of.values())), ours_sweep(4)
+    e = si["epochs"]
+    ref_epoch = n_full * r_single + (n_full // 32) * r["single"]["text_step"]
+    ref_single = e * ref_epoch + n_test * c_img
+    ours_single = {v: v * n_full * f_img + e * si["ours_epoch_text"] + n_test * c_img for v in (e, 4)}
+    return {
+        "sweep": {**sw, "reference_runs": ref_runs, "reference": ref_sweep, "ours_fresh": fresh, "ours_4views": views4,
+                  "ratio_fresh": ref_sweep / fresh["total"], "ratio_4views": ref_sweep / views4["total"]},
+        "single": {**si, "reference": ref_single, "ours_fresh": ours_single[e], "ours_4views": ours_single[4],
+                   "ratio_fresh": ref_single / ours_single[e], "ratio_4views": ref_single / ours_single[4],
+                   "ref_epoch": ref_epoch, "ours_epoch_fresh": n_full * f_img + si["ours_epoch_text"]},
+        "image_cost": image_cost,
+    }
+
+
+def bench_equal_fidelity(args, log) -> dict:
+    """Speed at equal fidelity: both sides draw a fresh crop + flip per image per epoch (the official recipe).
+
+    Measured in one run on the ViT-B-16-sized backbone: the reference's steps (image part and 77-token text part),
+    rlptune's per-image cost of encoding a fresh view, one whole ``Trainer.fit`` epoch per method on precomputed
+    features, the centre-crop encode (test sets, linear probe) and one logistic-regression fit; whole runs at the
+    official epoch counts are extrapolated from these (one epoch of either side takes tens of minutes here).
+    """
+    from rlptune.methods.linear_probe import FITTERS, resolve_solver
+    from rlptune.recipes import preset
+
+    work = Path(tempfile.mkdtemp(prefix="rlptune-eqfid-"))
+    names = class_names(args.classes)
+    full = make_dataset(work / "data", names, args.shots)
+    n_base = args.classes // 2
+    base = DatasetSplits("bench-base", full.root, names[:n_base], [it for it in full.train if it.label < n_base], [], [])
+    torch.manual_seed(0)
+    backbone = load_backbone(args.backbone, device="cpu")
+    e_dim = int(backbone.model.text_projection.shape[1])
+    out: dict = {"setting": {"backbone": args.backbone, "classes": args.classes, "base_classes": n_base, "shots": args.shots,
+                             "test_per_class": args.test_per_class, "sweep_seeds": args.sweep_seeds}}
+
+    # image side, rlptune's encode path (load + crop + image tower): a fresh view and the centre crop, per image
+    sample = full.train[:: max(1, len(full.train) // args.cache_sample)][: args.cache_sample]
+    with Phase() as fresh:
+        encode_items(backbone, full, sample, view=1, batch_size=32, view_seed=1)
+    with Phase() as centre:
+        encode_items(backbone, full, sample, view=0, batch_size=32)
+    img = {"fresh_per_image": fresh.seconds / len(sample), "centre_per_image": centre.seconds / len(sample), "timed": len(sample)}
+    log(f"[equal fidelity] image side: fresh view {img['fresh_per_image']:.2f} s/image, centre {img['centre_per_image']:.2f} s/image")
+
+    # sharing: two methods of one seed read one fresh view (the second is a cache hit), other seeds get other crops
+    tiny = DatasetSplits("bench-share", full.root, names[:2], [it for it in full.train if it.label < 2][:4], [], [])
+    share_cache = FeatureCache(work / "share-cache")
+    timings, views = {}, {}
+    for method, seed in (("coop", 1), ("kgcoop", 1), ("coop", 2)):
+        cfg = resolve_config(None, {"method": {"name": method}, "data": {"shots": args.shots}, "train": {"seed": seed, "cache_dir": str(work / "share-cache")}})
+        trainer = Trainer(cfg, build_method(cfg, backbone, tiny.classnames), tiny, work / f"share-{method}-{seed}", cache=share_cache, progress=False)
+        t0 = time.perf_counter()
+        views[(method, seed)] = trainer.epoch_features(0)
+        timings[f"{method} seed {seed}"] = time.perf_counter() - t0
+    out["sharing"] = {
+        "seconds": timings, "same_seed_equal": bool(torch.equal(views[("coop", 1)], views[("kgcoop", 1)])),
+        "other_seed_differs": not torch.equal(views[("coop", 1)], views[("coop", 2)]),
+    }
+    log(f"[equal fidelity] sharing: {timings} equal within a seed {out['sharing']['same_seed_equal']}, "
+        f"differs across seeds {out['sharing']['other_seed_differs']}")
+
+    # the reference's steps: 100 classes CoOp n=16 (the single run), the 50 base classes n=4 (the base-to-new recipe;
+    # RLP's and KgCoOp's reference steps are this step: 77-token text of the same classes, their extra terms are tiny)
+    ref = {}
+    for label, splits, n_ctx in (("single", full, 16), ("base", base, 4)):
+        config = rlptune_config("CoOp n=16", work / "cache", 1)
+        trainer = ReferenceTrainer(backbone, splits, n_ctx, False, config)
+        steps = trainer.run(epochs=args.ref_steps + 1, max_steps=args.ref_steps + 1)[1:]
+        batch = 32
+        ref[label] = {
+            "image_per_image": statistics.mean(s["image"] + s["data"] for s in steps) / batch,
+            "text_step": statistics.mean(s["text"] for s in steps), "timed_steps": len(steps), "classes": len(splits.classnames),
+        }
+        log(f"[equal fidelity] reference {label}: image {ref[label]['image_per_image']:.2f} s/image, "
+            f"text {ref[label]['text_step']:.1f} s/step ({len(splits.classnames)} classes, {len(steps)} timed steps)")
+    out["reference"] = ref
+
+    # rlptune: one whole Trainer.fit epoch per method (features precomputed; the image side is counted from above)
+    epochs_of, batch_of, ours = {}, {}, {}
+    for method in SWEEP_METHODS:
+        recipe = preset(method, "base2new", args.shots)
+        epochs_of[method], batch_of[method] = int(recipe["train"]["epochs"]), int(recipe["train"]["batch_size"])
+        overrides = {k: dict(v) for k, v in recipe.items() if isinstance(v, dict)}  # the base-to-new recipe as settings
+        overrides["train"].update({"epochs": 1, "seed": 1, "cache_dir": str(work / "cache"), "val_every": 0,
+                                   "checkpoint_every": 0, "log_diagnostics": False})
+        config = resolve_config(None, overrides)
+        seconds, steps = _fit_epoch_seconds(config, backbone, base, work, f"ours-{method}")
+        ours[method] = {"epoch_text": seconds, "steps": steps}
+        log(f"[equal fidelity] rlptune {method}: epoch {seconds:.1f} s ({steps} steps, batch {batch_of[method]}, "
+            f"{epochs_of[method]} official epochs)")
+    single_cfg = rlptune_config("CoOp n=16", work / "cache", 1, {"train": {"val_every": 0, "checkpoint_every": 0, "log_diagnostics": False}})
+    single_seconds, single_steps = _fit_epoch_seconds(single_cfg, backbone, full, work, "ours-single")
+    log(f"[equal fidelity] rlptune single CoOp n=16, {args.classes} classes: epoch {single_seconds:.1f} s ({single_steps} steps)")
+
+    # linear probe: one logistic-regression fit (the same solver and search on both sides: counted on both)
+    fit = FITTERS[resolve_solver("auto")]
+    x = F.normalize(torch.randn(len(base.train), e_dim), dim=-1)
+    y = torch.tensor([it.label for it in base.train])
+    with Phase() as lp:
+        fit(x, y, n_base, 1.0, 1000)
+    lp_fit = lp.seconds * args.probe_fits
+    log(f"[equal fidelity] linear probe: one fit {lp.seconds:.1f} s x {args.probe_fits} fits of the C search")
+
+    out["image"] = img
+    out["sweep"] = {"epochs": epochs_of, "batch": batch_of, "ours_epochs": ours, "probe_fit": lp_fit}
+    out["single"] = {"epochs": int(preset("coop", "few-shot", args.shots)["train"]["epochs"]),
+                     "ours_epoch_text": single_seconds, "steps": single_steps}
+    out.update(extrapolate(out))
+    log(f"[equal fidelity] single CoOp: ratio {out['single']['ratio_fresh']:.2f}x fresh, {out['single']['ratio_4views']:.1f}x 4 views; "
+        f"sweep: {out['sweep']['ratio_fresh']:.2f}x fresh, {out['sweep']['ratio_4views']:.1f}x 4 views")
+    return out
+
+
 def bench_micro(args, log) -> dict | None:
     try:
         backbone = load_backbone(args.micro_backbone, device="cpu")
@@ -497,8 +657,63 @@ def bench_micro(args, log) -> dict | None:
 # -- report ----------------------------------------------------------------------------------------------------------------
 
 
+def markdown_equal_fidelity(q: dict, threads: int, load: str) -> list[str]:
+    s, r, sw, si, img = q["setting"], q["reference"], q["sweep"], q["single"], q["image"]
+    lines = [
+        f"**Equal fidelity** ({s['backbone']}, {threads} thread(s), load average {load}): both sides draw a fresh "
+        f"crop + flip per image per epoch; whole runs extrapolated from the timed pieces below.",
+        "",
+        "| timed piece | seconds |",
+        "|---|---|",
+        f"| reference, image part per image (load + crop + tower, in its steps) | {r['base']['image_per_image']:.2f} |",
+        f"| reference, 77-token text step, {r['single']['classes']} classes, CoOp n=16 | {r['single']['text_step']:.1f} |",
+        f"| reference, 77-token text step, {r['base']['classes']} base classes, n=4 | {r['base']['text_step']:.1f} |",
+        f"| rlptune, fresh view per image (load + crop + tower, `encode_items`) | {img['fresh_per_image']:.2f} |",
+        f"| rlptune / reference, centre crop per image (tests, probe) | {img['centre_per_image']:.2f} |",
+        f"| rlptune, one `Trainer.fit` epoch, CoOp n=16, {r['single']['classes']} classes ({si['steps']} steps) | {si['ours_epoch_text']:.1f} |",
+    ]
+    for m, o in sw["ours_epochs"].items():
+        lines.append(f"| rlptune, one `Trainer.fit` epoch, {m} base-to-new recipe, {s['base_classes']} classes ({o['steps']} steps, batch {sw['batch'][m]}) | {o['epoch_text']:.1f} |")
+    sh = q["sharing"]
+    lines += [
+        "",
+        f"Sharing check (4 images): first read of a seed's epoch-0 view {sh['seconds'].get('coop seed 1', 0):.2f} s, a "
+        f"second method of the same seed {sh['seconds'].get('kgcoop seed 1', 0):.3f} s (cache hit, features equal: "
+        f"{sh['same_seed_equal']}); another seed draws other crops: {sh['other_seed_differs']}.",
+        "",
+        "| run | image cost | epochs | reference | rlptune fresh (default) | ratio | rlptune `--aug-views 4` | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    if "probe_fit" not in sw:  # a file written before the probe fit was stored: recover it from the probe's run
+        n_train, c_img = s["base_classes"] * s["shots"], img["centre_per_image"]
+        sw["probe_fit"] = sw["reference_runs"]["linear_probe"] - (n_train + s["base_classes"] * s["test_per_class"]) * c_img
+    for mode, label in (("measured", "as measured"), ("equal", "equalised (larger)")):
+        x = extrapolate(q, mode)
+        xs, xw = x["single"], x["sweep"]
+        lines += [
+            f"| one CoOp n=16 run, {s['classes']} classes × {s['shots']} shots | {label} | {xs['epochs']} | {fmt_s(xs['reference'])} | "
+            f"{fmt_s(xs['ours_fresh'])} | **{xs['ratio_fresh']:.2f}×** | {fmt_s(xs['ours_4views'])} | {xs['ratio_4views']:.1f}× |",
+            f"| base-to-new sweep: zero-shot + (linear probe, CoOp, RLP, KgCoOp) × {s['sweep_seeds']} seeds | {label} | "
+            f"{', '.join(f'{m} {e}' for m, e in xw['epochs'].items())} | {fmt_s(xw['reference'])} | "
+            f"{fmt_s(xw['ours_fresh']['total'])} | **{xw['ratio_fresh']:.2f}×** | {fmt_s(xw['ours_4views']['total'])} | {xw['ratio_4views']:.1f}× |",
+        ]
+    x = extrapolate(q, "measured")
+    xs, xw = x["single"], x["sweep"]
+    lines += [
+        "",
+        f"rlptune's fresh sweep (as measured) splits into: fresh views {fmt_s(xw['ours_fresh']['images'])}, text steps "
+        f"{fmt_s(xw['ours_fresh']['text'])}, linear probe {fmt_s(xw['ours_fresh']['probe'])}, test features "
+        f"{fmt_s(xw['ours_fresh']['tests'])}. Per epoch of the single run: reference {fmt_s(xs['ref_epoch'])}, rlptune "
+        f"{fmt_s(xs['ours_epoch_fresh'])} (fresh view included).",
+    ]
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = []
+    if report.get("equal_fidelity"):
+        load = report.get("loadavg_start", [float("nan")])[0], report.get("loadavg_end", [float("nan")])[0]
+        lines += markdown_equal_fidelity(report["equal_fidelity"], report["threads"], f"{load[0]:.1f} → {load[1]:.1f}") + [""]
     b = report.get("b16")
     if b:
         s = b["setting"]
@@ -589,6 +804,11 @@ def main(argv=None) -> int:
     parser.add_argument("--aug-views", type=int, default=0,
                         help="views in the cache-build cost: 0 = a fresh view per epoch (the default mode), K = K cached views")
     parser.add_argument("--skip-b16", action="store_true")
+    parser.add_argument("--equal-fidelity", action="store_true",
+                        help="run the equal-fidelity section: one CoOp run and the base-to-new sweep, fresh views on both sides")
+    parser.add_argument("--test-per-class", type=int, default=50, help="test images per class in the equal-fidelity extrapolation (ImageNet: 50)")
+    parser.add_argument("--sweep-seeds", type=int, default=3, help="seeds of the base-to-new sweep")
+    parser.add_argument("--probe-fits", type=int, default=15, help="logistic-regression fits of the probe's C search (CoOp's lpclip: 7 + 8)")
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--micro-backbone", default="micro", help="backbone of the micro-suite runs")
     parser.add_argument("--micro-epochs", type=int, default=0, help="0 = the library's default epochs")
@@ -608,6 +828,8 @@ def main(argv=None) -> int:
     report = {"threads": args.threads, "torch": torch.__version__, "cpu_count": os.cpu_count()}
     with contextlib.suppress(OSError):
         report["loadavg_start"] = os.getloadavg()
+    if args.equal_fidelity:
+        report["equal_fidelity"] = bench_equal_fidelity(args, log)
     if not args.skip_b16:
         report["b16"] = bench_b16(args, log)
     if not args.skip_micro:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Union
 
 import torch
 
+from .. import registry
 from ..errors import RlptuneError
 from .base import Backbone, BackboneFamily, weights_hash
 from .openclip import OPEN_CLIP
@@ -250,6 +251,9 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed:
     if precision not in ("fp32", "bf16", "fp16"):
         raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
     registered = _find_loader(spec)
+    if registered is None:  # plug-in packages (rlptune.micro: "micro-v2") register their loaders on import
+        registry.load_dataset_plugins()
+        registered = _find_loader(spec)
     if registered is None:
         raise RlptuneError(
             f"backbone {spec!r}: names no weights; use 'micro', ARCH:TAG (e.g. ViT-B-16:openai), ARCH:/path/to/weights, "

@@ -29,4 +29,6 @@ def _micro_loader(micro_name: str, root=None):
 for _name in list(MICRO_DATASETS) + [s for shifts in MICRO_SHIFTS.values() for s in shifts]:
     register_dataset(_name, functools.partial(_micro_loader, _name), needs_root=False)
 
+from . import v2  # noqa: E402,F401  (registers the micro2-* datasets and the micro-v2 backbone)
+
 __all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH", "MICRO_DATASETS", "MICRO_SHIFTS", "load_micro_dataset"]

@@ -207,3 +207,15 @@ def test_a_failed_push_is_one_line(tiny, monkeypatch):
     assert str(info.value) == "me/pets-rlp: cannot push to the Hugging Face hub (PermissionError: 401 Unauthorized: invalid token)"
     with pytest.raises(RlptuneError, match="not a hub repo id"):
         rlptune.push_to_hub(method, "not a repo")
+
+
+def test_cli_push_uploads_a_run_adapter_and_its_card(tiny, tmp_path, monkeypatch, capsys):
+    """`rlptune push ADAPTER REPO` (the model card the run wrote travels with it; nothing touches the network)."""
+    from rlptune.cli import main
+
+    fake = FakeHub(monkeypatch)
+    method, config = _method(tiny)
+    rlptune.save_adapter(tmp_path / "adapter", method, config)
+    assert main(["push", str(tmp_path / "adapter"), "me/cli-push", "--private"]) == 0
+    assert "pushed" in capsys.readouterr().out and fake.created[0][0] == "me/cli-push"
+    assert {ADAPTER_CONFIG, ADAPTER_MODEL, "README.md"} <= set(fake.uploaded)

@@ -216,6 +216,14 @@ def parameter_counts(config) -> dict[str, Any]:
     }
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .engine.hub import push_to_hub
+
+    url = push_to_hub(args.adapter, args.repo_id, private=args.private or None, commit_message=args.message)
+    print(f"pushed {args.adapter} to {args.repo_id}: {url}")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     counts = parameter_counts(config)
@@ -387,6 +395,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("push", help="upload an adapter folder (with its model card) to the Hugging Face Hub")
+    p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
+    p.add_argument("repo_id", help="Hub repository, e.g. my-org/pets-rlp")
+    p.add_argument("--private", action="store_true", help="create the repository as private (default: public)")
+    p.add_argument("--message", default=None, help="commit message (default: generated)")
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("params", help="trainable-parameter count of a method on a backbone")
     _add_config_flags(p, sections=("backbone", "method", "prompt"))
     p.add_argument("--json", action="store_true")
@@ -433,6 +448,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from .serve.cli import add_serve_parser  # issue 18; fastapi/uvicorn are imported only when serving
 
     add_serve_parser(sub)
+
+    from .evidence import add_reproduce_parser  # issue 17; the study imports torch only when it runs
+
+    add_reproduce_parser(sub)
     return parser
 
 

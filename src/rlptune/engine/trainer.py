@@ -39,6 +39,7 @@ from .adapter import load_checkpoint, save_adapter, save_checkpoint
 from .distributed import DistContext, current, wrap_for_training
 from .evaluate import classification_metrics
 from .features import FeatureCache, ImageItems, encode_items
+from .hub import write_model_card
 
 
 def learning_rate(settings, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
@@ -445,4 +446,5 @@ def finish_run(output_dir: Path, method, config, state: TrainState, metrics: dic
         **(extra or {}),
     }
     io.write_json(output_dir / "result.json", result)
+    write_model_card(output_dir / "adapter", result=result)  # a Hub-shaped adapter: its README.md model card
     return result

@@ -433,7 +433,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=1, help="k of ID_k")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("methods", help="list registered methods and shipped presets")
+    p = sub.add_parser("methods", help="list registered methods and every official recipe value")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="the main job on the embedded micro world: zero-shot vs CoOp vs RLP, base-to-new")

@@ -345,7 +345,7 @@ def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, step
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlptune pretrain-micro", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="micro_clip_out", help="output folder")
+    parser.add_argument("-o", "--output", "--out", dest="out", default="micro_clip_out", help="output folder (as -o everywhere else)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None,
                         help=f"optimizer steps of 128 pairs (default {DEFAULT_STEPS})")

@@ -36,9 +36,9 @@ _SPECS: list[MicroSpec] = [
               analogue="ImageNet / Caltech101"),
     MicroSpec("micro2-textures", "foggy", tuple(_cls(p, pattern=p) for p in W.PATTERNS),
               choices=(("count", (1, 2, 3)),), analogue="DTD"),
-    MicroSpec("micro2-scenes", "pixelated", tuple(_cls(b, background=b) for b in W.BACKGROUNDS if b != "plain"),
+    MicroSpec("micro2-scenes", "noisy", tuple(_cls(b, background=b) for b in W.BACKGROUNDS if b != "plain"),
               analogue="SUN397"),
-    MicroSpec("micro2-colors", "foggy", tuple(_cls(c, color=c) for c in W.COLOR_NAMES),
+    MicroSpec("micro2-colors", "inverted", tuple(_cls(c, color=c) for c in W.COLOR_NAMES),
               analogue="Oxford Flowers (colour)"),
     MicroSpec("micro2-objects", "noisy",
               tuple(_cls(f"{c} {s}", color=c, shape=s) for c in ("red", "blue", "yellow", "green")

@@ -18,8 +18,9 @@ from .errors import RlptuneError
 
 BUILTIN_METHODS_MODULE = "rlptune.methods"
 BUILTIN_PROMPTS_MODULE = "rlptune.prompts"
-#: Packages that register datasets of their own when imported (the micro suite registers its ``micro-*`` names).
-BUILTIN_DATASET_PLUGINS = ("rlptune.micro",)
+#: Packages that register datasets and backbones of their own when imported (the micro package: its ``micro-*``
+#: datasets and the ``micro`` / ``micro-v2`` backbones, which sit above ``backbones`` because the package trains them).
+BUILTIN_PLUGINS = ("rlptune.micro",)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def prompt_builder(name: str) -> Callable[..., Any]:
     return _PROMPT_KINDS[name]
 
 
-def load_dataset_plugins() -> None:
-    """Import the built-in packages that register datasets (idempotent: Python imports a module once)."""
-    for module in BUILTIN_DATASET_PLUGINS:
+def load_builtin_plugins() -> None:
+    """Import the built-in packages that register datasets and backbones (idempotent: Python imports a module once)."""
+    for module in BUILTIN_PLUGINS:
         importlib.import_module(module)

@@ -251,8 +251,8 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed:
     if precision not in ("fp32", "bf16", "fp16"):
         raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
     registered = _find_loader(spec)
-    if registered is None:  # plug-in packages (rlptune.micro: "micro-v2") register their loaders on import
-        registry.load_dataset_plugins()
+    if registered is None:  # plug-in packages (rlptune.micro: "micro", "micro-v2") register their loaders on import
+        registry.load_builtin_plugins()
         registered = _find_loader(spec)
     if registered is None:
         raise RlptuneError(
@@ -310,15 +310,6 @@ def _mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 # -- the built-in open_clip loaders -----------------------------------------------------------------------------
-
-def _load_micro(request: BackboneRequest) -> Backbone:
-    from ..micro import shipped  # the micro package sits above backbones (it trains one): loaded on use
-
-    cfg, state = shipped.micro_config(), shipped.micro_state_dict()
-    model = build_clip(cfg)
-    _load_into(model, state, "micro")
-    return finish_backbone(model, _tokenizer_for_cfg(cfg), "micro", MICRO_NAME, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
-
 
 def _load_random(request: BackboneRequest) -> Backbone:
     """``random:ARCH`` / ``random:path.json`` / ``path.json``: an architecture with seeded random weights."""
@@ -396,7 +387,6 @@ def _missing_checkpoint(request: BackboneRequest) -> Backbone:
     raise RlptuneError(f"{request.spec}: checkpoint file not found")
 
 
-register_backbone_loader(MICRO_NAME, _load_micro, "micro (shipped micro CLIP)")
 register_backbone_loader("random:", _load_random, "random:ARCH")
 register_backbone_loader("hf-hub:", _load_open_clip_name, "hf-hub:org/repo (open_clip)")
 register_backbone_loader(lambda spec: spec.endswith(".json"), _load_random, "arch .json (random weights)")

@@ -84,14 +84,14 @@ def unregister_dataset(name: str) -> None:
 
 def list_datasets() -> list[str]:
     """Registered dataset names (canonical spelling), CoOp datasets first, then plug-ins' (the micro suite)."""
-    registry.load_dataset_plugins()
+    registry.load_builtin_plugins()
     return list(_LOADERS)
 
 
 def canonical_name(name: str) -> str:
     """The registered name ``name`` refers to; raises with the list of valid names."""
     if not (isinstance(name, str) and _key(name) in _ALIASES):
-        registry.load_dataset_plugins()  # built-in plug-ins register their datasets on import
+        registry.load_builtin_plugins()  # built-in plug-ins register their datasets on import
     canonical = _ALIASES.get(_key(name)) if isinstance(name, str) else None
     if canonical is None:
         raise RlptuneError(f"unknown dataset {name!r}; expected one of {', '.join(list_datasets())}")

@@ -1,6 +1,6 @@
 """Micro world v2: a ViT micro CLIP in OpenAI's layout (12 + 12 blocks) and the ``micro2-*`` datasets.
 
-Importing this package (which :mod:`rlptune.micro` does, so that :func:`rlptune.registry.load_dataset_plugins`
+Importing this package (which :mod:`rlptune.micro` does, so that :func:`rlptune.registry.load_builtin_plugins`
 reaches it) registers the ``micro2-*`` datasets and the backbone spec ``micro-v2``. Submodules: :mod:`.world`
 (scenes that survive random resized crops), :mod:`.suite` (the datasets), :mod:`.pretrain` (the two-phase CPU
 recipe: supervised image tower, then locked-image text alignment). The architecture is ``micro_clip_v2.json``

@@ -23,6 +23,7 @@ LAZY_THIRD_PARTY = {
 #: Package modules whose function-level imports of rlptune itself keep start-up fast (``rlptune --help`` in 0.1 s).
 LAZY_ENTRY_POINTS = {
     "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.analysis", "rlptune.serve",
+    "rlptune.evidence",
 }
 #: Package modules that are the boundary of an optional extra (they import it at their top): importing them lazily
 #: keeps the extra optional (jinja2 for HTML reports, fastapi for the server).

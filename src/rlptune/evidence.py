@@ -1,0 +1,50 @@
+"""``rlptune reproduce rlp``: the command line of the RLP evidence study (:mod:`rlptune.protocols.evidence`).
+
+Kept apart from the study so that building the CLI parser imports neither torch nor the methods: the study is
+imported when the command runs (this module is a command-line entry point, like :mod:`rlptune.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .protocols.executors import add_executor_args, executor_settings_from_args
+
+#: The study's parts, in order (the study module checks them again).
+PART_NAMES = ("base2new", "lowrank", "rank", "ablation", "transfer", "density")
+
+
+def add_reproduce_parser(sub: Any) -> None:
+    """Add ``reproduce`` to the CLI's subparsers."""
+    p = sub.add_parser("reproduce", help="the RLP paper's experiments as one resumable study, with a verdict on each claim")
+    p.add_argument("study", choices=("rlp",), help="which paper's study (rlp: arXiv 2312.10813)")
+    p.add_argument("--backbone", default="micro", help="backbone spec; micro and micro-v2 bring their dataset suites")
+    p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: the backbone's micro suite)")
+    p.add_argument("--data-root", default=None, help="root of real datasets (CoOp layout)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--shots", type=int, default=16, help="shots of the base-to-new, cross-dataset and domain-gen runs")
+    p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: the official ones)")
+    p.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=PART_NAMES, help="which parts to run")
+    p.add_argument("--quick", action="store_true",
+                   help="CI size: 2 datasets, 2 seeds, 4 shots, 4 epochs, fewer grid points (minutes; read nothing into it)")
+    p.add_argument("--results", default="results", help="results folder (finished runs are skipped, interrupted ones resume)")
+    p.add_argument("-o", "--output", default="report", help="report folder (tables md/csv/json, figures, EVIDENCE.md)")
+    p.add_argument("--docs", default=None, help="also write the report's markdown here (e.g. docs/EVIDENCE.md)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    add_executor_args(p)
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .protocols.evidence import StudySettings, run_study
+
+    settings = StudySettings(backbone=args.backbone, datasets=args.datasets, data_root=args.data_root, seeds=args.seeds,
+                             shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick)
+    summary = run_study(settings, args.results, args.output, executor_settings_from_args(args), docs=args.docs)
+    for claim in summary["claims"]:
+        print(f"{claim['verdict']}: {claim['claim']} — {claim['evidence']}")
+    minutes = summary["wall_seconds"] / 60
+    print(f"\n{summary['runs']} runs in {minutes:.1f} min; report in {args.output}/EVIDENCE.md", file=sys.stderr)
+    return 0

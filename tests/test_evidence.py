@@ -1,0 +1,146 @@
+"""``rlptune reproduce rlp``: the study's plan, its verdict rule, and one --quick run whose report must agree with the
+per-run result files it was built from (paired differences, means, parameter deltas, correlation counts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from rlptune.cli import main
+from rlptune.protocols.evidence import (
+    LOWRANK,
+    StudySettings,
+    make_plan,
+    method_can_run,
+    part_variants,
+    verdict,
+)
+from rlptune.protocols.runner import _BACKBONES
+from rlptune.errors import RlptuneError
+
+TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",
+          "part5_few_shot", "part5_cross_dataset", "part5_domain_gen", "part6_density")
+
+
+def test_verdict_needs_an_interval_off_zero_and_a_small_p():
+    assert verdict({"ci_low": 0.5, "ci_high": 2.0, "p": 0.01}) == "supports"
+    assert verdict({"ci_low": -2.0, "ci_high": -0.5, "p": 0.01}) == "contradicts"
+    assert verdict({"ci_low": -2.0, "ci_high": -0.5, "p": 0.01}, expected_sign=-1) == "supports"
+    assert verdict({"ci_low": 0.5, "ci_high": 2.0, "p": 0.2}).startswith("cannot decide")
+    assert verdict({"ci_low": -0.1, "ci_high": 2.0, "p": 0.01}).startswith("cannot decide")
+    assert verdict({"ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}).startswith("cannot decide")
+
+
+def test_plan_shares_runs_whose_settings_equal_the_recipe():
+    settings = StudySettings(quick=True, seeds=[1, 2], parts=["base2new", "rank", "ablation"]).resolved()
+    plan = make_plan(settings)
+    # r = 1 without α and p = 0.1 are RLP's recipe: the same run folders as part 1's "rlp"
+    rlp_dirs = {str(s.run_dir("r")) for s in plan.runs[("base2new", "rlp")]}
+    assert {str(s.run_dir("r")) for s in plan.runs[("rank", "rlp r=1")]} == rlp_dirs
+    assert {str(s.run_dir("r")) for s in plan.runs[("ablation", "rlp p=0.1")]} == rlp_dirs
+    assert {str(s.run_dir("r")) for s in plan.runs[("rank", "rlp r=1, α/r")]}.isdisjoint(rlp_dirs)
+    dirs = [str(s.run_dir("r")) for s in plan.all_specs()]
+    assert len(dirs) == len(set(dirs))
+    names = [v.name for v in part_variants("rank", StudySettings())]
+    assert len(names) == 10 and sum("α/r" in n for n in names) == 5
+
+
+def test_unknown_part_and_backbone_without_suite_are_one_line():
+    with pytest.raises(RlptuneError, match="unknown part"):
+        StudySettings(parts=["nope"]).resolved()
+    with pytest.raises(RlptuneError, match="--datasets"):
+        StudySettings(backbone="ViT-B-16").resolved()
+
+
+def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro():
+    settings = StudySettings(quick=True, seeds=[1], parts=["ablation", "base2new"]).resolved()
+    plan = make_plan(settings)
+    spec = plan.runs[("ablation", "rlp without P_fr (P_fr = 0)")][0]
+    backbone = _BACKBONES.get(spec.config())
+    from rlptune.methods import get_method_class
+
+    method = get_method_class("rlp")(spec.config(), backbone, ["a", "b"])
+    frozen = [m.frozen for m in method.modules() if hasattr(m, "frozen") and hasattr(m, "A")]
+    assert frozen and all(float(f.abs().max()) == 0.0 for f in frozen)
+    ivlp = plan.runs[("base2new", "ivlp")][0]
+    assert method_can_run(ivlp, backbone) is not None
+    assert method_can_run(plan.runs[("base2new", "coop")][0], backbone) is None
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evidence")
+    code = main(["reproduce", "rlp", "--quick", "--seeds", "1", "2", "--results", str(root / "results"),
+                 "-o", str(root / "report"), "--docs", str(root / "docs" / "EVIDENCE.md")])
+    assert code == 0
+    return root
+
+
+def _runs(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (root / "results").rglob("result.json")]
+
+
+def _table(root: Path, name: str) -> dict:
+    return json.loads((root / "report" / f"{name}.json").read_text())
+
+
+def test_quick_report_has_every_table_and_says_micro_world(quick_study):
+    report = quick_study / "report"
+    for name in TABLES:
+        for ext in ("md", "csv", "json"):
+            assert (report / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+    text = (report / "EVIDENCE.md").read_text()
+    assert "micro-world results" in text and "QUICK" in text
+    docs = (quick_study / "docs" / "EVIDENCE.md").read_text()
+    assert "](../report/fig_" in docs  # figure links point back into the report folder
+    summary = json.loads((report / "evidence.json").read_text())
+    skipped = {s["variant"] for s in summary["skipped"]}
+    assert {"ivlp", "maple", "promptsrc", "clip_lora"} <= skipped
+    assert all(s["reason"] for s in summary["skipped"])
+    assert {c["verdict"].split(" ")[0] for c in summary["claims"]} <= {"supports", "contradicts", "cannot", "mixed"}
+    assert summary["full_study_estimate"]["runs"] > summary["runs"] > 0
+
+
+def test_paired_differences_are_the_per_run_differences(quick_study):
+    h = {(r["tag"], r["dataset"], r["seed"]): r["h"] for r in _runs(quick_study) if r["protocol"] == "base2new" and "h" in r}
+    rows = _table(quick_study, "part1_paired")["rows"]
+    coop = next(r for r in rows if r["comparison"] == "rlp − coop")
+    assert coop["n"] == 4  # 2 datasets x 2 seeds
+    for pair in coop["pairs"]:
+        assert pair["a"] == pytest.approx(h[("rlp", pair["dataset"], pair["seed"])])
+        assert pair["b"] == pytest.approx(h[("coop", pair["dataset"], pair["seed"])])
+        assert pair["diff"] == pytest.approx(pair["a"] - pair["b"])
+    diffs = [p["diff"] for p in coop["pairs"]]
+    assert coop["diff"] == pytest.approx(statistics.fmean(diffs))
+    if coop["ci_low"] is not None:
+        assert coop["ci_low"] <= coop["diff"] <= coop["ci_high"]
+
+
+def test_summary_means_and_parameter_deltas_match_the_runs(quick_study):
+    runs = [r for r in _runs(quick_study) if r["protocol"] == "base2new"]
+    rows = {r["variant"]: r for r in _table(quick_study, "part1_base2new")["rows"]}
+    for name in ("coop", "rlp", "zeroshot"):
+        mine = [r for r in runs if r["tag"] == name]
+        assert rows[name]["runs"] == len(mine) == 4
+        assert rows[name]["base"] == pytest.approx(statistics.fmean(r["metrics"]["base"]["top1"] for r in mine))
+        assert rows[name]["params"] == pytest.approx(statistics.fmean(r["trainable_params"] for r in mine))
+    assert rows["rlp"]["params"] < rows["coop"]["params"]
+    for row in _table(quick_study, "part2_lowrank")["rows"]:
+        assert row["delta_params"] == pytest.approx(row["params_lowrank"] - row["params_full"])
+        assert row["params_lowrank"] < row["params_full"]
+        lowrank_tag = [r for r in runs if r["method"] == row["method"] and r.get("settings", {}).get("prompt", {}).get("kind") == LOWRANK["kind"]]
+        assert len(lowrank_tag) == row["n"]
+
+
+def test_density_counts_every_prompt_run_of_its_stratum(quick_study):
+    runs = [r for r in _runs(quick_study) if r["protocol"] == "base2new" and r.get("prompt_diagnostics")
+            and "new" in r["metrics"]]
+    for row in _table(quick_study, "part6_density")["rows"]:
+        members = [r for r in runs if r["method"] == row["method"] and r["dataset"] == row["dataset"]]
+        assert row["n"] == len(members)
+        assert row["rho"] is None or -1.0 <= row["rho"] <= 1.0
+        assert row["p"] is None or (0.0 <= row["p"] <= 1.0 and not math.isnan(row["p"]))

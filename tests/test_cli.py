@@ -77,7 +77,7 @@ def test_predict_writes_topk_csv_and_accepts_new_classes(tiny_arch_path, colour_
     [
         (["train", "--set", "train.epoch=3", "-o", "x"], "unknown field 'epoch'"),
         (["train", "--epochs", "many", "-o", "x"], "train.epochs: expected an integer"),
-        (["eval", "/nonexistent/adapter"], "not an adapter folder"),
+        (["eval", "/nonexistent/adapter"], "no such adapter folder"),
         (["train", "--dataset", "folder", "--data-root", "/nonexistent/data", "-o", "x", "--backbone", "random:RN50"], "/nonexistent/data"),
     ],
 )

@@ -306,9 +306,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_micro(args: argparse.Namespace, rest: list[str]) -> int:
-    from .micro.pretrain import main as pretrain_main
-
-    return int(pretrain_main(rest) or 0)
+    """``--version 2`` hands the arguments to micro v2's recipe; otherwise the shipped (v1) micro CLIP's."""
+    version, remaining = "1", list(rest)
+    for i, arg in enumerate(rest):
+        if arg == "--version" and i + 1 < len(rest):
+            version, remaining = rest[i + 1], rest[:i] + rest[i + 2 :]
+        elif arg.startswith("--version="):
+            version, remaining = arg.split("=", 1)[1], rest[:i] + rest[i + 1 :]
+    if version not in ("1", "2"):
+        raise RlptuneError(f"pretrain-micro --version {version!r}: expected 1 (the shipped micro CLIP) or 2 (micro v2)")
+    if version == "2":
+        from .micro.v2.pretrain import main as pretrain_main
+    else:
+        from .micro.pretrain import main as pretrain_main
+    return int(pretrain_main(remaining) or 0)
 
 
 #: Names people type for a flag, from other tools, and the flag they mean.

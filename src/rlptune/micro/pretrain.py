@@ -191,6 +191,16 @@ def encode_text_truncated(model, tokens: torch.Tensor, embed: Callable[[torch.Te
     return tower.encode_embeddings((embed or model.token_embedding)(tokens[:, :length]), eot)
 
 
+def multi_positive_contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where a row may have several true partners: −log of the softmax mass on the positives,
+    averaged over images (rows) and over texts (columns)."""
+    neg_inf = torch.finfo(logits.dtype).min
+    masked = logits.masked_fill(~positives, neg_inf)
+    loss_i = (torch.logsumexp(logits, 1) - torch.logsumexp(masked, 1)).mean()
+    loss_t = (torch.logsumexp(logits, 0) - torch.logsumexp(masked, 0)).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
 class CompactEmbedding(torch.nn.Module):
     """Trainable rows of the token embedding for the world's vocabulary only."""
 
@@ -307,10 +317,7 @@ def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, step
         img = F.normalize(model.encode_image(images_to_tensor(images)), dim=-1)
         txt = F.normalize(encode_text_truncated(model, tokens, embed), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        neg_inf = torch.finfo(logits.dtype).min
-        loss_i = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, neg_inf), 1)).mean()
-        loss_t = (torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~pos, neg_inf), 0)).mean()
-        loss = 0.5 * (loss_i + loss_t)
+        loss = multi_positive_contrastive_loss(logits, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -344,7 +351,11 @@ def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, step
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlptune pretrain-micro", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="rlptune pretrain-micro",
+        description=__doc__.split("\n\n")[0],
+        epilog="rlptune pretrain-micro --version 2 ... runs micro v2's two-phase recipe (its own --help).",
+    )
     parser.add_argument("-o", "--output", "--out", dest="out", default="micro_clip_out", help="output folder (as -o everywhere else)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None,

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 from ...io import write_json, write_safetensors
 from .. import world as W1
-from ..pretrain import CompactEmbedding, encode_text_truncated, get_tokenizer, images_to_tensor, tokenize
+from ..pretrain import (
+    CompactEmbedding, encode_text_truncated, get_tokenizer, images_to_tensor, multi_positive_contrastive_loss, tokenize,
+)
 from . import world as W
 
 CONFIG_PATH = Path(__file__).with_name("micro_clip_v2.json")
@@ -242,10 +244,7 @@ def train_text_tower(model, image_features: torch.Tensor, scenes: list[W.Scene],
         pos = torch.tensor([[W.consistent(c, s) for _t, c in caps] for s in batch_scenes], dtype=torch.bool)
         txt = F.normalize(encode_text_truncated(model, tokenize(tokenizer, [t for t, _c in caps]), embed), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_features[torch.from_numpy(idx)] @ txt.T
-        neg_inf = torch.finfo(logits.dtype).min
-        loss_i = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, neg_inf), 1)).mean()
-        loss_t = (torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~pos, neg_inf), 0)).mean()
-        loss = 0.5 * (loss_i + loss_t)
+        loss = multi_positive_contrastive_loss(logits, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -326,7 +325,7 @@ def pretrain_micro_v2(output_dir, seed: int = 0, threads: int | None = 1, corpus
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlptune.micro.v2.pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="micro_clip_v2_out", help="output folder")
+    parser.add_argument("-o", "--output", "--out", dest="out", default="micro_clip_v2_out", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, the augmentations and the inits")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
     parser.add_argument("--corpus", type=int, default=CORPUS_SIZE, help="scenes rendered once for phase 1")

@@ -173,6 +173,11 @@ class TrainSettings(_Section):
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
     val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc")
     select_best: bool = _f(False, "keep the epoch with the best validation accuracy instead of the last (the papers report the last)")
+    track_new: bool = _f(
+        False,
+        "base-to-new only: also score the new classes' test split at every validation epoch, logged as new_acc "
+        "(a diagnostic for generalisation over training; never used to choose an epoch)",
+    )
     loggers: list = _f([], "extra metric loggers besides metrics.jsonl: tensorboard, csv (comma-separated or repeated)", flag="logger")
     checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
     num_workers: int = _f(0, "image-loading worker processes")
@@ -197,6 +202,8 @@ class TrainSettings(_Section):
         self.loggers = [n.strip() for item in self.loggers for n in str(item).split(",") if n.strip()]
         if self.select_best and self.val_every == 0:
             raise RlptuneError("train.select_best needs validation: set train.val_every >= 1")
+        if self.track_new and self.val_every == 0:
+            raise RlptuneError("train.track_new scores the new classes at the validation epochs: set train.val_every >= 1")
         _at_least("train.num_workers", self.num_workers, 0)
         _at_least("train.seed", self.seed, 0)
         if self.seed >= 2**63:
@@ -240,6 +247,10 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval):
             section.validate()
+        if self.train.track_new and self.data.protocol != "base2new":
+            raise RlptuneError(
+                f"train.track_new needs data.protocol=base2new (the new classes are its unseen half), got {self.data.protocol!r}"
+            )
         required = getattr(registry.method_entry(self.method.name).method_class, "requires_prompt_kind", None)
         if required is not None and self.prompt.kind != required:
             raise RlptuneError(

@@ -145,6 +145,17 @@ def evaluate_run(
     return metrics, extra
 
 
+def new_class_accuracy(method: Method, config, data: PreparedData, cache: FeatureCache) -> float:
+    """Top-1 on the new classes' test split with the current prompts (``train.track_new``); the method is left on
+    the training classes."""
+    new = data.new
+    try:
+        method.set_classnames(new.classnames)
+        return float(evaluate_split(method, new, "test", cache, config.eval.batch_size, config.train.num_workers)["top1"])
+    finally:
+        method.set_classnames(data.train.classnames)
+
+
 def run(
     config,
     output_dir: str | Path,
@@ -203,7 +214,11 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
     method = build_method(config, backbone, data.train.classnames, data.train.template)
     cache = FeatureCache(config.train.cache_dir)
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
-    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers)
+    monitors = {}
+    if config.train.track_new and method.transfers_to_new_classes:
+        monitors["new_acc"] = lambda: new_class_accuracy(method, config, data, cache)
+    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers,
+                      monitors=monitors)
     try:
         state = trainer.fit(resume=resume)
     finally:

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -114,6 +114,7 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         progress: bool | None = None,
         loggers: Sequence[Any] = (),
+        monitors: Mapping[str, Callable[[], float]] | None = None,
     ) -> None:
         self.config = config
         self.method = method
@@ -127,6 +128,9 @@ class Trainer:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.dist: DistContext = current()
         self.loggers: list = list(loggers or [])
+        # extra scores logged at the validation epochs (e.g. new-class accuracy under base-to-new); a monitor may
+        # switch the method's classes or merge its prompt, so the trainer restores the training state after it
+        self.monitors: dict[str, Callable[[], float]] = dict(monitors or {})
 
     # -- data ------------------------------------------------------------------------------------------------
     def epoch_features(self, epoch: int) -> torch.Tensor:
@@ -275,10 +279,16 @@ class Trainer:
                 "steps": steps,
             }
             record.update({k: v / max(seen, 1) for k, v in logged.items()})
-            if val is not None and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == epochs_total):
+            validation_epoch = bool(settings.val_every) and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == epochs_total)
+            if val is not None and validation_epoch:
                 record["val_acc"] = self._validation_accuracy(val)
                 if settings.select_best and (state.best is None or record["val_acc"] > state.best[1]):
                     state.best = (epoch + 1, record["val_acc"], method.adapter_state())
+            if validation_epoch:
+                for key, monitor in self.monitors.items():
+                    record[key] = monitor()
+                    method.unmerge()
+                    method.train()
             # the effective prompts (e.g. P_fr + P_A @ P_B) can overflow while their factors are finite: never log
             # diagnostics of, or checkpoint, a diverged prompt
             for name, (current, _) in method.prompt_matrices().items():

@@ -14,6 +14,7 @@ from rlptune.cli import main
 from rlptune.protocols.evidence import (
     LOWRANK,
     StudySettings,
+    epoch_series,
     make_plan,
     method_can_run,
     part_variants,
@@ -23,7 +24,7 @@ from rlptune.protocols.runner import _BACKBONES
 from rlptune.errors import RlptuneError
 
 TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",
-          "part5_few_shot", "part5_cross_dataset", "part5_domain_gen", "part6_density")
+          "part5_few_shot", "part5_cross_dataset", "part5_domain_gen", "part6_density", "part6_density_epochs")
 
 
 def test_verdict_needs_an_interval_off_zero_and_a_small_p():
@@ -69,6 +70,25 @@ def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro(
     ivlp = plan.runs[("base2new", "ivlp")][0]
     assert method_can_run(ivlp, backbone) is not None
     assert method_can_run(plan.runs[("base2new", "coop")][0], backbone) is None
+
+
+def test_sweep_datasets_and_exclusions_shape_the_plan():
+    settings = StudySettings(seeds=[1], parts=["base2new", "lowrank", "rank", "transfer"], exclude=["clip_lora"],
+                             sweep_datasets=["micro-textures"]).resolved()
+    plan = make_plan(settings)
+    assert ("base2new", "clip_lora") not in plan.runs
+    assert "--exclude clip_lora" in plan.skipped[("base2new", "clip_lora")]
+    # parts 1-2 keep every dataset; the sweeps and the transfer protocols run on the subset
+    assert {s.dataset for s in plan.runs[("base2new", "coop")]} == set(settings.datasets) and len(settings.datasets) > 1
+    assert {s.dataset for s in plan.runs[("rank", "rlp r=2")]} == {"micro-textures"}
+    assert {s.dataset for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs} == {"micro-textures"}
+    # base-to-new runs track their new classes per epoch; other protocols cannot (and do not)
+    assert all(s.config().train.track_new for s in plan.runs[("base2new", "coop")])
+    assert not any(s.config().train.track_new for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs)
+    with pytest.raises(RlptuneError, match="--exclude"):
+        StudySettings(exclude=["nope"]).resolved()
+    with pytest.raises(RlptuneError, match="--sweep-datasets"):
+        StudySettings(sweep_datasets=["micro2-shapes"]).resolved()
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +164,25 @@ def test_density_counts_every_prompt_run_of_its_stratum(quick_study):
         assert row["n"] == len(members)
         assert row["rho"] is None or -1.0 <= row["rho"] <= 1.0
         assert row["p"] is None or (0.0 <= row["p"] <= 1.0 and not math.isnan(row["p"]))
+
+
+def test_across_epochs_table_is_the_per_run_spearman(quick_study):
+    from rlptune.analysis import stats as S
+
+    rows = {(r["method"], r["dataset"], r["measure"]): r for r in _table(quick_study, "part6_density_epochs")["rows"]}
+    assert rows, "every base-to-new prompt run logs new_acc and diagnostics per epoch"
+    by_stratum: dict = {}
+    for path in (quick_study / "results" / "base2new").rglob("result.json"):
+        result = json.loads(path.read_text())
+        ids, ranks, new = epoch_series(path.parent)
+        if len(new) >= 3:
+            by_stratum.setdefault((result["method"], result["dataset"]), []).append(S.spearman(ids, new))
+            assert new[-1] == pytest.approx(result["metrics"]["new"]["top1"])  # the last epoch's score is the run's
+    assert by_stratum
+    for (method, dataset), rhos in by_stratum.items():
+        row = rows[(method, dataset, "ID_1")]
+        kept = [r.rho for r in rhos if not math.isnan(r.rho)]
+        assert row["runs"] == len(kept)
+        if kept:
+            assert row["median_rho"] == pytest.approx(statistics.median(kept))
+        assert row["positive"] + row["negative"] <= row["runs"]

@@ -27,6 +27,10 @@ def add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--shots", type=int, default=16, help="shots of the base-to-new, cross-dataset and domain-gen runs")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: the official ones)")
     p.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=PART_NAMES, help="which parts to run")
+    p.add_argument("--sweep-datasets", nargs="+", default=None,
+                   help="run parts 3-5 (rank, ablation, transfer) on these datasets only (default: all of --datasets)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="METHOD",
+                   help="leave these methods out (the report lists them as skipped), e.g. clip_lora on a CPU")
     p.add_argument("--quick", action="store_true",
                    help="CI size: 2 datasets, 2 seeds, 4 shots, 4 epochs, fewer grid points (minutes; read nothing into it)")
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped, interrupted ones resume)")
@@ -41,7 +45,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .protocols.evidence import StudySettings, run_study
 
     settings = StudySettings(backbone=args.backbone, datasets=args.datasets, data_root=args.data_root, seeds=args.seeds,
-                             shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick)
+                             shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick,
+                             sweep_datasets=args.sweep_datasets, exclude=list(args.exclude))
     summary = run_study(settings, args.results, args.output, executor_settings_from_args(args), docs=args.docs)
     for claim in summary["claims"]:
         print(f"{claim['verdict']}: {claim['claim']} — {claim['evidence']}")

@@ -7,6 +7,7 @@ import difflib
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -447,10 +448,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list registered methods and every official recipe value")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("demo", help="the main job on the embedded micro world: zero-shot vs CoOp vs RLP, base-to-new")
+    p = sub.add_parser("demo", help="the main job on the embedded micro world v2: zero-shot vs CoOp vs RLP, base-to-new")
     p.add_argument("-o", "--output", default="rlptune-demo", help="output folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs in parallel (processes; default: 2, or 1 on a one-core machine)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pretrain-micro", help="pretrain the micro CLIP on the procedural world", add_help=False)

@@ -52,7 +52,8 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "micro": ("rlptune.micro.suite", "MICRO_DATASETS", "MICRO_SHIFTS"),
     "micro-v2": ("rlptune.micro.v2.suite", "MICRO2_DATASETS", "MICRO2_SHIFTS"),
 }
-ALL_METHODS = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "clip_lora", "rlp")
+ALL_METHODS = ("zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "deep_text", "deep_vision", "ivlp", "maple", "promptsrc",
+               "clip_lora", "rlp")
 PROMPT_METHODS = ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc")
 #: RLP's own prompt settings, applied to another method's prompt for the low-rank variant (part 2).
 LOWRANK = {"kind": "lowrank", "rank": 1, "dropout": 0.1, "a_std": 1.0, "b_std": 0.0}

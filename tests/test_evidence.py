@@ -37,7 +37,7 @@ def test_verdict_needs_an_interval_off_zero_and_a_small_p():
 
 
 def test_plan_shares_runs_whose_settings_equal_the_recipe():
-    settings = StudySettings(quick=True, seeds=[1, 2], parts=["base2new", "rank", "ablation"]).resolved()
+    settings = StudySettings(backbone="micro", quick=True, seeds=[1, 2], parts=["base2new", "rank", "ablation"]).resolved()
     plan = make_plan(settings)
     # r = 1 without α and p = 0.1 are RLP's recipe: the same run folders as part 1's "rlp"
     rlp_dirs = {str(s.run_dir("r")) for s in plan.runs[("base2new", "rlp")]}
@@ -46,19 +46,19 @@ def test_plan_shares_runs_whose_settings_equal_the_recipe():
     assert {str(s.run_dir("r")) for s in plan.runs[("rank", "rlp r=1, α/r")]}.isdisjoint(rlp_dirs)
     dirs = [str(s.run_dir("r")) for s in plan.all_specs()]
     assert len(dirs) == len(set(dirs))
-    names = [v.name for v in part_variants("rank", StudySettings())]
+    names = [v.name for v in part_variants("rank", StudySettings(backbone="micro"))]
     assert len(names) == 10 and sum("α/r" in n for n in names) == 5
 
 
 def test_unknown_part_and_backbone_without_suite_are_one_line():
     with pytest.raises(RlptuneError, match="unknown part"):
-        StudySettings(parts=["nope"]).resolved()
+        StudySettings(backbone="micro", parts=["nope"]).resolved()
     with pytest.raises(RlptuneError, match="--datasets"):
         StudySettings(backbone="ViT-B-16").resolved()
 
 
 def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro():
-    settings = StudySettings(quick=True, seeds=[1], parts=["ablation", "base2new"]).resolved()
+    settings = StudySettings(backbone="micro", quick=True, seeds=[1], parts=["ablation", "base2new"]).resolved()
     plan = make_plan(settings)
     spec = plan.runs[("ablation", "rlp without P_fr (P_fr = 0)")][0]
     backbone = _BACKBONES.get(spec.config())
@@ -73,7 +73,7 @@ def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro(
 
 
 def test_sweep_datasets_and_exclusions_shape_the_plan():
-    settings = StudySettings(seeds=[1], parts=["base2new", "lowrank", "rank", "transfer"], exclude=["clip_lora"],
+    settings = StudySettings(backbone="micro", seeds=[1], parts=["base2new", "lowrank", "rank", "transfer"], exclude=["clip_lora"],
                              sweep_datasets=["micro-textures"]).resolved()
     plan = make_plan(settings)
     assert ("base2new", "clip_lora") not in plan.runs
@@ -86,15 +86,15 @@ def test_sweep_datasets_and_exclusions_shape_the_plan():
     assert all(s.config().train.track_new for s in plan.runs[("base2new", "coop")])
     assert not any(s.config().train.track_new for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs)
     with pytest.raises(RlptuneError, match="--exclude"):
-        StudySettings(exclude=["nope"]).resolved()
+        StudySettings(backbone="micro", exclude=["nope"]).resolved()
     with pytest.raises(RlptuneError, match="--sweep-datasets"):
-        StudySettings(sweep_datasets=["micro2-shapes"]).resolved()
+        StudySettings(backbone="micro", sweep_datasets=["micro2-shapes"]).resolved()
 
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("evidence")
-    code = main(["reproduce", "rlp", "--quick", "--seeds", "1", "2", "--results", str(root / "results"),
+    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results", str(root / "results"),
                  "-o", str(root / "report"), "--docs", str(root / "docs" / "EVIDENCE.md")])
     assert code == 0
     return root

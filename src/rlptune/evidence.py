@@ -20,7 +20,7 @@ def add_reproduce_parser(sub: Any) -> None:
     """Add ``reproduce`` to the CLI's subparsers."""
     p = sub.add_parser("reproduce", help="the RLP paper's experiments as one resumable study, with a verdict on each claim")
     p.add_argument("study", choices=("rlp",), help="which paper's study (rlp: arXiv 2312.10813)")
-    p.add_argument("--backbone", default="micro", help="backbone spec; micro and micro-v2 bring their dataset suites")
+    p.add_argument("--backbone", default="micro-v2", help="backbone spec; micro-v2 (default: every method runs on it) and micro bring their dataset suites")
     p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: the backbone's micro suite)")
     p.add_argument("--data-root", default=None, help="root of real datasets (CoOp layout)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])

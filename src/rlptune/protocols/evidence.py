@@ -71,7 +71,7 @@ SMALL_GAUSSIAN = 0.02  # both factors N(0, 0.02²): the "two small Gaussians" in
 class StudySettings:
     """What the study runs on and how much of it; ``quick`` shrinks every axis for CI."""
 
-    backbone: str = "micro"
+    backbone: str = "micro-v2"  # the micro CLIP on which every method runs (v1 "micro" skips the ViT methods)
     datasets: list[str] | None = None
     data_root: str | None = None
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])

@@ -43,7 +43,11 @@ def vit(arch_path):
 
 @pytest.fixture()
 def clean_registry(monkeypatch):
-    """Registrations made by a test are undone afterwards."""
+    """Registrations made by a test are undone afterwards. The built-in plug-ins register first: a module is imported
+    once, so a registration made inside the snapshot would be lost with it and never made again."""
+    from rlptune import registry
+
+    registry.load_builtin_plugins()
     monkeypatch.setattr(loader_module, "_BY_NAME", dict(loader_module._BY_NAME))
     monkeypatch.setattr(loader_module, "_MATCHERS", list(loader_module._MATCHERS))
 
@@ -54,7 +58,7 @@ def test_a_loader_registered_from_outside_is_used(clean_registry, arch_path):
     def toy_loader(request):
         calls.append(request)
         model = loader_module.build_clip(loader_module.read_arch_json(arch_path))
-        return finish_backbone(model, loader_module._tokenizer_for_cfg(TINY_VIT), "toy", request.spec, 32, (0.5,) * 3, (0.5,) * 3, request)
+        return finish_backbone(model, loader_module.tokenizer_for_cfg(TINY_VIT), "toy", request.spec, 32, (0.5,) * 3, (0.5,) * 3, request)
 
     register_backbone_loader("toy:", toy_loader, "toy:NAME")
     backbone = load_backbone("toy:anything", seed=3)

@@ -72,7 +72,8 @@ def _default_device(device: str) -> str:
     return device
 
 
-def _model_cfg_image_size(cfg: dict[str, Any]) -> int:
+def model_cfg_image_size(cfg: dict[str, Any]) -> int:
+    """The input resolution an open_clip model config declares (a plug-in loader passes it to ``finish_backbone``)."""
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
@@ -105,7 +106,8 @@ def build_clip(cfg: dict[str, Any]) -> torch.nn.Module:
         raise RlptuneError(f"architecture config has an unexpected field: {exc}") from None
 
 
-def _tokenizer_for_cfg(cfg: dict[str, Any]):
+def tokenizer_for_cfg(cfg: dict[str, Any]):
+    """CLIP's BPE tokenizer at the config's context length (no download: open_clip ships the vocabulary)."""
     oc = _open_clip()
     ctx = int(cfg.get("text_cfg", {}).get("context_length", 77))
     return oc.tokenizer.SimpleTokenizer(context_length=ctx)
@@ -165,7 +167,8 @@ def _looks_openai(state: dict[str, torch.Tensor]) -> bool:
     return "text_projection" in state and ("visual.proj" in state or "visual.layer1.0.conv1.weight" in state)
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into an open_clip model strictly; a mismatch is one line naming ``source`` (for plug-in loaders)."""
     oc = _open_clip()
     state = oc.factory.convert_state_dict(model, state) if hasattr(oc.factory, "convert_state_dict") else state
     if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
@@ -327,7 +330,7 @@ def _load_random(request: BackboneRequest) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(request.seed)
         model = build_clip(cfg)
-    backbone = finish_backbone(model, _tokenizer_for_cfg(cfg), arch, resolved, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
+    backbone = finish_backbone(model, tokenizer_for_cfg(cfg), arch, resolved, model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
     backbone.info["seed"] = request.seed
     return backbone
 
@@ -344,7 +347,7 @@ def _load_openai_file(request: BackboneRequest) -> Backbone:
         model = oc.model.build_model_from_openai_state_dict(dict(state), cast_dtype=torch.float32).float()
     except Exception as exc:
         raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
-    _load_into(model, state, spec)
+    load_state_into(model, state, spec)
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
     tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
     arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
@@ -367,9 +370,9 @@ def _load_open_clip_name(request: BackboneRequest) -> Backbone:
         if cfg is None:
             raise RlptuneError(f"backbone {spec!r}: unknown open_clip architecture {arch!r}")
         model = build_clip(cfg)
-        _load_into(model, read_state_dict(pretrained), pretrained)
+        load_state_into(model, read_state_dict(pretrained), pretrained)
         return finish_backbone(
-            model, _tokenizer_for_cfg(cfg), arch_name, f"{arch_spec}:{absolute(pretrained)}", _model_cfg_image_size(cfg),
+            model, tokenizer_for_cfg(cfg), arch_name, f"{arch_spec}:{absolute(pretrained)}", model_cfg_image_size(cfg),
             OPENAI_MEAN, OPENAI_STD, request,
         )
     try:

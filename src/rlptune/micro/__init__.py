@@ -30,7 +30,7 @@ for _name in list(MICRO_DATASETS) + [s for shifts in MICRO_SHIFTS.values() for s
     register_dataset(_name, functools.partial(_micro_loader, _name), needs_root=False)
 
 from ..backbones.loader import (  # noqa: E402
-    MICRO_NAME, OPENAI_MEAN, OPENAI_STD, BackboneRequest, _load_into, _model_cfg_image_size, _tokenizer_for_cfg,
+    MICRO_NAME, OPENAI_MEAN, OPENAI_STD, BackboneRequest, load_state_into, model_cfg_image_size, tokenizer_for_cfg,
     build_clip, finish_backbone, register_backbone_loader,
 )
 from . import shipped  # noqa: E402
@@ -40,8 +40,8 @@ def _load_micro(request: BackboneRequest):
     """``micro``: the micro CLIP shipped inside the package (no network, no files)."""
     cfg, state = shipped.micro_config(), shipped.micro_state_dict()
     model = build_clip(cfg)
-    _load_into(model, state, "micro")
-    return finish_backbone(model, _tokenizer_for_cfg(cfg), "micro", MICRO_NAME, _model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
+    load_state_into(model, state, "micro")
+    return finish_backbone(model, tokenizer_for_cfg(cfg), "micro", MICRO_NAME, model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
 
 
 register_backbone_loader(MICRO_NAME, _load_micro, "micro (shipped micro CLIP)")

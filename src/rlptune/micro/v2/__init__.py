@@ -20,7 +20,7 @@ import torch
 
 from ...backbones.base import Backbone
 from ...backbones.loader import (
-    OPENAI_MEAN, OPENAI_STD, BackboneRequest, _load_into, _tokenizer_for_cfg, build_clip, finish_backbone,
+    OPENAI_MEAN, OPENAI_STD, BackboneRequest, load_state_into, tokenizer_for_cfg, build_clip, finish_backbone,
     register_backbone_loader,
 )
 from ...data import register_dataset
@@ -53,9 +53,9 @@ def micro2_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]
 def _load_micro_v2(request: BackboneRequest) -> Backbone:
     cfg = micro2_config()
     model = build_clip(cfg)
-    _load_into(model, micro2_state_dict(), MICRO2_NAME)
+    load_state_into(model, micro2_state_dict(), MICRO2_NAME)
     size = int(cfg["vision_cfg"]["image_size"])
-    return finish_backbone(model, _tokenizer_for_cfg(cfg), MICRO2_NAME, MICRO2_NAME, size, OPENAI_MEAN, OPENAI_STD,
+    return finish_backbone(model, tokenizer_for_cfg(cfg), MICRO2_NAME, MICRO2_NAME, size, OPENAI_MEAN, OPENAI_STD,
                            request)
 
 

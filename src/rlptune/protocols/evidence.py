@@ -109,8 +109,9 @@ class StudySettings:
         and position classes are cut away by CoOp's 0.08 minimum area; the same departure as ``rlptune demo``).
         Base-to-new runs also score their new classes per epoch (``track_new``: logged, never used to choose)."""
         train: dict[str, Any] = {"track_new": True} if protocol == "base2new" else {}
-        if self.epochs is not None:
+        if self.epochs is not None:  # --epochs / --quick bound every method, CLIP-LoRA's iteration count included
             train["epochs"] = self.epochs
+            train["iterations"] = 0
         if self.backbone == "micro":
             train["crop_scale"] = 0.5
         return train

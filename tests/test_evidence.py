@@ -82,6 +82,9 @@ def test_sweep_datasets_and_exclusions_shape_the_plan():
     assert {s.dataset for s in plan.runs[("base2new", "coop")]} == set(settings.datasets) and len(settings.datasets) > 1
     assert {s.dataset for s in plan.runs[("rank", "rlp r=2")]} == {"micro-textures"}
     assert {s.dataset for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs} == {"micro-textures"}
+    cross = [s for (p, _), specs in plan.runs.items() if p == "cross-dataset" for s in specs]
+    assert {s.dataset for s in cross} == {"micro-textures"}  # trained on the sweep's source, evaluated on all the others
+    assert {t for s in cross for t in s.targets} == set(settings.datasets) - {"micro-textures"}
     # base-to-new runs track their new classes per epoch; other protocols cannot (and do not)
     assert all(s.config().train.track_new for s in plan.runs[("base2new", "coop")])
     assert not any(s.config().train.track_new for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs)

@@ -253,7 +253,8 @@ def _transfer_groups(settings: StudySettings) -> list[Group]:
     shifts = _shifts(settings)
     datasets = list(settings.sweep_datasets or settings.datasets or [])
     source = datasets[0]
-    cross_targets = [d for d in datasets if d != source]
+    # cross-dataset targets are only evaluated (no training): every other dataset of the study, sweep or not
+    cross_targets = [d for d in (settings.datasets or datasets) if d != source]
     dg_source = next((d for d in datasets if shifts.get(d)), None) or next(iter(shifts), None)
     groups = []
     for m in methods:

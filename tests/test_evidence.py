@@ -189,3 +189,25 @@ def test_across_epochs_table_is_the_per_run_spearman(quick_study):
         if kept:
             assert row["median_rho"] == pytest.approx(statistics.median(kept))
         assert row["positive"] + row["negative"] <= row["runs"]
+
+
+def test_report_only_uses_finished_runs_and_says_what_is_missing(quick_study, tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(quick_study / "results", results)
+    done = sorted(results.rglob("result.json"))
+    coop = next(p for p in done if "/base2new/" in str(p) and "/coop/" in str(p))
+    coop.unlink()  # one planned run "not finished"
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results", str(results),
+                 "-o", str(tmp_path / "report"), "--report-only"])
+    assert code == 0
+    after = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    assert after == before  # nothing ran, nothing was written into the results
+    summary = json.loads((tmp_path / "report" / "evidence.json").read_text())
+    assert summary["runs"] == summary["planned_runs"] - 1
+    text = (tmp_path / "report" / "EVIDENCE.md").read_text()
+    assert "Incomplete: 1 of the" in text
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "report" / "part1_base2new.json").read_text())["rows"]}
+    assert rows["coop"]["runs"] == 3  # 2 datasets x 2 seeds, one missing

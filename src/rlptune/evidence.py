@@ -31,6 +31,8 @@ def add_reproduce_parser(sub: Any) -> None:
                    help="run parts 3-5 (rank, ablation, transfer) on these datasets only (default: all of --datasets)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="METHOD",
                    help="leave these methods out (the report lists them as skipped), e.g. clip_lora on a CPU")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the report from the runs already finished (it says how many are missing)")
     p.add_argument("--quick", action="store_true",
                    help="CI size: 2 datasets, 2 seeds, 4 shots, 4 epochs, fewer grid points (minutes; read nothing into it)")
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped, interrupted ones resume)")
@@ -47,7 +49,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     settings = StudySettings(backbone=args.backbone, datasets=args.datasets, data_root=args.data_root, seeds=args.seeds,
                              shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick,
                              sweep_datasets=args.sweep_datasets, exclude=list(args.exclude))
-    summary = run_study(settings, args.results, args.output, executor_settings_from_args(args), docs=args.docs)
+    summary = run_study(settings, args.results, args.output, executor_settings_from_args(args), docs=args.docs,
+                        report_only=args.report_only)
     for claim in summary["claims"]:
         print(f"{claim['verdict']}: {claim['claim']} — {claim['evidence']}")
     minutes = summary["wall_seconds"] / 60

@@ -45,6 +45,7 @@ from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for
 from .executors import ExecutorSettings
+from ..rundir import read_result
 from .runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
 
 #: The dataset suite (module, datasets attribute, shifts attribute) a micro backbone comes with.
@@ -644,8 +645,10 @@ def _from_literature_table(name: str, title: str, table: Any) -> EvidenceTable:
 
 
 def run_study(settings: StudySettings, results_dir: str | Path, output: str | Path, executor: ExecutorSettings | None = None,
-              docs: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Plan, run (resumable) and report the study; returns the report's summary (also ``<output>/evidence.json``)."""
+              docs: str | Path | None = None, log: Callable[[str], None] | None = None,
+              report_only: bool = False) -> dict[str, Any]:
+    """Plan, run (resumable) and report the study; returns the report's summary (also ``<output>/evidence.json``).
+    ``report_only`` runs nothing: the report is made from the runs already finished, and says how many are missing."""
     log = log or (lambda m: print(m, file=sys.stderr))
     settings = settings.resolved()
     results_dir, output = Path(results_dir), Path(output)
@@ -658,12 +661,17 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
         log(f"skipping {part} / {name}: {reason}")
     specs = plan.all_specs()
     started = time.perf_counter()
-    finished = run_sweep(specs, results_dir, executor=executor, log=log,
-                                   backbone=backbone if (executor is None or executor.kind == "local") else None)
+    if report_only:
+        done = [s for s in specs if (s.run_dir(results_dir) / "result.json").is_file()]
+        results = {str(s.run_dir(results_dir)): read_result(s.run_dir(results_dir)) for s in done}
+        log(f"report only: {len(done)} of {len(specs)} planned runs are finished; the others are left out of the tables")
+    else:
+        finished = run_sweep(specs, results_dir, executor=executor, log=log,
+                             backbone=backbone if (executor is None or executor.kind == "local") else None)
+        results = {str(s.run_dir(results_dir)): r for s, r in zip(specs, finished)}
     wall = time.perf_counter() - started
-    results = {str(s.run_dir(results_dir)): r for s, r in zip(specs, finished)}
     tables, claims, figures = analyse(plan, results, settings)
-    summary = write_report(plan, results, settings, tables, claims, figures, output, wall, docs)
+    summary = write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs))
     return summary
 
 
@@ -701,7 +709,7 @@ def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings) 
 
 def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySettings, tables: list[EvidenceTable],
                  claims: list[dict], figures: Mapping[str, list[dict]], output: Path, wall: float,
-                 docs: str | Path | None) -> dict[str, Any]:
+                 docs: str | Path | None, planned: int | None = None) -> dict[str, Any]:
     """report/: every table as md/csv/json, figures, evidence.json and EVIDENCE.md (also written to ``docs``)."""
     output.mkdir(parents=True, exist_ok=True)
     for table in tables:
@@ -711,12 +719,14 @@ def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySetting
     skipped = [{"part": p, "variant": n, "reason": r} for (p, n), r in plan.skipped.items()]
     summary = {
         "settings": S.jsonable(vars(settings)), "wall_seconds": wall, "runs": len(results),
+        "planned_runs": len(results) if planned is None else planned,
         "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in results.values()),
         "tables": [t.name for t in tables], "claims": claims, "skipped": skipped, "figures": figure_files,
         "full_study_estimate": estimate,
     }
     io.write_json(output / "evidence.json", S.jsonable(summary))
-    text = _markdown(settings, tables, claims, skipped, figure_files, wall, len(results), estimate)
+    text = _markdown(settings, tables, claims, skipped, figure_files, wall, len(results), estimate,
+                     summary["planned_runs"])
     io.write_text(output / "EVIDENCE.md", text)
     if docs:
         io.write_text(docs, text.replace("](", f"]({Path(_relative(output, Path(docs).parent))}/"))
@@ -743,7 +753,7 @@ def _figures(figures: Mapping[str, list[dict]], output: Path) -> list[str]:
 
 
 def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list[dict], skipped: list[dict],
-              figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any]) -> str:
+              figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None) -> str:
     kind = "QUICK (smoke-test settings: too few epochs, shots and seeds to read anything into)" if settings.quick else "full"
     lines = [
         "# Evidence: the RLP paper's claims in the micro world",
@@ -760,6 +770,9 @@ def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list
         f"{settings.train_overrides() or 'none'}; base-to-new runs also score their new classes after every epoch "
         "(`train.track_new`, a logged diagnostic that changes no trained number).",
         "",
+        *([f"**Incomplete: {planned - runs} of the {planned} planned runs had not finished when this report was made "
+            "(`--report-only`); tables and verdicts use the finished runs only (see each table's `runs` / `n`).**", ""]
+          if planned is not None and planned > runs else []),
         f"The full study (3 seeds, every dataset of the suite, official epochs) is {estimate['runs']} runs, about "
         f"{estimate['seconds'] / 3600:.1f} h on this machine ({estimate['basis']}).",
         "",

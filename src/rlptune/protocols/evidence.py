@@ -203,15 +203,25 @@ class Plan:
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # (part, variant name) -> reason
 
     def all_specs(self) -> list:
-        """Each run once (parts share runs whose settings are equal)."""
+        """Each run once (parts share runs whose settings are equal), ordered seed by seed, dataset by dataset within
+        each part, every variant of a (dataset, seed) together: a study cut short (``--report-only``) then holds
+        complete paired comparisons for the seeds it reached, not one method's runs without the other's."""
         seen, out = set(), []
-        for specs in self.runs.values():
+        for part_index, specs in enumerate(self.runs.values()):
             for spec in specs:
                 key = (spec.protocol, spec.dataset, spec.tag(), spec.shots, spec.seed, _hash(spec))
                 if key not in seen:
                     seen.add(key)
-                    out.append(spec)
-        return out
+                    out.append((part_index, spec))
+        parts: dict[str, int] = {}
+        for part, _ in self.runs:
+            parts.setdefault(part, len(parts))
+        part_of = [parts[part] for part, _ in self.runs]
+        datasets: dict[str, int] = {}
+        for _, spec in out:
+            datasets.setdefault(spec.dataset, len(datasets))
+        out.sort(key=lambda item: (part_of[item[0]], item[1].seed, datasets[item[1].dataset], item[1].shots))
+        return [spec for _, spec in out]
 
 
 def method_can_run(spec, backbone) -> str | None:

@@ -267,14 +267,14 @@ def _transfer_groups(settings: StudySettings) -> list[Group]:
     # cross-dataset targets are only evaluated (no training): every other dataset of the study, sweep or not
     cross_targets = [d for d in (settings.datasets or datasets) if d != source]
     dg_source = next((d for d in datasets if shifts.get(d)), None) or next(iter(shifts), None)
-    groups = []
+    groups = []  # transfer first (a few runs), then the few-shot curves (many): a study cut short keeps the former
     for m in methods:
-        groups.append(Group("few-shot", "few-shot", datasets, Variant(m, m), shot_counts))
         if cross_targets:
             groups.append(Group("cross-dataset", "cross-dataset", [source], Variant(m, m), [settings.shots], {source: cross_targets}))
         if dg_source:
             groups.append(Group("domain-gen", "domain-gen", [dg_source], Variant(m, m), [settings.shots],
                                 {dg_source: list(shifts[dg_source])}))
+    groups += [Group("few-shot", "few-shot", datasets, Variant(m, m), shot_counts) for m in methods]
     return groups
 
 

@@ -3,9 +3,11 @@
 Reads finished runs (``result.json``) under a results folder, e.g. the one ``rlptune reproduce rlp --backbone
 micro-v2`` writes, and prints two markdown tables: the suite average per method (mean over datasets of each seed,
 then mean ± std over seeds; trainable parameters) and H per dataset and method. Only runs at the method's own recipe
-count (tag == method, i.e. no grid changes); ``--tags`` adds variants such as ``promptsrc+lowrank`` runs by their tag.
+count (tag == method, i.e. no grid changes); ``--lowrank`` adds each method's RLP-parameterised variant of the study
+(its only change: ``prompt.kind lowrank`` with RLP's rank, dropout and init), shown as ``METHOD+lowrank``;
+``--tags`` adds other variants by their exact tag.
 
-    python benchmarks/methods_matrix.py RESULTS [--datasets micro2-shapes ...] [--tags TAG ...]
+    python benchmarks/methods_matrix.py RESULTS [--datasets micro2-shapes ...] [--lowrank] [--tags TAG ...]
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pathlib import Path
 
 from rlptune.analysis.report import result_to_row
 from rlptune.analysis.stats import harmonic_mean
+from rlptune.protocols.evidence import LOWRANK
 
 ORDER = ("zeroshot", "linear_probe", "coop", "rlp", "cocoop", "kgcoop", "deep_text", "deep_vision", "ivlp", "maple",
          "promptsrc", "clip_lora")
 
 
-def load_rows(results: Path, tags: set[str] | None) -> list[dict]:
+def load_rows(results: Path, tags: set[str] | None, lowrank: bool = False) -> list[dict]:
     rows = []
     for path in sorted(results.rglob("result.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -30,7 +33,9 @@ def load_rows(results: Path, tags: set[str] | None) -> list[dict]:
             continue
         row = result_to_row(result)
         tag = str(row.get("tag") or row["method"])
-        if tag != row["method"] and (tags is None or tag not in tags):
+        if lowrank and tag != row["method"] and result.get("settings") == {"prompt": LOWRANK}:
+            tag = f"{row['method']}+lowrank"
+        elif tag != row["method"] and (tags is None or tag not in tags):
             continue
         row["group"] = tag
         rows.append(row)
@@ -83,9 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--datasets", nargs="+", default=None)
+    parser.add_argument("--lowrank", action="store_true", help="add each method's low-rank (RLP) variant")
     parser.add_argument("--tags", nargs="+", default=None, help="variant tags to include besides the recipes")
     args = parser.parse_args()
-    print(matrix(load_rows(args.results, set(args.tags) if args.tags else None), args.datasets))
+    print(matrix(load_rows(args.results, set(args.tags) if args.tags else None, args.lowrank), args.datasets))
 
 
 if __name__ == "__main__":

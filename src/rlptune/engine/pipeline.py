@@ -126,11 +126,8 @@ def evaluate_run(
     if config.data.protocol == "base2new":
         metrics["base"] = evaluate_split(method, data.train, "test", cache, batch, workers)
         if method.transfers_to_new_classes:
-            new = data.new
-            method.set_classnames(new.classnames)
-            metrics["new"] = evaluate_split(method, new, "test", cache, batch, workers)
+            metrics["new"] = evaluate_new_classes(method, config, data, cache)
             extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
-            method.set_classnames(data.train.classnames)
         return metrics, extra
     if data.train.test:
         metrics["test"] = evaluate_split(method, data.train, "test", cache, batch, workers)
@@ -145,13 +142,13 @@ def evaluate_run(
     return metrics, extra
 
 
-def new_class_accuracy(method: Method, config, data: PreparedData, cache: FeatureCache) -> float:
-    """Top-1 on the new classes' test split with the current prompts (``train.track_new``); the method is left on
-    the training classes."""
+def evaluate_new_classes(method: Method, config, data: PreparedData, cache: FeatureCache) -> dict:
+    """Metrics on the new classes' test split with the current prompts (base-to-new's "new", and ``train.track_new``
+    per epoch); the method is left on the training classes."""
     new = data.new
     try:
         method.set_classnames(new.classnames)
-        return float(evaluate_split(method, new, "test", cache, config.eval.batch_size, config.train.num_workers)["top1"])
+        return evaluate_split(method, new, "test", cache, config.eval.batch_size, config.train.num_workers)
     finally:
         method.set_classnames(data.train.classnames)
 
@@ -216,7 +213,7 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
     monitors = {}
     if config.train.track_new and method.transfers_to_new_classes:
-        monitors["new_acc"] = lambda: new_class_accuracy(method, config, data, cache)
+        monitors["new_acc"] = lambda: float(evaluate_new_classes(method, config, data, cache)["top1"])
     trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers,
                       monitors=monitors)
     try:

@@ -47,7 +47,7 @@ BASE = {
         "train": {"epochs": 0},
     },
     # CoOp lpclip/linear_probe.py: LogisticRegression(max_iter=1000)
-    "linear_probe": {"method": {"name": "linear_probe", "options": {"max_iter": 1000}}, "train": {"epochs": 1}},
+    "linear_probe": {"method": {"name": "linear_probe", "options": {"max_iter": 1000}}, "train": {"epochs": 1, "warmup_epochs": 0}},
     # CoOp configs/trainers/CoOp/vit_b16*.yaml, COOP.md (M=16, end, unified context)
     "coop": {
         "method": _method("coop"),

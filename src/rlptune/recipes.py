@@ -391,6 +391,7 @@ _add(Recipe(
             _s("method.name", "linear_probe", _COOP + "lpclip/linear_probe.py"),
             _s("method.options.max_iter", 1000, _COOP + "lpclip/linear_probe.py", "LogisticRegression(max_iter=1000)"),
             _s("train.epochs", 1, "rlptune:src/rlptune/methods/linear_probe.py", "one closed-form fit (0 = the zero-shot weights)"),
+            _s("train.warmup_epochs", 0, "rlptune:src/rlptune/methods/linear_probe.py", "no gradient schedule to warm up"),
         ),
     ),
     notes=("The official C search and its tie rules are in LINEAR_PROBE_SEARCH; rlptune runs that search (docs/METHODS.md).",),

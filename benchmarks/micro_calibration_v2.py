@@ -83,11 +83,29 @@ def _fmt(r: dict) -> str:
             f"{p('probe')} {p('ctx')}")
 
 
-def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print) -> list[dict]:
-    """rlptune's base-to-new protocol (official recipes) for CoOp and zero-shot on the shipped v2 weights."""
+def candidate_backbone(weights: Path, results_dir: Path) -> str:
+    """The backbone spec for ``weights``: ``micro-v2`` for the shipped file, else an OpenAI ``.pt`` export of them.
+
+    A candidate is judged by the same protocol as the shipped weights before it replaces them: rlptune loads the
+    export as ``--backbone file.pt`` (the round trip is exact, tests/test_micro_v2.py), with its own feature cache.
+    """
+    if weights.resolve() == MICRO2_WEIGHTS_PATH.resolve():
+        return "micro-v2"
+    from rlptune.micro.v2 import export_openai
+
+    target = results_dir / f"candidate-{weights.stem}.pt"
+    if not target.is_file():
+        results_dir.mkdir(parents=True, exist_ok=True)
+        export_openai(target, weights)
+    return str(target.resolve())
+
+
+def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print,
+                backbone: str = "micro-v2") -> list[dict]:
+    """rlptune's base-to-new protocol (official recipes) for CoOp and zero-shot on the v2 weights given."""
     from rlptune.protocols import make_specs, run_sweep
 
-    specs = make_specs("base2new", datasets, ["zeroshot", "coop"], list(seeds), [16], backbone="micro-v2")
+    specs = make_specs("base2new", datasets, ["zeroshot", "coop"], list(seeds), [16], backbone=backbone)
     results = run_sweep(specs, results_dir, jobs=jobs, log=lambda m: None)
     rows = []
     for r in results:
@@ -105,7 +123,7 @@ def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print) ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", default=str(MICRO2_WEIGHTS_PATH))
+    ap.add_argument("--weights", default=str(MICRO2_WEIGHTS_PATH), help="v2 weights to calibrate (default: shipped)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--ctx", action="store_true", help="also the learned-context column (slow)")
@@ -137,7 +155,9 @@ def main(argv=None) -> int:
         rows += evaluate(model, tokenizer, [s for v in MICRO2_SHIFTS.values() for s in v])
     out = {"rows": rows}
     if args.b2n:
-        out["b2n"] = base_to_new(args.b2n, names, Path(args.b2n_dir), jobs=args.jobs)
+        b2n_dir = Path(args.b2n_dir)
+        out["b2n"] = base_to_new(args.b2n, names, b2n_dir, jobs=args.jobs,
+                                 backbone=candidate_backbone(Path(args.weights), b2n_dir))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

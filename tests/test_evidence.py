@@ -94,6 +94,22 @@ def test_sweep_datasets_and_exclusions_shape_the_plan():
         StudySettings(backbone="micro", sweep_datasets=["micro2-shapes"]).resolved()
 
 
+def test_a_reduced_study_says_so_in_its_first_lines():
+    """A study cut down with --exclude / --sweep-datasets must not present itself as the full study."""
+    from rlptune.protocols.evidence import _markdown
+
+    estimate = {"runs": 10, "seconds": 3600.0, "basis": "test"}
+    full = StudySettings(backbone="micro", seeds=[1]).resolved()
+    reduced = StudySettings(backbone="micro", seeds=[1], exclude=["clip_lora"],
+                            sweep_datasets=["micro-textures"]).resolved()
+    head = lambda text: "\n".join(text.splitlines()[:4])  # noqa: E731
+    full_text = _markdown(full, [], [], [], [], 0.0, 0, estimate)
+    reduced_text = _markdown(reduced, [], [], [], [], 0.0, 0, estimate)
+    assert "(full study)" in head(full_text) and "Reduced on purpose" not in full_text
+    assert "(reduced" in head(reduced_text) and "(full study)" not in reduced_text
+    assert "Parts 3-5 (rank, ablation, transfer) ran on micro-textures only." in reduced_text
+
+
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("evidence")

@@ -764,7 +764,9 @@ def _figures(figures: Mapping[str, list[dict]], output: Path) -> list[str]:
 
 def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list[dict], skipped: list[dict],
               figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None) -> str:
-    kind = "QUICK (smoke-test settings: too few epochs, shots and seeds to read anything into)" if settings.quick else "full"
+    reduced = bool(settings.exclude) or settings.sweep_datasets != settings.datasets
+    kind = ("QUICK (smoke-test settings: too few epochs, shots and seeds to read anything into)" if settings.quick
+            else "reduced (see *Reduced on purpose* at the end)" if reduced else "full")
     lines = [
         "# Evidence: the RLP paper's claims in the micro world",
         "",
@@ -804,7 +806,7 @@ def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list
         lines += [table.markdown(), f"(`{table.name}.csv`, `{table.name}.json`)", ""]
     if figures:
         lines += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
-    if settings.exclude or settings.sweep_datasets != settings.datasets:
+    if reduced:
         lines += ["## Reduced on purpose", ""]
         if settings.exclude:
             lines.append(f"- Methods left out: {', '.join(settings.exclude)} (listed under Skipped with the reason).")

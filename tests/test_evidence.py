@@ -106,7 +106,7 @@ def test_a_reduced_study_says_so_in_its_first_lines():
     full_text = _markdown(full, [], [], [], [], 0.0, 0, estimate)
     reduced_text = _markdown(reduced, [], [], [], [], 0.0, 0, estimate)
     assert "(full study)" in head(full_text) and "Reduced on purpose" not in full_text
-    assert "(reduced" in head(reduced_text) and "(full study)" not in reduced_text
+    assert "(reduced study" in head(reduced_text) and "(full study)" not in reduced_text
     assert "Parts 3-5 (rank, ablation, transfer) ran on micro-textures only." in reduced_text
 
 

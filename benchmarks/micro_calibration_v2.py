@@ -91,9 +91,12 @@ def candidate_backbone(weights: Path, results_dir: Path) -> str:
     """
     if weights.resolve() == MICRO2_WEIGHTS_PATH.resolve():
         return "micro-v2"
+    import hashlib
+
     from rlptune.micro.v2 import export_openai
 
-    target = results_dir / f"candidate-{weights.stem}.pt"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]  # by content: candidates often share a file name
+    target = results_dir / f"candidate-{digest}.pt"
     if not target.is_file():
         results_dir.mkdir(parents=True, exist_ok=True)
         export_openai(target, weights)

@@ -37,10 +37,10 @@ WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "micro_clip_v2.
 WEIGHTS_NAME = WEIGHTS_PATH.name
 
 CORPUS_SIZE = 24000
-IMAGE_STEPS = 2400
+IMAGE_STEPS = 4800
 IMAGE_BATCH = 64
 IMAGE_LR = 1e-3
-TEXT_STEPS = 600
+TEXT_STEPS = 400
 TEXT_BATCH = 128
 TEXT_LR = 5e-4
 TEXT_CORPUS = 16000  # images of the corpus embedded for phase 2

@@ -84,6 +84,26 @@ def test_loading_a_v2_dataset_writes_its_images_once(tmp_path):
         micro2_spec("micro2-nothing")
 
 
+def test_a_cached_dataset_drawn_in_another_style_is_drawn_again(tmp_path):
+    """micro2-colors changed style (inverted -> sketch); a cache of the old drawing must not be read as the new one."""
+    splits = load_dataset("micro2-shapes-photo", str(tmp_path))
+    marker = splits.root / "COMPLETE"
+    expected = marker.read_text(encoding="utf-8")
+    assert "style=photo" in expected
+    marker.write_text(expected.replace("style=photo", "style=inverted"), encoding="utf-8")
+    (splits.root / "stale.txt").write_text("from the old drawing")
+    first = splits.root / splits.test[0].path
+    first.write_bytes(b"not the current drawing")
+    again = load_dataset("micro2-shapes-photo", str(tmp_path))
+    assert again.root == splits.root and marker.read_text(encoding="utf-8") == expected
+    assert not (again.root / "stale.txt").exists()
+    scene, _label, rng = dataset_scenes("micro2-shapes-photo", "test")[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(again.root / again.test[0].path).convert("RGB")), W.render(scene, rng))
+    assert not [p for p in splits.root.parent.iterdir() if ".stale." in p.name]  # the retired copy is gone
+
+
 # ----------------------------------------------------------------------------- the backbone
 
 def test_config_is_openai_layout():

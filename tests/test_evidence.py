@@ -108,6 +108,13 @@ def test_a_reduced_study_says_so_in_its_first_lines():
     assert "(full study)" in head(full_text) and "Reduced on purpose" not in full_text
     assert "(reduced study" in head(reduced_text) and "(full study)" not in reduced_text
     assert "Parts 3-5 (rank, ablation, transfer) ran on micro-textures only." in reduced_text
+    # a study run for some parts only is reduced too, and names the parts whose claims it does not judge
+    some_parts = StudySettings(backbone="micro", seeds=[1], parts=["base2new", "lowrank", "density"],
+                               sweep_datasets=["micro-textures"]).resolved()
+    some_text = _markdown(some_parts, [], [], [], [], 0.0, 0, estimate)
+    assert "(reduced study" in head(some_text)
+    assert "- Parts not run: rank, ablation, transfer (`--parts`)" in some_text
+    assert "Parts 3-5 (rank, ablation, transfer) ran on" not in some_text  # none of them ran: no subset to state
 
 
 @pytest.fixture(scope="module")

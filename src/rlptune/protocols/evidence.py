@@ -764,7 +764,9 @@ def _figures(figures: Mapping[str, list[dict]], output: Path) -> list[str]:
 
 def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list[dict], skipped: list[dict],
               figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None) -> str:
-    reduced = bool(settings.exclude) or settings.sweep_datasets != settings.datasets
+    parts_left_out = [p for p in PARTS if p not in settings.parts]
+    sweeps_cut = settings.sweep_datasets != settings.datasets and any(p in SWEEP_PARTS for p in settings.parts)
+    reduced = bool(settings.exclude) or sweeps_cut or bool(parts_left_out)
     kind = ("QUICK study (smoke-test settings: too few epochs, shots and seeds to read anything into)" if settings.quick
             else "reduced study: see *Reduced on purpose* at the end" if reduced else "full study")
     lines = [
@@ -810,7 +812,10 @@ def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list
         lines += ["## Reduced on purpose", ""]
         if settings.exclude:
             lines.append(f"- Methods left out: {', '.join(settings.exclude)} (listed under Skipped with the reason).")
-        if settings.sweep_datasets != settings.datasets:
+        if parts_left_out:
+            lines.append(f"- Parts not run: {', '.join(parts_left_out)} (`--parts`); the claims they test are not "
+                         "judged in this report.")
+        if sweeps_cut:
             lines.append(f"- Parts 3-5 (rank, ablation, transfer) ran on {', '.join(settings.sweep_datasets or [])} only.")
         lines.append("")
     return "\n".join(lines)

@@ -234,3 +234,62 @@ def test_report_only_uses_finished_runs_and_says_what_is_missing(quick_study, tm
     assert "Incomplete: 1 of the" in text
     rows = {r["variant"]: r for r in json.loads((tmp_path / "report" / "part1_base2new.json").read_text())["rows"]}
     assert rows["coop"]["runs"] == 3  # 2 datasets x 2 seeds, one missing
+
+
+@pytest.mark.parametrize("written_before_parts_were_named", [False, True])
+def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_path, written_before_parts_were_named):
+    """--merge: parts 3-5 reported on their own, joined with parts 1, 2 and 6 of an earlier report, give the tables,
+    claims and carried figures of the study reported at once; the report says which piece each part came from."""
+    import shutil
+
+    whole = quick_study / "report"
+    earlier = tmp_path / "earlier"
+    shutil.copytree(whole, earlier)
+    if written_before_parts_were_named:  # reports of rlptune before --merge: claims without "part", no rates
+        summary = json.loads((earlier / "evidence.json").read_text())
+        for claim in summary["claims"]:
+            del claim["part"]
+        del summary["full_study_estimate"]["rates"], summary["pieces"], summary["made_at"]
+        (earlier / "evidence.json").write_text(json.dumps(summary))
+    common = ["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results",
+              str(quick_study / "results"), "--report-only"]
+    code = main([*common, "--parts", "rank", "ablation", "transfer", "-o", str(tmp_path / "joined"),
+                 "--merge", str(earlier), "--docs", str(tmp_path / "docs" / "EVIDENCE.md")])
+    assert code == 0
+    joined = tmp_path / "joined"
+    at_once, pieces = (json.loads((d / "evidence.json").read_text()) for d in (whole, joined))
+    assert pieces["tables"] == at_once["tables"]
+    for name in TABLES:
+        assert json.loads((joined / f"{name}.json").read_text()) == json.loads((whole / f"{name}.json").read_text()), name
+    strip = lambda claims: [(c["claim"], c["evidence"], c["verdict"]) for c in claims]  # noqa: E731
+    assert strip(pieces["claims"]) == strip(at_once["claims"])
+    assert {c["part"] for c in pieces["claims"]} >= {"base2new", "lowrank", "rank", "ablation", "density"}
+    assert pieces["settings"]["parts"] == at_once["settings"]["parts"]
+    for figure in ("fig_base2new.png", "fig_density.png", "fig_density.svg"):
+        assert (joined / figure).read_bytes() == (whole / figure).read_bytes()  # carried, not redrawn
+    assert set(pieces["figures"]) == set(at_once["figures"])
+    assert [p["parts"] for p in pieces["pieces"]] == [["rank", "ablation", "transfer"], ["base2new", "lowrank", "density"]]
+    assert pieces["pieces"][1]["source"] == str(earlier / "evidence.json")
+    text = (tmp_path / "docs" / "EVIDENCE.md").read_text()
+    assert "Made in pieces" in text and "- parts base2new, lowrank, density:" in text and "Parts not run" not in text
+    estimate = pieces["full_study_estimate"]
+    if written_before_parts_were_named:  # no rates to join: the larger estimate, saying whose it is
+        theirs = at_once["full_study_estimate"]["seconds"]
+        assert estimate["seconds"] >= theirs
+        assert (str(earlier) in estimate["basis"]) == (estimate["seconds"] == theirs)
+    else:  # methods only part 1 ran keep the earlier report's measured rate
+        assert estimate["rates"]["cocoop"] == pytest.approx(at_once["full_study_estimate"]["rates"]["cocoop"])
+        assert "rlp" in estimate["rates"]
+
+
+def test_merge_refuses_a_report_of_other_settings_or_without_new_parts(quick_study, tmp_path, capsys):
+    common = ["reproduce", "rlp", "--backbone", "micro", "--quick", "--results", str(quick_study / "results"),
+              "--report-only", "-o", str(tmp_path / "out"), "--merge", str(quick_study / "report")]
+    assert main([*common, "--seeds", "1", "--parts", "rank"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings.seeds is [1, 2]" in err[0] and "Traceback" not in err[0]
+    assert main([*common, "--seeds", "1", "2"]) != 0  # every part of it is run here: nothing to carry
+    assert "holds no part that this invocation does not run" in capsys.readouterr().err
+    assert main([*common[:-1], str(tmp_path / "nowhere"), "--seeds", "1", "2", "--parts", "rank"]) != 0
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written

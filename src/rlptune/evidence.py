@@ -33,6 +33,10 @@ def add_reproduce_parser(sub: Any) -> None:
                    help="leave these methods out (the report lists them as skipped), e.g. clip_lora on a CPU")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the report from the runs already finished (it says how many are missing)")
+    p.add_argument("--merge", default=None, metavar="REPORT",
+                   help="an earlier report folder of this study (same backbone, datasets, seeds, shots, epochs, "
+                        "exclusions): its parts that this invocation does not run join this report, which says where "
+                        "each part came from (a long study made in pieces)")
     p.add_argument("--quick", action="store_true",
                    help="CI size: 2 datasets, 2 seeds, 4 shots, 4 epochs, fewer grid points (minutes; read nothing into it)")
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped, interrupted ones resume)")
@@ -50,7 +54,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                              shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick,
                              sweep_datasets=args.sweep_datasets, exclude=list(args.exclude))
     summary = run_study(settings, args.results, args.output, executor_settings_from_args(args), docs=args.docs,
-                        report_only=args.report_only)
+                        report_only=args.report_only, merge=args.merge)
     for claim in summary["claims"]:
         print(f"{claim['verdict']}: {claim['claim']} — {claim['evidence']}")
     minutes = summary["wall_seconds"] / 60

@@ -456,6 +456,7 @@ def analyse(plan: Plan, results: Mapping[str, dict], settings: StudySettings) ->
                            "evidence": f"rlp {params['rlp']:.0f} vs coop {params['coop']:.0f} trainable parameters ({ratio:.1f}×) on {settings.backbone}",
                            "verdict": "supports" if ratio > 1 else "contradicts"})
         figures["base2new"] = [r for rows in by.values() for r in rows]
+        _tag(claims, "base2new")
     if "lowrank" in plan.variants:
         by = _rows_by_variant(plan, "lowrank", results)
         rows = []
@@ -473,6 +474,7 @@ def analyse(plan: Plan, results: Mapping[str, dict], settings: StudySettings) ->
         for row in rows:
             claims.append({"claim": f"a low-rank prompt (RLP's parameterisation) raises {row['method']}'s H",
                            "evidence": _evidence(row), "verdict": verdict(row)})
+        _tag(claims, "lowrank")
     if "rank" in plan.variants:
         by = _rows_by_variant(plan, "rank", results)
         tables.append(EvidenceTable("part3_rank", "Part 3. Rank sweep (n = 4 context tokens; α/r rows scale the update by 1/r)",
@@ -482,6 +484,7 @@ def analyse(plan: Plan, results: Mapping[str, dict], settings: StudySettings) ->
         claims.append({"claim": "lower rank goes with better new-class accuracy (paper: r = 1 best among 1-3)",
                        "evidence": f"Spearman ρ(rank, new) = {_cell(rho.rho)}, p = {_cell(rho.p)}, n = {rho.n} (no α/r scale, all datasets and seeds)",
                        "verdict": _rho_verdict(rho, -1)})
+        _tag(claims, "rank")
     if "ablation" in plan.variants:
         by = _rows_by_variant(plan, "ablation", results)
         tables.append(EvidenceTable("part4_ablation", "Part 4. Dropout sweep and initialisation ablation (RLP)",
@@ -495,6 +498,7 @@ def analyse(plan: Plan, results: Mapping[str, dict], settings: StudySettings) ->
             row = next((p for p in paired if p["comparison"] == label), None)
             if row:
                 claims.append({"claim": claim, "evidence": _evidence(row), "verdict": verdict(row)})
+        _tag(claims, "ablation")
     if "transfer" in plan.variants:
         tables.extend(_transfer_tables(plan, results, figures))
     if "density" in settings.parts:
@@ -505,7 +509,14 @@ def analyse(plan: Plan, results: Mapping[str, dict], settings: StudySettings) ->
         table, epoch_claims = _density_across_epochs(plan, results)
         tables.append(table)
         claims.extend(epoch_claims)
+        _tag(claims, "density")
     return tables, claims, figures
+
+
+def _tag(claims: list[dict], part: str) -> None:
+    """Name the part of the claims just added (a merged report takes claims part by part)."""
+    for claim in claims:
+        claim.setdefault("part", part)
 
 
 def _evidence(row: Mapping[str, Any]) -> str:
@@ -651,16 +662,127 @@ def _from_literature_table(name: str, title: str, table: Any) -> EvidenceTable:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# a report made in pieces: parts carried from an earlier report
+
+#: The part each table (by name prefix) and figure (by file stem) of a report belongs to.
+TABLE_PARTS = {"part1_": "base2new", "part2_": "lowrank", "part3_": "rank", "part4_": "ablation", "part5_": "transfer",
+               "part6_": "density"}
+FIGURE_PARTS = {"fig_base2new": "base2new", "fig_few_shot": "transfer", "fig_density": "density"}
+#: Claims of reports written before claims named their part, by the opening words the study gives them.
+_CLAIM_OPENINGS = {"RLP generalises base-to-new": "base2new", "RLP tunes far fewer": "base2new",
+                   "a low-rank prompt": "lowrank", "lower rank goes with": "rank", "the frozen full-rank branch": "ablation",
+                   "dropout on the low-rank branch": "ablation", "higher information density": "density",
+                   "lower effective rank": "density", "within a run, epochs": "density"}
+#: Settings every piece of one report must share (what the parts are measured on).
+SHARED_SETTINGS = ("backbone", "datasets", "data_root", "seeds", "shots", "epochs", "quick", "exclude")
+
+
+@dataclass
+class EarlierReport:
+    """The parts of an earlier report (``--merge``) that this invocation does not run, with where they came from."""
+
+    source: Path
+    summary: dict[str, Any]
+    parts: list[str]
+    tables: list[EvidenceTable]
+    claims: list[dict]
+    skipped: list[dict]
+    figures: list[str]
+
+    def provenance(self) -> dict[str, Any]:
+        return {"source": str(self.source), "parts": self.parts, "runs": self.summary.get("runs"),
+                "wall_seconds": self.summary.get("wall_seconds"), "made_at": self.summary.get("made_at"),
+                "rlptune_version": self.summary.get("rlptune_version")}
+
+
+def _part_of(name: str, table: Mapping[str, str]) -> str | None:
+    return next((part for prefix, part in table.items() if name.startswith(prefix)), None)
+
+
+def _claim_part(claim: Mapping[str, Any]) -> str | None:
+    return claim.get("part") or _part_of(str(claim.get("claim", "")), _CLAIM_OPENINGS)
+
+
+def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierReport:
+    """Read an earlier report folder (or its ``evidence.json``) and keep the parts ``settings`` does not run; its
+    settings must equal this study's in everything the parts are measured on, else one line says which differs."""
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / "evidence.json"
+    label = f"reproduce --merge {file}"
+    try:
+        summary = json.loads(file.read_text())
+        earlier = summary["settings"]
+    except FileNotFoundError:
+        raise RlptuneError(f"{label}: no such file; expected a report folder written by `rlptune reproduce rlp`") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise RlptuneError(f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')") from None
+    mine = S.jsonable(vars(settings))
+    for key in SHARED_SETTINGS:
+        if earlier.get(key) != mine.get(key):
+            raise RlptuneError(f"{label}: its settings.{key} is {earlier.get(key)!r}, this study's is {mine.get(key)!r}; "
+                               "a report joins only parts measured with the same " + ", ".join(SHARED_SETTINGS))
+    parts = [p for p in earlier.get("parts", []) if p in PARTS and p not in settings.parts]
+    if not parts:
+        raise RlptuneError(f"{label}: it holds no part that this invocation does not run (its parts: "
+                           f"{', '.join(earlier.get('parts', [])) or 'none'}; this one's: {', '.join(settings.parts)})")
+    if any(p in SWEEP_PARTS for p in parts) and any(p in SWEEP_PARTS for p in settings.parts) \
+            and earlier.get("sweep_datasets") != mine.get("sweep_datasets"):
+        raise RlptuneError(f"{label}: its parts 3-5 ran on {earlier.get('sweep_datasets')}, this study's on "
+                           f"{mine.get('sweep_datasets')}; one report states one set of sweep datasets")
+    folder = file.parent
+    tables = []
+    for name in summary.get("tables", []):
+        if _part_of(name, TABLE_PARTS) not in parts:
+            continue
+        try:
+            data = json.loads((folder / f"{name}.json").read_text())
+            tables.append(EvidenceTable(name, data["title"], list(data["columns"]), list(data["rows"]), data.get("note", "")))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise RlptuneError(f"{label}: its table {folder / (name + '.json')} is missing or not a report table") from None
+    claims = [dict(c, part=_claim_part(c)) for c in summary.get("claims", []) if _claim_part(c) in parts]
+    skipped = [s for s in summary.get("skipped", []) if s.get("part") in parts
+               or (s.get("part") in ("few-shot", "cross-dataset", "domain-gen") and "transfer" in parts)]
+    figures = [f for f in summary.get("figures", []) if _part_of(f, FIGURE_PARTS) in parts]
+    for figure in figures:
+        if not (folder / figure).is_file():
+            raise RlptuneError(f"{label}: its figure {folder / figure} is missing")
+    return EarlierReport(file, summary, parts, tables, claims, skipped, figures)
+
+
+def _join(settings: StudySettings, earlier: EarlierReport) -> StudySettings:
+    """This study's settings with the earlier report's parts added (in the study's order)."""
+    joined = StudySettings(**{**vars(settings)})
+    joined.parts = [p for p in PARTS if p in settings.parts or p in earlier.parts]
+    if not any(p in SWEEP_PARTS for p in settings.parts):
+        joined.sweep_datasets = list(earlier.summary["settings"].get("sweep_datasets") or settings.datasets or [])
+    return joined
+
+
+def _copy_figures(earlier: EarlierReport, output: Path) -> None:
+    """Bring the carried figures (png and its svg) into ``output`` unless they are already there."""
+    for figure in earlier.figures:
+        for name in (figure, str(Path(figure).with_suffix(".svg"))):
+            source, target = earlier.source.parent / name, output / name
+            if source.is_file() and source.resolve() != target.resolve():
+                io.write_bytes(target, source.read_bytes())
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the command
 
 
 def run_study(settings: StudySettings, results_dir: str | Path, output: str | Path, executor: ExecutorSettings | None = None,
               docs: str | Path | None = None, log: Callable[[str], None] | None = None,
-              report_only: bool = False) -> dict[str, Any]:
+              report_only: bool = False, merge: str | Path | None = None) -> dict[str, Any]:
     """Plan, run (resumable) and report the study; returns the report's summary (also ``<output>/evidence.json``).
-    ``report_only`` runs nothing: the report is made from the runs already finished, and says how many are missing."""
+    ``report_only`` runs nothing: the report is made from the runs already finished, and says how many are missing.
+    ``merge`` names an earlier report (same settings) whose other parts join this one's, each with where it came from:
+    a study too long for one machine or session is then made in pieces."""
     log = log or (lambda m: print(m, file=sys.stderr))
     settings = settings.resolved()
+    earlier = load_earlier_report(merge, settings) if merge is not None else None  # checked before hours of runs
+    if earlier is not None:
+        log(f"parts {', '.join(earlier.parts)} are carried from {earlier.source}")
     results_dir, output = Path(results_dir), Path(output)
     _RESULTS[0] = results_dir
     probe = make_specs("base2new", settings.datasets[:1], ["coop"], settings.seeds[:1], [settings.shots],
@@ -681,12 +803,15 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
         results = {str(s.run_dir(results_dir)): r for s, r in zip(specs, finished)}
     wall = time.perf_counter() - started
     tables, claims, figures = analyse(plan, results, settings)
-    summary = write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs))
+    summary = write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs),
+                           earlier=earlier)
     return summary
 
 
-def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings) -> dict[str, Any]:
-    """The full study's wall time on this machine, from the measured seconds per training epoch of these runs."""
+def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings,
+                          measured_elsewhere: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The full study's wall time on this machine, from the measured seconds per training epoch of these runs
+    (``measured_elsewhere``: seconds per epoch per shot of methods these runs do not hold, from an earlier report)."""
     full = StudySettings(backbone=settings.backbone, datasets=None if settings.quick else settings.datasets,
                          data_root=settings.data_root).resolved()
     per_epoch: dict[str, list[float]] = {}
@@ -694,12 +819,13 @@ def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings) 
         epochs = r.get("epochs") or 0
         if epochs and r.get("train_seconds") is not None:
             per_epoch.setdefault(r["method"], []).append(float(r["train_seconds"]) / epochs / max(r.get("shots") or 1, 1))
+    rates = {**(measured_elsewhere or {}), **{m: statistics.fmean(v) for m, v in per_epoch.items()}}
     seen: set = set()
     total = 0.0
     for group in planned_groups(full):
         method = group.variant.method
         changes = _without_recipe_values(method, group.variant.changes, full.shots)
-        rate = statistics.fmean(per_epoch.get(method) or [0.0])
+        rate = rates.get(method, 0.0)
         for dataset in group.datasets:
             for shots in group.shots:
                 shots = 0 if method == "zeroshot" and group.protocol != "few-shot" else shots
@@ -711,32 +837,79 @@ def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings) 
                         continue
                     seen.add(key)
                     total += rate * float(epochs) * max(shots, 1) + 2.0  # + ~2 s of evaluation and setup per run
-    return {"runs": len(seen), "seconds": total,
+    return {"runs": len(seen), "seconds": total, "rates": rates,
             "basis": "measured train seconds per epoch per shot of each method in this run, times each full run's "
                      "official epochs and shots, + 2 s per run; methods not run here (skipped on this backbone) count "
                      "only the 2 s, so on a backbone that skips methods this is a lower bound"}
 
 
+def _joined_estimate(results: Mapping[str, dict], settings: StudySettings, earlier: EarlierReport) -> dict[str, Any]:
+    """The full-study estimate of a report made in pieces: every piece's measured rates; an earlier report that kept
+    no rates (written before they were kept) gives its own estimate when that covers more (is larger)."""
+    theirs = earlier.summary.get("full_study_estimate") or {}
+    mine = estimate_full_seconds(results, settings, theirs.get("rates"))
+    if "rates" not in theirs and float(theirs.get("seconds") or 0.0) > mine["seconds"]:
+        return {**theirs, "basis": f"{theirs.get('basis')}; the estimate of {earlier.source}, whose runs measured more "
+                                   "of the methods than this invocation's"}
+    return mine
+
+
+def _by_part(items: list, part_of: Callable[[Any], str | None]) -> list:
+    """Items in the study's part order (stable within a part)."""
+    order = {p: i for i, p in enumerate(PARTS)}
+    return sorted(items, key=lambda item: order.get(part_of(item) or "", len(PARTS)))
+
+
+def _pieces(settings: StudySettings, results: Mapping[str, dict], wall: float, made_at: str,
+            earlier: EarlierReport | None) -> list[dict[str, Any]]:
+    """Where each part of the report was measured: this invocation, then the earlier report's pieces it keeps."""
+    pieces = [{"source": "this invocation", "parts": list(settings.parts), "runs": len(results), "wall_seconds": wall,
+               "made_at": made_at}]
+    if earlier is None:
+        return pieces
+    for piece in earlier.summary.get("pieces") or [{**earlier.provenance(), "parts": earlier.summary["settings"].get("parts", [])}]:
+        kept = [p for p in piece.get("parts", []) if p in earlier.parts]
+        if kept:
+            source = str(earlier.source) if piece.get("source") in (None, "this invocation") else piece["source"]
+            pieces.append({**piece, "source": source, "parts": kept})
+    return pieces
+
+
 def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySettings, tables: list[EvidenceTable],
                  claims: list[dict], figures: Mapping[str, list[dict]], output: Path, wall: float,
-                 docs: str | Path | None, planned: int | None = None) -> dict[str, Any]:
-    """report/: every table as md/csv/json, figures, evidence.json and EVIDENCE.md (also written to ``docs``)."""
+                 docs: str | Path | None, planned: int | None = None, earlier: EarlierReport | None = None) -> dict[str, Any]:
+    """report/: every table as md/csv/json, figures, evidence.json and EVIDENCE.md (also written to ``docs``); with
+    ``earlier``, its parts join this invocation's and the report says where each part came from."""
+    from .. import __version__
+    from datetime import datetime, timezone
+
+    made_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     output.mkdir(parents=True, exist_ok=True)
+    figure_files = _figures(figures, output)
+    skipped = [{"part": p, "variant": n, "reason": r} for (p, n), r in plan.skipped.items()]
+    pieces = _pieces(settings, results, wall, made_at, earlier)
+    if earlier is not None:
+        _copy_figures(earlier, output)
+        estimate = _joined_estimate(results, settings, earlier)
+        settings = _join(settings, earlier)
+        tables = _by_part([*tables, *earlier.tables], lambda t: _part_of(t.name, TABLE_PARTS))
+        claims = _by_part([*claims, *earlier.claims], _claim_part)
+        skipped = [*skipped, *earlier.skipped]
+        figure_files = _by_part([*figure_files, *earlier.figures], lambda f: _part_of(f, FIGURE_PARTS))
+    else:
+        estimate = estimate_full_seconds(results, settings)
     for table in tables:
         table.write(output)
-    figure_files = _figures(figures, output)
-    estimate = estimate_full_seconds(results, settings)
-    skipped = [{"part": p, "variant": n, "reason": r} for (p, n), r in plan.skipped.items()]
     summary = {
         "settings": S.jsonable(vars(settings)), "wall_seconds": wall, "runs": len(results),
         "planned_runs": len(results) if planned is None else planned,
         "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in results.values()),
         "tables": [t.name for t in tables], "claims": claims, "skipped": skipped, "figures": figure_files,
-        "full_study_estimate": estimate,
+        "full_study_estimate": estimate, "made_at": made_at, "rlptune_version": __version__, "pieces": pieces,
     }
     io.write_json(output / "evidence.json", S.jsonable(summary))
     text = _markdown(settings, tables, claims, skipped, figure_files, wall, len(results), estimate,
-                     summary["planned_runs"])
+                     summary["planned_runs"], pieces)
     io.write_text(output / "EVIDENCE.md", text)
     if docs:
         io.write_text(docs, text.replace("](", f"]({Path(_relative(output, Path(docs).parent))}/"))
@@ -762,8 +935,20 @@ def _figures(figures: Mapping[str, list[dict]], output: Path) -> list[str]:
     return [f for f in files if f.endswith(".png")]
 
 
+def _pieces_markdown(pieces: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["**Made in pieces** (`--merge`): each part's tables, figures and verdicts are those of the invocation that "
+             "ran it, with the settings above; part 6 (density) pools the base-to-new runs of its own piece only.", ""]
+    for piece in pieces:
+        wall = piece.get("wall_seconds")
+        lines.append(f"- parts {', '.join(piece['parts'])}: {piece.get('runs')} runs"
+                     f"{f', {wall / 60:.1f} min' if isinstance(wall, (int, float)) else ''}, "
+                     f"made {piece.get('made_at') or 'at a time not recorded'} ({piece.get('source')})")
+    return [*lines, ""]
+
+
 def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list[dict], skipped: list[dict],
-              figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None) -> str:
+              figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None,
+              pieces: Sequence[Mapping[str, Any]] = ()) -> str:
     parts_left_out = [p for p in PARTS if p not in settings.parts]
     sweeps_cut = settings.sweep_datasets != settings.datasets and any(p in SWEEP_PARTS for p in settings.parts)
     reduced = bool(settings.exclude) or sweeps_cut or bool(parts_left_out)
@@ -784,6 +969,7 @@ def _markdown(settings: StudySettings, tables: list[EvidenceTable], claims: list
         f"{settings.train_overrides() or 'none'}; base-to-new runs also score their new classes after every epoch "
         "(`train.track_new`, a logged diagnostic that changes no trained number).",
         "",
+        *(_pieces_markdown(pieces) if len(pieces) > 1 else []),
         *([f"**Incomplete: {planned - runs} of the {planned} planned runs had not finished when this report was made "
             "(`--report-only`); tables and verdicts use the finished runs only (see each table's `runs` / `n`).**", ""]
           if planned is not None and planned > runs else []),

@@ -691,7 +691,8 @@ class EarlierReport:
 
     def provenance(self) -> dict[str, Any]:
         return {"source": str(self.source), "parts": self.parts, "runs": self.summary.get("runs"),
-                "wall_seconds": self.summary.get("wall_seconds"), "made_at": self.summary.get("made_at"),
+                "wall_seconds": self.summary.get("wall_seconds"),
+                "train_seconds_total": self.summary.get("train_seconds_total"), "made_at": self.summary.get("made_at"),
                 "rlptune_version": self.summary.get("rlptune_version")}
 
 
@@ -864,6 +865,7 @@ def _pieces(settings: StudySettings, results: Mapping[str, dict], wall: float, m
             earlier: EarlierReport | None) -> list[dict[str, Any]]:
     """Where each part of the report was measured: this invocation, then the earlier report's pieces it keeps."""
     pieces = [{"source": "this invocation", "parts": list(settings.parts), "runs": len(results), "wall_seconds": wall,
+               "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in results.values()),
                "made_at": made_at}]
     if earlier is None:
         return pieces
@@ -938,10 +940,10 @@ def _figures(figures: Mapping[str, list[dict]], output: Path) -> list[str]:
 def _pieces_markdown(pieces: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["**Made in pieces** (`--merge`): each part's tables, figures and verdicts are those of the invocation that "
              "ran it, with the settings above; part 6 (density) pools the base-to-new runs of its own piece only.", ""]
-    for piece in pieces:
-        wall = piece.get("wall_seconds")
+    for piece in pieces:  # training time, not wall time: a piece reported with --report-only ran nothing then
+        train = piece.get("train_seconds_total")
         lines.append(f"- parts {', '.join(piece['parts'])}: {piece.get('runs')} runs"
-                     f"{f', {wall / 60:.1f} min' if isinstance(wall, (int, float)) else ''}, "
+                     f"{f', {train / 60:.1f} min of training summed over runs' if isinstance(train, (int, float)) else ''}, "
                      f"made {piece.get('made_at') or 'at a time not recorded'} ({piece.get('source')})")
     return [*lines, ""]
 

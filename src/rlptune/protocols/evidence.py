@@ -33,10 +33,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import io, recipes
+from .. import __version__, io, recipes
 from ..analysis import plots
 from ..analysis import stats as S
 from ..analysis import tables as T
@@ -812,21 +813,25 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
 def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings,
                           measured_elsewhere: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The full study's wall time on this machine, from the measured seconds per training epoch of these runs
-    (``measured_elsewhere``: seconds per epoch per shot of methods these runs do not hold, from an earlier report)."""
+    (``measured_elsewhere``: rates these runs do not hold, from an earlier report). A rate is kept per method and
+    protocol (``coop@base2new``): a base-to-new epoch trains on half the classes, a few-shot epoch on all of them;
+    a protocol not measured for a method falls back to the method's mean over the protocols that were."""
     full = StudySettings(backbone=settings.backbone, datasets=None if settings.quick else settings.datasets,
                          data_root=settings.data_root).resolved()
     per_epoch: dict[str, list[float]] = {}
     for r in results.values():
         epochs = r.get("epochs") or 0
         if epochs and r.get("train_seconds") is not None:
-            per_epoch.setdefault(r["method"], []).append(float(r["train_seconds"]) / epochs / max(r.get("shots") or 1, 1))
+            rate = float(r["train_seconds"]) / epochs / max(r.get("shots") or 1, 1)
+            per_epoch.setdefault(f"{r['method']}@{r.get('protocol')}", []).append(rate)
+            per_epoch.setdefault(r["method"], []).append(rate)
     rates = {**(measured_elsewhere or {}), **{m: statistics.fmean(v) for m, v in per_epoch.items()}}
     seen: set = set()
     total = 0.0
     for group in planned_groups(full):
         method = group.variant.method
         changes = _without_recipe_values(method, group.variant.changes, full.shots)
-        rate = rates.get(method, 0.0)
+        rate = rates.get(f"{method}@{group.protocol}", rates.get(method, 0.0))
         for dataset in group.datasets:
             for shots in group.shots:
                 shots = 0 if method == "zeroshot" and group.protocol != "few-shot" else shots
@@ -849,9 +854,11 @@ def _joined_estimate(results: Mapping[str, dict], settings: StudySettings, earli
     no rates (written before they were kept) gives its own estimate when that covers more (is larger)."""
     theirs = earlier.summary.get("full_study_estimate") or {}
     mine = estimate_full_seconds(results, settings, theirs.get("rates"))
-    if "rates" not in theirs and float(theirs.get("seconds") or 0.0) > mine["seconds"]:
-        return {**theirs, "basis": f"{theirs.get('basis')}; the estimate of {earlier.source}, whose runs measured more "
-                                   "of the methods than this invocation's"}
+    if "rates" not in theirs and theirs.get("seconds") is not None:
+        larger = max((mine, theirs), key=lambda e: float(e["seconds"]))
+        return {**larger, "basis": f"{larger.get('basis')}; {earlier.source} kept no rates to join, so the larger of "
+                                   f"two estimates is shown: {float(mine['seconds']) / 3600:.1f} h from this invocation's "
+                                   f"runs, {float(theirs['seconds']) / 3600:.1f} h from that report's"}
     return mine
 
 
@@ -882,9 +889,6 @@ def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySetting
                  docs: str | Path | None, planned: int | None = None, earlier: EarlierReport | None = None) -> dict[str, Any]:
     """report/: every table as md/csv/json, figures, evidence.json and EVIDENCE.md (also written to ``docs``); with
     ``earlier``, its parts join this invocation's and the report says where each part came from."""
-    from .. import __version__
-    from datetime import datetime, timezone
-
     made_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     output.mkdir(parents=True, exist_ok=True)
     figure_files = _figures(figures, output)

@@ -850,8 +850,9 @@ def estimate_full_seconds(results: Mapping[str, dict], settings: StudySettings,
 
 
 def _joined_estimate(results: Mapping[str, dict], settings: StudySettings, earlier: EarlierReport) -> dict[str, Any]:
-    """The full-study estimate of a report made in pieces: every piece's measured rates; an earlier report that kept
-    no rates (written before they were kept) gives its own estimate when that covers more (is larger)."""
+    """The full-study estimate of a report made in pieces, from every piece's measured rates. An earlier report that
+    kept no rates (written before they were kept) cannot be joined rate by rate: the larger estimate is shown and the
+    basis names both."""
     theirs = earlier.summary.get("full_study_estimate") or {}
     mine = estimate_full_seconds(results, settings, theirs.get("rates"))
     if "rates" not in theirs and theirs.get("seconds") is not None:

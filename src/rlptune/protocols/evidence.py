@@ -869,12 +869,11 @@ def _by_part(items: list, part_of: Callable[[Any], str | None]) -> list:
     return sorted(items, key=lambda item: order.get(part_of(item) or "", len(PARTS)))
 
 
-def _pieces(settings: StudySettings, results: Mapping[str, dict], wall: float, made_at: str,
+def _pieces(settings: StudySettings, runs: int, wall: float, train_seconds: float, made_at: str,
             earlier: EarlierReport | None) -> list[dict[str, Any]]:
     """Where each part of the report was measured: this invocation, then the earlier report's pieces it keeps."""
-    pieces = [{"source": "this invocation", "parts": list(settings.parts), "runs": len(results), "wall_seconds": wall,
-               "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in results.values()),
-               "made_at": made_at}]
+    pieces = [{"source": "this invocation", "parts": list(settings.parts), "runs": runs, "wall_seconds": wall,
+               "train_seconds_total": train_seconds, "made_at": made_at}]
     if earlier is None:
         return pieces
     for piece in earlier.summary.get("pieces") or [{**earlier.provenance(), "parts": earlier.summary["settings"].get("parts", [])}]:
@@ -894,7 +893,8 @@ def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySetting
     output.mkdir(parents=True, exist_ok=True)
     figure_files = _figures(figures, output)
     skipped = [{"part": p, "variant": n, "reason": r} for (p, n), r in plan.skipped.items()]
-    pieces = _pieces(settings, results, wall, made_at, earlier)
+    train_seconds = sum(float(r.get("train_seconds") or 0.0) for r in results.values())
+    pieces = _pieces(settings, len(results), wall, train_seconds, made_at, earlier)
     if earlier is not None:
         _copy_figures(earlier, output)
         estimate = _joined_estimate(results, settings, earlier)
@@ -910,7 +910,7 @@ def write_report(plan: Plan, results: Mapping[str, dict], settings: StudySetting
     summary = {
         "settings": S.jsonable(vars(settings)), "wall_seconds": wall, "runs": len(results),
         "planned_runs": len(results) if planned is None else planned,
-        "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in results.values()),
+        "train_seconds_total": train_seconds,
         "tables": [t.name for t in tables], "claims": claims, "skipped": skipped, "figures": figure_files,
         "full_study_estimate": estimate, "made_at": made_at, "rlptune_version": __version__, "pieces": pieces,
     }

@@ -95,6 +95,42 @@ def test_local_pool_restarts_runs_whose_worker_died(tmp_path):
     assert len(progress.failures) == 2 and "worker process died" in progress.failures[0].error
 
 
+def crash_always_or_wait(payload):
+    """Work for the collateral test: 'crasher' kills its worker every time, once 'healthy' is running; 'healthy'
+    counts its starts and runs until the crasher has died max_retries + 1 times."""
+    folder = Path(payload["dir"])
+    if payload["role"] == "crasher":
+        deadline = time.monotonic() + 30
+        while not (folder / "healthy-started-1").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        deaths = len(list(folder.glob("crasher-died-*")))
+        (folder / f"crasher-died-{deaths}").write_text("")
+        os._exit(1)
+    starts = len(list(folder.glob("healthy-started-*"))) + 1
+    (folder / f"healthy-started-{starts}").write_text("")
+    deadline = time.monotonic() + 30
+    while len(list(folder.glob("crasher-died-*"))) < payload["deaths"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # past the parent's notice of the last death
+    return f"healthy after {starts} start(s)"
+
+
+def test_a_dead_worker_charges_only_its_own_run(tmp_path):
+    """A worker that dies (here three times) is charged to its own run only: a healthy run beside it is never
+    killed, restarted or charged, and finishes; the crashing run fails after max_retries + 1 deaths."""
+    max_retries = 2
+    tasks = [Task("crasher", "c", {"dir": str(tmp_path), "role": "crasher"}),
+             Task("healthy", "h", {"dir": str(tmp_path), "role": "healthy", "deaths": max_retries + 1})]
+    progress = SweepProgress(tasks, lambda m: None)
+    LocalExecutor(ExecutorSettings(jobs=2, max_retries=max_retries, cpus_per_run=1), tmp_path).run(
+        tasks, crash_always_or_wait, progress)
+    outcomes = {o.key: o for o in progress.outcomes}
+    assert outcomes["healthy"].ok and outcomes["healthy"].summary == "healthy after 1 start(s)"
+    assert sorted(p.name for p in tmp_path.glob("healthy-started-*")) == ["healthy-started-1"]
+    assert not outcomes["crasher"].ok and "died 3 times" in outcomes["crasher"].error
+    assert len(list(tmp_path.glob("crasher-died-*"))) == max_retries + 1
+
+
 def test_executor_flags_round_trip_and_are_checked():
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1)  # `rlptune run` has its own --jobs

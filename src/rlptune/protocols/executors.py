@@ -18,12 +18,11 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
+from multiprocessing import connection as mp_connection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -281,35 +280,77 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlptune-parent-watchdog", daemon=True).start()
 
 
-def _pool_task(work: WorkFunction, task: Task, threads: int, started: str) -> Outcome:
-    """``run_task`` in a pool worker, leaving a mark that it started: when a dead worker breaks the pool, only
-    runs that had started are charged a retry (queued ones lost nothing)."""
-    Path(started).touch()
-    return run_task(work, task, threads)
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Terminate the pool's workers now (their runs keep their checkpoints), then release the pool."""
-    processes = list(getattr(pool, "_processes", {}).values() or [])
-    for process in processes:
+def _worker_main(conn: Any, work: WorkFunction, threads: int, parent_pid: int) -> None:
+    """A sweep worker: runs the tasks its parent sends, one at a time, until told to stop (``None``) or orphaned."""
+    _die_with_parent(parent_pid)
+    while True:
         try:
-            process.terminate()
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        conn.send(run_task(work, task, threads))
+
+
+class _Worker:
+    """One spawned process with a pipe of its own, so that a death is charged to the run it was running and to no
+    other (a shared process pool breaks whole and cannot say which of its runs killed it)."""
+
+    def __init__(self, context: Any, work: WorkFunction, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, work, threads, os.getpid()),
+                                       name="rlptune-run-worker")
+        self.process.start()
+        child.close()
+        self.task: Optional[Task] = None
+
+    def give(self, task: Task) -> None:
+        self.task = task
+        self.conn.send(task)
+
+    def result(self) -> Optional[Outcome]:
+        """The finished run's outcome, or None when the process died without one."""
+        try:
+            return self.conn.recv() if self.conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _stop_workers(workers: Sequence[_Worker]) -> None:
+    """Terminate the workers now (their runs keep their checkpoints)."""
+    for worker in workers:
+        try:
+            worker.process.terminate()
         except (OSError, ValueError, AttributeError):
             pass
     deadline = time.monotonic() + 2.0
-    for process in processes:
+    for worker in workers:
         try:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
         except (OSError, ValueError, AttributeError, AssertionError):
             pass
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 @register_executor("local")
 class LocalExecutor(Executor):
-    """``--jobs 1``: runs one after another in this process; ``--jobs N``: N spawned worker processes."""
+    """``--jobs 1``: runs one after another in this process; ``--jobs N``: N spawned worker processes, each with a
+    pipe of its own. A worker that dies (killed, out of memory) is replaced; only the run it was running is charged
+    a retry and starts again (resuming from its checkpoint), the runs of the other workers go on untouched."""
 
     def threads(self) -> int:
         return self.settings.cpus_per_run or max(1, (os.cpu_count() or 1) // self.settings.jobs)
@@ -319,48 +360,46 @@ class LocalExecutor(Executor):
             for task in tasks:
                 progress.record(run_task(work, task, self.settings.cpus_per_run), running=0)
             return
+        context = multiprocessing.get_context("spawn")
         attempts = {t.key: 0 for t in tasks}
-        queue = list(tasks)
-        while queue:  # a dead worker breaks the whole pool: its unfinished runs go into a fresh one
-            queue = self._run_pool(queue, work, progress, attempts)
-
-    def _run_pool(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress, attempts: dict[str, int]) -> list[Task]:
-        """One pool over ``tasks``; returns the runs to start again because a dead worker broke the pool."""
-        pool = ProcessPoolExecutor(
-            max_workers=min(self.settings.jobs, len(tasks)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_die_with_parent,
-            initargs=(os.getpid(),),
-        )
-        retry: list[Task] = []
-        with tempfile.TemporaryDirectory(prefix="rlptune-pool-") as marks:
-            started = {t.key: Path(marks) / f"{i}.started" for i, t in enumerate(tasks)}
-            try:
-                futures: dict[Future, Task] = {
-                    pool.submit(_pool_task, work, t, self.threads(), str(started[t.key])): t for t in tasks
-                }
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, timeout=min(1.0, self.settings.progress_every_s), return_when=FIRST_COMPLETED)
-                    running = min(len(pending), self.settings.jobs)
-                    for future in finished:
-                        task = futures[future]
-                        try:
-                            outcome = future.result()
-                        except BrokenProcessPool:
-                            attempts[task.key] += started[task.key].exists()
-                            if attempts[task.key] <= self.settings.max_retries:
-                                retry.append(task)
-                                continue
-                            outcome = Outcome(task.key, error=f"its worker process died {attempts[task.key]} times "
-                                                              f"(killed or out of memory)")
-                        progress.record(outcome, running)
-                    progress.heartbeat(running, self.settings.progress_every_s)
-            except BaseException:
-                _stop_pool(pool)
-                raise
-            pool.shutdown(wait=True)
-        return retry
+        queue = deque(tasks)
+        workers: list[_Worker] = []
+        try:
+            while queue or workers:
+                while queue and len(workers) < self.settings.jobs:
+                    workers.append(_Worker(context, work, self.threads()))
+                for worker in workers:
+                    if worker.task is None and queue:
+                        worker.give(queue.popleft())
+                for worker in [w for w in workers if w.task is None]:  # nothing left to give it
+                    worker.close()
+                    workers.remove(worker)
+                if not workers:
+                    break
+                mp_connection.wait([w.conn for w in workers] + [w.process.sentinel for w in workers],
+                                   timeout=min(1.0, self.settings.progress_every_s))
+                for worker in list(workers):
+                    task = worker.task
+                    outcome = worker.result()
+                    if outcome is None and worker.process.is_alive():
+                        continue  # still running
+                    if outcome is None:  # this worker died: charge its own run, and only it
+                        workers.remove(worker)
+                        worker.conn.close()
+                        attempts[task.key] += 1
+                        if attempts[task.key] <= self.settings.max_retries:
+                            queue.appendleft(task)
+                            continue
+                        outcome = Outcome(task.key, error=f"its worker process died {attempts[task.key]} times "
+                                                          f"(killed or out of memory)")
+                    worker.task = None
+                    progress.record(outcome, sum(w.task is not None for w in workers))
+                progress.heartbeat(sum(w.task is not None for w in workers), self.settings.progress_every_s)
+        except BaseException:
+            _stop_workers(workers)
+            raise
+        for worker in workers:
+            worker.close()
 
 
 # -- ray: one task per run ---------------------------------------------------------------------------------------

@@ -230,11 +230,19 @@ class RefCustomCLIP(nn.Module):
         return self.logit_scale.exp() * image_features @ text_features.t()
 
 
+def _autocast(precision: str):
+    """The reference's precision: nothing for fp32, CPU autocast for bf16 (the same context rlptune's backbone uses)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 class ReferenceTrainer:
     """The CoOp training loop: data loader with augmentation, image tower + 77-token text every step, SGD."""
 
-    def __init__(self, backbone: Backbone, splits: DatasetSplits, n_ctx: int, rlp: bool, config):
+    def __init__(self, backbone: Backbone, splits: DatasetSplits, n_ctx: int, rlp: bool, config, precision: str = "fp32"):
         self.backbone, self.splits, self.config = backbone, splits, config
+        self.precision = precision  # "bf16": the whole step under CPU bf16 autocast, as rlptune's bf16 runs it
         torch.manual_seed(config.train.seed)
         self.model = RefCustomCLIP(backbone, splits.classnames, n_ctx, rlp)
         params = [p for n, p in self.model.named_parameters() if "prompt_learner" in n]
@@ -262,8 +270,9 @@ class ReferenceTrainer:
             for images, labels, _ in loader:
                 t0 = time.perf_counter()
                 self.model.timing = {"image": 0.0}
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels)
+                with _autocast(self.precision):
+                    logits = self.model(images)
+                    loss = F.cross_entropy(logits, labels)
                 self.optim.zero_grad()
                 loss.backward()
                 self.optim.step()
@@ -523,10 +532,12 @@ def bench_equal_fidelity(args, log) -> dict:
     n_base = args.classes // 2
     base = DatasetSplits("bench-base", full.root, names[:n_base], [it for it in full.train if it.label < n_base], [], [])
     torch.manual_seed(0)
-    backbone = load_backbone(args.backbone, device="cpu")
+    precision = getattr(args, "precision", "fp32")
+    backbone = load_backbone(args.backbone, device="cpu", precision=precision)
     e_dim = int(backbone.model.text_projection.shape[1])
     out: dict = {"setting": {"backbone": args.backbone, "classes": args.classes, "base_classes": n_base, "shots": args.shots,
-                             "test_per_class": args.test_per_class, "sweep_seeds": args.sweep_seeds}}
+                             "test_per_class": args.test_per_class, "sweep_seeds": args.sweep_seeds,
+                             "precision": precision}}
 
     # image side, rlptune's encode path (load + crop + image tower): a fresh view and the centre crop, per image
     sample = full.train[:: max(1, len(full.train) // args.cache_sample)][: args.cache_sample]
@@ -559,7 +570,7 @@ def bench_equal_fidelity(args, log) -> dict:
     ref = {}
     for label, splits, n_ctx in (("single", full, 16), ("base", base, 4)):
         config = rlptune_config("CoOp n=16", work / "cache", 1)
-        trainer = ReferenceTrainer(backbone, splits, n_ctx, False, config)
+        trainer = ReferenceTrainer(backbone, splits, n_ctx, False, config, precision=precision)
         steps = trainer.run(epochs=args.ref_steps + 1, max_steps=args.ref_steps + 1)[1:]
         batch = 32
         ref[label] = {

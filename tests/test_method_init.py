@@ -168,8 +168,12 @@ def test_deep_prompts_of_different_layers_are_drawn_apart(tiny, name, options):
                 assert not torch.allclose(layers[i], layers[j])
 
 
-def test_class_specific_random_contexts_are_drawn_per_class(tiny):
-    """CoOp CSC without an init text: one (C, n, d) N(0, 0.02²) draw, each class its own context."""
+def test_random_contexts_replay_coop_s_draw_generic_and_class_specific(tiny):
+    """CoOp without an init text: one (n, d) N(0, 0.02²) draw, or one (C, n, d) draw with CSC (each class its own
+    context); the same generator state gives the official tensor."""
+    generic = _build(tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": None}), seed=3)
+    torch.manual_seed(3)
+    assert torch.equal(generic.prompt.ctx, _official_normal(4, D))
     method = _build(tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": None}, method={"class_specific": True}), seed=3)
     torch.manual_seed(3)
     assert torch.equal(method.prompt.ctx, _official_normal(len(CLASSES), 4, D))

@@ -13,7 +13,9 @@ One module, four registered names (each with its official recipe in :mod:`rlptun
   pooling. The classifier is the frozen CLIP's hand-crafted prompt (dataset template, else "a photo of a {}.").
 - ``ivlp``: both at once, independent (Independent Vision-Language Prompting, from the MaPLe paper).
 - ``maple``: MaPLe-style coupling: the vision prompt of layer i is a learned linear map ``F_i: d → w`` of the
-  text prompt of layer i (J maps, one per layer); the vision tokens have no parameters of their own.
+  text prompt of layer i (J maps, one per layer); the vision tokens have no parameters of their own. As in the
+  official code, F_1 … F_{J−1} start as copies of one ``nn.Linear`` and F_0 is drawn on its own
+  (:func:`coupling_maps`; docs/METHODS.md, "Initialisation, audited against the official code").
 
 Every prompt is built by :func:`rlptune.prompts.build_prompt`, so ``prompt.kind: lowrank`` turns all of them
 into RLP at once; a deep prompt (J−1, n, d) is factorised per layer (A: (J−1, n, r), B: (J−1, r, d)).
@@ -29,6 +31,7 @@ ViT-B-16 (d=512, w=768), n = n_v = 2, J = 9: ivlp 9,216 + 13,824 = 23,040; maple
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -93,6 +96,27 @@ def text_context_init(settings, backbone, n_ctx: int, field: str = "prompt.n_ctx
     return torch.randn(n_ctx, backbone.text.width) * settings.init_std, False, None
 
 
+def layer_prompts(depth: int, n: int, width: int, std: float) -> torch.Tensor:
+    """(depth, n, width) prompts, each layer's (n, width) drawn on its own from N(0, std²), in layer order.
+
+    One draw per layer, as the official MaPLe / IVLP / VPT / PromptSRC code draws each layer's prompt
+    (``nn.init.normal_(…, std=0.02)`` per layer), so the same generator state gives the same tensors for any size
+    (one (depth, n, width) draw agrees with it only when n·width is a multiple of 16)."""
+    return torch.stack([nn.init.normal_(torch.empty(n, width), std=std) for _ in range(depth)])
+
+
+def coupling_maps(first: nn.Linear, depth: int) -> nn.ModuleList:
+    """MaPLe's J text→vision maps as the official ``MultiModalPromptLearner`` builds them: layer 0's own map
+    (``proj``, drawn before the deeper text prompts) and, for layers 1 … J−1, ONE further ``nn.Linear`` deep-copied
+    J−1 times (``_get_clones``), so the deeper maps start identical to each other and different from layer 0's.
+    The copies are separate parameters (they train apart), not one tied map."""
+    maps = [first]
+    if depth > 1:
+        shared = nn.Linear(first.in_features, first.out_features)
+        maps += [copy.deepcopy(shared) for _ in range(depth - 1)]
+    return nn.ModuleList(maps)
+
+
 def _replace(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
     """x (B, L, w) with positions start … start+n replaced by ``tokens`` (n, w) for every row."""
     n = tokens.shape[0]
@@ -124,7 +148,16 @@ class DeepPrompts(Method):
                 f"set method.options.{'depth' if self.coupled else 'text_depth'} <= {text_layers}"
             )
         width = backbone.text.width
+        vision = None
+        if self.vision_depth > 0:  # checked before any prompt is drawn
+            vision = backbone.vision  # raises a clear RlptuneError on towers without tokens (ModifiedResNet)
+            if self.vision_depth > vision.num_layers:
+                raise RlptuneError(
+                    f"{self.registered_name}: prompt depth {self.vision_depth} exceeds the image tower's {vision.num_layers} "
+                    f"layers; set method.options.{'depth' if self.coupled else 'vision_depth'} <= {vision.num_layers}"
+                )
         self.n_ctx: int | None = None  # no text prompt (deep_vision)
+        first_map: nn.Linear | None = None
         if self.text_depth > 0:
             if self.text_depth > 1 and config.method.class_token_position != "end":
                 raise RlptuneError(f"{self.registered_name}: deep text prompts need method.class_token_position=end")
@@ -133,8 +166,10 @@ class DeepPrompts(Method):
             )
             self.n_ctx = int(init.shape[-2])
             self.text_prompt = build_prompt(config.prompt, init, from_text)
+            if self.coupled:  # the official draw order: context, layer 0's map, deeper text prompts, deeper maps
+                first_map = nn.Linear(width, vision.width)
             if self.text_depth > 1:
-                deep = torch.randn(self.text_depth - 1, self.n_ctx, width) * opts.deep_init_std
+                deep = layer_prompts(self.text_depth - 1, self.n_ctx, width, opts.deep_init_std)
                 self.text_deep = build_prompt(config.prompt, deep, False)
             self.text = self._make_text(classnames)
         else:
@@ -142,20 +177,14 @@ class DeepPrompts(Method):
             self.register_buffer("fixed_text", handcrafted_features(backbone, classnames, self.template), persistent=False)
 
         self.needs_image_tower = self.vision_depth > 0
-        if self.vision_depth > 0:
-            vision = backbone.vision  # raises a clear RlptuneError on towers without tokens (ModifiedResNet)
-            if self.vision_depth > vision.num_layers:
-                raise RlptuneError(
-                    f"{self.registered_name}: prompt depth {self.vision_depth} exceeds the image tower's {vision.num_layers} "
-                    f"layers; set method.options.{'depth' if self.coupled else 'vision_depth'} <= {vision.num_layers}"
-                )
+        if vision is not None:
             self.vision_width = vision.width
             if self.coupled:
                 self.n_vision = self.n_ctx
-                self.couplers = nn.ModuleList([nn.Linear(width, vision.width) for _ in range(self.vision_depth)]).to(backbone.device)
+                self.couplers = coupling_maps(first_map, self.vision_depth).to(backbone.device)
             else:
                 self.n_vision = int(opts.vision_ctx)
-                init = torch.randn(self.vision_depth, self.n_vision, vision.width) * opts.deep_init_std
+                init = layer_prompts(self.vision_depth, self.n_vision, vision.width, opts.deep_init_std)
                 self.vision_prompt = build_prompt(config.prompt, init, False)
         self._merged_vision: torch.Tensor | None = None
         self.to(backbone.device)

@@ -269,7 +269,7 @@ SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 #: ``method.*`` settings that only some methods honour (see ``Method.honours``).
 _HONOURABLE = ("class_specific", "class_token_position", "text_chunk", "checkpoint_text", "use_dataset_template")
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)\Z")  # \Z: "$" would let "cpu\n" through
 
 
 _WARNED: set[str] = set()

@@ -45,7 +45,7 @@ MODEL_CARD = "README.md"
 TRAINING_CONFIG = "training_config.yaml"
 #: The files a hub download fetches: rlptune's adapter, 0.1.0's names, CLIP-LoRA's peft export and the card.
 HUB_FILES = [ADAPTER_CONFIG, ADAPTER_MODEL, LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_MODEL, MODEL_CARD, TRAINING_CONFIG]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would let "org/name\n" through
 
 
 # -- saving ----------------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def from_pretrained(
         return load_adapter(path, backbone=backbone, device=device)
     text = str(source)
     if not _REPO_ID.match(text):
-        raise RlptuneError(f"{text}: no such adapter folder, and not a hub repo id (org/name)")
+        raise RlptuneError(f"{text if text.isprintable() else repr(text)}: no such adapter folder, and not a hub repo id (org/name)")
     return load_adapter(download(text, revision=revision, token=token), backbone=backbone, device=device)
 
 
@@ -327,7 +327,7 @@ def push_to_hub(
     names). Only the adapter's files travel; nothing is written into ``source``.
     """
     if not _REPO_ID.match(repo_id):
-        raise RlptuneError(f"{repo_id}: not a hub repo id (expected org/name)")
+        raise RlptuneError(f"{repo_id if str(repo_id).isprintable() else repr(repo_id)}: not a hub repo id (expected org/name)")
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory(prefix="rlptune-push-") as tmp:

@@ -6,12 +6,15 @@ Errors are ``{"error": "<one line>"}`` with a 4xx status; an unexpected failure 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,11 +36,17 @@ from .batcher import Batcher, ServerClosing
 from .metrics import Metrics
 from .page import PAGE
 from .settings import ServeSettings
-from .tasks import TaskRegistry, check_task_name
+from .tasks import TaskConflict, TaskRegistry, check_task_name
 
 log = logging.getLogger("rlptune.serve")
 
 ROUTES = ("/", "/healthz", "/metrics", "/v1/classify", "/v1/tasks", "/docs", "/openapi.json")
+
+#: ``top_k`` is clipped to the task's classes; beyond this it is surely a mistake (and never a 5,000-digit number).
+MAX_TOP_K = 1_000_000
+_DIGITS = 40  # longer integers are not converted at all (Python refuses over 4,300 digits, slowly)
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class ApiError(Exception):
@@ -53,6 +62,56 @@ class BodyTooLarge(Exception):
     pass
 
 
+class _LongInteger:
+    """A JSON integer too long to convert: kept as its length, so that the field it sits in is named."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _parse_json_int(text: str):
+    return int(text) if len(text) <= _DIGITS else _LongInteger(len(text.lstrip("-")))
+
+
+def _shown(value) -> str:
+    """A client's value in an error line: short, one line, never a long repr of nested data."""
+    if isinstance(value, _LongInteger):
+        return f"a {value.digits}-digit number"
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_top_k(value) -> int:
+    """``top_k`` from JSON (a number or a string) or a form field (a string): the same number is accepted or
+    refused the same way whatever its spelling (``3``, ``"3"``, ``3.0``, ``"3e0"``); NaN, infinities, fractions,
+    booleans and numbers outside 1..MAX_TOP_K are refused with one line naming the field."""
+    expected = f"top_k must be a whole number from 1 to {MAX_TOP_K:,} (it is clipped to the task's class count)"
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        if _INT_TEXT.fullmatch(text):
+            digits = len(text.lstrip("+-"))
+            if digits > _DIGITS:
+                raise ApiError(400, f"{expected}, got a {digits}-digit number")
+            number = int(text)
+        elif len(text) <= 400 and _FLOAT_TEXT.fullmatch(text):
+            number = float(text)
+        else:
+            raise ApiError(400, f"{expected}, got {_shown(value)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"{expected}, got {_shown(value)}")
+    if isinstance(number, float):
+        if not math.isfinite(number) or not number.is_integer():
+            raise ApiError(400, f"{expected}, got {_shown(value)}")
+        number = int(number)
+    if not 1 <= number <= MAX_TOP_K:
+        shown = f"a {len(str(abs(number)))}-digit number" if abs(number) >= 10**_DIGITS else str(number)
+        raise ApiError(400, f"{expected}, got {shown}")
+    return number
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
@@ -64,26 +123,29 @@ def _route_label(path: str) -> str:
 
 
 class GuardMiddleware:
-    """Pure ASGI: refuses bodies over the limit (413), times every request for /metrics."""
+    """Pure ASGI: refuses bodies over the limit (413), times every request for /metrics, and answers a request
+    cancelled at shutdown (still running when ``--graceful-timeout-s`` ends) with a JSON 503."""
 
-    def __init__(self, app, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app, limit: int, metrics: Metrics, graceful_timeout_s: float = 0.0) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.graceful_timeout_s = graceful_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = len(declared) > 20 or int(declared) > self.limit
             except ValueError:
                 too_big = False
             if too_big:
-                response = _error(413, f"request body of {int(declared)} bytes is over the limit of {self.limit} bytes (--max-request-mb)")
+                size = f"{int(declared)} bytes" if len(declared) <= 20 else f"a {len(declared)}-digit number of bytes"
+                response = _error(413, f"request body of {size} is over the limit of {self.limit} bytes (--max-request-mb)")
                 await response(scope, receive, send)
                 self.metrics.request(_route_label(scope["path"]), scope["method"], 413, time.perf_counter() - start)
                 return
@@ -101,10 +163,24 @@ class GuardMiddleware:
         async def recording_send(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
             await send(message)
 
         try:
             await self.app(scope, counting_receive, recording_send)
+        except asyncio.CancelledError:
+            # The ASGI server cancels requests still running when the graceful-shutdown timeout ends. Answer in
+            # the API's error shape instead of letting it send a plain-text 500 and log a traceback; the task
+            # ends here either way.
+            timeout = self.graceful_timeout_s
+            log.warning(
+                "%s %s cancelled at shutdown (still running after --graceful-timeout-s %g)",
+                scope["method"][:40], _route_label(scope["path"]), timeout,
+            )
+            if not status["started"]:
+                status["code"] = 503
+                message = f"server is shutting down: the request did not finish within --graceful-timeout-s ({timeout:g} s)"
+                await _error(503, message, {"Connection": "close"})(scope, receive, send)
         finally:
             self.metrics.request(_route_label(scope["path"]), scope["method"], status["code"], time.perf_counter() - start)
 
@@ -185,7 +261,9 @@ async def _read_classify(request: Request, server: Server) -> tuple[str, int, li
     elif ctype == "application/json":
         raw = await request.body()
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_int=_parse_json_int)
+        except RecursionError:
+            raise ApiError(400, "request body is not valid JSON (nested too deeply)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"request body is not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(body, dict):
@@ -211,14 +289,7 @@ async def _read_classify(request: Request, server: Server) -> tuple[str, int, li
                 raise ApiError(400, f"images[{i - 1}] is not valid base64") from None
     else:
         raise ApiError(415, "send multipart/form-data (task, top_k, image files) or application/json (task, top_k, images as base64)")
-    if isinstance(top_k, bool):
-        raise ApiError(400, f"top_k must be a whole number >= 1, got {top_k!r}")
-    try:
-        top_k = int(top_k)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"top_k must be a whole number >= 1, got {str(top_k)[:40]!r}") from None
-    if top_k < 1:
-        raise ApiError(400, f"top_k must be >= 1, got {top_k}")
+    top_k = parse_top_k(top_k)
     if not blobs:
         raise ApiError(400, "no image in the request (multipart field 'image', or JSON field 'images')")
     if len(blobs) > settings.max_images_per_request:
@@ -236,7 +307,7 @@ _CLASSIFY_BODY = {
                     "required": ["task", "image"],
                     "properties": {
                         "task": {"type": "string", "description": "task (adapter) name"},
-                        "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
                         "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                 }
@@ -247,7 +318,7 @@ _CLASSIFY_BODY = {
                     "required": ["task", "images"],
                     "properties": {
                         "task": {"type": "string"},
-                        "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
                         "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
                     },
                 }
@@ -302,7 +373,7 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         lifespan=lifespan,
     )
     app.state.server = server
-    app.add_middleware(GuardMiddleware, limit=settings.max_request_bytes, metrics=server.metrics)
+    app.add_middleware(GuardMiddleware, limit=settings.max_request_bytes, metrics=server.metrics, graceful_timeout_s=float(settings.graceful_timeout_s))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -313,6 +384,10 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
     async def _rlptune_error(request: Request, exc: RlptuneError):
         return _error(400, str(exc))
 
+    @app.exception_handler(TaskConflict)
+    async def _task_conflict(request: Request, exc: TaskConflict):
+        return _error(409, str(exc))
+
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge):
         return _error(413, f"request body is over the limit of {settings.max_request_bytes} bytes (--max-request-mb)")
@@ -321,9 +396,9 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+            message = f"no such endpoint: {request.method[:40]} {request.url.path[:200]} (see /docs)"
         elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path} (see /docs)"
+            message = f"method {request.method[:40]} is not allowed on {request.url.path[:200]} (see /docs)"
         return _error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -404,6 +479,8 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
             predictions = await server.batcher.submit(task, images, top_k)
         except ServerClosing:
             raise ApiError(503, "server is shutting down") from None
+        except RlptuneError as exc:  # the task's adapter, not the request, is at fault
+            raise ApiError(409, str(exc)) from None
         names = [label for label, _ in blobs]
         return JSONResponse(
             {

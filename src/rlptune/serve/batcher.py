@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import RlptuneError
 from .tasks import LoadedTask
 
 log = logging.getLogger("rlptune.serve")
@@ -155,8 +156,18 @@ class Batcher:
         for i in indices:
             job = jobs[i]
             n = len(job.images)
+            part = features[start : start + n]
+            start += n
             try:
-                probs = job.task.scores(features[start : start + n]).float().softmax(-1).cpu()
+                logits = job.task.scores(part).float()
+                if not torch.isfinite(logits).all():  # NaN probabilities are no answer (and not valid JSON)
+                    log.warning("task %s: logits are not finite (NaN or inf) for a request", job.task.info.name)
+                    outcomes[i] = RlptuneError(
+                        f"task {job.task.info.name!r}: its logits are not finite (NaN or inf) for this image; "
+                        f"the adapter's tensors are damaged or too large"
+                    )
+                    continue
+                probs = logits.softmax(-1).cpu()
                 k = max(1, min(job.top_k, probs.shape[-1]))
                 top = probs.topk(k, dim=-1)
                 names = job.task.info.classnames
@@ -167,4 +178,3 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - one task's failure must not fail the others in the batch
                 log.exception("scoring task %s failed", job.task.info.name)
                 outcomes[i] = exc
-            start += n

@@ -9,7 +9,7 @@ import sys
 import typing
 
 from ..errors import RlptuneError
-from .settings import ServeSettings, settings_fields
+from .settings import RANGES, ServeSettings, describe_range, parse_number, settings_fields
 
 
 def _flag(name: str) -> str:
@@ -32,6 +32,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
             p.add_argument(_flag(field.name), action="store_true", default=field.default, help=field.metadata["help"])
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
+        if field.name in RANGES:  # checked by ServeSettings.validate, in one line naming the flag
+            help_text = f"{field.metadata['help']} ({describe_range(field.name)}; default: {field.default})"
+            base = parse_number
         p.add_argument(_flag(field.name), type=base, default=field.default, help=help_text)
     p.set_defaults(func=cmd_serve)
     return p
@@ -45,6 +48,22 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     return run_server(settings)
+
+
+def uvicorn_config(app, settings: ServeSettings, **overrides):
+    """The uvicorn configuration ``rlptune serve`` runs with (tests run the same one in-process)."""
+    import uvicorn
+
+    options = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        # 0 means: do not wait; requests still running are answered 503 at once (see GuardMiddleware)
+        timeout_graceful_shutdown=float(settings.graceful_timeout_s),
+        server_header=False,
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
 
 
 def run_server(settings: ServeSettings) -> int:
@@ -67,15 +86,7 @@ def run_server(settings: ServeSettings) -> int:
     )
     if generated:
         print(f"rlptune serve: token for PUT/DELETE /v1/tasks: {token}", file=sys.stderr)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     if settings.max_lifetime_s > 0:
 
         timer = threading.Timer(settings.max_lifetime_s, lambda: setattr(server, "should_exit", True))
@@ -86,4 +97,4 @@ def run_server(settings: ServeSettings) -> int:
     return 0
 
 
-__all__ = ["add_serve_parser", "cmd_serve", "run_server", "settings_from_args"]
+__all__ = ["add_serve_parser", "cmd_serve", "run_server", "settings_from_args", "uvicorn_config"]

@@ -8,6 +8,23 @@ from typing import Callable
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+#: The label values a request can produce. Anything a client invents (a method name, a status a future route
+#: might send) is folded into a fixed label, so no request can add series to /metrics.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+STATUSES = (200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503)
+
+
+def method_label(method: str) -> str:
+    """The request method if it is a standard one, else ``other``."""
+    return method if method in METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The status code if the server sends it, else its class (``2xx`` ... ``5xx``), else ``other``."""
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if isinstance(status, int) and 100 <= status <= 599 else "other"
+
 
 class Histogram:
     def __init__(self, buckets: tuple[float, ...]) -> None:
@@ -42,15 +59,16 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}
         self.latency: dict[str, Histogram] = {}
         self.batch_sizes = Histogram(BATCH_BUCKETS)
         self.images = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request; ``route`` must come from a fixed set (the app's route labels)."""
         with self._lock:
-            key = (route, method, status)
+            key = (route, method_label(method), status_label(status))
             self.requests[key] = self.requests.get(key, 0) + 1
             self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 
 import ipaddress
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +15,53 @@ from typing import Any, Optional
 from ..errors import RlptuneError
 
 TOKEN_ENV = "RLPTUNE_SERVE_TOKEN"
+
+#: Every number a server takes, with its range: (lowest, highest, lowest excluded, whole numbers only, unit).
+#: A value outside (NaN, an infinity, a wait of 1e9 ms that leaves a lone request unanswered) is refused at start.
+RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
+    "port": (0, 65535, False, True, ""),
+    "max_batch_size": (1, 4096, False, True, " images"),
+    "max_wait_ms": (0, 10_000, False, False, " milliseconds"),
+    "max_images_per_request": (1, 1024, False, True, " images"),
+    "max_request_mb": (0, 1024, True, False, " MiB"),
+    "max_image_pixels": (1, 1_000_000_000, False, True, " pixels"),
+    "cache_mb": (0, 1_048_576, True, False, " MiB"),
+    "max_lifetime_s": (0, 31_536_000, False, False, " seconds"),
+    "graceful_timeout_s": (0, 3600, False, False, " seconds"),
+}
+_NUMBER_TEXT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
+def parse_number(text: str) -> Any:
+    """A command-line number: an int when written as one, else a float; other text is returned as it is, for
+    :meth:`ServeSettings.validate` to refuse in one line that names the flag (so ``1e3`` and ``1000`` agree)."""
+    if not isinstance(text, str) or not _NUMBER_TEXT.fullmatch(text) or len(text) > 400:
+        return text
+    stripped = text.strip()
+    if stripped.lstrip("+-").isdigit():
+        return int(stripped) if len(stripped) <= 40 else float("inf")
+    return float(stripped)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _n(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def describe_range(name: str) -> str:
+    """``from 1 to 4,096 images``: the range of a numeric setting, as the help text and the error line say it."""
+    low, high, low_open, _, unit = RANGES[name]
+    return (f"above {_n(low)} up to {_n(high)}" if low_open else f"from {_n(low)} to {_n(high)}") + unit
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return "a number of more than 40 digits"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _s(default: Any, help: str) -> Any:
@@ -35,20 +84,24 @@ class ServeSettings:
     cache_mb: float = _s(512.0, "memory for loaded tasks (class features; whole methods for image-tower tasks), in MiB, least recently used evicted")
     preload: bool = _s(False, "load every adapter's class features at start (else on first use)")
     max_lifetime_s: float = _s(0.0, "stop by itself (gracefully) after this many seconds; 0 = run until interrupted")
-    graceful_timeout_s: float = _s(30.0, "on shutdown, how long in-flight requests may take to finish")
+    graceful_timeout_s: float = _s(30.0, "on shutdown, how long in-flight requests may take to finish; any still running then get a 503 (0 = no wait)")
 
     def validate(self) -> "ServeSettings":
-        for name in ("max_batch_size", "max_images_per_request", "max_image_pixels"):
-            if int(getattr(self, name)) < 1:
-                raise RlptuneError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "max_lifetime_s", "graceful_timeout_s"):
-            if float(getattr(self, name)) < 0:
-                raise RlptuneError(f"serve setting {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_request_mb", "cache_mb"):
-            if float(getattr(self, name)) <= 0:
-                raise RlptuneError(f"serve setting {name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= int(self.port) <= 65535:
-            raise RlptuneError(f"serve setting port must be 0..65535, got {self.port}")
+        """Check every setting (one line naming the setting and its flag); whole-number settings become ints."""
+        for name in ("backbone", "adapters", "host", "device"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise RlptuneError(f"serve setting {name} ({_flag(name)}) must be a non-empty text, got {_shown(value)}")
+        for name, (low, high, low_open, whole, _) in RANGES.items():
+            raw = getattr(self, name)
+            value = parse_number(raw) if isinstance(raw, str) else raw
+            kind = "a whole number" if whole else "a number"
+            ok = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+            ok = ok and not isinstance(value, bool) and (value > low if low_open else value >= low) and value <= high
+            ok = ok and (not whole or float(value).is_integer())
+            if not ok:
+                raise RlptuneError(f"serve setting {name} ({_flag(name)}) must be {kind} {describe_range(name)}, got {_shown(raw)}")
+            setattr(self, name, int(value) if whole else float(value))
         return self
 
     @property

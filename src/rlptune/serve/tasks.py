@@ -18,7 +18,9 @@ JSON only, identity checked, tensor names and shapes checked by the loader) and 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -37,18 +39,44 @@ from ..errors import RlptuneError
 log = logging.getLogger("rlptune.serve")
 
 #: A task name: letters, digits, ``_ . -``; starts with a letter or digit (so never ``..`` or a hidden name).
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: ``\Z``, not ``$``: ``$`` also matches before a final newline, and ``nl\n`` would become a folder name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 _AFFINE_TOLERANCE = 1e-4
 
 
 def check_task_name(name: str) -> str:
     """``name`` if it is a safe folder name inside the adapters folder, else a one-line error."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise RlptuneError(
             f"task name {str(name)[:80]!r}: expected 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
+
+
+class TaskConflict(RlptuneError):
+    """The adapters folder holds something under this name that the server does not serve: it is never touched."""
+
+
+def _not_served(name: str) -> TaskConflict:
+    return TaskConflict(
+        f"task {name!r}: the adapters folder holds a {name!r} entry that this server does not serve (skipped at start, "
+        f"or added since; see the server log); it is never replaced or deleted: move it away on the server, or choose another name"
+    )
+
+
+def _check_upload_json(config_bytes: bytes) -> None:
+    """Refuse what would break a JSON parser before the loader sees it (it reports the rest with its own line)."""
+    try:
+        json.loads(config_bytes)
+    except RecursionError:
+        raise RlptuneError(f"{ADAPTER_CONFIG}: not valid JSON (nested too deeply)") from None
+    except UnicodeDecodeError as exc:
+        raise RlptuneError(f"{ADAPTER_CONFIG}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError:
+        return  # the loader names line and column
+    except ValueError as exc:  # an integer too long to convert
+        raise RlptuneError(f"{ADAPTER_CONFIG}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
 
 
 @dataclass(frozen=True)
@@ -108,12 +136,26 @@ def image_feature_width(backbone) -> int:
     return int(backbone.encode_image(blank).shape[-1])
 
 
+def _not_finite(info: TaskInfo) -> RlptuneError:
+    return RlptuneError(
+        f"adapter of task {info.name!r}: its logits are not finite (NaN or inf) on this backbone; "
+        f"its tensors are damaged or too large (a diverged training run)"
+    )
+
+
 @torch.no_grad()
 def prepare_task(info: TaskInfo, method, backbone, width: int) -> LoadedTask:
-    """Merge the method and keep what scoring needs (see the module docstring)."""
+    """Merge the method and keep what scoring needs (see the module docstring).
+
+    Raises :class:`RlptuneError` when the adapter's logits are not finite: finite tensors can still overflow
+    (a prompt times 1e30), and such a task could only ever answer NaN probabilities.
+    """
     method.eval()
     method.merge()
     if method.needs_image_tower or not method.normalize_features:  # the linear probe scores raw features
+        blank = torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=backbone.device)
+        if not torch.isfinite(method.logits(method.encode_images(blank))).all():
+            raise _not_finite(info)
         return LoadedTask(info, "image_tower", method=method, nbytes=_own_bytes(method, backbone))
     device = backbone.device
     eye = torch.eye(width, device=device)
@@ -122,8 +164,12 @@ def prepare_task(info: TaskInfo, method, backbone, width: int) -> LoadedTask:
     generator = torch.Generator().manual_seed(0)
     probe = torch.nn.functional.normalize(torch.randn(8, width, generator=generator), dim=-1).to(device)
     expected = method.logits(probe).float()
+    if not (torch.isfinite(bias).all() and torch.isfinite(weight).all() and torch.isfinite(expected).all()):
+        raise _not_finite(info)  # (and so the tolerance below is always a finite number)
     affine = probe @ weight + bias
-    if torch.allclose(expected, affine, rtol=_AFFINE_TOLERANCE, atol=_AFFINE_TOLERANCE * float(expected.abs().max().clamp(min=1.0))):
+    if torch.isfinite(affine).all() and torch.allclose(
+        expected, affine, rtol=_AFFINE_TOLERANCE, atol=_AFFINE_TOLERANCE * float(expected.abs().max().clamp(min=1.0))
+    ):
         return LoadedTask(info, "affine", weight=weight, bias=bias, nbytes=(weight.numel() + bias.numel()) * 4)
     return LoadedTask(info, "conditioned", method=method, nbytes=_own_bytes(method, backbone))
 
@@ -158,6 +204,7 @@ class TaskRegistry:
                 continue
             try:
                 check_task_name(path.name)
+                self._check_real_folder(path)
                 infos[path.name] = self._read_info(path, path.name)
             except RlptuneError as exc:
                 skipped.append(str(exc))
@@ -178,10 +225,19 @@ class TaskRegistry:
             raise RlptuneError(f"{folder}: missing {model_path.name}")
         return TaskInfo(name, payload["method"], tuple(payload["classnames"]), identity)
 
+    def _check_real_folder(self, path: Path) -> None:
+        """A served task is a real folder directly inside the adapters folder: never a link to one elsewhere."""
+        if path.is_symlink():
+            raise RlptuneError(f"{path}: is a symbolic link; the server serves only real folders inside {self.root} (copy the adapter in)")
+        if path.resolve().parent != self.root.resolve():
+            raise RlptuneError(f"{path}: resolves outside the adapters folder {self.root}")
+
     def folder(self, name: str) -> Path:
         """The task's folder, guaranteed to lie directly inside the adapters folder."""
         check_task_name(name)
         path = self.root / name
+        if path.is_symlink():
+            raise _not_served(name)
         if path.resolve().parent != self.root.resolve():
             raise RlptuneError(f"task name {name!r} resolves outside the adapters folder")
         return path
@@ -254,22 +310,54 @@ class TaskRegistry:
             self.evictions += 1
 
     def preload(self) -> int:
-        """Load every task (until the cache is full); returns how many are cached."""
+        """Load every task (until the cache is full); returns how many are cached.
+
+        A task that cannot be loaded is skipped with one log line and no longer served, as :meth:`scan` does
+        with folders it cannot read: one bad adapter never stops the server.
+        """
         for info in self.infos():
-            self.get(info.name)
+            try:
+                self.get(info.name)
+            except RlptuneError as exc:
+                with self._lock:
+                    self._infos.pop(info.name, None)
+                    self._generation[info.name] = self._generation.get(info.name, 0) + 1
+                log.warning("skipped adapter: %s", exc)
+                self.skipped.append(str(exc))
+                continue
+            except KeyError:
+                continue  # removed meanwhile
             if self._cached_bytes >= self.cache_bytes:
                 break
         return self.cached
 
     # -- changes --------------------------------------------------------------------------------------------
+    def _check_replaceable(self, name: str, target: Path) -> bool:
+        """True when ``target`` holds a served task to replace, False when nothing is there; else TaskConflict.
+
+        Only a folder this server serves may be replaced or deleted: an adapter of another backbone, a broken
+        one, a link or a user's file under the same name stays byte-identical. Call with the lock held.
+        """
+        exists = os.path.lexists(target)
+        if exists and (name not in self._infos or target.is_symlink() or not target.is_dir()):
+            raise _not_served(name)
+        return exists
+
     def install(self, name: str, config_bytes: bytes, model_bytes: bytes) -> tuple[TaskInfo, bool]:
-        """Validate an uploaded adapter against the backbone, then put it in place; (info, replaced an old one)."""
+        """Validate an uploaded adapter against the backbone, then put it in place; (info, replaced an old one).
+
+        Raises :class:`TaskConflict` (nothing is touched) when the name is taken by a folder this server does
+        not serve.
+        """
         target = self.folder(name)
+        with self._lock:
+            self._check_replaceable(name, target)  # answer early; checked again before the swap
         staging = self.root / f".staging-{uuid.uuid4().hex}"
         try:
-            io.write_bytes(staging / ADAPTER_CONFIG, config_bytes)
-            io.write_bytes(staging / ADAPTER_MODEL, model_bytes)
             try:
+                _check_upload_json(config_bytes)
+                io.write_bytes(staging / ADAPTER_CONFIG, config_bytes)
+                io.write_bytes(staging / ADAPTER_MODEL, model_bytes)
                 info = self._read_info(staging, name)
                 method = load_adapter(staging, self.backbone)
                 task = prepare_task(info, method, self.backbone, self.width)
@@ -278,11 +366,16 @@ class TaskRegistry:
                 message = message.replace(str(staging / ADAPTER_MODEL), ADAPTER_MODEL).replace(str(staging), "uploaded adapter")
                 raise RlptuneError(message) from None
             with self._lock:
-                replaced = target.exists()
+                replaced = self._check_replaceable(name, target)
                 trash = self.root / f".trash-{uuid.uuid4().hex}"
                 if replaced:
                     target.rename(trash)
-                staging.rename(target)
+                try:
+                    staging.rename(target)
+                except OSError:
+                    if replaced:
+                        trash.rename(target)
+                    raise _not_served(name) from None  # created on disk meanwhile: left as it is
                 self._generation[name] = self._generation.get(name, 0) + 1
                 self._infos[name] = info
                 self._insert(name, task)
@@ -294,16 +387,24 @@ class TaskRegistry:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def remove(self, name: str) -> None:
-        """Delete the task's folder and forget it. Raises KeyError when there is no such task."""
-        target = self.folder(name)
+        """Delete the task's folder and forget it. Raises KeyError when there is no such task (nothing is
+        touched), TaskConflict when its folder was replaced on disk by something the server does not serve."""
+        check_task_name(name)
         with self._lock:
             if name not in self._infos:
                 raise KeyError(name)
-            trash = self.root / f".trash-{uuid.uuid4().hex}"
-            target.rename(trash)
+            target = self.folder(name)
+            if os.path.lexists(target):
+                if target.is_symlink() or not target.is_dir():
+                    raise _not_served(name)
+                trash = self.root / f".trash-{uuid.uuid4().hex}"
+                target.rename(trash)
+            else:
+                trash = None  # removed on disk already: only forget it
             self._infos.pop(name)
             self._generation[name] = self._generation.get(name, 0) + 1
             old = self._cache.pop(name, None)
             if old is not None:
                 self._cached_bytes -= old.nbytes
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)

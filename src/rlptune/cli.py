@@ -300,6 +300,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cachedir import run_command
+
+    if args.action == "info" and (args.kind or args.backbone or args.older_than is not None):
+        raise RlptuneError("cache info: --kind, --backbone and --older-than select entries for ls and clear")
+    print(run_command(args.action, args.cache_dir, args.kind, args.backbone, args.older_than, args.json))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -430,7 +439,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     add_executor_args(p)
-    _add_config_flags(p, sections=("method", "prompt", "train", "eval"))
+    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache"))
     p.add_argument("--backbone", default="micro")
     p.add_argument("--data-root", default=None)
     p.set_defaults(func=cmd_run)
@@ -455,6 +464,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs in parallel (processes; default: 2, or 1 on a one-core machine)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="what the feature cache holds (per backbone and kind), and clearing it")
+    p.add_argument("action", choices=("info", "ls", "clear"),
+                   help="info: sizes per kind and backbone; ls: one line per entry; clear: delete matching entries")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
+    p.add_argument("--kind", action="append", default=None, metavar="KIND",
+                   help="features (centre crops), views, micro, memo or leftovers (repeatable; default: all)")
+    p.add_argument("--backbone", default=None, help="only this backbone's entries (its identity or architecture name)")
+    p.add_argument("--older-than", default=None, metavar="DAYS", help="only entries not used for more than DAYS days")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("pretrain-micro", help="pretrain the micro CLIP on the procedural world", add_help=False)
     p.set_defaults(func=None)  # main() hands its arguments to the pretraining command as they are

@@ -219,6 +219,32 @@ class TrainSettings(_Section):
 
 
 @dataclass
+class CacheSettings(_Section):
+    max_gb: float = _f(
+        20.0,
+        "bound on the feature cache's centre-crop features + views, in GB (10^9 bytes); the least recently used "
+        "entries are evicted first; 0 = write none (20 GB keeps an ImageNet base-to-new sweep's views of ViT-B/16 "
+        "and of ViT-L/14 side by side)",
+        flag="cache-max-gb",
+    )
+    views: str = _f(
+        "disk",
+        "where the features of fresh augmented views are kept: disk (in the cache folder, shared by every process, "
+        "within cache.max_gb) | memory (never written to disk; shared by the runs of one process, within "
+        "cache.memory_gb); the adapters are byte-identical either way",
+        flag="view-cache",
+        choices=("disk", "memory"),
+    )
+    memory_gb: float = _f(2.0, "cache.views=memory: GB of views one process keeps (least recently used dropped first)",
+                          flag="view-memory-gb")
+
+    def validate(self) -> None:
+        for name in ("max_gb", "memory_gb"):
+            if getattr(self, name) < 0:
+                raise RlptuneError(f"cache.{name} must be >= 0 (GB), got {getattr(self, name):g}")
+
+
+@dataclass
 class EvalSettings(_Section):
     batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size")
     top_k: int = _f(5, "top-k labels written by predict")
@@ -236,6 +262,7 @@ class RunConfig:
     prompt: PromptSettings = field(default_factory=PromptSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
@@ -245,7 +272,7 @@ class RunConfig:
             self.method.name = name
 
     def validate(self) -> "RunConfig":
-        for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval):
+        for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval, self.cache):
             section.validate()
         if self.train.track_new and self.data.protocol != "base2new":
             raise RlptuneError(

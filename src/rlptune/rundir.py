@@ -45,16 +45,20 @@ NON_RESULT_SETTINGS = {
     "train": ("checkpoint_every", "num_workers", "cache_dir", "log_diagnostics", "loggers"),
     "eval": ("batch_size", "top_k"),
 }
+#: Whole sections that never change a run's result (left out of the hash, so older runs keep their hashes).
+NON_RESULT_SECTIONS = ("cache",)
 
 
 def settings_hash(config_dict: Mapping[str, Any]) -> str:
     """A 16-hex-digit hash of every setting that affects a run's result (``config.to_dict()`` as input).
 
     Fields in :data:`NON_RESULT_SETTINGS` (device, workers, cache folder, checkpoint frequency, evaluation batch
-    size ...) are left out, so resuming on another device or with more workers is the same run.
+    size ...) and the sections in :data:`NON_RESULT_SECTIONS` (the cache's bound and view store) are left out, so resuming on another device or with more workers is the same run.
     """
     relevant: dict[str, Any] = {}
     for section, values in config_dict.items():
+        if section in NON_RESULT_SECTIONS:
+            continue
         if isinstance(values, Mapping):
             dropped = NON_RESULT_SETTINGS.get(section, ())
             relevant[section] = {k: v for k, v in values.items() if k not in dropped}

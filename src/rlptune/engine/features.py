@@ -6,6 +6,10 @@ cache key is a hash of the backbone identity, the transform settings, the view i
 relative paths, sha256 of each image's bytes), so any change invalidates it and unrelated runs (other
 methods, other seeds with the same images) share it. Files are safetensors plus a small JSON manifest, written
 atomically; no pickle anywhere.
+
+The folder is bounded (``cache.max_gb``, least recently used evicted first; see :mod:`rlptune.cachedir`), and with
+``cache.views = memory`` the features of augmented views are never written: they are computed once per view and kept
+in this process's memory (``cache.memory_gb``), shared by every run the process makes.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import hashlib
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import io
+from .. import cachedir, io
 from ..io import default_cache_dir
 from ..backbones import Backbone, eval_transform, train_transform
 from ..data.images import load_image
@@ -167,24 +173,59 @@ def encode_items(
     return torch.cat(outs)
 
 
+#: Views kept in memory (``cache.views = memory``): cache key -> features, least recently used first. Shared by every
+#: FeatureCache of the process, so the runs of one process (a sweep's methods and settings) share each view.
+_VIEW_MEMORY: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+_VIEW_MEMORY_LOCK = threading.Lock()
+VIEW_STORES = ("disk", "memory")
+
+
 class FeatureCache:
     """Content-keyed store of image features under ``root`` (``features/<key>.safetensors`` + ``.json``).
 
     Every entry records the sha256 of its feature bytes and of its source images (the key's item fingerprint);
     both are checked on load, and an entry that fails (a damaged file, features that are not what was written)
-    is rebuilt with a warning, never used. Entries are built under a per-key ``fcntl`` lock, so processes that
-    need the same features encode them once, and written atomically, so no reader sees half a file.
+    is rebuilt with a warning, never used. Entries are read under their per-key ``fcntl`` lock held shared and
+    built under it held exclusively, so processes that need the same features encode them once, and written
+    atomically, so no reader sees half a file. The entries stay under ``max_gb`` (least recently used evicted
+    first, an entry in use never; :mod:`rlptune.cachedir`). ``views="memory"`` keeps augmented views (view > 0) in
+    this process's memory instead of on disk, within ``memory_gb``.
     """
 
     MEMO_FILE = "content-hashes.json"
 
-    def __init__(self, root: str | os.PathLike | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        enabled: bool = True,
+        *,
+        max_gb: float = cachedir.DEFAULT_MAX_GB,
+        views: str = "disk",
+        memory_gb: float = cachedir.DEFAULT_MEMORY_GB,
+    ) -> None:
+        if views not in VIEW_STORES:
+            raise RlptuneError(f"cache.views {views!r}: expected one of {', '.join(VIEW_STORES)}")
+        for name, value in (("cache.max_gb", max_gb), ("cache.memory_gb", memory_gb)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or value == float("inf"):
+                raise RlptuneError(f"{name} must be a finite number of GB >= 0, got {value!r}")
         self.root = Path(root) if root else default_cache_dir()
         self.enabled = enabled
+        self.max_bytes = int(max_gb * cachedir.GB)
+        self.views = views
+        self.memory_bytes = int(memory_gb * cachedir.GB)
         self.hits = 0
         self.misses = 0
         self.rebuilt = 0  # entries found damaged and encoded again
+        self.not_stored = 0  # entries encoded but not written (they did not fit under the bound)
         self._memo_loaded = False
+
+    @classmethod
+    def from_config(cls, config) -> "FeatureCache":
+        """The cache a run's settings ask for: ``train.cache_dir`` and the ``cache`` section."""
+        settings = getattr(config, "cache", None)
+        if settings is None:
+            return cls(config.train.cache_dir)
+        return cls(config.train.cache_dir, max_gb=settings.max_gb, views=settings.views, memory_gb=settings.memory_gb)
 
     def path(self, key: str) -> Path:
         return self.root / "features" / f"{key}.safetensors"
@@ -209,23 +250,33 @@ class FeatureCache:
             self.misses += 1
             return encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
                                 view_seed=view_seed, normalize=normalize)
-        self._check_root()
+        in_memory = view > 0 and self.views == "memory"
+        if not in_memory:
+            self._check_root()
         self._load_memo()
         memo_size = len(_CONTENT_MEMO)
         sources = items_fingerprint(splits, items)
         key = cache_key(backbone, splits, items, view, augment, view_seed, normalize)
         if len(_CONTENT_MEMO) != memo_size:
             self._save_memo()
+        if in_memory:
+            return self._from_memory(key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
+                                     normalize)
         path = self.path(key)
+        locks, lock_name = cachedir.lock_path(self.root, key)
         rebuilt_before = self.rebuilt
-        feats = self._load_verified(path, len(items), sources)
-        if feats is not None:
-            self.hits += 1
-            return feats
-        with io.file_lock(self.root / "locks" / f"{key}.lock"):
+        # shared: eviction (which takes the lock without waiting) never removes an entry while it is read
+        with cachedir.entry_lock(locks, lock_name, shared=True, required=False):
+            feats = self._load_verified(path, len(items), sources)
+            if feats is not None:
+                cachedir.touch(path)  # recency for least-recently-used eviction
+                self.hits += 1
+                return feats
+        with cachedir.entry_lock(locks, lock_name):
             # built (or repaired) by another process while we waited?
             feats = self._load_verified(path, len(items), sources, quiet=self.rebuilt > rebuilt_before)
             if feats is not None:
+                cachedir.touch(path)
                 self.hits += 1
                 return feats
             self.misses += 1
@@ -233,6 +284,7 @@ class FeatureCache:
                                  view_seed=view_seed, normalize=normalize)
             manifest = {
                 "backbone": backbone.identity,
+                "precision": backbone.precision,
                 "dataset": splits.name,
                 "view": view,
                 "count": len(items),
@@ -240,8 +292,42 @@ class FeatureCache:
                 "sources_sha256": sources,
                 "features_sha256": _tensor_sha256(feats),
             }
-            io.write_safetensors(path, {"features": feats}, {"manifest": json.dumps(manifest)})
-            io.write_json(path.with_suffix(".json"), manifest)
+            self._store(key, feats, manifest)
+        return feats
+
+    def _store(self, key: str, feats: torch.Tensor, manifest: dict) -> None:
+        """Write the entry if it fits under the bound (evicting least recently used ones); else leave it unwritten."""
+        from safetensors.torch import save
+
+        data = save({"features": feats.detach().to("cpu").contiguous()}, {"manifest": json.dumps(manifest)})
+        sidecar = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+        files = [(f"{key}.safetensors", data), (f"{key}.json", sidecar)]
+        if not cachedir.store_entry(self.root, key, files, self.max_bytes):
+            self.not_stored += 1
+
+    def _from_memory(self, key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
+                     normalize) -> torch.Tensor:
+        """``cache.views = memory``: the view's features from this process's store, encoded once per view."""
+        with _VIEW_MEMORY_LOCK:
+            feats = _VIEW_MEMORY.get(key)
+            if feats is not None:
+                _VIEW_MEMORY.move_to_end(key)
+        if feats is not None:
+            self.hits += 1
+            return feats.clone()  # callers may not share one tensor: a run must not change another's view
+        self.misses += 1
+        feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
+                             view_seed=view_seed, normalize=normalize)
+        size = feats.numel() * feats.element_size()
+        if size <= self.memory_bytes:
+            with _VIEW_MEMORY_LOCK:
+                _VIEW_MEMORY[key] = feats.clone()
+                total = sum(t.numel() * t.element_size() for t in _VIEW_MEMORY.values())
+                while total > self.memory_bytes:
+                    _, dropped = _VIEW_MEMORY.popitem(last=False)
+                    total -= dropped.numel() * dropped.element_size()
+        else:
+            self.not_stored += 1
         return feats
 
     def _load_verified(self, path: Path, count: int, sources: str, quiet: bool = False) -> torch.Tensor | None:
@@ -255,7 +341,11 @@ class FeatureCache:
             with safe_open(str(path), framework="pt") as handle:
                 manifest = json.loads((handle.metadata() or {}).get("manifest", "null"))
                 feats = handle.get_tensor("features")
+        except FileNotFoundError:
+            return None  # evicted or cleared since the check: a miss, not damage
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            if not path.is_file():
+                return None
             problem = f"unreadable ({' '.join(str(exc).split())[:80] or type(exc).__name__})"
         else:
             if not isinstance(manifest, dict) or "features_sha256" not in manifest:
@@ -277,13 +367,17 @@ class FeatureCache:
         return None
 
     def _check_root(self) -> None:
-        for folder in (self.root, self.root / "features"):
+        for folder in (self.root, self.root / "features", self.root / "locks"):
             if folder.exists() and not folder.is_dir():
                 raise RlptuneError(f"{folder}: feature cache folder is a file, not a folder (train.cache_dir / $RLPTUNE_CACHE)")
         try:
             (self.root / "features").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RlptuneError(io.os_error_line(exc, self.root / "features", "create the feature cache folder")) from None
+        try:
+            (self.root / "locks").mkdir(exist_ok=True)
+        except OSError:
+            pass  # a read-only cache still serves its entries; a write says why it cannot lock
 
     def _load_memo(self) -> None:
         if self._memo_loaded:

@@ -209,7 +209,7 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         )
     seed_everything(config.train.seed)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
-    cache = FeatureCache(config.train.cache_dir)
+    cache = FeatureCache.from_config(config)
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
     monitors = {}
     if config.train.track_new and method.transfers_to_new_classes:

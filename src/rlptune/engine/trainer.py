@@ -121,7 +121,7 @@ class Trainer:
         self.backbone: Backbone = method.backbone
         self.splits = splits
         self.output_dir = Path(output_dir)
-        self.cache = cache or FeatureCache(config.train.cache_dir)
+        self.cache = cache or FeatureCache.from_config(config)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.checkpoint_path = self.output_dir / "checkpoint" / "last.safetensors"

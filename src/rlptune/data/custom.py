@@ -14,6 +14,9 @@ class name, or an integer label (ASCII digits with an optional sign: ``-1``, ``+
 classnames file (one name per line, or JSON) names the classes; without one the integers themselves are used as
 names, with a warning. Without a ``split`` column the rows are split per class with a seeded stratified split
 (default 50/20/30, as the CoOp toolkit splits DTD).
+
+Both formats obey the one rule of every loader (``DatasetSplits.validate``): an image (after path normalisation,
+and through symlinks) is listed under one label and in one split, and every class has a training image.
 """
 
 from __future__ import annotations
@@ -88,7 +91,6 @@ def load_split_json(
         source=path,
         template=template,
         check_files=check_files,
-        one_listing_per_image=True,
     )
 
 
@@ -189,7 +191,6 @@ def load_csv(
         template=template,
         check_files=check_files,
         classnames=classlist,
-        one_listing_per_image=True,
     )
 
 

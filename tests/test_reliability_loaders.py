@@ -317,6 +317,7 @@ NOT_ERRORS = {
     "folder-leftovers-beside-split-folders": "test_split_layout_with_leftovers_beside_the_split_folders",
     "imagenet-leftovers": "test_imagenet_layouts_skip_leftovers",
     "imagenet-shift-leftovers": "test_imagenet_shift_skips_leftovers",
+    "predict-folder-leftovers": "test_predict_folders_skip_leftovers",
     "csv-negative-integer-labels": "test_integer_like_labels_all_get_the_warning",
     "csv-leading-zero-labels": "test_different_spellings_of_one_integer_are_named_in_the_warning",
     "csv-labels-only-looking-like-integers": "test_labels_that_only_look_like_integers_are_class_names",
@@ -416,6 +417,19 @@ def test_imagenet_shift_skips_leftovers(tmp_path):
         splits = load_dataset("imagenet-r", tmp_path)
     assert splits.classnames == ["goldfish", "shark"] and len(splits.test) == 2 and not splits.train
     assert len(warnings) == 1 and "ignored 2 file(s) and folder(s)" in warnings[0]
+
+
+def test_predict_folders_skip_leftovers(tmp_path):
+    """``rlptune predict`` on a folder walks it like a loader: ``._a.png`` (an AppleDouble file, not an image) and
+    ``__MACOSX/`` are skipped with one warning; an image named explicitly is always taken."""
+    from rlptune.data.images import collect_images
+
+    root = image_folder(tmp_path / "photos", ["a.png", "sub/b.jpg", "._a.png", "__MACOSX/._b.jpg", ".cache/c.png",
+                                              "Thumbs.db", "notes.txt"])
+    with warnings_of("rlptune.data._common") as warnings:
+        found = collect_images([root, root / "._a.png"])
+    assert found == [root / "a.png", root / "sub/b.jpg", root / "._a.png"]
+    assert len(warnings) == 1 and "ignored 4 file(s) and folder(s)" in warnings[0]
 
 
 @pytest.mark.parametrize("name", ["__MACOSX", "__macosx", "._x.png", ".DS_Store", "Thumbs.db", "THUMBS.DB",

@@ -192,9 +192,10 @@ def seed_png(tmp_path) -> Path:
 def test_eurosat_folder_names_are_rewritten_as_coop_does(tmp_path, seed_png):
     ddir = tmp_path / "eurosat"
     entries = [["AnnualCrop/a.jpg", 0, "AnnualCrop"], ["SeaLake/b.jpg", 1, "SeaLake"]]
+    tests = [["AnnualCrop/c.jpg", 0, "AnnualCrop"], ["SeaLake/d.jpg", 1, "SeaLake"]]  # an image has one split
     (ddir).mkdir()
-    (ddir / "split_zhou_EuroSAT.json").write_text(json.dumps({"train": entries, "val": [], "test": entries}))
-    for e in entries:
+    (ddir / "split_zhou_EuroSAT.json").write_text(json.dumps({"train": entries, "val": [], "test": tests}))
+    for e in entries + tests:
         _tiny(ddir / "2750" / e[0], seed_png)
     splits = load_dataset("EuroSAT", tmp_path)
     assert splits.classnames == ["Annual Crop Land", "Sea or Lake"]
@@ -309,9 +310,10 @@ def test_missing_dataset_and_root_errors(tmp_path):
 def test_root_from_environment(tmp_path, monkeypatch, seed_png):
     ddir = tmp_path / "stanford_cars"
     ddir.mkdir()
-    entries = [["cars_train/00001.jpg", 0, "2012 Tesla Model S"], ["cars_test/00002.jpg", 1, "2012 BMW M3 coupe"]]
-    (ddir / "split_zhou_StanfordCars.json").write_text(json.dumps({"train": entries, "test": entries}))
-    for e in entries:
+    entries = [["cars_train/00001.jpg", 0, "2012 Tesla Model S"], ["cars_train/00002.jpg", 1, "2012 BMW M3 coupe"]]
+    tests = [["cars_test/00003.jpg", 0, "2012 Tesla Model S"], ["cars_test/00004.jpg", 1, "2012 BMW M3 coupe"]]
+    (ddir / "split_zhou_StanfordCars.json").write_text(json.dumps({"train": entries, "test": tests}))
+    for e in entries + tests:
         _tiny(ddir / e[0], seed_png)
     monkeypatch.setenv("RLPTUNE_DATA", str(tmp_path))
     splits = load_dataset("cars")

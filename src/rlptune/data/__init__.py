@@ -130,7 +130,16 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options) ->
                 f"dataset {canonical}: unknown option(s) {', '.join(unknown) or '(bad arguments)'}; valid options: "
                 f"{', '.join(valid) or 'none'}"
             ) from None
-    return loader(root, **options)
+    splits = loader(root, **options)
+    if canonical not in _SELF_CHECKED:
+        # a plug-in's loader: its result obeys the same rule as the built-in loaders' (they check it themselves,
+        # where they still know which line or file an item came from)
+        if not isinstance(splits, DatasetSplits):
+            raise RlptuneError(
+                f"dataset {canonical}: its loader returned a {type(splits).__name__}, expected DatasetSplits"
+            )
+        splits.validate(f"dataset {canonical}")
+    return splits
 
 
 def _csv_loader(
@@ -157,6 +166,7 @@ for _name, _spec in COOP_DATASETS.items():
 register_dataset("folder", load_folder, aliases=("imagefolder", "image-folder"))
 register_dataset("csv", _csv_loader)
 register_dataset("split-json", _split_json_loader, aliases=("json", "splitjson"))
+_SELF_CHECKED = frozenset(_LOADERS)  # the loaders above end with DatasetSplits.validate
 
 
 __all__ = [

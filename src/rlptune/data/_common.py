@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -24,6 +25,49 @@ IMAGE_EXTENSIONS = frozenset(
 
 # One entry as the loaders pass it around: (relative path, label, class name, where it came from).
 Entry = tuple[str, int, str, str]
+
+log = logging.getLogger(__name__)
+
+#: Names that archive tools and operating systems leave in folders (compared case-insensitively); never images or
+#: classes. Every name starting with ``.`` (``._cat.jpg``, ``.DS_Store``, ``.Trashes``, ``.git``) is left out too.
+LEFTOVER_NAMES = frozenset(
+    name.casefold()
+    for name in (
+        "__MACOSX", ".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", ".Trashes", ".Spotlight-V100",
+        ".fseventsd", ".TemporaryItems", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "Icon\r",
+    )
+)
+
+
+def is_leftover(name: str) -> bool:
+    """A file or folder name that archive tools or operating systems leave behind (or any hidden name)."""
+    return name.startswith(".") or name.casefold() in LEFTOVER_NAMES
+
+
+class Leftovers:
+    """The leftovers one loader skipped while walking its folders, reported in one warning line."""
+
+    def __init__(self, base: str | os.PathLike):
+        self.base = Path(base)
+        self.count = 0
+        self.first: str | None = None
+
+    def add(self, path: str | os.PathLike, is_dir: bool = False) -> None:
+        if self.first is None:
+            try:
+                shown = Path(os.path.relpath(path, self.base)).as_posix()
+            except ValueError:
+                shown = Path(path).as_posix()
+            self.first = shown + ("/" if is_dir else "")
+        self.count += 1
+
+    def warn(self, root: str | os.PathLike) -> None:
+        if self.count:
+            log.warning(
+                "%s: ignored %d file(s) and folder(s) that archive tools and operating systems leave (__MACOSX, ._*, "
+                ".DS_Store, Thumbs.db, desktop.ini, hidden names), first %r",
+                root, self.count, self.first,
+            )
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -138,7 +182,7 @@ def build_splits(
     check_files: bool = True,
     classnames: Sequence[str] | None = None,
     unique_names: bool = True,
-    one_listing_per_image: bool = False,
+    same_file: Mapping[str, str] | None = None,
 ) -> DatasetSplits:
     """Turn per-split entries into validated :class:`DatasetSplits`.
 
@@ -146,8 +190,10 @@ def build_splits(
     ``0..n-1`` without gaps, that every path stays inside ``root`` (``check_paths``) and that every listed image
     exists (``check_files``; one error summarises all missing files). ``classnames`` fixes the class list when the
     caller knows it (every class must still have at least one image). ``unique_names=False`` allows two labels
-    to share a class name (ImageNet's list has such pairs in some versions). ``one_listing_per_image`` (user-made
-    CSV / split JSON) makes an image listed under two labels, or in two splits, an error.
+    to share a class name (ImageNet's list has such pairs in some versions). Then the one rule of every loader
+    (:meth:`DatasetSplits.validate`: an image has one label and one split, every class has a training image),
+    with each entry's place in ``source`` in the message; ``same_file`` (listed folders) maps paths reached through
+    a symlink to the file they reach (checked paths are resolved here).
     """
     label_name: dict[int, tuple[str, str]] = {}
     name_label: dict[str, tuple[int, str]] = {}
@@ -194,21 +240,26 @@ def build_splits(
 
     checker = PathChecker(root, source) if (check_paths or check_files) else None
     out: dict[str, list[Item]] = {}
+    places: dict[str, list[str]] = {}
+    links: dict[str, str] = dict(same_file or {})
     missing_files: list[tuple[str, str]] = []
-    first_seen: dict[str, tuple[str, int, str]] = {}  # image path -> (split, label, where) of its first listing
     for split in SPLIT_NAMES:
         items = []
+        wheres = []
         for path, label, cname, where in entries.get(split, ()):
             if checker is not None:
-                path, exists = checker.check(path, where)
-                if check_files and not exists:
-                    missing_files.append((where, path))
+                path, real = checker.locate(path, where)
+                if real is None:
+                    if check_files:
+                        missing_files.append((where, path))
+                elif real != path:
+                    links[path] = real
             else:
                 path = normalize_rel(path, source, where)
-            if one_listing_per_image:
-                _check_listed_once(first_seen, path, split, label, where, classnames, source)
             items.append(Item(path, label, cname))
+            wheres.append(where)
         out[split] = items
+        places[split] = wheres
     if missing_files:
         where, path = missing_files[0]
         raise RlptuneError(
@@ -216,29 +267,7 @@ def build_splits(
             f"{where}: {path!r}"
         )
     splits = DatasetSplits(name=name, root=Path(root), classnames=classnames, template=template, **out)
-    return splits.validate(source)
-
-
-def _check_listed_once(
-    first_seen: dict[str, tuple[str, int, str]], path: str, split: str, label: int, where: str,
-    classnames: Sequence[str], source: str | os.PathLike,
-) -> None:
-    """An image under two labels (a label conflict) or in two splits (a train/test leak) is an error."""
-    seen = first_seen.get(path)
-    if seen is None:
-        first_seen[path] = (split, label, where)
-        return
-    seen_split, seen_label, seen_where = seen
-    if seen_label != label:
-        raise RlptuneError(
-            f"{source}: {where}: image {path!r} is labelled {classnames[label]!r} but {seen_where} labels it "
-            f"{classnames[seen_label]!r}; an image has one label"
-        )
-    if seen_split != split:
-        raise RlptuneError(
-            f"{source}: {where}: image {path!r} is in the {split} split and also in {seen_split} ({seen_where}); "
-            f"an image in two splits leaks between training and evaluation"
-        )
+    return splits.validate(source, where=places, same_file=links)
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -278,31 +307,71 @@ def stratified_split(
     return out
 
 
-def list_images(folder: Path, base: Path, *, recursive: bool = True) -> list[str]:
-    """Image files under ``folder`` as sorted POSIX paths relative to ``base`` (hidden files skipped)."""
+def list_images(
+    folder: Path,
+    base: Path,
+    *,
+    recursive: bool = True,
+    leftovers: Leftovers | None = None,
+    same_file: dict[str, str] | None = None,
+) -> list[str]:
+    """Image files under ``folder`` as sorted POSIX paths relative to ``base``.
+
+    Leftovers of archive tools and operating systems (:func:`is_leftover`: ``__MACOSX/``, ``._*``, ``.DS_Store``,
+    hidden names) are skipped and counted in ``leftovers``. Symlinked folders below ``folder`` are not followed.
+    ``same_file`` receives, for each listed path that reaches its file through a symlink, the path of that file
+    (relative to the resolved ``base`` when inside it), so that two paths to one file can be told apart from two
+    files.
+    """
     found: list[str] = []
+    real_base = os.path.realpath(base)
+    prefix = real_base if real_base.endswith(os.sep) else real_base + os.sep
+    pending = [str(folder)]
     try:
-        walker = os.walk(folder, onerror=_raise) if recursive else [(str(folder), [], os.listdir(folder))]
-        for dirpath, dirnames, filenames in walker:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in filenames:
-                if fname.startswith(".") or os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
+        while pending:  # depth first, in name order (the first leftover named in the warning is always the same)
+            current = pending.pop()
+            real_dir = os.path.realpath(current)
+            plain_dir = os.path.normpath(os.path.join(real_base, os.path.relpath(current, base)))
+            with os.scandir(current) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+            below = []
+            for entry in entries:
+                if is_leftover(entry.name):
+                    if leftovers is not None:
+                        leftovers.add(entry.path, entry.is_dir(follow_symlinks=False))
                     continue
-                full = os.path.join(dirpath, fname)
-                if os.path.isfile(full):
-                    found.append(Path(os.path.relpath(full, base)).as_posix())
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(entry.path)
+                    continue
+                if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS or not entry.is_file():
+                    continue
+                rel = Path(os.path.relpath(entry.path, base)).as_posix()
+                found.append(rel)
+                if same_file is not None and (entry.is_symlink() or real_dir != plain_dir):
+                    real = os.path.realpath(entry.path)
+                    key = real[len(prefix):].replace(os.sep, "/") if real.startswith(prefix) else real
+                    if key != rel:
+                        same_file[rel] = key
+            if recursive:
+                pending.extend(reversed(below))
     except OSError as exc:
         raise RlptuneError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
     return sorted(found)
 
 
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
-def list_subdirs(folder: Path) -> list[str]:
+def list_subdirs(folder: Path, leftovers: Leftovers | None = None) -> list[str]:
+    """The sub-folder names of ``folder`` (symlinks to folders included), sorted; leftovers of archive tools and
+    operating systems are skipped and counted in ``leftovers``."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        names = []
+        with os.scandir(folder) as scan:
+            for entry in sorted(scan, key=lambda e: e.name):
+                if is_leftover(entry.name):
+                    if leftovers is not None:
+                        leftovers.add(entry.path, entry.is_dir())
+                elif entry.is_dir():
+                    names.append(entry.name)
+        return sorted(names)
     except OSError as exc:
         raise RlptuneError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
 

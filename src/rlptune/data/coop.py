@@ -11,7 +11,11 @@ Differences from the toolkit, all deliberate:
 * ImageNet's ``val`` split is left empty (the toolkit sets val = test, which is never used for model selection);
 * image files inside ImageNet-style class folders are sorted (the toolkit keeps ``os.listdir`` order, which
   depends on the file system); pass ``file_order="listdir"`` to reproduce a run on the same file system;
-* ImageNet-V2/-Sketch/-A/-R are test-only: their data is in ``test`` (the toolkit also copies it to train).
+* ImageNet-V2/-Sketch/-A/-R are test-only: their data is in ``test`` (the toolkit also copies it to train);
+* every dataset obeys the one rule of every loader (``DatasetSplits.validate``): an image listed in two splits or
+  under two labels, or a class without training images, is an error (the toolkit accepts them silently);
+* what archive tools and operating systems leave in class folders (``__MACOSX/``, ``._*``, ``.DS_Store``,
+  ``Thumbs.db``, ``desktop.ini``, hidden names) is skipped with one warning, never read as a class or an image.
 
 Class names are kept exactly as the protocol has them (e.g. OxfordPets ``"american_bulldog"``, UCF101
 ``"Apply_Eye_Makeup"``); the toolkit replaces ``_`` by a space only when it writes a prompt - use
@@ -29,7 +33,9 @@ from ..errors import RlptuneError
 from ._common import (
     SPLIT_NAMES,
     Entry,
+    Leftovers,
     build_splits,
+    is_leftover,
     list_subdirs,
     read_folder_names,
     read_json_file,
@@ -263,16 +269,46 @@ def _load_aircraft(spec: CoopDataset, root, *, split_file, check_files, file_ord
     )
 
 
-def _class_folder_items(folder: Path, rel: str, label: int, cname: str, file_order: str) -> list[Item]:
-    try:
-        names = [n for n in os.listdir(folder) if not n.startswith(".")]
-    except OSError as exc:
-        raise RlptuneError(f"{folder}: cannot list class folder ({exc.strerror or exc})") from None
-    if file_order == "sorted":
-        names.sort()
-    if not names:
-        raise RlptuneError(f"{folder}: class folder has no images")
-    return [Item(f"{rel}/{n}", label, cname) for n in names]
+class _Walk:
+    """What one ImageNet-style load saw while listing class folders: the leftovers it skipped, and the items that
+    reach their file through a symlink (so that a link from ``val/`` into ``train/`` is one image, not two)."""
+
+    def __init__(self, image_root: Path):
+        self.root = image_root
+        self.leftovers = Leftovers(image_root)
+        self.same_file: dict[str, str] = {}
+        real = os.path.realpath(image_root)
+        self._prefix = real if real.endswith(os.sep) else real + os.sep
+
+    def items(self, rel: str, label: int, cname: str, file_order: str) -> list[Item]:
+        """Every entry of class folder ``root/rel`` except leftovers, as the toolkit lists it (``os.listdir``)."""
+        folder = self.root / rel
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError as exc:
+            raise RlptuneError(f"{folder}: cannot list class folder ({exc.strerror or exc})") from None
+        kept = []
+        for entry in entries:
+            if is_leftover(entry.name):
+                self.leftovers.add(entry.path, entry.is_dir(follow_symlinks=False))
+            else:
+                kept.append(entry)
+        if file_order == "sorted":
+            kept.sort(key=lambda e: e.name)
+        if not kept:
+            raise RlptuneError(f"{folder}: class folder has no images")
+        moved = os.path.realpath(folder) != os.path.join(self._prefix, *rel.split("/"))
+        out = []
+        for entry in kept:
+            path = f"{rel}/{entry.name}"
+            if moved or entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                key = real[len(self._prefix):].replace(os.sep, "/") if real.startswith(self._prefix) else real
+                if key != path:
+                    self.same_file[path] = key
+            out.append(Item(path, label, cname))
+        return out
 
 
 def _names_for(folders: list[str], mapping: dict[str, str], names_path: Path, image_dir: Path) -> list[str]:
@@ -290,10 +326,11 @@ def _load_imagenet(spec: CoopDataset, root, *, split_file, check_files, file_ord
     names_path = ddir / spec.classnames_file
     mapping = read_folder_names(names_path)
     image_root = ddir / spec.image_dir
-    folders = list_subdirs(image_root / "train") if (image_root / "train").is_dir() else []
+    walk = _Walk(image_root)
+    folders = list_subdirs(image_root / "train", walk.leftovers) if (image_root / "train").is_dir() else []
     if not folders:
         raise RlptuneError(f"{image_root / 'train'}: no class folders found; expected images/train/<wnid>/")
-    val_folders = list_subdirs(image_root / "val") if (image_root / "val").is_dir() else []
+    val_folders = list_subdirs(image_root / "val", walk.leftovers) if (image_root / "val").is_dir() else []
     if val_folders != folders:
         raise RlptuneError(
             f"{image_root / 'val'}: expected the same {len(folders)} class folders as images/train, "
@@ -302,11 +339,11 @@ def _load_imagenet(spec: CoopDataset, root, *, split_file, check_files, file_ord
     classnames = _names_for(folders, mapping, names_path, image_root)
     train, test = [], []
     for label, folder in enumerate(folders):
-        train += _class_folder_items(image_root / "train" / folder, f"train/{folder}", label, classnames[label],
-                                     file_order)
-        test += _class_folder_items(image_root / "val" / folder, f"val/{folder}", label, classnames[label],
-                                    file_order)
-    return DatasetSplits(spec.name, image_root, classnames, train, [], test, spec.template).validate(names_path)
+        train += walk.items(f"train/{folder}", label, classnames[label], file_order)
+        test += walk.items(f"val/{folder}", label, classnames[label], file_order)
+    walk.leftovers.warn(image_root)
+    splits = DatasetSplits(spec.name, image_root, classnames, train, [], test, spec.template)
+    return splits.validate(image_root, same_file=walk.same_file)
 
 
 def _load_shift(spec: CoopDataset, root, *, split_file, check_files, file_order) -> DatasetSplits:
@@ -316,21 +353,24 @@ def _load_shift(spec: CoopDataset, root, *, split_file, check_files, file_order)
     image_root = ddir / spec.image_dir
     if not image_root.is_dir():
         raise RlptuneError(f"{spec.name}: image folder {image_root} not found (see docs/DATASETS.md)")
+    walk = _Walk(image_root)
     if spec.extra.get("numbered"):
         # ImageNet-V2: folders 0..999 are the labels, in the order of classnames.txt.
         wnids = list(mapping)
         folders = [str(i) for i in range(len(wnids))]
-        present = set(list_subdirs(image_root))
+        present = set(list_subdirs(image_root, walk.leftovers))
         absent = [f for f in folders if f not in present]
         if absent:
             raise RlptuneError(f"{image_root}: class folder {absent[0]!r} not found ({len(absent)} missing)")
         classnames = [mapping[w] for w in wnids]
     else:
-        folders = list_subdirs(image_root)
+        folders = list_subdirs(image_root, walk.leftovers)
         if not folders:
             raise RlptuneError(f"{image_root}: no class folders found")
         classnames = _names_for(folders, mapping, names_path, image_root)
     test: list[Item] = []
     for label, folder in enumerate(folders):
-        test += _class_folder_items(image_root / folder, folder, label, classnames[label], file_order)
-    return DatasetSplits(spec.name, image_root, classnames, [], [], test, spec.template).validate(names_path)
+        test += walk.items(folder, label, classnames[label], file_order)
+    walk.leftovers.warn(image_root)
+    splits = DatasetSplits(spec.name, image_root, classnames, [], [], test, spec.template)
+    return splits.validate(image_root, same_file=walk.same_file)

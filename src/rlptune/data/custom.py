@@ -9,9 +9,14 @@ the dataset root (by default the JSON file's folder), labels run ``0..n-1`` and 
 name.
 
 CSV: a header row with at least ``path`` and ``label`` columns and optionally ``split`` (``train``/``val``/
-``test``). ``label`` is either a class name, or an integer label - then a classnames file (one name per line, or
-JSON) names the classes; without one the integers themselves are used as names. Without a ``split`` column the
-rows are split per class with a seeded stratified split (default 50/20/30, as the CoOp toolkit splits DTD).
+``test``); each of them once (a second ``label`` column is an error, never silently ignored). ``label`` is either a
+class name, or an integer label (ASCII digits with an optional sign: ``-1``, ``+2``, ``007`` = ``7``) - then a
+classnames file (one name per line, or JSON) names the classes; without one the integers themselves are used as
+names, with a warning. Without a ``split`` column the rows are split per class with a seeded stratified split
+(default 50/20/30, as the CoOp toolkit splits DTD).
+
+Both formats obey the one rule of every loader (``DatasetSplits.validate``): an image (after path normalisation,
+and through symlinks) is listed under one label and in one split, and every class has a training image.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import csv
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -85,7 +91,6 @@ def load_split_json(
         source=path,
         template=template,
         check_files=check_files,
-        one_listing_per_image=True,
     )
 
 
@@ -117,9 +122,15 @@ def load_csv(
     header = [c.strip().lower() for c in rows[0]]
     columns: dict[str, int] = {}
     for index, column in enumerate(header):
-        key = column if column in ("path", "label", "split") else None
-        if key and key not in columns:
-            columns[key] = index
+        if column not in ("path", "label", "split"):
+            continue
+        if column in columns:
+            first = columns[column]
+            raise RlptuneError(
+                f"{path}: header has two {column!r} columns ({rows[0][first].strip()!r} in column {first + 1} and "
+                f"{rows[0][index].strip()!r} in column {index + 1}); keep one, the other would be ignored"
+            )
+        columns[column] = index
     missing = [c for c in ("path", "label") if c not in columns]
     if missing:
         found = ", ".join(repr(c) for c in rows[0]) or "none"
@@ -180,7 +191,6 @@ def load_csv(
         template=template,
         check_files=check_files,
         classnames=classlist,
-        one_listing_per_image=True,
     )
 
 
@@ -199,12 +209,14 @@ def _resolve_classnames(classnames: object) -> list[str] | dict[int, str] | None
     raise RlptuneError(f"classnames: expected a file, a list or a mapping, got {type(classnames).__name__}")
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _as_int(text: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+    """The integer a label spells (``-1``, ``+2``, ``007``: one rule for every sign and leading zeros), or None.
+
+    Only ASCII digits count: ``int()`` would also read ``'1_0'`` and Arabic-Indic digits, which are class names."""
+    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 def _label_records(records, names, path, names_source) -> dict:
@@ -216,9 +228,9 @@ def _label_records(records, names, path, names_source) -> dict:
     if isinstance(names, list):
         if use_ints:
             for (_img, lab, _s, where), value in zip(records, ints):
-                if value >= len(names):
+                if not 0 <= value < len(names):
                     raise RlptuneError(
-                        f"{path}: {where}: label {value} is out of range for {src} ({len(names)} class names)"
+                        f"{path}: {where}: label {lab} is out of range for {src} ({len(names)} class names)"
                     )
             return {"labels": ints, "classes": dict(enumerate(names))}
         index = {n: i for i, n in enumerate(names)}
@@ -236,8 +248,16 @@ def _label_records(records, names, path, names_source) -> dict:
                     raise RlptuneError(f"{path}: {where}: label {value} has no name in {src}")
             classes = [names[v] for v in present]
         else:
-            log.warning("%s: integer labels without a classnames file; the numbers are used as class names", path)
             classes = [str(v) for v in present]
+            spellings: dict[int, set[str]] = {}
+            for (_img, lab, _s, _w), value in zip(records, ints):
+                spellings.setdefault(value, set()).add(lab)
+            merged = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
+            log.warning(
+                "%s: integer labels without a classnames file; the numbers are used as class names (%s)%s",
+                path, ", ".join(repr(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else ""),
+                f"; {' and '.join(repr(m) for m in merged[:3])} are one class" if merged else "",
+            )
         remap = {v: i for i, v in enumerate(present)}
         return {"labels": [remap[v] for v in ints], "classes": dict(enumerate(classes))}
     if isinstance(names, dict):

@@ -11,6 +11,12 @@ Two layouts are recognised:
 Images may sit in sub-folders of a class folder. Class names are the folder names with underscores turned into
 spaces (or looked up in ``classnames``: a mapping or a file of ``<folder> <class name>`` lines, as ImageNet's
 ``classnames.txt``); classes are sorted by folder name. A class folder without images is an error naming it.
+
+What archive tools and operating systems leave behind (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``,
+``desktop.ini``, any hidden name) is never a class or an image: it is skipped, and one warning says how much was
+skipped and names the first. The result obeys the one rule of every loader (``DatasetSplits.validate``): an image
+reached from two splits (through a symlink) is an error, and so is a class without training images (a class folder
+only under ``test/``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ._common import (
     DEFAULT_TEMPLATE,
     SPLIT_NAMES,
     Entry,
+    Leftovers,
     build_splits,
     check_unique_classnames,
     list_images,
@@ -53,7 +60,9 @@ def load_folder(
     """Load an image folder in either layout (see the module docstring); item paths are relative to ``root``."""
     root = Path(root)
     real_root(root)
-    subdirs = list_subdirs(root)
+    leftovers = Leftovers(root)
+    same_file: dict[str, str] = {}
+    subdirs = list_subdirs(root, leftovers)
     mapping = _folder_names(classnames)
     split_dirs = [d for d in subdirs if d in SPLIT_NAMES]
     if split_dirs and len(split_dirs) != len(subdirs):  # never guess which layout a mixed root means
@@ -69,7 +78,7 @@ def load_folder(
             f"train/<class>/<image> (val/ and test/ optional) or only class folders"
         )
     if split_dirs:
-        per_split = {s: list_subdirs(root / s) if s in subdirs else [] for s in SPLIT_NAMES}
+        per_split = {s: list_subdirs(root / s, leftovers) if s in subdirs else [] for s in SPLIT_NAMES}
         folders = sorted(set().union(*per_split.values()))
         if not folders:
             raise RlptuneError(f"{root / 'train'}: no class folders found; expected train/<class>/<image>")
@@ -78,7 +87,7 @@ def load_folder(
         entries: dict[str, list[Entry]] = {s: [] for s in SPLIT_NAMES}
         for split in SPLIT_NAMES:
             for folder in per_split[split]:
-                images = _class_images(root / split / folder, root)
+                images = _class_images(root / split / folder, root, leftovers, same_file)
                 label = label_of[folder]
                 entries[split].extend((p, label, names[label], p) for p in images)
     else:
@@ -87,10 +96,13 @@ def load_folder(
                 f"{root}: no class folders found; expected <root>/<class>/<image> or <root>/train/<class>/<image>"
             )
         names = [_name(f, mapping, root) for f in subdirs]
-        groups = [(label, _class_images(root / folder, root)) for label, folder in enumerate(subdirs)]
+        groups = [
+            (label, _class_images(root / folder, root, leftovers, same_file)) for label, folder in enumerate(subdirs)
+        ]
         drawn = stratified_split(groups, fractions, seed)
         entries = {s: [(p, lab, names[lab], p) for p, lab in drawn[s]] for s in SPLIT_NAMES}
     _check_unique(names, root)
+    leftovers.warn(root)
     return build_splits(
         entries,
         name=name or root.resolve().name or "folder",
@@ -100,11 +112,12 @@ def load_folder(
         check_paths=False,  # rlptune listed these folders itself
         check_files=False,
         classnames=names,
+        same_file=same_file,
     )
 
 
-def _class_images(folder: Path, root: Path) -> list[str]:
-    images = list_images(folder, root)
+def _class_images(folder: Path, root: Path, leftovers: Leftovers, same_file: dict[str, str]) -> list[str]:
+    images = list_images(folder, root, leftovers=leftovers, same_file=same_file)
     if not images:
         raise RlptuneError(f"{folder}: class folder has no images")
     return images

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import RlptuneError
+from ._common import Leftovers, is_leftover
 from .items import DatasetSplits
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def collect_images(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[Path]:
-    """Files given directly plus image files found (recursively, sorted) in given folders; one path or many."""
+    """Files given directly plus image files found (recursively, sorted) in given folders; one path or many.
+
+    In folders, what archive tools and operating systems leave (``__MACOSX/``, ``._*``, hidden names; see
+    :func:`rlptune.data._common.is_leftover`) is skipped, with one warning per folder, as the dataset loaders do."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
@@ -182,7 +186,7 @@ def collect_images(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> 
     for raw in given:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(_folder_images(path))
         elif path.is_file():
             out.append(path)
         else:
@@ -190,3 +194,32 @@ def collect_images(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> 
     if not out:
         raise RlptuneError(f"no images found in {', '.join(str(p) for p in given) or 'an empty list'}")
     return out
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (symlinked folders not followed), sorted, leftovers skipped and reported."""
+    leftovers = Leftovers(folder)
+    found: list[Path] = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+            kept = []
+            for name in sorted(dirnames):
+                if is_leftover(name):
+                    leftovers.add(os.path.join(dirpath, name), is_dir=True)
+                else:
+                    kept.append(name)
+            dirnames[:] = kept
+            for name in sorted(filenames):
+                full = Path(dirpath, name)
+                if is_leftover(name):
+                    leftovers.add(full)
+                elif full.suffix.lower() in IMAGE_SUFFIXES and full.is_file():
+                    found.append(full)
+    except OSError as exc:
+        raise RlptuneError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
+    leftovers.warn(folder)
+    return sorted(found)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc

@@ -93,6 +93,12 @@ class PathChecker:
         )
 
     def check(self, rel: object, entry: str) -> tuple[str, bool]:
+        clean, real = self.locate(rel, entry)
+        return clean, real is not None
+
+    def locate(self, rel: object, entry: str) -> tuple[str, str | None]:
+        """``(clean relative path, the file it reaches)``: the file as a path relative to the resolved root (the
+        clean path itself unless a symlink leads elsewhere inside the root), or ``None`` when no file is there."""
         clean = normalize_rel(rel, self.source, entry)
         parent, _, name = clean.rpartition("/")
         try:
@@ -106,17 +112,27 @@ class PathChecker:
             try:
                 st = os.lstat(full)
             except (FileNotFoundError, NotADirectoryError):
-                return clean, False
+                return clean, None
             if stat.S_ISLNK(st.st_mode):
-                target = os.path.realpath(full)
-                if not self._inside(target):
+                full = os.path.realpath(full)
+                if not self._inside(full):
                     raise self._escape(clean, entry)
-                return clean, os.path.isfile(target)
-            return clean, stat.S_ISREG(st.st_mode)
+                if not os.path.isfile(full):
+                    return clean, None
+            elif not stat.S_ISREG(st.st_mode):
+                return clean, None
+            return clean, self.relative(full)
         except RlptuneError:
             raise
         except (OSError, ValueError, UnicodeError) as exc:
             raise RlptuneError(f"{self.source}: {entry}: cannot resolve image path {clean!r} ({exc})") from None
+
+    def relative(self, real: str) -> str:
+        """A resolved path as a POSIX path relative to the resolved root (unchanged if it lies outside)."""
+        if not real.startswith(self._prefix):
+            return real
+        rel = real[len(self._prefix):]
+        return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def resolve_inside(

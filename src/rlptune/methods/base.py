@@ -67,6 +67,21 @@ class ClosedFormData:
     log: Callable[[str], None] = print
 
 
+@dataclass(frozen=True)
+class DeclaredSize:
+    """A size an adapter's settings declare and its stored tensors carry: dimension ``dim`` of every tensor whose
+    name fully matches ``pattern``, for some (pattern, dim) in ``carriers``.
+
+    Checked against a file's tensors before the method is built (:func:`rlptune.engine.adapter.check_declared_sizes`),
+    because building allocates what the settings declare: an edited ``rank: 1000000000000`` must be one line, not a
+    16 TB allocation.
+    """
+
+    field: str  # where the size is written, e.g. "settings.prompt.rank"
+    value: int
+    carriers: tuple[tuple[str, int], ...]
+
+
 def register_method(name: str, options: type | None = None) -> Callable[[type["Method"]], type["Method"]]:
     """Class decorator: make ``cls`` available as ``method.name = name`` with its typed options dataclass."""
 
@@ -251,6 +266,12 @@ class Method(nn.Module):
         return super().train(mode)
 
     # -- adapters -----------------------------------------------------------------------------------------------
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """The sizes ``config`` declares for this method's adapter tensors (see :class:`DeclaredSize`); none by
+        default. A method whose settings size its tensors (context length, rank, prompt tokens) lists them here."""
+        return []
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors only (what an adapter file holds)."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}

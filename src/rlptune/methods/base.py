@@ -289,7 +289,8 @@ class Method(nn.Module):
                     raise RlptuneError(
                         f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
                     )
-                own[name].copy_(tensor.to(own[name].dtype))
+                check_dtype(name, tensor, own[name].dtype, source)
+                own[name].copy_(tensor)
         self.unmerge()
 
     def export_adapter_files(self, directory: Path) -> Path | None:
@@ -311,3 +312,18 @@ class Method(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.registered_name, "trainable_params": self.num_trainable()}
+
+
+def check_dtype(name: str, tensor: torch.Tensor, expected: torch.dtype, source: str) -> None:
+    """A stored tensor must have its parameter's dtype: an int64 tensor would be silently converted (and large values
+    rounded), a float64 one rounded or overflowed to inf. rlptune writes every tensor in its parameter's dtype."""
+    if tensor.dtype != expected:
+        kind = "floating-point" if tensor.is_floating_point() else "not floating-point"
+        raise RlptuneError(
+            f"{source}: tensor {name!r} is {_dtype_name(tensor.dtype)} ({kind}), expected {_dtype_name(expected)} as "
+            f"rlptune writes it"
+        )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

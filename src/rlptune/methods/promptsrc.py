@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from ..errors import RlptuneError
 from ..prompts import FullRankPrompt
 from ..recipes import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once (data, no torch)
-from .base import Batch, DeclaredSize, StepOutput, register_method
+from .base import Batch, DeclaredSize, StepOutput, check_dtype, register_method
 from .deep import DeepPrompts
 from .options import option
 
@@ -277,7 +277,8 @@ class PromptSRC(DeepPrompts):
         return state
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        shapes = {k: tuple(v.shape) for k, v in self.merged_prompts().items()}
+        merged = self.merged_prompts()
+        shapes = {k: tuple(v.shape) for k, v in merged.items()}
         state = dict(state)
         if any(k.startswith("prompts.") for k in state):
             expected = {f"prompts.{k}" for k in shapes}
@@ -288,6 +289,7 @@ class PromptSRC(DeepPrompts):
                 name = key[len("prompts."):]
                 if tuple(tensor.shape) != shapes[name]:
                     raise RlptuneError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+                check_dtype(key, tensor, merged[name].dtype, source)
                 prompts[name] = tensor.detach().to(self.backbone.device, torch.float32).clone()
             self._gpa_sum = None
             self._install_aggregate(prompts)
@@ -296,6 +298,7 @@ class PromptSRC(DeepPrompts):
         for name, tensor in sums.items():
             if name not in shapes or tuple(tensor.shape) != shapes[name]:
                 raise RlptuneError(f"{source}: tensor gpa_sum.{name} of shape {tuple(tensor.shape)} does not match promptsrc's prompts")
+            check_dtype(f"gpa_sum.{name}", tensor, merged[name].dtype, source)
         super().load_adapter_state(state, source)
         self._aggregated = None
         self._gpa_sum = {k: v.detach().to(self.backbone.device, torch.float32).clone() for k, v in sums.items()} or None

@@ -64,9 +64,7 @@ class HFTextTower(TextTower):
             raise RlptuneError(f"hf backbone {type(model).__name__} has no text_model/text_projection: expected a transformers CLIPModel")
         self._model = model
         self._text = text
-        self.eos_id = getattr(text, "eos_token_id", None)
-        if self.eos_id is None:
-            self.eos_id = getattr(model.config.text_config, "eos_token_id", LEGACY_EOS_ID)
+        self.eos_id = pooling_token_id(model)
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -92,7 +90,7 @@ class HFTextTower(TextTower):
     def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.eos_id == LEGACY_EOS_ID:
             return token_ids.int().argmax(dim=-1)
-        return (token_ids.int() == int(self.eos_id)).int().argmax(dim=-1)
+        return (token_ids.int() == self.eos_id).int().argmax(dim=-1)
 
     def causal_mask(self, length: int) -> torch.Tensor | None:
         return torch.full((length, length), float("-inf"), device=self.device).triu(1)
@@ -113,6 +111,28 @@ class HFTextTower(TextTower):
 
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self._text.encoder.layers]
+
+
+def pooling_token_id(model: nn.Module, where: str = "config.json") -> int:
+    """The ``eos_token_id`` ``CLIPTextTransformer`` pools at (2: the legacy argmax of the token ids), checked.
+
+    transformers compares the ids with it as they are: ``null`` (or a string) makes ``get_text_features`` fail
+    with an ``AttributeError``, and an id outside the vocabulary never matches, so every text would silently pool
+    its first token. Both are one line here, naming the setting and the fix.
+    """
+    config = model.config.text_config
+    eos = getattr(getattr(model, "text_model", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < max(vocab, LEGACY_EOS_ID + 1):
+        shown = "null" if eos is None else repr(eos)
+        raise RlptuneError(
+            f"{where}: text_config.eos_token_id is {shown}, expected the id of the end-of-text token below the "
+            f"vocabulary size {vocab} (49407 in OpenAI CLIP's), or 2 for the legacy pooling at the largest token id; "
+            f"transformers' CLIPTextModel cannot pool text without it"
+        )
+    return int(eos)
 
 
 class HFVisionTower(VisionTower):
@@ -287,6 +307,7 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
     model = _pretrained(lambda s, **kw: tf.CLIPModel.from_pretrained(s, **kw), source, spec, "CLIPModel")
     if not isinstance(model, tf.CLIPModel):
         raise RlptuneError(f"backbone {spec!r}: expected a CLIPModel, got {type(model).__name__}")
+    pooling_token_id(model, f"backbone {spec!r}: {Path(source) / 'config.json' if local else 'config.json'}")
     tokenizer = _tokenizer(source, spec, model.config)
     size, mean, std = _image_settings(source, model.config) if local else (int(model.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD)
     if not local:

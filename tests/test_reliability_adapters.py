@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -296,7 +297,8 @@ def test_huge_finite_tensors_are_one_line_in_predict_and_eval(tiny, tmp_path, im
 
 
 def test_the_servers_upload_of_huge_finite_tensors_is_a_json_4xx(tiny, tmp_path):
-    """The server installs an upload through the same loader: a one-line JSON 4xx, never a 500, nothing installed."""
+    """The server loads adapters through the same loader: an upload and a lazily loaded folder are one-line JSON
+    4xx answers, never a 500 (the upload is not installed)."""
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -305,16 +307,22 @@ def test_the_servers_upload_of_huge_finite_tensors_is_a_json_4xx(tiny, tmp_path)
     folder = edit_tensors(make_adapter(tmp_path / "huge", tiny, "rlp"), lambda t: {k: v * 1e30 for k, v in t.items()})
     root = tmp_path / "served"
     root.mkdir()
+    shutil.copytree(folder, root / "on-disk")  # found by the scan at start, loaded on its first request
     token = "test-token-0123456789abcdef"
     app = create_app(ServeSettings(backbone=tiny.spec, adapters=str(root)), backbone=tiny, token=token)
     files = {"config": (CONFIG, (folder / CONFIG).read_bytes()), "model": (MODEL, (folder / MODEL).read_bytes())}
+    image = Image.new("RGB", (40, 40), COLOURS["red"])
     with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.put("/v1/tasks/huge", files=files, headers={"Authorization": f"Bearer {token}"})
-        tasks = client.get("/v1/tasks").json()["tasks"]
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
-    message = response.json()["error"]
-    assert "\n" not in message and "the tensors are finite but the logits they give are not" in message
-    assert tasks == [] and sorted(p.name for p in root.iterdir()) == []
+        uploaded = client.put("/v1/tasks/huge", files=files, headers={"Authorization": f"Bearer {token}"})
+        tasks = [t["name"] for t in client.get("/v1/tasks").json()["tasks"]]
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        classified = client.post("/v1/classify", data={"task": "on-disk"}, files=[("image", ("a.png", buffer.getvalue(), "image/png"))])
+    for response in (uploaded, classified):
+        assert 400 <= response.status_code < 500, (response.status_code, response.text)
+        message = response.json()["error"]
+        assert "\n" not in message and "the tensors are finite but the logits they give are not" in message
+    assert tasks == ["on-disk"] and sorted(p.name for p in root.iterdir()) == ["on-disk"]
 
 
 # -- Hugging Face: eos_token_id and the tokenizer fallback ---------------------------------------------------------

@@ -190,9 +190,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         for row in rows:
-            best = ", ".join(f"{l} {p:.3f}" for l, p in zip(row["labels"], row["probs"]))
-            print(f"{row['path']}\t{best}")
+            best = ", ".join(f"{_printable(l)} {p:.3f}" for l, p in zip(row["labels"], row["probs"]))
+            print(f"{_printable(row['path'])}\t{best}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: backslashes and unprintable characters (tab, newline, other controls, line
+    separators) written as Python writes them (``\\t``, ``\\n``, ``\\x1b``, ``\\\\``), so every printed line of
+    ``predict`` is one image and a name can be read back unambiguously."""
+    return "".join(repr(ch)[1:-1] if ch == "\\" or not ch.isprintable() else ch for ch in str(text))
 
 
 def parameter_counts(config) -> dict[str, Any]:

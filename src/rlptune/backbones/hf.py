@@ -22,6 +22,7 @@ import functools
 import inspect
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -64,9 +65,7 @@ class HFTextTower(TextTower):
             raise RlptuneError(f"hf backbone {type(model).__name__} has no text_model/text_projection: expected a transformers CLIPModel")
         self._model = model
         self._text = text
-        self.eos_id = getattr(text, "eos_token_id", None)
-        if self.eos_id is None:
-            self.eos_id = getattr(model.config.text_config, "eos_token_id", LEGACY_EOS_ID)
+        self.eos_id = pooling_token_id(model)
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -92,7 +91,7 @@ class HFTextTower(TextTower):
     def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.eos_id == LEGACY_EOS_ID:
             return token_ids.int().argmax(dim=-1)
-        return (token_ids.int() == int(self.eos_id)).int().argmax(dim=-1)
+        return (token_ids.int() == self.eos_id).int().argmax(dim=-1)
 
     def causal_mask(self, length: int) -> torch.Tensor | None:
         return torch.full((length, length), float("-inf"), device=self.device).triu(1)
@@ -113,6 +112,28 @@ class HFTextTower(TextTower):
 
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self._text.encoder.layers]
+
+
+def pooling_token_id(model: nn.Module, where: str = "config.json") -> int:
+    """The ``eos_token_id`` ``CLIPTextTransformer`` pools at (2: the legacy argmax of the token ids), checked.
+
+    transformers compares the ids with it as they are: ``null`` (or a string) makes ``get_text_features`` fail
+    with an ``AttributeError``, and an id outside the vocabulary never matches, so every text would silently pool
+    its first token. Both are one line here, naming the setting and the fix.
+    """
+    config = model.config.text_config
+    eos = getattr(getattr(model, "text_model", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < max(vocab, LEGACY_EOS_ID + 1):
+        shown = "null" if eos is None else repr(eos)
+        raise RlptuneError(
+            f"{where}: text_config.eos_token_id is {shown}, expected the id of the end-of-text token below the "
+            f"vocabulary size {vocab} (49407 in OpenAI CLIP's), or 2 for the legacy pooling at the largest token id; "
+            f"transformers' CLIPTextModel cannot pool text without it"
+        )
+    return int(eos)
 
 
 class HFVisionTower(VisionTower):
@@ -244,8 +265,9 @@ def _image_settings(source: str, config) -> tuple[int, tuple[float, ...], tuple[
     return size, mean, std
 
 
-def _tokenizer(source: str, spec: str, config) -> HFTokenizer | object:
-    """The folder's tokenizer; without tokenizer files, open_clip's BPE when the vocabulary is OpenAI's (49,408)."""
+def _tokenizer(source: str, spec: str, config) -> HFTokenizer:
+    """The folder's tokenizer; without tokenizer files, transformers' CLIPTokenizer on OpenAI's vocabulary (from
+    open_clip's bundled merges) when the model's vocabulary is OpenAI's (49,408 tokens)."""
     tf = _transformers()
     context = int(config.text_config.max_position_embeddings)
     folder = Path(source)
@@ -261,9 +283,7 @@ def _tokenizer(source: str, spec: str, config) -> HFTokenizer | object:
                 f"backbone {spec!r}: no tokenizer files (tokenizer.json or vocab.json + merges.txt) and the vocabulary "
                 f"({config.text_config.vocab_size}) is not OpenAI CLIP's; save the tokenizer with the model"
             ) from None
-        import open_clip
-
-        return open_clip.tokenizer.SimpleTokenizer(context_length=context)
+        return HFTokenizer(openai_clip_tokenizer(context), context)
 
 
 def hf_arch(config) -> str:
@@ -287,6 +307,7 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
     model = _pretrained(lambda s, **kw: tf.CLIPModel.from_pretrained(s, **kw), source, spec, "CLIPModel")
     if not isinstance(model, tf.CLIPModel):
         raise RlptuneError(f"backbone {spec!r}: expected a CLIPModel, got {type(model).__name__}")
+    pooling_token_id(model, f"backbone {spec!r}: {Path(source) / 'config.json' if local else 'config.json'}")
     tokenizer = _tokenizer(source, spec, model.config)
     size, mean, std = _image_settings(source, model.config) if local else (int(model.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD)
     if not local:
@@ -301,28 +322,53 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
     return backbone
 
 
-def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) -> Path:
-    """Write OpenAI CLIP's tokenizer (``vocab.json``, ``merges.txt``, configs) into ``directory`` from open_clip's
-    bundled BPE merges — the same 49,408-token vocabulary — so a ``CLIPModel`` folder gets a tokenizer offline."""
-
+def _openai_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI CLIP's BPE vocabulary (49,408 symbols, transformers' names for the start/end tokens) and merges, from
+    open_clip's bundled merges file."""
     import open_clip
 
-    tf = _transformers()
     bpe = Path(open_clip.tokenizer.default_bpe())
     merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     pairs = [tuple(line.split()) for line in merges]
     byte_symbols = list(open_clip.tokenizer.bytes_to_unicode().values())
     symbols = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(p) for p in pairs]
     symbols += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {s: i for i, s in enumerate(symbols)}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    return {s: i for i, s in enumerate(symbols)}, pairs
+
+
+def _write_vocabulary(directory: Path, vocab: dict[str, int], pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
-    try:
-        tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=[" ".join(p) for p in pairs], model_max_length=context_length)
-    except TypeError:  # transformers 4: the slow tokenizer reads the files
-        tokenizer = tf.CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=context_length)
+    return directory / "vocab.json", directory / "merges.txt"
+
+
+def openai_clip_tokenizer(context_length: int = 77):
+    """transformers' own ``CLIPTokenizer`` on OpenAI CLIP's vocabulary (built from open_clip's bundled merges).
+
+    What a ``CLIPModel`` folder without tokenizer files uses: the same ids as a folder that has OpenAI's tokenizer
+    files, including transformers' text clean-up (in transformers 5: NFC, whitespace collapsed, lower-cased; no ftfy
+    and no HTML unescaping), which open_clip's own tokenizer does differently (``AT&amp;T``, curly quotes, the
+    ``ﬁ`` ligature and full-width letters get other ids there).
+    """
+    tf = _transformers()
+    vocab, pairs = _openai_vocabulary()
+    try:  # transformers 5: built in memory from the vocabulary and the merge pairs
+        return tf.CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=context_length)
+    except TypeError:  # transformers 4: what AutoTokenizer makes of a folder holding the files
+        with tempfile.TemporaryDirectory(prefix="rlptune-clip-tokenizer-") as tmp:
+            return tf.AutoTokenizer.from_pretrained(str(write_clip_tokenizer_files(tmp, context_length)))
+
+
+def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) -> Path:
+    """Write OpenAI CLIP's tokenizer (``vocab.json``, ``merges.txt``, configs) into ``directory`` from open_clip's
+    bundled BPE merges — the same 49,408-token vocabulary — so a ``CLIPModel`` folder gets a tokenizer offline."""
+
+    tf = _transformers()
+    vocab, pairs = _openai_vocabulary()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = _write_vocabulary(directory, vocab, pairs)
+    tokenizer = tf.CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=context_length)
     tokenizer.save_pretrained(str(directory))
     return directory
 

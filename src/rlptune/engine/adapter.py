@@ -17,8 +17,9 @@ either the previous or the new checkpoint.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,7 +29,8 @@ from ..config import config_from_dict
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
 from ..rundir import settings_hash
-from ..methods import build_method, list_methods
+from ..methods import build_method, get_method_class, list_methods
+from ..methods.base import DeclaredSize
 
 ADAPTER_CONFIG = "rlptune_adapter.json"
 ADAPTER_MODEL = "rlptune_adapter.safetensors"
@@ -200,9 +202,13 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     except Exception as exc:
         raise RlptuneError(f"{model_path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
     check_finite(state, model_path)
+    check_floating(state, model_path)
+    sizes = get_method_class(payload["method"]).declared_sizes(config, payload["classnames"])
+    check_declared_sizes(sizes, state, config_path, model_path)  # before building allocates what they declare
     method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
     method.load_adapter_state(state, str(model_path))
-    return method.eval()
+    check_logits_finite(method.eval(), state, model_path)
+    return method
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tensor") -> None:
@@ -215,6 +221,64 @@ def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tens
                     f"{path}: {what} {name!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; the "
                     f"file is damaged or its training diverged"
                 )
+
+
+def check_floating(tensors: dict[str, torch.Tensor], path: Path, what: str = "tensor") -> None:
+    """Trained tensors are floating-point numbers; an integer (or boolean, or complex) tensor is not an adapter's,
+    and converting it would silently round or drop parts of its values."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise RlptuneError(
+                f"{path}: {what} {name!r} is {str(tensor.dtype).removeprefix('torch.')}, not floating-point; rlptune "
+                f"writes trained tensors as floating-point numbers"
+            )
+
+
+def check_declared_sizes(
+    sizes: Sequence[DeclaredSize], tensors: dict[str, torch.Tensor], config_path: Path, model_path: Path
+) -> None:
+    """Every size the settings declare must be the size the stored tensors have, checked before the method is built
+    (building allocates what the settings declare: ``rank: 1000000000000`` would ask for terabytes). A size no stored
+    tensor carries may not exceed the largest dimension stored, so nothing much larger than the file is built."""
+    largest = max((int(d) for t in tensors.values() for d in t.shape), default=0)
+    for size in sizes:
+        carried = False
+        for name in sorted(tensors):
+            shape = tuple(int(d) for d in tensors[name].shape)
+            for pattern, dim in size.carriers:
+                if not re.fullmatch(pattern, name):
+                    continue
+                carried = True
+                stored = shape[dim] if -len(shape) <= dim < len(shape) else None
+                if stored != size.value:
+                    where = f"has {stored} there" if stored is not None else "has no such dimension"
+                    raise RlptuneError(
+                        f"{config_path}: {size.field} is {size.value}, but tensor {name!r} of {model_path.name} {where} "
+                        f"(shape {shape}); the settings and the tensors do not belong together"
+                    )
+        if not carried and size.value > largest:
+            raise RlptuneError(
+                f"{config_path}: {size.field} is {size.value}, but no tensor of {model_path.name} carries it and the "
+                f"largest dimension stored is {largest}; the settings and the tensors do not belong together"
+            )
+
+
+@torch.no_grad()
+def check_logits_finite(method, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Finite tensors can still give NaN scores (values ×1e30 overflow float32 inside the towers): score two probe
+    images (flat grey and a gradient) through the method's own forward and refuse the adapter when any logit is not
+    finite, so no caller (predict, eval, the server) ever turns it into NaN probabilities."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (64, 64), (128, 128, 128)), Image.linear_gradient("L").convert("RGB")]
+    batch = torch.stack([method.preprocess(image) for image in images]).to(method.backbone.device)
+    logits = method(batch)
+    if not bool(torch.isfinite(logits).all()):
+        largest = max((float(t.detach().abs().max()) for t in tensors.values() if t.numel()), default=0.0)
+        raise RlptuneError(
+            f"{path}: the tensors are finite but the logits they give are not (NaN or inf on a probe image; the largest "
+            f"stored value is {largest:.3g}); the file is damaged or its training diverged"
+        )
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------

@@ -67,6 +67,21 @@ class ClosedFormData:
     log: Callable[[str], None] = print
 
 
+@dataclass(frozen=True)
+class DeclaredSize:
+    """A size an adapter's settings declare and its stored tensors carry: dimension ``dim`` of every tensor whose
+    name fully matches ``pattern``, for some (pattern, dim) in ``carriers``.
+
+    Checked against a file's tensors before the method is built (:func:`rlptune.engine.adapter.check_declared_sizes`),
+    because building allocates what the settings declare: an edited ``rank: 1000000000000`` must be one line, not a
+    16 TB allocation.
+    """
+
+    field: str  # where the size is written, e.g. "settings.prompt.rank"
+    value: int
+    carriers: tuple[tuple[str, int], ...]
+
+
 def register_method(name: str, options: type | None = None) -> Callable[[type["Method"]], type["Method"]]:
     """Class decorator: make ``cls`` available as ``method.name = name`` with its typed options dataclass."""
 
@@ -251,6 +266,12 @@ class Method(nn.Module):
         return super().train(mode)
 
     # -- adapters -----------------------------------------------------------------------------------------------
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """The sizes ``config`` declares for this method's adapter tensors (see :class:`DeclaredSize`); none by
+        default. A method whose settings size its tensors (context length, rank, prompt tokens) lists them here."""
+        return []
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors only (what an adapter file holds)."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
@@ -268,7 +289,8 @@ class Method(nn.Module):
                     raise RlptuneError(
                         f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
                     )
-                own[name].copy_(tensor.to(own[name].dtype))
+                check_dtype(name, tensor, own[name].dtype, source)
+                own[name].copy_(tensor)
         self.unmerge()
 
     def export_adapter_files(self, directory: Path) -> Path | None:
@@ -290,3 +312,18 @@ class Method(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.registered_name, "trainable_params": self.num_trainable()}
+
+
+def check_dtype(name: str, tensor: torch.Tensor, expected: torch.dtype, source: str) -> None:
+    """A stored tensor must have its parameter's dtype: an int64 tensor would be silently converted (and large values
+    rounded), a float64 one rounded or overflowed to inf. rlptune writes every tensor in its parameter's dtype."""
+    if tensor.dtype != expected:
+        kind = "floating-point" if tensor.is_floating_point() else "not floating-point"
+        raise RlptuneError(
+            f"{source}: tensor {name!r} is {_dtype_name(tensor.dtype)} ({kind}), expected {_dtype_name(expected)} as "
+            f"rlptune writes it"
+        )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

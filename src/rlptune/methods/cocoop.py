@@ -29,10 +29,10 @@ from torch import nn
 from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText
-from .base import Batch, Method, StepOutput, register_method
+from .base import Batch, DeclaredSize, Method, StepOutput, register_method
 from .coop import initial_context
 from ..options import option
-from .shared import formula, prompt_term
+from .shared import formula, prompt_rank_size, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -80,6 +80,13 @@ class CoCoOp(Method):
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
         self.text = self._make_text(classnames)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """The context's n_ctx (without an init text) and rank; the meta-net's width is bounded by the backbone's."""
+        settings = config.prompt
+        sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        return sizes + prompt_rank_size(settings, ["prompt"])
 
     # -- text features ------------------------------------------------------------------------------------------
     def context(self) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
-from .base import Method, register_method
-from .shared import formula
+from .base import DeclaredSize, Method, register_method
+from .shared import formula, prompt_copies_size, prompt_rank_size, prompt_token_size
 
 
 def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
@@ -49,6 +49,17 @@ class CoOp(Method):
             self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
             shared_prefix=m.shared_prefix, context_text=self.config.prompt.ctx_init,
         ).to(self.backbone.device)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """n_ctx (without an init text: with one, its token count bounds n), the rank, and with a class-specific
+        context one prompt per class."""
+        settings = config.prompt
+        sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        sizes += prompt_rank_size(settings, ["prompt"])
+        if config.method.class_specific:
+            sizes += prompt_copies_size(settings, "prompt", "the number of classnames (class-specific context)", len(classnames))
+        return sizes
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         if self.config.method.class_specific and len(classnames) != self.prompt.shape[0]:

@@ -42,9 +42,10 @@ from torch import nn
 from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
-from .base import Method, register_method
+from ..options import parse_options
+from .base import DeclaredSize, Method, register_method
 from .options import option
-from .shared import formula, handcrafted_features, handcrafted_template, prompt_term
+from .shared import formula, handcrafted_features, handcrafted_template, prompt_rank_size, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -192,6 +193,28 @@ class DeepPrompts(Method):
     def text_context_size(self) -> int:
         """n: learned text tokens per layer (``prompt.n_ctx``)."""
         return int(self.config.prompt.n_ctx)
+
+    @classmethod
+    def declared_text_tokens(cls, config, options) -> int:
+        """n as the settings declare it (``prompt.n_ctx``), before any init text bounds it."""
+        return int(config.prompt.n_ctx)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """Text tokens per layer (without an init text), vision tokens per layer and the rank of every prompt.
+        Depths are bounded by the backbone's layers before anything is built."""
+        opts = parse_options(cls.options_class, config.method.options, cls.registered_name)
+        text_depth = opts.depth if cls.coupled else opts.text_depth
+        vision_depth = 0 if cls.coupled else opts.vision_depth
+        settings = config.prompt
+        text = ["text_prompt", "text_deep"] if text_depth > 0 else []
+        vision = ["vision_prompt"] if vision_depth > 0 else []
+        sizes: list[DeclaredSize] = []
+        if text and not settings.ctx_init:
+            sizes += prompt_token_size(settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts))
+        if vision:
+            sizes += prompt_token_size(settings, vision, "settings.method.options.vision_ctx", opts.vision_ctx)
+        return sizes + prompt_rank_size(settings, text + vision)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         m = self.config.method

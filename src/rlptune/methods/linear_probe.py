@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import RlptuneError
 from ..options import option
-from .base import ClosedFormData, Method, register_method
+from .base import ClosedFormData, DeclaredSize, Method, register_method
 from .shared import formula, handcrafted_features, handcrafted_template
 
 #: lpclip/linear_probe.py: the C grid, in the order it is searched (ties keep the first, i.e. the largest C).
@@ -195,6 +195,11 @@ class LinearProbe(Method):
         self.weight = nn.Parameter(backbone.logit_scale.cpu() * text.cpu())
         self.bias = nn.Parameter(torch.zeros(len(classnames)))
         self.to(backbone.device)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """One weight row and one bias per class (checked before every class's prompt is encoded)."""
+        return [DeclaredSize("the number of classnames", len(classnames), ((r"weight", 0), (r"bias", 0)))]
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         if list(classnames) != list(self.classnames):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .. import io
 from ..backbones import SplitAttention  # noqa: F401  (re-exported: rlptune 0.1 imported it from here)
 from ..errors import RlptuneError
-from .base import Method, register_method
+from .base import DeclaredSize, Method, register_method
 from .options import option, parse_options
 from .shared import formula, handcrafted_template
 
@@ -105,6 +105,12 @@ class ClipLoRA(Method):
         self._set_tokens(classnames)
         self.to(backbone.device)
         self.train(False)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """The LoRA rank r: ``lora_A`` (r, in) and ``lora_B`` (out, r) of every adapted projection."""
+        opts = parse_options(ClipLoraOptions, config.method.options, "clip_lora")
+        return [DeclaredSize("settings.method.options.r", int(opts.r), ((r".*\.lora_A\.[^.]+\.weight", 0), (r".*\.lora_B\.[^.]+\.weight", 1)))]
 
     @property
     def adapted_backbone(self):

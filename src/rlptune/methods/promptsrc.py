@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from ..errors import RlptuneError
 from ..prompts import FullRankPrompt
 from ..recipes import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once (data, no torch)
-from .base import Batch, StepOutput, register_method
+from .base import Batch, DeclaredSize, StepOutput, check_dtype, register_method
 from .deep import DeepPrompts
 from .options import option
 
@@ -127,6 +127,24 @@ class PromptSRC(DeepPrompts):
         self._gpa_weights: list[float] | None = None
         self._gpa_sum: dict[str, torch.Tensor] | None = None  # running weighted sum of the merged prompts
         self._aggregated: dict[str, torch.Tensor] | None = None  # the final aggregate: plain prompts per layer
+
+    @classmethod
+    def declared_text_tokens(cls, config, options) -> int:
+        """n = ``method.options.text_ctx`` (a disagreeing ``prompt.n_ctx`` is refused when the method is built)."""
+        return int(options.text_ctx)
+
+    @classmethod
+    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """IVLP's sizes, also carried by the aggregated prompts (``prompts.text`` (J_t, n, d), ``prompts.vision``
+        (J_v, n_v, w)) that replace the factors in an adapter saved after aggregation."""
+        aggregated = {
+            f"settings.{cls.text_context_field}": (r"prompts\.text", -2),
+            "settings.method.options.vision_ctx": (r"prompts\.vision", -2),
+        }
+        return [
+            dataclasses.replace(size, carriers=size.carriers + (aggregated[size.field],)) if size.field in aggregated else size
+            for size in super().declared_sizes(config, classnames)
+        ]
 
     def text_context_size(self) -> int:
         """n = ``method.options.text_ctx``; ``prompt.n_ctx`` may only repeat it (or stay at its default)."""
@@ -259,7 +277,8 @@ class PromptSRC(DeepPrompts):
         return state
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        shapes = {k: tuple(v.shape) for k, v in self.merged_prompts().items()}
+        merged = self.merged_prompts()
+        shapes = {k: tuple(v.shape) for k, v in merged.items()}
         state = dict(state)
         if any(k.startswith("prompts.") for k in state):
             expected = {f"prompts.{k}" for k in shapes}
@@ -270,6 +289,7 @@ class PromptSRC(DeepPrompts):
                 name = key[len("prompts."):]
                 if tuple(tensor.shape) != shapes[name]:
                     raise RlptuneError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+                check_dtype(key, tensor, merged[name].dtype, source)
                 prompts[name] = tensor.detach().to(self.backbone.device, torch.float32).clone()
             self._gpa_sum = None
             self._install_aggregate(prompts)
@@ -278,6 +298,7 @@ class PromptSRC(DeepPrompts):
         for name, tensor in sums.items():
             if name not in shapes or tuple(tensor.shape) != shapes[name]:
                 raise RlptuneError(f"{source}: tensor gpa_sum.{name} of shape {tuple(tensor.shape)} does not match promptsrc's prompts")
+            check_dtype(f"gpa_sum.{name}", tensor, merged[name].dtype, source)
         super().load_adapter_state(state, source)
         self._aggregated = None
         self._gpa_sum = {k: v.detach().to(self.backbone.device, torch.float32).clone() for k, v in sums.items()} or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..errors import RlptuneError
+from .base import DeclaredSize
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -49,3 +51,35 @@ def formula(terms: list[tuple[str, int]], symbols: dict[str, int]) -> str:
     where = ", ".join(f"{k}={v}" for k, v in symbols.items())
     middle = f" = {values}" if len(terms) > 1 else ""
     return f"{expr}{middle} = {total:,} ({where})"
+
+
+#: Where each built-in prompt kind stores its tokens-per-prompt n and its rank r: a full-rank prompt is
+#: ``<prefix>.ctx`` (…, n, d); a low-rank one ``<prefix>.A`` (…, n, r) and ``<prefix>.B`` (…, r, d).
+_TOKEN_DIMS = {"full": (("ctx", -2),), "lowrank": (("A", -2),)}
+_RANK_DIMS = {"lowrank": (("A", -1), ("B", -2))}
+
+
+def _carriers(prefixes: Sequence[str], dims) -> tuple[tuple[str, int], ...]:
+    return tuple((rf"{re.escape(prefix)}\.{name}", dim) for prefix in prefixes for name, dim in dims)
+
+
+def prompt_token_size(settings, prefixes: Sequence[str], field: str, n: int) -> list[DeclaredSize]:
+    """``n`` tokens per prompt, declared by ``field``, for the prompt modules at ``prefixes`` (``"prompt"``,
+    ``"text_prompt"`` …). Empty for a registered kind whose layout is not known here."""
+    dims = _TOKEN_DIMS.get(settings.kind)
+    return [DeclaredSize(field, int(n), _carriers(prefixes, dims))] if dims else []
+
+
+def prompt_rank_size(settings, prefixes: Sequence[str]) -> list[DeclaredSize]:
+    """``prompt.rank`` of the low-rank prompt modules at ``prefixes`` (nothing for other kinds)."""
+    dims = _RANK_DIMS.get(settings.kind)
+    return [DeclaredSize("settings.prompt.rank", int(settings.rank), _carriers(prefixes, dims))] if dims and prefixes else []
+
+
+def prompt_copies_size(settings, prefix: str, field: str, copies: int) -> list[DeclaredSize]:
+    """``copies`` prompts stacked on the first dimension (a class-specific context: one per class)."""
+    dims = _TOKEN_DIMS.get(settings.kind)
+    if not dims:
+        return []
+    names = [name for name, _ in dims + _RANK_DIMS.get(settings.kind, ())]
+    return [DeclaredSize(field, int(copies), _carriers([prefix], [(name, 0) for name in names]))]

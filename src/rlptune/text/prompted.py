@@ -59,6 +59,24 @@ def context_from_init(backbone: Backbone, ctx_init: str, n_ctx: int, field: str 
     return text_embeddings(backbone, ctx_init)[:n_ctx].clone()
 
 
+def _overflowing(backbone: Backbone, texts: Sequence[str], eot: torch.Tensor, ctx_len: int) -> int | None:
+    """The first text with more than ``ctx_len`` tokens (start and end included), or None.
+
+    The tokenizer truncates a longer text and puts its end token last, so an end token at the last position is
+    either an exact fit (accepted, as CLIP's own tokenizer accepts it) or a cut text: those rows are tokenised
+    again with one more position, where only a cut text still ends at (or beyond) ``ctx_len - 1``.
+    """
+    last = [i for i, e in enumerate(eot.tolist()) if e >= ctx_len - 1]
+    if not last:
+        return None
+    try:
+        longer = backbone.tokenizer([texts[i] for i in last], context_length=ctx_len + 1)
+    except TypeError:  # a tokenizer without a context_length argument: an end token at the last position is refused
+        return last[0]
+    ends = backbone.text.eot_positions(longer).tolist()
+    return next((i for i, e in zip(last, ends) if e >= ctx_len), None)
+
+
 class PromptedClassText(nn.Module):
     """Token buffers for one list of class names around an n-token context slot, and the batched encoder."""
 
@@ -103,10 +121,11 @@ class PromptedClassText(nn.Module):
         ids = backbone.tokenize(texts)
         eot = backbone.text.eot_positions(ids)
         ctx_len = ids.shape[1]
-        if int(eot.max()) >= ctx_len - 1:
-            longest = self.classnames[int(eot.argmax())]
+        too_long = _overflowing(backbone, texts, eot, ctx_len)
+        if too_long is not None:
             raise RlptuneError(
-                f"class name {longest!r} with {self.n_ctx} context tokens exceeds the text context of {ctx_len} tokens"
+                f"class name {self.classnames[too_long]!r} with {self.n_ctx} context tokens exceeds the text context of "
+                f"{ctx_len} tokens"
             )
         tokenizer_encode = getattr(backbone.tokenizer, "encode", None)
         if tokenizer_encode is not None:

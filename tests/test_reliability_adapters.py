@@ -283,13 +283,13 @@ def test_finite_tensors_whose_logits_are_not_finite_are_refused(name, tiny, tmp_
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
     message = one_line(info)
-    assert message.startswith(f"{folder / MODEL}: the tensors are finite but the logits they give are not (NaN or inf")
+    assert message.startswith(f"{folder / MODEL}: the tensors are finite but the logits they give are not finite (NaN or inf")
     assert message.endswith("the file is damaged or its training diverged")
 
 
 def test_huge_finite_tensors_are_one_line_in_predict_and_eval(tiny, tmp_path, images, colour_folder, capsys):
     folder = edit_tensors(make_adapter(tmp_path / "huge", tiny, "rlp"), lambda t: {k: v * 1e30 for k, v in t.items()})
-    fragment = f"{folder / MODEL}: the tensors are finite but the logits they give are not"
+    fragment = f"{folder / MODEL}: the tensors are finite but the logits they give are not finite"
     code, out, err = run_cli(["predict", folder, images, "--no-progress", "--device", "cpu"], capsys)
     assert_cli_error(code, out, err, fragment)
     code, out, err = run_cli(["eval", folder, "--dataset", "folder", "--data-root", colour_folder, "--device", "cpu"], capsys)
@@ -321,7 +321,7 @@ def test_the_servers_upload_of_huge_finite_tensors_is_a_json_4xx(tiny, tmp_path)
     for response in (uploaded, classified):
         assert 400 <= response.status_code < 500, (response.status_code, response.text)
         message = response.json()["error"]
-        assert "\n" not in message and "the tensors are finite but the logits they give are not" in message
+        assert "\n" not in message and "the tensors are finite but the logits they give are not finite" in message
     assert tasks == ["on-disk"] and sorted(p.name for p in root.iterdir()) == ["on-disk"]
 
 

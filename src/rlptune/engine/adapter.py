@@ -276,7 +276,7 @@ def check_logits_finite(method, tensors: dict[str, torch.Tensor], path: Path) ->
     if not bool(torch.isfinite(logits).all()):
         largest = max((float(t.detach().abs().max()) for t in tensors.values() if t.numel()), default=0.0)
         raise RlptuneError(
-            f"{path}: the tensors are finite but the logits they give are not (NaN or inf on a probe image; the largest "
+            f"{path}: the tensors are finite but the logits they give are not finite (NaN or inf on a probe image; the largest "
             f"stored value is {largest:.3g}); the file is damaged or its training diverged"
         )
 

@@ -69,6 +69,13 @@ class _LongInteger:
         self.digits = digits
 
 
+
+def _without_root(message: str, root: Path) -> str:
+    """A loader's message with the server's own folder left out: clients learn the file, not where it lives."""
+    for prefix in {str(root), str(Path(root).resolve())}:
+        message = message.replace(prefix.rstrip("/") + "/", "")
+    return message
+
 def _parse_json_int(text: str):
     return int(text) if len(text) <= _DIGITS else _LongInteger(len(text.lstrip("-")))
 
@@ -473,7 +480,7 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         except KeyError:
             raise ApiError(404, f"unknown task {task_name!r}; GET /v1/tasks lists the tasks") from None
         except RlptuneError as exc:
-            raise ApiError(409, f"task {task_name!r} cannot be loaded: {exc}") from None
+            raise ApiError(409, f"task {task_name!r} cannot be loaded: {_without_root(str(exc), server.registry.root)}") from None
         images = await run_in_threadpool(server.decode, blobs)
         try:
             predictions = await server.batcher.submit(task, images, top_k)

@@ -382,7 +382,9 @@ OFFICIAL_PRECISION: dict[str, tuple[str, str, str]] = {
     "kgcoop": ("fp16", _KG + "KgCoOp/train.py (TRAINER.COOP.PREC = 'fp16'; its config does not set it)", _PURE_FP16),
     "deep_text": ("fp16", _LP_CFG + " (PREC: 'fp16')",
                   _PURE_FP16 + "; the deeper prompts are fp32 Parameters cast to fp16 in the forward"),
-    "deep_vision": ("fp16", _VPT_CFG + " (PREC: 'fp16')", _PURE_FP16 + _FP32_DEEP),
+    "deep_vision": ("fp16", _VPT_CFG + " (PREC: 'fp16')",
+                    "CLIP's weights as clip.build_model leaves them (convert_weights: fp16), no text context; the "
+                    "vision prompts are fp32 Parameters cast to fp16 in the forward, SGD without loss scaling"),
     "ivlp": ("fp16", _IVLP_CFG + " (PREC: 'fp16')", _PURE_FP16 + _FP32_DEEP),
     "maple": ("fp16", _MAPLE_CFG + " (PREC: 'fp16')",
               _PURE_FP16 + "; the first coupling layer .half(), the deeper prompts and coupling layers fp32"),

@@ -8,6 +8,8 @@ resolve to something other than fp32.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +93,14 @@ def test_the_switch_starts_off_and_every_recipe_method_has_a_sourced_official_pr
         assert precision in P.PRECISIONS and how, method
         assert source.split(":", 1)[0] in {*recipes.REPOSITORIES, "rlptune"}, (method, source)
     assert recipes.OFFICIAL_PRECISION["clip_lora"][0] == recipes.CLIP_LORA_DETAILS["precision"][0].split()[0]
+
+
+def test_the_methods_doc_shows_every_methods_precision():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "METHODS.md").read_text(encoding="utf-8")
+    section = doc.split("### Precision (", 1)[1].split("\n### ", 1)[0]
+    for method, (precision, _, _) in recipes.OFFICIAL_PRECISION.items():
+        assert f"| `{method}` | {precision} |" in section, method  # official precision, how, source, auto CUDA / CPU
+    assert "CPU_BF16_WITHIN_SEED_SPREAD" in section and "GradScaler" in section
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
@@ -266,6 +276,11 @@ def test_bad_precisions_are_one_line_errors(tiny, colour_folder, tmp_path, capsy
     code = main(["predict", str(adapter), str(colour_folder / "test"), "--precision", "half", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "rlptune: error: --precision 'half' is not supported: expected auto" in err
+    code = main(["eval", str(adapter), "--data-root", str(colour_folder), "--precision", "fp64", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "rlptune: error: --precision 'fp64' is not supported" in err
+    with pytest.raises(RlptuneError, match=r"^backbone precision 'FP32' is not supported: expected auto, fp32, bf16, fp16$"):
+        load_backbone("micro", precision="FP32")
     payload = json.loads((adapter / ADAPTER_CONFIG).read_text())
     payload["backbone"]["precision"] = "fp64"
     (adapter / ADAPTER_CONFIG).write_text(json.dumps(payload))
@@ -273,3 +288,25 @@ def test_bad_precisions_are_one_line_errors(tiny, colour_folder, tmp_path, capsy
         load_adapter(adapter, backbone=tiny)
     with pytest.raises(RlptuneError, match=r"backbone.precision: expected one of auto, fp32, bf16, fp16, got 'half'"):
         resolve_config(None, _settings(colour_folder, tmp_path, backbone={"precision": "half"}))
+
+
+#: docs/RELIABILITY.md's "Precision" cases and the test above that holds each.
+CASES = {
+    "precision-setting-unknown": "test_bad_precisions_are_one_line_errors",
+    "precision-flag-unknown": "test_bad_precisions_are_one_line_errors",
+    "precision-load-backbone-unknown": "test_a_precision_is_accepted_everywhere_or_refused_everywhere",
+    "precision-adapter-field": "test_bad_precisions_are_one_line_errors",
+    "precision-auto-recorded": "test_run_records_the_resolved_precision_everywhere",
+    "precision-explicit-fp32-config": "test_explicit_fp32_configs_still_load_and_mean_fp32",
+    "precision-cache-apart": "test_features_cached_under_one_precision_are_never_read_under_another",
+    "precision-given-backbone": "test_explicit_choices_win_over_auto_and_views_share_the_weights",
+    "precision-fp16-overflow": "test_fp16_trains_with_a_gradient_scaler_that_scales",
+}
+
+
+def test_the_reliability_catalogue_lists_these_cases():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    section = doc.split("## Precision (`backbone.precision = auto`)", 1)[1].split("\n## ", 1)[0]
+    assert "tests/test_precision_auto.py" in section
+    assert re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M) == list(CASES)
+    assert all(callable(globals().get(name)) for name in CASES.values())

@@ -27,6 +27,7 @@ from rlptune.engine.adapter import ADAPTER_CONFIG, load_adapter
 from rlptune.engine.features import FeatureCache, cache_key
 from rlptune.engine.pipeline import resolve_backbone
 from rlptune.errors import RlptuneError
+from rlptune.methods import build_method
 from rlptune.protocols.runner import RunSpec, spec_settings_hash
 from rlptune.rundir import MARKER, settings_hash
 
@@ -225,6 +226,14 @@ def test_explicit_choices_win_over_auto_and_views_share_the_weights(machine, tin
     assert resolve_backbone(config, pinned) is pinned and config.backbone.precision == "fp32"
     config = resolve_config(None, _settings(colour_folder, tmp_path, backbone={"precision": "fp16"}))
     assert resolve_backbone(config, pinned).precision == "fp16"  # explicit settings beat the backbone's choice
+
+
+def test_a_precision_view_leaves_injected_adapters_trainable(tiny):
+    method = build_method(resolve_config(None, {"method": {"name": "clip_lora"}}), tiny, ["red", "green"])
+    trainable = [name for name, p in method.named_parameters() if p.requires_grad]
+    view = method.backbone.with_precision("bf16")  # the LoRA-injected copy, seen in bf16
+    assert view.model is method.backbone.model and (view.precision, method.backbone.precision) == ("bf16", "fp32")
+    assert trainable and [name for name, p in method.named_parameters() if p.requires_grad] == trainable
 
 
 def test_fp16_trains_with_a_gradient_scaler_that_scales(tiny, colour_folder, tmp_path):

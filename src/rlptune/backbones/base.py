@@ -316,7 +316,10 @@ class Backbone:
             return self
         if precision not in ("fp32", "bf16", "fp16"):
             raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
-        return dataclasses.replace(self, precision=precision, info={**self.info, "precision_requested": precision})
+        view = copy.copy(self)  # not dataclasses.replace: __post_init__ would freeze adapters injected into the model
+        view.precision = precision
+        view.info = {**self.info, "precision_requested": precision}
+        return view
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision per the ``precision`` setting: bf16/fp16 autocast, nothing on fp32 (the weights stay fp32;

@@ -416,6 +416,18 @@ def time_coop_epoch(backbone: Backbone, mode: Mode, work: Path, precision: str) 
 
 # -- the check ----------------------------------------------------------------------------------------------------
 
+def guarded(part, *args) -> dict[str, Any]:
+    """``part(*args)``, or a failed entry naming the exception: on a lent device, one broken part must not cost the
+    report of the others (the run is not cheap to repeat)."""
+    try:
+        return part(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON, with where it happened
+        import traceback
+
+        return {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+                "where": traceback.format_exc().strip().splitlines()[-3:]}
+
+
 def _nccl_version() -> str | None:
     try:
         version = torch.cuda.nccl.version()
@@ -462,18 +474,18 @@ def run_check(args) -> dict[str, Any]:
     training: dict[str, dict[str, Any]] = {}
     for method in args.methods:
         for precision in mode.precisions:
-            row = check_training(backbone, root, method, precision, mode, work, images)
+            row = guarded(check_training, backbone, root, method, precision, mode, work, images)
             training.setdefault(method, {})[precision] = row
             print(f"[{method} {precision}] {'ok' if row['ok'] else 'FAILED'} "
                   f"{row.get('seconds', 0):.1f}s {row.get('logits_vs_fp32', row.get('error', ''))}", file=sys.stderr)
     report["training"] = training
 
     half = "fp16" if "fp16" in mode.precisions else mode.precisions[0]
-    report["torchrun"] = run_torchrun(mode, root, work, half) if not args.skip_torchrun else {"ok": True, "skipped": True}
+    report["torchrun"] = guarded(run_torchrun, mode, root, work, half) if not args.skip_torchrun else {"ok": True, "skipped": True}
     print(f"[torchrun] {'ok' if report['torchrun']['ok'] else 'FAILED'}", file=sys.stderr)
-    report["coop_epoch"] = time_coop_epoch(backbone, mode, work, half)
-    print(f"[coop epoch] rlptune {report['coop_epoch']['rlptune_epoch_seconds']:.2f}s, official-style "
-          f"{report['coop_epoch']['official_style_epoch_seconds']:.2f}s", file=sys.stderr)
+    report["coop_epoch"] = guarded(time_coop_epoch, backbone, mode, work, half)
+    print(f"[coop epoch] rlptune {report['coop_epoch'].get('rlptune_epoch_seconds', -1):.2f}s, official-style "
+          f"{report['coop_epoch'].get('official_style_epoch_seconds', -1):.2f}s", file=sys.stderr)
 
     rows = [row for per in training.values() for row in per.values()]
     fp16_rows = [row for per in training.values() for p, row in per.items() if p == "fp16"]
@@ -483,7 +495,7 @@ def run_check(args) -> dict[str, Any]:
         "grad_scaler_scales": all(row.get("scaler_scales", False) for row in fp16_rows),
         "logits_finite": all(row.get("logits_vs_fp32", {}).get("finite", False) for row in rows),
         "torchrun": bool(report["torchrun"]["ok"]),
-        "coop_epoch_timed": report["coop_epoch"]["rlptune_epoch_seconds"] > 0,
+        "coop_epoch_timed": report["coop_epoch"].get("rlptune_epoch_seconds", 0) > 0,
     }
     report["ok"] = all(report["checks"].values())
     report["seconds"] = time.perf_counter() - started

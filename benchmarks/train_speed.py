@@ -262,12 +262,14 @@ class ReferenceTrainer:
             generator=torch.Generator().manual_seed(s.seed),
         )
         steps = []
+        device = next(self.model.parameters()).device  # the CPU here; a GPU in benchmarks/gpu_check.py
         for epoch in range(epochs):
             for group in self.optim.param_groups:
                 group["lr"] = learning_rate(s, epoch)
             self.model.train()
             t_data = time.perf_counter()
             for images, labels, _ in loader:
+                images, labels = images.to(device), labels.to(device)
                 t0 = time.perf_counter()
                 self.model.timing = {"image": 0.0}
                 with _autocast(self.precision):

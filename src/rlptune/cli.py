@@ -129,8 +129,11 @@ def _load_adapter(args: argparse.Namespace):
     from .engine.adapter import load_adapter
 
     device = args.device or "auto"
-    backbone = load_backbone(args.backbone, device=device) if args.backbone else None
-    return load_adapter(args.adapter, backbone=backbone, device=device)
+    from .backbones.precision import check_precision
+
+    precision = check_precision(getattr(args, "precision", None) or "auto", "--precision")  # auto: per the adapter's method
+    backbone = load_backbone(args.backbone, device=device, precision=precision) if args.backbone else None
+    return load_adapter(args.adapter, backbone=backbone, device=device, precision=precision)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -402,6 +405,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",))
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
+    p.add_argument("--precision", default="auto", metavar="PRECISION",
+                   help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
@@ -420,6 +425,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="CSV file to write (default: print)")
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
+    p.add_argument("--precision", default="auto", metavar="PRECISION",
+                   help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -48,7 +48,12 @@ class _Section:
 class BackboneSettings(_Section):
     name: str = _f("micro", "backbone spec: micro | ARCH:TAG | ARCH:/path/weights | /path/openai.pt | arch.json | random:ARCH", flag="backbone")
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
-    precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; prompt parameters stay fp32)", choices=("fp32", "bf16", "fp16"))
+    precision: str = _f(
+        "auto",
+        "auto | fp32 | bf16 | fp16 (autocast; trainable tensors stay fp32). auto = the method's official fp16 on CUDA, "
+        "fp32 elsewhere (bf16 on a native-bf16 CPU once measured within seed spread); runs record the resolved value",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
 
     def validate(self) -> None:
         if not self.name.strip():

@@ -365,6 +365,36 @@ _TRANSFER = ("cross-dataset", "domain-gen")
 PROMPTSRC_FEW_SHOT_GPA_GROUP_A = ("ImageNet", "Caltech101", "OxfordPets", "Food101", "UCF101", "SUN397")
 PROMPTSRC_FEW_SHOT_GPA_GROUP_B = ("StanfordCars", "OxfordFlowers", "FGVCAircraft", "DescribableTextures", "EuroSAT")
 
+_PURE_FP16 = ("pure fp16: CLIP's weights as clip.build_model leaves them (convert_weights: fp16), the context "
+              "vectors created in that dtype and stepped in fp16 by SGD, no loss scaling")
+_FP32_DEEP = "; the deeper and vision prompts are fp32 Parameters cast to fp16 in the forward"
+#: The precision each method's official code runs in on a GPU: (precision, source, how). ``backbone.precision: auto``
+#: resolves to it on CUDA, run as autocast with fp32 trainable tensors and a gradient scaler
+#: (:mod:`rlptune.backbones.precision`; docs/METHODS.md compares the two).
+OFFICIAL_PRECISION: dict[str, tuple[str, str, str]] = {
+    "zeroshot": ("fp16", _COOP + "trainers/zsclip.py",
+                 "CLIP's fp16 weights (load_clip_to_cpu + clip.build_model; ZeroshotCLIP never calls float())"),
+    "linear_probe": ("fp16", _COOP + "lpclip/feat_extractor.py",
+                     "features from clip.load(..., 'cuda'): fp16 weights on CUDA; the logistic regression is sklearn's float64"),
+    "coop": ("fp16", _COOP + "train.py (TRAINER.COOP.PREC = 'fp16'; the CoOp configs do not set it)", _PURE_FP16),
+    "rlp": ("fp16", RLP_SOURCE + "; CoOp's PREC, as for its other settings", _PURE_FP16),
+    "cocoop": ("fp16", _COCOOP_CFG + " (PREC: 'fp16')", _PURE_FP16 + "; the meta-net .half()"),
+    "kgcoop": ("fp16", _KG + "KgCoOp/train.py (TRAINER.COOP.PREC = 'fp16'; its config does not set it)", _PURE_FP16),
+    "deep_text": ("fp16", _LP_CFG + " (PREC: 'fp16')",
+                  _PURE_FP16 + "; the deeper prompts are fp32 Parameters cast to fp16 in the forward"),
+    "deep_vision": ("fp16", _VPT_CFG + " (PREC: 'fp16')",
+                    "CLIP's weights as clip.build_model leaves them (convert_weights: fp16), no text context; the "
+                    "vision prompts are fp32 Parameters cast to fp16 in the forward, SGD without loss scaling"),
+    "ivlp": ("fp16", _IVLP_CFG + " (PREC: 'fp16')", _PURE_FP16 + _FP32_DEEP),
+    "maple": ("fp16", _MAPLE_CFG + " (PREC: 'fp16')",
+              _PURE_FP16 + "; the first coupling layer .half(), the deeper prompts and coupling layers fp32"),
+    "promptsrc": ("fp16", _SRC_FS + " (PREC: 'fp16'; every PromptSRC config)",
+                  _PURE_FP16 + _FP32_DEEP + "; the frozen zero-shot CLIP (the regulariser) fp32"),
+    "clip_lora": ("fp16", _LORA + "lora.py",
+                  "fp16 autocast with GradScaler; fp32 LoRA matrices and the attention projections it re-creates "
+                  "(nn.Linear copies of the fp16 weights), the rest of CLIP in fp16 (clip.load on CUDA)"),
+}
+
 RECIPES: dict[str, Recipe] = {}
 
 

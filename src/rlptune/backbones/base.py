@@ -309,8 +309,21 @@ class Backbone:
         self.model.to(device)
         return self
 
+    def with_precision(self, precision: str) -> "Backbone":
+        """This backbone run in ``precision`` (fp32, bf16 or fp16): itself when it already is, else a view that
+        shares the model (no copy of a weight) and differs only in its autocast, identity unchanged."""
+        if precision == self.precision:
+            return self
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
+        view = copy.copy(self)  # not dataclasses.replace: __post_init__ would freeze adapters injected into the model
+        view.precision = precision
+        view.info = {**self.info, "precision_requested": precision}
+        return view
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision per the ``precision`` setting: bf16/fp16 autocast on GPU, nothing on fp32."""
+        """Mixed precision per the ``precision`` setting: bf16/fp16 autocast, nothing on fp32 (the weights stay fp32;
+        rlptune.backbones.precision decides what ``auto`` means on each device)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16

@@ -37,6 +37,7 @@ from .. import registry
 from ..errors import RlptuneError
 from .base import Backbone, BackboneFamily, weights_hash
 from .openclip import OPEN_CLIP
+from .precision import check_precision, resolve_precision
 
 MICRO_NAME = "micro"
 
@@ -245,14 +246,17 @@ def _find_loader(spec: str) -> _Registered | None:
     return None
 
 
-def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed: int = 0) -> Backbone:
-    """Load a CLIP by spec (see module docstring) and return it with tokenizer, transforms settings and identity."""
+def load_backbone(spec: str, device: str = "cpu", precision: str = "auto", seed: int = 0) -> Backbone:
+    """Load a CLIP by spec (see module docstring) and return it with tokenizer, transforms settings and identity.
+
+    ``precision`` ``auto`` resolves for plain CLIP on ``device`` (:mod:`.precision`); a run or an adapter loaded on
+    the backbone resolves it again for its method, while an explicit fp32/bf16/fp16 is kept by both."""
     device = _default_device(device)
     spec = str(spec).strip()
     if not spec:
         raise RlptuneError("backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file, an arch .json or hf:PATH")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise RlptuneError(f"backbone precision {precision!r} is not supported: expected fp32, bf16 or fp16")
+    requested = check_precision(precision, "backbone precision")
+    precision = resolve_precision(requested, device)
     registered = _find_loader(spec)
     if registered is None:  # plug-in packages (rlptune.micro: "micro", "micro-v2") register their loaders on import
         registry.load_builtin_plugins()
@@ -264,6 +268,7 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32", seed:
         )
     backbone = registered.loader(BackboneRequest(spec, device, precision, seed))
     backbone.info.setdefault("typed_spec", spec)
+    backbone.info["precision_requested"] = requested
     return backbone
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .. import __version__, io
 from ..backbones import Backbone, load_backbone
+from ..backbones.precision import PRECISIONS, precision_for, resolve_precision
 from ..config import config_from_dict
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
@@ -52,7 +53,8 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "format": ADAPTER_FORMAT,
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
-        "backbone": {"identity": method.backbone.identity, "spec": method.backbone.spec, "arch": method.backbone.arch},
+        "backbone": {"identity": method.backbone.identity, "spec": method.backbone.spec, "arch": method.backbone.arch,
+                     "precision": method.backbone.precision},  # what it trained in (loading resolves auto anew)
         "classnames": list(method.classnames),
         "dataset_template": method.dataset_template,
         "settings": {"method": cfg["method"], "prompt": cfg["prompt"]},
@@ -163,6 +165,10 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
         raise RlptuneError(f"{path}: field 'backbone' must be an object with the backbone's 'identity' (and 'spec')")
     if backbone.get("spec") is not None and not isinstance(backbone["spec"], str):
         raise RlptuneError(f"{path}: field 'backbone.spec' must be a backbone spec string, got {backbone['spec']!r}")
+    if backbone.get("precision") is not None and backbone["precision"] not in PRECISIONS:
+        raise RlptuneError(
+            f"{path}: field 'backbone.precision' must be one of {', '.join(PRECISIONS)}, got {backbone['precision']!r}"
+        )
     names = payload["classnames"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise RlptuneError(f"{path}: field 'classnames' must be a non-empty list of non-empty class names")
@@ -174,8 +180,13 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
         raise RlptuneError(f"{path}: field 'dataset_template' must be a string or null, got {template!r}")
 
 
-def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto"):
-    """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given)."""
+def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"):
+    """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given).
+
+    ``precision`` (default ``auto``) is resolved for the adapter's method as a training run resolves it
+    (:func:`rlptune.backbones.precision.precision_for`): the method's official precision on CUDA, fp32 on a CPU
+    unless bf16 is cleared for it; a given backbone loaded with an explicit precision keeps it. The precision the
+    adapter trained in is recorded in its ``backbone.precision`` field, for the record."""
     directory = Path(directory)
     payload = read_adapter_config(directory)
     config_path, model_path = adapter_files(directory)
@@ -186,7 +197,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         )
     recorded = payload["backbone"].get("identity")
     if backbone is None:
-        backbone = load_backbone(payload["backbone"].get("spec") or "micro", device=device)
+        resolved = resolve_precision(precision, device, payload["method"])
+        backbone = load_backbone(payload["backbone"].get("spec") or "micro", device=device, precision=resolved)
+    else:
+        backbone = backbone.with_precision(precision_for(backbone, payload["method"], precision))
     if backbone.identity != recorded:
         raise RlptuneError(
             f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}"

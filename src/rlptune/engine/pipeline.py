@@ -22,6 +22,7 @@ import yaml
 from .. import io
 from ..analysis.tables import harmonic_mean
 from ..backbones import Backbone, load_backbone
+from ..backbones.precision import settle_run_precision
 from ..data import canonical_name, load_dataset
 from ..data.fewshot import fewshot_splits, subsample_classes
 from ..data.images import check_images, skipped_report
@@ -110,8 +111,13 @@ def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, report_sh
 
 
 def resolve_backbone(config, backbone: Backbone | None = None) -> Backbone:
+    """The run's backbone in the run's precision: ``backbone`` (or the configured one, loaded) with
+    ``backbone.precision`` resolved for the method (:func:`rlptune.backbones.precision.settle_run_precision`, which
+    writes the resolved value into ``config``); a given backbone in another precision is used through a view that
+    shares its weights."""
+    settle_run_precision(config, backbone)
     if backbone is not None:
-        return backbone
+        return backbone.with_precision(config.backbone.precision)
     b = config.backbone
     return load_backbone(b.name, device=b.device, precision=b.precision)
 
@@ -176,6 +182,7 @@ def run(
     ddp = init_from_env(config.backbone.device)  # under torchrun: join the group (one process per device)
     if ddp.enabled and backbone is None:
         config.backbone.device = training_device(config.backbone.device, ddp)
+    settle_run_precision(config, backbone)  # config.yaml and the settings hash record the resolved precision
     if ddp.enabled:
         return _run_in(config, output_dir, output_dir, ddp, backbone, resume, progress, log, targets, extra)
     with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite) as run_dir:

@@ -11,9 +11,10 @@ resized crop and flip of every training image, drawn from the run's seed (view e
 encodes each (backbone, image, seed, epoch) once and every method and setting shares it; ``aug_views = K`` cycles K
 cached views instead (faster, measurably less faithful).
 
-Precision: every forward (text and image side) runs under the backbone's autocast (bf16/fp16 on GPU, nothing on
-fp32); trainable tensors must be fp32 (checked), so there are no low-precision master weights, and fp16 uses a
-gradient scaler. Under ``torchrun`` the step runs through DistributedDataParallel with each global batch split
+Precision: every forward (text and image side) runs under the backbone's autocast (bf16/fp16, nothing on fp32;
+``auto`` is resolved before the run, see :mod:`rlptune.backbones.precision`); trainable tensors must be fp32
+(checked), so there are no low-precision master weights, and fp16 uses a gradient scaler (its scale and the steps it
+skipped are logged per epoch as ``grad_scale`` and ``skipped_steps``). Under ``torchrun`` the step runs through DistributedDataParallel with each global batch split
 evenly over the ranks and rank 0 as the only writer (see :mod:`rlptune.engine.distributed`).
 """
 
@@ -131,6 +132,7 @@ class Trainer:
         # extra scores logged at the validation epochs (e.g. new-class accuracy under base-to-new); a monitor may
         # switch the method's classes or merge its prompt, so the trainer restores the training state after it
         self.monitors: dict[str, Callable[[], float]] = dict(monitors or {})
+        self.scaler: torch.amp.GradScaler | None = None  # fp16 only, set by fit (inspected by benchmarks/gpu_check.py)
 
     # -- data ------------------------------------------------------------------------------------------------
     def epoch_features(self, epoch: int) -> torch.Tensor:
@@ -206,9 +208,11 @@ class Trainer:
         val = self._validation_inputs() if settings.val_every and self.splits.val else None
         device = self.backbone.device
         step_module = wrap_for_training(method, ddp)
+        # fp16 autocast: gradients of fp32 prompts through fp16 activations underflow without loss scaling
         scaler = None
-        if self.backbone.precision == "fp16" and device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
+        if self.backbone.precision == "fp16" and device.type in ("cuda", "cpu"):
+            scaler = torch.amp.GradScaler(device.type)
+        self.scaler = scaler
         method.on_train_start(epochs_total, steps_per_epoch)
 
         bar = None
@@ -227,7 +231,7 @@ class Trainer:
             method.on_epoch_start(epoch)
             torch.manual_seed(epoch_seed(settings.seed, epoch, 1))  # dropout masks of this epoch (same on every rank)
             order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch, 2)))
-            total_loss, correct, seen, steps = 0.0, 0, 0, 0
+            total_loss, correct, seen, steps, skipped = 0.0, 0, 0, 0, 0
             logged: dict[str, float] = {}
             lr = learning_rate(settings, epoch, 0, steps_per_epoch)
             for step, start_idx in enumerate(range(0, stop, batch)):
@@ -253,9 +257,11 @@ class Trainer:
                     )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
+                    scale = scaler.get_scale()
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
+                    skipped += int(scaler.get_scale() < scale)  # inf/nan gradients: the scaler skipped this step
                 else:
                     loss.backward()
                     optimizer.step()
@@ -279,6 +285,9 @@ class Trainer:
                 "steps": steps,
             }
             record.update({k: v / max(seen, 1) for k, v in logged.items()})
+            if scaler is not None:  # fp16: the loss scale in use and the steps it skipped (overflowed gradients)
+                record["grad_scale"] = float(scaler.get_scale())
+                record["skipped_steps"] = skipped
             validation_epoch = bool(settings.val_every) and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == epochs_total)
             if val is not None and validation_epoch:
                 record["val_acc"] = self._validation_accuracy(val)

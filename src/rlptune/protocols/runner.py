@@ -29,6 +29,7 @@ import yaml
 
 from .. import io
 from ..backbones import Backbone, load_backbone
+from ..backbones.precision import settle_run_precision
 from ..config import resolve_config
 from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
@@ -103,6 +104,7 @@ def spec_settings_hash(spec: RunSpec) -> str:
     key = json.dumps(asdict(spec), sort_keys=True, default=str)
     if key not in _SPEC_HASHES:
         config = spec.config()
+        settle_run_precision(config)  # the precision the run will record (auto resolved), as pipeline.run hashes it
         _SPEC_HASHES[key] = settings_hash({**config.to_dict(), "protocol": spec.protocol, "targets": list(spec.targets)})
     return _SPEC_HASHES[key]
 

@@ -272,6 +272,11 @@ class BackboneFamily:
         names is recognised."""
         return None
 
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        """(tower, block index) of the attention module this library names ``name`` in a model, else None: how an
+        adapter that names modules (CLIP-LoRA) finds its blocks in another library's model of the same CLIP."""
+        return None
+
     def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The weights under OpenAI CLIP's names and layout (what the identity hashes), so the same tensors hash
         the same in every library; this default keeps the library's own names."""

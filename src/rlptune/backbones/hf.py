@@ -22,6 +22,9 @@ import functools
 import inspect
 import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +33,7 @@ from torch import nn
 
 from ..errors import RlptuneError
 from .base import Backbone, BackboneFamily, BlockHook, TextTower, VisionTower
-from .structure import activation_name, merge_blocks, module_fingerprint, norm_name, pooling_name
+from .structure import activation_name, merge_blocks, module_fingerprint, norm_name, pooling_name, structure_differences
 from .loader import OPENAI_MEAN, OPENAI_STD, BackboneRequest, absolute, finish_backbone, register_backbone_loader
 
 HF_PREFIX = "hf:"
@@ -222,6 +225,12 @@ class HFFamily(BackboneFamily):
             return openai_to_hf_state(state, int(structure["text"]["layers"]), int(structure["vision"]["layers"]))
         except (KeyError, TypeError, ValueError):
             return None
+
+    _ATTENTION = re.compile(r"^(?P<tower>text|vision)_model\.encoder\.layers\.(?P<i>\d+)\.self_attn$")
+
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        found = self._ATTENTION.match(name)
+        return None if found is None else (found["tower"], int(found["i"]))
 
     def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The ``CLIPModel``'s tensors under OpenAI's names and layout (q/k/v concatenated, projections
@@ -460,6 +469,93 @@ def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) 
         tokenizer = tf.CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=context_length)
     tokenizer.save_pretrained(str(directory))
     return directory
+
+
+_HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def _hf_tower_config(tower: dict[str, Any], name: str, spec: str) -> dict[str, Any]:
+    """The ``CLIPTextConfig``/``CLIPVisionConfig`` fields of a tower's canonical structure; one line when the
+    tower has a shape a ``CLIPModel`` cannot express."""
+    norms = {tower.get("norm"), tower.get("final_norm" if name == "text" else "pre_norm")}
+    if name == "vision":
+        norms.add(tower.get("post_norm"))
+    expected = "transformer" if name == "text" else "vit"
+    problem = None
+    if tower.get("tower") != expected or "blocks" in tower or "block" in tower:
+        problem = f"a {tower.get('tower')} tower with these blocks (a CLIPModel has a plain {expected})"
+    elif tower.get("activation") not in _HF_ACT:
+        problem = f"activation {tower.get('activation')}"
+    elif len(norms) != 1 or not all(isinstance(n, str) and n.startswith("layernorm(eps=") for n in norms):
+        problem = f"norms {sorted(map(str, norms))} (a CLIPModel has one LayerNorm epsilon per tower)"
+    elif tower.get("layer_scale") or tower.get("patch_stride") or tower.get("projection") is None:
+        problem = "layer scale, an overlapping patch stride or no projection"
+    elif name == "text" and (tower.get("pool") != "eot" or not tower.get("causal")):
+        problem = f"pooling {tower.get('pool')} / causal {tower.get('causal')}"
+    elif name == "vision" and (tower.get("pool") != "cls" or tower["image_size"][0] != tower["image_size"][1] or tower["patch_size"][0] != tower["patch_size"][1]):
+        problem = f"pooling {tower.get('pool')}, image size {tower.get('image_size')}, patch size {tower.get('patch_size')}"
+    if problem is not None:
+        raise RlptuneError(f"backbone {spec}: its {name} tower cannot be written as a Hugging Face CLIPModel ({problem})")
+    eps = float(next(iter(norms))[len("layernorm(eps="):-1])
+    common = {
+        "hidden_size": tower["width"], "intermediate_size": tower["mlp_width"], "num_hidden_layers": tower["layers"],
+        "num_attention_heads": tower["heads"], "hidden_act": _HF_ACT[tower["activation"]], "layer_norm_eps": eps,
+        "projection_dim": tower["projection"][1],
+    }
+    if name == "text":
+        vocab = tower["vocab_size"]
+        return {**common, "vocab_size": vocab, "max_position_embeddings": tower["context_length"],
+                "bos_token_id": vocab - 2, "eos_token_id": vocab - 1, "pad_token_id": vocab - 1}
+    return {**common, "image_size": tower["image_size"][0], "patch_size": tower["patch_size"][0], "num_channels": 3}
+
+
+def export_hf_clip(backbone: Backbone, folder: str | Path) -> Path:
+    """Write an open_clip backbone as a Hugging Face ``CLIPModel`` folder (``save_pretrained`` layout, tokenizer
+    files, ``preprocessor_config.json``) that ``hf:FOLDER`` loads as the same backbone: the export is loaded back
+    and its weights hash and structure checked before the folder appears, so an adapter trained on either loads
+    on the other. The folder must not exist (never overwritten); a tower a ``CLIPModel`` cannot express (a
+    ResNet, layer scale, GELU-free activations...) is one line naming it."""
+    tf = _transformers()
+    folder = Path(folder)
+    if folder.exists():
+        raise RlptuneError(f"{folder}: already exists; export_hf_clip writes a new folder and never overwrites one")
+    text, vision = (_hf_tower_config(backbone.structure.get(t, {}), t, backbone.spec or backbone.identity) for t in ("text", "vision"))
+    if text["projection_dim"] != vision["projection_dim"]:
+        raise RlptuneError(f"backbone {backbone.spec}: text and image projections differ in width ({text['projection_dim']} vs {vision['projection_dim']})")
+    if text["vocab_size"] != 49408:
+        raise RlptuneError(f"backbone {backbone.spec}: vocabulary of {text['vocab_size']} tokens; only OpenAI CLIP's (49,408) tokenizer can be written")
+    config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=text["projection_dim"])
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in backbone.family.canonical_state_dict(backbone.model).items()}
+    try:
+        hf_state = openai_to_hf_state(state, text["num_hidden_layers"], vision["num_hidden_layers"])
+    except KeyError as exc:
+        raise RlptuneError(f"backbone {backbone.spec}: weight {exc.args[0]} has no place in a CLIPModel") from None
+    model = tf.CLIPModel(config).eval()
+    model.load_state_dict(hf_state, strict=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(staging))
+        write_clip_tokenizer_files(staging, context_length=text["max_position_embeddings"])
+        size = vision["image_size"]
+        (staging / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "resample": 3,
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+            "image_mean": list(backbone.image_mean), "image_std": list(backbone.image_std),
+        }, indent=2) + "\n", encoding="utf-8")
+        written = load_hf_backbone(BackboneRequest(f"{HF_PREFIX}{staging}"))
+        diffs = structure_differences(backbone.structure, written.structure)
+        if written.weights != backbone.weights or diffs:
+            raise RlptuneError(
+                f"backbone {backbone.spec}: the Hugging Face export is not the same backbone "
+                f"({'weights differ' if written.weights != backbone.weights else '; '.join(diffs[:3])})"
+            )
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 register_backbone_loader(HF_PREFIX, load_hf_backbone, "hf:PATH_OR_NAME (transformers CLIPModel)")

@@ -8,6 +8,7 @@ towers without a token sequence (``ModifiedResNet``) where per-block access is a
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -246,6 +247,12 @@ class OpenClipFamily(BackboneFamily):
 
     def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         return state  # open_clip's CLIP keeps OpenAI's names
+
+    _ATTENTION = re.compile(r"^(?:(?P<text>(?:text\.)?transformer)|(?P<vision>visual\.transformer))\.resblocks\.(?P<i>\d+)\.attn$")
+
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        found = self._ATTENTION.match(name)
+        return None if found is None else ("text" if found["text"] else "vision", int(found["i"]))
 
     def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``CLIP``'s state dict is already in OpenAI's names; ``CustomTextCLIP`` with a transformer text tower

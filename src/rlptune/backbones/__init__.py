@@ -16,8 +16,18 @@ from .loader import (
     register_backbone_loader,
 )
 from .openclip import OPEN_CLIP, OpenClipTextTower, OpenClipVisionTower, SplitAttention
-from .hf import HF, HFTextTower, HFTokenizer, HFVisionTower, write_clip_tokenizer_files
+from .hf import HF, HFTextTower, HFTokenizer, HFVisionTower, export_hf_clip, write_clip_tokenizer_files
 from .transforms import eval_transform, train_transform
+
+
+def attention_block(name: str) -> tuple[str, int] | None:
+    """(tower, block index) of an attention module named ``name`` by any library rlptune reads (see
+    :meth:`BackboneFamily.attention_block`), else None."""
+    for family in (OPEN_CLIP, HF):
+        found = family.attention_block(name)
+        if found is not None:
+            return found
+    return None
 
 __all__ = [
     "Backbone",
@@ -34,9 +44,11 @@ __all__ = [
     "SplitAttention",
     "TextTower",
     "VisionTower",
+    "attention_block",
     "backbone_loaders",
     "build_clip",
     "eval_transform",
+    "export_hf_clip",
     "finish_backbone",
     "load_backbone",
     "read_arch_json",

@@ -18,8 +18,8 @@ Interface (what methods may use):
   ``pre_norm(x)``, ``embed(images) = pre_norm(embed_tokens(images))``, ``run_blocks(x, before_block)``,
   ``head(x)``, ``encode(images, before_block)``, ``attention_modules()``, ``width``, ``num_layers``.
 - ``backbone``: ``tokenize``, ``encode_text_ids``, ``encode_image``, ``logit_scale``, ``autocast``,
-  ``attention_modules(tower)``, ``adapter_copy(towers)``, ``identity``, ``spec``, ``image_size/mean/std``,
-  ``device``, ``precision``.
+  ``attention_modules(tower)``, ``adapter_copy(towers)``, ``identity``, ``weights``, ``structure``, ``spec``,
+  ``image_size/mean/std``, ``device``, ``precision``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RlptuneError
+from .structure import backbone_structure, canonical_weights, hash_state, module_fingerprint
 
 
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -260,6 +260,28 @@ class BackboneFamily:
         """Make the attention modules of ``towers`` expose ``q_proj``/``k_proj``/``v_proj``/``out_proj`` as
         ``nn.Linear`` (in a model copy that shares the weights); a no-op where they already do."""
 
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        """The canonical description of the towers (see :mod:`.identity`): equal for two libraries' modules
+        exactly when they compute the same function. This default describes the module tree as printed, so a
+        family that does not override it is the same backbone only as itself."""
+        return {"model": f"{self.name}:{module_fingerprint(model)}"}
+
+    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """A canonical state dict under this library's names (the inverse of :meth:`canonical_state_dict`), or
+        None where this library cannot hold it: how an identity hashed by older rlptune under another library's
+        names is recognised."""
+        return None
+
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        """(tower, block index) of the attention module this library names ``name`` in a model, else None: how an
+        adapter that names modules (CLIP-LoRA) finds its blocks in another library's model of the same CLIP."""
+        return None
+
+    def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights under OpenAI CLIP's names and layout (what the identity hashes), so the same tensors hash
+        the same in every library; this default keeps the library's own names."""
+        return model.state_dict()
+
 
 def structural_copy(model: nn.Module) -> nn.Module:
     """A new module tree that shares every parameter and buffer (the same tensors) with ``model``."""
@@ -271,8 +293,10 @@ def structural_copy(model: nn.Module) -> nn.Module:
 class Backbone:
     """A loaded CLIP with its tokenizer, transforms settings and identity.
 
-    ``identity`` (architecture + a hash of the weights) is what adapters record, so that an adapter is never
-    silently applied to other weights; ``spec`` is a resolvable spec (absolute paths) that loads it again.
+    ``identity`` (architecture + a hash of the weights) is the label adapters record, so that an adapter is never
+    silently applied to other weights; ``weights`` (the full canonical hash) and ``structure`` (the towers'
+    canonical description) are what identifies the backbone however it was spelled (see :mod:`.identity`);
+    ``spec`` is a resolvable spec (absolute paths) that loads it again.
     """
 
     model: nn.Module
@@ -286,6 +310,8 @@ class Backbone:
     precision: str = "fp32"
     info: dict[str, Any] = field(default_factory=dict)
     family: BackboneFamily | None = None
+    weights: str = ""
+    structure: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family is None:
@@ -294,6 +320,10 @@ class Backbone:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.text = self.family.text_tower(self.model)
+        if not self.weights:  # finish_backbone computes it before moving the model; direct constructions here
+            self.weights = canonical_weights(self.model, self.family)
+        if not self.structure:
+            self.structure = backbone_structure(self.model, self.family, self.tokenizer, self.text)
 
     # -- settings -------------------------------------------------------------------------------------------
     @property
@@ -381,15 +411,6 @@ class Backbone:
 
 
 def weights_hash(model: nn.Module) -> str:
-    """SHA-256 over the state dict (sorted names, shapes, fp32 bytes): stable across devices and file formats."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not torch.is_floating_point(tensor) and tensor.dtype not in (torch.int64, torch.int32):
-            continue
-        t = tensor.detach().to("cpu")
-        if torch.is_floating_point(t):
-            t = t.float()
-        digest.update(name.encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 over the state dict under the library's own names (sorted names, shapes, fp32 bytes): stable across
+    devices and file formats. The identity hashes the canonical naming instead (:attr:`Backbone.weights`)."""
+    return hash_state(model.state_dict())

@@ -22,15 +22,18 @@ import functools
 import inspect
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import RlptuneError
 from .base import Backbone, BackboneFamily, BlockHook, TextTower, VisionTower
+from .structure import activation_name, merge_blocks, module_fingerprint, norm_name, pooling_name, structure_differences
 from .loader import OPENAI_MEAN, OPENAI_STD, BackboneRequest, absolute, finish_backbone, register_backbone_loader
 
 HF_PREFIX = "hf:"
@@ -200,8 +203,148 @@ class HFFamily(BackboneFamily):
     def prepare_for_adapters(self, model: nn.Module, towers: Sequence[str]) -> None:
         """Nothing to split: ``CLIPAttention`` already has q/k/v/out ``nn.Linear`` projections."""
 
+    # -- identity ---------------------------------------------------------------------------------------------
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        """The towers' canonical description (:mod:`.identity`), read from the ``CLIPModel``'s modules: the
+        same fields, named the same way, as open_clip's, so the same CLIP in both libraries describes equal."""
+        text, vision = HFTextTower(model), HFVisionTower(model)
+        emb = text._text.embeddings
+        vocab = int(emb.token_embedding.num_embeddings)
+        patch = vision._vision.embeddings.patch_embedding
+        size = int(getattr(vision._vision.embeddings, "image_size", model.config.vision_config.image_size))
+        vision_out = {
+            "tower": "vit",
+            "image_size": [size, size],
+            "patch_size": [int(n) for n in patch.kernel_size],
+            "width": vision.width,
+            **merge_blocks([_layer_structure(layer) for layer in vision._vision.encoder.layers]),
+            "pre_norm": norm_name(vision._vision.pre_layrnorm),
+            "pool": "cls",
+            "post_norm": norm_name(vision._vision.post_layernorm),
+            "projection": [int(model.visual_projection.in_features), int(model.visual_projection.out_features)],
+        }
+        if tuple(patch.stride) != tuple(patch.kernel_size) or patch.padding not in ((0, 0), 0, "valid"):
+            vision_out["patch_stride"] = [int(n) for n in patch.stride]
+        return {
+            "text": {
+                "tower": "transformer",
+                "vocab_size": vocab,
+                "context_length": int(emb.position_embedding.num_embeddings),
+                "width": int(emb.token_embedding.embedding_dim),
+                **merge_blocks([_layer_structure(layer) for layer in text._text.encoder.layers]),
+                "causal": True,
+                "pool": pooling_name("argmax" if text.eos_id == LEGACY_EOS_ID else "eos", int(text.eos_id), vocab),
+                "final_norm": norm_name(text._text.final_layer_norm),
+                "projection": [int(model.text_projection.in_features), int(model.text_projection.out_features)],
+            },
+            "vision": vision_out,
+        }
+
+    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        try:
+            return openai_to_hf_state(state, int(structure["text"]["layers"]), int(structure["vision"]["layers"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    _ATTENTION = re.compile(r"^(?P<tower>text|vision)_model\.encoder\.layers\.(?P<i>\d+)\.self_attn$")
+
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        found = self._ATTENTION.match(name)
+        return None if found is None else (found["tower"], int(found["i"]))
+
+    def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The ``CLIPModel``'s tensors under OpenAI's names and layout (q/k/v concatenated, projections
+        transposed); a model with tensors this mapping does not know keeps its own names."""
+        state = model.state_dict()
+        try:
+            return hf_to_openai_state(state, len(model.text_model.encoder.layers), len(model.vision_model.encoder.layers))
+        except KeyError:
+            return state
+
 
 HF = HFFamily()
+
+
+def _layer_structure(layer: nn.Module) -> dict[str, Any]:
+    """One ``CLIPEncoderLayer`` described as :func:`rlptune.backbones.openclip._block_structure` describes open_clip's."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if type(layer).__name__ != "CLIPEncoderLayer" or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
+        return {"block": module_fingerprint(layer)}
+    a, b = norm_name(layer.layer_norm1), norm_name(layer.layer_norm2)
+    return {
+        "heads": int(attn.num_heads),
+        "mlp_width": int(mlp.fc1.out_features),
+        "activation": activation_name(mlp.activation_fn),
+        "norm": a if a == b else [a, b],
+    }
+
+
+# OpenAI name <-> Hugging Face name, per block and for the towers' ends (projections and q/k/v are special-cased)
+_BLOCK_NAMES = {
+    "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_END_NAMES = {
+    "logit_scale": "logit_scale",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight", "ln_final.bias": "text_model.final_layer_norm.bias",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight", "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight", "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+}
+_TOWERS = (("transformer.resblocks.", "text_model.encoder.layers."), ("visual.transformer.resblocks.", "vision_model.encoder.layers."))
+
+
+def hf_to_openai_state(state: dict[str, torch.Tensor], text_layers: int, vision_layers: int) -> dict[str, torch.Tensor]:
+    """A ``CLIPModel`` state dict under OpenAI CLIP's names (open_clip's ``CLIP``): q/k/v concatenated into
+    ``in_proj_weight``/``in_proj_bias``, projections transposed. KeyError when a tensor has no OpenAI name."""
+    rest = dict(state)
+    out = {ours: rest.pop(theirs) for ours, theirs in _END_NAMES.items()}
+    out["text_projection"] = rest.pop("text_projection.weight").t()
+    out["visual.proj"] = rest.pop("visual_projection.weight").t()
+    for (ours, theirs), layers in zip(_TOWERS, (text_layers, vision_layers)):
+        for i in range(layers):
+            src, dst = f"{theirs}{i}.", f"{ours}{i}."
+            for kind in ("weight", "bias"):
+                parts = [rest.pop(f"{src}self_attn.{p}_proj.{kind}", None) for p in "qkv"]
+                if all(p is not None for p in parts):
+                    out[f"{dst}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
+                elif any(p is not None for p in parts):
+                    raise KeyError(f"{src}self_attn: q/k/v {kind}s not all present")
+            for name, hf_name in _BLOCK_NAMES.items():
+                if f"{src}{hf_name}" in rest:
+                    out[f"{dst}{name}"] = rest.pop(f"{src}{hf_name}")
+    if rest:
+        raise KeyError(sorted(rest)[0])
+    return out
+
+
+def openai_to_hf_state(state: dict[str, torch.Tensor], text_layers: int, vision_layers: int) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`hf_to_openai_state`: an OpenAI-layout state dict under ``CLIPModel``'s names."""
+    rest = dict(state)
+    out = {theirs: rest.pop(ours) for ours, theirs in _END_NAMES.items()}
+    out["text_projection.weight"] = rest.pop("text_projection").t().contiguous()
+    out["visual_projection.weight"] = rest.pop("visual.proj").t().contiguous()
+    for (ours, theirs), layers in zip(_TOWERS, (text_layers, vision_layers)):
+        for i in range(layers):
+            src, dst = f"{ours}{i}.", f"{theirs}{i}."
+            for kind in ("weight", "bias"):
+                fused = rest.pop(f"{src}attn.in_proj_{kind}", None)
+                if fused is not None:
+                    for p, part in zip("qkv", fused.chunk(3, dim=0)):
+                        out[f"{dst}self_attn.{p}_proj.{kind}"] = part.contiguous()
+            for name, hf_name in _BLOCK_NAMES.items():
+                if f"{src}{name}" in rest:
+                    out[f"{dst}{hf_name}"] = rest.pop(f"{src}{name}")
+    if rest:
+        raise KeyError(sorted(rest)[0])
+    return out
 
 
 class HFTokenizer:
@@ -371,6 +514,93 @@ def write_clip_tokenizer_files(directory: str | Path, context_length: int = 77) 
     tokenizer = tf.CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=context_length)
     tokenizer.save_pretrained(str(directory))
     return directory
+
+
+_HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def _hf_tower_config(tower: dict[str, Any], name: str, spec: str) -> dict[str, Any]:
+    """The ``CLIPTextConfig``/``CLIPVisionConfig`` fields of a tower's canonical structure; one line when the
+    tower has a shape a ``CLIPModel`` cannot express."""
+    norms = {tower.get("norm"), tower.get("final_norm" if name == "text" else "pre_norm")}
+    if name == "vision":
+        norms.add(tower.get("post_norm"))
+    expected = "transformer" if name == "text" else "vit"
+    problem = None
+    if tower.get("tower") != expected or "blocks" in tower or "block" in tower:
+        problem = f"a {tower.get('tower')} tower with these blocks (a CLIPModel has a plain {expected})"
+    elif tower.get("activation") not in _HF_ACT:
+        problem = f"activation {tower.get('activation')}"
+    elif len(norms) != 1 or not all(isinstance(n, str) and n.startswith("layernorm(eps=") for n in norms):
+        problem = f"norms {sorted(map(str, norms))} (a CLIPModel has one LayerNorm epsilon per tower)"
+    elif tower.get("layer_scale") or tower.get("patch_stride") or tower.get("projection") is None:
+        problem = "layer scale, an overlapping patch stride or no projection"
+    elif name == "text" and (tower.get("pool") != "eot" or not tower.get("causal")):
+        problem = f"pooling {tower.get('pool')} / causal {tower.get('causal')}"
+    elif name == "vision" and (tower.get("pool") != "cls" or tower["image_size"][0] != tower["image_size"][1] or tower["patch_size"][0] != tower["patch_size"][1]):
+        problem = f"pooling {tower.get('pool')}, image size {tower.get('image_size')}, patch size {tower.get('patch_size')}"
+    if problem is not None:
+        raise RlptuneError(f"backbone {spec}: its {name} tower cannot be written as a Hugging Face CLIPModel ({problem})")
+    eps = float(next(iter(norms))[len("layernorm(eps="):-1])
+    common = {
+        "hidden_size": tower["width"], "intermediate_size": tower["mlp_width"], "num_hidden_layers": tower["layers"],
+        "num_attention_heads": tower["heads"], "hidden_act": _HF_ACT[tower["activation"]], "layer_norm_eps": eps,
+        "projection_dim": tower["projection"][1],
+    }
+    if name == "text":
+        vocab = tower["vocab_size"]
+        return {**common, "vocab_size": vocab, "max_position_embeddings": tower["context_length"],
+                "bos_token_id": vocab - 2, "eos_token_id": vocab - 1, "pad_token_id": vocab - 1}
+    return {**common, "image_size": tower["image_size"][0], "patch_size": tower["patch_size"][0], "num_channels": 3}
+
+
+def export_hf_clip(backbone: Backbone, folder: str | Path) -> Path:
+    """Write an open_clip backbone as a Hugging Face ``CLIPModel`` folder (``save_pretrained`` layout, tokenizer
+    files, ``preprocessor_config.json``) that ``hf:FOLDER`` loads as the same backbone: the export is loaded back
+    and its weights hash and structure checked before the folder appears, so an adapter trained on either loads
+    on the other. The folder must not exist (never overwritten); a tower a ``CLIPModel`` cannot express (a
+    ResNet, layer scale, GELU-free activations...) is one line naming it."""
+    tf = _transformers()
+    folder = Path(folder)
+    if folder.exists():
+        raise RlptuneError(f"{folder}: already exists; export_hf_clip writes a new folder and never overwrites one")
+    text, vision = (_hf_tower_config(backbone.structure.get(t, {}), t, backbone.spec or backbone.identity) for t in ("text", "vision"))
+    if text["projection_dim"] != vision["projection_dim"]:
+        raise RlptuneError(f"backbone {backbone.spec}: text and image projections differ in width ({text['projection_dim']} vs {vision['projection_dim']})")
+    if text["vocab_size"] != 49408:
+        raise RlptuneError(f"backbone {backbone.spec}: vocabulary of {text['vocab_size']} tokens; only OpenAI CLIP's (49,408) tokenizer can be written")
+    config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=text["projection_dim"])
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in backbone.family.canonical_state_dict(backbone.model).items()}
+    try:
+        hf_state = openai_to_hf_state(state, text["num_hidden_layers"], vision["num_hidden_layers"])
+    except KeyError as exc:
+        raise RlptuneError(f"backbone {backbone.spec}: weight {exc.args[0]} has no place in a CLIPModel") from None
+    model = tf.CLIPModel(config).eval()
+    model.load_state_dict(hf_state, strict=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(staging))
+        write_clip_tokenizer_files(staging, context_length=text["max_position_embeddings"])
+        size = vision["image_size"]
+        (staging / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "resample": 3,
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+            "image_mean": list(backbone.image_mean), "image_std": list(backbone.image_std),
+        }, indent=2) + "\n", encoding="utf-8")
+        written = load_hf_backbone(BackboneRequest(f"{HF_PREFIX}{staging}"))
+        diffs = structure_differences(backbone.structure, written.structure)
+        if written.weights != backbone.weights or diffs:
+            raise RlptuneError(
+                f"backbone {backbone.spec}: the Hugging Face export is not the same backbone "
+                f"({'weights differ' if written.weights != backbone.weights else '; '.join(diffs[:3])})"
+            )
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 register_backbone_loader(HF_PREFIX, load_hf_backbone, "hf:PATH_OR_NAME (transformers CLIPModel)")

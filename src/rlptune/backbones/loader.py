@@ -35,7 +35,8 @@ import torch
 
 from .. import registry
 from ..errors import RlptuneError
-from .base import Backbone, BackboneFamily, weights_hash
+from .base import Backbone, BackboneFamily
+from .structure import canonical_weights
 from .openclip import OPEN_CLIP
 from .precision import check_precision, resolve_precision
 
@@ -283,9 +284,11 @@ def finish_backbone(
     request: BackboneRequest,
     family: BackboneFamily = OPEN_CLIP,
 ) -> Backbone:
-    """fp32 weights, eval mode, the identity (``arch@sha256:<16 hex>`` over the weights), moved to the device."""
+    """fp32 weights, eval mode, the identity (``arch@sha256:<16 hex>`` over the canonical weights), moved to the
+    device. ``arch`` only labels the identity; what identifies the backbone is its weights and structure."""
     model = model.float().eval()
-    identity = f"{arch}@sha256:{weights_hash(model)[:16]}"
+    weights = canonical_weights(model, family)
+    identity = f"{arch}@sha256:{weights[len('sha256:'):][:16]}"
     model.to(request.device)
     return Backbone(
         model=model,
@@ -298,6 +301,7 @@ def finish_backbone(
         spec=spec,
         precision=request.precision,
         family=family,
+        weights=weights,
     )
 
 

@@ -8,7 +8,8 @@ towers without a token sequence (``ModifiedResNet``) where per-block access is a
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..errors import RlptuneError
 from .base import BackboneFamily, BlockHook, TextTower, VisionTower, run_transformer_blocks
+from .structure import activation_name, merge_blocks, module_fingerprint, norm_name, pooling_name
 
 
 class OpenClipTextTower(TextTower):
@@ -236,6 +238,136 @@ class OpenClipFamily(BackboneFamily):
                 raise RlptuneError(f"the {tower} tower ({kind}) has no nn.MultiheadAttention blocks to adapt")
             for block in attention:
                 block.attn = SplitAttention(block.attn)
+
+
+    # -- identity ---------------------------------------------------------------------------------------------
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        """The towers' canonical description (:mod:`.identity`), read from open_clip's modules."""
+        return {"text": _text_structure(model), "vision": _vision_structure(getattr(model, "visual", None))}
+
+    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        return state  # open_clip's CLIP keeps OpenAI's names
+
+    _ATTENTION = re.compile(r"^(?:(?P<text>(?:text\.)?transformer)|(?P<vision>visual\.transformer))\.resblocks\.(?P<i>\d+)\.attn$")
+
+    def attention_block(self, name: str) -> tuple[str, int] | None:
+        found = self._ATTENTION.match(name)
+        return None if found is None else ("text" if found["text"] else "vision", int(found["i"]))
+
+    def canonical_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``CLIP``'s state dict is already in OpenAI's names; ``CustomTextCLIP`` with a transformer text tower
+        keeps it under ``text.``, which is dropped (open_clip converts the other way when loading)."""
+        state = model.state_dict()
+        text = getattr(model, "text", None)
+        if text is not None and hasattr(text, "token_embedding") and not hasattr(model, "token_embedding"):
+            state = {k[len("text."):] if k.startswith("text.") else k: v for k, v in state.items()}
+        return state
+
+
+def _block_structure(block: nn.Module) -> dict[str, Any]:
+    """One transformer block: heads, MLP width, activation, norms; a block of another shape by its modules."""
+    attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+    standard = (
+        type(block).__name__ == "ResidualAttentionBlock"
+        and isinstance(attn, (nn.MultiheadAttention, SplitAttention))
+        and isinstance(mlp, nn.Sequential) and [n for n, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
+        and not hasattr(block, "ln_1_kv")
+    )
+    if not standard:
+        return {"block": module_fingerprint(block)}
+    out = {
+        "heads": int(attn.num_heads),
+        "mlp_width": int(mlp.c_fc.out_features),
+        "activation": activation_name(mlp.gelu),
+        "norm": norm_name(block.ln_1) if norm_name(block.ln_1) == norm_name(block.ln_2) else [norm_name(block.ln_1), norm_name(block.ln_2)],
+    }
+    if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
+        out["layer_scale"] = True
+    return out
+
+
+def _projection(proj) -> list[int] | None:
+    """(in, out) of a projection applied as ``x @ P`` (a parameter) or an ``nn.Linear``."""
+    if proj is None:
+        return None
+    if isinstance(proj, nn.Linear):
+        return [int(proj.in_features), int(proj.out_features)]
+    return [int(n) for n in proj.shape]
+
+
+def _text_structure(model: nn.Module) -> dict[str, Any]:
+    try:
+        tower = OpenClipTextTower(model)
+    except RlptuneError:
+        text = getattr(model, "text", None)
+        return {"tower": module_fingerprint(text) if text is not None else None}
+    owner = tower._owner
+    vocab = int(owner.token_embedding.num_embeddings)
+    return {
+        "tower": "transformer",
+        "vocab_size": vocab,
+        "context_length": int(owner.positional_embedding.shape[0]),
+        "width": int(owner.token_embedding.embedding_dim),
+        **merge_blocks([_block_structure(b) for b in tower.transformer.resblocks]),
+        "causal": getattr(owner, "attn_mask", None) is not None,
+        "pool": pooling_name(tower.pool_type, tower.eos_id, vocab),
+        "final_norm": norm_name(owner.ln_final),
+        "projection": _projection(getattr(owner, "text_projection", None)),
+    }
+
+
+def _vision_structure(visual: nn.Module | None) -> dict[str, Any]:
+    if visual is None:
+        return {"tower": None}
+    if type(visual).__name__ == "ModifiedResNet":  # OpenAI's ResNet: fixed blocks, described by its sizes
+        return {
+            "tower": "modified_resnet",
+            "image_size": int(visual.image_size),
+            "width": int(visual.conv3.out_channels),
+            "layers": [len(getattr(visual, f"layer{i}")) for i in range(1, 5)],
+            "heads": int(visual.attnpool.num_heads),
+            "output_dim": int(visual.output_dim),
+        }
+    if type(visual).__name__ != "VisionTransformer" or not hasattr(visual, "conv1"):
+        out: dict[str, Any] = {"tower": module_fingerprint(visual)}
+        for attr in ("image_size", "output_dim"):
+            if isinstance(getattr(visual, attr, None), (int, tuple, list)):
+                value = getattr(visual, attr)
+                out[attr] = list(value) if isinstance(value, (tuple, list)) else int(value)
+        heads = getattr(getattr(visual, "attnpool", None), "num_heads", None)
+        if heads is not None:
+            out["heads"] = int(heads)
+        return out
+    size = visual.image_size
+    size = [int(n) for n in size] if isinstance(size, (tuple, list)) else [int(size)] * 2
+    conv = visual.conv1
+    out = {
+        "tower": "vit",
+        "image_size": size,
+        "patch_size": [int(n) for n in conv.kernel_size],
+        "width": int(visual.class_embedding.shape[-1]),
+        **merge_blocks([_block_structure(b) for b in visual.transformer.resblocks]),
+        "pre_norm": norm_name(visual.ln_pre),
+        "pool": _vision_pool(visual),
+        "post_norm": norm_name(visual.ln_post),
+        "projection": _projection(getattr(visual, "proj", None)),
+    }
+    if tuple(conv.stride) != tuple(conv.kernel_size) or conv.padding not in ((0, 0), 0, "valid"):
+        out["patch_stride"] = [int(n) for n in conv.stride]
+    return out
+
+
+def _vision_pool(visual: nn.Module) -> str:
+    """The pooled token: ``cls`` for the class token (the final norm acts per token, so before or after pooling
+    is the same function), ``avg`` with where the norm sits, else the attentional pooler by its modules."""
+    if getattr(visual, "attn_pool", None) is not None:
+        return f"attentional:{module_fingerprint(visual.attn_pool)}"
+    pool = getattr(visual, "pool_type", "tok")
+    if pool == "tok":
+        return "cls"
+    if pool == "avg":
+        return "avg, norm after pooling" if getattr(visual, "final_ln_after_pool", False) else "avg, norm before pooling"
+    return str(pool)
 
 
 OPEN_CLIP = OpenClipFamily()

@@ -26,6 +26,7 @@ import torch
 from .. import __version__, io
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import PRECISIONS, precision_for, resolve_precision
+from ..backbones.identity import backbone_mismatch, backbone_record
 from ..config import config_from_dict
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
@@ -53,7 +54,7 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "format": ADAPTER_FORMAT,
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
-        "backbone": {"identity": method.backbone.identity, "spec": method.backbone.spec, "arch": method.backbone.arch,
+        "backbone": {**backbone_record(method.backbone),  # label, spec, and the weights hash + structure that identify it
                      "precision": method.backbone.precision},  # what it trained in (loading resolves auto anew)
         "classnames": list(method.classnames),
         "dataset_template": method.dataset_template,
@@ -201,9 +202,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         backbone = load_backbone(payload["backbone"].get("spec") or "micro", device=device, precision=resolved)
     else:
         backbone = backbone.with_precision(precision_for(backbone, payload["method"], precision))
-    if backbone.identity != recorded:
+    differs = backbone_mismatch(payload["backbone"], backbone, str(config_path))  # by weights and structure, not spelling
+    if differs is not None:
         raise RlptuneError(
-            f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}"
+            f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}: {differs}"
         )
     config = config_from_dict({**payload["settings"]}, f"{config_path}")
     config.method.name = payload["method"]

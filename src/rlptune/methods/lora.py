@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..backbones import SplitAttention  # noqa: F401  (re-exported: rlptune 0.1 imported it from here)
+from ..backbones import attention_block
 from ..errors import RlptuneError
 from .base import DeclaredSize, Method, register_method
 from .options import option, parse_options
@@ -177,6 +178,30 @@ class ClipLoRA(Method):
         io.write_safetensors(directory / "adapter_model.safetensors", self.peft_state(), {"format": "pt"})
         io.write_json(directory / "adapter_config.json", json.loads(json.dumps(config, default=str)))
         return directory
+
+    # -- the same CLIP in another library ----------------------------------------------------------------------
+    _LORA_KEY = re.compile(r"^clip\.(?P<module>.+)\.(?P<rest>(?:q_proj|k_proj|v_proj|out_proj)\.lora_[AB]\..+)$")
+
+    def _by_block(self, names) -> dict[str, str] | None:
+        """{``tower.block.rest``: name} for LoRA tensor names, or None when one names no known attention block."""
+        out = {}
+        for name in names:
+            found = self._LORA_KEY.match(name)
+            block = attention_block(found["module"]) if found else None
+            if block is None:
+                return None
+            out[f"{block[0]}.{block[1]}.{found['rest']}"] = name
+        return out
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        """Load the LoRA tensors; tensors named after another library's modules of the same CLIP (an adapter
+        trained on open_clip's ``micro-v2``, loaded on its Hugging Face export) are matched block by block."""
+        own = {n for n, p in self.named_parameters() if p.requires_grad}
+        if set(state) != own:
+            theirs, ours = self._by_block(state), self._by_block(own)
+            if theirs is not None and ours is not None and set(theirs) == set(ours):
+                state = {ours[key]: state[name] for key, name in theirs.items()}
+        super().load_adapter_state(state, source)
 
     def parameter_formula(self) -> str:
         r, t = self.options.r, len(self.options.targets)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .. import io
+from ..backbones.identity import backbone_mismatch
 from ..engine.adapter import ADAPTER_CONFIG, ADAPTER_MODEL, adapter_files, load_adapter, read_adapter_config
 from ..errors import RlptuneError
 
@@ -218,8 +219,9 @@ class TaskRegistry:
     def _read_info(self, folder: Path, name: str) -> TaskInfo:
         payload = read_adapter_config(folder)
         identity = payload["backbone"]["identity"]
-        if identity != self.backbone.identity:
-            raise RlptuneError(f"{folder}: adapter was trained on backbone {identity}, but this server runs {self.backbone.identity}")
+        differs = backbone_mismatch(payload["backbone"], self.backbone, str(adapter_files(folder)[0]))
+        if differs is not None:
+            raise RlptuneError(f"{folder}: adapter was trained on backbone {identity}, but this server runs {self.backbone.identity}: {differs}")
         model_path = adapter_files(folder)[1]  # rlptune's names, or 0.1.0's
         if not model_path.is_file():
             raise RlptuneError(f"{folder}: missing {model_path.name}")

@@ -315,7 +315,7 @@ CASES = {
 
 def test_the_reliability_catalogue_lists_these_cases():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
-    section = doc.split("## Precision (`backbone.precision = auto`)", 1)[1].split("\n## ", 1)[0]
+    section = doc.split("### Precision (`backbone.precision = auto`)", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     assert "tests/test_precision_auto.py" in section
     assert re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M) == list(CASES)
     assert all(callable(globals().get(name)) for name in CASES.values())

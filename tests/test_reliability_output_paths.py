@@ -94,7 +94,7 @@ def trained(tmp_path_factory, tiny_arch_path) -> Path:
 
 
 @pytest.fixture
-def world(tmp_path, tiny_arch_path, monkeypatch):
+def world(tmp_path, monkeypatch):
     """tmp/w/proj/{thesis.tex, data/<an image folder + NOTES.txt>}, a home folder with a file, cwd = tmp/w/work."""
     base = tmp_path / "w"
     data = make_image_folder(base / "proj" / "data", ["red", "green"], {"train": 1, "val": 1, "test": 1})
@@ -274,7 +274,6 @@ def test_a_filesystem_root_is_refused(world, monkeypatch):
     fake_run(stick)
     with pytest.raises(RlptuneError, match="stick: output folder is a filesystem root"):
         check_output_folder(stick, kind="run")
-    assert os.path.realpath("/") == "/"
     with pytest.raises(RlptuneError, match="^/: output folder holds the current directory"):
         check_output_folder("/", kind="run")
 
@@ -471,7 +470,7 @@ def run_folders(root: Path) -> list[Path]:
     return [Path(folder) for folder, _, files in os.walk(root) if MARKER in files]
 
 
-def must_be_refused(output: str, data: Path, home: Path, sandbox: Path) -> bool:
+def must_be_refused(output: str, data: Path, home: Path) -> bool:
     """The oracle, written apart from the code under test: is -o a place whose replacement would lose a user's
     files (computed with the current directory in effect)?"""
     if output == "":
@@ -497,7 +496,7 @@ def test_no_combination_of_output_and_flags_loses_a_file_outside_a_run(layout):
                 if all(data_rel.is_relative_to(r) and Path(rel).is_relative_to(data_rel)
                        for r in runs if Path(rel).is_relative_to(r))}
         with contextlib.chdir(cwd), mock.patch.dict(os.environ, {"HOME": str(base / "home")}):
-            refuse = must_be_refused(output, data, base / "home", sandbox)
+            refuse = must_be_refused(output, data, base / "home")
             try:
                 with RunDirectory(output, layout["hash"], resume=layout["resume"], overwrite=layout["overwrite"],
                                   inputs=[(DATA_ROOT, str(data))]) as run:

@@ -524,16 +524,16 @@ CATALOGUE.update({
     ),
     "rundir-foreign-folder-refused": (
         lambda w: (w.folder_train(w.data, "-o", foreign_folder(w, "plain")), foreign_folder(w, "plain")),
-        ("foreign/plain: folder is not empty and not an rlptune run (holds 'metrics.jsonl', 'result.json'); use --overwrite",),
+        ("foreign/plain: folder is not empty and not an rlptune run (holds 'metrics.jsonl', 'result.json'); --overwrite replaces only rlptune run folders",),
     ),
     "rundir-foreign-folder-resume-refused": (
         lambda w: (w.folder_train(w.data, "-o", foreign_folder(w, "resume"), "--resume"), foreign_folder(w, "resume")),
-        ("foreign/resume: not an rlptune run directory (holds 'metrics.jsonl', 'result.json'); nothing to resume",),
+        ("foreign/resume: folder is not empty and not an rlptune run (holds 'metrics.jsonl', 'result.json')",),
     ),
     "rundir-foreign-folder-failed-overwrite": (
         lambda w: (w.folder_train(folder_with(w, "bad-for-foreign", {"train/red/zero.png": b""}), "--epochs", 1, "-o",
                                   foreign_folder(w, "overwrite"), "--overwrite"), foreign_folder(w, "overwrite")),
-        ("train/red/zero.png: image file is empty",),
+        ("foreign/overwrite: folder is not empty and not an rlptune run (holds 'metrics.jsonl', 'result.json'); --overwrite replaces only",),
     ),
     "rundir-in-use": (
         lambda w: (w.train(*w.run_args(), "-o", hold_lock(w, finished_copy(w, "locked")), "--overwrite"), w.tmp / "runs" / "locked"),

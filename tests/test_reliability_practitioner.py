@@ -83,7 +83,8 @@ def adapter(tmp_path_factory, tiny_arch_path, colour_folder) -> Path:
     run = tmp_path_factory.mktemp("predict-run")
     code = main(["train", "--backbone", str(tiny_arch_path), "--device", "cpu", "--dataset", "folder",
                  "--data-root", str(colour_folder), "--method", "rlp", "--epochs", "1", "--shots", "2",
-                 "--aug-views", "0", "--cache-dir", str(run / "cache"), "--no-progress", "-o", str(run)])
+                 "--aug-views", "0", "--cache-dir", str(tmp_path_factory.mktemp("predict-cache")), "--no-progress",
+                 "-o", str(run)])  # the cache beside the run: a run folder never holds an input
     assert code == 0
     return run / "adapter"
 

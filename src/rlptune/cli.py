@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     output = Path(args.output)
-    result = train(config, output, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
+    # the text as typed: an empty -o is refused, not read as the current directory
+    result = train(config, args.output, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
     print(f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)")
     if "test" in result["metrics"]:
         _print_metrics("test", result["metrics"]["test"])
@@ -279,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         base_overrides=overrides,
     )
     results = Path(args.results)
-    run_sweep(specs, results, executor=executor_settings_from_args(args))
+    run_sweep(specs, args.results, executor=executor_settings_from_args(args))  # as typed: an empty one is refused
     _, markdown = aggregate(results, args.protocol, results / "tables" / args.protocol, run_dirs=[s.run_dir(results) for s in specs])
     print(markdown)
     print(f"tables: {results / 'tables'}")
@@ -396,7 +397,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_method_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished run with the same settings")
-    p.add_argument("--overwrite", action="store_true", help="replace what the output folder holds (only when the run succeeds)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the rlptune run the output folder holds (only when the new run succeeds; never a "
+                        "folder that is not a run)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -17,6 +17,7 @@ from .analysis.plots import plot_base_new_bars
 from .analysis.report import write_report
 from .micro.v2.suite import MICRO2_DATASETS
 from .protocols import aggregate, make_specs, run_sweep
+from .rundir import check_output_folder
 
 DEMO_METHODS = ("zeroshot", "coop", "rlp")
 
@@ -29,6 +30,7 @@ DEMO_TRAIN = {"epochs": 100}
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    check_output_folder(args.output, kind="demo")  # as typed: an empty -o is refused, not the current directory
     out = Path(args.output)
     results = out / "runs"
     datasets = list(MICRO2_DATASETS)

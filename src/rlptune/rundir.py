@@ -11,8 +11,14 @@ not a file inside the folder, because the folder itself is renamed on commit). A
 naming the holder's pid instead of interleaving its epochs with the first.
 
 Reuse is explicit: a folder holding a finished run needs ``overwrite`` (or ``resume`` with the same settings,
-checked by :func:`settings_hash`), and a non-empty folder that is not an rlptune run is only replaced with
-``overwrite``. The marker file ``.rlptune-run.json`` in every run folder records the settings hash.
+checked by :func:`settings_hash`). The marker file ``.rlptune-run.json`` in every run folder records the settings
+hash.
+
+Outputs never destroy inputs: :func:`check_output_folder` is the one rule every command that writes a folder
+(``train``, sweeps, reports, the study, the demo, ``save_pretrained``) applies before it writes anything. A
+non-empty folder that is not rlptune's own output of that kind, or a folder that is or holds the current directory,
+the home directory, a filesystem root or an input (the data root ...), is refused with or without ``overwrite``:
+``--overwrite`` replaces an rlptune run and nothing else.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import glob
 
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from . import __version__, io
 from .errors import RlptuneError
@@ -112,6 +119,162 @@ def read_result(run: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+# -- the one rule for output folders ------------------------------------------------------------------------------
+
+#: What each kind of output folder is called in messages.
+OUTPUT_LABELS = {
+    "run": "run folder",
+    "results": "results folder",
+    "report": "report folder",
+    "evidence": "study report folder",
+    "demo": "demo folder",
+    "adapter": "adapter folder",
+}
+
+#: The names rlptune writes at the top of each kind of output folder other than a run (shell patterns), and the
+#: names of which one must be there for an existing folder to count as that kind (None: any of the first). A run is
+#: recognised by its marker instead (:func:`is_run_directory`). A non-empty folder holding anything else is not
+#: rlptune's: it is refused, because rlptune never writes over files it did not make.
+OUTPUT_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "results": (
+        ("few-shot", "base2new", "cross-dataset", "domain-gen", "tables", "failed-runs.log", ".submitit"),
+        ("few-shot", "base2new", "cross-dataset", "domain-gen"),  # a sweep's first write is a run folder in one
+    ),
+    "report": (("report.md", "report.html", "tables", "figures", "comparisons.json", "analysis.json"), None),
+    "evidence": (
+        ("EVIDENCE.md", "evidence.json", "part[0-9]*_*.md", "part[0-9]*_*.csv", "part[0-9]*_*.json", "fig_*.png",
+         "fig_*.svg"),
+        None,
+    ),
+    "demo": (
+        ("runs", "report", "base2new.md", "base2new.csv", "base2new.json", "base2new_chart.png", "base2new_chart.svg",
+         "base2new_table.md"),
+        None,
+    ),
+    "adapter": (  # rlptune_adapter.*, 0.1.0's (peft's) names, CLIP-LoRA's peft export, the model card and settings
+        ("rlptune_adapter.json", "rlptune_adapter.safetensors", "adapter_config.json", "adapter_model.safetensors",
+         "README.md", "training_config.yaml"),
+        ("rlptune_adapter.json", "rlptune_adapter.safetensors", "adapter_config.json", "adapter_model.safetensors"),
+    ),
+}
+
+#: Entries that say nothing about whose folder it is: what operating systems and archive tools leave, and rlptune's
+#: own bookkeeping beside a run folder (its lock, staging and old folders) or of an interrupted atomic write.
+_IGNORED = (".DS_Store", "._*", "Thumbs.db", "desktop.ini", ".*.rlptune.lock", ".*.staging-*", ".*.old-*", ".*.tmp")
+
+
+def check_output_folder(
+    path: str | os.PathLike,
+    *,
+    kind: str = "run",
+    inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+    option: str = "-o/--output",
+) -> Path:
+    """Refuse an output folder whose use could destroy something that is not rlptune's; return it as an absolute path.
+
+    Every command that replaces or fills a folder calls this before it writes anything, whatever ``--overwrite`` or
+    ``--resume`` say, because ``--overwrite`` means "replace an rlptune run", never "delete this folder". Refused,
+    in one line: an empty name (it would silently mean the current directory); a folder that is, or holds, the
+    current directory, the home directory, a filesystem root or one of ``inputs`` (``(what, path)`` pairs such as
+    ``("the data root (data.root)", root)``; symlinks are resolved, so a link to the data root is the data root); a
+    file; and a non-empty folder that is not rlptune's output of this ``kind`` (see :data:`OUTPUT_LAYOUTS`).
+    """
+    if kind not in OUTPUT_LABELS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    label = OUTPUT_LABELS[kind]
+    if isinstance(path, (str, bytes)) and not path:
+        raise RlptuneError(f"{option}: the {label} name is empty; expected a folder path (an empty path would mean "
+                           f"the current directory)")
+    shown = os.fspath(path)
+    target = Path(os.path.abspath(shown))
+    reason = _protected_reason(target, inputs)
+    if reason is not None:
+        raise RlptuneError(f"{shown}: output folder {reason}; {_advice(kind)}")
+    if target.exists() and not target.is_dir():
+        raise RlptuneError(f"{shown}: output path is a file, not a folder; choose a folder for the "
+                           f"{'run' if kind == 'run' else label}")
+    if target.is_dir():
+        foreign = _foreign_entries(Path(os.path.realpath(target)), kind)
+        if foreign:
+            raise RlptuneError(_not_ours_line(shown, kind, foreign))
+    return target
+
+
+def _advice(kind: str) -> str:
+    return "--overwrite replaces only rlptune run folders; choose a new output folder" if kind == "run" else "choose a new folder"
+
+
+def _not_ours_line(shown: str | os.PathLike, kind: str, foreign: list[str]) -> str:
+    what = "an rlptune run" if kind == "run" else f"an rlptune {OUTPUT_LABELS[kind]}"
+    return f"{shown}: folder is not empty and not {what} (holds {_shown(foreign)}); {_advice(kind)}"
+
+
+def _protected_reason(target: Path, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> str | None:
+    """Why ``target`` must not be an output folder (it is or holds a place named below), or None."""
+    places: list[tuple[str, str | os.PathLike]] = []
+    try:
+        places.append(("the current directory", os.getcwd()))
+    except OSError:
+        pass  # a deleted current directory holds nothing to protect
+    places.append(("the home directory", os.path.expanduser("~")))
+    places += [(what, where) for what, where in inputs if where is not None and os.fspath(where) != ""]
+    forms = _forms(target)
+    for what, where in places:
+        for place in _forms(Path(os.path.abspath(os.fspath(where)))):
+            for form in forms:
+                if place == form:
+                    return f"is {what}"
+                if form in place.parents:
+                    return f"holds {what} at {os.path.abspath(os.fspath(where))}"
+    real = Path(os.path.realpath(target))
+    if os.path.ismount(real) or real.parent == real:
+        return "is a filesystem root"
+    return None
+
+
+def _forms(path: Path) -> set[Path]:
+    """A path as written (made absolute) and with every symlink resolved: either may be how a place is reached."""
+    return {path, Path(os.path.realpath(path))}
+
+
+def _ignored(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _IGNORED)
+
+
+def _foreign_entries(folder: Path, kind: str, depth: int = 1) -> list[str]:
+    """The entries of ``folder`` that keep it from being rlptune's output of ``kind`` (empty: it is, or is empty)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise RlptuneError(os_error_line(exc, folder, "list the output folder")) from None
+    if kind == "run":  # a run folder is replaced whole: every entry counts
+        return [] if not names or is_run_directory(folder) else names
+    names = [n for n in names if not _ignored(n)]
+    if not names:
+        return []
+    allowed, signature = OUTPUT_LAYOUTS[kind]
+    signature = signature or allowed
+    foreign = []
+    for name in names:
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+            continue
+        if depth > 0 and (folder / name).is_dir() and _is_rlptune_output(folder / name, depth - 1):
+            continue  # a run or report kept inside (reproduce --results r -o r/report)
+        foreign.append(name)
+    if not foreign and not any(fnmatch.fnmatchcase(n, p) for n in names for p in signature):
+        return names  # only names rlptune might write, but none that this kind always writes
+    return foreign
+
+
+def _is_rlptune_output(folder: Path, depth: int) -> bool:
+    if is_run_directory(folder):
+        return True
+    try:
+        return any(not _foreign_entries(folder, kind, depth) for kind in OUTPUT_LAYOUTS)
+    except RlptuneError:
+        return False
+
+
 class RunDirectory:
     """Context manager that makes one run's writes to ``target`` all-or-nothing (see the module docstring).
 
@@ -120,10 +283,20 @@ class RunDirectory:
     ``run.commit()`` once the result is written. Leaving the block without a commit (an error, Ctrl-C) leaves
     ``target`` untouched and keeps the staging folder for ``--resume`` if it holds a checkpoint. An
     :class:`RlptuneError` leaving the block names files by their place in the run folder, not in staging.
+    ``inputs`` are the run's inputs (``(what, path)`` pairs: the data root ...), which the run folder must neither be
+    nor hold (:func:`check_output_folder`).
     """
 
-    def __init__(self, target: str | os.PathLike, settings_hash: str, *, resume: bool, overwrite: bool) -> None:
-        target = Path(os.path.abspath(os.fspath(target)))
+    def __init__(
+        self,
+        target: str | os.PathLike,
+        settings_hash: str,
+        *,
+        resume: bool,
+        overwrite: bool,
+        inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+    ) -> None:
+        target = check_output_folder(target, kind="run", inputs=inputs)  # before the lock file or anything else
         if target.is_symlink() and target.is_dir():
             target = Path(os.path.realpath(target))  # replace what the link points at, keep the link
         if not target.name or target.name in (".", ".."):
@@ -136,6 +309,7 @@ class RunDirectory:
         self.lock_path = target.parent / f".{target.name}.rlptune.lock"
         self.resumed_from: Path | None = None  # the folder a resumed run took its checkpoint from
         self.committed = False
+        self._keep_staging = False
         self._lock_fd: int | None = None
 
     # -- entering: lock, check, stage -------------------------------------------------------------------------
@@ -228,6 +402,8 @@ class RunDirectory:
             if path not in resumable:
                 shutil.rmtree(path, ignore_errors=True)
         source: Path | None = None
+        if entries and not is_run:  # checked in __init__; this holds for a folder made since, now that we hold the lock
+            raise RlptuneError(_not_ours_line(target, "run", entries))
 
         if self.overwrite:
             for path in resumable:
@@ -236,10 +412,6 @@ class RunDirectory:
             matching = [p for p in resumable if recorded_hash(p) == self.settings_hash]
             if matching:
                 source = matching[-1]  # the newest interrupted attempt with these settings
-            elif entries and not is_run:
-                raise RlptuneError(
-                    f"{target}: not an rlptune run directory (holds {_shown(entries)}); nothing to resume"
-                )
             elif is_run:
                 recorded = recorded_hash(target)
                 if recorded is not None and recorded != self.settings_hash:
@@ -269,11 +441,6 @@ class RunDirectory:
             if is_run:
                 raise RlptuneError(
                     f"{target}: holds an unfinished run; use --resume to continue it or --overwrite to start over"
-                )
-            if entries:
-                raise RlptuneError(
-                    f"{target}: folder is not empty and not an rlptune run (holds {_shown(entries)}); use "
-                    f"--overwrite to replace it or choose a new folder"
                 )
 
         if self.staging.exists() and source != self.staging:  # leftovers of an earlier process with our pid
@@ -306,6 +473,11 @@ class RunDirectory:
         if self._lock_fd is None or self.committed:
             raise RuntimeError("RunDirectory.commit() outside its with-block or twice")
         old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+        if self.target.is_dir() and not is_run_directory(self.target) and os.listdir(self.target):
+            # someone filled the folder while the run trained: never replace what is not a run
+            self._keep_staging = True
+            raise RlptuneError(f"{_not_ours_line(self.target, 'run', sorted(os.listdir(self.target)))} (the finished "
+                               f"run is kept in {self.staging.name})")
         try:
             _fsync_dir(self.staging)
             if self.target.exists():
@@ -324,7 +496,8 @@ class RunDirectory:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if not self.committed and self.staging.is_dir() and not (self.staging / CHECKPOINT).is_file():
+            if (not self.committed and not self._keep_staging and self.staging.is_dir()
+                    and not (self.staging / CHECKPOINT).is_file()):
                 shutil.rmtree(self.staging, ignore_errors=True)  # nothing to resume from
             if isinstance(exc, RlptuneError) and exc.args and str(self.staging) in str(exc.args[0]):
                 # the user knows the run folder, not the staging folder: name the file where it belongs
@@ -377,4 +550,12 @@ def _read_holder(lock_path: Path) -> str:
     return "unknown"
 
 
-__all__ = ["RunDirectory", "settings_hash", "is_run_directory", "read_result", "recorded_hash", "os_error_line"]
+__all__ = [
+    "RunDirectory",
+    "check_output_folder",
+    "settings_hash",
+    "is_run_directory",
+    "read_result",
+    "recorded_hash",
+    "os_error_line",
+]

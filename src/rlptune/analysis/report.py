@@ -54,6 +54,7 @@ from rlptune.errors import RlptuneError
 from rlptune import __version__
 from rlptune.analysis import plots
 from rlptune.io import write_json, write_text
+from rlptune.rundir import check_output_folder
 
 __all__ = [
     "analyze_runs",
@@ -752,6 +753,8 @@ def write_report(
     from rlptune.analysis.templates import environment
 
     environment()  # fail on a missing jinja2 before any file is written
+    reported = [("the results folder it reports on", rows_or_results_dir)] if isinstance(rows_or_results_dir, (str, os.PathLike)) else []
+    check_output_folder(out_dir, kind="report", inputs=reported)  # never over the user's files or the runs read
     root: Path | None = None
     if isinstance(rows_or_results_dir, (str, os.PathLike)):
         root = Path(rows_or_results_dir)

@@ -29,7 +29,7 @@ import yaml
 from .. import __version__, io
 from ..backbones import Backbone
 from ..errors import RlptuneError
-from ..rundir import RESULT, read_result
+from ..rundir import RESULT, check_output_folder, read_result
 from .adapter import (
     ADAPTER_CONFIG,
     ADAPTER_MODEL,
@@ -65,6 +65,7 @@ def save_pretrained(
     ``training_config.yaml``).
     """
     config = config if config is not None else method.config
+    check_output_folder(directory, kind="adapter", option="save_pretrained directory")  # never over a user's README.md
     directory = save_adapter(directory, method, config)
     io.write_text(directory / TRAINING_CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
     write_model_card(directory, result=result, command=command)

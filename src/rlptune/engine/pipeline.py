@@ -9,6 +9,7 @@ applies the split seed, the image policy, the few-shot draw and the class subset
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass, replace
@@ -23,13 +24,13 @@ from .. import io
 from ..analysis.tables import harmonic_mean
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
-from ..data import canonical_name, load_dataset
+from ..data import DATA_ENV, canonical_name, load_dataset
 from ..data.fewshot import fewshot_splits, subsample_classes
 from ..data.images import check_images, skipped_report
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import Method, build_method
-from ..rundir import RunDirectory, settings_hash
+from ..rundir import RunDirectory, check_output_folder, settings_hash
 from .distributed import init_from_env, training_device
 from .features import FeatureCache
 from .loggers import make_loggers
@@ -178,6 +179,8 @@ def run(
     with ``resume`` (same settings) or replaced with ``overwrite``. Under ``torchrun`` rank 0 writes ``output_dir``
     directly (the ranks share one folder).
     """
+    inputs = run_inputs(config)
+    check_output_folder(output_dir, kind="run", inputs=inputs)  # before anything is read, trained or written
     output_dir = Path(output_dir)
     ddp = init_from_env(config.backbone.device)  # under torchrun: join the group (one process per device)
     if ddp.enabled and backbone is None:
@@ -185,11 +188,27 @@ def run(
     settle_run_precision(config, backbone)  # config.yaml and the settings hash record the resolved precision
     if ddp.enabled:
         return _run_in(config, output_dir, output_dir, ddp, backbone, resume, progress, log, targets, extra)
-    with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite) as run_dir:
+    with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite,
+                      inputs=inputs) as run_dir:
         resumed = run_dir.resumed_from is not None
         result = _run_in(config, run_dir.staging, output_dir, ddp, backbone, resumed, progress, log, targets, extra)
         run_dir.commit()
     return result
+
+
+def run_inputs(config) -> list[tuple[str, str | None]]:
+    """What a run reads from disk, named for messages: its run folder must neither be nor hold any of these (an
+    ``--overwrite`` would delete them with the old folder)."""
+    found: list[tuple[str, str | None]] = [("the data root (data.root)", config.data.root)]
+    if not config.data.root:
+        found.append((f"the data root (${DATA_ENV})", os.environ.get(DATA_ENV)))
+    found.append(("the feature cache folder (train.cache_dir)", str(config.train.cache_dir or io.default_cache_dir())))
+    spec = config.backbone.name
+    for candidate in (spec, spec.split(":", 1)[-1]):
+        if candidate and os.path.exists(candidate):
+            found.append(("the backbone weights (backbone.name)", candidate))
+            break
+    return found
 
 
 def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
@@ -256,6 +275,7 @@ __all__ = [
     "prepare_data",
     "resolve_backbone",
     "run",
+    "run_inputs",
     "seed_everything",
     "training_subset",
 ]

@@ -46,7 +46,7 @@ from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for
 from .executors import ExecutorSettings
-from ..rundir import read_result
+from ..rundir import check_output_folder, read_result
 from .runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
 
 #: The dataset suite (module, datasets attribute, shifts attribute) a micro backbone comes with.
@@ -782,6 +782,11 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     a study too long for one machine or session is then made in pieces."""
     log = log or (lambda m: print(m, file=sys.stderr))
     settings = settings.resolved()
+    # both folders as typed (an empty one is refused), before hours of runs and before anything is written
+    data = [("the data root (--data-root)", settings.data_root)]
+    if not report_only:
+        check_output_folder(results_dir, kind="results", inputs=data, option="--results")
+    check_output_folder(output, kind="evidence", inputs=[*data, ("the results folder (--results)", results_dir)])
     earlier = load_earlier_report(merge, settings) if merge is not None else None  # checked before hours of runs
     if earlier is not None:
         log(f"parts {', '.join(earlier.parts)} are carried from {earlier.source}")

@@ -36,9 +36,9 @@ from ..analysis.tables import harmonic_mean
 from ..engine import pipeline
 from ..rundir import read_result
 from ..errors import RlptuneError
-from ..data import canonical_name
+from ..data import DATA_ENV, canonical_name
 from ..methods import get_method_class
-from ..rundir import settings_hash
+from ..rundir import check_output_folder, settings_hash
 from .executors import ExecutorSettings, SweepProgress, Task, make_executor
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
@@ -213,6 +213,7 @@ def run_sweep(
     each error) and the sweep fails with one line. Finished runs are skipped and interrupted ones resume, on
     every executor, because the run directory is the unit of work."""
     log = log or (lambda m: print(m, file=sys.stderr))
+    check_output_folder(results_dir, kind="results", inputs=sweep_inputs(specs), option="--results")
     results_dir = Path(results_dir)
     settings = (executor or ExecutorSettings(jobs=jobs)).validate()
     validate_specs(specs)
@@ -235,6 +236,15 @@ def run_sweep(
         raise RlptuneError(f"{len(failures)} of {len(pending)} runs failed (listed above; details in {details}); first: "
                            f"{failures[0].error}")
     return [read_result(s.run_dir(results_dir)) for s in specs]
+
+
+def sweep_inputs(specs: Sequence[RunSpec]) -> list[tuple[str, str | None]]:
+    """The data roots a sweep reads (its results folder must neither be nor hold one)."""
+    roots = {spec.data_root for spec in specs if spec.data_root}
+    found: list[tuple[str, str | None]] = [("the data root (--data-root)", root) for root in sorted(roots)]
+    if any(not spec.data_root for spec in specs):
+        found.append((f"the data root (${DATA_ENV})", os.environ.get(DATA_ENV)))
+    return found
 
 
 def _summary(result: dict) -> str:

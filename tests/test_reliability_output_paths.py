@@ -538,6 +538,26 @@ def test_container_folders_never_accept_a_users_file(kind, ours, mine):
         assert tree(folder) == before
 
 
+@pytest.mark.parametrize("target", ["input-image", "user-file", "folder", "empty"])
+def test_predict_output_never_replaces_an_input_or_a_users_file(world, trained, capsys, target):
+    """predict -o writes a CSV; it may replace an earlier predictions CSV and nothing else, checked before predicting."""
+    images = world / "proj" / "data" / "test" / "red"
+    output = {"input-image": next(images.iterdir()), "user-file": world / "proj" / "thesis.tex",
+              "folder": world / "proj", "empty": ""}[target]
+    before = tree(world)
+    code, err = run_cli(["predict", trained / "adapter", images, "-o", output, "--no-progress"], capsys)
+    one_line(code, err, "-o/--output")
+    assert tree(world) == before
+
+
+def test_predict_output_replaces_an_earlier_predictions_csv(world, trained, capsys):
+    images = world / "proj" / "data" / "test" / "red"
+    output = world / "work" / "predictions.csv"
+    for _ in range(2):
+        code, _err = run_cli(["predict", trained / "adapter", images, "-o", output, "--no-progress"], capsys)
+        assert code == 0 and output.read_text().startswith("path,label_1,prob_1")
+
+
 #: The rows of docs/RELIABILITY.md's round-3 section, and the test that holds each.
 CASES = {
     "out-is-data-root": "test_output_is_the_data_root",
@@ -562,6 +582,8 @@ CASES = {
     "save-pretrained-readme": "test_save_pretrained_never_writes_over_a_users_readme",
     "outputs-reused": "test_folders_rlptune_wrote_are_reused",
     "out-property": "test_no_combination_of_output_and_flags_loses_a_file_outside_a_run",
+    "predict-out-protected": "test_predict_output_never_replaces_an_input_or_a_users_file",
+    "predict-out-replaces-its-csv": "test_predict_output_replaces_an_earlier_predictions_csv",
 }
 
 

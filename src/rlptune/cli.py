@@ -180,10 +180,12 @@ def _read_classes(value: str) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.adapter import load_adapter
-    from .engine.api import predict, write_predictions_csv
+    from .engine.api import check_predictions_output, predict, write_predictions_csv
 
     if args.top_k < 1:
         raise RlptuneError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.output is not None:
+        check_predictions_output(args.output)
     method = _load_adapter(args)
     if args.classes:
         method.set_classnames(_read_classes(args.classes))

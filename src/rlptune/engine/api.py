@@ -70,7 +70,30 @@ def predict(
     return method.predict(images, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
+def check_predictions_output(path: str | Path) -> Path:
+    """Refuse an output that would replace anything but an earlier predictions CSV (an input image, a user's
+    file, a folder): an output never destroys an input. Called before predicting, so nothing runs in vain."""
+    target = Path(path)
+    if not str(path).strip():
+        raise RlptuneError("-o/--output: the predictions file name is empty; expected a .csv path")
+    if target.is_dir():
+        raise RlptuneError(f"{target}: cannot write (it is a folder); -o/--output expects a .csv file path")
+    if target.exists() or target.is_symlink():
+        try:
+            with open(target, "rb") as handle:
+                first = handle.read(64)
+        except OSError as exc:
+            raise RlptuneError(io.os_error_line(exc, target, "read the existing output file")) from None
+        if target.is_symlink() or not first.startswith(b"path,label_1,prob_1"):
+            raise RlptuneError(
+                f"{target}: exists and is not a predictions CSV rlptune wrote; choose a new -o/--output file "
+                f"(only an earlier predictions CSV is replaced)"
+            )
+    return target
+
+
 def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int) -> Path:
+    check_predictions_output(path)
     buffer = _io.StringIO()
     writer = csv.writer(buffer)
     header = ["path"]
@@ -93,6 +116,7 @@ __all__ = [
     "resolve_backbone",
     "seed_everything",
     "train",
+    "check_predictions_output",
     "write_predictions_csv",
     "zero_shot_method",
 ]

@@ -1,0 +1,216 @@
+"""Numbers (reliability round 3): every number setting means the same whatever its spelling and route, and is
+bounded."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from rlptune import registry
+from rlptune.cli import _overrides, build_parser
+from rlptune.config import RunConfig, TrainSettings, _section_classes, resolve_config
+from rlptune.errors import RlptuneError
+from rlptune.options import FLOAT32_MAX, numeric_type
+
+# -- every number field of every settings dataclass -----------------------------------------------------------------
+
+
+def _number_fields() -> list[tuple[str | None, str, str, dataclasses.Field, type]]:
+    """(method or None, section, field name, field, int|float) for every run-config section and every method's
+    options class (each options class once, with the first method that uses it), enumerated, not listed by hand."""
+    out = []
+    for section, cls in _section_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = numeric_type(hints[f.name])
+            if kind is not None:
+                out.append((None, section, f.name, f, kind))
+    seen: set[type] = set()
+    for name in registry.method_names():
+        cls = registry.method_entry(name).options_class
+        if cls in seen:
+            continue
+        seen.add(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = numeric_type(hints[f.name])
+            if kind is not None:
+                out.append((name, "method.options", f.name, f, kind))
+    return out
+
+
+NUMBER_FIELDS = _number_fields()
+
+
+def test_every_count_is_bounded_and_every_number_field_is_found():
+    ints = [(m, s, n) for m, s, n, f, kind in NUMBER_FIELDS if kind is int]
+    assert ("train", "epochs") in {(s, n) for _, s, n in ints} and ("method.options", "r") in {(s, n) for _, s, n in ints}
+    assert any(m == "promptsrc" for m, *_ in NUMBER_FIELDS) and any(n == "alpha" for _, _, n, _, _ in NUMBER_FIELDS)
+    unbounded = [f"{m or s}.{n}" for m, s, n, f, kind in NUMBER_FIELDS
+                 if kind is int and (f.metadata.get("high") is None or f.metadata.get("low") is None)]
+    assert not unbounded, f"int settings without declared low/high bounds: {unbounded}"
+
+
+# -- one value, three routes ----------------------------------------------------------------------------------------
+
+SPECIAL = [
+    "1e3", "1.0e+3", "1.0e3", "1E3", "1_000", " 7 ", "007", "017", "08", "0x1A", "0b101", "0o17", "+5", "-0", "0.0",
+    "2.5", "1.5e1", "true", "false", "yes", "off", "~", "null", "none", "", "'7'", '"7"', "\"'7'\"", "[7]", "{a: 1}",
+    ".nan", "NaN", "nan", "-nan", ".inf", "-.inf", "inf", "-inf", "Infinity", "-Infinity", "1e999", "-1e999", "1.0e+32",
+    "1e32", "10**32", "1" * 400, "9" * 5000, "1:30", "1:30.5", "1,000", "ten", "１２", "&a 3", "*a", "!!float 3",
+    "!!int 3", "!!str 3", "3 # comment", "1__000", "0x", "e3", ".5", "5.", "-.5e-3", "1e-400",
+]
+
+
+def _render(number: int | float, style: int) -> str:
+    if isinstance(number, float):
+        return [repr(number), f"{number:e}", f"{number:.3f}", f" {number!r} "][style % 4]
+    return [str(number), f"{number}.0", f"{number:_}", f"{float(number):e}", hex(number) if number >= 0 else str(number),
+            f"'{number}'", f" {number} ", f"{number:.6e}".replace("e+", "e")][style % 8]
+
+
+def _spellings(f: dataclasses.Field):
+    low, high = f.metadata.get("low"), f.metadata.get("high")
+    edges = [v for b in (low, high) if b is not None for v in (b - 1, b, b + 1)]
+    numbers = st.one_of(st.integers(-10, 300), st.integers(-(2**70), 2**70), st.sampled_from(edges or [0]),
+                        st.floats(allow_nan=True, allow_infinity=True), st.floats(-2.0, 2.0))
+    rendered = st.builds(_render, numbers, st.integers(0, 7))
+    noise = st.text(alphabet="0123456789._+-eExXbBnaifINF: '~", max_size=8)
+    return st.one_of(st.sampled_from(SPECIAL), rendered, rendered, noise)
+
+
+_PARSERS: dict = {}
+
+
+def _train_parser(method: str | None):
+    """The CLI's parser of ``rlptune train [--method METHOD]`` (its method's options are flags), built once."""
+    if method not in _PARSERS:
+        _PARSERS[method] = build_parser(["train", *(["--method", method] if method else [])])
+    return _PARSERS[method]
+
+
+def _parse(argv: list[str], method: str | None = None):
+    return _train_parser(method).parse_args(argv)
+
+
+def _option_flag(method: str, name: str) -> str:
+    parser = _train_parser(method)
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    return next(a.option_strings[0] for a in train._actions if a.dest == f"opt__{name}")
+
+
+def _outcome(call) -> tuple[str, object]:
+    try:
+        config = call()
+    except RlptuneError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and len(message) < 400, message
+        return ("refused", message)
+    return ("accepted", config)
+
+
+def _value(config: RunConfig, method: str | None, section: str, name: str):
+    if method is not None:
+        return config.method.options[name]
+    return getattr(getattr(config, section), name)
+
+
+@pytest.fixture(scope="module")
+def yaml_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("numbers") / "settings.yaml"
+
+
+ROUTES = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@ROUTES
+@given(data=st.data())
+@example(data=None)  # the issue's case: epochs 1.0e+32 in YAML, --set and the flag
+def test_a_number_means_the_same_in_a_yaml_file_with_set_and_as_a_flag(data, yaml_file):
+    if data is None:
+        method, section, name, f, kind = next(x for x in NUMBER_FIELDS if x[1:3] == ("train", "epochs"))
+        text = "1.0e+32"
+    else:
+        method, section, name, f, kind = data.draw(st.sampled_from(NUMBER_FIELDS))
+        text = data.draw(_spellings(f))
+    if method is None:
+        yaml_text = f"{section}:\n  {name}: {text}\n"
+        prefix = []
+        set_arg = f"{section}.{name}={text}"
+        flag = "--" + (f.metadata.get("flag") or name.replace("_", "-"))
+    else:
+        yaml_text = f"method:\n  name: {method}\n  options:\n    {name}: {text}\n"
+        prefix = ["--method", method]
+        set_arg = f"method.options.{name}={text}"
+        flag = _option_flag(method, name)
+    yaml_file.write_text(yaml_text, encoding="utf-8")
+    outcomes = {
+        "yaml": _outcome(lambda: resolve_config(str(yaml_file))),
+        "set": _outcome(lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, "--set", set_arg], method)))),
+        "flag": _outcome(lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, f"{flag}={text}"], method)))),
+    }
+    kinds = {route: o[0] for route, o in outcomes.items()}
+    assert len(set(kinds.values())) == 1, (name, text, outcomes)
+    if kinds["yaml"] == "refused":  # the same rule (but for where the value came from and how it was spelled)
+        rules = {route: o[1].replace(str(yaml_file), "command line").split(" got ")[0] for route, o in outcomes.items()}
+        assert rules["set"] == rules["flag"], rules
+        assert rules["yaml"] == rules["set"] or "not valid YAML" in rules["yaml"], rules
+        assert name in rules["set"] or "must be" in rules["set"], rules  # the field, or a rule naming its partner
+        return
+    values = {route: _value(o[1], method, section, name) for route, o in outcomes.items()}
+    assert len({(type(v), v) for v in values.values()}) == 1, (name, text, values)
+    value = values["yaml"]
+    if value is None:
+        return
+    assert type(value) is kind
+    low, high = f.metadata.get("low"), f.metadata.get("high")
+    assert (low is None or value >= low) and (high is None or value <= high), (name, value)
+    if kind is float:
+        assert math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
+def test_the_issue_spellings_of_a_huge_epoch_count_are_all_refused(yaml_file):
+    for text in ("1.0e+32", "1e32", "100000000000000000000000000000000", "1_000_000_000", "0x7fffffffffffffff"):
+        yaml_file.write_text(f"train:\n  epochs: {text}\n", encoding="utf-8")
+        for call in (lambda: resolve_config(str(yaml_file)),
+                     lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", f"--epochs={text}"])))):
+            with pytest.raises(RlptuneError, match=r"train\.epochs must be <= 100000, got "):
+                call()
+    with pytest.raises(RlptuneError, match=r"train\.epochs must be <= 100000, got 1e\+32"):
+        RunConfig(train=TrainSettings(epochs=1e32)).validate()  # the Python API reads numbers the same way
+    with pytest.raises(RlptuneError, match=r"train\.lr: expected a finite number, got nan"):
+        RunConfig(train=TrainSettings(lr=float("nan"))).validate()
+    assert RunConfig(train=TrainSettings(epochs="1e3")).validate().train.epochs == 1000
+
+
+@pytest.mark.parametrize("text", [".nan", "NaN", "inf", "-Infinity", "1e999", "-.inf", "'nan'"])
+def test_nan_and_inf_are_refused_for_every_float_setting_in_every_spelling(text):
+    for method, section, name, f, kind in NUMBER_FIELDS:
+        if kind is not float:
+            continue
+        where = f"method.options.{name}=" if method else f"{section}.{name}="
+        argv = ["train", "-o", "x", *(["--method", method] if method else []), "--set", where + text]
+        with pytest.raises(RlptuneError, match=rf"{name}: expected a finite number, got "):
+            resolve_config(None, _overrides(_parse(argv, method)))
+
+
+def test_leading_zeros_and_base_60_mean_what_they_say_not_yaml_1_1(yaml_file):
+    yaml_file.write_text("train:\n  epochs: 017\ndata:\n  shots: 008\n", encoding="utf-8")
+    config = resolve_config(str(yaml_file))
+    assert (config.train.epochs, config.data.shots) == (17, 8)  # YAML 1.1 alone reads 017 as 15 (octal)
+    yaml_file.write_text("train:\n  epochs: 1:30\n", encoding="utf-8")
+    with pytest.raises(RlptuneError, match=r"train\.epochs: expected an integer, got '1:30'"):
+        resolve_config(str(yaml_file))  # YAML 1.1 alone reads it as 90 (base 60)
+
+
+def test_the_recipe_is_chosen_by_the_shots_the_run_will_have_whatever_their_spelling():
+    plain = resolve_config(None, {"method": {"name": "coop"}, "data": {"shots": "2"}})
+    for text in ("2.0", "'2'", "0x2", "2e0"):
+        spelled = resolve_config(None, {"method": {"name": "coop"}, "data": {"shots": text}})
+        assert spelled == plain, text

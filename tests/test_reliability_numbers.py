@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rlptune import registry
-from rlptune.cli import _overrides, build_parser
+from rlptune.cli import _overrides, build_parser, main
 from rlptune.config import RunConfig, TrainSettings, _section_classes, resolve_config
 from rlptune.errors import RlptuneError
 from rlptune.options import FLOAT32_MAX, numeric_type
@@ -200,10 +200,40 @@ def test_nan_and_inf_are_refused_for_every_float_setting_in_every_spelling(text)
             resolve_config(None, _overrides(_parse(argv, method)))
 
 
+CLI_CASES = {
+    # catalogue case: (arguments of `rlptune train`, the one line after "rlptune: error: ")
+    "numbers-epochs-set-exponent": (["--set", "train.epochs=1e32"], "train.epochs must be <= 100000, got 1e+32"),
+    "numbers-epochs-flag-digits": (["--epochs", "1" + "0" * 32], "train.epochs must be <= 100000, got 1e+32"),
+    "numbers-epochs-expression": (["--epochs", "10**32"], "command line: train.epochs: expected an integer, got '10**32'"),
+    "numbers-count-5000-digits": (["--epochs", "9" * 5000],
+                                  "command line: train.epochs: expected an integer, got '99999999999999999999'… (5000 characters)"),
+    "numbers-nan-every-float": (["--lr", ".nan"], "command line: train.lr: expected a finite number, got '.nan'"),
+    "numbers-option-above-bound": (["--method", "clip_lora", "--r", "1e9"], "method.options.r must be <= 4096, got 1000000000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_number_cases_on_the_command_line_are_one_line(case, tmp_path, capsys):
+    args, expected = CLI_CASES[case]
+    code = main(["train", "--data-root", str(tmp_path), "-o", str(tmp_path / "run"), *args])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert line == f"rlptune: error: {expected}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_spelling_of_a_thousand_is_a_thousand(yaml_file):
+    for text in ("1e3", "1.0e+3", "1_000", " 1000 ", "0x3e8", "'1000'", "1000.0", "+1000"):
+        yaml_file.write_text(f"train:\n  epochs: {text}\n", encoding="utf-8")
+        assert resolve_config(str(yaml_file)).train.epochs == 1000, text
+        assert resolve_config(None, _overrides(_parse(["train", "-o", "x", f"--epochs={text}"]))).train.epochs == 1000
+        assert resolve_config(None, _overrides(_parse(["train", "-o", "x", "--set", f"train.epochs={text}"]))).train.epochs == 1000
+
+
 def test_leading_zeros_and_base_60_mean_what_they_say_not_yaml_1_1(yaml_file):
     yaml_file.write_text("train:\n  epochs: 017\ndata:\n  shots: 008\n", encoding="utf-8")
     config = resolve_config(str(yaml_file))
     assert (config.train.epochs, config.data.shots) == (17, 8)  # YAML 1.1 alone reads 017 as 15 (octal)
+    assert resolve_config(None, _overrides(_parse(["train", "-o", "x", "--epochs", "017"]))).train.epochs == 17
     yaml_file.write_text("train:\n  epochs: 1:30\n", encoding="utf-8")
     with pytest.raises(RlptuneError, match=r"train\.epochs: expected an integer, got '1:30'"):
         resolve_config(str(yaml_file))  # YAML 1.1 alone reads it as 90 (base 60)
@@ -214,3 +244,10 @@ def test_the_recipe_is_chosen_by_the_shots_the_run_will_have_whatever_their_spel
     for text in ("2.0", "'2'", "0x2", "2e0"):
         spelled = resolve_config(None, {"method": {"name": "coop"}, "data": {"shots": text}})
         assert spelled == plain, text
+
+
+def _one_error_line(code: int, err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("rlptune: error: ")]
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]

@@ -263,8 +263,9 @@ def shown(value: Any) -> str:
     text = repr(value)
     if len(text) <= 60:
         return text
-    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
-    return f"{text[:50]}…{size}"
+    if isinstance(value, str):
+        return f"{value[:20]!r}… ({len(value)} characters)"
+    return f"{text[:50]}…"
 
 
 def numeric_type(annotation: Any) -> type | None:

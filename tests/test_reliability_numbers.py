@@ -1,20 +1,26 @@
-"""Numbers (reliability round 3): every number setting means the same whatever its spelling and route, and is
-bounded."""
+"""Numbers and resume (reliability round 3): every number setting means the same whatever its spelling and route,
+and is bounded; ``--resume`` notices changed images."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
+import shutil
 import typing
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_image_folder
 from rlptune import registry
 from rlptune.cli import _overrides, build_parser, main
 from rlptune.config import RunConfig, TrainSettings, _section_classes, resolve_config
+from rlptune.engine.datacheck import DATA_FILE
 from rlptune.errors import RlptuneError
 from rlptune.options import FLOAT32_MAX, numeric_type
 
@@ -246,8 +252,121 @@ def test_the_recipe_is_chosen_by_the_shots_the_run_will_have_whatever_their_spel
         assert spelled == plain, text
 
 
+# -- --resume notices that the images changed under their names ----------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def _one_error_line(code: int, err: str) -> str:
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("rlptune: error: ")]
     assert code == 2 and len(lines) == 1, err
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_arch_path):
+    """A finished CoOp run (1 epoch, checkpointed) on a small image folder, kept as a template for each test."""
+    root = tmp_path_factory.mktemp("resume-data")
+    data = make_image_folder(root / "data", ["red", "green", "blue"], {"train": 2, "val": 1, "test": 2})
+    run = root / "run"
+    assert main(_train_argv(tiny_arch_path, data, run, root / "cache")) == 0
+    return root, data, run
+
+
+def _train_argv(arch: Path, data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
+    return [str(a) for a in ("train", "--backbone", arch, "--device", "cpu", "--data-root", data, "--method", "coop",
+                             "--epochs", 1, "--shots", 2, "--aug-views", 0, "--no-progress", "--cache-dir", cache,
+                             "-o", run, *extra)]
+
+
+@pytest.fixture()
+def copy(trained, tmp_path, tiny_arch_path):
+    """This test's own copy of the finished run; the data stays where the run recorded it (its path is a setting)
+    and is put back as it was after the test."""
+    root, data, run = trained
+    shutil.copytree(data, tmp_path / "data-as-trained")
+    shutil.copytree(run, tmp_path / "run")
+    run = tmp_path / "run"
+    try:
+        yield data, run, (lambda *extra: _train_argv(tiny_arch_path, data, run, root / "cache", *extra))
+    finally:
+        shutil.rmtree(data)
+        shutil.copytree(tmp_path / "data-as-trained", data)
+
+
+def test_a_run_records_the_content_of_every_image_it_used(trained):
+    _, data, run = trained
+    record = json.loads((run / DATA_FILE).read_text())
+    assert record["root"] == str(data.resolve())
+    assert len(record["items"]["test"]) == 6 and len(record["items"]["train"]) == 6
+    name, (classname, sha) = next(iter(record["items"]["test"].items()))
+    assert sha == hashlib.sha256((data / name).read_bytes()).hexdigest() and classname == name.split("/")[1]
+
+
+def test_resume_refuses_images_changed_under_the_same_names(copy, capsys):
+    data, run, argv = copy
+    before = _files(run)
+    victim = sorted((data / "test" / "red").iterdir())[0]
+    victim.write_bytes(sorted((data / "test" / "blue").iterdir())[0].read_bytes())  # same name, other picture
+    code = main(argv("--resume"))
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert f"{data.resolve()}: the images differ from those this run trained on (1 changed; first: test " \
+           f"'test/red/{victim.name}')" in line and "--overwrite" in line
+    assert _files(run) == before  # nothing recorded, nothing replaced, no interrupted attempt left beside it
+    assert not [p.name for p in run.parent.iterdir() if ".staging-" in p.name]
+    for image in sorted((data / "train" / "red").iterdir()):  # the training images too, and a test image added
+        image.write_bytes(victim.read_bytes())
+    shutil.copy(victim, data / "test" / "green" / "extra.png")
+    line = _one_error_line(main(argv("--resume")), capsys.readouterr().err)
+    assert "(3 changed, 1 added; first: train 'train/red/red_000.png')" in line, line
+    assert _files(run) == before
+    assert main(argv("--overwrite")) == 0  # training again on the new images is one flag away
+    assert "test/green/extra.png" in json.loads((run / DATA_FILE).read_text())["items"]["test"]
+
+
+def test_resume_on_unchanged_images_reads_no_image_again_to_check(copy, capsys, monkeypatch):
+    import rlptune.engine.features as features
+
+    data, run, argv = copy
+    assert main(argv("--resume")) == 0, capsys.readouterr().err  # the same images: it goes on
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError(f"an image was hashed again: {args[0]}")
+
+    # the images were hashed once (by the run or the feature cache, one memo); checking them again is a stat each
+    monkeypatch.setattr(features, "open", no_reads, raising=False)
+    assert main(argv("--resume")) == 0, capsys.readouterr().err
+    assert json.loads((run / DATA_FILE).read_text())["root"] == str(data.resolve())
+
+
+def test_resume_of_a_run_without_a_record_warns_and_a_damaged_record_is_one_line(copy, capsys, caplog):
+    data, run, argv = copy
+    (run / DATA_FILE).write_text('{"format": "rlptune-data/1", "digest": 5}')
+    line = _one_error_line(main(argv("--resume")), capsys.readouterr().err)
+    assert f"{run / DATA_FILE}: not a record of the run's images" in line
+    (run / DATA_FILE).unlink()  # a run written before runs recorded their images
+    with caplog.at_level("WARNING"):
+        assert main(argv("--resume")) == 0
+    assert "resuming without checking that the data is unchanged" in caplog.text
+    assert (run / DATA_FILE).is_file()  # recorded from now on
+
+
+def test_resume_of_an_interrupted_run_checks_the_images_too_and_keeps_the_attempt(copy, capsys):
+    data, run, argv = copy
+    staging = run.parent / f".{run.name}.staging-99999999"  # what a killed first attempt leaves
+    shutil.copytree(run, staging)
+    (staging / "result.json").unlink()
+    shutil.rmtree(run)
+    victim = sorted((data / "val" / "green").iterdir())[0]
+    original = victim.read_bytes()
+    victim.write_bytes(sorted((data / "val" / "blue").iterdir())[0].read_bytes())
+    line = _one_error_line(main(argv("--resume")), capsys.readouterr().err)
+    assert f"(1 changed; first: val 'val/green/{victim.name}')" in line
+    kept = [p for p in run.parent.iterdir() if p.name.startswith(f".{run.name}.staging-")]
+    assert len(kept) == 1 and (kept[0] / "checkpoint").is_dir() and not run.exists()  # the attempt is kept
+    victim.write_bytes(original)  # with the images put back it resumes
+    assert main(argv("--resume")) == 0, capsys.readouterr().err
+    assert (run / "result.json").is_file() and not [p for p in run.parent.iterdir() if ".staging-" in p.name]

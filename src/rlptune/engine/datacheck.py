@@ -3,7 +3,8 @@
 The settings hash (:func:`rlptune.rundir.settings_hash`) covers the data root's *path*, not what is in it: a dataset
 whose images were replaced under the same names resumes with the same hash, and the old checkpoint would go on
 training, or be evaluated, on other data. Each run therefore records ``data_hashes.json``: the sha256 of every
-training, validation and test image's bytes (and its class), from the hashes the feature cache keeps anyway
+training, validation and test image's bytes and its class (a digest of the full hashes, and the first 16 hex digits
+per image to say which one changed), from the hashes the feature cache keeps anyway
 (:meth:`rlptune.engine.features.FeatureCache.content_hashes`), so recording costs a ``stat`` per image once they are
 known. A resumed run compares the images it would use now with the record and refuses, in one line naming the data
 root, when they differ.
@@ -30,14 +31,19 @@ SPLITS = ("train", "val", "test")
 
 
 def data_record(splits: DatasetSplits, cache: FeatureCache) -> dict[str, Any]:
-    """``{"format", "root", "digest", "items": {split: {path: [class, sha256]}}}`` of every item of ``splits``."""
-    items: dict[str, dict[str, list[str]]] = {}
+    """``{"format", "root", "classes", "digest", "items": {split: {path: "LABEL:SHA"}}}`` of every item of ``splits``:
+    ``digest`` covers the full sha256 of every image; each item keeps its first 16 hex digits (enough to say which
+    image changed, and a record of a large test set stays small)."""
+    full: dict[str, dict[str, str]] = {}
     for split in SPLITS:
         listed = splits.split(split)
         hashes = cache.content_hashes(splits, listed) if listed else []
-        items[split] = {item.path: [item.classname, sha] for item, sha in zip(listed, hashes)}
-    digest = hashlib.sha256(json.dumps(items, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return {"format": DATA_FORMAT, "root": str(Path(splits.root).resolve()), "digest": digest, "items": items}
+        full[split] = {item.path: f"{item.label}:{sha}" for item, sha in zip(listed, hashes)}
+    classes = list(splits.classnames)
+    payload = json.dumps({"classes": classes, "items": full}, sort_keys=True, separators=(",", ":"))
+    items = {split: {path: entry[: entry.index(":") + 17] for path, entry in entries.items()} for split, entries in full.items()}
+    return {"format": DATA_FORMAT, "root": str(Path(splits.root).resolve()), "classes": classes,
+            "digest": hashlib.sha256(payload.encode()).hexdigest(), "items": items}
 
 
 def write_data_record(folder: Path, record: dict[str, Any]) -> None:
@@ -70,9 +76,11 @@ def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path 
     if recorded["digest"] == record["digest"]:
         return
     changed, added, removed = [], [], []
+    if recorded["classes"] != record["classes"]:
+        changed.append(f"the class list ({len(recorded['classes'])} classes then, {len(record['classes'])} now)")
     for split in SPLITS:
         before, now = recorded["items"].get(split, {}), record["items"][split]
-        changed += [f"{split} {p!r}" for p in sorted(now) if p in before and list(before[p]) != list(now[p])]
+        changed += [f"{split} {p!r}" for p in sorted(now) if p in before and before[p] != now[p]]
         added += [f"{split} {p!r}" for p in sorted(now) if p not in before]
         removed += [f"{split} {p!r}" for p in sorted(before) if p not in now]
     counts = ", ".join(f"{len(v)} {what}" for what, v in (("changed", changed), ("added", added), ("removed", removed)) if v)
@@ -87,11 +95,12 @@ def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path 
 def _well_formed(recorded: Any) -> bool:
     if not isinstance(recorded, dict) or recorded.get("format") != DATA_FORMAT or not isinstance(recorded.get("digest"), str):
         return False
-    items = recorded.get("items")
+    classes, items = recorded.get("classes"), recorded.get("items")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return False
     if not isinstance(items, dict) or not set(items) <= set(SPLITS):
         return False
-    return all(isinstance(v, dict) and all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
-                                           for e in v.values()) for v in items.values())
+    return all(isinstance(v, dict) and all(isinstance(e, str) for e in v.values()) for v in items.values())
 
 
 __all__ = ["DATA_FILE", "check_resumed_data", "data_record", "write_data_record"]

@@ -235,6 +235,21 @@ def test_every_spelling_of_a_thousand_is_a_thousand(yaml_file):
         assert resolve_config(None, _overrides(_parse(["train", "-o", "x", "--set", f"train.epochs={text}"]))).train.epochs == 1000
 
 
+@pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "1e999"])
+def test_the_sweep_executor_float_settings_refuse_nan_and_inf(text, capsys):
+    """`rlptune run`'s executor flags are read by argparse's float(), which takes nan and inf (Slurm's int(inf)
+    was a traceback): every float field of ExecutorSettings refuses them in one line naming the flag."""
+    from rlptune.protocols.executors import ExecutorSettings
+
+    floats = [f for f in dataclasses.fields(ExecutorSettings) if numeric_type(typing.get_type_hints(ExecutorSettings)[f.name]) is float]
+    assert {f.name for f in floats} >= {"gpus_per_run", "progress_every_s"}
+    for f in floats:
+        flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
+        code = main(["run", "few-shot", "--executor", "slurm", f"{flag}={text}", "--results", "nowhere"])
+        line = _one_error_line(code, capsys.readouterr().err)
+        assert line.startswith(f"rlptune: error: {flag} ") and "expected a finite number" in line
+
+
 def test_leading_zeros_and_base_60_mean_what_they_say_not_yaml_1_1(yaml_file):
     yaml_file.write_text("train:\n  epochs: 017\ndata:\n  shots: 008\n", encoding="utf-8")
     config = resolve_config(str(yaml_file))

@@ -32,12 +32,12 @@ MAX_EPOCHS = 100_000  # epochs, warm-up epochs, validation / checkpoint interval
 MAX_STEPS = 100_000_000  # optimisation steps (train.iterations)
 MAX_BATCH = 1_000_000  # images per batch or per text-tower call
 MAX_SHOTS = 1_000_000  # images per class
-MAX_TOKENS = 4096  # prompt tokens, ranks, bottleneck ratios (CLIP's text context is 77, widths are <= 2048)
+MAX_TOKENS = 4096  # prompt tokens, ranks, bottleneck ratios (CLIP's text context is 77, widths under 2,048)
 MAX_LAYERS = 1024  # prompted layers of a tower
 MAX_CLASSES = 10_000_000  # class chunks, top-k labels
 MAX_VIEWS = 10_000  # cached augmented views
 MAX_WORKERS = 1024  # image-loading processes
-MAX_ITERATIONS = 1_000_000  # solver iterations and search steps
+MAX_ITERATIONS = 1_000_000  # solver iterations
 MAX_SEED = 2**63 - 1  # seeds go to torch.manual_seed (int64)
 
 

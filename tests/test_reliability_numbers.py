@@ -1,5 +1,5 @@
-"""Numbers and resume (reliability round 3): every number setting means the same whatever its spelling and route,
-and is bounded; ``--resume`` notices changed images."""
+"""Numbers, resume and merge (reliability round 3): every number setting means the same whatever its spelling and
+route, and is bounded; ``--resume`` notices changed images; ``reproduce --merge`` checks what it carries."""
 
 from __future__ import annotations
 
@@ -387,3 +387,130 @@ def test_resume_of_an_interrupted_run_checks_the_images_too_and_keeps_the_attemp
     victim.write_bytes(original)  # with the images put back it resumes
     assert main(argv("--resume")) == 0, capsys.readouterr().err
     assert (run / "result.json").is_file() and not [p for p in run.parent.iterdir() if ".staging-" in p.name]
+
+
+# -- reproduce --merge checks the earlier evidence.json it carries -------------------------------------------------
+
+STUDY = ["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--report-only"]
+
+
+@pytest.fixture(scope="module")
+def earlier_report(tmp_path_factory):
+    """A report of parts 3-4 (as tests/test_evidence.py's pieces; --report-only: the tables without runs)."""
+    root = tmp_path_factory.mktemp("earlier")
+    code = main([*STUDY, "--results", str(root / "results"), "--parts", "rank", "ablation", "-o", str(root / "report")])
+    assert code == 0
+    return root
+
+
+def _merge(earlier_report: Path, tmp_path: Path, change) -> tuple[Path, Path]:
+    """A copy of the earlier report with ``change(summary)`` applied to its evidence.json, and an output folder."""
+    copy = tmp_path / "earlier"
+    shutil.copytree(earlier_report / "report", copy)
+    summary = json.loads((copy / "evidence.json").read_text())
+    change(summary)
+    (copy / "evidence.json").write_text(json.dumps(summary))
+    return copy, tmp_path / "joined"
+
+
+def _join(earlier_report: Path, copy: Path, out: Path) -> int:
+    return main([*STUDY, "--results", str(earlier_report / "results"), "--parts", "base2new", "-o", str(out),
+                 "--merge", str(copy)])
+
+
+def test_an_untouched_earlier_report_is_merged(earlier_report, tmp_path):
+    copy, out = _merge(earlier_report, tmp_path, lambda s: None)
+    assert _join(earlier_report, copy, out) == 0
+    joined = json.loads((out / "evidence.json").read_text())
+    assert [p["parts"] for p in joined["pieces"]] == [["base2new"], ["rank", "ablation"]]
+    assert joined["settings"]["parts"] == ["base2new", "rank", "ablation"]
+
+
+def _set(path: str, value):
+    def change(summary):
+        keys = path.split(".")
+        target = summary
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        last = keys[-1]
+        if isinstance(target, list):
+            target[int(last)] = value
+        else:
+            target[last] = value
+    return change
+
+
+MERGE_CASES = {
+    # case: (change to evidence.json, fragment of the one line)
+    "runs-negative": (_set("runs", -5), "evidence.json: runs is -5; expected a whole number >= 0"),
+    "runs-text": (_set("runs", "many"), "evidence.json: runs is \"many\"; expected a whole number >= 0"),
+    "runs-bool": (_set("runs", True), "evidence.json: runs is true; expected a whole number >= 0"),
+    "pieces-empty": (_set("pieces", []), "evidence.json: pieces is []; expected one entry per invocation"),
+    "pieces-not-a-list": (_set("pieces", {"parts": ["rank"]}), "evidence.json: pieces is {\"parts\": [\"rank\"]}; expected a list"),
+    "piece-runs-negative": (_set("pieces.0.runs", -5), "evidence.json: pieces[0].runs is -5"),
+    "piece-unknown-part": (_set("pieces.0.parts", ["rank", "ablation", "sorcery"]), "pieces[0].parts[2] is \"sorcery\"; expected one of"),
+    "pieces-miss-a-part": (_set("pieces.0.parts", ["rank"]), "evidence.json: pieces is [[\"rank\"]]; expected the parts of settings.parts (rank, ablation)"),
+    "unknown-part": (_set("settings.parts", ["rank", "ablation", "sorcery"]), "evidence.json: settings.parts[2] is \"sorcery\"; expected one of the study's parts"),
+    "part-twice": (_set("settings.parts", ["rank", "rank"]), "evidence.json: settings.parts is [\"rank\", \"rank\"]; expected each part once"),
+    "part-without-tables": (_set("tables", ["part4_ablation", "part4_paired"]), "its part 'rank' has no table or figure"),
+    "tables-not-a-list": (_set("tables", "part3_rank"), "evidence.json: tables is \"part3_rank\"; expected a list"),
+    "table-name-is-a-path": (_set("tables.0", "part3_../../outside"), "evidence.json: tables[0] is \"part3_../../outside\"; expected a file name"),
+    "figure-name-is-a-path": (_set("figures", ["/etc/fig_density.png"]), "evidence.json: figures[0] is \"/etc/fig_density.png\"; expected a file name"),
+    "claim-not-an-object": (_set("claims", [5]), "evidence.json: claims[0] is 5; expected an object"),
+    "claim-unknown-part": (_set("claims.0.part", "sorcery"), "evidence.json: claims[0].part[0] is \"sorcery\""),
+    "skipped-wrong-type": (_set("skipped", [{"part": "rank", "variant": 3, "reason": "x"}]), "evidence.json: skipped[0].variant is 3; expected text"),
+    "wall-seconds-nan": (_set("wall_seconds", float("nan")), "evidence.json: wall_seconds is NaN; expected a number of seconds >= 0"),
+    "estimate-rate-negative": (_set("full_study_estimate.rates", {"coop": -1.0}), "full_study_estimate.rates.coop is -1.0"),
+    "settings-not-an-object": (_set("settings", ["micro"]), "evidence.json: not a study report"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MERGE_CASES))
+def test_a_tampered_earlier_report_is_refused_naming_the_field(case, earlier_report, tmp_path, capsys):
+    change, fragment = MERGE_CASES[case]
+    copy, out = _merge(earlier_report, tmp_path, change)
+    before = _files(copy)
+    line = _one_error_line(_join(earlier_report, copy, out), capsys.readouterr().err)
+    assert f"reproduce --merge {copy / 'evidence.json'}" in line and fragment in line, line
+    assert not out.exists() and _files(copy) == before  # refused before anything was written
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8) | st.sampled_from(["rank", "ablation", "base2new", "part3_rank", "fig_density.png"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["parts", "runs", "claim", "part", "x"]), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = ["runs", "planned_runs", "wall_seconds", "train_seconds_total", "tables", "claims", "skipped", "figures",
+          "pieces", "made_at", "full_study_estimate", "settings.parts", "settings.sweep_datasets", "pieces.0",
+          "pieces.0.parts", "pieces.0.runs", "claims.0", "full_study_estimate.rates", "full_study_estimate.seconds"]
+
+
+_STUDY: list = []
+
+
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(field=st.sampled_from(FIELDS), value=JSON_VALUES)
+def test_any_value_in_an_earlier_report_is_carried_sane_or_refused_in_one_line(field, value, earlier_report, tmp_path_factory):
+    """Whatever one field of evidence.json holds, loading it for a merge gives parts, runs and seconds a report can
+    state, or one line; never another exception."""
+    from rlptune.protocols.evidence import PARTS, StudySettings, _pieces, _pieces_markdown, load_earlier_report
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    try:
+        copy, _ = _merge(earlier_report, tmp, _set(field, value))
+    except (IndexError, KeyError, TypeError):
+        return  # the path does not exist in this report's shape
+    if not _STUDY:
+        _STUDY.append(StudySettings(backbone="micro", quick=True, seeds=[1, 2], parts=["base2new"]).resolved())
+    study = _STUDY[0]
+    try:
+        earlier = load_earlier_report(copy, study)
+    except RlptuneError as exc:
+        assert "\n" not in str(exc) and "evidence.json" in str(exc)
+        return
+    assert set(earlier.parts) <= set(PARTS) and earlier.tables
+    pieces = _pieces(study, 0, 0.0, 0.0, "now", earlier)
+    for piece in pieces:
+        assert set(piece["parts"]) <= set(PARTS) and isinstance(piece["runs"], int) and piece["runs"] >= 0
+    _pieces_markdown(pieces)

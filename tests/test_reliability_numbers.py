@@ -448,7 +448,7 @@ MERGE_CASES = {
     "pieces-empty": (_set("pieces", []), "evidence.json: pieces is []; expected one entry per invocation"),
     "pieces-not-a-list": (_set("pieces", {"parts": ["rank"]}), "evidence.json: pieces is {\"parts\": [\"rank\"]}; expected a list"),
     "piece-runs-negative": (_set("pieces.0.runs", -5), "evidence.json: pieces[0].runs is -5"),
-    "piece-unknown-part": (_set("pieces.0.parts", ["rank", "ablation", "sorcery"]), "pieces[0].parts[2] is \"sorcery\"; expected one of"),
+    "piece-unknown-part": (_set("pieces.0.parts", ["rank", "ablation", "sorcery"]), "pieces[0].parts[2] is \"sorcery\"; expected one of settings.parts (rank, ablation)"),
     "pieces-miss-a-part": (_set("pieces.0.parts", ["rank"]), "evidence.json: pieces is [[\"rank\"]]; expected the parts of settings.parts (rank, ablation)"),
     "unknown-part": (_set("settings.parts", ["rank", "ablation", "sorcery"]), "evidence.json: settings.parts[2] is \"sorcery\"; expected one of the study's parts"),
     "part-twice": (_set("settings.parts", ["rank", "rank"]), "evidence.json: settings.parts is [\"rank\", \"rank\"]; expected each part once"),

@@ -751,11 +751,11 @@ class _Checked:
         if not (isinstance(value, str) or (optional and value is None)):
             raise self.fail(where, value, "text")
 
-    def parts(self, value: Any, where: str, known: Sequence[str] = PARTS) -> list[str]:
+    def parts(self, value: Any, where: str, known: Sequence[str] = PARTS, among: str = "the study's parts") -> list[str]:
         names = self.items(value, where)
         for i, name in enumerate(names):
             if name not in known:
-                raise self.fail(f"{where}[{i}]", name, f"one of the study's parts ({', '.join(known)})")
+                raise self.fail(f"{where}[{i}]", name, f"one of {among} ({', '.join(known)})")
         if len(set(names)) != len(names):
             raise self.fail(where, value, "each part once")
         return names
@@ -794,7 +794,7 @@ def _check_summary(summary: Any, label: str) -> dict[str, Any]:
             check.parts([claim["part"]], f"claims[{i}].part")
     for i, entry in enumerate(check.items(summary.get("skipped"), "skipped", optional=True)):
         check.mapping(entry, f"skipped[{i}]")
-        check.parts([entry.get("part")], f"skipped[{i}].part", _SKIPPED_PARTS)
+        check.parts([entry.get("part")], f"skipped[{i}].part", _SKIPPED_PARTS, "the study's parts and protocols")
         for key in ("variant", "reason"):
             check.text(entry.get(key), f"skipped[{i}].{key}")
     estimate = summary.get("full_study_estimate")
@@ -812,7 +812,7 @@ def _check_summary(summary: Any, label: str) -> dict[str, Any]:
         covered: list[str] = []
         for i, piece in enumerate(pieces):
             check.mapping(piece, f"pieces[{i}]")
-            names = check.parts(piece.get("parts"), f"pieces[{i}].parts", parts)
+            names = check.parts(piece.get("parts"), f"pieces[{i}].parts", parts, "settings.parts")
             if not names:
                 raise check.fail(f"pieces[{i}].parts", names, "the parts that piece made")
             covered += names

@@ -78,12 +78,13 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     if not fields:
         return
     taken = {a for action in parser._actions for a in action.option_strings}
+    metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
         flag = "--" + field_name.replace("_", "-")
         if flag in taken:
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"
-        text = f"{help_text} (default: {default!r}{_bounds(dict(getattr(entry.options_class, '__dataclass_fields__')[field_name].metadata))})"
+        text = f"{help_text} (default: {default!r}{_bounds(metadata[field_name])})"
         if hint is bool:
             group.add_argument(flag, dest=f"opt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -33,7 +33,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
         hint = typing.get_type_hints(classes[section])[name]
         dest = f"cfg__{section}__{name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r}, or the method's recipe)"
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r}, or the method's recipe{_bounds(f.metadata)})"
         if hint is bool:
             group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif hint is list or typing.get_origin(hint) is list:
@@ -42,6 +42,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
             continue
         else:
             group.add_argument(f"--{flag}", dest=dest, default=None, metavar=name.upper(), help=help_text)
+
+
+def _bounds(metadata: Any) -> str:
+    """A number setting's declared range for its help text (checked by rlptune.options.check_ranges)."""
+    low, high = metadata.get("low"), metadata.get("high")
+    if high is not None:
+        return f"; {low if low is not None else 'any'} to {high:,}"
+    return f"; at least {low}" if low is not None else ""
 
 
 def _method_in(argv: Sequence[str]) -> str | None:
@@ -70,12 +78,13 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     if not fields:
         return
     taken = {a for action in parser._actions for a in action.option_strings}
+    metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
         flag = "--" + field_name.replace("_", "-")
         if flag in taken:
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"
-        text = f"{help_text} (default: {default!r})"
+        text = f"{help_text} (default: {default!r}{_bounds(metadata[field_name])})"
         if hint is bool:
             group.add_argument(flag, dest=f"opt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -12,7 +12,6 @@ import difflib
 import logging
 import math
 import re
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -22,13 +21,18 @@ import yaml
 from .errors import RlptuneError
 
 _log = logging.getLogger(__name__)
-from .options import coerce, options_dict, parse_options
+from .options import (
+    MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_SEED, MAX_SHOTS, MAX_STEPS, MAX_TOKENS, MAX_VIEWS, MAX_WORKERS,
+    SettingsLoader, check_ranges, coerce, options_dict, parse_options, read_setting_text, settle_numbers, type_hints,
+)
 from . import recipes, registry
 
 
 
-def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **kw: Any):
-    meta = {"help": help, "flag": flag, "choices": choices}
+def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, low: int | float | None = None,
+       high: int | float | None = None, **kw: Any):
+    """A settings field: help text, its flag, its choices and, for numbers, inclusive bounds (:func:`check_ranges`)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "low": low, "high": high}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -66,8 +70,9 @@ class BackboneSettings(_Section):
 class DataSettings(_Section):
     dataset: str = _f("folder", "dataset name (folder, csv, split-json, a CoOp dataset such as eurosat, or micro-*)")
     root: Optional[str] = _f(None, "dataset root folder (or file for csv / split-json)", flag="data-root")
-    shots: int = _f(16, "images per class drawn for training (0 = all)")
-    split_seed: int = _f(1, "seed of the train/val/test split of a plain image folder or CSV (the loaders' default too)")
+    shots: int = _f(16, "images per class drawn for training (0 = all)", low=0, high=MAX_SHOTS)
+    split_seed: int = _f(1, "seed of the train/val/test split of a plain image folder or CSV (the loaders' default too)",
+                         low=0, high=MAX_SEED)
     subsample: str = _f("all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new"))
     image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
     protocol: str = _f(
@@ -90,13 +95,14 @@ class PromptSettings(_Section):
         16,
         "learned context tokens; with ctx_init, its first n_ctx tokens are learned and the rest stay fixed text "
         "(MaPLe: 2 of 'a photo of a'); n_ctx above the init's token count learns the whole init (CoOp)",
+        low=1, high=MAX_TOKENS,
     )
     ctx_init: Optional[str] = _f(None, "initialise the context from this text, e.g. 'a photo of a'")
-    init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset")
-    rank: int = _f(1, "rank r of the low-rank update P_A @ P_B (lowrank only)")
+    init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset", low=0)
+    rank: int = _f(1, "rank r of the low-rank update P_A @ P_B (lowrank only)", low=1, high=MAX_TOKENS)
     dropout: float = _f(0.0, "dropout on the low-rank update during training (lowrank only)")
-    a_std: float = _f(1.0, "std of P_A's Gaussian init (lowrank only)")
-    b_std: float = _f(0.0, "std of P_B's Gaussian init (lowrank only; 0 starts exactly at P_fr)")
+    a_std: float = _f(1.0, "std of P_A's Gaussian init (lowrank only)", low=0)
+    b_std: float = _f(0.0, "std of P_B's Gaussian init (lowrank only; 0 starts exactly at P_fr)", low=0)
     alpha: Optional[float] = _f(None, "LoRA-style scale: the update is multiplied by alpha / rank (unset = 1)")
 
     def validate(self) -> None:
@@ -122,7 +128,8 @@ class MethodSettings(_Section):
     use_dataset_template: bool = _f(False, "zero-shot: use the dataset's hand-crafted template instead")
     class_specific: bool = _f(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", flag="csc")
     class_token_position: str = _f("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"))
-    text_chunk: int = _f(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory")
+    text_chunk: int = _f(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory",
+                         low=0, high=MAX_CLASSES)
     checkpoint_text: bool = _f(False, "activation checkpointing in the text tower (less memory, more compute)")
     shared_prefix: bool = _f(
         True,
@@ -155,28 +162,32 @@ class MethodSettings(_Section):
 
 @dataclass
 class TrainSettings(_Section):
-    epochs: int = _f(10, "training epochs (0 = no training: the initial prompt)")
-    iterations: int = _f(0, "train for this many steps instead of whole epochs (0 = use epochs; CLIP-LoRA: 500 x shots)")
-    batch_size: int = _f(32, "images per step (global, over all processes)")
+    epochs: int = _f(10, "training epochs (0 = no training: the initial prompt)", low=0, high=MAX_EPOCHS)
+    iterations: int = _f(0, "train for this many steps instead of whole epochs (0 = use epochs; CLIP-LoRA: 500 x shots)",
+                         low=0, high=MAX_STEPS)
+    batch_size: int = _f(32, "images per step (global, over all processes)", low=1, high=MAX_BATCH)
     optimizer: str = _f("sgd", "sgd (momentum) | adamw", choices=("sgd", "adamw"))
     lr: float = _f(0.002, "peak learning rate")
     min_lr: float = _f(0.0, "floor of the cosine schedule (eta_min; Dassl 0, CLIP-LoRA 1e-6)")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "weight decay")
+    momentum: float = _f(0.9, "SGD momentum", low=0)
+    weight_decay: float = _f(5e-4, "weight decay", low=0)
     scheduler: str = _f("cosine", "cosine | constant", choices=("cosine", "constant"))
     schedule_unit: str = _f("epoch", "the schedule steps once per epoch (Dassl) or once per step (CLIP-LoRA)", choices=("epoch", "step"))
-    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule (Dassl's constant warm-up)")
-    warmup_lr: float = _f(1e-5, "warm-up learning rate")
-    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling, dropout and augmentation")
+    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule (Dassl's constant warm-up)",
+                            low=0, high=MAX_EPOCHS)
+    warmup_lr: float = _f(1e-5, "warm-up learning rate", low=0)
+    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling, dropout and augmentation", low=0, high=MAX_SEED)
     aug_views: int = _f(
         0,
         "0 = a fresh random crop and flip per image per epoch, as the official code (default); "
         "K > 0 = K cached augmented views cycled over the epochs (faster, less faithful; see docs/METHODS.md)",
+        low=0, high=MAX_VIEWS,
     )
     augment: bool = _f(True, "random resized crop + flip for training (false = centre crops only: not the official recipe)")
     crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
-    val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc")
+    val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc",
+                        low=0, high=MAX_EPOCHS)
     select_best: bool = _f(False, "keep the epoch with the best validation accuracy instead of the last (the papers report the last)")
     track_new: bool = _f(
         False,
@@ -184,8 +195,8 @@ class TrainSettings(_Section):
         "(a diagnostic for generalisation over training; never used to choose an epoch)",
     )
     loggers: list = _f([], "extra metric loggers besides metrics.jsonl: tensorboard, csv (comma-separated or repeated)", flag="logger")
-    checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)")
-    num_workers: int = _f(0, "image-loading worker processes")
+    checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)", low=0, high=MAX_EPOCHS)
+    num_workers: int = _f(0, "image-loading worker processes", low=0, high=MAX_WORKERS)
     cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
     log_diagnostics: bool = _f(True, "log prompt singular values / information density per epoch")
 
@@ -230,7 +241,7 @@ class CacheSettings(_Section):
         "bound on the feature cache's centre-crop features + views, in GB (10^9 bytes); the least recently used "
         "entries are evicted first; 0 = write none (20 GB keeps an ImageNet base-to-new sweep's views of ViT-B/16 "
         "and of ViT-L/14 side by side)",
-        flag="cache-max-gb",
+        flag="cache-max-gb", low=0.0, high=1e6,
     )
     views: str = _f(
         "disk",
@@ -241,7 +252,7 @@ class CacheSettings(_Section):
         choices=("disk", "memory"),
     )
     memory_gb: float = _f(2.0, "cache.views=memory: GB of views one process keeps (least recently used dropped first)",
-                          flag="view-memory-gb")
+                          flag="view-memory-gb", low=0.0, high=1e6)
 
     def validate(self) -> None:
         for name in ("max_gb", "memory_gb"):
@@ -251,8 +262,8 @@ class CacheSettings(_Section):
 
 @dataclass
 class EvalSettings(_Section):
-    batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size")
-    top_k: int = _f(5, "top-k labels written by predict")
+    batch_size: int = _f(128, "images per evaluation batch", flag="eval-batch-size", low=1, high=MAX_BATCH)
+    top_k: int = _f(5, "top-k labels written by predict", low=1, high=MAX_CLASSES)
 
     def validate(self) -> None:
         _at_least("eval.batch_size", self.batch_size, 1)
@@ -277,8 +288,11 @@ class RunConfig:
             self.method.name = name
 
     def validate(self) -> "RunConfig":
-        for section in (self.backbone, self.data, self.method, self.prompt, self.train, self.eval, self.cache):
+        for name in SECTIONS:
+            section = getattr(self, name)
+            settle_numbers(section, name)  # values set in Python are read as the same value from YAML or a flag
             section.validate()
+            check_ranges(section, name)  # the declared bounds, after the sections' own (more specific) checks
         if self.train.track_new and self.data.protocol != "base2new":
             raise RlptuneError(
                 f"train.track_new needs data.protocol=base2new (the new classes are its unseen half), got {self.data.protocol!r}"
@@ -342,7 +356,7 @@ def check_template(template: Any, where: str) -> str:
 
 
 def _section_classes() -> dict[str, type]:
-    hints = typing.get_type_hints(RunConfig)
+    hints = type_hints(RunConfig)
     return {name: hints[name] for name in SECTIONS}
 
 
@@ -369,7 +383,7 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
         if not isinstance(values, dict):
             raise RlptuneError(f"{source}: section {section!r} must be a mapping of fields, got {type(values).__name__}")
         target = getattr(config, section)
-        hints = typing.get_type_hints(classes[section])
+        hints = type_hints(classes[section])
         valid = [f.name for f in fields(classes[section])]
         for key, value in values.items():
             if key not in hints:
@@ -379,7 +393,7 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
 
 
 def set_field(target: Any, section: str, key: str, value: Any, source: str) -> None:
-    hints = typing.get_type_hints(type(target))
+    hints = type_hints(type(target))
     where = f"{source}: {section}.{key}"
     coerced = coerce(value, hints[key], where)
     choices = next(f.metadata.get("choices") for f in fields(type(target)) if f.name == key)
@@ -394,8 +408,9 @@ class _DuplicateKey(Exception):
     pass
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+class _UniqueKeyLoader(SettingsLoader):
+    """The settings' YAML loader (:class:`rlptune.options.SettingsLoader`), except that a key given twice in one
+    mapping is an error (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -484,13 +499,19 @@ def resolve_config(
 
 
 def _peek(layers: tuple, section: str, name: str, kind: type) -> Any:
-    """The first ``layers[i][section][name]`` of the right type (bad shapes are reported by :func:`apply_mapping`)."""
+    """The first ``layers[i][section][name]`` read as the field reads it (a number in any spelling: the recipe is
+    chosen by the value the run will have); bad values are reported by :func:`apply_mapping`."""
     for data in layers:
         part = data.get(section) if isinstance(data, dict) else None
         value = part.get(name) if isinstance(part, dict) else None
-        if kind is int and isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, kind) and not isinstance(value, bool) and value != "":
+        if value is None:
+            continue
+        if kind is int:
+            try:
+                return coerce(value, int, f"{section}.{name}")
+            except RlptuneError:
+                continue
+        if isinstance(value, kind) and value != "":
             return value
     return None
 
@@ -520,10 +541,7 @@ def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
             raise RlptuneError(f"--set {item!r}: expected section.field=value, e.g. prompt.rank=2")
         key, raw = item.split("=", 1)
         section, name = key.split(".", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
-            value = raw
+        value = read_setting_text(raw) if raw else ""  # as the same text reads in a YAML file
         if section == "method" and name.startswith("options."):
             out.setdefault("method", {}).setdefault("options", {})[name[len("options."):]] = value
             continue

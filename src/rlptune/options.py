@@ -13,18 +13,45 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-import math
+import yaml
 
 from .errors import RlptuneError
 
+#: The largest finite float32: settings end up in float32 tensors, where anything larger is inf.
+FLOAT32_MAX = 3.4028234663852886e38
 
-def option(default: Any, help: str):
-    """A dataclass field with help text (lists and dicts get a factory)."""
-    meta = {"help": help}
+# Upper bounds of the counts (inclusive; docs/RELIABILITY.md lists them per field). Far above any real run, low
+# enough that a slip (an extra digit, ``1.0e+32``) is one line before anything is allocated or trains for years.
+MAX_EPOCHS = 100_000  # epochs, warm-up epochs, validation / checkpoint intervals
+MAX_STEPS = 100_000_000  # optimisation steps (train.iterations)
+MAX_BATCH = 1_000_000  # images per batch or per text-tower call
+MAX_SHOTS = 1_000_000  # images per class
+MAX_TOKENS = 4096  # prompt tokens, ranks, bottleneck ratios (CLIP's text context is 77, widths under 2,048)
+MAX_LAYERS = 1024  # prompted layers of a tower
+MAX_CLASSES = 10_000_000  # class chunks, top-k labels
+MAX_VIEWS = 10_000  # cached augmented views
+MAX_WORKERS = 1024  # image-loading processes
+MAX_ITERATIONS = 1_000_000  # solver iterations
+MAX_SEED = 2**63 - 1  # seeds go to torch.manual_seed (int64)
+
+
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class (it compiles every string annotation on each call, and
+    settings are resolved field by field)."""
+    return typing.get_type_hints(cls)
+
+
+def option(default: Any, help: str, low: int | float | None = None, high: int | float | None = None):
+    """A dataclass field with help text (lists and dicts get a factory); ``low``/``high`` bound a number (inclusive,
+    checked by :func:`check_ranges` whatever the value's spelling)."""
+    meta = {"help": help, "low": low, "high": high}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -42,7 +69,7 @@ def parse_options(cls: type, values: dict | None, method: str):
     if isinstance(values, cls):
         values = dataclasses.asdict(values)
     values = dict(values or {})
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     valid = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in values.items():
@@ -54,9 +81,11 @@ def parse_options(cls: type, values: dict | None, method: str):
             raise RlptuneError(f"method.options: unknown option {key!r} for method {method!r}{hint}; valid options: {', '.join(valid)}")
         kwargs[key] = coerce(value, hints[key], f"method.options.{key}")
     options = cls(**kwargs)
+    settle_numbers(options, "method.options")  # defaults and values built in Python get what YAML and flags get
     check = getattr(options, "validate", None)  # optional by design: most options need no cross-field check
     if check is not None:
         check()
+    check_ranges(options, "method.options")
     return options
 
 
@@ -67,7 +96,7 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 def option_fields(cls: type) -> list[tuple[str, Any, str, Any]]:
     """(name, default, help, type) of every option of ``cls`` (for flags and `rlptune methods`)."""
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     out = []
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -76,13 +105,23 @@ def option_fields(cls: type) -> list[tuple[str, Any, str, Any]]:
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to the field's type, or fail naming the field."""
+    """Convert ``value`` (from YAML or a command-line string) to the field's type, or fail naming the field.
+
+    A number means the same whatever its spelling and route: text (a flag, a quoted YAML value) is first read as
+    :func:`read_setting_text` reads a YAML file or ``--set`` value, then as Python reads a number ('1e3', 'NaN',
+    '-Infinity'), so ``epochs: 1.0e+3``, ``--set train.epochs=1e3`` and ``--epochs 1_000`` are all 1000, and
+    ``nan``/``inf`` are refused in every spelling (ranges are checked by :func:`check_ranges`).
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
         inner = [a for a in args if a is not type(None)][0]
+        if inner in (int, float):  # '~', 'null', ' none ' unset a number whatever the route
+            settled = _settled_text(value) if isinstance(value, str) else value
+            if settled is None or (isinstance(settled, str) and settled.strip().lower() in ("none", "null", "")):
+                return None
+        elif value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
         return coerce(value, inner, where)
     if annotation is bool:
         if isinstance(value, bool):
@@ -91,26 +130,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise RlptuneError(f"{where}: expected true or false, got {value!r}")
+        raise RlptuneError(f"{where}: expected true or false, got {shown(value)}")
     if annotation is int:
-        if isinstance(value, bool):
-            raise RlptuneError(f"{where}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise RlptuneError(f"{where}: expected an integer, got {value!r}") from None
+        return _integer(value, where)
     if annotation is float:
-        if isinstance(value, bool):
-            raise RlptuneError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise RlptuneError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise RlptuneError(f"{where}: expected a finite number, got {value!r}")
-        return number
+        return _real(value, where)
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise RlptuneError(f"{where}: expected a string, got {type(value).__name__}")
@@ -119,15 +143,165 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str):
             return [value]
         if not isinstance(value, (list, tuple)):
-            raise RlptuneError(f"{where}: expected a list, got {value!r}")
+            raise RlptuneError(f"{where}: expected a list, got {shown(value)}")
         check_plain(value, where)
         return [str(v) if not isinstance(v, (int, float)) else v for v in value]
     if annotation is dict or origin is dict:
         if not isinstance(value, dict):
-            raise RlptuneError(f"{where}: expected a mapping, got {value!r}")
+            raise RlptuneError(f"{where}: expected a mapping, got {shown(value)}")
         check_plain(value, where)
         return dict(value)
     return value
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that YAML 1.1's surprising integers stay text: a leading zero (``017`` is 15 in
+    YAML 1.1, 17 to everyone else), base 60 (``1:30`` is 90) and integers too long to convert. A number field then
+    reads the text as a decimal (17) or refuses it in one line, the same for a file, ``--set`` and a flag."""
+
+
+def _yaml_int(loader: SettingsLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    digits = str(text).replace("_", "").lstrip("+-")
+    if ":" in digits or (len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB"):
+        return text
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # more digits than Python converts (4300)
+        return text
+
+
+def _yaml_float(loader: SettingsLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    return text if ":" in str(text) else yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+SettingsLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+SettingsLoader.add_constructor("tag:yaml.org,2002:float", _yaml_float)
+
+
+def read_setting_text(raw: str) -> Any:
+    """A ``--set``/``--grid`` value (or a flag's text) as a YAML file would read it; unparsable text stays text."""
+    try:
+        return yaml.load(raw, Loader=SettingsLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError, TypeError):
+        return raw
+
+
+def _settled_text(value: Any) -> Any:
+    """Text read as YAML until it stops changing (``"'7'"`` -> ``'7'`` -> 7), so a value quoted once more on one
+    route than on another still means the same."""
+    for _ in range(8):
+        if not isinstance(value, str):
+            return value
+        read = read_setting_text(value)
+        if isinstance(read, str) and read == value:
+            return value
+        value = read
+    return value
+
+
+def _python_number(text: str) -> int | float | None:
+    """Text YAML does not read as a number, read as Python would ('1e3', '1.0e3', 'NaN', '-Infinity'); ASCII only."""
+    text = text.strip()
+    if not text or not text.isascii():
+        return None
+    try:
+        return int(text, 10)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except (ValueError, OverflowError):
+        return None
+
+
+#: Integers beyond this many bits are refused before anything formats or compares them (a 5,000-digit count).
+_MAX_INT_BITS = 1000
+
+
+def _integer(original: Any, where: str) -> int:
+    value = _settled_text(original) if isinstance(original, str) else original
+    if isinstance(value, str):
+        value = _python_number(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > _MAX_INT_BITS:
+            raise RlptuneError(f"{where}: expected an integer of at most 300 digits, got {shown(original)}")
+        return value
+    raise RlptuneError(f"{where}: expected an integer, got {shown(original)}")
+
+
+def _real(original: Any, where: str) -> float:
+    value = _settled_text(original) if isinstance(original, str) else original
+    if isinstance(value, str):
+        value = _python_number(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise RlptuneError(f"{where}: expected a finite number, got {shown(original)}")
+        return number
+    raise RlptuneError(f"{where}: expected a number, got {shown(original)}")
+
+
+def shown(value: Any) -> str:
+    """A value for a one-line message: long text is cut, huge integers are given by their size, never in full."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() <= 53:
+            return str(value)
+        if value.bit_length() <= _MAX_INT_BITS:
+            return f"{float(value):.6g}"
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, float):
+        return repr(value)
+    text = repr(value)
+    if len(text) <= 60:
+        return text
+    if isinstance(value, str):
+        return f"{value[:20]!r}… ({len(value)} characters)"
+    return f"{text[:50]}…"
+
+
+def numeric_type(annotation: Any) -> type | None:
+    """int or float for a number field (``Optional`` ones included), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        annotation = args[0]
+    return annotation if annotation in (int, float) else None
+
+
+def settle_numbers(obj: Any, prefix: str) -> None:
+    """Every number field of the dataclass ``obj`` coerced in place: a value set in Python (``epochs=1e3``,
+    ``lr="nan"``) is read exactly as the same value from YAML or a flag."""
+    hints = type_hints(type(obj))
+    for f in fields(obj):
+        if numeric_type(hints[f.name]) is not None:
+            object.__setattr__(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], f"{prefix}.{f.name}"))
+
+
+def check_ranges(obj: Any, prefix: str) -> None:
+    """The declared bounds (field metadata ``low``/``high``) of every number field of ``obj``, and float32's range
+    for every float (what the settings become in the tensors); one line naming the field."""
+    hints = type_hints(type(obj))
+    for f in fields(obj):
+        kind = numeric_type(hints[f.name])
+        value = getattr(obj, f.name)
+        if kind is None or value is None:
+            continue
+        where = f"{prefix}.{f.name}"
+        if kind is float and abs(value) > FLOAT32_MAX:
+            raise RlptuneError(f"{where} {value:g} is beyond float32's range")
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        if low is not None and value < low:
+            raise RlptuneError(f"{where} must be >= {low}, got {shown(value)}")
+        if high is not None and value > high:
+            raise RlptuneError(f"{where} must be <= {high}, got {shown(value)}")
 
 
 def check_plain(value: Any, where: str, depth: int = 0) -> None:

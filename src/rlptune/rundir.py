@@ -28,6 +28,7 @@ import glob
 import errno
 import fcntl
 import fnmatch
+import filecmp
 import hashlib
 import json
 import os
@@ -44,8 +45,9 @@ MARKER = ".rlptune-run.json"
 MARKER_FORMAT = "rlptune-run/1"
 RESULT = "result.json"
 CHECKPOINT = Path("checkpoint") / "last.safetensors"
-#: What a resumed run takes over from a finished one: the checkpoint, the metric lines and the few-shot draw.
-RESUMABLE = ("checkpoint", "metrics.jsonl", "few_shot.json")
+#: What a resumed run takes over from a finished one: the checkpoint, the metric lines, the few-shot draw and the
+#: record of the images it trained on (checked on resume, see rlptune.engine.datacheck).
+RESUMABLE = ("checkpoint", "metrics.jsonl", "few_shot.json", "data_hashes.json")
 #: Settings that change how a run is executed or logged but not its result (not part of the settings hash).
 NON_RESULT_SETTINGS = {
     "backbone": ("device",),
@@ -496,14 +498,24 @@ class RunDirectory:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if (not self.committed and not self._keep_staging and self.staging.is_dir()
-                    and not (self.staging / CHECKPOINT).is_file()):
-                shutil.rmtree(self.staging, ignore_errors=True)  # nothing to resume from
+            # nothing to resume from, or only a copy of the checkpoint the finished target still holds (a refused
+            # --resume of a finished run leaves no interrupted attempt behind; one that trained further does)
+            copies = (self.resumed_from == self.target and (self.target / RESULT).is_file()
+                      and _same_bytes(self.staging / CHECKPOINT, self.target / CHECKPOINT))
+            if not self.committed and not self._keep_staging and self.staging.is_dir() and (copies or not (self.staging / CHECKPOINT).is_file()):
+                shutil.rmtree(self.staging, ignore_errors=True)
             if isinstance(exc, RlptuneError) and exc.args and str(self.staging) in str(exc.args[0]):
                 # the user knows the run folder, not the staging folder: name the file where it belongs
                 exc.args = (str(exc.args[0]).replace(str(self.staging), str(self.target)),)
         finally:
             self._unlock()
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def _glob_escape(name: str) -> str:

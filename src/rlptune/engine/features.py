@@ -330,6 +330,18 @@ class FeatureCache:
             self.not_stored += 1
         return feats
 
+    def content_hashes(self, splits: DatasetSplits, items: Sequence[Item]) -> list[str]:
+        """sha256 of each item's image bytes, from the same memo the cache keys use (persisted in the cache folder),
+        so images already hashed for features are not read again, and images hashed here are not read again for
+        features."""
+        if self.enabled:
+            self._load_memo()
+        memo_size = len(_CONTENT_MEMO)
+        hashes = [content_digest(splits.abspath(item), splits.name) for item in items]
+        if self.enabled and len(_CONTENT_MEMO) != memo_size:
+            self._save_memo()
+        return hashes
+
     def _load_verified(self, path: Path, count: int, sources: str, quiet: bool = False) -> torch.Tensor | None:
         """The entry at ``path`` if it exists and passes its checksums; a failing entry is reported and None."""
         if not path.is_file():

@@ -32,6 +32,7 @@ from ..errors import RlptuneError
 from ..methods import Method, build_method
 from ..rundir import RunDirectory, check_output_folder, settings_hash
 from .distributed import init_from_env, training_device
+from .datacheck import DATA_FILE, check_resumed_data, data_record, write_data_record
 from .features import FeatureCache
 from .loggers import make_loggers
 from .trainer import Trainer, evaluate_split, finish_run, library_versions
@@ -217,11 +218,16 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
     with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
         # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
         data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json", final_dir / "skipped_images.json")
+    cache = FeatureCache.from_config(config)
+    images = data_record(data.drawn, cache)  # by content: the settings hash knows the data root's path only
+    if resume and ((output_dir / "checkpoint").exists() or (output_dir / DATA_FILE).exists()):
+        check_resumed_data(output_dir, images, final_dir)
     backbone = resolve_backbone(config, backbone)
     if ddp.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
         (output_dir / "result.json").unlink(missing_ok=True)
+        write_data_record(output_dir, images)
         io.write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         io.write_json(
             output_dir / "run_info.json",
@@ -235,7 +241,6 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         )
     seed_everything(config.train.seed)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
-    cache = FeatureCache.from_config(config)
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
     monitors = {}
     if config.train.track_new and method.transfers_to_new_classes:

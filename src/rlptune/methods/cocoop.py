@@ -31,15 +31,18 @@ from ..prompts import build_prompt
 from ..text import PromptedClassText
 from .base import Batch, DeclaredSize, Method, StepOutput, register_method
 from .coop import initial_context
-from ..options import option
+from ..options import MAX_BATCH, MAX_TOKENS, option
 from .shared import formula, prompt_rank_size, prompt_term, prompt_token_size
 
 
 @dataclass
 class CoCoOpOptions:
-    hidden_ratio: int = option(16, "meta-net bottleneck: hidden width h = max(1, embed_dim // hidden_ratio) (CoCoOp: 16)")
-    images_per_call: int = option(0, "training: images whose B·C class prompts share one text-tower call (0 = the whole batch)")
-    inference_images_per_call: int = option(32, "inference: images per text-tower call (bounds memory on large test sets)")
+    hidden_ratio: int = option(16, "meta-net bottleneck: hidden width h = max(1, embed_dim // hidden_ratio) (CoCoOp: 16)",
+                               low=1, high=MAX_TOKENS)
+    images_per_call: int = option(0, "training: images whose B·C class prompts share one text-tower call (0 = the whole batch)",
+                                   low=0, high=MAX_BATCH)
+    inference_images_per_call: int = option(32, "inference: images per text-tower call (bounds memory on large test sets)",
+                                             low=1, high=MAX_BATCH)
 
     def validate(self) -> None:
         if self.hidden_ratio < 1:

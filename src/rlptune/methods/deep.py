@@ -44,16 +44,18 @@ from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
 from ..options import parse_options
 from .base import DeclaredSize, Method, register_method
-from .options import option
+from .options import MAX_LAYERS, MAX_TOKENS, option
 from .shared import formula, handcrafted_features, handcrafted_template, prompt_rank_size, prompt_term, prompt_token_size
 
 
 @dataclass
 class DeepPromptOptions:
-    text_depth: int = option(9, "J_t: text layers with prompts (1 = CoOp's context only; 0 = no text prompts)")
-    vision_depth: int = option(9, "J_v: image layers with prompts (VPT-deep; 0 = none)")
-    vision_ctx: int = option(2, "n_v: prompt tokens in the image tower")
-    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts")
+    text_depth: int = option(9, "J_t: text layers with prompts (1 = CoOp's context only; 0 = no text prompts)",
+                             low=0, high=MAX_LAYERS)
+    vision_depth: int = option(9, "J_v: image layers with prompts (VPT-deep; 0 = none)", low=0, high=MAX_LAYERS)
+    vision_ctx: int = option(2, "n_v: prompt tokens in the image tower", low=0, high=MAX_TOKENS)
+    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts",
+                                  low=0)
     template: Optional[str] = option(None, "hand-crafted template when there are no text prompts; unset = dataset's, else 'a photo of a {}.'")
 
     def validate(self) -> None:
@@ -69,18 +71,20 @@ class DeepPromptOptions:
 
 @dataclass
 class DeepTextOptions(DeepPromptOptions):
-    vision_depth: int = option(0, "J_v: image layers with prompts (0 for deep_text)")
+    vision_depth: int = option(0, "J_v: image layers with prompts (0 for deep_text)", low=0, high=MAX_LAYERS)
 
 
 @dataclass
 class DeepVisionOptions(DeepPromptOptions):
-    text_depth: int = option(0, "J_t: text layers with prompts (0 for deep_vision: the hand-crafted prompt classifies)")
+    text_depth: int = option(0, "J_t: text layers with prompts (0 for deep_vision: the hand-crafted prompt classifies)",
+                             low=0, high=MAX_LAYERS)
 
 
 @dataclass
 class MapleOptions:
-    depth: int = option(9, "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)")
-    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1")
+    depth: int = option(9, "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)",
+                        low=1, high=MAX_LAYERS)
+    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1", low=0)
 
     def validate(self) -> None:
         if self.depth < 1:

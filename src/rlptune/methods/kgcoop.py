@@ -29,7 +29,8 @@ from .shared import handcrafted_features, handcrafted_template
 
 @dataclass
 class KgCoOpOptions:
-    lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)")
+    lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)",
+                              low=0)
     template: Optional[str] = option(
         None, "hand-crafted template ({} = class name); unset = KgCoOp's own for a CoOp dataset, else the dataset's, "
         "else 'a photo of a {}.'")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RlptuneError
-from ..options import option
+from ..options import MAX_ITERATIONS, option
 from .base import ClosedFormData, DeclaredSize, Method, register_method
 from .shared import formula, handcrafted_features, handcrafted_template
 
@@ -51,10 +51,11 @@ SOLVERS = ("auto", "sklearn", "torch")
 
 @dataclass
 class LinearProbeOptions:
-    c: float = option(0.0, "fixed inverse L2 strength C (> 0 skips the search); sklearn's LogisticRegression C")
-    search_steps: int = option(8, "bisection steps in log10 C after the grid (CoOp lpclip: 8)")
+    c: float = option(0.0, "fixed inverse L2 strength C (> 0 skips the search); sklearn's LogisticRegression C", low=0)
+    search_steps: int = option(8, "bisection steps in log10 C after the grid (CoOp lpclip: 8)", low=0,
+                               high=64)  # 64 halvings reach float64's resolution of log10 C
     default_c: float = option(1.0, "C used when there is no validation split and c is unset (sklearn's default)")
-    max_iter: int = option(1000, "L-BFGS iterations per fit (CoOp lpclip: 1000)")
+    max_iter: int = option(1000, "L-BFGS iterations per fit (CoOp lpclip: 1000)", low=1, high=MAX_ITERATIONS)
     solver: str = option("auto", "auto = scikit-learn when installed, else torch | sklearn | torch (the same objective)")
     template: str = option("", "template of the zero-shot initialisation; empty = the dataset's, else 'a photo of a {}.'")
 

@@ -40,7 +40,7 @@ from ..backbones import SplitAttention  # noqa: F401  (re-exported: rlptune 0.1 
 from ..backbones import attention_block
 from ..errors import RlptuneError
 from .base import DeclaredSize, Method, register_method
-from .options import option, parse_options
+from .options import MAX_TOKENS, option, parse_options
 from .shared import formula, handcrafted_template
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
@@ -50,7 +50,7 @@ CLIP_LORA_TEMPLATE = "a photo of a {}."
 
 @dataclass
 class ClipLoraOptions:
-    r: int = option(2, "LoRA rank of each adapted projection (CLIP-LoRA: 2)")
+    r: int = option(2, "LoRA rank of each adapted projection (CLIP-LoRA: 2)", low=1, high=MAX_TOKENS)
     alpha: float = option(1.0, "LoRA alpha (CLIP-LoRA: 1); the update is scaled by alpha/sqrt(r) with rslora, else alpha/r")
     rslora: bool = option(True, "scale by alpha/sqrt(r) as the official CLIP-LoRA code (peft use_rslora); false = alpha/r")
     dropout: float = option(0.25, "dropout on the adapter input during training (CLIP-LoRA: 0.25)")

@@ -60,24 +60,30 @@ from ..prompts import FullRankPrompt
 from ..recipes import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once (data, no torch)
 from .base import Batch, DeclaredSize, StepOutput, check_dtype, register_method
 from .deep import DeepPrompts
-from .options import option
+from .options import MAX_LAYERS, MAX_TOKENS, option
 
 
 @dataclass
 class PromptSRCOptions:
-    text_depth: int = option(9, "J_t: text layers with prompts (official PROMPT_DEPTH_TEXT; >= 1)")
-    vision_depth: int = option(9, "J_v: image layers with prompts (official PROMPT_DEPTH_VISION; 0 = none)")
-    text_ctx: int = option(4, "n: learned text tokens per layer, layer 0 from the first n tokens of prompt.ctx_init (N_CTX_TEXT)")
-    vision_ctx: int = option(4, "n_v: learned vision tokens per layer (N_CTX_VISION)")
-    text_loss_weight: float = option(25.0, "weight of L1(prompted, template-ensemble frozen) text features (TEXT_LOSS_WEIGHT)")
-    image_loss_weight: float = option(10.0, "weight of L1(prompted, frozen) image features (IMAGE_LOSS_WEIGHT)")
-    kl_loss_weight: float = option(1.0, "weight of KL(frozen || prompted logits) summed and divided by B*C (the official code has none: 1)")
+    text_depth: int = option(9, "J_t: text layers with prompts (official PROMPT_DEPTH_TEXT; >= 1)", low=1, high=MAX_LAYERS)
+    vision_depth: int = option(9, "J_v: image layers with prompts (official PROMPT_DEPTH_VISION; 0 = none)",
+                               low=0, high=MAX_LAYERS)
+    text_ctx: int = option(4, "n: learned text tokens per layer, layer 0 from the first n tokens of prompt.ctx_init (N_CTX_TEXT)",
+                           low=1, high=MAX_TOKENS)
+    vision_ctx: int = option(4, "n_v: learned vision tokens per layer (N_CTX_VISION)", low=0, high=MAX_TOKENS)
+    text_loss_weight: float = option(25.0, "weight of L1(prompted, template-ensemble frozen) text features (TEXT_LOSS_WEIGHT)",
+                                     low=0)
+    image_loss_weight: float = option(10.0, "weight of L1(prompted, frozen) image features (IMAGE_LOSS_WEIGHT)", low=0)
+    kl_loss_weight: float = option(1.0, "weight of KL(frozen || prompted logits) summed and divided by B*C (the official code has none: 1)",
+                                   low=0)
     aggregate: bool = option(True, "Gaussian prompt aggregation over epochs (false = keep the last epoch's prompts)")
     gpa_mean: float = option(15.0, "mu of the Gaussian epoch weights, epochs counted from 1 (GPA_MEAN)")
     gpa_std: float = option(1.0, "sigma of the Gaussian epoch weights (GPA_STD)")
-    n_templates: int = option(60, "templates of the official 60-prompt ImageNet ensemble to average (the first N)")
+    n_templates: int = option(60, "templates of the official 60-prompt ImageNet ensemble to average (the first N)",
+                              low=1, high=len(PROMPTSRC_TEMPLATES))
     templates: list = option([], "own template ensemble instead of the official one ({} = class name); empty = official")
-    deep_init_std: float = option(0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts")
+    deep_init_std: float = option(0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts",
+                                  low=0)
 
     def validate(self) -> None:
         if self.text_depth < 1:

@@ -29,6 +29,7 @@ import importlib
 import io as _stdio
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -705,6 +706,139 @@ def _claim_part(claim: Mapping[str, Any]) -> str | None:
     return claim.get("part") or _part_of(str(claim.get("claim", "")), _CLAIM_OPENINGS)
 
 
+#: The ``part`` a skipped entry may name: a part, or one of the transfer part's protocols.
+_SKIPPED_PARTS = (*PARTS, "few-shot", "cross-dataset", "domain-gen")
+#: Tables and figures are files of the report folder: plain names, never paths.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class _Checked:
+    """One line naming the earlier ``evidence.json`` and the field whenever a value is not what a report writes."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def fail(self, where: str, value: Any, expected: str) -> RlptuneError:
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return RlptuneError(f"{self.label}: {where} is {shown}; expected {expected} (the report was changed or damaged)")
+
+    def mapping(self, value: Any, where: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, value, "an object")
+        return value
+
+    def items(self, value: Any, where: str, optional: bool = False) -> list:
+        if value is None and optional:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(where, value, "a list")
+        return value
+
+    def count(self, value: Any, where: str, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(where, value, "a whole number >= 0")
+
+    def seconds(self, value: Any, where: str) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise self.fail(where, value, "a number of seconds >= 0")
+
+    def text(self, value: Any, where: str, optional: bool = False) -> None:
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise self.fail(where, value, "text")
+
+    def parts(self, value: Any, where: str, known: Sequence[str] = PARTS, among: str = "the study's parts") -> list[str]:
+        names = self.items(value, where)
+        for i, name in enumerate(names):
+            if name not in known:
+                raise self.fail(f"{where}[{i}]", name, f"one of {among} ({', '.join(known)})")
+        if len(set(names)) != len(names):
+            raise self.fail(where, value, "each part once")
+        return names
+
+    def file_names(self, value: Any, where: str, suffix: str = "") -> list[str]:
+        names = self.items(value, where)
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or not name.endswith(suffix):
+                raise self.fail(f"{where}[{i}]", name, f"a file name in the report folder{' ending ' + suffix if suffix else ''}")
+        return names
+
+
+def _check_summary(summary: Any, label: str) -> dict[str, Any]:
+    """The earlier report's ``evidence.json`` as ``write_report`` writes it: every field a merge carries or states
+    has its type and range, parts are the study's, and each carried part has something to show."""
+    check = _Checked(label)
+    if not isinstance(summary, dict) or not isinstance(summary.get("settings"), dict):
+        raise RlptuneError(f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')")
+    parts = check.parts(summary["settings"].get("parts"), "settings.parts")
+    sweep = summary["settings"].get("sweep_datasets")
+    if sweep is not None and not (isinstance(sweep, list) and all(isinstance(d, str) for d in sweep)):
+        raise check.fail("settings.sweep_datasets", sweep, "a list of dataset names")
+    check.count(summary.get("runs"), "runs")
+    check.count(summary.get("planned_runs"), "planned_runs", optional=True)
+    for key in ("wall_seconds", "train_seconds_total"):
+        check.seconds(summary.get(key), key)
+    for key in ("made_at", "rlptune_version"):
+        check.text(summary.get(key), key, optional=True)
+    tables = check.file_names(summary.get("tables"), "tables")
+    figures = check.file_names(summary.get("figures", []), "figures", ".png")
+    for i, claim in enumerate(check.items(summary.get("claims"), "claims")):
+        check.mapping(claim, f"claims[{i}]")
+        for key in ("claim", "evidence", "verdict"):
+            check.text(claim.get(key), f"claims[{i}].{key}")
+        if claim.get("part") is not None:
+            check.parts([claim["part"]], f"claims[{i}].part")
+    for i, entry in enumerate(check.items(summary.get("skipped"), "skipped", optional=True)):
+        check.mapping(entry, f"skipped[{i}]")
+        check.parts([entry.get("part")], f"skipped[{i}].part", _SKIPPED_PARTS, "the study's parts and protocols")
+        for key in ("variant", "reason"):
+            check.text(entry.get(key), f"skipped[{i}].{key}")
+    estimate = summary.get("full_study_estimate")
+    if estimate is not None:
+        check.mapping(estimate, "full_study_estimate")
+        check.count(estimate.get("runs"), "full_study_estimate.runs", optional=True)
+        check.seconds(estimate.get("seconds"), "full_study_estimate.seconds")
+        check.text(estimate.get("basis"), "full_study_estimate.basis", optional=True)
+        for method, rate in check.mapping(estimate.get("rates", {}), "full_study_estimate.rates").items():
+            check.seconds(rate, f"full_study_estimate.rates.{method}")
+    if "pieces" in summary:  # reports written before --merge have none: the report is then one piece
+        pieces = check.items(summary["pieces"], "pieces")
+        if not pieces:
+            raise check.fail("pieces", pieces, "one entry per invocation that made the report")
+        covered: list[str] = []
+        for i, piece in enumerate(pieces):
+            check.mapping(piece, f"pieces[{i}]")
+            names = check.parts(piece.get("parts"), f"pieces[{i}].parts", parts, "settings.parts")
+            if not names:
+                raise check.fail(f"pieces[{i}].parts", names, "the parts that piece made")
+            covered += names
+            check.count(piece.get("runs"), f"pieces[{i}].runs")
+            for key in ("wall_seconds", "train_seconds_total"):
+                check.seconds(piece.get(key), f"pieces[{i}].{key}")
+            for key in ("source", "made_at", "rlptune_version"):
+                check.text(piece.get(key), f"pieces[{i}].{key}", optional=True)
+        if sorted(covered) != sorted(parts):
+            raise check.fail("pieces", [p.get("parts") for p in pieces], f"the parts of settings.parts ({', '.join(parts)}), "
+                             "each made by one piece")
+    return summary
+
+
+def _check_carried(summary: Mapping[str, Any], parts: Sequence[str], label: str) -> None:
+    """Each part carried into the joined report has a table or figure to show, or says why it was skipped: a part
+    with nothing would be claimed by the joined report without any result behind it."""
+    shown = {_part_of(t, TABLE_PARTS) for t in summary["tables"]} | {_part_of(f, FIGURE_PARTS) for f in summary.get("figures", [])}
+    skipped = {e["part"] for e in summary.get("skipped") or []}
+    for part in parts:
+        stated = {part} | ({"few-shot", "cross-dataset", "domain-gen"} if part == "transfer" else set())
+        if part not in shown and not (stated & skipped):
+            raise RlptuneError(f"{label}: its part {part!r} has no table or figure (and no skipped entry saying why); "
+                               f"run that part in this invocation instead of carrying it")
+
+
 def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierReport:
     """Read an earlier report folder (or its ``evidence.json``) and keep the parts ``settings`` does not run; its
     settings must equal this study's in everything the parts are measured on, else one line says which differs."""
@@ -712,18 +846,18 @@ def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierRep
     file = path if path.suffix == ".json" else path / "evidence.json"
     label = f"reproduce --merge {file}"
     try:
-        summary = json.loads(file.read_text())
-        earlier = summary["settings"]
+        summary = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RlptuneError(f"{label}: no such file; expected a report folder written by `rlptune reproduce rlp`") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raise RlptuneError(f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')") from None
+    earlier = _check_summary(summary, label)["settings"]
     mine = S.jsonable(vars(settings))
     for key in SHARED_SETTINGS:
         if earlier.get(key) != mine.get(key):
             raise RlptuneError(f"{label}: its settings.{key} is {earlier.get(key)!r}, this study's is {mine.get(key)!r}; "
                                "a report joins only parts measured with the same " + ", ".join(SHARED_SETTINGS))
-    parts = [p for p in earlier.get("parts", []) if p in PARTS and p not in settings.parts]
+    parts = [p for p in earlier["parts"] if p not in settings.parts]
     if not parts:
         raise RlptuneError(f"{label}: it holds no part that this invocation does not run (its parts: "
                            f"{', '.join(earlier.get('parts', [])) or 'none'}; this one's: {', '.join(settings.parts)})")
@@ -731,18 +865,23 @@ def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierRep
             and earlier.get("sweep_datasets") != mine.get("sweep_datasets"):
         raise RlptuneError(f"{label}: its parts 3-5 ran on {earlier.get('sweep_datasets')}, this study's on "
                            f"{mine.get('sweep_datasets')}; one report states one set of sweep datasets")
+    _check_carried(summary, parts, label)
     folder = file.parent
     tables = []
-    for name in summary.get("tables", []):
+    for name in summary["tables"]:
         if _part_of(name, TABLE_PARTS) not in parts:
             continue
         try:
-            data = json.loads((folder / f"{name}.json").read_text())
+            data = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+            if not (isinstance(data["title"], str) and isinstance(data.get("note", ""), str)
+                    and isinstance(data["columns"], list) and all(isinstance(c, str) for c in data["columns"])
+                    and isinstance(data["rows"], list) and all(isinstance(r, dict) for r in data["rows"])):
+                raise TypeError
             tables.append(EvidenceTable(name, data["title"], list(data["columns"]), list(data["rows"]), data.get("note", "")))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
             raise RlptuneError(f"{label}: its table {folder / (name + '.json')} is missing or not a report table") from None
     claims = [dict(c, part=_claim_part(c)) for c in summary.get("claims", []) if _claim_part(c) in parts]
-    skipped = [s for s in summary.get("skipped", []) if s.get("part") in parts
+    skipped = [s for s in summary.get("skipped") or [] if s.get("part") in parts
                or (s.get("part") in ("few-shot", "cross-dataset", "domain-gen") and "transfer" in parts)]
     figures = [f for f in summary.get("figures", []) if _part_of(f, FIGURE_PARTS) in parts]
     for figure in figures:

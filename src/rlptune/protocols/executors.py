@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -57,6 +58,10 @@ class ExecutorSettings:
     slurm_cluster: str = _f("slurm", "slurm | local (submitit's local executor: the Slurm code path as local subprocesses)")
 
     def validate(self) -> "ExecutorSettings":
+        for f in fields(self):  # argparse's float() takes nan and inf; Slurm's int(inf) would be a traceback
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RlptuneError(f"--{_flag(f)} {value}: expected a finite number")
         if self.kind not in EXECUTORS:
             raise RlptuneError(f"--executor {self.kind!r}: expected one of {', '.join(EXECUTORS)}")
         if self.jobs < 1:

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import yaml
 
 from .. import io
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
 from ..config import resolve_config
+from ..options import read_setting_text
 from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
 from ..engine import pipeline
@@ -117,7 +117,7 @@ def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
             raise RlptuneError(f"--grid {item!r}: expected section.field=v1,v2,…, e.g. prompt.rank=1,2,4,8")
         key, raw = item.split("=", 1)
         section, name = key.split(".", 1)
-        values = [yaml.safe_load(v) for v in raw.split(",") if v != ""]
+        values = [read_setting_text(v) for v in raw.split(",") if v != ""]  # as --set and a YAML file read them
         if not values:
             raise RlptuneError(f"--grid {item!r}: no values")
         repeated = [v for i, v in enumerate(values) if any(v == w and type(v) is type(w) for w in values[:i])]

@@ -172,8 +172,7 @@ def test_a_huge_declared_rank_is_one_line_in_predict_and_from_pretrained(sized_a
                                                                           nothing_is_built):
     folder = shutil.copytree(sized_adapters["rlp-rank"], tmp_path / "rank")
     edit_config(folder, lambda p: p["settings"]["prompt"].update(rank=10**12))
-    expected = (f"{folder / CONFIG}: settings.prompt.rank is 1000000000000, but tensor 'prompt.A' of {MODEL} has 1 "
-                f"there (shape (4, 1)); the settings and the tensors do not belong together")
+    expected = f"{folder / CONFIG}: settings.prompt.rank must be <= 4096, got 1000000000000"  # the settings' bound
     code, out, err = run_cli(["predict", folder, images, "--no-progress", "--device", "cpu"], capsys)
     assert assert_cli_error(code, out, err) == f"rlptune: error: {expected}"
     with pytest.raises(RlptuneError) as info:
@@ -186,11 +185,15 @@ def test_every_declared_size_names_the_field_and_both_numbers(case, sized_adapte
     method, _, _, path, field = SIZED[case]
     folder = shutil.copytree(sized_adapters[case], tmp_path / case)
     stored = _declared(folder, path)  # a consistent adapter declares what it stores
-    edit_config(folder, lambda p: _set(p, path, 10**12))
+    edit_config(folder, lambda p: _set(p, path, 4000))  # within the settings' bound, not what is stored
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
     message = one_line(info)
-    assert message.startswith(f"{folder / CONFIG}: {field} is 1000000000000, but tensor '") and f" has {stored} there" in message
+    assert message.startswith(f"{folder / CONFIG}: {field} is 4000, but tensor '") and f" has {stored} there" in message
+    edit_config(folder, lambda p: _set(p, path, 10**12))  # beyond the bound: refused before the shapes are read
+    with pytest.raises(RlptuneError) as info:
+        load_adapter(folder)
+    assert one_line(info) == f"{folder / CONFIG}: {field} must be <= 4096, got 1000000000000"
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -207,17 +210,20 @@ def test_no_declared_size_other_than_the_stored_one_is_ever_built(case, value, s
         with pytest.raises(RlptuneError) as info:
             load_adapter(folder)
     message = one_line(info)
-    assert f"{field} is {value}, but tensor " in message and f" has {stored} there" in message
+    if value > 4096:  # the settings' own bound comes first, naming the file and the field
+        assert message == f"{folder / CONFIG}: {field} must be <= 4096, got {value}"
+    else:
+        assert f"{field} is {value}, but tensor " in message and f" has {stored} there" in message
 
 
 def test_a_size_no_tensor_carries_is_bounded_by_the_stored_ones(tiny, tmp_path, nothing_is_built):
     """A low-rank rank declared over a full-rank file: no tensor carries it, so it may not exceed what is stored."""
     folder = make_adapter(tmp_path / "full", tiny, "coop")
-    edit_config(folder, lambda p: p["settings"]["prompt"].update(kind="lowrank", rank=10**12))
+    edit_config(folder, lambda p: p["settings"]["prompt"].update(kind="lowrank", rank=4000))
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
     assert one_line(info) == (
-        f"{folder / CONFIG}: settings.prompt.rank is 1000000000000, but no tensor of {MODEL} carries it and the largest "
+        f"{folder / CONFIG}: settings.prompt.rank is 4000, but no tensor of {MODEL} carries it and the largest "
         f"dimension stored is 32; the settings and the tensors do not belong together"
     )
 

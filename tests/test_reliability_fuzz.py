@@ -4,6 +4,7 @@ one-line RlptuneError, never another exception. (Split files and CSVs are fuzzed
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import itertools
 import json
 
@@ -224,6 +225,7 @@ def test_train_command_with_fuzzed_config_files(places, capsys):
 
     def up_to_training(config, output_dir, **kwargs):
         # the order of api.train: data (few-shot draw written to the run folder), then the backbone
+        output_dir = Path(output_dir)  # the CLI passes -o as typed
         splits = api.prepare_dataset(config, output_dir / "few_shot.json", output_dir / "skipped_images.json")
         backbone = api.resolve_backbone(config)
         assert splits.train and backbone.identity

@@ -207,7 +207,11 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         raise RlptuneError(
             f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}: {differs}"
         )
-    config = config_from_dict({**payload["settings"]}, f"{config_path}")
+    try:
+        config = config_from_dict({**payload["settings"]}, f"{config_path}")
+    except RlptuneError as exc:  # a bound or a type of the settings: name the adapter file and the field in it
+        message = str(exc)
+        raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: settings.{message}") from None
     config.method.name = payload["method"]
     if not model_path.is_file():
         raise RlptuneError(f"{directory}: missing {model_path.name}")

@@ -54,7 +54,7 @@ def main() -> None:
             if "delta" in d and "P" in d:
                 moved.append(d["delta"].get("frobenius_norm", float("nan")) / max(d["P"].get("frobenius_norm", 1e-12), 1e-12))
         rows.append((label, base, new, 2 * base * new / max(base + new, 1e-9), statistics.mean(moved) if moved else float("nan"), seconds))
-    print(f"| variant | base | new | H | ‖ΔP‖/‖P‖ | seconds |\n|---|---|---|---|---|---|")
+    print("| variant | base | new | H | ‖ΔP‖/‖P‖ | seconds |\n|---|---|---|---|---|---|")
     for label, b, n, h, m, s in rows:
         print(f"| {label} | {b:.1f} | {n:.1f} | {h:.1f} | {m:.3f} | {s:.0f} |")
     print(f"\nresults: {results}  (torch threads {torch.get_num_threads()})")

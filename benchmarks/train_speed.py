@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import ctypes
 import json
-import math
 import os
 import statistics
 import sys

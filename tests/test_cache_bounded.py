@@ -292,7 +292,7 @@ def test_streaming_views_give_byte_identical_adapters_and_write_no_views(trained
     disk = (trained / "disk" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     memory = (trained / "memory" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert disk == memory
-    losses = {v: [json.loads(l)["loss"] for l in (trained / v / "metrics.jsonl").read_text().splitlines()]
+    losses = {v: [json.loads(ln)["loss"] for ln in (trained / v / "metrics.jsonl").read_text().splitlines()]
               for v in ("disk", "memory")}
     assert losses["disk"] == losses["memory"] and len(losses["disk"]) == 3
     views_on_disk = [json.loads(p.read_text())["view"] for p in (trained / "cache-memory" / "features").glob("*.json")]

@@ -151,7 +151,7 @@ def _vision_by_hand(backbone, images, prompts, before_ln_pre: bool) -> torch.Ten
     x = v.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     x = torch.cat([v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1), x], dim=1) + v.positional_embedding
-    own, n = x.shape[1], prompts.shape[1]
+    n = prompts.shape[1]
     first = prompts[0].unsqueeze(0).expand(x.shape[0], -1, -1)
     x = v.ln_pre(torch.cat([x, first], dim=1)) if before_ln_pre else torch.cat([v.ln_pre(x), first], dim=1)
     for i, block in enumerate(v.transformer.resblocks):

@@ -60,9 +60,9 @@ def test_two_processes_equal_one_process(tiny_arch_path, colour_folder, tmp_path
         assert (one[name] - two[name]).abs().max().item() < 1e-5, name
 
     # one writer: every epoch logged once, one result, the same training loss as one process
-    lines = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2, 3]
-    ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [1, 2, 3]
+    ref = [json.loads(ln) for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(lines, ref):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and a["train_acc"] == b["train_acc"] and a["steps"] == b["steps"]
     result = json.loads((tmp_path / "two" / "result.json").read_text())

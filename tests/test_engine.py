@@ -38,8 +38,8 @@ def test_learning_happens_on_held_out_images(tiny, colour_folder, tmp_path):
     zero = train(_config(colour_folder, tmp_path, method={"name": "zeroshot"}), tmp_path / "zs", backbone=tiny, progress=False)
     assert result["metrics"]["test"]["top1"] >= 70.0  # 4 classes: chance is 25% (0.1.0 reached 75.0, this schedule 72.9)
     assert result["metrics"]["test"]["top1"] > zero["metrics"]["test"]["top1"] + 25
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == list(range(1, 21))
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == list(range(1, 21))
     assert lines[-1]["loss"] < lines[0]["loss"]
     diag = lines[-1]["diagnostics"]["ctx"]  # singular-value diagnostics of P and of P - P_init, every epoch
     assert 0.0 < diag["P"]["id_k"] <= 1.0 and diag["delta"]["frobenius_norm"] > 0
@@ -80,7 +80,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, colour_folder, tmp
     full = (tmp_path / "full" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     resumed = (tmp_path / "killed" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert full == resumed
-    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
 
 

@@ -11,7 +11,6 @@ import json
 
 import pytest
 from conftest import backbone_from_arch
-import torch
 
 from rlptune.backbones import load_backbone
 from rlptune.config import resolve_config

@@ -1,6 +1,5 @@
 """The shipped micro CLIP loads offline into open_clip's CLIP and is as good as when it was calibrated."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

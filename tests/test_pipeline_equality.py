@@ -43,7 +43,7 @@ def datasets(tmp_path_factory):
     _images(folder, 12)
     json_root = base / "json"
     rows = _images(json_root / "images", 12, seed=1)
-    (json_root / "split.json").write_text(json.dumps(_split_rows([[f"images/{p}", l, c] for p, l, c in rows])))
+    (json_root / "split.json").write_text(json.dumps(_split_rows([[f"images/{p}", ln, c] for p, ln, c in rows])))
     dtd = base / "coop" / "dtd"
     rows = _images(dtd / "images", 12, seed=2)
     (dtd / "split_zhou_DescribableTextures.json").write_text(json.dumps(_split_rows([list(r) for r in rows])))

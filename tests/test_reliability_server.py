@@ -262,7 +262,7 @@ def test_a_served_adapter_whose_logits_overflow_answers_409_on_classify(backbone
 
 def test_non_finite_logits_at_scoring_time_are_a_409_not_nan_probabilities(backbone, sources, tmp_path, images):
     """The batcher's own check, for logits that overflow on some images only (the load-time probe saw none)."""
-    from rlptune.serve.tasks import LoadedTask, TaskInfo
+    from rlptune.serve.tasks import LoadedTask
 
     root = tmp_path / "adapters"
     copy_adapter(sources["good"], root / "good")

@@ -214,8 +214,8 @@ def _concurrent(client, jobs):
 
 def _batch_counts(client) -> tuple[int, int]:
     text = client.get("/metrics").text
-    count = int(next(l for l in text.splitlines() if l.startswith("rlptune_batch_images_count")).split()[-1])
-    images = int(next(l for l in text.splitlines() if l.startswith("rlptune_images_total")).split()[-1])
+    count = int(next(ln for ln in text.splitlines() if ln.startswith("rlptune_batch_images_count")).split()[-1])
+    images = int(next(ln for ln in text.splitlines() if ln.startswith("rlptune_images_total")).split()[-1])
     return count, images
 
 

@@ -11,9 +11,9 @@ import torch
 from rlptune.backbones import load_backbone
 from rlptune.config import resolve_config
 from rlptune.data import load_dataset
-from rlptune.engine import predict, prepare_dataset, train
+from rlptune.engine import prepare_dataset, train
 from rlptune.engine.features import FeatureCache, cache_key
-from rlptune.engine.trainer import Trainer, evaluate_split
+from rlptune.engine.trainer import Trainer
 from rlptune.methods import build_method
 
 

@@ -188,7 +188,6 @@ def _read_classes(value: str) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.adapter import load_adapter
     from .engine.api import check_predictions_output, predict, write_predictions_csv
 
     if args.top_k < 1:
@@ -205,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         for row in rows:
-            best = ", ".join(f"{_printable(l)} {p:.3f}" for l, p in zip(row["labels"], row["probs"]))
+            best = ", ".join(f"{_printable(ln)} {p:.3f}" for ln, p in zip(row["labels"], row["probs"]))
             print(f"{_printable(row['path'])}\t{best}")
     return 0
 

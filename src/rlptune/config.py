@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any, Optional
 import yaml
 
 from .errors import RlptuneError
-
-_log = logging.getLogger(__name__)
 from .options import (
     MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_SEED, MAX_SHOTS, MAX_STEPS, MAX_TOKENS, MAX_VIEWS, MAX_WORKERS,
     SettingsLoader, check_ranges, coerce, options_dict, parse_options, read_setting_text, settle_numbers, type_hints,
 )
-from . import recipes, registry
+from . import recipes, registry  # after .options: the order the package imports in
+
+_log = logging.getLogger(__name__)
 
 
 

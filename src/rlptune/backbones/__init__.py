@@ -30,6 +30,7 @@ def attention_block(name: str) -> tuple[str, int] | None:
     return None
 
 __all__ = [
+    "write_clip_tokenizer_files",
     "Backbone",
     "BackboneFamily",
     "BackboneRequest",

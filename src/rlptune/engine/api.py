@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .. import io
-from ..backbones import Backbone, eval_transform
+from ..backbones import Backbone
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import build_method

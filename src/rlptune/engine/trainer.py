@@ -97,8 +97,8 @@ class TrainState:
 def prompt_diagnostics_for(method) -> dict[str, Any]:
     """Singular-value diagnostics of every prompt of the method (ID_1, effective rank …), JSON-ready."""
     out = {}
-    for name, (current, initial) in method.prompt_matrices().items():
-        out[name] = prompt_diagnostics(current, initial)
+    for name, (effective, initial) in method.prompt_matrices().items():
+        out[name] = prompt_diagnostics(effective, initial)
     return out
 
 
@@ -300,8 +300,8 @@ class Trainer:
                     method.train()
             # the effective prompts (e.g. P_fr + P_A @ P_B) can overflow while their factors are finite: never log
             # diagnostics of, or checkpoint, a diverged prompt
-            for name, (current, _) in method.prompt_matrices().items():
-                if not bool(torch.isfinite(current).all()):
+            for name, (effective, _) in method.prompt_matrices().items():
+                if not bool(torch.isfinite(effective).all()):
                     self._diverged(f"prompt {name!r} became non-finite during epoch {epoch + 1}", lr)
             state.records.append(record)
             state.epochs_done = epoch + 1

@@ -39,7 +39,6 @@ from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, dataset_scenes, micro_spec
 from . import world as W
 
 from . import MICRO_CONFIG_PATH as CONFIG_PATH
-from . import MICRO_WEIGHTS_PATH as WEIGHTS_PATH
 WEIGHTS_NAME = "micro_clip.safetensors"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -239,7 +238,7 @@ def quick_zero_shot(model, tokenizer, per_class: int = 10, embed=None, style_pro
         n = spec.splits["test"]
         scenes = [x for k, x in enumerate(dataset_scenes(name, "test")) if k % n < per_class]
         imgs = images_to_tensor([W.render(s, r) for s, _l, r in scenes])
-        labels = torch.tensor([l for _s, l, _r in scenes])
+        labels = torch.tensor([ln for _s, ln, _r in scenes])
         template = GENERIC_TEMPLATE
         if style_prompt:
             template = W.STYLE_TEMPLATES[spec.style][0].format("a {}") + "."

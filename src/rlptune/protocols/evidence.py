@@ -784,8 +784,8 @@ def _check_summary(summary: Any, label: str) -> dict[str, Any]:
         check.seconds(summary.get(key), key)
     for key in ("made_at", "rlptune_version"):
         check.text(summary.get(key), key, optional=True)
-    tables = check.file_names(summary.get("tables"), "tables")
-    figures = check.file_names(summary.get("figures", []), "figures", ".png")
+    check.file_names(summary.get("tables"), "tables")
+    check.file_names(summary.get("figures", []), "figures", ".png")
     for i, claim in enumerate(check.items(summary.get("claims"), "claims")):
         check.mapping(claim, f"claims[{i}]")
         for key in ("claim", "evidence", "verdict"):

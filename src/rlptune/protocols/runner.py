@@ -24,14 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from .. import io
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
 from ..config import resolve_config
 from ..options import read_setting_text
-from ..data.items import DatasetSplits
 from ..analysis.tables import harmonic_mean
 from ..engine import pipeline
 from ..rundir import read_result

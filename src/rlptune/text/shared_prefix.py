@@ -245,7 +245,7 @@ def encode_pack(tower, cache: PrefixCache, own: torch.Tensor, pack: ClassPack) -
     ones pooled (under the causal mask no other token of the last block can reach them)."""
     device = own.device
     p, batch = cache.length, cache.batch
-    count, longest = len(pack.members), pack.longest
+    count = len(pack.members)
     cast = tower.cast_dtype
     rows, eot, padded, slots = (t.to(device) for t in (pack.rows, pack.eot, pack.padded, pack.slots))
     tokens = own.reshape(-1, own.shape[-1])[rows]  # (T, d)

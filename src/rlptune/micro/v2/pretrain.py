@@ -178,7 +178,7 @@ def train_image_tower(model, images: np.ndarray, scenes: list[W.Scene], seed: in
         x = random_resized_crop(images_to_tensor(images[idx.numpy()]), gen)
         logits = heads(visual(x))
         losses = {a: F.cross_entropy(logits[a], labels[a][idx]) for a in logits}
-        loss = sum(HEAD_WEIGHTS[a] * l for a, l in losses.items())
+        loss = sum(HEAD_WEIGHTS[a] * ln for a, ln in losses.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

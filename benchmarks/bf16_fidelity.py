@@ -78,7 +78,9 @@ def suite(results: Path) -> dict[str, Any]:
             entry[metric] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high], "p": cmp.p_value,
                              "mean_fp32": cmp.mean_b, "mean_bf16": cmp.mean_a, "seed_spread_fp32": spread,
                              "within_seed_spread": bool(cmp.n >= 2 and -spread <= cmp.ci_low and cmp.ci_high <= spread),
-                             "ci_contains_0": bool(cmp.n >= 2 and cmp.ci_low <= 0 <= cmp.ci_high)}
+                             "ci_contains_0": bool(cmp.n >= 2 and cmp.ci_low <= 0 <= cmp.ci_high),
+                             "pairs": [{"dataset": p["dataset"], "seed": p["seed"], "bf16": p["a"], "fp32": p["b"]}
+                                       for p in cmp.pairs]}
         out[method] = entry
     pooled = {}
     for metric in ("base", "new", "h"):
@@ -213,7 +215,7 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for method, r in report["vitb16"]["methods"].items():
             clear = r["top1_agreement_clear_margin"]
-            lines.append(f"| {method}{' (image prompts)' if r['prompts_the_image_tower'] else ''} | {r['images']} | "
+            lines.append(f"| {method}{' (own image pass)' if r['prompts_the_image_tower'] else ''} | {r['images']} | "
                          f"{r['max_abs_logit_diff']:.3f} | {r['mean_abs_logit_diff']:.4f} | {r['logit_range_fp32']:.2f} | "
                          f"{100 * r['top1_agreement']:.1f}% | {'–' if clear is None else f'{100 * clear:.1f}%'} ({r['clear_margin_images']}) |")
         t = report["vitb16"]["text_path"]

@@ -88,7 +88,7 @@ def test_auto_on_a_cpu_is_bf16_only_when_native_and_cleared(machine):
 
 
 def test_the_switch_starts_off_and_every_recipe_method_has_a_sourced_official_precision():
-    assert P.CPU_BF16_WITHIN_SEED_SPREAD is False  # set by the lead from the fidelity table, not by default
+    assert P.CPU_BF16_WITHIN_SEED_SPREAD is True  # set from the fidelity table (benchmarks/bf16_fidelity_results.json)
     assert set(recipes.OFFICIAL_PRECISION) == set(recipes.recipe_methods())
     for method, (precision, source, how) in recipes.OFFICIAL_PRECISION.items():
         assert precision in P.PRECISIONS and how, method
@@ -319,3 +319,33 @@ def test_the_reliability_catalogue_lists_these_cases():
     assert "tests/test_precision_auto.py" in section
     assert re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M) == list(CASES)
     assert all(callable(globals().get(name)) for name in CASES.values())
+
+
+def test_rlptune_cpu_bf16_0_keeps_auto_at_fp32_on_a_bf16_cpu(monkeypatch):
+    """The documented way to keep fp32 where auto would pick bf16 (the suite itself runs with it)."""
+    try:
+        for value, expected in (("0", False), ("1", P.cpuinfo_has_bf16(Path("/proc/cpuinfo").read_text())
+                                              if Path("/proc/cpuinfo").is_file() else P.cpu_native_bf16())):
+            monkeypatch.setenv("RLPTUNE_CPU_BF16", value)
+            P.cpu_native_bf16.cache_clear()
+            assert P.cpu_native_bf16() is expected
+            if value == "0":
+                assert P.resolve_precision("auto", "cpu", "coop") == "fp32"
+    finally:
+        monkeypatch.undo()
+        P.cpu_native_bf16.cache_clear()  # the rest of the suite reads the variable conftest set
+
+
+def test_demo_and_study_pin_fp32_whatever_the_cpu(monkeypatch, tmp_path):
+    """Their published tables were measured in fp32 and must read the same on a CPU where auto is bf16."""
+    from rlptune import demo
+    from rlptune.protocols import evidence
+    from rlptune.protocols.runner import make_specs
+
+    monkeypatch.setattr(P, "cpu_native_bf16", lambda: True)
+    assert P.resolve_precision("auto", "cpu", "coop") == "bf16"  # auto would pick bf16 here
+    specs = make_specs("base2new", ["micro2-shapes"], ["coop"], [1], [16], backbone="micro-v2",
+                       base_overrides={"train": dict(demo.DEMO_TRAIN), "backbone": dict(demo.DEMO_BACKBONE_SETTINGS)})
+    assert all(s.overrides["backbone"]["precision"] == "fp32" for s in specs)
+    source = Path(evidence.__file__).read_text(encoding="utf-8")
+    assert 'base_overrides={"backbone": {"precision": "fp32"}' in source

@@ -191,7 +191,7 @@ def _specs(protocol: str, datasets: Sequence[str], variant: Variant, settings: S
     train = settings.train_overrides(protocol)
     specs = make_specs(
         protocol, datasets, [variant.method], settings.seeds, shots, backbone=settings.backbone,
-        data_root=settings.data_root, grid=[changes], targets=targets, base_overrides={"train": train} if train else None,
+        data_root=settings.data_root, grid=[changes], targets=targets, base_overrides={"backbone": {"precision": "fp32"}, **({"train": train} if train else {})},
     )
     return specs
 

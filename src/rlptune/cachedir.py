@@ -655,22 +655,29 @@ def _clear_one(entry: Entry, root_fd: int, features_fd: int | None, locks_fd: in
     return freed
 
 
-def _unlink_under(root_fd: int, rel: str) -> int:
-    """Remove the regular file at ``rel`` under the cache root, opening each folder on the way with O_NOFOLLOW."""
+@contextlib.contextmanager
+def _parent_folder(root_fd: int, rel: str):
+    """(folder fd, last name) of ``rel`` under the cache root, each folder on the way opened with O_NOFOLLOW;
+    the fd is None when a folder on the way is missing or a link."""
     parts = rel.split("/")
     fds: list[int] = []
     try:
-        current = root_fd
+        current: int | None = root_fd
         for part in parts[:-1]:
-            fd = _open_folder(part, current)
-            if fd is None:
-                return 0
-            fds.append(fd)
-            current = fd
-        return _unlink(parts[-1], current)
+            current = _open_folder(part, current)
+            if current is None:
+                break
+            fds.append(current)
+        yield current, parts[-1]
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _unlink_under(root_fd: int, rel: str) -> int:
+    """Remove the regular file at ``rel`` under the cache root, opening each folder on the way with O_NOFOLLOW."""
+    with _parent_folder(root_fd, rel) as (folder, name):
+        return 0 if folder is None else _unlink(name, folder)
 
 
 def _remove_empty_folders(root_fd: int, top: str) -> None:
@@ -689,20 +696,9 @@ def _remove_empty_folders(root_fd: int, top: str) -> None:
         with contextlib.suppress(OSError):
             os.rmdir(name, dir_fd=parent_fd)  # fails when not empty (foreign files stay, with their folders)
 
-    parts = top.split("/")
-    fds: list[int] = []
-    try:
-        current = root_fd
-        for part in parts[:-1]:
-            fd = _open_folder(part, current)
-            if fd is None:
-                return
-            fds.append(fd)
-            current = fd
-        visit(current, parts[-1])
-    finally:
-        for fd in fds:
-            os.close(fd)
+    with _parent_folder(root_fd, top) as (folder, name):
+        if folder is not None:
+            visit(folder, name)
 
 
 # -- reporting -----------------------------------------------------------------------------------------------------

@@ -558,6 +558,24 @@ def test_predict_output_replaces_an_earlier_predictions_csv(world, trained, caps
         assert code == 0 and output.read_text().startswith("path,label_1,prob_1")
 
 
+@pytest.mark.parametrize("target", ["input-image", "user-file", "folder", "empty"])
+def test_eval_json_never_replaces_an_input_or_a_users_file(world, trained, capsys, target):
+    """eval --json writes metrics; it may replace an earlier metrics file and nothing else, checked before eval."""
+    images = world / "proj" / "data" / "test" / "red"
+    output = {"input-image": next(images.iterdir()), "user-file": world / "proj" / "thesis.tex",
+              "folder": world / "proj", "empty": ""}[target]
+    before = tree(world)
+    code, err = run_cli(["eval", trained / "adapter", "--dataset", "folder", "--data-root", world / "proj" / "data",
+                         "--json", output], capsys)
+    one_line(code, err, "--json")
+    assert tree(world) == before
+    metrics = world / "work" / "metrics.json"
+    for _ in range(2):  # an earlier metrics file is replaced
+        code, _err = run_cli(["eval", trained / "adapter", "--dataset", "folder", "--data-root",
+                              world / "proj" / "data", "--json", metrics], capsys)
+        assert code == 0 and '"top1"' in metrics.read_text()
+
+
 #: The rows of docs/RELIABILITY.md's round-3 section, and the test that holds each.
 CASES = {
     "out-is-data-root": "test_output_is_the_data_root",
@@ -584,6 +602,7 @@ CASES = {
     "out-property": "test_no_combination_of_output_and_flags_loses_a_file_outside_a_run",
     "predict-out-protected": "test_predict_output_never_replaces_an_input_or_a_users_file",
     "predict-out-replaces-its-csv": "test_predict_output_replaces_an_earlier_predictions_csv",
+    "eval-json-protected": "test_eval_json_never_replaces_an_input_or_a_users_file",
 }
 
 

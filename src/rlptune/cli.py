@@ -151,9 +151,19 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+def _check_metrics_json(args: argparse.Namespace) -> None:
+    """``--json FILE`` replaces an earlier metrics file and nothing else; checked before any work."""
+    if args.json is not None:
+        from .rundir import check_output_file
+
+        check_output_file(args.json, "--json", lambda first: first.lstrip().startswith(b"{") and b'"top1"' in first,
+                          "a metrics JSON")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.api import evaluate
 
+    _check_metrics_json(args)
     method = _load_adapter(args)
     config, splits = _data_splits(args)
     metrics = evaluate(method, splits, args.split, batch_size=config.eval.batch_size)
@@ -168,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .engine.api import evaluate, prepare_dataset, resolve_backbone, zero_shot_method
 
+    _check_metrics_json(args)
     config = resolve_config(getattr(args, "config", None), _overrides(args), base={"method": {"name": "zeroshot"}, "data": {"shots": 0}})
     splits = prepare_dataset(config)
     backbone = resolve_backbone(config)

@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import __version__, io
 from .errors import RlptuneError
@@ -163,6 +163,29 @@ OUTPUT_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
 #: Entries that say nothing about whose folder it is: what operating systems and archive tools leave, and rlptune's
 #: own bookkeeping beside a run folder (its lock, staging and old folders) or of an interrupted atomic write.
 _IGNORED = (".DS_Store", "._*", "Thumbs.db", "desktop.ini", ".*.rlptune.lock", ".*.staging-*", ".*.old-*", ".*.tmp")
+
+
+def check_output_file(path: str | os.PathLike, option: str, ours: Callable[[bytes], bool], what: str) -> Path:
+    """Refuse a file output that would replace anything but an earlier output of the same kind (an input image, a
+    user's file, a folder, a link): an output never destroys an input. ``ours(first_bytes)`` recognises an earlier
+    output; call this before the work, so nothing runs in vain."""
+    target = Path(path)
+    if not str(path).strip():
+        raise RlptuneError(f"{option}: the file name is empty; expected a path for {what}")
+    if target.is_dir():
+        raise RlptuneError(f"{target}: cannot write (it is a folder); {option} expects a file path for {what}")
+    if target.exists() or target.is_symlink():
+        try:
+            with open(target, "rb") as handle:
+                first = handle.read(4096)
+        except OSError as exc:
+            raise RlptuneError(f"{target}: cannot read the existing {option} file ({exc.strerror or exc})") from None
+        if target.is_symlink() or not ours(first):
+            raise RlptuneError(
+                f"{target}: exists and is not {what} rlptune wrote; choose a new {option} file "
+                f"(only an earlier one is replaced)"
+            )
+    return target
 
 
 def check_output_folder(

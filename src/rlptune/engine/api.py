@@ -22,7 +22,6 @@ import torch
 from .. import io
 from ..backbones import Backbone
 from ..data.items import DatasetSplits
-from ..errors import RlptuneError
 from ..methods import build_method
 from . import pipeline
 from .adapter import load_adapter
@@ -70,25 +69,11 @@ def predict(
 
 
 def check_predictions_output(path: str | Path) -> Path:
-    """Refuse an output that would replace anything but an earlier predictions CSV (an input image, a user's
-    file, a folder): an output never destroys an input. Called before predicting, so nothing runs in vain."""
-    target = Path(path)
-    if not str(path).strip():
-        raise RlptuneError("-o/--output: the predictions file name is empty; expected a .csv path")
-    if target.is_dir():
-        raise RlptuneError(f"{target}: cannot write (it is a folder); -o/--output expects a .csv file path")
-    if target.exists() or target.is_symlink():
-        try:
-            with open(target, "rb") as handle:
-                first = handle.read(64)
-        except OSError as exc:
-            raise RlptuneError(io.os_error_line(exc, target, "read the existing output file")) from None
-        if target.is_symlink() or not first.startswith(b"path,label_1,prob_1"):
-            raise RlptuneError(
-                f"{target}: exists and is not a predictions CSV rlptune wrote; choose a new -o/--output file "
-                f"(only an earlier predictions CSV is replaced)"
-            )
-    return target
+    """``predict -o``: replaces an earlier predictions CSV and nothing else (see :func:`check_output_file`)."""
+    from ..rundir import check_output_file
+
+    return check_output_file(path, "-o/--output", lambda first: first.startswith(b"path,label_1,prob_1"),
+                             "a predictions CSV")
 
 
 def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int) -> Path:

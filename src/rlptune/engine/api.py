@@ -22,6 +22,7 @@ import torch
 from .. import io
 from ..backbones import Backbone
 from ..data.items import DatasetSplits
+from ..rundir import check_output_file
 from ..methods import build_method
 from . import pipeline
 from .adapter import load_adapter
@@ -70,8 +71,6 @@ def predict(
 
 def check_predictions_output(path: str | Path) -> Path:
     """``predict -o``: replaces an earlier predictions CSV and nothing else (see :func:`check_output_file`)."""
-    from ..rundir import check_output_file
-
     return check_output_file(path, "-o/--output", lambda first: first.startswith(b"path,label_1,prob_1"),
                              "a predictions CSV")
 

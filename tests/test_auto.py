@@ -95,6 +95,11 @@ def test_a_bad_rank_list_is_refused_in_every_spelling(ranks, spelling):
     ("ranks", [], r"auto\.ranks is empty"),
     ("energy", 0, r"auto\.energy must be in \(0, 1\]"),
     ("rank_rule", "best", r"auto\.rank_rule: expected one of validation, spectrum, both"),
+    ("ranks", [1, 1], r"auto\.ranks: \[1, 1\] lists a value more than once"),
+    ("ranks", "x", r"auto\.ranks: expected an integer, got 'x'"),
+    ("ranks", [0], r"auto\.ranks: 0 is outside \[1, "),
+    ("folds", 1, r"auto\.folds must be >= 2, got 1"),
+    ("margin_z", -1, r"auto\.margin_z must be >= 0"),
 ])
 def test_bad_auto_settings_are_one_line(key, value, message):
     with pytest.raises(RlptuneError, match=message):
@@ -165,6 +170,14 @@ def test_k_fold_when_the_validation_split_is_too_small(tiny, colour_folder, tmp_
     record = result["auto"]
     assert record["folds"] == 2 and record["validation"].startswith("2-fold cross-validation over the 16 training")
     assert record["margin"]["n"] == 16  # every training shot validated once
+
+
+def test_too_few_shots_for_the_folds_is_one_line(tiny, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path, data={"shots": 1}, auto={"min_val_per_class": 5, "folds": 3})
+    with pytest.raises(RlptuneError, match=r"^auto: the validation split has fewer than auto.min_val_per_class=5 images "
+                                           r"in some class and 4 training images are too few for auto.folds=3 folds$"):
+        train(config, tmp_path / "run", backbone=tiny, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_spectrum_rule_picks_the_smallest_rank_holding_the_energy(tiny, colour_folder, tmp_path, single_thread):

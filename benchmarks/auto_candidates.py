@@ -84,6 +84,7 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
         if epochs:
             cfg.train.epochs = epochs
         configs.append(cfg)
+    load = {"start": os.getloadavg()[0]}  # a shared machine: the load beside the times
     t0 = time.perf_counter()  # the shared views: every candidate of a crop scale reads the same entry per epoch
     for crop in sorted({c.train.crop_scale for c in configs}):
         cfg = next(c for c in configs if c.train.crop_scale == crop)
@@ -100,6 +101,7 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
         Trainer(cfg, method, splits, work / f"separate{i}", cache=cache, progress=False, log=lambda m: None).fit()
         separate.append(method.adapter_state())
     separate_s = time.perf_counter() - t0
+    load["after_separate"] = os.getloadavg()[0]
 
     runs = []
     t0 = time.perf_counter()
@@ -109,6 +111,7 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
                                  build_method(cfg, backbone, splits.classnames, splits.template)))
     train_batched(runs, splits, splits.train, splits.val, cache)
     batched_s = time.perf_counter() - t0
+    load["after_batched"] = os.getloadavg()[0]
 
     diffs, identical = [], 0
     for run, state in zip(runs, separate):
@@ -129,6 +132,7 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
         "batched_over_one_separate_run": round(batched_s / (separate_s / len(configs)), 2),
         "adapters_byte_identical": identical,
         "max_abs_diff": max(d["max_abs_diff"] for d in diffs),
+        "load_average_1min": load,
         "per_candidate": diffs,
     }
 

@@ -127,6 +127,10 @@ def train_batched(
         params = [p for p in run.method.parameters() if p.requires_grad]
         run.optimizer = make_optimizer(params, run.config.train)
     text_module = first.method.text
+    for run in runs[1:]:  # one set of class-token buffers for all (the same classes and context layout)
+        if run.method.classnames != first.method.classnames or run.method.n_ctx != first.method.n_ctx:
+            raise RlptuneError("batched candidates must share the class list and prompt.n_ctx")
+        run.method.text = text_module
     position = {id(item): i for i, item in enumerate(splits.train)}
     try:
         index = torch.tensor([position[id(item)] for item in train_items], dtype=torch.long)

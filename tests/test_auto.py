@@ -100,6 +100,7 @@ def test_a_bad_rank_list_is_refused_in_every_spelling(ranks, spelling):
     ("ranks", [0], r"auto\.ranks: 0 is outside \[1, "),
     ("folds", 1, r"auto\.folds must be >= 2, got 1"),
     ("margin_z", -1, r"auto\.margin_z must be >= 0"),
+    ("alpha", 0.9, r"auto\.alpha must be <= 0\.5"),
 ])
 def test_bad_auto_settings_are_one_line(key, value, message):
     with pytest.raises(RlptuneError, match=message):
@@ -119,6 +120,13 @@ def test_the_guard_never_keeps_a_candidate_at_or_below_the_baseline(pairs, z):
         assert int(candidate.sum()) > int(baseline.sum())
         assert guard["margin"] > z * guard["se"]
     assert guard["b"] - guard["w"] == int(candidate.sum()) - int(baseline.sum())
+
+
+def test_the_guard_bound_is_bonferroni_over_the_candidates_unless_set():
+    settings = resolve_config(None, {"auto": {"enabled": True}}).auto
+    assert round(auto.guard_z(settings, 1), 3) == 1.645 and round(auto.guard_z(settings, 12), 3) == 2.638
+    settings.margin_z = 0.0
+    assert auto.guard_z(settings, 12) == 0.0
 
 
 def test_wilson_interval_matches_the_formula():
@@ -148,7 +156,7 @@ def test_no_candidate_above_the_noise_returns_the_zero_shot_prompt(tiny, colour_
 
 def test_a_candidate_clear_of_the_noise_is_kept_and_recorded(tiny, wide_val, tmp_path, single_thread):
     config = _config(wide_val, tmp_path, "coop", data={"shots": 0}, method={"class_specific": True}, train={"epochs": 8, "batch_size": 16},
-                     auto={"crop_scales": [0.5, 1.0]})
+                     auto={"crop_scales": [0.5, 1.0], "margin_z": 1.0})  # 48 images: a 1-SE bound is clearable
     result = train(config, tmp_path / "run", backbone=tiny, progress=False)
     record = result["auto"]
     assert record["decision"] == "candidate" and not record["batched"]  # per-class contexts: one at a time

@@ -288,18 +288,21 @@ class AutoSettings(_Section):
         "auto: validation (every rank in auto.ranks, chosen on validation) | spectrum (the smallest rank holding "
         "auto.energy of a short full-rank run's update; only that rank is trained) | both (the grid, with the "
         "spectrum's rank recorded beside the choice)",
-        choices=("validation", "spectrum", "both"),
+        choices=("validation", "spectrum", "both"), flag="auto-rank-rule",
     )
     energy: float = _f(0.9, "auto: share of the update's energy (sum of squared singular values) the spectrum rank holds",
-                       low=0.0, high=1.0)
+                       low=0.0, high=1.0, flag="auto-energy")
     spectrum_epochs: int = _f(0, "auto: epochs of the short full-rank run of rank_rule=spectrum (0 = a quarter of "
-                                 "train.epochs)", low=0, high=MAX_EPOCHS)
+                                 "train.epochs)", low=0, high=MAX_EPOCHS, flag="auto-spectrum-epochs")
     folds: int = _f(3, "auto: folds over the training shots when the validation split has fewer than "
-                       "auto.min_val_per_class images in some class", low=2, high=MAX_SHOTS)
+                       "auto.min_val_per_class images in some class", low=2, high=MAX_SHOTS, flag="auto-folds")
     min_val_per_class: int = _f(4, "auto: validation images every class needs for the validation split to be used",
-                                low=1, high=MAX_SHOTS)
-    margin_z: float = _f(1.0, "auto: a candidate replaces the zero-shot prompt only if its validation margin exceeds "
-                              "margin_z standard errors of the paired difference", low=0.0, high=100.0)
+                                low=1, high=MAX_SHOTS, flag="auto-min-val-per-class")
+    alpha: float = _f(0.05, "auto: one-sided error rate of the guard, shared by the candidates (Bonferroni): a "
+                            "candidate replaces the zero-shot prompt only if its validation margin exceeds "
+                            "z = Phi^-1(1 - alpha / candidates) paired standard errors", low=1e-9, high=0.5, flag="auto-alpha")
+    margin_z: Optional[float] = _f(None, "auto: use this z instead of the one auto.alpha gives (0 = any gain)",
+                                   low=0.0, high=100.0, flag="auto-margin-z")
 
     def validate(self) -> None:
         self.ranks = _number_list(self.ranks, int, "auto.ranks", 1, MAX_TOKENS)

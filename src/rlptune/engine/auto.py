@@ -14,10 +14,12 @@ candidate is retrained on all shots up to its chosen epoch.
 **The guard.** The zero-shot prompt is a member of RLP's family (``P_B = 0``: the folded prompt equals ``P_fr``), so
 the chosen candidate must beat it. With b = validation images the candidate gets right and the starting prompt
 gets wrong, w = the reverse, and n images, the margin is (b − w)/n and its paired (McNemar) standard error is
-√(b + w − (b − w)²/n)/n. The candidate is kept only if margin > 0 and margin > ``auto.margin_z`` × SE; otherwise
-``--auto`` returns the starting prompt (for RLP and any prompt initialised from the hand-crafted text, exactly the
-zero-shot prompt — checked and recorded) and says so in one line. So its validation accuracy is at or above
-zero-shot's by construction.
+√(b + w − (b − w)²/n)/n. The candidate is kept only if margin > 0 and margin > z × SE, where z = Φ⁻¹(1 − α/K) is the
+one-sided bound at ``auto.alpha`` (0.05) shared by the K candidates (Bonferroni: the best of K is picked on the same
+images; 2.64 for the default 12) or ``auto.margin_z`` when set. Otherwise ``--auto`` returns the starting prompt
+(for RLP and any prompt initialised from the hand-crafted text, exactly the zero-shot prompt — checked and
+recorded) and says so in one line. So its validation accuracy is at or above
+zero-shot's by construction. The epoch choice adds optimism the bound does not correct (docs/AUTO.md).
 
 **Rank from the spectrum** (``auto.rank_rule = spectrum | both``): a short full-rank run of the same context
 (``auto.spectrum_epochs``), the singular values of its update ΔP = P − P_init, and the smallest r whose top-r
@@ -40,6 +42,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -56,8 +59,9 @@ from .features import FeatureCache, encode_items
 from .trainer import Trainer, TrainState
 
 #: What ``result.json``'s ``auto.rule`` says (the guard, in one sentence).
-GUARD_RULE = ("keep the best candidate only if its validation margin over the starting prompt is > 0 and > margin_z "
-              "paired (McNemar) standard errors sqrt(b + w - (b - w)^2 / n) / n; else return the starting prompt")
+GUARD_RULE = ("keep the best candidate only if its validation margin over the starting prompt is > 0 and > z paired "
+              "(McNemar) standard errors sqrt(b + w - (b - w)^2 / n) / n, z = Phi^-1(1 - alpha / K) for K candidates "
+              "(one-sided, Bonferroni; or auto.margin_z); else return the starting prompt")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -79,6 +83,14 @@ def paired_margin(candidate: torch.Tensor, baseline: torch.Tensor, z: float) -> 
     se = math.sqrt(max(b + w - (b - w) ** 2 / n, 0.0)) / n if n else 0.0
     keep = margin > 0 and margin > z * se
     return {"n": n, "b": b, "w": w, "margin": 100.0 * margin, "se": 100.0 * se, "z": z, "beats_zero_shot": keep}
+
+
+def guard_z(settings, candidates: int) -> float:
+    """The guard's z: ``auto.margin_z`` when set, else the one-sided Bonferroni bound Φ⁻¹(1 − alpha / candidates)
+    (the best of K candidates is chosen on the same images, so one comparison's bound would be too lenient)."""
+    if settings.margin_z is not None:
+        return float(settings.margin_z)
+    return NormalDist().inv_cdf(1.0 - settings.alpha / max(candidates, 1))
 
 
 def candidate_grid(config) -> list[dict[str, dict[str, Any]]]:
@@ -318,7 +330,7 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         raise RlptuneError("auto: no candidate completed an epoch of validation")
     chosen_runs = pooled[best_name]
     right = torch.cat([r.correct[best_epoch - 1] for r in chosen_runs])
-    guard = paired_margin(right, baseline, base.auto.margin_z)
+    guard = paired_margin(right, baseline, guard_z(base.auto, len(grid)))
     record["margin"] = guard
     settings = grid[names.index(best_name)]
     record["best_candidate"] = {"name": best_name, "settings": settings, "epoch": best_epoch, "val": round(best_acc, 4)}
@@ -327,7 +339,8 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         method, adapter_config = start, base
         state = TrainState(epochs_done=0)
         record["decision"] = "zero-shot"
-        what = "the zero-shot prompt (P_B = 0)" if zero_shot else "the starting prompt"
+        what = "the starting prompt" if not zero_shot else (
+            "the zero-shot prompt (P_B = 0)" if base.prompt.kind == "lowrank" else "the zero-shot prompt")
         log(f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
             f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
             f"{guard['se']:.2f}); returning {what}")

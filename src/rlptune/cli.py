@@ -477,7 +477,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     add_executor_args(p)
-    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache"))
+    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache", "auto"))
     p.add_argument("--backbone", default="micro")
     p.add_argument("--data-root", default=None)
     p.set_defaults(func=cmd_run)

@@ -270,6 +270,71 @@ class EvalSettings(_Section):
 
 
 @dataclass
+class AutoSettings(_Section):
+    enabled: bool = _f(
+        False,
+        "train a grid of candidates (rank x crop scale x dropout, epochs by per-epoch validation), keep the best on "
+        "validation, and fall back to the zero-shot prompt unless one beats it by more than the validation noise "
+        "(docs/AUTO.md)",
+        flag="auto",
+    )
+    ranks: list = _f([1, 2, 4], "auto: the ranks tried (low-rank prompts only; other methods keep prompt.rank)",
+                     flag="auto-ranks")
+    crop_scales: list = _f([0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)",
+                           flag="auto-crop-scales")
+    dropouts: list = _f([0.1, 0.3], "auto: the low-rank dropouts tried (low-rank prompts only)", flag="auto-dropouts")
+    rank_rule: str = _f(
+        "validation",
+        "auto: validation (every rank in auto.ranks, chosen on validation) | spectrum (the smallest rank holding "
+        "auto.energy of a short full-rank run's update; only that rank is trained) | both (the grid, with the "
+        "spectrum's rank recorded beside the choice)",
+        choices=("validation", "spectrum", "both"), flag="auto-rank-rule",
+    )
+    energy: float = _f(0.9, "auto: share of the update's energy (sum of squared singular values) the spectrum rank holds",
+                       low=0.0, high=1.0, flag="auto-energy")
+    spectrum_epochs: int = _f(0, "auto: epochs of the short full-rank run of rank_rule=spectrum (0 = a quarter of "
+                                 "train.epochs)", low=0, high=MAX_EPOCHS, flag="auto-spectrum-epochs")
+    folds: int = _f(3, "auto: folds over the training shots when the validation split has fewer than "
+                       "auto.min_val_per_class images in some class", low=2, high=MAX_SHOTS, flag="auto-folds")
+    min_val_per_class: int = _f(4, "auto: validation images every class needs for the validation split to be used",
+                                low=1, high=MAX_SHOTS, flag="auto-min-val-per-class")
+    alpha: float = _f(0.05, "auto: one-sided error rate of the guard, shared by the candidates (Bonferroni): a "
+                            "candidate replaces the zero-shot prompt only if its validation margin exceeds "
+                            "z = Phi^-1(1 - alpha / candidates) paired standard errors", low=1e-9, high=0.5, flag="auto-alpha")
+    margin_z: Optional[float] = _f(None, "auto: use this z instead of the one auto.alpha gives (0 = any gain)",
+                                   low=0.0, high=100.0, flag="auto-margin-z")
+
+    def validate(self) -> None:
+        self.ranks = _number_list(self.ranks, int, "auto.ranks", 1, MAX_TOKENS)
+        self.crop_scales = _number_list(self.crop_scales, float, "auto.crop_scales", 0.0, 1.0)
+        self.dropouts = _number_list(self.dropouts, float, "auto.dropouts", 0.0, 1.0)
+        if any(c <= 0.0 for c in self.crop_scales):
+            raise RlptuneError(f"auto.crop_scales must be in (0, 1], got {self.crop_scales}")
+        if any(p >= 1.0 for p in self.dropouts):
+            raise RlptuneError(f"auto.dropouts must be in [0, 1), got {self.dropouts}")
+        if not 0.0 < self.energy <= 1.0:
+            raise RlptuneError(f"auto.energy must be in (0, 1], got {self.energy:g}")
+
+
+def _number_list(values: Any, kind: type, where: str, low: float, high: float) -> list:
+    """A list setting of numbers, each read as a number field reads it (``[1, 2]``, ``"1,2"`` and repeated flags
+    mean the same), non-empty, without repeats, within [low, high]."""
+    items = [values] if isinstance(values, (str, int, float)) else list(values or [])
+    parts: list[Any] = []
+    for item in items:
+        parts += [p for p in item.split(",") if p.strip()] if isinstance(item, str) else [item]
+    out = [coerce(p, kind, where) for p in parts]
+    if not out:
+        raise RlptuneError(f"{where} is empty; expected at least one value")
+    for value in out:
+        if not low <= value <= high:
+            raise RlptuneError(f"{where}: {value!r} is outside [{low:g}, {high:g}]")
+    if len(set(out)) != len(out):
+        raise RlptuneError(f"{where}: {out} lists a value more than once")
+    return out
+
+
+@dataclass
 class RunConfig:
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -278,6 +343,7 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    auto: AutoSettings = field(default_factory=AutoSettings)
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
@@ -306,7 +372,10 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.auto.enabled:  # off, it changes nothing: runs and adapters keep their settings (and hashes)
+            out.pop("auto")
+        return out
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}

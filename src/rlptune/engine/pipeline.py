@@ -31,6 +31,7 @@ from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import Method, build_method
 from ..rundir import RunDirectory, check_output_folder, settings_hash
+from . import auto
 from .distributed import init_from_env, training_device
 from .datacheck import DATA_FILE, check_resumed_data, data_record, write_data_record
 from .features import FeatureCache
@@ -240,6 +241,11 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
             },
         )
     seed_everything(config.train.seed)
+    if config.auto.enabled:  # --auto: the best of a grid of candidates on validation (rlptune.engine.auto)
+        method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log)
+        metrics, fields = evaluate_run(method, config, data, cache, targets)
+        fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields, **(extra or {}), "auto": record}
+        return finish_run(output_dir, method, chosen, state, metrics, fields)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
     monitors = {}

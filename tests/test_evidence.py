@@ -20,7 +20,7 @@ from rlptune.protocols.evidence import (
     part_variants,
     verdict,
 )
-from rlptune.protocols.runner import _BACKBONES
+from rlptune.sweeps.runner import _BACKBONES
 from rlptune.errors import RlptuneError
 
 TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",

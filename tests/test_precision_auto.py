@@ -28,7 +28,7 @@ from rlptune.engine.features import FeatureCache, cache_key
 from rlptune.engine.pipeline import resolve_backbone
 from rlptune.errors import RlptuneError
 from rlptune.methods import build_method
-from rlptune.protocols.runner import RunSpec, spec_settings_hash
+from rlptune.sweeps.runner import RunSpec, spec_settings_hash
 from rlptune.rundir import MARKER, settings_hash
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:1", "mps", "xpu")
@@ -340,7 +340,7 @@ def test_demo_and_study_pin_fp32_whatever_the_cpu(monkeypatch, tmp_path):
     """Their published tables were measured in fp32 and must read the same on a CPU where auto is bf16."""
     from rlptune import demo
     from rlptune.protocols import evidence
-    from rlptune.protocols.runner import make_specs
+    from rlptune.sweeps.runner import make_specs
 
     monkeypatch.setattr(P, "cpu_native_bf16", lambda: True)
     assert P.resolve_precision("auto", "cpu", "coop") == "bf16"  # auto would pick bf16 here

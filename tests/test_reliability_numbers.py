@@ -239,7 +239,7 @@ def test_every_spelling_of_a_thousand_is_a_thousand(yaml_file):
 def test_the_sweep_executor_float_settings_refuse_nan_and_inf(text, capsys):
     """`rlptune run`'s executor flags are read by argparse's float(), which takes nan and inf (Slurm's int(inf)
     was a traceback): every float field of ExecutorSettings refuses them in one line naming the flag."""
-    from rlptune.protocols.executors import ExecutorSettings
+    from rlptune.sweeps.executors import ExecutorSettings
 
     floats = [f for f in dataclasses.fields(ExecutorSettings) if numeric_type(typing.get_type_hints(ExecutorSettings)[f.name]) is float]
     assert {f.name for f in floats} >= {"gpus_per_run", "progress_every_s"}

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from .protocols.executors import add_executor_args, executor_settings_from_args
+from .sweeps.executors import add_executor_args, executor_settings_from_args
 
 #: The study's parts, in order (the study module checks them again).
 PART_NAMES = ("base2new", "lowrank", "rank", "ablation", "transfer", "density")

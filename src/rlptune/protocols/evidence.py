@@ -1,6 +1,6 @@
 """``rlptune reproduce rlp``: the RLP paper's experiments (arXiv 2312.10813) as one resumable command.
 
-Six parts, each a set of protocol runs executed through :func:`rlptune.protocols.run_sweep` (finished runs are
+Six parts, each a set of protocol runs executed through :func:`rlptune.sweeps.runner.run_sweep` (finished runs are
 skipped, interrupted ones resume) and analysed with :mod:`rlptune.analysis`:
 
 1. ``base2new``  — every method with its official recipe; paired RLP − X (H) with a 95% t interval and Wilcoxon p.
@@ -46,9 +46,9 @@ from ..analysis.report import _headline, result_to_row
 from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for
-from .executors import ExecutorSettings
+from ..sweeps.executors import ExecutorSettings
 from ..rundir import check_output_folder, read_result
-from .runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
+from ..sweeps.runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
 
 #: The dataset suite (module, datasets attribute, shifts attribute) a micro backbone comes with.
 SUITES: dict[str, tuple[str, str, str]] = {

@@ -20,7 +20,7 @@ from rlptune.protocols.evidence import (
     part_variants,
     verdict,
 )
-from rlptune.sweeps.runner import _BACKBONES
+from rlptune.sweeps.runner import BACKBONES
 from rlptune.errors import RlptuneError
 
 TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",
@@ -61,7 +61,7 @@ def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro(
     settings = StudySettings(backbone="micro", quick=True, seeds=[1], parts=["ablation", "base2new"]).resolved()
     plan = make_plan(settings)
     spec = plan.runs[("ablation", "rlp without P_fr (P_fr = 0)")][0]
-    backbone = _BACKBONES.get(spec.config())
+    backbone = BACKBONES.get(spec.config())
     from rlptune.methods import get_method_class
 
     method = get_method_class("rlp")(spec.config(), backbone, ["a", "b"])

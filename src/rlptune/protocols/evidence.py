@@ -42,13 +42,13 @@ from .. import __version__, io, recipes
 from ..analysis import plots
 from ..analysis import stats as S
 from ..analysis import tables as T
-from ..analysis.report import _headline, result_to_row
+from ..analysis.report import headline, result_to_row
 from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for
 from ..sweeps.executors import ExecutorSettings
 from ..rundir import check_output_folder, read_result
-from ..sweeps.runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
+from ..sweeps.runner import BACKBONES, make_specs, run_sweep, spec_settings_hash
 
 #: The dataset suite (module, datasets attribute, shifts attribute) a micro backbone comes with.
 SUITES: dict[str, tuple[str, str, str]] = {
@@ -580,7 +580,7 @@ def epoch_series(run_dir: Path) -> tuple[list[float], list[float], list[float]]:
         return ids, ranks, new
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line) if line.strip() else {}
-        head = _headline(record.get("diagnostics") or {}) if record.get("new_acc") is not None else {}
+        head = headline(record.get("diagnostics") or {}) if record.get("new_acc") is not None else {}
         if head.get("id_k") is not None and head.get("effective_rank") is not None:
             ids.append(float(head["id_k"]))
             ranks.append(float(head["effective_rank"]))
@@ -933,7 +933,7 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     _RESULTS[0] = results_dir
     probe = make_specs("base2new", settings.datasets[:1], ["coop"], settings.seeds[:1], [settings.shots],
                                  backbone=settings.backbone, data_root=settings.data_root)[0]
-    backbone = _BACKBONES.get(probe.config())
+    backbone = BACKBONES.get(probe.config())
     plan = make_plan(settings, backbone)
     for (part, name), reason in plan.skipped.items():
         log(f"skipping {part} / {name}: {reason}")

@@ -494,7 +494,9 @@ _STUDY: list = []
 def test_any_value_in_an_earlier_report_is_carried_sane_or_refused_in_one_line(field, value, earlier_report, tmp_path_factory):
     """Whatever one field of evidence.json holds, loading it for a merge gives parts, runs and seconds a report can
     state, or one line; never another exception."""
-    from rlptune.protocols.evidence import PARTS, StudySettings, _pieces, _pieces_markdown, load_earlier_report
+    from rlptune.reproduce.merge import load_earlier_report, report_pieces as _pieces
+    from rlptune.reproduce.settings import PARTS, StudySettings
+    from rlptune.reproduce.write import pieces_markdown as _pieces_markdown
 
     tmp = tmp_path_factory.mktemp("fuzz")
     try:

@@ -522,7 +522,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
 
-    from .evidence import add_reproduce_parser  # issue 17; the study imports torch only when it runs
+    from .reproduce.command import add_reproduce_parser  # the study imports torch only when it runs
 
     add_reproduce_parser(sub)
     return parser

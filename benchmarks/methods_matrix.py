@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rlptune.analysis.report import result_to_row
 from rlptune.analysis.stats import harmonic_mean
-from rlptune.protocols.evidence import LOWRANK
+from rlptune.reproduce.plan import LOWRANK
 
 ORDER = ("zeroshot", "linear_probe", "coop", "rlp", "cocoop", "kgcoop", "deep_text", "deep_vision", "ivlp", "maple",
          "promptsrc", "clip_lora")

@@ -106,7 +106,7 @@ def candidate_backbone(weights: Path, results_dir: Path) -> str:
 def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print,
                 backbone: str = "micro-v2") -> list[dict]:
     """rlptune's base-to-new protocol (official recipes) for CoOp and zero-shot on the v2 weights given."""
-    from rlptune.protocols import make_specs, run_sweep
+    from rlptune.sweeps.runner import make_specs, run_sweep
 
     specs = make_specs("base2new", datasets, ["zeroshot", "coop"], list(seeds), [16], backbone=backbone)
     results = run_sweep(specs, results_dir, jobs=jobs, log=lambda m: None)

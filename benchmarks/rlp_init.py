@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from rlptune.protocols import make_specs, run_sweep
+from rlptune.sweeps.runner import make_specs, run_sweep
 
 VARIANTS = {
     "coop n=16 (sgd 0.002)": ("coop", {}),

@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from rlptune.cli import main
-from rlptune.protocols.evidence import (
-    LOWRANK,
-    StudySettings,
-    epoch_series,
-    make_plan,
-    method_can_run,
-    part_variants,
-    verdict,
-)
-from rlptune.protocols.runner import _BACKBONES
+from rlptune.reproduce.analyse import epoch_series, verdict
+from rlptune.reproduce.plan import LOWRANK, make_plan, method_can_run, part_variants
+from rlptune.reproduce.settings import StudySettings
+from rlptune.sweeps.runner import BACKBONES
 from rlptune.errors import RlptuneError
 
 TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",
@@ -61,7 +55,7 @@ def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro(
     settings = StudySettings(backbone="micro", quick=True, seeds=[1], parts=["ablation", "base2new"]).resolved()
     plan = make_plan(settings)
     spec = plan.runs[("ablation", "rlp without P_fr (P_fr = 0)")][0]
-    backbone = _BACKBONES.get(spec.config())
+    backbone = BACKBONES.get(spec.config())
     from rlptune.methods import get_method_class
 
     method = get_method_class("rlp")(spec.config(), backbone, ["a", "b"])
@@ -96,7 +90,7 @@ def test_sweep_datasets_and_exclusions_shape_the_plan():
 
 def test_a_reduced_study_says_so_in_its_first_lines():
     """A study cut down with --exclude / --sweep-datasets must not present itself as the full study."""
-    from rlptune.protocols.evidence import _markdown
+    from rlptune.reproduce.write import study_markdown as _markdown
 
     estimate = {"runs": 10, "seconds": 3600.0, "basis": "test"}
     full = StudySettings(backbone="micro", seeds=[1]).resolved()
@@ -296,7 +290,7 @@ def test_merge_refuses_a_report_of_other_settings_or_without_new_parts(quick_stu
 
 def test_the_full_study_estimate_prices_each_protocol_at_its_own_rate():
     """A base-to-new epoch trains on half the classes: pricing it at a few-shot epoch's rate overstates the study."""
-    from rlptune.protocols.evidence import estimate_full_seconds
+    from rlptune.reproduce.estimate import estimate_full_seconds
 
     settings = StudySettings(backbone="micro", seeds=[1]).resolved()
     few_shot = {"a": {"method": "coop", "protocol": "few-shot", "epochs": 10, "shots": 2, "train_seconds": 2.0}}

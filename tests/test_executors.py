@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlptune.errors import RlptuneError
-from rlptune.protocols.executors import (
+from rlptune.sweeps.executors import (
     ExecutorSettings,
     LocalExecutor,
     SweepProgress,
@@ -36,7 +36,7 @@ class FakeClock:
 
 
 def test_progress_lines_count_done_running_failed_and_eta():
-    from rlptune.protocols.executors import Outcome
+    from rlptune.sweeps.executors import Outcome
 
     tasks = [Task(f"run{i}", f"title {i}", i) for i in range(4)]
     lines: list[str] = []

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlptune.protocols import aggregate, make_specs, parse_grid, run_sweep
-from rlptune.protocols.executors import ExecutorSettings, RayExecutor, SlurmRun, SweepProgress, Task
-from rlptune.protocols.runner import execute_spec
+from rlptune.protocols import aggregate
+from rlptune.sweeps.runner import make_specs, parse_grid, run_sweep
+from rlptune.sweeps.executors import ExecutorSettings, RayExecutor, SlurmRun, SweepProgress, Task
+from rlptune.sweeps.runner import execute_spec
 
 TRAIN = {"epochs": 2, "aug_views": 0, "batch_size": 16}
 

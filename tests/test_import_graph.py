@@ -1,6 +1,7 @@
 """The package's import graph has no cycles, and imports inside functions are kept for what must stay lazy.
 
-Module-level imports must point downward (backbones/prompts/text < methods < engine < protocols < cli). An import
+Module-level imports must point downward (backbones/prompts/text < methods < engine < protocols < sweeps <
+reproduce < cli; tests/test_reproduce_package.py checks that the library never imports sweeps or reproduce). An import
 inside a function hides a cycle rather than removing it, so those are allowed only for heavy optional dependencies
 and for the two entry points that must start fast (the command line and the package's lazy top-level API).
 """
@@ -23,7 +24,7 @@ LAZY_THIRD_PARTY = {
 #: Package modules whose function-level imports of rlptune itself keep start-up fast (``rlptune --help`` in 0.1 s).
 LAZY_ENTRY_POINTS = {
     "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.analysis", "rlptune.serve",
-    "rlptune.evidence",
+    "rlptune.reproduce.command",
 }
 #: Package modules that are the boundary of an optional extra (they import it at their top): importing them lazily
 #: keeps the extra optional (jinja2 for HTML reports, fastapi for the server).

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlptune.micro import MICRO_WEIGHTS_PATH
-from rlptune.protocols import make_specs, run_sweep
+from rlptune.sweeps.runner import make_specs, run_sweep
 
 pytestmark = [
     pytest.mark.skipif(not MICRO_WEIGHTS_PATH.exists(), reason="micro CLIP weights not built"),

@@ -28,7 +28,7 @@ from rlptune.engine.features import FeatureCache, cache_key
 from rlptune.engine.pipeline import resolve_backbone
 from rlptune.errors import RlptuneError
 from rlptune.methods import build_method
-from rlptune.protocols.runner import RunSpec, spec_settings_hash
+from rlptune.sweeps.runner import RunSpec, spec_settings_hash
 from rlptune.rundir import MARKER, settings_hash
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:1", "mps", "xpu")
@@ -339,13 +339,13 @@ def test_rlptune_cpu_bf16_0_keeps_auto_at_fp32_on_a_bf16_cpu(monkeypatch):
 def test_demo_and_study_pin_fp32_whatever_the_cpu(monkeypatch, tmp_path):
     """Their published tables were measured in fp32 and must read the same on a CPU where auto is bf16."""
     from rlptune import demo
-    from rlptune.protocols import evidence
-    from rlptune.protocols.runner import make_specs
+    from rlptune.reproduce import plan as study_plan
+    from rlptune.sweeps.runner import make_specs
 
     monkeypatch.setattr(P, "cpu_native_bf16", lambda: True)
     assert P.resolve_precision("auto", "cpu", "coop") == "bf16"  # auto would pick bf16 here
     specs = make_specs("base2new", ["micro2-shapes"], ["coop"], [1], [16], backbone="micro-v2",
                        base_overrides={"train": dict(demo.DEMO_TRAIN), "backbone": dict(demo.DEMO_BACKBONE_SETTINGS)})
     assert all(s.overrides["backbone"]["precision"] == "fp32" for s in specs)
-    source = Path(evidence.__file__).read_text(encoding="utf-8")
+    source = Path(study_plan.__file__).read_text(encoding="utf-8")
     assert 'base_overrides={"backbone": {"precision": "fp32"}' in source

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rlptune.cli import main
-from rlptune.protocols import aggregate, make_specs, parse_grid, run_sweep
+from rlptune.protocols import aggregate
+from rlptune.sweeps.runner import make_specs, parse_grid, run_sweep
 
 TINY_TRAIN = {"train": {"epochs": 1, "aug_views": 1, "batch_size": 16}}
 

@@ -239,7 +239,7 @@ def test_every_spelling_of_a_thousand_is_a_thousand(yaml_file):
 def test_the_sweep_executor_float_settings_refuse_nan_and_inf(text, capsys):
     """`rlptune run`'s executor flags are read by argparse's float(), which takes nan and inf (Slurm's int(inf)
     was a traceback): every float field of ExecutorSettings refuses them in one line naming the flag."""
-    from rlptune.protocols.executors import ExecutorSettings
+    from rlptune.sweeps.executors import ExecutorSettings
 
     floats = [f for f in dataclasses.fields(ExecutorSettings) if numeric_type(typing.get_type_hints(ExecutorSettings)[f.name]) is float]
     assert {f.name for f in floats} >= {"gpus_per_run", "progress_every_s"}
@@ -494,7 +494,9 @@ _STUDY: list = []
 def test_any_value_in_an_earlier_report_is_carried_sane_or_refused_in_one_line(field, value, earlier_report, tmp_path_factory):
     """Whatever one field of evidence.json holds, loading it for a merge gives parts, runs and seconds a report can
     state, or one line; never another exception."""
-    from rlptune.protocols.evidence import PARTS, StudySettings, _pieces, _pieces_markdown, load_earlier_report
+    from rlptune.reproduce.merge import load_earlier_report, report_pieces as _pieces
+    from rlptune.reproduce.settings import PARTS, StudySettings
+    from rlptune.reproduce.write import pieces_markdown as _pieces_markdown
 
     tmp = tmp_path_factory.mktemp("fuzz")
     try:

@@ -8,8 +8,9 @@ import pytest
 
 from rlptune.cli import main
 from rlptune.errors import RlptuneError
-from rlptune.protocols import aggregate, make_specs, parse_grid, run_sweep
-from rlptune.protocols.runner import RunSpec
+from rlptune.protocols import aggregate
+from rlptune.sweeps.runner import make_specs, parse_grid, run_sweep
+from rlptune.sweeps.runner import RunSpec
 
 TRAIN = {"epochs": 1, "aug_views": 0, "batch_size": 16}
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from . import __version__
 from .config import flag_table, parse_set, resolve_config
 from .errors import RlptuneError
-from .protocols.executors import add_executor_args, executor_settings_from_args
+from .sweeps.executors import add_executor_args, executor_settings_from_args
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
@@ -280,7 +280,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .protocols import aggregate, default_targets, make_specs, parse_grid, run_sweep
+    from .protocols import aggregate, default_targets
+    from .sweeps.runner import make_specs, parse_grid, run_sweep
 
     datasets = args.datasets or _default_datasets(args.protocol)
     overrides = _overrides(args)
@@ -521,7 +522,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
 
-    from .evidence import add_reproduce_parser  # issue 17; the study imports torch only when it runs
+    from .reproduce.command import add_reproduce_parser  # the study imports torch only when it runs
 
     add_reproduce_parser(sub)
     return parser

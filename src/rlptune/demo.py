@@ -16,7 +16,8 @@ from . import io
 from .analysis.plots import plot_base_new_bars
 from .analysis.report import write_report
 from .micro.v2.suite import MICRO2_DATASETS
-from .protocols import aggregate, make_specs, run_sweep
+from .protocols import aggregate
+from .sweeps.runner import make_specs, run_sweep
 from .rundir import check_output_folder
 
 DEMO_METHODS = ("zeroshot", "coop", "rlp")

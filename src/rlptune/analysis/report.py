@@ -178,13 +178,13 @@ def result_to_row(result: Mapping[str, Any], source: str | os.PathLike | None = 
     diag = result.get("prompt_diagnostics")
     if isinstance(diag, Mapping) and prompt_diagnostics_by_name(dict(diag)):
         row["prompt_diagnostics"] = dict(diag)
-        row.update(_headline(diag))
+        row.update(headline(diag))
     if isinstance(result.get("settings"), Mapping):
         row["settings"] = dict(result["settings"])
     return row
 
 
-def _headline(diag: Mapping[str, Any]) -> dict[str, Any]:
+def headline(diag: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level id_k / effective_rank / numerical_rank (+ _delta) of the first prompt of a prompt_diagnostics dict
     (one prompt's ``{"P", "delta"}`` or ``{name: {"P", "delta"}}``; all names listed in ``prompts``)."""
     named = prompt_diagnostics_by_name(dict(diag))

@@ -21,6 +21,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,10 +35,12 @@ __all__ = [
     "PairedComparison",
     "SpearmanResult",
     "jsonable",
+    "mean_or_none",
     "mean_std",
     "paired_comparison",
     "row_metric",
     "spearman",
+    "std_or_none",
 ]
 
 
@@ -83,6 +86,19 @@ def mean_std(values: Iterable[float | None]) -> MeanStd:
     arr = np.asarray(kept, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return MeanStd(mean=float(arr.mean()), std=std, n=int(arr.size), values=kept)
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    """Mean of the values present (None entries skipped), None when there are none: a report cell that may be
+    empty, where :func:`mean_std` aggregates seeds that must exist."""
+    kept = [float(v) for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
+
+
+def std_or_none(values: Iterable[float | None]) -> float | None:
+    """Sample std (ddof = 1) of the values present; None below two values (one value shows no spread)."""
+    kept = [float(v) for v in values if v is not None]
+    return statistics.stdev(kept) if len(kept) > 1 else None
 
 
 def row_metric(row: Mapping[str, Any], metric: str) -> float | None:

@@ -127,6 +127,12 @@ class Method(nn.Module):
     honours: ClassVar[frozenset[str]] = frozenset()
     #: The ``prompt.kind`` this method requires (``"lowrank"`` for RLP), or None when any parameterisation works.
     requires_prompt_kind: ClassVar[str | None] = None
+    #: True: the method learns a prompt built by :func:`rlptune.prompts.build_prompt`, so ``prompt.kind`` (full-rank
+    #: or ``lowrank``) chooses its parameterisation (the RLP study's low-rank part takes such methods).
+    learns_prompt: ClassVar[bool] = False
+    #: The registered method this one is a one-tower ablation of (``deep_text`` and ``deep_vision`` are IVLP with one
+    #: tower's prompts), or None: a study can leave an ablation to the method it ablates.
+    ablation_of: ClassVar[str | None] = None
 
     def __init__(self, config, backbone: Backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__()

@@ -55,6 +55,7 @@ class CoCoOpOptions:
 class CoCoOp(Method):
     options_class = CoCoOpOptions
     honours = frozenset({"text_chunk", "class_token_position"})
+    learns_prompt = True
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)

@@ -34,6 +34,7 @@ def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple
 @register_method("coop")
 class CoOp(Method):
     honours = frozenset({"class_specific", "class_token_position", "text_chunk", "checkpoint_text"})
+    learns_prompt = True
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)

@@ -135,6 +135,7 @@ class DeepPrompts(Method):
     options_class: type = DeepPromptOptions
     coupled = False
     honours = frozenset({"class_token_position", "text_chunk", "checkpoint_text"})
+    learns_prompt = True
     text_context_field = "prompt.n_ctx"  # the setting that gives the learned text tokens per layer
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
@@ -356,6 +357,7 @@ class DeepText(DeepPrompts):
     """Deep text prompts (J_t layers), CLIP's own image features."""
 
     options_class = DeepTextOptions
+    ablation_of = "ivlp"
 
 
 @register_method("deep_vision")
@@ -363,6 +365,7 @@ class DeepVision(DeepPrompts):
     """VPT-deep in the image tower, hand-crafted text classifier."""
 
     options_class = DeepVisionOptions
+    ablation_of = "ivlp"
 
 
 @register_method("ivlp")

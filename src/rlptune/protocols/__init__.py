@@ -7,15 +7,8 @@ from typing import Any, Sequence
 
 from ..errors import RlptuneError
 
-#: Loaded on first use (PEP 562): the CLI builds its parser (executor flags included) without importing torch.
-_FROM_RUNNER = ("PROTOCOLS", "RunSpec", "harmonic_mean", "make_specs", "parse_grid", "run_single", "run_sweep")
-
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_RUNNER:
-        from . import runner
-
-        return getattr(runner, name)
     if name == "COOP_CROSS_TARGETS":  # the ten targets of ImageNet
         from ..data.coop import COOP_11
 
@@ -87,14 +80,7 @@ def aggregate(
 
 
 __all__ = [
-    "PROTOCOLS",
-    "RunSpec",
     "aggregate",
     "default_targets",
-    "harmonic_mean",
-    "make_specs",
-    "parse_grid",
-    "run_single",
-    "run_sweep",
     "tables_for",
 ]

@@ -133,7 +133,7 @@ def parse_grid(assignments: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
     return grids or [{}]
 
 
-class _Backbones:
+class BackboneCache:
     """Load each backbone once per process."""
 
     def __init__(self) -> None:
@@ -147,7 +147,8 @@ class _Backbones:
         return self._cache[key]
 
 
-_BACKBONES = _Backbones()
+#: Each backbone loaded once per process (run_single, and the study's check of which methods a backbone runs).
+BACKBONES = BackboneCache()
 
 
 def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None = None, progress: bool = False) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     if result_path.is_file():
         return read_result(run_dir)
     config = spec.config()
-    backbone = backbone or _BACKBONES.get(config)
+    backbone = backbone or BACKBONES.get(config)
     # run folders are keyed by the settings hash: an interrupted run (its staging folder) always resumes
     extra = {"tag": spec.tag(), "settings": spec.swept, "spec": asdict(spec)}
     return pipeline.run(config, run_dir, backbone=backbone, resume=True, progress=progress, targets=spec.targets, extra=extra)

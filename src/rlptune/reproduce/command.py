@@ -1,4 +1,4 @@
-"""``rlptune reproduce rlp``: the command line of the RLP evidence study (:mod:`rlptune.protocols.evidence`).
+"""The ``reproduce`` command line: its parser and the call into the study.
 
 Kept apart from the study so that building the CLI parser imports neither torch nor the methods: the study is
 imported when the command runs (this module is a command-line entry point, like :mod:`rlptune.cli`).
@@ -10,10 +10,8 @@ import argparse
 import sys
 from typing import Any
 
-from .protocols.executors import add_executor_args, executor_settings_from_args
-
-#: The study's parts, in order (the study module checks them again).
-PART_NAMES = ("base2new", "lowrank", "rank", "ablation", "transfer", "density")
+from ..sweeps.executors import add_executor_args, executor_settings_from_args
+from .settings import PARTS, StudySettings
 
 
 def add_reproduce_parser(sub: Any) -> None:
@@ -26,7 +24,7 @@ def add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--shots", type=int, default=16, help="shots of the base-to-new, cross-dataset and domain-gen runs")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: the official ones)")
-    p.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=PART_NAMES, help="which parts to run")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which parts to run")
     p.add_argument("--sweep-datasets", nargs="+", default=None,
                    help="run parts 3-5 (rank, ablation, transfer) on these datasets only (default: all of --datasets)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="METHOD",
@@ -48,7 +46,8 @@ def add_reproduce_parser(sub: Any) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .protocols.evidence import StudySettings, run_study
+    """Run the study the arguments describe and print the verdict on each claim."""
+    from .study import run_study
 
     settings = StudySettings(backbone=args.backbone, datasets=args.datasets, data_root=args.data_root, seeds=args.seeds,
                              shots=args.shots, epochs=args.epochs, parts=list(args.parts), quick=args.quick,

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rlptune
 from rlptune.backbones import load_backbone
@@ -48,6 +50,32 @@ def runs(tiny, colour_folder, tmp_path_factory):
         rlptune.train(config, root / name, backbone=tiny, progress=False)
         made[name] = root / name
     return made
+
+
+@pytest.fixture(scope="module")
+def hf_run(colour_folder, tmp_path_factory):
+    """CLIP-LoRA trained on a tiny Hugging Face CLIPModel folder (``hf:``), whose adapter also holds a peft export."""
+    pytest.importorskip("transformers")
+    from test_backbone_hf import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("story-hf")
+    folder = save_tiny_clip(root / "tiny-clip")
+    config = resolve_config(None, {
+        "method": {"name": "clip_lora"}, "backbone": {"name": f"hf:{folder}", "device": "cpu"},
+        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
+        "train": {"epochs": 2, "iterations": 0, "cache_dir": str(root / "cache")},
+    })
+    rlptune.train(config, root / "run", progress=False)
+    return root / "run"
+
+
+def test_clip_lora_on_a_hugging_face_backbone_resaves_byte_for_byte(hf_run, tmp_path):
+    adapter = hf_run / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", *STORY} == {p.name for p in adapter.iterdir()}
+    assert (adapter / "training_config.yaml").read_bytes() == (hf_run / "config.yaml").read_bytes()
+    assert "Not recorded" not in (adapter / "README.md").read_text()
+    loaded = rlptune.load_adapter(adapter, device="cpu")  # the recorded hf: spec
+    assert _files(loaded.save_pretrained(tmp_path / "out")) == _files(adapter)  # peft's files included
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -150,7 +178,8 @@ def test_an_adapter_written_before_the_story_still_loads_and_resaves_from_its_ru
     ("training_config", [1], "field 'training_config' must be an object or null, got list"),
     ("result", "92%", "field 'result' must be an object or null, got str"),
     ("data", {"root": "/x"}, "field 'data' must be an object {dataset, root}"),
-    ("training_config", {"train": {"epochs": -3}}, "training_config."),
+    ("training_config", {"train": {"epochs": -3}}, "training_config.train.epochs must be >= 0, got -3"),
+    ("training_config", {"train": {"epochz": 3}}, "training_config: train: unknown field 'epochz' (did you mean 'epochs'?)"),
 ])
 def test_a_hand_edited_story_field_is_one_line_naming_it(runs, tiny, tmp_path, field, value, expected):
     folder = shutil.copytree(runs["rlp"] / "adapter", tmp_path / "edited")
@@ -232,3 +261,29 @@ def test_the_cli_uses_a_micro_v2_adapter_on_every_spelling_of_its_weights(tmp_pa
         assert [r[:2] for r in got] == [r[:2] for r in reference], name  # the same top-1 for every image
         for a, b in zip(got[1:], reference[1:]):
             assert abs(float(a[2]) - float(b[2])) < 2e-3, name
+
+
+_number = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=64), st.none())
+_metrics = st.dictionaries(st.sampled_from(["test", "base", "new", "val"]),
+                           st.dictionaries(st.sampled_from(["top1", "macro_f1", "n", "top5"]), _number, max_size=4)
+                           | _number, max_size=3)
+_results = st.fixed_dictionaries({}, optional={
+    "dataset": st.text(max_size=12), "protocol": st.sampled_from(["few-shot", "base2new"]), "shots": st.integers(0, 16),
+    "seed": st.integers(0, 99), "epochs": st.integers(0, 200), "h": _number, "metrics": _metrics,
+    "train_seconds": st.floats(0, 1e4), "versions": st.just({"torch": "x"}), "prompt_diagnostics": st.just({"ctx": {}}),
+})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(result=_results)
+def test_the_card_depends_only_on_what_the_adapter_records(result):
+    """Whatever a run's result.json holds, the card written from it equals the card written from the adapter's
+    recorded summary after a JSON round trip: a re-saved adapter can never write another card than its run did."""
+    from rlptune.engine.hub import model_card, run_summary
+
+    payload = json.loads((FIXTURE / "adapter" / ADAPTER_CONFIG).read_text())
+    settings_ = yaml.safe_load((FIXTURE / "config.yaml").read_text())
+    recorded = json.loads(json.dumps(run_summary(result)))
+    assert "train_seconds" not in recorded and "versions" not in recorded
+    command = "rlptune train --config training_config.yaml -o runs/x"
+    assert model_card(payload, settings_, recorded, command) == model_card(payload, settings_, result, command)

@@ -273,7 +273,7 @@ def _training_config(payload: dict[str, Any], config, config_path: Path):
     merged = {**recorded, **payload["settings"]}
     merged["method"] = {**(merged.get("method") or {}), "name": payload["method"]}
     try:
-        return config_from_dict(merged, f"{config_path}")
+        return config_from_dict(merged, f"{config_path}: training_config")
     except RlptuneError as exc:
         message = str(exc)
         raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: training_config.{message}") from None

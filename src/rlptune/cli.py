@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _data_splits(args: argparse.Namespace, method):
-    """eval's data: what the adapter recorded (its dataset and absolute root), unless flags or --config say otherwise."""
+    """eval's data: what the adapter recorded (its dataset and absolute root), unless the data flags say otherwise."""
     from .engine.api import eval_config, prepare_dataset
 
     config = eval_config(method, None, _overrides(args))

@@ -17,7 +17,6 @@ either the previous or the new checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +28,6 @@ from ..backbones import Backbone, load_backbone
 from ..backbones.precision import PRECISIONS, precision_for, resolve_precision
 from ..backbones.identity import backbone_mismatch, backbone_record
 from ..config import config_from_dict
-from ..data import DATA_ENV
 from ..data._common import check_unique_classnames
 from ..errors import RlptuneError
 from ..rundir import settings_hash
@@ -83,9 +81,9 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
 
 
 def data_record_of(config) -> dict[str, Any]:
-    """The data a run read: dataset name and the absolute data root (``data.root``, else ``$RLPTUNE_DATA``, else
-    none: a dataset that needs no root), resolved now, while the working directory is the run's."""
-    root = config.data.root or os.environ.get(DATA_ENV) or None
+    """The data a run read: dataset name and ``data.root`` made absolute now, while the working directory is the
+    run's (none when the root came from ``$RLPTUNE_DATA``, which eval reads again, or the dataset needs none)."""
+    root = config.data.root
     return {"dataset": config.data.dataset, "root": str(Path(root).expanduser().absolute()) if root else None}
 
 

@@ -96,7 +96,8 @@ def test_a_loaded_adapter_resaves_the_runs_settings_and_card_byte_for_byte(runs,
     assert loaded.config.to_dict() == yaml.safe_load((run / "config.yaml").read_text())  # not the defaults: the run's
     by_function = rlptune.save_pretrained(loaded, tmp_path / "function")
     by_method = loaded.save_pretrained(tmp_path / "method")
-    for folder in (by_function, by_method):
+    in_bf16 = rlptune.load_adapter(adapter, tiny, precision="bf16").save_pretrained(tmp_path / "bf16")
+    for folder in (by_function, by_method, in_bf16):  # loaded in another precision: still the precision it trained in
         assert _files(folder) == _files(adapter)  # config, tensors, training_config.yaml and card, byte for byte
     # and once more from the re-saved copy, away from its run folder: the story travels with the folder
     again = rlptune.load_adapter(shutil.copytree(by_method, tmp_path / "alone"), tiny).save_pretrained(tmp_path / "again")

@@ -63,7 +63,8 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
         "backbone": {**backbone_record(method.backbone),  # label, spec, and the weights hash + structure that identify it
-                     "precision": method.backbone.precision},  # what it trained in (loading resolves auto anew)
+                     # what it trained in (loading resolves auto anew; a loaded adapter re-saved keeps its record)
+                     "precision": (getattr(method, "adapter_record", None) or {}).get("precision") or method.backbone.precision},
         "classnames": list(method.classnames),
         "dataset_template": method.dataset_template,
         "settings": {"method": cfg["method"], "prompt": cfg["prompt"]},
@@ -257,7 +258,8 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     # what the folder recorded beyond the tensors, so that save_pretrained / push_to_hub of the loaded method write
     # the same training_config.yaml and card as the run that made it, and eval finds its data
     method.adapter_record = {"data": payload.get("data"), "result": payload.get("result"), "source": str(directory),
-                             "training_config": payload.get("training_config")}
+                             "training_config": payload.get("training_config"),
+                             "precision": payload["backbone"].get("precision")}
     return method
 
 

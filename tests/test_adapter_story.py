@@ -221,6 +221,9 @@ def test_push_to_hub_without_huggingface_hub_says_what_to_install(runs, tiny, mo
     with pytest.raises(RlptuneError) as info:
         method.push_to_hub("me/colours-rlp")
     assert str(info.value) == "push_to_hub needs the huggingface_hub package: pip install huggingface_hub"
+    with pytest.raises(RlptuneError) as info:
+        rlptune.from_pretrained("me/colours-rlp", tiny)
+    assert str(info.value) == "from_pretrained of a hub repo id needs the huggingface_hub package: pip install huggingface_hub"
 
 
 def test_the_cli_uses_a_micro_v2_adapter_on_every_spelling_of_its_weights(tmp_path, colour_folder):

@@ -52,7 +52,7 @@ def test_same_seed_same_result_and_adapter_files(tiny, colour_folder, tmp_path):
     assert a["metrics"] == b["metrics"]
     bytes_a = (tmp_path / "a" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert bytes_a == (tmp_path / "b" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors", "training_config.yaml"]
     assert len(bytes_a) < 4096  # 4 + 32 numbers on the 32-wide test tower
 
 

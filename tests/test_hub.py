@@ -90,7 +90,7 @@ def test_a_runs_adapter_card_carries_the_runs_metrics(tiny, tmp_path):
     card = hub.write_model_card(run / "adapter").read_text()
     assert "| test | top1 | 83.33 |" in card and "| test | top5 | 100 |" in card and "per_class" not in card
     assert "- dataset: colours" in card and "- seed: 7" in card
-    assert "rlptune train --config config.yaml -o runs/colours-rlp" in card
+    assert "rlptune train --config training_config.yaml -o runs/colours-rlp" in card  # written beside it from the adapter
 
 
 def test_a_hub_clip_backbone_is_the_cards_base_model():

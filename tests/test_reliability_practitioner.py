@@ -67,7 +67,7 @@ def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_d
     code = code.replace('load_backbone("micro")', f"load_backbone({str(tiny_arch_path)!r})")
     namespace = run_example(code, tmp_path, monkeypatch)
     adapter = tmp_path / "runs" / "mine" / "adapter"
-    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors"]
+    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors", "training_config.yaml"]
     assert adapter.joinpath("rlptune_adapter.safetensors").stat().st_size < 4096
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) >= 2  # the result line, then one line per predicted image

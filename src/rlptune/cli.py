@@ -126,10 +126,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_splits(args: argparse.Namespace):
-    from .engine.api import prepare_dataset
+def _data_splits(args: argparse.Namespace, method):
+    """eval's data: what the adapter recorded (its dataset and absolute root), unless the data flags say otherwise."""
+    from .engine.api import eval_config, prepare_dataset
 
-    config = resolve_config(None, _overrides(args), base={"data": {"shots": 0}})
+    config = eval_config(method, None, _overrides(args))
     return config, prepare_dataset(config)
 
 
@@ -165,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_metrics_json(args)
     method = _load_adapter(args)
-    config, splits = _data_splits(args)
+    config, splits = _data_splits(args, method)
     metrics = evaluate(method, splits, args.split, batch_size=config.eval.batch_size)
     _print_metrics(f"{splits.name} {args.split} ({method.registered_name})", metrics)
     if args.json:
@@ -247,6 +248,18 @@ def parameter_counts(config) -> dict[str, Any]:
         "trainable_params": method.num_trainable(),
         "formula": method.parameter_formula() if hasattr(method, "parameter_formula") else None,
     }
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export --format classifier``: the merged class features + a JSON, for open_clip without rlptune."""
+    from .engine.export import check_classifier_output, export_classifier
+
+    check_classifier_output(args.output)  # before loading anything
+    args.precision = "fp32"  # the exported numbers are float32 whatever the adapter trained in
+    method = _load_adapter(args)
+    tensor_path, json_path = export_classifier(method, args.output)
+    print(f"wrote {tensor_path} (class features: {len(method.classnames)} classes) and {json_path} (class names, logit scale)")
+    return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -461,6 +474,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private (default: public)")
     p.add_argument("--message", default=None, help="commit message (default: generated)")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("export", help="export an adapter for use without rlptune (a classifier for open_clip)")
+    p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
+    p.add_argument("--format", default="classifier", choices=("classifier",),
+                   help="classifier: the merged class features (safetensors) and a JSON of class names and logit scale "
+                        "(default: classifier; see docs/ADAPTERS.md for the open_clip lines that use them)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors",
+                   help="the class features file; its JSON is written beside it as FILE.json")
+    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    p.add_argument("--device", default="cpu", help="device to merge the prompt on (default: cpu)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("params", help="trainable-parameter count of a method on a backbone")
     _add_config_flags(p, sections=("backbone", "method", "prompt"))

@@ -92,3 +92,13 @@ def load_builtin_plugins() -> None:
     """Import the built-in packages that register datasets and backbones (idempotent: Python imports a module once)."""
     for module in BUILTIN_PLUGINS:
         importlib.import_module(module)
+
+
+#: The module that saves and uploads adapters: ``Method.save_pretrained`` / ``Method.push_to_hub`` reach it through
+#: here, the way built-in plug-ins are loaded, so that the methods never import the engine above them.
+HUB_MODULE = "rlptune.engine.hub"
+
+
+def hub_function(name: str) -> Callable[..., Any]:
+    """The engine's hub function ``name`` (``save_pretrained``, ``push_to_hub``), imported on first use."""
+    return getattr(importlib.import_module(HUB_MODULE), name)

@@ -47,6 +47,14 @@ PEFT_EXPORT_FOLDER = "."
 
 
 def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | None = None) -> Path:
+    """Write the adapter folder: the trained tensors, and a config recording everything needed to use and remake it.
+
+    Besides what loading needs (method, prompt settings, classes, backbone identity) the config records the full
+    resolved settings (``training_config``: what ``training_config.yaml`` and the model card are written from) and
+    the data it trained on (``data``: the dataset and its absolute root, the default of ``rlptune eval``), so the
+    folder carries its story wherever it is copied. ``extra`` adds or replaces top-level fields (a re-saved adapter
+    passes the ``data`` and ``result`` it recorded).
+    """
     directory = Path(directory)
     cfg = config.to_dict()
     payload = {
@@ -55,12 +63,15 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
         "backbone": {**backbone_record(method.backbone),  # label, spec, and the weights hash + structure that identify it
-                     "precision": method.backbone.precision},  # what it trained in (loading resolves auto anew)
+                     # what it trained in (loading resolves auto anew; a loaded adapter re-saved keeps its record)
+                     "precision": (getattr(method, "adapter_record", None) or {}).get("precision") or method.backbone.precision},
         "classnames": list(method.classnames),
         "dataset_template": method.dataset_template,
         "settings": {"method": cfg["method"], "prompt": cfg["prompt"]},
         "trainable_params": method.num_trainable(),
         "parameter_formula": method.parameter_formula(),  # for the model card: "r·(n+d) = 516 (n=4, r=1, d=512)"
+        "training_config": cfg,
+        "data": data_record_of(config),
         **(extra or {}),
     }
     # one metadata key: safetensors writes a metadata map in no fixed order, and adapters must be byte-identical
@@ -68,6 +79,13 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
     io.write_json(directory / ADAPTER_CONFIG, payload)
     method.export_adapter_files(directory / PEFT_EXPORT_FOLDER)  # CLIP-LoRA on a HF CLIPModel: a genuine peft adapter
     return directory
+
+
+def data_record_of(config) -> dict[str, Any]:
+    """The data a run read: dataset name and ``data.root`` made absolute now, while the working directory is the
+    run's (none when the root came from ``$RLPTUNE_DATA``, which eval reads again, or the dataset needs none)."""
+    root = config.data.root
+    return {"dataset": config.data.dataset, "root": str(Path(root).expanduser().absolute()) if root else None}
 
 
 def adapter_files(directory: str | Path) -> tuple[Path, Path]:
@@ -179,6 +197,14 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
     template = payload.get("dataset_template")
     if template is not None and not isinstance(template, str):
         raise RlptuneError(f"{path}: field 'dataset_template' must be a string or null, got {template!r}")
+    for key in ("training_config", "result"):  # recorded since 0.2: the settings and metrics the card shows
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            raise RlptuneError(f"{path}: field {key!r} must be an object or null, got {type(payload[key]).__name__}")
+    data = payload.get("data")
+    if data is not None and not (
+        isinstance(data, dict) and isinstance(data.get("dataset"), str) and (data.get("root") is None or isinstance(data["root"], str))
+    ):
+        raise RlptuneError(f"{path}: field 'data' must be an object {{dataset, root}} with a dataset name and a root path or null")
 
 
 def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"):
@@ -213,6 +239,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         message = str(exc)
         raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: settings.{message}") from None
     config.method.name = payload["method"]
+    config = _training_config(payload, config, config_path)
     if not model_path.is_file():
         raise RlptuneError(f"{directory}: missing {model_path.name}")
     from safetensors.torch import load_file
@@ -228,7 +255,28 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
     method.load_adapter_state(state, str(model_path))
     check_logits_finite(method.eval(), state, model_path)
+    # what the folder recorded beyond the tensors, so that save_pretrained / push_to_hub of the loaded method write
+    # the same training_config.yaml and card as the run that made it, and eval finds its data
+    method.adapter_record = {"data": payload.get("data"), "result": payload.get("result"), "source": str(directory),
+                             "training_config": payload.get("training_config"),
+                             "precision": payload["backbone"].get("precision")}
     return method
+
+
+def _training_config(payload: dict[str, Any], config, config_path: Path):
+    """The full settings the adapter trained with (``training_config``), its ``settings`` (method and prompt, what
+    loading is checked against) taking precedence; an adapter from before 0.2 records only ``settings``: the rest is
+    the defaults."""
+    recorded = payload.get("training_config")
+    if not recorded:
+        return config
+    merged = {**recorded, **payload["settings"]}
+    merged["method"] = {**(merged.get("method") or {}), "name": payload["method"]}
+    try:
+        return config_from_dict(merged, f"{config_path}: training_config")
+    except RlptuneError as exc:
+        message = str(exc)
+        raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: training_config.{message}") from None
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tensor") -> None:

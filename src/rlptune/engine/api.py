@@ -21,7 +21,10 @@ import torch
 
 from .. import io
 from ..backbones import Backbone
+from ..config import resolve_config
+from ..data import canonical_name
 from ..data.items import DatasetSplits
+from ..errors import RlptuneError
 from ..rundir import check_output_file
 from ..methods import build_method
 from . import pipeline
@@ -49,6 +52,31 @@ def train(
 def prepare_dataset(config, few_shot_cache: str | Path | None = None, skipped_report: str | Path | None = None) -> DatasetSplits:
     """The splits the configured method trains on (split seed, image policy, few-shot draw, class subset applied)."""
     return pipeline.prepare_data(config, few_shot_cache, skipped_report).train
+
+
+def eval_config(method, config_file: str | None = None, overrides: dict[str, dict[str, Any]] | None = None):
+    """The settings ``rlptune eval`` evaluates ``method`` with: by default the data its adapter recorded (dataset,
+    absolute root, split seed, protocol and class subset, all images), each overridden by a flag or config file.
+
+    A recorded root that is gone is one line naming it and the flag to pass; another dataset than the recorded one
+    does not inherit its root. An adapter from before 0.2 records no data: the data must be given, as before.
+    """
+    record = (getattr(method, "adapter_record", None) or {}).get("data")
+    if not record:
+        return resolve_config(config_file, overrides or {}, base={"data": {"shots": 0}})
+    recorded = {**method.config.to_dict()["data"], "dataset": record["dataset"], "root": record["root"], "shots": 0}
+    config = resolve_config(config_file, overrides or {}, base={"data": recorded})
+    root = record["root"]
+    if root is not None and config.data.root == root:
+        if canonical_name(config.data.dataset) != canonical_name(record["dataset"]):
+            config.data.root = None  # another dataset: its root is given, or $RLPTUNE_DATA, never this one's
+        elif not Path(root).exists():
+            source = (getattr(method, "adapter_record", None) or {}).get("source", "the adapter")
+            raise RlptuneError(
+                f"{root}: the data root {source} was trained on is gone (moved or deleted); pass --data-root with "
+                f"where the {record['dataset']} data is now"
+            )
+    return config
 
 
 def zero_shot_method(config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None):
@@ -100,6 +128,7 @@ __all__ = [
     "seed_everything",
     "train",
     "check_predictions_output",
+    "eval_config",
     "write_predictions_csv",
     "zero_shot_method",
 ]

@@ -3,8 +3,9 @@
 An adapter folder on the Hugging Face hub is the adapter folder rlptune writes (``rlptune_adapter.json`` +
 ``rlptune_adapter.safetensors``, plus CLIP-LoRA's peft files on a Hugging Face backbone) with two more files:
 ``README.md`` (a model card saying what the prompt is, what it was trained on, how well it does and how to remake
-it) and ``training_config.yaml`` (the fully resolved settings, so ``rlptune train --config`` remakes it). These are
-module functions rather than methods so that ``rlptune.methods`` never depends on the engine::
+it) and ``training_config.yaml`` (the fully resolved settings, so ``rlptune train --config`` remakes it). A method has
+them as methods too (``method.save_pretrained(dir)``, ``method.push_to_hub(repo)``), which reach these functions
+through :func:`rlptune.registry.hub_function` so that ``rlptune.methods`` never imports the engine::
 
     rlptune.save_pretrained(method, "my-adapter")                 # folder + model card
     rlptune.push_to_hub(method, "me/pets-rlp")                    # or push_to_hub("runs/pets/adapter", ...)
@@ -28,6 +29,7 @@ import yaml
 
 from .. import __version__, io
 from ..backbones import Backbone
+from ..config import config_from_dict
 from ..errors import RlptuneError
 from ..rundir import RESULT, check_output_folder, read_result
 from .adapter import (
@@ -60,37 +62,79 @@ def save_pretrained(
 ) -> Path:
     """Write ``method`` as a hub-shaped adapter folder: the adapter, ``training_config.yaml`` and a model card.
 
-    ``config`` defaults to the settings the method was built with; ``result`` (a run's result.json) adds the
-    metrics to the card; ``command`` is the command line that made it (default: the one that remakes it from
-    ``training_config.yaml``).
+    ``config`` defaults to the settings the method was built with (for a loaded adapter: the full settings it
+    trained with); ``result`` (a run's result.json) adds the metrics to the card, by default the metrics a loaded
+    adapter recorded; ``command`` is the command line that made it (default: the one that remakes it from
+    ``training_config.yaml``). A loaded adapter re-saved this way writes the same ``training_config.yaml`` and card
+    as the run that made it.
     """
-    config = config if config is not None else method.config
+    record = getattr(method, "adapter_record", None) or {}
+    run = Path(record["source"]).parent if record.get("source") else None  # the run folder a loaded adapter sits in
+    extra: dict[str, Any] = {}
+    if config is None:
+        config = method.config
+        if record.get("data"):  # the root as resolved where it trained, not against today's working directory
+            extra["data"] = record["data"]
+        elif run is not None and not record.get("training_config") and (run / "config.yaml").is_file():
+            config = config_from_dict(_read_settings(run / "config.yaml") or {}, str(run / "config.yaml"))  # pre-0.2
+    if result is None:
+        result = record.get("result")
+        if result is None and run is not None and (run / RESULT).is_file():  # an adapter from before 0.2, in its run
+            result = read_result(run)
+    if result is not None:
+        extra["result"] = run_summary(result)
     check_output_folder(directory, kind="adapter", option="save_pretrained directory")  # never over a user's README.md
-    directory = save_adapter(directory, method, config)
-    io.write_text(directory / TRAINING_CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    directory = save_adapter(directory, method, config, extra or None)
     write_model_card(directory, result=result, command=command)
     return directory
+
+
+#: The fields of a run's result.json an adapter records (``result``) and its card shows: no timings, so that the same
+#: settings give byte-identical adapter folders.
+RESULT_FIELDS = ("dataset", "protocol", "shots", "seed", "epochs", "selected_epoch", "h", "metrics")
+
+
+def run_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What an adapter records of its run's result: :data:`RESULT_FIELDS` that are present."""
+    return {key: result[key] for key in RESULT_FIELDS if key in result}
 
 
 def write_model_card(
     directory: str | Path, *, result: Mapping[str, Any] | None = None, command: str | None = None
 ) -> Path:
-    """Write ``README.md`` for the adapter folder ``directory`` from what it records.
+    """Write ``README.md`` (and ``training_config.yaml``) for the adapter folder ``directory`` from what it records.
 
-    A run's adapter (``<run>/adapter``) takes its metrics from ``<run>/result.json`` and its settings from
-    ``<run>/config.yaml`` unless ``result`` is given; a folder from :func:`save_pretrained` reads its
-    ``training_config.yaml``.
+    The metrics are ``result`` if given, else those the adapter recorded, else a surrounding run's
+    (``<run>/result.json``, for an adapter written before adapters recorded them); a given or run's result is then
+    recorded in the adapter's config, so the folder keeps it wherever it goes. The settings are the adapter's
+    ``training_config`` (written out as ``training_config.yaml``), else a ``training_config.yaml`` or the run's
+    ``config.yaml`` beside it.
     """
     directory = Path(directory)
     payload = read_adapter_config(directory)
     run = directory.parent
+    if result is None:
+        result = payload.get("result")
     if result is None and (run / RESULT).is_file():
         result = read_result(run)
-    settings = _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / "config.yaml") or {}
+    if result is not None:
+        _record_result(directory, payload, run_summary(result))
+    recorded = payload.get("training_config")
+    if recorded:
+        io.write_text(directory / TRAINING_CONFIG, yaml.safe_dump(recorded, sort_keys=False))
+    settings = recorded or _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / "config.yaml") or {}
     if command is None:
         config_file = TRAINING_CONFIG if (directory / TRAINING_CONFIG).is_file() else "config.yaml"
         command = f"rlptune train --config {config_file} -o runs/{_slug(payload, settings, result)}"
     return io.write_text(directory / MODEL_CARD, model_card(payload, settings, result, command))
+
+
+def _record_result(directory: Path, payload: Mapping[str, Any], summary: dict[str, Any]) -> None:
+    """Record ``summary`` as the adapter's ``result`` (rlptune's config file only; 0.1.0's folders are left as they
+    are), rewriting the config only when it changes."""
+    config_path, _ = adapter_files(directory)
+    if config_path.name == ADAPTER_CONFIG and payload.get("result") != summary:
+        io.write_json(config_path, {**payload, "result": summary})
 
 
 def _read_settings(path: Path) -> dict[str, Any] | None:
@@ -183,7 +227,7 @@ def model_card(
     if rows:
         lines += ["| split | metric | value |", "|---|---|---|"]
         lines += [f"| {_md(split)} | {_md(name)} | {value} |" for split, name, value in rows]
-        extras = [(k, result[k]) for k in ("h", "epochs", "train_seconds") if isinstance((result or {}).get(k), (int, float))]
+        extras = [(k, result[k]) for k in ("h", "epochs") if isinstance((result or {}).get(k), (int, float))]
         lines += [f"| | {key} | {value} |" for key, value in extras]
     else:
         lines.append("Not recorded (the adapter was saved without a run's result.json).")
@@ -266,6 +310,7 @@ def hub_offline() -> bool:
 
 def download(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
     """The local snapshot of a hub adapter repo (only the adapter's files), as one line on any failure."""
+    _require_hub("from_pretrained of a hub repo id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -302,6 +347,14 @@ def download(repo_id: str, *, revision: str | None = None, token: str | None = N
     return Path(folder)
 
 
+def _require_hub(what: str) -> None:
+    """huggingface_hub is an optional dependency: without it, one line saying what to install."""
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise RlptuneError(f"{what} needs the huggingface_hub package: pip install huggingface_hub") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else type(exc).__name__
@@ -329,6 +382,7 @@ def push_to_hub(
     """
     if not _REPO_ID.match(repo_id):
         raise RlptuneError(f"{repo_id if str(repo_id).isprintable() else repr(repo_id)}: not a hub repo id (expected org/name)")
+    _require_hub("push_to_hub")
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory(prefix="rlptune-push-") as tmp:
@@ -390,6 +444,7 @@ __all__ = [
     "from_pretrained",
     "model_card",
     "push_to_hub",
+    "run_summary",
     "save_pretrained",
     "stage_folder",
     "write_model_card",

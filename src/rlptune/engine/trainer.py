@@ -430,7 +430,8 @@ def evaluate_split(method, splits: DatasetSplits, split: str, cache: FeatureCach
         preds = torch.cat(
             [method.logits(feats[i : i + 4096].to(method.backbone.device)).argmax(-1).cpu() for i in range(0, len(feats), 4096)]
         )
-    return classification_metrics(preds, labels, len(method.classnames))
+    # per_class is in class order; its names beside it, so result.json and eval --json say which class is which
+    return {**classification_metrics(preds, labels, len(method.classnames)), "per_class_names": list(method.classnames)}
 
 
 def library_versions() -> dict[str, str]:

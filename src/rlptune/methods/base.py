@@ -319,6 +319,17 @@ class Method(nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"method": self.registered_name, "trainable_params": self.num_trainable()}
 
+    # -- sharing (as transformers / peft models do) --------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> Path:
+        """Write this method as a hub-shaped adapter folder (adapter, ``training_config.yaml``, model card); the
+        same as :func:`rlptune.save_pretrained` (``config``, ``result``, ``command`` keywords)."""
+        return registry.hub_function("save_pretrained")(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload this method to the Hugging Face hub repo ``repo_id`` (needs ``huggingface_hub``); the same as
+        :func:`rlptune.push_to_hub` (``private``, ``token``, ``commit_message``, … keywords). Returns the commit URL."""
+        return registry.hub_function("push_to_hub")(self, repo_id, **kwargs)
+
 
 def check_dtype(name: str, tensor: torch.Tensor, expected: torch.dtype, source: str) -> None:
     """A stored tensor must have its parameter's dtype: an int64 tensor would be silently converted (and large values

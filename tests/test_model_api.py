@@ -12,7 +12,7 @@ from PIL import Image
 
 import rlptune
 from rlptune.cli import main
-from rlptune.config import RunConfig, resolve_config
+from rlptune.config import RunConfig, blank_config, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_presets_are_typed_values():
     resolved = resolve_config(overrides={"method": {"name": "rlp"}})
     assert typed.to_dict() == resolved.to_dict()
     assert typed.prompt.kind == "lowrank" and typed.prompt.n_ctx == 4
-    plain = RunConfig()
+    assert RunConfig().validate().to_dict() == resolve_config().to_dict()  # the default method, its recipe
+    plain = blank_config()  # every field at its default, no recipe
     plain.method.name = "rlp"  # RLP is its low-rank prompt: a full-rank RLP is refused, not silently built
     with pytest.raises(rlptune.RlptuneError, match="defined by prompt.kind='lowrank'"):
         plain.validate()

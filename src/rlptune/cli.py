@@ -98,9 +98,10 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     return found
 
 
-def _recipe_for(argv: Sequence[str], method: str | None = None, base: dict[str, Any] | None = None) -> _Recipe:
-    """The recipe a command line resolves to (``--method``, ``--protocol``, ``--shots`` as typed, else the defaults);
-    its values are looked up only when help is asked for, as they import the method registry."""
+def _recipe_for(argv: Sequence[str], command: str, method: str | None = None,
+                base: dict[str, Any] | None = None) -> _Recipe:
+    """The recipe ``command``'s line resolves to (``--method``, ``--protocol``, ``--shots`` as typed, else the
+    defaults); its values are looked up only when that command's help is asked for (they import the registries)."""
     from .config import DataSettings
     from .defaults import DEFAULT_METHOD
     from .options import coerce
@@ -113,7 +114,7 @@ def _recipe_for(argv: Sequence[str], method: str | None = None, base: dict[str, 
         shots = coerce(_flag_value(argv, "--shots"), int, "--shots") if _flag_value(argv, "--shots") else shots
     except RlptuneError:
         pass  # reported when the settings are resolved
-    detailed = "-h" in argv or "--help" in argv
+    detailed = list(argv[:1]) == [command] and ("-h" in argv or "--help" in argv)
     values: dict[str, Any] = {}
     if detailed:
         from . import recipes
@@ -150,7 +151,9 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     from .defaults import DEFAULT_METHOD
     from .options import option_fields
 
-    name = _method_in(argv) or DEFAULT_METHOD
+    name = _method_in(argv) or (DEFAULT_METHOD if list(argv[:1]) == ["train"] else None)
+    if not name:
+        return  # another command: the method registry (and torch) are not imported to build its parser
     try:
         entry = registry.method_entry(name)
     except RlptuneError:
@@ -552,7 +555,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train_recipe = _recipe_for(argv)
+    train_recipe = _recipe_for(argv, "train")
     p = sub.add_parser("train", help="train a method and write a run directory (adapter, metrics, result)",
                        epilog="\n".join(recipe_lines(train_recipe.method, train_recipe.protocol, train_recipe.shots))
                        if train_recipe.detailed else None)
@@ -568,7 +571,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an adapter on a dataset split")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",), recipe=_recipe_for(argv, base={"data.shots": 0}))
+    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",), recipe=_recipe_for(argv, "eval", base={"data.shots": 0}))
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--precision", default="auto", metavar="PRECISION",
@@ -579,7 +582,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy with hand-written templates")
     _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("eval.top_k", "method.class_specific", "method.class_token_position", "method.text_chunk", "method.checkpoint_text", "method.shared_prefix", "method.name", "method.options"),
-                      recipe=_recipe_for(argv, method="zeroshot", base={"data.shots": 0}))
+                      recipe=_recipe_for(argv, "zeroshot", method="zeroshot", base={"data.shots": 0}))
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     p.add_argument("--json", help="also write the metrics to this JSON file (default: print only)")
     p.set_defaults(func=cmd_zeroshot)
@@ -610,7 +613,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("params", help="trainable-parameter count of a method on a backbone")
-    _add_config_flags(p, sections=("backbone", "method", "prompt"), recipe=_recipe_for(argv))
+    _add_config_flags(p, sections=("backbone", "method", "prompt"), recipe=_recipe_for(argv, "params"))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_params)
 

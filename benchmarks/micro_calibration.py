@@ -1,4 +1,4 @@
-"""Calibration of the micro CLIP on the micro suite (issue 3): is prompt tuning meaningful here?
+"""Calibration of the micro CLIP on the micro suite: is prompt tuning meaningful here?
 
 For every micro dataset, on its fixed test split:
 

@@ -1,4 +1,4 @@
-"""Calibration of the v2 micro CLIP (``--backbone micro-v2``) on the ``micro2-*`` suite (issue 15).
+"""Calibration of the v2 micro CLIP (``--backbone micro-v2``) on the ``micro2-*`` suite.
 
 For every dataset, on its full test split: ``zs`` (generic template "a photo of a {}."), ``zs-sty`` (the dataset's
 style named), ``probe`` (16-shot logistic regression on frozen normalised features, L2 chosen on val) and, with

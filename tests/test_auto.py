@@ -15,7 +15,7 @@ from rlptune.cli import main
 from rlptune.config import config_from_dict, parse_set, resolve_config
 from rlptune.engine import auto, load_adapter, train
 from rlptune.errors import RlptuneError
-from rlptune.protocols.runner import parse_grid
+from rlptune.sweeps.runner import parse_grid
 from rlptune.rundir import settings_hash
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -1,4 +1,4 @@
-"""The official prompt layout of MaPLe / IVLP / deep text / PromptSRC (issue 12, item 4).
+"""The official prompt layout of MaPLe / IVLP / deep text / PromptSRC, as the official code builds it.
 
 - Fixed words: with ``prompt.n_ctx = 2`` and ``ctx_init = "a photo of a"`` the prompt is ``[ctx1 ctx2] of a {name}.``
   (the first n tokens learned, the rest fixed text), exact against ``encode_text`` when the context equals the

@@ -12,7 +12,7 @@ from PIL import Image
 
 import rlptune
 from rlptune.cli import main
-from rlptune.config import RunConfig, resolve_config
+from rlptune.config import RunConfig, blank_config, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_presets_are_typed_values():
     resolved = resolve_config(overrides={"method": {"name": "rlp"}})
     assert typed.to_dict() == resolved.to_dict()
     assert typed.prompt.kind == "lowrank" and typed.prompt.n_ctx == 4
-    plain = RunConfig()
+    assert RunConfig().validate().to_dict() == resolve_config().to_dict()  # the default method, its recipe
+    plain = blank_config()  # every field at its default, no recipe
     plain.method.name = "rlp"  # RLP is its low-rank prompt: a full-rank RLP is refused, not silently built
     with pytest.raises(rlptune.RlptuneError, match="defined by prompt.kind='lowrank'"):
         plain.validate()
@@ -50,13 +51,16 @@ def test_adapter_is_a_model(trained, colour_folder):
     logits = model(x)
     assert logits.shape == (1, 4)
     assert torch.allclose(logits, model.logits(model.encode_images(x)))
-    by_path = model.predict(image_path, top_k=2)
-    by_list = model.predict([image_path], top_k=2)
-    by_pil = model.predict(image, top_k=2)
-    by_tensor = model.predict(x, top_k=2)
-    by_folder = model.predict(colour_folder / "test" / "red", top_k=2)
+    by_path = rlptune.predict(model, image_path, top_k=2)
+    by_list = rlptune.predict(model, [image_path], top_k=2)
+    by_pil = rlptune.predict(model, image, top_k=2)
+    by_tensor = rlptune.predict(model, x, top_k=2)
+    by_folder = rlptune.predict(model, colour_folder / "test" / "red", top_k=2)
+    by_method = model.predict(x, top_k=2)  # the method itself takes tensors only: decoding is the caller's
     assert by_path[0]["path"] == str(image_path) and len(by_folder) == 12
-    for rows in (by_list, by_pil, by_tensor, [by_folder[0]]):
+    with pytest.raises(rlptune.RlptuneError, match=r"use rlptune\.predict\(method, images\)"):
+        model.predict(image_path)
+    for rows in (by_list, by_pil, by_tensor, [by_folder[0]], by_method):
         assert rows[0]["labels"] == by_path[0]["labels"]
         assert rows[0]["probs"] == pytest.approx(by_path[0]["probs"], abs=1e-6)
 

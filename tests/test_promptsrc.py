@@ -1,4 +1,4 @@
-"""PromptSRC (issue 16): official options, each loss term by hand, Gaussian aggregation, IVLP equivalence, counts.
+"""PromptSRC: official options, each loss term by hand, Gaussian aggregation, IVLP equivalence, counts.
 
 The official values come from muzairkhattak/PromptSRC: ``train.py`` (defaults), ``configs/trainers/PromptSRC/
 vit_b16_c2_ep20_batch4_4+4ctx.yaml`` (base-to-new), ``trainers/promptsrc.py`` (losses, GPA) and

@@ -165,7 +165,7 @@ def test_every_preset_value_equals_the_official_recipe():
 
 
 def test_coop_epochs_per_shot_and_imagenet_spot_checks():
-    # the figures the issue quotes, spelled out once more
+    # the figures the bug report quotes, spelled out once more
     assert [recipes.preset("coop", "few-shot", k)["train"]["epochs"] for k in SHOTS] == [50, 100, 100, 200, 200]
     assert [recipes.preset("coop", "few-shot", k, "imagenet")["train"]["epochs"] for k in SHOTS] == [50] * 5
     assert recipes.preset("rlp", "base2new", 16, "dtd")["train"]["epochs"] == 200
@@ -221,7 +221,7 @@ def test_every_key_is_a_runconfig_field_or_a_method_option_and_the_config_accept
                         else:
                             assert key in sections[section], (method, f"{section}.{key}")
                 # the settings machinery takes every value with its type, and the options class validates them
-                cfg = rc.apply_mapping(rc.RunConfig(), data, f"preset {method}").validate()
+                cfg = rc.apply_mapping(rc.blank_config(), data, f"preset {method}").validate()
                 assert cfg.method.name == method
                 from rlptune.options import parse_options
                 from rlptune.methods import get_method_class

@@ -110,7 +110,8 @@ class World:
     held: list = dataclasses.field(default_factory=list)  # lock file descriptors a case holds while it runs
 
     def train(self, *extra) -> list:
-        return ["train", "--backbone", self.arch, "--device", "cpu", "--no-progress", "--aug-views", 0,
+        # coop pinned: the cases were written when it was the default method (a later --method wins)
+        return ["train", "--method", "coop", "--backbone", self.arch, "--device", "cpu", "--no-progress", "--aug-views", 0,
                 "--cache-dir", self.tmp / "cache", *extra]
 
     def out(self) -> Path:
@@ -385,7 +386,7 @@ CATALOGUE: dict[str, tuple[Callable[[World], list], tuple[str, ...]]] = {
 }
 
 
-# -- round 2: data loss, stale results, collisions, guessed layouts (issue 13) -----------------------------------
+# -- round 2: data loss, stale results, collisions, guessed layouts ---------------------------------------------
 
 def snapshot(folder: Path) -> dict[str, bytes] | None:
     """Every file under ``folder`` with its bytes (None when the folder does not exist)."""

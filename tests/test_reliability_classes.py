@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlptune.data._common import check_unique_classnames, prompt_key, read_class_list
+from rlptune.data.common import check_unique_classnames, prompt_key, read_class_list
 from rlptune.errors import RlptuneError
 
 

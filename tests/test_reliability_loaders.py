@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from rlptune.cli import main
 from rlptune.data import DatasetSplits, Item, load_csv, load_dataset, register_dataset, unregister_dataset
-from rlptune.data._common import is_leftover, prompt_key
+from rlptune.data.common import is_leftover, prompt_key
 from rlptune.errors import RlptuneError
 
 LEAK = "an image in two splits leaks between training and evaluation"
@@ -364,7 +364,7 @@ def test_command_line_prints_the_rule_in_one_line(tmp_path, tiny_arch_path, caps
 def test_macosx_folder_with_a_real_image_is_not_a_class(tmp_path):
     root = image_folder(tmp_path / "ds", ["red/a.png", "red/b.png", "green/c.png", "green/d.png",
                                           "__MACOSX/red/._a.png", "__MACOSX/real.png"])
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("folder", root)
     assert splits.classnames == ["green", "red"]
     assert not any("MACOSX" in it.path for s in ("train", "val", "test") for it in splits.split(s))
@@ -381,7 +381,7 @@ def test_split_layout_with_leftovers_beside_the_split_folders(tmp_path):
             "train/red/@eaDir/a.png", "train/green/desktop.ini", "test/red/__MACOSX/c.png", "train/.Trashes/x.png",
             "train/green/.Spotlight-V100/y.png", "test/.hidden/z.png"]
     root = image_folder(tmp_path / "ds", SPLIT_FOLDER + junk)
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("folder", root)
     assert sorted(it.path for it in splits.train + splits.test) == sorted(SPLIT_FOLDER)
     assert len(warnings) == 1 and f"ignored {len(junk)} file(s) and folder(s)" in warnings[0]
@@ -390,7 +390,7 @@ def test_split_layout_with_leftovers_beside_the_split_folders(tmp_path):
 
 def test_clean_folder_gives_no_leftover_warning(tmp_path):
     root = image_folder(tmp_path / "ds", SPLIT_FOLDER + ["train/red/notes.txt"])
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         load_dataset("folder", root)
     assert warnings == []
 
@@ -401,7 +401,7 @@ def test_imagenet_layouts_skip_leftovers(tmp_path):
                     {"n01": ["c.JPEG", ".DS_Store"], "n02": ["d.JPEG"]})
     (root / "imagenet/images/train/__MACOSX/n01").mkdir(parents=True)
     write(root / "imagenet/images/train/__MACOSX/n01/._a.JPEG")
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("imagenet", root)
     assert [it.path for it in splits.train] == ["train/n01/a.JPEG", "train/n02/b.JPEG"]
     assert [it.path for it in splits.test] == ["val/n01/c.JPEG", "val/n02/d.JPEG"]
@@ -413,7 +413,7 @@ def test_imagenet_shift_skips_leftovers(tmp_path):
     ddir = tmp_path / "imagenet-rendition"
     write(ddir / "classnames.txt", "n01 goldfish\nn02 shark\n")
     image_folder(ddir / "imagenet-r", ["n01/a.jpg", "n02/b.jpg", "n02/._b.jpg", "__MACOSX/n01/._a.jpg"])
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("imagenet-r", tmp_path)
     assert splits.classnames == ["goldfish", "shark"] and len(splits.test) == 2 and not splits.train
     assert len(warnings) == 1 and "ignored 2 file(s) and folder(s)" in warnings[0]
@@ -426,7 +426,7 @@ def test_predict_folders_skip_leftovers(tmp_path):
 
     root = image_folder(tmp_path / "photos", ["a.png", "sub/b.jpg", "._a.png", "__MACOSX/._b.jpg", ".cache/c.png",
                                               "Thumbs.db", "notes.txt"])
-    with warnings_of("rlptune.data._common") as warnings:
+    with warnings_of("rlptune.data.common") as warnings:
         found = collect_images([root, root / "._a.png"])
     assert found == [root / "a.png", root / "sub/b.jpg", root / "._a.png"]
     assert len(warnings) == 1 and "ignored 4 file(s) and folder(s)" in warnings[0]
@@ -690,7 +690,7 @@ def test_folder_csv_and_split_json_agree(data):
         loaders = _load_all(root, csv_path, json_path)
         if mode == "clean":
             expected = {s: {(p, classes.index(n)) for p, n, sp in rows if sp == s} for s in ("train", "val", "test")}
-            with warnings_of("rlptune.data._common") as warnings:
+            with warnings_of("rlptune.data.common") as warnings:
                 loaded = {kind: load() for kind, load in loaders.items()}
             for kind, splits in loaded.items():
                 assert splits.classnames == classes, kind

@@ -137,7 +137,7 @@ ROUTES = settings(max_examples=150, deadline=None, derandomize=True, suppress_he
 
 @ROUTES
 @given(data=st.data())
-@example(data=None)  # the case: epochs 1.0e+32 in YAML, --set and the flag
+@example(data=None)  # the reported case: epochs 1.0e+32 in YAML, --set and the flag
 def test_a_number_means_the_same_in_a_yaml_file_with_set_and_as_a_flag(data, yaml_file):
     if data is None:
         method, section, name, f, kind = next(x for x in NUMBER_FIELDS if x[1:3] == ("train", "epochs"))

@@ -129,7 +129,7 @@ def fake_run(folder: Path, settings_hash: str = "a" * 16, finished: bool = True)
     return folder
 
 
-# -- train: the data-loss cases of the issue, through the command line ----------------------------------------------
+# -- train: the reported data-loss cases, through the command line ----------------------------------------------
 
 DATA_ROOT = "the data root (data.root)"
 

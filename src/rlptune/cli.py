@@ -16,15 +16,19 @@ from typing import Any, Sequence
 from . import __version__
 from .config import flag_table, parse_set, resolve_config
 from .errors import RlptuneError
+from .options import int_flag
 from .sweeps.executors import add_executor_args, executor_settings_from_args
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = (),
+                      recipe: "_Recipe | None" = None) -> None:
     from .config import _section_classes
 
     classes = _section_classes()
-    parser.add_argument("--config", help="YAML settings file or the name of a shipped preset (coop, rlp, …)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set any field, e.g. prompt.rank=2")
+    parser.add_argument("--config", help="YAML settings file or the name of a shipped preset (coop, rlp, …) "
+                                         "(default: none, the method's recipe)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="set any field, e.g. prompt.rank=2 (repeatable; default: none)")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (section, name, f) in flag_table().items():
         if (sections is not None and section not in sections) or f"{section}.{name}" in skip:
@@ -33,15 +37,98 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
         hint = typing.get_type_hints(classes[section])[name]
         dest = f"cfg__{section}__{name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r}, or the method's recipe{_bounds(f.metadata)})"
+        help_text = f"{f.metadata.get('help', '')} (default: {_default_text(section, name, default, recipe)}{_bounds(f.metadata)})"
+        if flag == "backbone" and recipe is not None and recipe.detailed:
+            help_text += f"; registered: {_backbone_names()}"
+        help_text = help_text.replace("%", "%%")
         if hint is bool:
             group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif hint is list or typing.get_origin(hint) is list:
-            group.add_argument(f"--{flag}", dest=dest, action="append", default=None, help=help_text + " (repeatable)")
+            group.add_argument(f"--{flag}", dest=dest, action="append", default=None, metavar=name.upper(),
+                               help=help_text + " (repeatable)")
         elif hint is dict:
             continue
         else:
             group.add_argument(f"--{flag}", dest=dest, default=None, metavar=name.upper(), help=help_text)
+
+
+@dataclasses.dataclass
+class _Recipe:
+    """What a command's settings default to: the method's official recipe for a protocol and shot count."""
+
+    method: str
+    protocol: str
+    shots: int
+    values: dict[str, Any]  # "train.epochs" -> 200
+    base: dict[str, Any]  # the command's own defaults, "data.shots" -> 0
+    detailed: bool  # help was asked for: backbones and recipe values are looked up (imports the registries)
+
+    def label(self) -> str:
+        return f"{self.method} recipe, {self.protocol}, {self.shots} shots"
+
+
+def _default_text(section: str, name: str, default: Any, recipe: "_Recipe | None") -> str:
+    key = f"{section}.{name}"
+    if recipe is not None and key in recipe.base:
+        return repr(recipe.base[key])
+    if recipe is not None and key in recipe.values:
+        return f"{recipe.values[key]!r} from the {recipe.label()}"
+    if recipe is not None and not recipe.detailed and key.split(".")[0] in ("train", "prompt", "method"):
+        return f"{default!r}, or the method's recipe"
+    return repr(default)
+
+
+def _backbone_names() -> str:
+    """The registered backbone loaders, as ``--backbone``'s help lists them (plug-ins included)."""
+    from . import registry
+    from .backbones.loader import backbone_loaders
+
+    registry.load_builtin_plugins()
+    return ", ".join(n for n in backbone_loaders() if n != "missing checkpoint")
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` / ``--flag=VALUE`` on a command line, if given (the last one wins)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _recipe_for(argv: Sequence[str], command: str, method: str | None = None,
+                base: dict[str, Any] | None = None) -> _Recipe:
+    """The recipe ``command``'s line resolves to (``--method``, ``--protocol``, ``--shots`` as typed, else the
+    defaults); its values are looked up only when that command's help is asked for (they import the registries)."""
+    from .config import DataSettings
+    from .defaults import DEFAULT_METHOD
+    from .options import coerce
+
+    method = method or _flag_value(argv, "--method") or DEFAULT_METHOD
+    protocol = _flag_value(argv, "--protocol") or DataSettings().protocol
+    base = dict(base or {})
+    shots = base.get("data.shots", DataSettings().shots)
+    try:
+        shots = coerce(_flag_value(argv, "--shots"), int, "--shots") if _flag_value(argv, "--shots") else shots
+    except RlptuneError:
+        pass  # reported when the settings are resolved
+    detailed = list(argv[:1]) == [command] and ("-h" in argv or "--help" in argv)
+    values: dict[str, Any] = {}
+    if detailed:
+        from . import recipes
+
+        try:
+            preset = recipes.preset(method, protocol, shots) if method in recipes.recipe_methods() else {}
+        except RlptuneError:
+            preset = {}
+        for section, fields in preset.items():
+            for name, value in fields.items():
+                if name != "options":
+                    values[f"{section}.{name}"] = value
+        values["method.name"] = method
+    return _Recipe(method, protocol, shots, values, base, detailed)
 
 
 def _bounds(metadata: Any) -> str:
@@ -53,23 +140,20 @@ def _bounds(metadata: Any) -> str:
 
 
 def _method_in(argv: Sequence[str]) -> str | None:
-    """The ``--method NAME`` of a command line, if any (its options become flags of that command)."""
-    for i, arg in enumerate(argv):
-        if arg == "--method" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--method="):
-            return arg.split("=", 1)[1]
-    return None
+    """The ``--method NAME`` of a command line, if any (its options become flags of that command); the last one
+    wins, as it does for the setting itself."""
+    return _flag_value(argv, "--method")
 
 
 def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """The typed options of the method named on the command line, as flags with their defaults and help."""
     from . import registry
+    from .defaults import DEFAULT_METHOD
     from .options import option_fields
 
-    name = _method_in(argv)
+    name = _method_in(argv) or (DEFAULT_METHOD if list(argv[:1]) == ["train"] else None)
     if not name:
-        return
+        return  # another command: the method registry (and torch) are not imported to build its parser
     try:
         entry = registry.method_entry(name)
     except RlptuneError:
@@ -194,7 +278,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _read_classes(value: str) -> list[str]:
-    from .data._common import read_class_list
+    from .data.common import read_class_list
 
     return read_class_list(value)
 
@@ -209,15 +293,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     method = _load_adapter(args)
     if args.classes:
         method.set_classnames(_read_classes(args.classes))
-    rows = predict(method, args.images, top_k=args.top_k, progress=_progress(args))
+    rows = predict(method, args.images, top_k=args.top_k, progress=_progress(args), image_policy=args.image_policy)
     k = max(1, min(args.top_k, len(method.classnames)))
+    skipped = [row for row in rows if "error" in row]
     if args.output:
-        write_predictions_csv(args.output, rows, k)
-        print(f"wrote {len(rows)} predictions to {args.output}")
+        write_predictions_csv(args.output, rows, k, error_column=args.image_policy == "skip")
+        print(f"wrote {len(rows) - len(skipped)} predictions to {args.output}"
+              + (f" ({len(skipped)} skipped image(s) listed in its error column)" if skipped else ""))
     else:
         for row in rows:
-            best = ", ".join(f"{_printable(ln)} {p:.3f}" for ln, p in zip(row["labels"], row["probs"]))
-            print(f"{_printable(row['path'])}\t{best}")
+            if "error" not in row:
+                best = ", ".join(f"{_printable(ln)} {p:.3f}" for ln, p in zip(row["labels"], row["probs"]))
+                print(f"{_printable(row['path'])}\t{best}")
+    if skipped:  # at the end, after every prediction: the list is what a user reads last
+        print(f"skipped {len(skipped)} unreadable image(s) (--image-policy skip):", file=sys.stderr)
+        for row in skipped:
+            print(f"  {_printable(row['error'])}", file=sys.stderr)
     return 0
 
 
@@ -282,10 +373,32 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_lines(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> list[str]:
+    """The resolved recipe of ``method`` for ``protocol`` and ``shots``: one ``key = value  [source]`` line each."""
+    from . import recipes
+
+    if method not in recipes.recipe_methods():
+        return [f"{method}: no official recipe (the settings' defaults apply)"]
+    preset = recipes.preset(method, protocol, shots, dataset)
+    lines = [f"{method} recipe for {protocol}, {shots} shots{f', {dataset}' if dataset else ''} "
+             f"(values from these sources; anything given explicitly wins):"]
+    for key, source in recipes.sources(method, protocol, shots, dataset).items():
+        section, _, name = key.partition(".")
+        value = preset[section]["options"][name[len("options."):]] if name.startswith("options.") else preset[section][name]
+        lines.append(f"  {key} = {value!r}  [{source}]")
+    return lines
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from . import recipes
     from .methods import list_methods
 
+    if args.method:
+        from . import registry
+
+        registry.method_entry(args.method)  # an unknown name is one line with a suggestion
+        print("\n".join(recipe_lines(args.method, args.protocol, args.shots, args.dataset)))
+        return 0
     print("methods:", ", ".join(list_methods()))
     print()
     print(recipes.methods_table())
@@ -399,8 +512,37 @@ def suggest_flag(token: str, flags: Sequence[str]) -> str | None:
     return f"--{close[0]}" if close else None
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default: the ones whose text does not already say it get it appended."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Descriptions and epilogs keep their line breaks (the recipe listing is one value per line)."""
+        lines = text.splitlines()
+        return "\n".join(super(_HelpFormatter, self)._fill_text(line, width, indent + line[: len(line) - len(line.lstrip())])
+                         if line.strip() else "" for line in lines)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        value = action.default
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)) and not value:
+            shown = "off"
+        elif value is None:
+            shown = "not set"
+        elif isinstance(value, (list, tuple)):
+            shown = " ".join(str(v) for v in value) or "none"
+        else:
+            shown = str(value)
+        return f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with a did-you-mean for unknown flags (``--learning_rate`` → ``--lr``)."""
+    """argparse with a did-you-mean for unknown flags (``--learning_rate`` → ``--lr``) and defaults in every help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
@@ -427,45 +569,54 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a method and write a run directory (adapter, metrics, result)")
-    _add_config_flags(p)
+    train_recipe = _recipe_for(argv, "train")
+    p = sub.add_parser("train", help="train a method and write a run directory (adapter, metrics, result)",
+                       epilog="\n".join(recipe_lines(train_recipe.method, train_recipe.protocol, train_recipe.shots))
+                       if train_recipe.detailed else None)
+    _add_config_flags(p, recipe=train_recipe)
     _add_method_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished run with the same settings")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the rlptune run the output folder holds (only when the new run succeeds; never a "
                         "folder that is not a run)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate an adapter on a dataset split")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",))
+    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",), recipe=_recipe_for(argv, "eval", base={"data.shots": 0}))
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--precision", default="auto", metavar="PRECISION",
                    help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
+    p.add_argument("--json", help="also write the metrics to this JSON file (default: print only)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy with hand-written templates")
-    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("eval.top_k", "method.class_specific", "method.class_token_position", "method.text_chunk", "method.checkpoint_text", "method.shared_prefix", "method.name", "method.options"))
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--json", help="also write the metrics to this JSON file")
+    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("eval.top_k", "method.class_specific", "method.class_token_position", "method.text_chunk", "method.checkpoint_text", "method.shared_prefix", "method.name", "method.options"),
+                      recipe=_recipe_for(argv, "zeroshot", method="zeroshot", base={"data.shots": 0}))
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
+    p.add_argument("--json", help="also write the metrics to this JSON file (default: print only)")
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("predict", help="top-k labels for images or folders, as CSV")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--classes", help="comma-separated class names or a file (one per line): overrides the adapter's classes")
+    p.add_argument("--top-k", type=int_flag("--top-k", low=1), default=5,
+                   help="labels per image, most probable first (clipped to the class count; default: 5)")
+    p.add_argument("--classes", help="comma-separated class names or a file (one per line): overrides the adapter's "
+                                     "classes (default: the adapter's)")
     p.add_argument("-o", "--output", help="CSV file to write (default: print)")
     p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--precision", default="auto", metavar="PRECISION",
                    help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--image-policy", default="error", choices=("error", "skip"),
+                   help="an image that does not decode: error stops with one line naming it; skip predicts the others "
+                        "and lists the skipped files at the end and in the CSV's error column (default: error)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("push", help="upload an adapter folder (with its model card) to the Hugging Face Hub")
@@ -487,44 +638,59 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("params", help="trainable-parameter count of a method on a backbone")
-    _add_config_flags(p, sections=("backbone", "method", "prompt"))
-    p.add_argument("--json", action="store_true")
+    _add_config_flags(p, sections=("backbone", "method", "prompt"), recipe=_recipe_for(argv, "params"))
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("run", help="run a protocol over datasets × methods × shots × seeds (× a settings grid)")
-    p.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"))
+    p.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
+                   help="the evaluation protocol (its recipe key, splits and tables)")
     p.add_argument("--datasets", nargs="+", help="dataset names (default: the micro suite; source for cross-dataset/domain-gen)")
     p.add_argument("--targets", nargs="+", help="target datasets (cross-dataset / domain-gen; default: the literature's)")
-    p.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "rlp"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--shots", nargs="+", type=int, default=[16])
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "rlp"], metavar="METHOD",
+                   help="methods to run, each with its own recipe (`rlptune methods NAME`; default: zeroshot coop rlp)")
+    p.add_argument("--seeds", nargs="+", type=int_flag("--seeds"), default=[1, 2, 3], metavar="SEED",
+                   help="seeds, one run per seed (default: 1 2 3)")
+    p.add_argument("--shots", nargs="+", type=int_flag("--shots", low=0), default=[16], metavar="SHOTS",
+                   help="shots per class, one run per count (default: 16)")
     p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2", help="sweep a setting (repeatable: grid product)")
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=1, help="runs in parallel (processes)")
     add_executor_args(p)
-    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache", "auto"))
-    p.add_argument("--backbone", default="micro")
-    p.add_argument("--data-root", default=None)
+    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache", "auto"),
+                      recipe=_Recipe("each method's", "the protocol's", 16, {}, {}, False))
+    p.add_argument("--backbone", default="micro", help="backbone spec of every run (default: micro, whose suite "
+                                                       "the default datasets are; micro-v2 brings its own)")
+    p.add_argument("--data-root", default=None, help="folder holding real datasets (CoOp layout; default: "
+                                                     "$RLPTUNE_DATA, or none for the micro suites)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="tables, figures and report.md/report.html from a results folder")
-    p.add_argument("results")
-    p.add_argument("-o", "--output", default="report")
+    p.add_argument("results", help="results folder of `rlptune run` (or any folder of run directories)")
+    p.add_argument("-o", "--output", default="report", help="report folder (tables, figures, report.md/.html)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyze", help="prompt singular values / information density per run, and their correlation with new-class accuracy")
     p.add_argument("runs", nargs="+", help="run directories or folders of runs")
-    p.add_argument("--k", type=int, default=1, help="k of ID_k")
+    p.add_argument("--k", type=int_flag("--k", low=1), default=1, help="k of ID_k")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("methods", help="list registered methods and every official recipe value")
+    p = sub.add_parser("methods", help="list registered methods and every official recipe value, or one method's "
+                                       "recipe resolved for a protocol and shot count, with sources")
+    p.add_argument("method", nargs="?", default=None,
+                   help="print this method's resolved recipe (default: list every method and recipe)")
+    p.add_argument("--protocol", default="few-shot", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
+                   help="protocol whose recipe to resolve")
+    p.add_argument("--shots", type=int_flag("--shots", low=0), default=16, help="shots per class")
+    p.add_argument("--dataset", default=None, help="dataset, for recipes with per-dataset values (default: none)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="the main job on the embedded micro world v2: zero-shot vs CoOp vs RLP, base-to-new")
     p.add_argument("-o", "--output", default="rlptune-demo", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seeds", type=int_flag("--seeds"), nargs="+", default=[1, 2], metavar="SEED",
+                   help="seeds per method and dataset")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=min(2, os.cpu_count() or 1),
                    help="runs in parallel (processes; default: 2, or 1 on a one-core machine)")
     p.set_defaults(func=cmd_demo)
 
@@ -542,7 +708,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain-micro", help="pretrain the micro CLIP on the procedural world", add_help=False)
     p.set_defaults(func=None)  # main() hands its arguments to the pretraining command as they are
 
-    from .serve.cli import add_serve_parser  # issue 18; fastapi/uvicorn are imported only when serving
+    from .serve.cli import add_serve_parser  # fastapi/uvicorn are imported only when serving
 
     add_serve_parser(sub)
 

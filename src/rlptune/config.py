@@ -23,6 +23,7 @@ from .options import (
     SettingsLoader, check_ranges, coerce, options_dict, parse_options, read_setting_text, settle_numbers, type_hints,
 )
 from . import recipes, registry  # after .options: the order the package imports in
+from .defaults import DEFAULT_BACKBONE, DEFAULT_METHOD
 
 _log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class _Section:
 
 @dataclass
 class BackboneSettings(_Section):
-    name: str = _f("micro", "backbone spec: micro | ARCH:TAG | ARCH:/path/weights | /path/openai.pt | arch.json | random:ARCH", flag="backbone")
+    name: str = _f(DEFAULT_BACKBONE, "backbone spec: a registered name or spelling (`rlptune train --help` lists them)", flag="backbone")
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
     precision: str = _f(
         "auto",
@@ -122,7 +123,7 @@ class PromptSettings(_Section):
 
 @dataclass
 class MethodSettings(_Section):
-    name: str = _f("coop", "method: zeroshot | coop | rlp | … (see `rlptune methods`)", flag="method")
+    name: str = _f(DEFAULT_METHOD, "method: zeroshot | coop | rlp | … (see `rlptune methods`); its official recipe applies", flag="method")
     templates: list = _f(["a photo of a {}."], "zero-shot templates ({} = class name); several = ensemble", flag="template")
     use_dataset_template: bool = _f(False, "zero-shot: use the dataset's hand-crafted template instead")
     class_specific: bool = _f(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", flag="csc")
@@ -338,7 +339,8 @@ def _number_list(values: Any, kind: type, where: str, low: float, high: float) -
 class RunConfig:
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     data: DataSettings = field(default_factory=DataSettings)
-    method: MethodSettings = field(default_factory=MethodSettings)
+    # None: the default method, its recipe filling the sections not given (RunConfig() is `rlptune train`'s default)
+    method: MethodSettings = None  # type: ignore[assignment]
     prompt: PromptSettings = field(default_factory=PromptSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -346,7 +348,13 @@ class RunConfig:
     auto: AutoSettings = field(default_factory=AutoSettings)
 
     def __post_init__(self) -> None:
-        if isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
+        if self.method is None:
+            self.method = MethodSettings()
+            recipe = method_preset(DEFAULT_METHOD, self.data.protocol, self.data.shots, self.data.dataset)
+            classes = _section_classes()
+            untouched = {k: v for k, v in recipe.items() if getattr(self, k) == classes[k]()}  # given sections stay
+            apply_mapping(self, untouched, f"{DEFAULT_METHOD} preset")
+        elif isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
             name = self.method
             self.method = MethodSettings()
             apply_mapping(self, method_preset(name, self.data.protocol, self.data.shots, self.data.dataset), f"{name} preset")
@@ -554,11 +562,11 @@ def resolve_config(
             )
         file_data = load_yaml(path) if path is not None else {"method": {"name": config_file}}
     layers = (overrides, file_data, base)
-    method = _peek(layers, "method", "name", str) or MethodSettings().name
+    method = _peek(layers, "method", "name", str) or DEFAULT_METHOD
     protocol = _peek(layers, "data", "protocol", str) or DataSettings().protocol
     shots = _peek(layers, "data", "shots", int)
     dataset = _peek(layers, "data", "dataset", str)
-    config = RunConfig()
+    config = blank_config()
     apply_mapping(config, method_preset(method, protocol, DataSettings().shots if shots is None else shots, dataset), f"{method} recipe")
     apply_mapping(config, base, "settings")
     apply_mapping(config, file_data, str(config_file))
@@ -586,7 +594,13 @@ def _peek(layers: tuple, section: str, name: str, kind: type) -> Any:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Rebuild a resolved config (e.g. a run directory's config.yaml) exactly, without applying presets."""
-    return apply_mapping(RunConfig(), data, source).validate()
+    named = isinstance(data, dict) and isinstance(data.get("method"), dict) and "name" in data["method"]
+    return apply_mapping(blank_config() if named else RunConfig(), data, source).validate()
+
+
+def blank_config() -> RunConfig:
+    """Every setting at its field default, no recipe applied: the base that presets, files and flags fill in."""
+    return RunConfig(method=MethodSettings())
 
 
 def flag_table() -> dict[str, tuple[str, str, dataclasses.Field]]:

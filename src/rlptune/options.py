@@ -17,7 +17,7 @@ import functools
 import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -152,6 +152,21 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         check_plain(value, where)
         return dict(value)
     return value
+
+
+def int_flag(flag: str, low: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer flag that reads its text as a settings field does (:func:`coerce`):
+    ``3``, ``3.0``, ``3e0`` and ``1_000`` mean the same on every route, and a bad one raises :class:`RlptuneError`
+    (one ``rlptune: error:`` line naming the flag), never argparse's usage message."""
+
+    def read(text: str) -> int:
+        value = coerce(text, int, flag)
+        if low is not None and value < low:
+            raise RlptuneError(f"{flag} must be >= {low}, got {value}")
+        return value
+
+    read.__name__ = "integer"
+    return read
 
 
 class SettingsLoader(yaml.SafeLoader):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RlptuneError
-from ._common import (
+from .common import (
     SPLIT_NAMES,
     Entry,
     Leftovers,

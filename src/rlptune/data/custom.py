@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import RlptuneError
-from ._common import (
+from .common import (
     DEFAULT_FRACTIONS,
     DEFAULT_TEMPLATE,
     SPLIT_NAMES,

@@ -28,7 +28,7 @@ from typing import Sequence
 
 from ..errors import RlptuneError
 from ..io import file_lock, write_json
-from ._common import check_entry, read_json_file
+from .common import check_entry, read_json_file
 from .items import DatasetSplits, Item, relabel
 from .paths import normalize_rel
 

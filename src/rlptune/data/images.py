@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import RlptuneError
-from ._common import Leftovers, is_leftover
+from .common import Leftovers, is_leftover
 from .items import DatasetSplits
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def collect_images(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> 
     """Files given directly plus image files found (recursively, sorted) in given folders; one path or many.
 
     In folders, what archive tools and operating systems leave (``__MACOSX/``, ``._*``, hidden names; see
-    :func:`rlptune.data._common.is_leftover`) is skipped, with one warning per folder, as the dataset loaders do."""
+    :func:`rlptune.data.common.is_leftover`) is skipped, with one warning per folder, as the dataset loaders do."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []

@@ -28,7 +28,7 @@ from ..backbones import Backbone, load_backbone
 from ..backbones.precision import PRECISIONS, precision_for, resolve_precision
 from ..backbones.identity import backbone_mismatch, backbone_record
 from ..config import config_from_dict
-from ..data._common import check_unique_classnames
+from ..data.common import check_unique_classnames
 from ..errors import RlptuneError
 from ..rundir import settings_hash
 from ..methods import build_method, get_method_class, list_methods

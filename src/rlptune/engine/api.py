@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from .. import io
 from ..backbones import Backbone
 from ..config import resolve_config
 from ..data import canonical_name
+from ..data.images import collect_images, load_image
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..rundir import check_output_file
@@ -84,6 +88,10 @@ def zero_shot_method(config, backbone: Backbone, classnames: Sequence[str], data
     return build_method(config, backbone, classnames, dataset_template)
 
 
+#: What ``predict`` does with a file that does not decode (as ``data.image_policy`` does for training and eval).
+IMAGE_POLICIES = ("error", "skip")
+
+
 @torch.no_grad()
 def predict(
     method,
@@ -91,10 +99,62 @@ def predict(
     top_k: int = 5,
     batch_size: int = 64,
     progress: bool = False,
+    image_policy: str = "error",
 ) -> list[dict[str, Any]]:
-    """Top-k labels and probabilities for each image: a path, a list of paths, a folder, a PIL image or a tensor batch
-    (see :meth:`rlptune.Method.predict`)."""
-    return method.predict(images, top_k=top_k, batch_size=batch_size, progress=progress)
+    """Top-k labels and probabilities for each image: a path, a list of paths, a folder, a PIL image, a list of PIL
+    images or a tensor batch; one row ``{path, labels, probs}`` per image (``path`` is None for images in memory).
+
+    Decoding and the progress bar live here, not in the method (:meth:`rlptune.Method.predict` takes tensors).
+    ``image_policy="skip"``: a file that does not decode gets a row ``{path, labels: [], probs: [], error}`` in its
+    place and the others are still predicted; ``"error"`` (the default) stops at it with one line naming the file.
+    """
+    if image_policy not in IMAGE_POLICIES:
+        raise RlptuneError(f"image_policy: expected one of {', '.join(IMAGE_POLICIES)}, got {image_policy!r}")
+    batch_size = max(1, int(batch_size))
+    if isinstance(images, torch.Tensor):
+        return [{"path": None, **row} for row in method.predict(images, top_k=top_k, batch_size=batch_size)]
+    if isinstance(images, Image.Image) or (
+        isinstance(images, (list, tuple)) and images and all(isinstance(i, Image.Image) for i in images)
+    ):
+        pictures = [images] if isinstance(images, Image.Image) else list(images)
+        method.eval()
+        method.merge()
+        rows = []
+        for start in range(0, len(pictures), batch_size):
+            batch = torch.stack([method.preprocess(im.convert("RGB")) for im in pictures[start : start + batch_size]])
+            rows += [{"path": None, **row} for row in method.predict(batch, top_k=top_k, merge=False)]
+        return rows
+    paths = collect_images(images)
+    method.eval()
+    method.merge()  # once for every batch
+    bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr) if progress else None
+    rows = []
+    try:
+        for start in range(0, len(paths), batch_size):
+            part = paths[start : start + batch_size]
+            decoded: list[torch.Tensor | None] = []
+            failed: dict[int, str] = {}
+            for i, path in enumerate(part):
+                try:
+                    decoded.append(method.preprocess(load_image(path)))
+                except RlptuneError as exc:
+                    if image_policy == "error":
+                        raise
+                    failed[i] = str(exc)
+                    decoded.append(None)
+            good = [t for t in decoded if t is not None]
+            scored = iter(method.predict(torch.stack(good), top_k=top_k, merge=False) if good else [])
+            for i, path in enumerate(part):
+                if i in failed:
+                    rows.append({"path": str(path), "labels": [], "probs": [], "error": failed[i]})
+                else:
+                    rows.append({"path": str(path), **next(scored)})
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
 
 
 def check_predictions_output(path: str | Path) -> Path:
@@ -103,18 +163,22 @@ def check_predictions_output(path: str | Path) -> Path:
                              "a predictions CSV")
 
 
-def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int) -> Path:
+def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int, error_column: bool = False) -> Path:
+    """The predictions as CSV (``path,label_1,prob_1,…``), written atomically; ``error_column`` adds ``error``, the
+    reason a skipped file has no labels (empty for the others), so the file lists every image it was given."""
     check_predictions_output(path)
     buffer = _io.StringIO()
     writer = csv.writer(buffer)
     header = ["path"]
     for i in range(1, top_k + 1):
         header += [f"label_{i}", f"prob_{i}"]
-    writer.writerow(header)
+    writer.writerow(header + (["error"] if error_column else []))
     for row in rows:
         line = [row["path"]]
         for label, prob in zip(row["labels"], row["probs"]):
             line += [label, f"{prob:.6f}"]
+        if error_column:
+            line += [""] * (len(header) - len(line)) + [row.get("error", "")]
         writer.writerow(line)
     return io.write_text(path, buffer.getvalue())
 

@@ -15,7 +15,6 @@ discovered with ``hasattr``: every hook has a default here.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -24,13 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from PIL import Image
-from tqdm.auto import tqdm
-
 from ..backbones import eval_transform
 from ..backbones.base import Backbone
-from ..data._common import check_unique_classnames
-from ..data.images import collect_images, load_image
+from ..data.common import check_unique_classnames
 from ..errors import RlptuneError
 from .. import registry
 from ..options import NoOptions, parse_options
@@ -216,43 +211,31 @@ class Method(nn.Module):
         return eval_transform(self.backbone)
 
     @torch.no_grad()
-    def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64, progress: bool = False) -> list[dict[str, Any]]:
-        """Top-k labels and probabilities (softmax over the classes) for a path, a list of paths, a folder, a PIL image,
-        a list of PIL images or a preprocessed tensor batch; one row ``{path, labels, probs}`` per image."""
-        self.eval()
-        self.merge()
-        k = max(1, min(int(top_k), len(self.classnames)))
-        if isinstance(inputs, torch.Tensor):
-            batch = inputs if inputs.dim() == 4 else inputs.unsqueeze(0)
-            chunks = [(None, batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
-            names: list[str | None] = [None] * len(batch)
-            return self._rows(chunks, names, k)
-        if isinstance(inputs, Image.Image) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, Image.Image) for i in inputs)):
-            images = [inputs] if isinstance(inputs, Image.Image) else list(inputs)
-            tensors = torch.stack([self.preprocess(im.convert("RGB")) for im in images])
-            return self._rows([(None, tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)], [None] * len(images), k)
-        paths = collect_images(inputs)
-        bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr) if progress else None
-        chunks = []
-        for start in range(0, len(paths), batch_size):
-            part = paths[start : start + batch_size]
-            chunks.append((bar, torch.stack([self.preprocess(load_image(p)) for p in part])))
-        rows = self._rows(chunks, [str(p) for p in paths], k)
-        if bar is not None:
-            bar.close()
-        return rows
+    def predict(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 64, merge: bool = True) -> list[dict[str, Any]]:
+        """Top-k labels and probabilities (softmax over the classes) of a batch of preprocessed images, (B, 3, H, W)
+        or one (3, H, W) image (see :attr:`preprocess`); one row ``{labels, probs}`` per image.
 
-    def _rows(self, chunks, names: list[str | None], k: int) -> list[dict[str, Any]]:
+        A method computes; it reads no files and draws no progress: :func:`rlptune.predict` decodes paths, folders
+        and PIL images and calls this with ``merge=False`` after merging once for all its batches."""
+        if not isinstance(images, torch.Tensor):
+            raise RlptuneError(
+                f"{type(self).__name__}.predict takes a tensor of preprocessed images (method.preprocess), got "
+                f"{type(images).__name__}; for paths, folders or PIL images use rlptune.predict(method, images)"
+            )
+        if images.dim() not in (3, 4):
+            raise RlptuneError(f"{type(self).__name__}.predict: expected images (B, 3, H, W) or (3, H, W), got shape "
+                               f"{tuple(images.shape)}")
+        batch = images if images.dim() == 4 else images.unsqueeze(0)
+        if merge:
+            self.eval()
+            self.merge()
+        k = max(1, min(int(top_k), len(self.classnames)))
         rows: list[dict[str, Any]] = []
-        for bar, batch in chunks:
-            probs = self(batch.to(self.backbone.device)).float().softmax(-1).cpu()
+        for start in range(0, len(batch), max(1, int(batch_size))):
+            probs = self(batch[start : start + batch_size].to(self.backbone.device)).float().softmax(-1).cpu()
             top = probs.topk(k, dim=-1)
             for values, indices in zip(top.values, top.indices):
-                rows.append(
-                    {"path": names[len(rows)], "labels": [self.classnames[int(i)] for i in indices], "probs": [float(v) for v in values]}
-                )
-            if bar is not None:
-                bar.update(len(batch))
+                rows.append({"labels": [self.classnames[int(i)] for i in indices], "probs": [float(v) for v in values]})
         return rows
 
     @torch.no_grad()

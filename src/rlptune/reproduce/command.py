@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..options import int_flag
 from ..sweeps.executors import add_executor_args, executor_settings_from_args
 from .settings import PARTS, StudySettings
 
@@ -21,9 +22,12 @@ def add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--backbone", default="micro-v2", help="backbone spec; micro-v2 (default: every method runs on it) and micro bring their dataset suites")
     p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: the backbone's micro suite)")
     p.add_argument("--data-root", default=None, help="root of real datasets (CoOp layout)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--shots", type=int, default=16, help="shots of the base-to-new, cross-dataset and domain-gen runs")
-    p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (default: the official ones)")
+    p.add_argument("--seeds", nargs="+", type=int_flag("--seeds"), default=[1, 2, 3], metavar="SEED",
+                   help="seeds, one run per seed and setting")
+    p.add_argument("--shots", type=int_flag("--shots", low=0), default=16,
+                   help="shots of the base-to-new, cross-dataset and domain-gen runs")
+    p.add_argument("--epochs", type=int_flag("--epochs", low=0), default=None,
+                   help="override every recipe's epochs (default: the official ones)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which parts to run")
     p.add_argument("--sweep-datasets", nargs="+", default=None,
                    help="run parts 3-5 (rank, ablation, transfer) on these datasets only (default: all of --datasets)")
@@ -40,7 +44,7 @@ def add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped, interrupted ones resume)")
     p.add_argument("-o", "--output", default="report", help="report folder (tables md/csv/json, figures, EVIDENCE.md)")
     p.add_argument("--docs", default=None, help="also write the report's markdown here (e.g. docs/EVIDENCE.md)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=1, help="runs in parallel (processes)")
     add_executor_args(p)
     p.set_defaults(func=cmd_reproduce)
 

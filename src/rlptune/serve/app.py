@@ -33,6 +33,7 @@ from ..backbones import eval_transform, load_backbone
 from ..data.images import load_image
 from ..errors import RlptuneError
 from .batcher import Batcher, ServerClosing
+from .docs import STATIC_FILES, STATIC_PREFIX, add_docs_routes
 from .metrics import Metrics
 from .page import PAGE
 from .settings import ServeSettings
@@ -40,7 +41,8 @@ from .tasks import TaskConflict, TaskRegistry, check_task_name
 
 log = logging.getLogger("rlptune.serve")
 
-ROUTES = ("/", "/healthz", "/metrics", "/v1/classify", "/v1/tasks", "/docs", "/openapi.json")
+ROUTES = ("/", "/healthz", "/metrics", "/v1/classify", "/v1/tasks", "/docs", "/openapi.json",
+          *(STATIC_PREFIX + name for name in STATIC_FILES))
 
 #: ``top_k`` is clipped to the task's classes; beyond this it is surely a mistake (and never a 5,000-digit number).
 MAX_TOP_K = 1_000_000
@@ -378,7 +380,10 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         version=__version__,
         description="One frozen CLIP, many kilobyte-sized task adapters, batched across tasks.",
         lifespan=lifespan,
+        docs_url=None,  # served from packaged files below: FastAPI's own page loads its scripts from a CDN
+        redoc_url=None,
     )
+    add_docs_routes(app)
     app.state.server = server
     app.add_middleware(GuardMiddleware, limit=settings.max_request_bytes, metrics=server.metrics, graceful_timeout_s=float(settings.graceful_timeout_s))
 

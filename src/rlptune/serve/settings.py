@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from ..defaults import DEFAULT_BACKBONE
 from ..errors import RlptuneError
 
 TOKEN_ENV = "RLPTUNE_SERVE_TOKEN"
@@ -70,7 +71,7 @@ def _s(default: Any, help: str) -> Any:
 
 @dataclass
 class ServeSettings:
-    backbone: str = _s("micro", "backbone spec every adapter was trained on (micro, ARCH:TAG, random:ARCH, ...)")
+    backbone: str = _s(DEFAULT_BACKBONE, "backbone spec every adapter was trained on (micro-v2, micro, ARCH:TAG, hf:PATH, random:ARCH, ...)")
     adapters: str = _s("adapters", "folder of adapter folders: <adapters>/<task name>/rlptune_adapter.json + rlptune_adapter.safetensors")
     host: str = _s("127.0.0.1", "address to bind; loopback by default (other hosts are reachable only if you say so)")
     port: int = _s(8000, "TCP port")

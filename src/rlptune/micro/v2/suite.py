@@ -27,7 +27,7 @@ _SPECS: list[MicroSpec] = [
     MicroSpec("micro2-scenes", "noisy", tuple(_cls(b, background=b) for b in W.BACKGROUNDS if b != "plain"),
               analogue="SUN397"),
     # Sketch keeps an object's colour only on its outlines (darkened): inverted colours left the zero-shot prompt at
-    # 92.5% with the 4,800 / 400 weights, above the 92 ceiling of issue 15; sketch gives 75.5 (docs/MICRO_V2.md).
+    # 92.5% with the 4,800 / 400 weights, above the 92 ceiling the calibration aims under; sketch gives 75.5 (docs/MICRO_V2.md).
     MicroSpec("micro2-colors", "sketch", tuple(_cls(c, color=c) for c in W.COLOR_NAMES),
               analogue="Oxford Flowers (colour)"),
     MicroSpec("micro2-objects", "noisy",

@@ -1,5 +1,6 @@
 """Shared pieces of the loaders: reading small text/JSON files, turning checked entries into
-:class:`DatasetSplits`, a seeded stratified split, and listing image files."""
+:class:`DatasetSplits`, a seeded stratified split, and listing image files. Public: the methods, the engine and the
+CLI check class lists with :func:`check_unique_classnames` and :func:`read_class_list`."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_train_defaults_to_the_flagship_named_in_one_place(monkeypatch):
     assert config.train.epochs == recipes.preset("rlp", "few-shot", 16)["train"]["epochs"] == 200
     page = _commands(build_parser(["train", "--help"]))["rlptune train"].format_help()
     assert re.search(r"--backbone NAME\s+.*\(default: 'micro-v2'\)", page, re.S)
-    for name in ("micro-v2", "micro (shipped micro CLIP)", "hf:PATH_OR_NAME", "ARCH:TAG"):
+    for name in ("micro-v2", "micro (shipped micro CLIP", "hf:PATH_OR_NAME", "ARCH:TAG"):
         assert name in page, name  # the backbone registry's names
     assert "missing checkpoint" not in page
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from . import io
-from .analysis.plots import plot_base_new_bars
-from .analysis.report import write_report
+from .report.plots import plot_base_new_bars
+from .report.writer import write_report
 from .micro.v2.suite import MICRO2_DATASETS
 from .protocols import aggregate, make_specs, run_sweep
 from .rundir import check_output_folder

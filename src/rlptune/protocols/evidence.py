@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__, io, recipes
-from ..analysis import plots
+from ..report import plots
 from ..analysis import stats as S
-from ..analysis import tables as T
-from ..analysis.report import _headline, result_to_row
+from ..report import tables as T
+from ..report.writer import _headline, result_to_row
 from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for

@@ -33,7 +33,7 @@ import numpy as np
 
 from rlptune.analysis.spectrum import diagnostics_from_singular_values, primary_diagnostics, prompt_diagnostics_by_name
 from rlptune.analysis.stats import jsonable, paired_comparison, row_metric, spearman
-from rlptune.analysis.tables import (
+from rlptune.report.tables import (
     Table,
     _infer_protocol,
     base2new_table,
@@ -52,7 +52,7 @@ from rlptune.analysis.tables import (
 )
 from rlptune.errors import RlptuneError
 from rlptune import __version__
-from rlptune.analysis import plots
+from rlptune.report import plots
 from rlptune.io import write_json, write_text
 from rlptune.rundir import check_output_folder
 
@@ -683,7 +683,7 @@ class _Doc:
         }})
 
     def html(self, title: str) -> str:
-        from rlptune.analysis.templates import render
+        from rlptune.report.templates import render
 
         return render("report.html", title=title, summary=self.summary, sections=self.sections, version=__version__)
 
@@ -744,13 +744,13 @@ def write_report(
 ) -> list[Path]:
     """``rlptune report RESULTS_DIR -o OUT``: tables (md/csv/json), figures (png/svg), report.md and report.html.
 
-    report.html is rendered from the Jinja2 templates in ``rlptune/analysis/templates`` and is self-contained:
+    report.html is rendered from the Jinja2 templates in ``rlptune/report/templates`` and is self-contained:
     tables as HTML, figures embedded as base64 PNG, inline CSS, no scripts and no external links. Runs of one method
     that differ only in settings (a sweep) are labelled apart first (:func:`disambiguate_methods`), and zero-shot
     runs repeated per shot count and seed are shown once. Returns
     ``[report.md, report.html, *tables, *figures, *json]``.
     """
-    from rlptune.analysis.templates import environment
+    from rlptune.report.templates import environment
 
     environment()  # fail on a missing jinja2 before any file is written
     reported = [("the results folder it reports on", rows_or_results_dir)] if isinstance(rows_or_results_dir, (str, os.PathLike)) else []

@@ -21,7 +21,7 @@ import numpy as np
 from rlptune.errors import RlptuneError
 from rlptune.analysis.spectrum import primary_diagnostics
 from rlptune.analysis.stats import spearman
-from rlptune.analysis.tables import Table, base2new_table
+from rlptune.report.tables import Table, base2new_table
 from rlptune.io import write_bytes
 
 __all__ = [

@@ -69,7 +69,7 @@ def _figure_kinds() -> dict[str, Any]:
     n = 2 * len(methods)
     ids, acc = rng.uniform(0.3, 0.9, n).tolist(), rng.uniform(30.0, 90.0, n).tolist()
     labels = methods * 2
-    sets = [f"{LONG_DS}-{i % 7}" for i in range(n)]
+    sets = [f"ds{i % 7}" for i in range(n)]  # shorter than the method legend, which was the one cut
     spectra = {f"{m} ({LONG_DS}, seed 1)": [4.0, 2.0 / (i + 1), 0.5, 0.01] for i, m in enumerate(methods[:8])}
     records = [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e, "val_acc": 45.0 + e,
                 "diagnostics": {"P": {"id_k": 0.5, "k": 1}, "delta": {"id_k": 0.9, "k": 1}}} for e in range(1, 4)]

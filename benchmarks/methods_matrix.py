@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from rlptune.analysis.report import result_to_row
+from rlptune.report.writer import result_to_row
 from rlptune.analysis.stats import harmonic_mean
 from rlptune.reproduce.plan import LOWRANK
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlptune.analysis.plots import (
+from rlptune.report.plots import (
     OKABE_ITO,
     plot_base_new_bars,
     plot_few_shot_curves,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlptune.analysis.report import (
+from rlptune.report.writer import (
     analyze_runs,
     collect_runs,
     read_metrics_jsonl,
@@ -157,7 +157,7 @@ def test_report_from_rows_without_runs(tmp_path: Path) -> None:
 
 
 def test_sweep_runs_are_labelled_apart() -> None:
-    from rlptune.analysis.report import disambiguate_methods
+    from rlptune.report.writer import disambiguate_methods
 
     rows = [{"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "shots": 16, "base": 80.0,
              "new": 60.0, "settings": {"prompt": {"rank": r, "dropout": 0.1}, "output_dir": f"runs/{r}"}}
@@ -168,7 +168,7 @@ def test_sweep_runs_are_labelled_apart() -> None:
 
 
 def test_zero_shot_is_paired_once_per_dataset() -> None:
-    from rlptune.analysis.report import compare_methods
+    from rlptune.report.writer import compare_methods
 
     rows = [{"protocol": "few-shot", "dataset": ds, "method": "rlp", "seed": s, "shots": k, "accuracy": 60.0 + k + s + i}
             for i, ds in enumerate(("dtd", "eurosat", "ucf101")) for k in (1, 4) for s in (1, 2, 3)]
@@ -186,7 +186,7 @@ def test_zero_shot_is_paired_once_per_dataset() -> None:
 
 
 def test_correlation_within_method_and_dataset_with_pooled_grouping() -> None:
-    from rlptune.analysis.report import _grouped_correlations
+    from rlptune.report.writer import _grouped_correlations
 
     # within each method ID and accuracy rise together; between methods the one with higher ID is worse
     table = [{"method": m, "dataset": d, "id_k": base + 0.01 * i + 0.001 * j, "new": acc + i + 0.1 * j}
@@ -198,7 +198,7 @@ def test_correlation_within_method_and_dataset_with_pooled_grouping() -> None:
     within = {c["group"]: c for c in corr["within_method"]}
     assert within["coop"]["rho"] > 0.9 and within["rlp"]["rho"] > 0.9 and within["rlp"]["n"] == 8
     assert {c["group"] for c in corr["within_dataset"]} == {"dtd", "eurosat"}
-    from rlptune.analysis.report import _correlation_text
+    from rlptune.report.writer import _correlation_text
 
     text = _correlation_text({"x": "id_k", "y": "new", "k": 1, **corr})
     assert "within method coop: ρ = 1.000, p < 0.0001, n = 8" in text and "within dataset dtd: ρ = " in text
@@ -247,7 +247,7 @@ def test_training_curve_section_mentions_validation_when_logged(results_dir: Pat
 def test_missing_jinja2_is_one_line_before_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from rlptune.analysis import templates
+    from rlptune.report import templates
 
     templates.environment.cache_clear()
     monkeypatch.setitem(sys.modules, "jinja2", None)  # import jinja2 -> ImportError
@@ -261,7 +261,7 @@ def test_missing_jinja2_is_one_line_before_any_file(tmp_path: Path, monkeypatch:
 
 
 def test_zero_shot_is_the_reference_side_without_a_baseline() -> None:
-    from rlptune.analysis.report import compare_methods
+    from rlptune.report.writer import compare_methods
 
     rows = [{"protocol": "base2new", "dataset": ds, "method": m, "seed": s, "base": 80.0 + (m == "rlp"), "new": 70.0}
             for ds in ("dtd", "eurosat") for m in ("rlp", "zeroshot") for s in (1, 2)]

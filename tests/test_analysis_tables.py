@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from rlptune.analysis.tables import (
+from rlptune.report.tables import (
     base2new_table,
     cross_dataset_table,
     domain_gen_table,
@@ -149,7 +149,7 @@ def test_protocol_names_html_and_write(tmp_path) -> None:
 
 
 def test_other_runs_table() -> None:
-    from rlptune.analysis.tables import other_runs_table
+    from rlptune.report.tables import other_runs_table
 
     rows = [{"protocol": "train", "dataset": "colours", "method": "rlp", "seed": s, "shots": 4, "accuracy": 30.0 + s,
              "macro_f1": 20.0} for s in (1, 2)] + b2n_rows()
@@ -170,7 +170,7 @@ def test_one_seed_prints_a_dash_not_zero_spread() -> None:
 
 
 def test_zero_shot_is_one_row_not_one_per_shot_and_seed() -> None:
-    from rlptune.analysis.tables import collapse_shot_independent, other_runs_table
+    from rlptune.report.tables import collapse_shot_independent, other_runs_table
 
     rows = [{"protocol": "few-shot", "dataset": ds, "method": m, "seed": s, "shots": k,
              "accuracy": 60.0 + k + s if m == "rlp" else 55.0}

@@ -23,12 +23,12 @@ LAZY_THIRD_PARTY = {
 }
 #: Package modules whose function-level imports of rlptune itself keep start-up fast (``rlptune --help`` in 0.1 s).
 LAZY_ENTRY_POINTS = {
-    "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.analysis", "rlptune.serve",
+    "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.report", "rlptune.serve",
     "rlptune.reproduce.command",
 }
 #: Package modules that are the boundary of an optional extra (they import it at their top): importing them lazily
 #: keeps the extra optional (jinja2 for HTML reports, fastapi for the server).
-OPTIONAL_BOUNDARY = {"rlptune.analysis.templates", "rlptune.serve.app"}
+OPTIONAL_BOUNDARY = {"rlptune.report.templates", "rlptune.serve.app"}
 
 
 def _module_name(path: Path) -> str:
@@ -104,6 +104,22 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_diagnostics_stay_below_the_report_writer():
+    """The trainer's diagnostics (rlptune.analysis) import no other package module than errors, and the report
+    writer (rlptune.report), which reads finished runs, is imported by no module below it, not even lazily."""
+    below = ("rlptune.analysis", "rlptune.engine", "rlptune.methods", "rlptune.prompts", "rlptune.text",
+             "rlptune.backbones", "rlptune.data", "rlptune.micro")
+    offenders = []
+    for name, (path, top, nested) in _imports().items():
+        targets = set(top) | {t for _, ts in nested for t in ts}
+        if name.startswith("rlptune.analysis"):
+            offenders += [f"{name} imports {t}" for t in targets
+                          if t.startswith("rlptune.") and not t.startswith(("rlptune.analysis", "rlptune.errors"))]
+        if name.startswith(below):
+            offenders += [f"{name} imports {t}" for t in targets if t == "rlptune.report" or t.startswith("rlptune.report.")]
+    assert not offenders, "layering (diagnostics < report writer):\n" + "\n".join(sorted(offenders))
 
 
 def test_function_level_imports_only_for_lazy_dependencies():

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlptune.analysis.report import write_report
+from rlptune.report.writer import write_report
 from rlptune.analysis.spectrum import prompt_diagnostics
 
 WIDTH = 1200

@@ -444,7 +444,7 @@ def _default_datasets(protocol: str) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .analysis.report import write_report
+    from .report.writer import write_report
 
     paths = write_report(args.results, args.output)
     print(f"report: {Path(args.output) / 'report.html'} ({len(paths)} files)")
@@ -452,7 +452,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.report import analyze_runs, render_analysis_markdown
+    from .report.writer import analyze_runs, render_analysis_markdown
 
     table, correlation = analyze_runs(args.runs, k=args.k)
     print(render_analysis_markdown(table, correlation))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import io
 from .defaults import DEFAULT_BACKBONE
-from .analysis.plots import plot_base_new_bars
-from .analysis.report import write_report
+from .report.plots import plot_base_new_bars
+from .report.writer import write_report
 from .micro.v2.suite import MICRO2_DATASETS
 from .protocols import aggregate
 from .sweeps.runner import make_specs, run_sweep

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from .. import io
-from ..analysis.tables import harmonic_mean
+from ..analysis.stats import harmonic_mean
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
 from ..data import DATA_ENV, canonical_name, load_dataset

@@ -44,7 +44,7 @@ def _method_label(row: dict[str, Any]) -> str:
 
 
 def tables_for(rows: list[dict[str, Any]], protocol: str, group_by: str = "method"):
-    from ..analysis import tables as T
+    from ..report import tables as T
 
     if protocol == "base2new":
         return T.base2new_table(rows, group_by=group_by)
@@ -63,8 +63,8 @@ def aggregate(
 ) -> tuple[Any, str]:
     """Collect every finished run of ``protocol`` under ``results_dir`` into a table (md/csv/json); return it.
     ``run_dirs`` keeps only those runs (a sweep's own runs, not earlier sweeps' with other settings)."""
-    from ..analysis import tables as T
-    from ..analysis.report import collect_runs
+    from ..report import tables as T
+    from ..report.writer import collect_runs
 
     rows = [r for r in collect_runs(results_dir) if T.normalize_protocol(r.get("protocol")) == protocol]
     if run_dirs is not None:

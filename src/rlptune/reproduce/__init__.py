@@ -1,7 +1,7 @@
 """``rlptune reproduce``: a paper's experiments as one resumable study, with a verdict on each of its claims.
 
 The application beside the library (as open_clip keeps its training app apart): it plans protocol runs, executes
-them through :mod:`rlptune.sweeps`, and reads them with :mod:`rlptune.analysis`; nothing in the library imports it.
+them through :mod:`rlptune.sweeps`, and reads them with :mod:`rlptune.report`; nothing in the library imports it.
 One module per job:
 
 - :mod:`.settings` — what a study runs on (:class:`~.settings.StudySettings`), its parts, and which methods it takes

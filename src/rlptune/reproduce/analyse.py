@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..analysis import stats as S
-from ..analysis.report import headline, result_to_row
+from ..report.writer import headline, result_to_row
 from ..protocols import tables_for
 from .plan import Plan, StudyResults
 from .settings import StudySettings
@@ -23,7 +23,7 @@ PAIRED_COLUMNS = ["comparison", "metric", "n", "mean_a", "mean_b", "diff", "ci_l
 
 
 def _rows_by_variant(plan: Plan, part: str, results: StudyResults) -> dict[str, list[dict]]:
-    """Table rows (rlptune.analysis.report.result_to_row) of each variant of a part, from finished runs."""
+    """Table rows (rlptune.report.writer.result_to_row) of each variant of a part, from finished runs."""
     return {name: [_row(result) for _, result in results.of(specs)] for (p, name), specs in plan.runs.items() if p == part}
 
 
@@ -284,7 +284,7 @@ def _transfer_tables(plan: Plan, results: StudyResults, figures: dict) -> list[E
 
 
 def _from_literature_table(name: str, title: str, table: Any) -> EvidenceTable:
-    """A rlptune.analysis.tables.Table as an EvidenceTable (mean ± std cells)."""
+    """A rlptune.report.tables.Table as an EvidenceTable (mean ± std cells)."""
     columns = [*table.label_columns, *table.value_columns]
     rows = []
     for row in table.rows:

@@ -1,7 +1,7 @@
 """``rlptune reproduce rlp``: the RLP paper's experiments (arXiv 2312.10813) as one resumable command.
 
 Six parts, each a set of protocol runs executed through :func:`rlptune.sweeps.runner.run_sweep` (finished runs are
-skipped, interrupted ones resume) and analysed with :mod:`rlptune.analysis`:
+skipped, interrupted ones resume) and analysed with :mod:`rlptune.report` and :mod:`rlptune.analysis.stats`:
 
 1. ``base2new``  — every method with its official recipe; paired RLP − X (H) with a 95% t interval and Wilcoxon p.
 2. ``lowrank``   — each prompt method full-rank vs ``prompt.kind=lowrank`` (RLP's r, dropout, init) at its own recipe.

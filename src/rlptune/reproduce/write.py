@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__, io
-from ..analysis import plots
+from ..report import plots
 from ..analysis import stats as S
-from ..analysis import tables as T
+from ..report import tables as T
 from .estimate import estimate_full_seconds, joined_estimate
 from .merge import (FIGURE_PARTS, TABLE_PARTS, EarlierReport, by_part, claim_part, copy_figures, join_settings,
                     part_of, report_pieces)

@@ -30,7 +30,7 @@ from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
 from ..config import resolve_config
 from ..options import read_setting_text
-from ..analysis.tables import harmonic_mean
+from ..analysis.stats import harmonic_mean
 from ..engine import pipeline
 from ..rundir import read_result
 from ..errors import RlptuneError

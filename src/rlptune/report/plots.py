@@ -9,10 +9,11 @@ differ by marker so a grey-scale print still reads.
 
 from __future__ import annotations
 
-import textwrap
-
+import hashlib
 import io
 import math
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,11 +22,16 @@ import numpy as np
 from rlptune.errors import RlptuneError
 from rlptune.analysis.spectrum import primary_diagnostics
 from rlptune.analysis.stats import spearman
-from rlptune.analysis.tables import Table, base2new_table
+from rlptune.report.tables import Table, base2new_table
 from rlptune.io import write_bytes
 
 __all__ = [
+    "METHOD_STYLES",
     "OKABE_ITO",
+    "MethodStyle",
+    "bars_spread_note",
+    "few_shot_spread_note",
+    "method_styles",
     "plot_base_new_bars",
     "plot_few_shot_curves",
     "plot_id_vs_accuracy",
@@ -38,11 +44,70 @@ OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-def _colour(i: int) -> str:
-    return OKABE_ITO[i % len(OKABE_ITO)]
+@dataclass(frozen=True)
+class MethodStyle:
+    """How one method is drawn wherever it appears: line colour, marker, line dash and bar hatch."""
+
+    colour: str
+    marker: Any  # a matplotlib marker: "o", "s", ... or (sides, style, angle)
+    dash: Any  # a matplotlib linestyle: "-", "--", ":", "-." or (offset, (on, off, ...))
+    hatch: str
+
+
+#: One style per registered method, so a method looks the same in every figure and no two methods look alike: each
+#: has its own colour, marker, dash and hatch. The eight Okabe-Ito colours go to the most compared methods (CoOp blue
+#: and RLP vermillion, the one comparison the charts exist for); four of Paul Tol's muted colours complete twelve.
+METHOD_STYLES: dict[str, MethodStyle] = {
+    "coop": MethodStyle("#0072B2", "o", "-", ""),
+    "rlp": MethodStyle("#D55E00", "s", "--", "//"),
+    "kgcoop": MethodStyle("#009E73", "^", "-.", "\\\\"),
+    "cocoop": MethodStyle("#E69F00", "D", (0, (5, 1, 1, 1, 1, 1)), "xx"),
+    "maple": MethodStyle("#56B4E9", "v", (0, (3, 1)), ".."),
+    "ivlp": MethodStyle("#CC79A7", "P", (0, (1, 1)), "--"),
+    "zeroshot": MethodStyle("#555555", "X", ":", "oo"),
+    "promptsrc": MethodStyle("#882255", "*", (0, (5, 2)), "++"),
+    "clip_lora": MethodStyle("#332288", "h", (0, (2, 2)), "||"),
+    "linear_probe": MethodStyle("#999933", "p", (0, (8, 2)), "OO"),
+    "deep_text": MethodStyle("#44AA99", "<", (0, (4, 1, 1, 1)), "**"),
+    "deep_vision": MethodStyle("#CC6677", ">", (0, (6, 1, 2, 1)), "-\\\\"),
+}
+# Plug-in methods and sweep variants ("rlp (rank=2)") draw from these: colours, markers and dashes no registered
+# method uses, so they never look like one.
+_EXTRA_COLOURS = ["#F0E442", "#AA4499", "#117733", "#88CCEE", "#661100", "#6699CC", "#DDCC77", "#BBCC33"]
+_EXTRA_MARKERS = [(6, 1, 0), (7, 0, 0), (4, 1, 0), (8, 1, 0), (3, 1, 0), "8", (9, 0, 0), (10, 1, 0), (12, 1, 0)]  # filled
+_EXTRA_DASHES = [(0, (1, 2)), (0, (7, 3, 1, 3)), (0, (2, 1, 2, 4)), (0, (9, 2, 3, 2)), (0, (1, 3, 4, 3)),
+                 (0, (5, 1, 5, 4)), (0, (3, 3, 1, 1)), (0, (10, 3))]
+_EXTRA_HATCHES = ["\\\\..", "//..", "xx..", "++..", "||..", "--..", "**//", "oo\\\\"]
+
+
+def method_styles(names: Sequence[str]) -> dict[str, MethodStyle]:
+    """The style of each name in one figure: a registered method's own (:data:`METHOD_STYLES`), anything else (a
+    plug-in method, a sweep variant) a style no registered method has, distinct from the others in the figure.
+
+    Deterministic: the unregistered names are placed in sorted order, each at a slot picked from a hash of its name
+    (the next free slot if taken), so a name's style depends on the names drawn with it, not on the drawing order.
+    """
+    out: dict[str, MethodStyle] = {}
+    n_colours, n_markers = len(_EXTRA_COLOURS), len(_EXTRA_MARKERS)
+    total = n_colours * n_markers  # slot s: colour s mod 8 and dash/hatch s mod 8, marker s mod 9: all pairs distinct
+    used_colours: set[int] = set()
+    used_markers: set[int] = set()
+    taken: set[int] = set()
+    for name in sorted({str(n) for n in names if str(n) not in METHOD_STYLES}):
+        start = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % total
+        order = [(start + i) % total for i in range(total)]
+        slot = next((s for s in order if s % n_colours not in used_colours and s % n_markers not in used_markers),
+                    next((s for s in order if s not in taken), start))  # beyond 72 plug-ins in one figure, styles repeat
+        taken.add(slot)
+        used_colours.add(slot % n_colours)
+        used_markers.add(slot % n_markers)
+        out[name] = MethodStyle(_EXTRA_COLOURS[slot % n_colours], _EXTRA_MARKERS[slot % n_markers],
+                                _EXTRA_DASHES[slot % n_colours], _EXTRA_HATCHES[slot % n_colours])
+    return {str(n): METHOD_STYLES.get(str(n)) or out[str(n)] for n in names}
 
 
 def _marker(i: int) -> str:
+    """The i-th marker for a second grouping (the dataset) when colour and dash already say the method."""
     return _MARKERS[i % len(_MARKERS)]
 
 
@@ -77,6 +142,18 @@ def _wrap(text: str, width_inches: float, fontsize: float = 12.0) -> str:
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
+def _legend_inches(labels: Sequence[str], fontsize: float = 8.5) -> float:
+    """About how wide a one-column legend of ``labels`` is (0.6 em per character plus the handle), so a figure with
+    its legend beside the axes can be made wide enough that the axes keep their size."""
+    return 0.9 + max((len(str(label)) for label in labels), default=0) * 0.6 * fontsize / 72.0
+
+
+def _legend_columns(labels: Sequence[str], width_inches: float, most: int, fontsize: float = 10.0) -> int:
+    """Legend columns that fit ``width_inches`` (about 0.6 em per character plus the handle), at most ``most``."""
+    longest = max((len(str(label)) for label in labels), default=1)
+    return max(1, min(len(labels), most, int(width_inches * 72.0 / (0.6 * fontsize * (longest + 6)))))
+
+
 def _suptitle(fig: Any, text: str) -> None:
     fig.suptitle(_wrap(text, fig.get_figwidth()))
 
@@ -88,6 +165,18 @@ def _id_label(k: int) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def bars_spread_note(table: Table) -> str:
+    """How many seeds stand behind a table's cells, i.e. what a bar's whisker is (absent with one seed)."""
+    counts = [cell.n for row in table.rows for cell in row.cells.values() if cell is not None and cell.n]
+    if not counts:
+        return "mean ± std over seeds"
+    if max(counts) <= 1:
+        return "one seed per bar, n = 1: no spread to show"
+    low, high = min(counts), max(counts)
+    seeds = f"{low}" if low == high else f"{low}–{high}"
+    return f"mean ± std over {seeds} seeds" + ("; bars from one seed have no whisker" if low <= 1 else "")
+
+
 def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None = None) -> list[Path]:
     """Grouped bars (one panel each for Base, New, H): datasets (and Average) on x, one bar per method, ± std."""
 
@@ -97,6 +186,7 @@ def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None =
     groups = list(dict.fromkeys(row.labels["Dataset"] for row in table.rows))
     methods = list(dict.fromkeys(row.labels["Method"] for row in table.rows))
     lookup = {(row.labels["Dataset"], row.labels["Method"]): row for row in table.rows}
+    styles = method_styles(methods)
     width = min(0.8 / max(len(methods), 1), 0.3)
     fig = _figure(max(6.0, 0.5 + len(groups) * (0.35 + 0.22 * len(methods))), 8.0)
     axes = fig.subplots(3, 1, sharex=True)
@@ -111,8 +201,8 @@ def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None =
                 heights.append(np.nan if cell is None else cell.value)
                 errs.append(0.0 if cell is None or cell.std is None else cell.std)
             offset = (j - (len(methods) - 1) / 2.0) * width
-            ax.bar(x + offset, heights, width, yerr=errs, capsize=2, color=_colour(j), label=method,
-                   edgecolor="black", linewidth=0.4, error_kw={"elinewidth": 0.8})
+            ax.bar(x + offset, heights, width, yerr=errs, capsize=2, color=styles[method].colour, label=method,
+                   hatch=styles[method].hatch, edgecolor="black", linewidth=0.4, error_kw={"elinewidth": 0.8})
         ax.set_ylabel(f"{metric} accuracy (%)" if metric != "H" else "H (harmonic mean, %)")
         ax.set_ylim(low, min(100.0, max(values) + 5.0) if values else 100.0)
         ax.grid(axis="y", alpha=0.3)
@@ -121,11 +211,11 @@ def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None =
     tick_labels = [_wrap(g, group_width * 0.9, 10.0) for g in groups]
     axes[-1].set_xticks(x, tick_labels, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     axes[-1].set_xlabel("Dataset")
-    axes[0].legend(title="Method", ncols=min(len(methods), 4), loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
+    axes[0].legend(title="Method", ncols=_legend_columns(methods, fig.get_figwidth(), 4), loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
     if any(row.average for row in table.rows) and len(groups) > 1:
         for ax in axes:
             ax.axvline(len(groups) - 1.5, color="#999999", linewidth=0.8, linestyle=":")
-    _suptitle(fig, title or "Base-to-new generalisation per dataset\n(bars: mean over seeds; whiskers: ± std)")
+    _suptitle(fig, title or f"Base-to-new generalisation per dataset\n({bars_spread_note(table)})")
     return _save(fig, stem)
 
 
@@ -135,11 +225,13 @@ def plot_few_shot_curves(
     datasets: Sequence[str] | None = None,
     title: str | None = None,
 ) -> list[Path]:
-    """One panel per dataset (Average first): accuracy vs shots (log₂ axis), mean line with a ± std band per method.
+    """One panel per dataset (Average first): accuracy vs shots (log₂ axis), mean with ± std whiskers and band.
 
     Methods with equal accuracies would hide each other's lines, so each method's points are nudged sideways by a
-    small fraction of an octave and drawn with its own marker and dash pattern. A curve with only the 0-shot point
-    (zero-shot CLIP, which does not depend on shots) is a grey dotted horizontal line across the panel.
+    small fraction of an octave and drawn with its own colour, marker and dash (:func:`method_styles`). A curve with
+    only the 0-shot point (zero-shot CLIP, which does not depend on shots) is a horizontal line across the panel.
+    The spread is whiskers at every point, so it shows even at a single shot count; when every point comes from one
+    seed there is none, and the default title says so.
     """
     names = list(datasets) if datasets is not None else sorted(curves, key=lambda d: (d != "Average",))
     names = [d for d in names if d in curves]
@@ -150,12 +242,15 @@ def plot_few_shot_curves(
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     panel_width = 3.6
-    fig = _figure(max(panel_width * ncols + 0.4, 6.4), 3.0 * nrows + 1.2)
+    width = max(panel_width * ncols + 0.4, 6.4)
+    entries = [m if m in trained else f"{m} (0 shots)" for m in methods]
+    legend_rows = math.ceil(len(entries) / _legend_columns(entries, width, 4))
+    fig = _figure(width, 3.0 * nrows + 1.2 + 0.25 * max(0, legend_rows - 1))  # a long legend below adds height
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    dashes = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (3, 1))]
+    styles = method_styles(methods)
     for ax, ds in zip(axes, names):
         shots_seen: set[int] = set()
-        for j, method in enumerate(methods):
+        for method in methods:
             curve = curves[ds].get(method)
             if not curve or not curve.get("shots"):
                 continue
@@ -163,16 +258,24 @@ def plot_few_shot_curves(
             mean = np.asarray(curve["mean"], dtype=float)
             std = np.asarray([0.0 if s is None else s for s in curve.get("std", [0.0] * len(xs))], dtype=float)
             positive = xs > 0
+            style = styles[method]
             if not positive.any():  # zero-shot: one number, independent of the shot count
-                ax.axhline(float(mean[0]), color="#666666", linestyle=":", linewidth=1.6, label=f"{method} (0 shots)")
+                ax.axhline(float(mean[0]), color=style.colour, linestyle=style.dash, linewidth=1.6,
+                           label=f"{method} (0 shots)")
                 continue
             xs, mean, std = xs[positive], mean[positive], std[positive]
             slot = trained.index(method) if method in trained else 0
             nudge = 2.0 ** ((slot - (len(trained) - 1) / 2.0) * 0.06)  # ± a few % of an octave
-            ax.plot(xs * nudge, mean, marker=_marker(j), color=_colour(j), label=method, linewidth=1.5,
-                    linestyle=dashes[slot % len(dashes)], markersize=5, markeredgecolor="black", markeredgewidth=0.4,
+            ax.plot(xs * nudge, mean, marker=style.marker, color=style.colour, label=method, linewidth=1.5,
+                    linestyle=style.dash, markersize=5, markeredgecolor="black", markeredgewidth=0.4,
                     zorder=3 + slot)
-            ax.fill_between(xs * nudge, mean - std, mean + std, color=_colour(j), alpha=0.15, linewidth=0)
+            # the spread is drawn as whiskers at every point (a band alone is invisible at a single shot count)
+            # and as a band between points
+            if (std > 0).any():
+                ax.errorbar(xs * nudge, mean, yerr=std, fmt="none", ecolor=style.colour, elinewidth=1.0, capsize=3,
+                            zorder=2 + slot)
+            if len(xs) > 1:
+                ax.fill_between(xs * nudge, mean - std, mean + std, color=style.colour, alpha=0.15, linewidth=0)
             shots_seen.update(int(s) for s in xs)
         ax.set_title(_wrap(ds, panel_width, 10.0), fontsize=10)
         ax.set_xscale("log", base=2)
@@ -191,9 +294,21 @@ def plot_few_shot_curves(
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     fig.legend(list(handles.values()), list(handles), title="Method", loc="outside lower center",
-               ncols=min(len(handles), 4), frameon=False)
-    _suptitle(fig, title or "Few-shot accuracy vs shots per class (mean ± std over seeds)")
+               ncols=_legend_columns(list(handles), fig.get_figwidth(), 4), frameon=False)
+    _suptitle(fig, title or f"Few-shot accuracy vs shots per class ({few_shot_spread_note(curves, names)})")
     return _save(fig, stem)
+
+
+def few_shot_spread_note(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
+                         datasets: Sequence[str] | None = None) -> str:
+    """What the whiskers of a few-shot figure are, from the seeds behind its trained points (the caption's words)."""
+    counts = [int(n) for d in (datasets if datasets is not None else list(curves)) for c in curves.get(d, {}).values()
+              for s, n in zip(c.get("shots", []), c.get("n") or []) if s and s > 0 and n is not None]
+    if counts and max(counts) <= 1:
+        return "one seed per point, n = 1: no spread to show"
+    if counts and min(counts) <= 1:
+        return "mean ± std over seeds; points from one seed have no whisker"
+    return "mean ± std over seeds"
 
 
 def plot_id_vs_accuracy(
@@ -224,7 +339,8 @@ def plot_id_vs_accuracy(
     groups = [str(labels[i]) for i in keep] if labels is not None else ["runs"] * len(keep)
     shapes = [str(markers_by[i]) for i in keep] if markers_by is not None else [""] * len(keep)
     shape_order = list(dict.fromkeys(shapes))
-    fig = _figure(8.5, 5.0)
+    legend_width = _legend_inches([f"{g}: ρ = -0.00, p = 0.00, n = {len(keep)}" for g in set(groups)] + shape_order)
+    fig = _figure(max(8.5, 5.5 + legend_width), 5.0)
     ax = fig.subplots()
 
     def rho_text(sel: list[int]) -> str:
@@ -233,26 +349,31 @@ def plot_id_vs_accuracy(
             return f"ρ n/a, n = {corr.n}"
         return f"ρ = {corr.rho:.2f}, p = {corr.p:.2g}, n = {corr.n}"
 
-    for j, group in enumerate(dict.fromkeys(groups)):
+    styles = method_styles(list(dict.fromkeys(groups)))
+    for group in dict.fromkeys(groups):
+        style = styles[group]
         sel = [i for i, g in enumerate(groups) if g == group]
         for shape in shape_order:
             part = [i for i in sel if shapes[i] == shape]
             if part:
-                ax.scatter(xs[part], ys[part], color=_colour(j), marker=_marker(shape_order.index(shape)), s=40,
+                marker = _marker(shape_order.index(shape)) if markers_by is not None else style.marker
+                ax.scatter(xs[part], ys[part], color=style.colour, marker=marker, s=40,
                            edgecolor="black", linewidth=0.4, zorder=3)
         label = f"{group}: {rho_text(sel)}"
         if len(set(xs[sel].tolist())) >= 2:
             slope, intercept = np.polyfit(xs[sel], ys[sel], 1)
             grid = np.linspace(xs[sel].min(), xs[sel].max(), 50)
-            ax.plot(grid, slope * grid + intercept, color=_colour(j), linestyle="--", linewidth=1.2, zorder=2, label=label)
+            ax.plot(grid, slope * grid + intercept, color=style.colour, linestyle=style.dash, linewidth=1.2, zorder=2,
+                    label=label)
         else:
-            ax.plot([], [], color=_colour(j), marker="o", linestyle="none", label=label)
+            ax.plot([], [], color=style.colour, marker=style.marker, linestyle="none", label=label)
     from matplotlib.lines import Line2D
 
     legend = ax.legend(title="Method (trend line, Spearman within method)", frameon=False, fontsize="small",
                        title_fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if markers_by is not None:
         ax.add_artist(legend)
+        legend.set_clip_on(False)  # add_artist clips to the axes, and a clipped legend is left out of the tight box
         shape_handles = [Line2D([], [], color="#444444", marker=_marker(i), linestyle="none", label=shape)
                          for i, shape in enumerate(shape_order)]
         ax.legend(handles=shape_handles, title="Dataset", frameon=False, fontsize="small", title_fontsize="small",
@@ -272,21 +393,36 @@ def plot_singular_spectra(
     stem: str | Path,
     normalize: bool = False,
     title: str | None = None,
+    methods: Sequence[str] | None = None,
+    markers_by: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Several prompts' singular values overlaid (index on x, σ on a log y axis); zeros are not drawn on the log axis."""
+    """Several prompts' singular values overlaid (index on x, σ on a log y axis); zeros are not drawn on the log axis.
+
+    ``methods`` (one per spectrum, default: its name) gives each line its method's colour and dash
+    (:func:`method_styles`); ``markers_by`` (e.g. the dataset) picks the marker, else the method's marker does.
+    """
     if not spectra:
         raise RlptuneError("plot: no spectra to draw")
-    fig = _figure(6.0, 4.5)
+    names = list(spectra)
+    if any(g is not None and len(g) != len(names) for g in (methods, markers_by)):
+        raise RlptuneError("plot: spectra, methods and markers_by must have the same length")
+    owners = [str(m) for m in methods] if methods is not None else names
+    styles = method_styles(owners)
+    shape_order = list(dict.fromkeys(markers_by)) if markers_by is not None else []
+    fig = _figure(4.5 + _legend_inches(names), 4.5)
     ax = fig.subplots()
     drew = False
     for j, (name, values) in enumerate(spectra.items()):
+        style = styles[owners[j]]
+        marker = _marker(shape_order.index(markers_by[j])) if markers_by is not None else style.marker
         s = np.sort(np.asarray(values, dtype=float).reshape(-1))[::-1]
         if normalize and s.size and s[0] > 0:
             s = s / s[0]
         idx = np.arange(1, s.size + 1)
         positive = s > 0
         if positive.any():
-            ax.plot(idx[positive], s[positive], marker=_marker(j), color=_colour(j), label=name, linewidth=1.4, markersize=4)
+            ax.plot(idx[positive], s[positive], marker=marker, color=style.colour, linestyle=style.dash, label=name,
+                    linewidth=1.4, markersize=4)
             drew = True
     if drew:
         ax.set_yscale("log")
@@ -297,8 +433,8 @@ def plot_singular_spectra(
     ax.set_ylabel("σ$_i$ / σ$_1$" if normalize else "Singular value σ$_i$")
     ax.set_title(_wrap(title or ("Normalised singular-value spectra of prompts" if normalize else "Singular-value spectra of prompts"), 5.5))
     ax.grid(alpha=0.3)
-    if drew:
-        ax.legend(frameon=False, fontsize="small")
+    if drew:  # beside the axes, not over the lines (eight runs fill the plot area)
+        ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, stem)
 
 
@@ -324,15 +460,26 @@ def plot_training_curves(
     records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
     stem: str | Path,
     title: str | None = None,
+    methods: Sequence[str] | None = None,
+    markers_by: Sequence[str] | None = None,
 ) -> list[Path]:
     """Loss, accuracy (train solid, val dashed) and ID_k (P solid, ΔP dashed) over epochs from metrics.jsonl records.
 
     ``records`` is one run's list of epoch records, or ``{run label: records}`` to overlay several runs. Panels with
-    no data are left out.
+    no data are left out. Several runs: colour = ``methods`` (one per run, default: the label; :func:`method_styles`),
+    marker = ``markers_by`` (e.g. the dataset) or else the method's marker; the dash says which series.
     """
     runs = {"run": list(records)} if not isinstance(records, Mapping) else {str(k): list(v) for k, v in records.items()}
     if not any(runs.values()):
         raise RlptuneError("plot: no training records to draw")
+    if any(g is not None and len(g) != len(runs) for g in (methods, markers_by)):
+        raise RlptuneError("plot: records, methods and markers_by must have the same length")
+    owners = [str(m) for m in methods] if methods is not None else list(runs)
+    styles = method_styles(owners)
+    shape_order = list(dict.fromkeys(markers_by)) if markers_by is not None else []
+    run_colour = [styles[o].colour for o in owners]
+    run_marker = [_marker(shape_order.index(markers_by[j])) if markers_by is not None else styles[o].marker
+                  for j, o in enumerate(owners)]
 
     k = 1
     for recs in runs.values():
@@ -351,8 +498,7 @@ def plot_training_curves(
     if not present:
         raise RlptuneError("plot: the training records have no loss, accuracy or diagnostics to draw")
     width = 4.0 * len(present) + 0.5
-    longest = max(len(run) for run in runs)  # legend columns that fit the width (about 0.6 em per character)
-    legend_cols = max(1, min(len(runs), 3, int(width * 72.0 / (0.6 * 10.0 * (longest + 6)))))
+    legend_cols = _legend_columns(list(runs), width, 3)
     fig = _figure(width, 3.8 + (0.3 * math.ceil(len(runs) / legend_cols) + 0.5 if len(runs) > 1 else 0.0))
     axes = np.atleast_1d(fig.subplots(1, len(present), squeeze=False)).ravel()
     multi = len(runs) > 1
@@ -368,7 +514,7 @@ def plot_training_curves(
                 styles_used.setdefault(suffix, style)
                 # several runs: colour = run (figure legend), line style = series (axis legend)
                 label = None if multi else (suffix or name)
-                ax.plot(xs, ys, linestyle=style, marker=_marker(j), markersize=3, color=_colour(j), label=label)
+                ax.plot(xs, ys, linestyle=style, marker=run_marker[j], markersize=3, color=run_colour[j], label=label)
         ax.set_title(name)
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
@@ -382,7 +528,7 @@ def plot_training_curves(
         elif not multi and len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(frameon=False, fontsize="small")
     if multi:
-        handles = [Line2D([], [], color=_colour(j), marker=_marker(j), label=run) for j, run in enumerate(runs)]
+        handles = [Line2D([], [], color=run_colour[j], marker=run_marker[j], label=run) for j, run in enumerate(runs)]
         fig.legend(handles=handles, title="Run", loc="outside lower center", ncols=legend_cols, frameon=False)
     _suptitle(fig, title or "Training curves (training: mean over each epoch's batches; validation: end of epoch)")
     return _save(fig, stem)

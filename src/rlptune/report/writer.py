@@ -33,7 +33,7 @@ import numpy as np
 
 from rlptune.analysis.spectrum import diagnostics_from_singular_values, primary_diagnostics, prompt_diagnostics_by_name
 from rlptune.analysis.stats import jsonable, paired_comparison, row_metric, spearman
-from rlptune.analysis.tables import (
+from rlptune.report.tables import (
     Table,
     _infer_protocol,
     base2new_table,
@@ -52,7 +52,8 @@ from rlptune.analysis.tables import (
 )
 from rlptune.errors import RlptuneError
 from rlptune import __version__
-from rlptune.analysis import plots
+from rlptune.report import plots
+from rlptune.config import TrainSettings
 from rlptune.io import write_json, write_text
 from rlptune.rundir import check_output_folder
 
@@ -683,7 +684,7 @@ class _Doc:
         }})
 
     def html(self, title: str) -> str:
-        from rlptune.analysis.templates import render
+        from rlptune.report.templates import render
 
         return render("report.html", title=title, summary=self.summary, sections=self.sections, version=__version__)
 
@@ -726,14 +727,51 @@ def _spectrum(row: Mapping[str, Any], part: str) -> list[float] | None:
     return list(sv[0]) if isinstance(sv[0], (list, tuple)) else list(sv)  # a stack: its first matrix
 
 
-_TRAINING_CURVE_NOTE = (
-    "What the curves are: training loss and accuracy are averages over each epoch's mini-batches, measured while the "
-    "prompt is being updated, on augmented training views. Frozen-image methods cycle through a fixed number of "
-    "cached augmented views (train.aug_views, 4 by default), one per epoch, so these curves can show a saw-tooth "
-    "with that period; it is the view changing, not the optimisation. Validation accuracy (dashed), when the run "
-    "logged it, is measured once at the end of each epoch on the held-out validation split without augmentation: "
-    "read generalisation from that line, not from the training one."
-)
+def _aug_views(row: Mapping[str, Any]) -> int | None:
+    """The run's train.aug_views: from its settings, else its config.yaml; None when neither says."""
+    settings = row.get("settings")
+    train = settings.get("train") if isinstance(settings, Mapping) else None
+    if not (isinstance(train, Mapping) and "aug_views" in train) and row.get("run_dir"):
+        config = _read_config(Path(str(row["run_dir"])) / "config.yaml")
+        train = config.get("train") if config else None
+    value = train.get("aug_views") if isinstance(train, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _training_curve_note(picked: Sequence[Mapping[str, Any]]) -> str:
+    """What the training curves are, with the augmentation default read from the settings and the plotted runs' own."""
+    default = TrainSettings().aug_views
+    used = sorted({v for v in (_aug_views(r) for r in picked) if v is not None})
+    unknown = sum(_aug_views(r) is None for r in picked)
+    if used:
+        runs = (f"These runs used train.aug_views = {', '.join(map(str, used))}"
+                + (f" ({unknown} run(s) did not record it)" if unknown else "") + ". ")
+    else:
+        runs = "These runs did not record train.aug_views. "
+    return (
+        "What the curves are: training loss and accuracy are averages over each epoch's mini-batches, measured while "
+        f"the prompt is being updated, on augmented training views. train.aug_views is {default} by default. With 0, "
+        "every epoch draws a fresh random crop and flip per image; with K > 0, frozen-image methods cycle "
+        "through K cached augmented views, one per epoch, so the curves can show a saw-tooth with period K: it is the "
+        f"view changing, not the optimisation. {runs}Validation accuracy (dashed), when the run logged it, is "
+        "measured once at the end of each epoch on the held-out validation split without augmentation: read "
+        "generalisation from that line, not from the training one."
+    )
+
+
+def _shown_runs(picked: Sequence[Mapping[str, Any]], eligible: Sequence[Mapping[str, Any]]) -> str:
+    """Which runs a per-run figure shows, counted from what it draws, against the runs it could have drawn."""
+    methods = sorted({str(r.get("method")) for r in picked})
+    datasets = sorted({str(r.get("dataset")) for r in picked})
+    all_datasets = {str(r.get("dataset")) for r in eligible}
+    seeds = sorted({str(r.get("seed")) for r in picked})
+    of = f" of {len(all_datasets)}" if len(all_datasets) > len(datasets) else ""
+    left = len({(r.get("method"), r.get("dataset"), r.get("seed"), r.get("shots")) for r in eligible}) - len(picked)
+    return (
+        f"{len(picked)} run(s), one per method and dataset shown: {len(methods)} method(s) ({', '.join(methods)}) on "
+        f"{len(datasets)}{of} dataset(s) ({', '.join(datasets)}), seed {', '.join(seeds)}"
+        + (f"; {left} other run(s) with this data are not drawn" if left > 0 else "")
+    )
 
 
 def write_report(
@@ -744,13 +782,13 @@ def write_report(
 ) -> list[Path]:
     """``rlptune report RESULTS_DIR -o OUT``: tables (md/csv/json), figures (png/svg), report.md and report.html.
 
-    report.html is rendered from the Jinja2 templates in ``rlptune/analysis/templates`` and is self-contained:
+    report.html is rendered from the Jinja2 templates in ``rlptune/report/templates`` and is self-contained:
     tables as HTML, figures embedded as base64 PNG, inline CSS, no scripts and no external links. Runs of one method
     that differ only in settings (a sweep) are labelled apart first (:func:`disambiguate_methods`), and zero-shot
     runs repeated per shot count and seed are shown once. Returns
     ``[report.md, report.html, *tables, *figures, *json]``.
     """
-    from rlptune.analysis.templates import environment
+    from rlptune.report.templates import environment
 
     environment()  # fail on a missing jinja2 before any file is written
     reported = [("the results folder it reports on", rows_or_results_dir)] if isinstance(rows_or_results_dir, (str, os.PathLike)) else []
@@ -798,15 +836,20 @@ def write_report(
         if protocol == "base2new":
             paths = _plot("plot_base_new_bars", table, figures_dir / "base2new_bars")
             figure_files += paths
-            doc.figure(paths, "Base / New / H per dataset and method (mean ± std over seeds)")
+            n_methods = len({row.labels["Method"] for row in table.rows})
+            n_datasets = len({row.labels["Dataset"] for row in table.rows if not row.average})
+            doc.figure(paths, f"Base / New / H for {n_methods} method(s) on {n_datasets} dataset(s) "
+                              f"({plots.bars_spread_note(table)}); colour and hatch: method")
         if protocol == "few-shot":
             curves = few_shot_curves(table)
             paths = _plot("plot_few_shot_curves", curves, figures_dir / "few_shot_curves")
             figure_files += paths
             zero_shot = any(c.get("shots") == [0] for methods in curves.values() for c in methods.values())
-            doc.figure(paths, "Few-shot accuracy vs shots per class (mean ± std band over seeds; markers of "
+            shown = [d for d in curves if d != "Average"]
+            doc.figure(paths, f"Few-shot accuracy vs shots per class on {len(shown)} dataset(s) "
+                              f"({plots.few_shot_spread_note(curves)}; whiskers and band: ± std; markers of "
                               "different methods are nudged sideways so equal values stay visible"
-                              + ("; zero-shot CLIP is the grey dotted line)" if zero_shot else ")"))
+                              + ("; zero-shot CLIP is the horizontal dotted line)" if zero_shot else ")"))
 
     comparisons = compare_methods(rows, baseline=baseline)
     if comparisons:
@@ -846,32 +889,41 @@ def write_report(
                 markers_by=[str(r["dataset"]) for r in points], k=k, ylabel=f"{what[0].upper()}{what[1:]} (%)",
             )
             figure_files += paths
-            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run; colour: method, "
-                              "marker: dataset; one trend line and Spearman ρ per method (the pooled ρ is in the title "
-                              "with what it pools over)")
+            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run ({len(points)} runs "
+                              f"of {len({str(r['method']) for r in points})} method(s) on "
+                              f"{len({str(r['dataset']) for r in points})} dataset(s)); colour and trend-line dash: "
+                              "method, marker: dataset; one trend line and Spearman ρ per method (the pooled ρ is in "
+                              "the title with what it pools over)")
         for part, name, label in (("P", "spectra", "P"), ("delta", "spectra_delta", "ΔP")):
             picked = _pick_runs(rows, 8, lambda r, part=part: _spectrum(r, part) is not None)
             if picked:
+                eligible = [r for r in rows if _spectrum(r, part) is not None]
                 spectra = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": _spectrum(r, part) for r in picked}
                 paths = _plot("plot_singular_spectra", spectra, figures_dir / name,
-                              title=f"Singular-value spectra of {label}")
+                              title=f"Singular-value spectra of {label}", methods=[str(r["method"]) for r in picked],
+                              markers_by=[str(r["dataset"]) for r in picked])
                 figure_files += paths
-                doc.figure(paths, f"Singular values of {label}, one run per method and dataset (log scale)")
+                doc.figure(paths, f"Singular values of {label} (log scale) of {_shown_runs(picked, eligible)}; "
+                                  "colour and dash: method, marker: dataset")
 
     with_history = _pick_runs(rows, 6, lambda r: bool(r.get("history")))
     if with_history:
         records = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": r["history"] for r in with_history}
         try:
-            paths = _plot("plot_training_curves", records, figures_dir / "training_curves")
+            paths = _plot("plot_training_curves", records, figures_dir / "training_curves",
+                          methods=[str(r["method"]) for r in with_history],
+                          markers_by=[str(r["dataset"]) for r in with_history])
         except RlptuneError:
             paths = []
         if paths:
             doc.heading("Training curves")
             has_val = any(rec.get("val_acc") is not None for r in with_history for rec in r["history"])
-            doc.para(_TRAINING_CURVE_NOTE + ("" if has_val else " These runs logged no validation accuracy."), css="note")
+            doc.para(_training_curve_note(with_history) + ("" if has_val else " These runs logged no validation accuracy."),
+                     css="note")
             figure_files += paths
+            eligible = [r for r in rows if r.get("history")]
             doc.figure(paths, "Training loss, accuracy (training solid, validation dashed) and information density "
-                              "per epoch, one run per method and dataset")
+                              f"per epoch of {_shown_runs(with_history, eligible)}; colour: method, marker: dataset")
 
     json_files = [write_json(out / "comparisons.json", jsonable(comparisons))]
     if analysis:

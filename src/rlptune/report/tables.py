@@ -1,6 +1,6 @@
 """Aggregation of run results into tables shaped like the prompt-learning literature's (CoOp, CoCoOp, MaPLe).
 
-Input rows are flat dicts (see :func:`rlptune.analysis.report.result_to_row`)::
+Input rows are flat dicts (see :func:`rlptune.report.writer.result_to_row`)::
 
     {"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "shots": 16,
      "base": 80.1, "new": 60.2, "h": 68.7,            # base2new, percent
@@ -710,7 +710,7 @@ def table_view(table: Table, decimals: int = 2) -> dict[str, Any]:
 
 def render_html(table: Table, decimals: int = 2) -> str:
     """An HTML <table> (escaped, no external assets), from the report's template (needs jinja2)."""
-    from rlptune.analysis.templates import render_macro
+    from rlptune.report.templates import render_macro
 
     return render_macro("_blocks.html", "results_table", table_view(table, decimals))
 

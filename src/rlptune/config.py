@@ -458,8 +458,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Any]:
     """The method's official recipe for this protocol and shot count (:mod:`rlptune.recipes`, every value sourced);
-    empty for methods without one (e.g. a method added from outside the package)."""
-    if method not in recipes.recipe_methods():
+    a method without its own recipe inherits its parent class's (:func:`rlptune.recipes.recipe_owner`); empty when
+    there is none (e.g. a method added from outside the package that subclasses no recipe-bearing method)."""
+    if not recipes.has_recipe(method):
         return {}
     return recipes.preset(method, protocol, shots, dataset)
 

@@ -21,6 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from . import registry
 from .errors import RlptuneError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -678,8 +679,38 @@ def _check(method: str, protocol: str) -> Recipe:
     return RECIPES[method]
 
 
+def register_recipe(method: str, recipe: Recipe) -> None:
+    """Give ``method`` (a registered method name) its own recipe; it wins over any recipe its parent classes have.
+
+    A method without a recipe of its own trains with the recipe of the nearest parent class that has one
+    (:func:`recipe_owner`), so a CoOp subclass registered from outside the package trains CoOp's 200 epochs at 16
+    shots, not the bare defaults."""
+    if not isinstance(recipe, Recipe):
+        raise RlptuneError(f"register_recipe({method!r}): expected a rlptune.recipes.Recipe, got {type(recipe).__name__}")
+    if not isinstance(method, str) or not method.strip():
+        raise RlptuneError(f"register_recipe: method name {method!r}: expected a non-empty name")
+    RECIPES[method] = recipe
+
+
+def recipe_owner(method: str) -> str | None:
+    """The name whose recipe ``method`` trains with: its own, else that of the nearest class in its method class's
+    MRO that is registered under a name with a recipe; None when there is none (or the method is not known)."""
+    if method in RECIPES:
+        return method
+    try:
+        cls = registry.method_entry(method).method_class
+    except RlptuneError:
+        return None  # an unknown method is reported, with a suggestion, when the settings are validated
+    for klass in getattr(cls, "__mro__", ())[1:]:
+        name = vars(klass).get("registered_name")  # the class's own registration, not one it inherits
+        if isinstance(name, str) and name in RECIPES and registry.method_entry(name).method_class is klass:
+            return name
+    return None
+
+
 def _resolved(method: str, protocol: str, shots: int, dataset: str | None) -> dict[str, Setting]:
-    recipe = _check(method, protocol)
+    owner = recipe_owner(method)
+    recipe = _check(owner if owner is not None else method, protocol)
     bracket = shot_bracket(shots)
     name = canonical_dataset(dataset)
     out: dict[str, Setting] = {}
@@ -707,6 +738,8 @@ def preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: st
             target = target.setdefault("options", {})
             field_name = field_name[len("options."):]
         target[field_name] = _value(setting.value, shots)
+    if "name" in nested.get("method", {}):
+        nested["method"]["name"] = method  # an inherited recipe names the parent; the run is the subclass's
     return nested
 
 
@@ -721,7 +754,13 @@ def notes(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str
 
 
 def recipe_methods() -> list[str]:
+    """The methods with a recipe of their own (see :func:`has_recipe` for inherited ones)."""
     return list(RECIPES)
+
+
+def has_recipe(method: str) -> bool:
+    """True when ``method`` trains with a recipe, its own or a parent class's (:func:`recipe_owner`)."""
+    return recipe_owner(method) is not None
 
 
 def _show(value: Any) -> str:

@@ -270,12 +270,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from . import recipes
     from .methods import list_methods
+    from .recipe_listing import methods_table
 
     print("methods:", ", ".join(list_methods()))
     print()
-    print(recipes.methods_table())
+    print(methods_table())
     return 0
 
 

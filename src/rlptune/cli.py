@@ -231,6 +231,7 @@ def parameter_counts(config) -> dict[str, Any]:
     """Trainable parameters of the configured method on the configured backbone (random weights suffice)."""
     from .backbones import load_backbone
     from .methods import build_method
+    from .prompts import prompt_layout
 
     spec = config.backbone.name
     if ":" not in spec and not spec.endswith(".json") and spec != "micro" and not Path(spec).exists():
@@ -243,7 +244,8 @@ def parameter_counts(config) -> dict[str, Any]:
         "method": config.method.name,
         "prompt": config.prompt.kind,
         "n_ctx": getattr(method, "n_ctx", None),
-        "rank": config.prompt.rank if config.prompt.kind == "lowrank" else None,
+        # the prompt kind's own sizes (low rank: "rank"), named by the kind
+        **{field.rsplit(".", 1)[-1]: value for field, value, _ in prompt_layout(config.prompt.kind).sizes(config.prompt)},
         "trainable_params": method.num_trainable(),
         "formula": method.parameter_formula() if hasattr(method, "parameter_formula") else None,
     }

@@ -32,7 +32,7 @@ from ..text import PromptedClassText
 from .base import Batch, DeclaredSize, Method, StepOutput, register_method
 from .coop import initial_context
 from ..options import MAX_BATCH, MAX_TOKENS, option
-from .shared import formula, prompt_rank_size, prompt_term, prompt_token_size
+from .shared import formula, prompt_kind_sizes, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -86,10 +86,10 @@ class CoCoOp(Method):
 
     @classmethod
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
-        """The context's n_ctx (without an init text) and rank; the meta-net's width is bounded by the backbone's."""
+        """The context's n_ctx (without an init text) and the prompt kind's own sizes; the meta-net's width is bounded by the backbone's."""
         settings = config.prompt
         sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
-        return sizes + prompt_rank_size(settings, ["prompt"])
+        return sizes + prompt_kind_sizes(settings, ["prompt"])
 
     # -- text features ------------------------------------------------------------------------------------------
     def context(self) -> torch.Tensor:
@@ -142,8 +142,6 @@ class CoCoOp(Method):
 
     def parameter_formula(self) -> str:
         e, d, h = self.backbone.embed_dim, self.backbone.text.width, self.hidden
-        ctx = prompt_term(self.config.prompt, self.n_ctx, d)
-        symbols = {"n": self.n_ctx, "d": d, "e": e, "h": h}
-        if self.config.prompt.kind == "lowrank":
-            symbols["r"] = self.config.prompt.rank
+        ctx = prompt_term(self.prompt)
+        symbols = {"n": self.n_ctx, "d": d, "e": e, "h": h, **self.prompt.formula_symbols()}
         return formula([ctx, ("e·h + h", e * h + h), ("h·d + d", h * d + d)], symbols)

@@ -16,7 +16,7 @@ from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
 from .base import DeclaredSize, Method, register_method
-from .shared import formula, prompt_copies_size, prompt_rank_size, prompt_token_size
+from .shared import formula, prompt_copies_size, prompt_kind_sizes, prompt_token_size
 
 
 def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
@@ -52,11 +52,11 @@ class CoOp(Method):
 
     @classmethod
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
-        """n_ctx (without an init text: with one, its token count bounds n), the rank, and with a class-specific
+        """n_ctx (without an init text: with one, its token count bounds n), the prompt kind's own sizes, and with a class-specific
         context one prompt per class."""
         settings = config.prompt
         sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
-        sizes += prompt_rank_size(settings, ["prompt"])
+        sizes += prompt_kind_sizes(settings, ["prompt"])
         if config.method.class_specific:
             sizes += prompt_copies_size(settings, "prompt", "the number of classnames (class-specific context)", len(classnames))
         return sizes

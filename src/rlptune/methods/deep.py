@@ -45,7 +45,7 @@ from ..text import PromptedClassText, context_from_init
 from ..options import parse_options
 from .base import DeclaredSize, Method, register_method
 from .options import MAX_LAYERS, MAX_TOKENS, option
-from .shared import formula, handcrafted_features, handcrafted_template, prompt_rank_size, prompt_term, prompt_token_size
+from .shared import formula, handcrafted_features, handcrafted_template, prompt_kind_sizes, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -218,7 +218,7 @@ class DeepPrompts(Method):
             sizes += prompt_token_size(settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts))
         if vision:
             sizes += prompt_token_size(settings, vision, "settings.method.options.vision_ctx", opts.vision_ctx)
-        return sizes + prompt_rank_size(settings, text + vision)
+        return sizes + prompt_kind_sizes(settings, text + vision)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         m = self.config.method
@@ -323,10 +323,10 @@ class DeepPrompts(Method):
         return out
 
     def parameter_formula(self) -> str:
-        settings, d = self.config.prompt, self.backbone.text.width
+        d = self.backbone.text.width
         terms, symbols = [], {}
         if self.text_depth > 0:
-            terms.append(prompt_term(settings, self.n_ctx, d, self.text_depth, copies_sym="J_t" if not self.coupled else "J"))
+            terms.append(prompt_term(self.text_prompt, self.text_depth, copies_sym="J_t" if not self.coupled else "J"))
             symbols.update({"n": self.n_ctx, "d": d})
         if self.vision_depth > 0:
             w = self.vision_width
@@ -334,7 +334,7 @@ class DeepPrompts(Method):
             if self.coupled:
                 terms.append(("J·(d·w + w)", self.vision_depth * (d * w + w)))
             else:
-                terms.append(prompt_term(settings, self.n_vision, w, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
+                terms.append(prompt_term(self.vision_prompt, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
                 symbols["n_v"] = self.n_vision
         if self.coupled:
             symbols["J"] = self.text_depth
@@ -343,9 +343,8 @@ class DeepPrompts(Method):
                 symbols["J_t"] = self.text_depth
             if self.vision_depth:
                 symbols["J_v"] = self.vision_depth
-        if settings.kind == "lowrank":
-            symbols["r"] = settings.rank
-        return formula(terms, symbols)
+        prompt = self.text_prompt if self.text_depth > 0 else getattr(self, "vision_prompt", None)
+        return formula(terms, {**symbols, **(prompt.formula_symbols() if prompt is not None else {})})
 
     def describe(self) -> dict:
         return {**super().describe(), "text_depth": self.text_depth, "vision_depth": self.vision_depth}

@@ -221,6 +221,8 @@ def test_every_key_is_a_runconfig_field_or_a_method_option_and_the_config_accept
                     for key, value in values.items():
                         if section == "method" and key == "options":
                             assert set(value) <= option_names, (method, set(value) - option_names)
+                        elif section == "method" and key in rc.FORMER_METHOD_FIELDS:  # read into method.options
+                            assert key in option_names or value == rc.FormerMethodSettings().__dict__[key], (method, key)
                         else:
                             assert key in sections[section], (method, f"{section}.{key}")
                 # the settings machinery takes every value with its type, and the options class validates them

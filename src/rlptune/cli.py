@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import flag_table, parse_set, resolve_config
+from .config import FORMER_METHOD_FIELDS, flag_hint, flag_table, parse_set, resolve_config
 from .errors import RlptuneError
 from .protocols.executors import add_executor_args, executor_settings_from_args
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
-    from .config import _section_classes
-
-    classes = _section_classes()
     parser.add_argument("--config", help="YAML settings file or the name of a shipped preset (coop, rlp, …)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set any field, e.g. prompt.rank=2")
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -30,7 +27,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
         if (sections is not None and section not in sections) or f"{section}.{name}" in skip:
             continue
         group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
-        hint = typing.get_type_hints(classes[section])[name]
+        hint = flag_hint(section, name)
         dest = f"cfg__{section}__{name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default!r}, or the method's recipe{_bounds(f.metadata)})"
@@ -81,6 +78,8 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
+        if field_name in FORMER_METHOD_FIELDS:
+            continue  # a knob several methods share keeps its one flag (--csc, --text-chunk …)
         flag = "--" + field_name.replace("_", "-")
         if flag in taken:
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"

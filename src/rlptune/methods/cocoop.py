@@ -31,7 +31,7 @@ from ..prompts import build_prompt
 from ..text import PromptedClassText
 from .base import Batch, DeclaredSize, Method, StepOutput, register_method
 from .coop import initial_context
-from ..options import MAX_BATCH, MAX_TOKENS, option
+from ..options import MAX_BATCH, MAX_TOKENS, class_token_position_option, option, text_chunk_option
 from .shared import formula, prompt_kind_sizes, prompt_term, prompt_token_size
 
 
@@ -43,6 +43,8 @@ class CoCoOpOptions:
                                    low=0, high=MAX_BATCH)
     inference_images_per_call: int = option(32, "inference: images per text-tower call (bounds memory on large test sets)",
                                              low=1, high=MAX_BATCH)
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
 
     def validate(self) -> None:
         if self.hidden_ratio < 1:
@@ -54,12 +56,9 @@ class CoCoOpOptions:
 @register_method("cocoop")
 class CoCoOp(Method):
     options_class = CoCoOpOptions
-    honours = frozenset({"text_chunk", "class_token_position"})
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        if config.method.class_specific:
-            raise RlptuneError("cocoop: method.class_specific is not supported (the context is conditioned on the image instead)")
         init, from_text = initial_context(config, backbone)
         self.n_ctx = int(init.shape[-2])
         self.prompt = build_prompt(config.prompt, init, from_text)
@@ -75,9 +74,9 @@ class CoCoOp(Method):
         self.to(backbone.device)  # the prompt too (a random-init context is created on the CPU)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
-        m = self.config.method
+        o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, context_text=self.config.prompt.ctx_init
+            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, context_text=self.config.prompt.ctx_init
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -23,13 +23,13 @@ from ..errors import RlptuneError
 from ..data.coop import coop_name
 from ..method_templates import KGCOOP_TEMPLATES
 from .base import Batch, StepOutput, register_method
-from .coop import CoOp
+from .coop import CoOp, CoOpOptions
 from ..options import option
 from .shared import handcrafted_features, handcrafted_template
 
 
 @dataclass
-class KgCoOpOptions:
+class KgCoOpOptions(CoOpOptions):
     lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)",
                               low=0)
     template: Optional[str] = option(

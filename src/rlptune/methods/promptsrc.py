@@ -61,6 +61,7 @@ from ..method_templates import PROMPTSRC_TEMPLATES  # the official 60-template e
 from .base import Batch, DeclaredSize, StepOutput, check_dtype, register_method
 from .deep import DeepPrompts
 from .options import MAX_LAYERS, MAX_TOKENS, option
+from ..options import checkpoint_text_option, class_token_position_option, shared_prefix_option, text_chunk_option
 
 
 @dataclass
@@ -84,6 +85,10 @@ class PromptSRCOptions:
     templates: list = option([], "own template ensemble instead of the official one ({} = class name); empty = official")
     deep_init_std: float = option(0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts",
                                   low=0)
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
+    checkpoint_text: bool = checkpoint_text_option()
+    shared_prefix: bool = shared_prefix_option()
 
     def validate(self) -> None:
         if self.text_depth < 1:

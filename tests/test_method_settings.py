@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,28 @@ def test_nothing_outside_prompts_asks_whether_a_prompt_is_low_rank():
             if compares_kind or reads_setting:
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders
+
+
+# -- the catalogue ---------------------------------------------------------------------------------------------------
+
+#: the case ids of docs/RELIABILITY.md's "Method settings and recipes" section, each held by a test (file, name)
+CASES = {
+    "settings-knob-both-spellings-disagree": ("test_method_settings.py", "test_the_same_knob_spelled_both_ways_differently_is_one_line"),
+    "settings-knob-not-declared": ("test_method_settings.py", "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default"),
+    "settings-knob-option-not-declared": ("test_method_settings.py", "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default"),
+    "settings-knob-option-choice": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
+    "settings-knob-option-range": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
+    "settings-knob-option-template": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
+    "settings-knob-two-spellings-one-meaning": ("test_method_settings.py", "test_a_knob_means_the_same_in_either_spelling"),
+    "settings-old-config-and-adapter": ("test_method_settings.py", "test_an_old_adapter_loads_and_predicts_as_before"),
+    "recipe-not-a-recipe": ("test_recipe_registry.py", "test_a_recipe_must_be_a_recipe"),
+}
+
+
+def test_every_case_is_in_the_catalogue_section_and_held_by_a_test():
+    doc = (ROOT / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    section = doc.split("## Method settings and recipes (a method owns its settings)", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M) == list(CASES)
+    assert "tests/test_method_settings.py" in section and "tests/test_recipe_registry.py" in section
+    for file, test in CASES.values():
+        assert f"\ndef {test}(" in (ROOT / "tests" / file).read_text(encoding="utf-8"), (file, test)

@@ -78,8 +78,11 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
-        if field_name in FORMER_METHOD_FIELDS:
-            continue  # a knob several methods share keeps its one flag (--csc, --text-chunk …)
+        if field_name in FORMER_METHOD_FIELDS:  # a knob several methods share keeps its one flag (--csc, --text-chunk …),
+            for action in parser._actions:       # which now sets this method's option (as --set method.options.X does)
+                if action.dest == f"cfg__method__{field_name}":
+                    action.dest = f"opt__{field_name}"
+            continue
         flag = "--" + field_name.replace("_", "-")
         if flag in taken:
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"

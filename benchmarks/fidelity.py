@@ -7,7 +7,7 @@ batch dropped when the split holds a full batch) loads each batch's images and d
 (area 0.08–1, bicubic) and flip for every image; the frozen image tower encodes them; the prompts of all classes go
 through the text tower over all 77 token positions (``[SOS][ctx][name . EOS pad]``, pooled at EOT); cross-entropy
 (KgCoOp: + λ·(1 − mean cos(learned, hand-crafted))), one SGD step. The learning rate of epoch e is Dassl's,
-computed here from :func:`rlptune.recipes.dassl_epoch_lr` (not from the trainer). Every setting (lr, batch, n_ctx,
+computed here by :func:`dassl_epoch_lr` (not from the trainer). Every setting (lr, batch, n_ctx,
 init, rank, dropout, λ, template) is the official recipe for the protocol and shot count
 (:func:`rlptune.recipes.preset`), the same values rlptune resolves.
 
@@ -56,7 +56,8 @@ from rlptune.engine.features import FeatureCache, ImageItems  # noqa: E402
 from rlptune.engine.pipeline import seed_everything  # noqa: E402
 from rlptune.engine.trainer import Trainer, evaluate_split  # noqa: E402
 from rlptune.methods import build_method  # noqa: E402
-from rlptune.recipes import KGCOOP_TEMPLATES, canonical_dataset, dassl_epoch_lr  # noqa: E402
+from rlptune.data.coop import coop_name  # noqa: E402
+from rlptune.method_templates import KGCOOP_TEMPLATES  # noqa: E402
 
 METHODS = ("coop", "rlp", "kgcoop")
 DATASETS = ("micro-shapes", "micro-textures", "micro-objects", "micro-patterned")
@@ -129,10 +130,19 @@ def reference_text_features(model: nn.Module, prompts: torch.Tensor, tokenized: 
     return x[torch.arange(x.shape[0]), tokenized.argmax(dim=-1)] @ model.text_projection
 
 
+def dassl_epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
+                   min_lr: float = 0.0) -> float:
+    """Dassl's learning rate of epoch ``epoch`` (0-based): constant warm-up, then a cosine over ``max_epoch`` whose
+    count starts after the warm-up (``WARMUP_RECOUNT = True``); the reference's own, as Dassl computes it."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch)) / 2
+
+
 def kgcoop_template(splits: DatasetSplits) -> str:
     """KgCoOp's hand-crafted template: its CUSTOM_TEMPLATES entry for a CoOp dataset, else the dataset's own, else
     "a photo of a {}." (KgCoOp's code only knows the CoOp datasets)."""
-    name = canonical_dataset(splits.name)
+    name = coop_name(splits.name)
     if name in KGCOOP_TEMPLATES:
         return KGCOOP_TEMPLATES[name]
     return splits.template or "a photo of a {}."

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import TINY_ARCH, backbone_from_arch
+from oracles import dassl_epoch_lr
 from rlptune.data import load_dataset
 from rlptune.data.fewshot import fewshot_splits
-from rlptune.recipes import dassl_epoch_lr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"

@@ -73,7 +73,10 @@ def test_unknown_option_of_an_external_method_is_one_line_with_a_suggestion(tmp_
 
 def test_external_method_trains_saves_and_loads_through_the_public_api(tmp_path):
     config = _config(tmp_path, options={"smoothing": 0.2})
-    assert config.method.options == {"smoothing": 0.2}  # typed, recorded with the run
+    assert config.method.options == {  # typed, recorded with the run; CoOp's own options are inherited with its code
+        "class_specific": False, "class_token_position": "end", "text_chunk": 0, "checkpoint_text": False,
+        "shared_prefix": True, "smoothing": 0.2,
+    }
     backbone = rlptune.load_backbone("micro", device="cpu")
     result = rlptune.train(config, tmp_path / "run", backbone=backbone, progress=False)
     assert result["method"] == "toy_smoothed_coop" and result["epochs"] == 2

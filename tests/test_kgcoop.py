@@ -12,7 +12,7 @@ from conftest import TINY_ARCH, backbone_from_arch
 from rlptune.config import resolve_config
 from rlptune.methods import build_method
 from rlptune.methods.base import Batch
-from rlptune.recipes import KGCOOP_TEMPLATES
+from rlptune.method_templates import KGCOOP_TEMPLATES
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSES = ["banded", "dotted", "striped_zigzag"]

@@ -136,7 +136,7 @@ def test_presets_hold_the_paper_defaults():
 
 
 def test_unknown_option_is_a_clear_error(backbone):
-    with pytest.raises(RlptuneError, match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\); valid options: lambda_kg, template"):
+    with pytest.raises(RlptuneError, match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\); valid options: class_specific, class_token_position, text_chunk, checkpoint_text, shared_prefix, lambda_kg, template"):
         _build(backbone, "kgcoop", {"lamda_kg": 1})
     with pytest.raises(RlptuneError, match="method.options.lambda_kg: expected a number"):
         _build(backbone, "kgcoop", {"lambda_kg": "lots"})

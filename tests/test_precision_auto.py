@@ -16,6 +16,7 @@ import torch
 import yaml
 from hypothesis import given, settings, strategies as st
 
+import oracles
 from rlptune import recipes
 from rlptune.backbones import load_backbone
 from rlptune.backbones import precision as P
@@ -93,7 +94,7 @@ def test_the_switch_starts_off_and_every_recipe_method_has_a_sourced_official_pr
     for method, (precision, source, how) in recipes.OFFICIAL_PRECISION.items():
         assert precision in P.PRECISIONS and how, method
         assert source.split(":", 1)[0] in {*recipes.REPOSITORIES, "rlptune"}, (method, source)
-    assert recipes.OFFICIAL_PRECISION["clip_lora"][0] == recipes.CLIP_LORA_DETAILS["precision"][0].split()[0]
+    assert recipes.OFFICIAL_PRECISION["clip_lora"][0] == oracles.CLIP_LORA_DETAILS["precision"][0].split()[0]
 
 
 def test_the_methods_doc_shows_every_methods_precision():

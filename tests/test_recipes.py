@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+import oracles
 from rlptune import config as rc
+from rlptune import method_templates
 from rlptune import recipes
+from rlptune.recipe_listing import methods_table
 from rlptune.errors import RlptuneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,14 +186,14 @@ def test_shot_counts_outside_the_official_ones_use_their_bracket():
 def test_dataset_names_are_resolved_like_the_loaders_do():
     from rlptune.data.coop import COOP_DATASETS
 
-    assert set(recipes.COOP_DATASET_NAMES) == set(COOP_DATASETS)
     for spec in COOP_DATASETS.values():
-        assert recipes.canonical_dataset(spec.name) == spec.name
-        assert recipes.canonical_dataset(spec.name.upper()) == spec.name
+        assert recipes.coop_name(spec.name) == spec.name
+        assert recipes.coop_name(spec.name.upper()) == spec.name
         for alias in spec.aliases:
-            assert recipes.canonical_dataset(alias) == spec.name, alias
-    assert recipes.canonical_dataset("oxford_flowers") == "OxfordFlowers"  # official config stem
-    assert recipes.canonical_dataset("micro-shapes") is None and recipes.canonical_dataset(None) is None
+            assert recipes.coop_name(alias) == spec.name, alias
+    assert recipes.coop_name("oxford_flowers") == "OxfordFlowers"  # official config stem
+    assert recipes.coop_name("imagenet_sketch") == "ImageNetSketch"
+    assert recipes.coop_name("micro-shapes") is None and recipes.coop_name(None) is None
 
 
 def _section_fields() -> dict[str, set[str]]:
@@ -218,6 +221,8 @@ def test_every_key_is_a_runconfig_field_or_a_method_option_and_the_config_accept
                     for key, value in values.items():
                         if section == "method" and key == "options":
                             assert set(value) <= option_names, (method, set(value) - option_names)
+                        elif section == "method" and key in rc.FORMER_METHOD_FIELDS:  # read into method.options
+                            assert key in option_names or value == rc.FormerMethodSettings().__dict__[key], (method, key)
                         else:
                             assert key in sections[section], (method, f"{section}.{key}")
                 # the settings machinery takes every value with its type, and the options class validates them
@@ -304,15 +309,15 @@ def test_maple_transfer_and_promptsrc_sources_name_the_transfer_configs():
 def test_kgcoop_templates_are_coops_except_textures():
     from rlptune.data.coop import COOP_TEMPLATES
 
-    assert set(recipes.KGCOOP_TEMPLATES) == set(COOP_TEMPLATES)
-    differ = {k for k in COOP_TEMPLATES if COOP_TEMPLATES[k] != recipes.KGCOOP_TEMPLATES[k]}
+    assert set(method_templates.KGCOOP_TEMPLATES) == set(COOP_TEMPLATES)
+    differ = {k for k in COOP_TEMPLATES if COOP_TEMPLATES[k] != method_templates.KGCOOP_TEMPLATES[k]}
     assert differ == {"DescribableTextures"}
-    assert recipes.KGCOOP_TEMPLATES["DescribableTextures"] == "a photo of a {}, a type of texture."
-    assert recipes.KGCOOP_TEMPLATES_SOURCE == "htyao89/KgCoOp:KgCoOp/trainers/kgcoop.py"
+    assert method_templates.KGCOOP_TEMPLATES["DescribableTextures"] == "a photo of a {}, a type of texture."
+    assert method_templates.KGCOOP_TEMPLATES_SOURCE == "htyao89/KgCoOp:KgCoOp/trainers/kgcoop.py"
 
 
 def test_promptsrc_template_ensemble():
-    t = recipes.PROMPTSRC_TEMPLATES
+    t = method_templates.PROMPTSRC_TEMPLATES
     assert len(t) == 60 == len(set(t)) == recipes.preset("promptsrc")["method"]["options"]["n_templates"]
     assert all(x.count("{}") == 1 for x in t)
     assert t[0] == "a photo of a {}." and t[-1] == "itap of the {}." and t[36] == "a {} in a video game."
@@ -330,7 +335,7 @@ def test_dassl_schedule_formula_per_epoch():
     }
     last = {5: 1.209220e-3, 10: 1.909830e-4, 50: 7.885299e-6, 200: 4.934396e-7}
     for (T, base), values in table.items():
-        got = [recipes.dassl_epoch_lr(e, base, T) for e in range(T)]
+        got = [oracles.dassl_epoch_lr(e, base, T) for e in range(T)]
         assert got[: len(values)] == pytest.approx(values, rel=1e-6)
         assert got[-1] == pytest.approx(last[T], rel=1e-6)
         assert max(got) == base  # epoch 1 trains at the peak rate
@@ -347,15 +352,15 @@ def test_dassl_schedule_matches_torch_cosine_counted_after_the_warmup():
             opt.step()
             cosine.step()
             chained.append(cosine.get_last_lr()[0])
-        ours = [recipes.dassl_epoch_lr(e, 0.002, T) for e in range(1, T)]
+        ours = [oracles.dassl_epoch_lr(e, 0.002, T) for e in range(1, T)]
         assert ours == pytest.approx(chained, rel=1e-9, abs=1e-15)
 
 
 def test_clip_lora_schedule_per_iteration():
-    assert recipes.clip_lora_step_lr(0) == pytest.approx(2e-4)
-    assert recipes.clip_lora_step_lr(4000) == pytest.approx(1.005e-4)
-    assert recipes.clip_lora_step_lr(7999) == pytest.approx(1.000007672e-6, rel=1e-8)
-    assert recipes.clip_lora_step_lr(8000) == pytest.approx(1e-6)
+    assert oracles.clip_lora_step_lr(0) == pytest.approx(2e-4)
+    assert oracles.clip_lora_step_lr(4000) == pytest.approx(1.005e-4)
+    assert oracles.clip_lora_step_lr(7999) == pytest.approx(1.000007672e-6, rel=1e-8)
+    assert oracles.clip_lora_step_lr(8000) == pytest.approx(1e-6)
 
 
 def test_schedule_and_augmentation_facts_are_documented():
@@ -368,12 +373,12 @@ def test_schedule_and_augmentation_facts_are_documented():
         for protocol in PROTOCOLS:
             for key in recipes.sources(method, protocol, 16, "dtd"):
                 assert f"| `{key}` |" in section, (method, key)
-    assert recipes.AUGMENTATION["train: random resized crop, area scale"][0] == (0.08, 1.0)
-    assert recipes.AUGMENTATION["train: interpolation"][0] == "bicubic"
-    assert recipes.DASSL_SCHEDULE["WARMUP_RECOUNT"][0] is True
-    assert recipes.LINEAR_PROBE_SEARCH["C grid"][0] == (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+    assert oracles.AUGMENTATION["train: random resized crop, area scale"][0] == (0.08, 1.0)
+    assert oracles.AUGMENTATION["train: interpolation"][0] == "bicubic"
+    assert oracles.DASSL_SCHEDULE["WARMUP_RECOUNT"][0] is True
+    assert oracles.LINEAR_PROBE_SEARCH["C grid"][0] == (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
     assert "drop_last = is_train and len(data_source) >= batch_size" in doc
-    assert set(recipes.DATA_LOADER) == {"Dassl train sampler", "Dassl drop_last", "Dassl evaluated model", "CLIP-LoRA loader"}
+    assert set(oracles.DATA_LOADER) == {"Dassl train sampler", "Dassl drop_last", "Dassl evaluated model", "CLIP-LoRA loader"}
 
 
 def test_errors_name_what_is_wrong_in_one_line():
@@ -385,7 +390,7 @@ def test_errors_name_what_is_wrong_in_one_line():
 
 
 def test_methods_table_lists_every_method_and_what_varies():
-    table = recipes.methods_table()
+    table = methods_table()
     for method in METHODS:
         assert re.search(rf"^{method}: ", table, re.M), method
     assert "1 shot: 50, 2 shots: 100, 4 shots: 100, 8 shots: 200, 16 shots: 200 (except ImageNet: 50)" in table

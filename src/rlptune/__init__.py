@@ -36,6 +36,8 @@ _LAZY = {
     "build_prompt": ("prompts", "build_prompt"),
     "register_prompt_kind": ("prompts", "register_prompt_kind"),
     "register_dataset": ("data", "register_dataset"),
+    "register_recipe": ("recipes", "register_recipe"),
+    "Recipe": ("recipes", "Recipe"),
     "run": ("engine.pipeline", "run"),
     "train": ("engine.api", "train"),
     "evaluate": ("engine.api", "evaluate"),

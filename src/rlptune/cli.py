@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import flag_table, parse_set, resolve_config
+from .config import FORMER_METHOD_FIELDS, flag_hint, flag_table, parse_set, resolve_config
 from .errors import RlptuneError
 from .options import int_flag
 from .sweeps.executors import add_executor_args, executor_settings_from_args
@@ -22,9 +22,6 @@ from .sweeps.executors import add_executor_args, executor_settings_from_args
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = (),
                       recipe: "_Recipe | None" = None) -> None:
-    from .config import _section_classes
-
-    classes = _section_classes()
     parser.add_argument("--config", help="YAML settings file or the name of a shipped preset (coop, rlp, …) "
                                          "(default: none, the method's recipe)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -34,7 +31,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
         if (sections is not None and section not in sections) or f"{section}.{name}" in skip:
             continue
         group = groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
-        hint = typing.get_type_hints(classes[section])[name]
+        hint = flag_hint(section, name)
         dest = f"cfg__{section}__{name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {_default_text(section, name, default, recipe)}{_bounds(f.metadata)})"
@@ -165,6 +162,11 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
+        if field_name in FORMER_METHOD_FIELDS:  # a knob several methods share keeps its one flag (--csc, --text-chunk …),
+            for action in parser._actions:       # which now sets this method's option (as --set method.options.X does)
+                if action.dest == f"cfg__method__{field_name}":
+                    action.dest = f"opt__{field_name}"
+            continue
         flag = "--" + field_name.replace("_", "-")
         if flag in taken:
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"
@@ -323,6 +325,7 @@ def parameter_counts(config) -> dict[str, Any]:
     """Trainable parameters of the configured method on the configured backbone (random weights suffice)."""
     from .backbones import load_backbone
     from .methods import build_method
+    from .prompts import prompt_layout
 
     spec = config.backbone.name
     if ":" not in spec and not spec.endswith(".json") and spec != "micro" and not Path(spec).exists():
@@ -335,7 +338,8 @@ def parameter_counts(config) -> dict[str, Any]:
         "method": config.method.name,
         "prompt": config.prompt.kind,
         "n_ctx": getattr(method, "n_ctx", None),
-        "rank": config.prompt.rank if config.prompt.kind == "lowrank" else None,
+        # the prompt kind's own sizes (low rank: "rank"), named by the kind
+        **{field.rsplit(".", 1)[-1]: value for field, value, _ in prompt_layout(config.prompt.kind).sizes(config.prompt)},
         "trainable_params": method.num_trainable(),
         "formula": method.parameter_formula() if hasattr(method, "parameter_formula") else None,
     }
@@ -390,8 +394,8 @@ def recipe_lines(method: str, protocol: str = "few-shot", shots: int = 16, datas
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from . import recipes
     from .methods import list_methods
+    from .recipe_listing import methods_table
 
     if args.method:
         from . import registry
@@ -401,7 +405,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         return 0
     print("methods:", ", ".join(list_methods()))
     print()
-    print(recipes.methods_table())
+    print(methods_table())
     return 0
 
 

@@ -20,7 +20,9 @@ import yaml
 from .errors import RlptuneError
 from .options import (
     MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_SEED, MAX_SHOTS, MAX_STEPS, MAX_TOKENS, MAX_VIEWS, MAX_WORKERS,
-    SettingsLoader, check_ranges, coerce, options_dict, parse_options, read_setting_text, settle_numbers, type_hints,
+    SettingsLoader, check_ranges, check_template, checkpoint_text_option, class_specific_option,
+    class_token_position_option, coerce, options_dict, parse_options, read_setting_text, settle_numbers,
+    shared_prefix_option, shown, templates_option, text_chunk_option, type_hints, use_dataset_template_option,
 )
 from . import recipes, registry  # after .options: the order the package imports in
 from .defaults import DEFAULT_BACKBONE, DEFAULT_METHOD
@@ -124,40 +126,87 @@ class PromptSettings(_Section):
 @dataclass
 class MethodSettings(_Section):
     name: str = _f(DEFAULT_METHOD, "method: zeroshot | coop | rlp | … (see `rlptune methods`); its official recipe applies", flag="method")
-    templates: list = _f(["a photo of a {}."], "zero-shot templates ({} = class name); several = ensemble", flag="template")
-    use_dataset_template: bool = _f(False, "zero-shot: use the dataset's hand-crafted template instead")
-    class_specific: bool = _f(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", flag="csc")
-    class_token_position: str = _f("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"))
-    text_chunk: int = _f(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory",
-                         low=0, high=MAX_CLASSES)
-    checkpoint_text: bool = _f(False, "activation checkpointing in the text tower (less memory, more compute)")
-    shared_prefix: bool = _f(
-        True,
-        "encode the start token + shared context once per step and only each class's own tokens per class "
-        "(prefix caching; exact; used when the class token is at the end and the context is shared)",
-    )
-    options: dict = _f({}, "method-specific options (`rlptune train --method NAME --help` lists them)")
+    options: dict = _f({}, "the method's own options (`rlptune train --method NAME --help` lists them)")
+
+    def __post_init__(self) -> None:
+        # values given in the former spelling (method.<knob>, see FormerMethodSettings), kept apart until the method
+        # is known: key -> (value, the same mapping's method.options.<knob> or None)
+        object.__setattr__(self, "_former", {})
 
     def validate(self) -> None:
         if not self.name.strip():
             raise RlptuneError("method.name is empty; see `rlptune methods` for the valid ones")
         entry = registry.method_entry(self.name)
-        options = parse_options(entry.options_class, self.options, self.name)
-        object.__setattr__(self, "options", options_dict(options))  # every option recorded, with its value
-        honoured = getattr(entry.method_class, "honours", frozenset())
-        defaults = MethodSettings.__dataclass_fields__
-        for name in _HONOURABLE:
-            default = defaults[name].default
-            if getattr(self, name) != default and name not in honoured:
+        shared = {f.name for f in fields(entry.options_class) if f.metadata.get("shared") == f.name}
+        values = dict(self.options)
+        for key, (value, same_mapping) in self._former.items():
+            if key in shared:
+                if same_mapping is not None and coerce(same_mapping, type_hints(FormerMethodSettings)[key], f"method.options.{key}") != value:
+                    raise RlptuneError(
+                        f"method.{key}={value!r} and method.options.{key}={same_mapping!r} disagree; give it once, as "
+                        f"method.options.{key}"
+                    )
+                values[key] = value
+                continue
+            default = _field_default(FORMER_METHOD_FIELDS[key])
+            if value != default:  # never silently ignored
                 raise RlptuneError(
-                    f"method.{name}={getattr(self, name)!r}: method {self.name!r} does not support this setting "
-                    f"(leave it at {default!r})"
+                    f"method.{key}={value!r}: method {self.name!r} does not support this setting (leave it at {default!r})"
                 )
-        if not self.templates:
+        object.__setattr__(self, "_former", {})
+        options = parse_options(entry.options_class, values, self.name)
+        object.__setattr__(self, "options", options_dict(options))  # every option recorded, with its value
+
+
+def _former(option_field: Any, flag: str | None = None):
+    """A :class:`FormerMethodSettings` field: the option's default, help and bounds, with its flag."""
+    meta = {**option_field.metadata, "flag": flag}
+    if option_field.default_factory is not dataclasses.MISSING:
+        return field(default_factory=option_field.default_factory, metadata=meta)
+    return field(default=option_field.default, metadata=meta)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@dataclass
+class FormerMethodSettings:
+    """Options several methods declare, in the spelling every method carried until 0.2: ``method.<name>``.
+
+    Each is now an option of the methods that honour it (``method.options.<name>``; a method that does not declare
+    it refuses a value other than this default). This spelling is still read, from files, ``--set`` and these flags
+    (``--csc``, ``--template``, ``--text-chunk`` …), into ``method.options``, so old ``config.yaml`` files, adapters
+    and command lines keep working; the same value spelled both ways differently is one line."""
+
+    templates: list = _former(templates_option(), flag="template")
+    use_dataset_template: bool = _former(use_dataset_template_option())
+    class_specific: bool = _former(class_specific_option(), flag="csc")
+    class_token_position: str = _former(class_token_position_option())
+    text_chunk: int = _former(text_chunk_option())
+    checkpoint_text: bool = _former(checkpoint_text_option())
+    shared_prefix: bool = _former(shared_prefix_option())
+
+
+FORMER_METHOD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(FormerMethodSettings)}
+
+
+def _read_former_method_field(target: MethodSettings, key: str, value: Any, values: dict, source: str) -> None:
+    """``method.<key>`` (the former spelling) checked as it always was and put into ``method.options``."""
+    where = f"{source}: method.{key}"
+    coerced = coerce(value, type_hints(FormerMethodSettings)[key], where)
+    meta = FORMER_METHOD_FIELDS[key].metadata
+    if meta.get("choices") and coerced not in meta["choices"]:
+        raise RlptuneError(f"{where}: expected one of {', '.join(meta['choices'])}, got {coerced!r}")
+    if isinstance(coerced, int) and not isinstance(coerced, bool) and meta.get("low") is not None and coerced < meta["low"]:
+        raise RlptuneError(f"method.{key} must be >= {meta['low']}, got {shown(coerced)}")
+    if key == "templates":
+        if not coerced:
             raise RlptuneError("method.templates is empty; expected at least one template such as 'a photo of a {}.'")
-        for template in self.templates:
+        for template in coerced:
             check_template(template, "method.templates")
-        _at_least("method.text_chunk", self.text_chunk, 0)
+    explicit = values.get("options")
+    target._former[key] = (coerced, explicit.get(key) if isinstance(explicit, dict) else None)
 
 
 @dataclass
@@ -359,6 +408,7 @@ class RunConfig:
             self.method = MethodSettings()
             apply_mapping(self, method_preset(name, self.data.protocol, self.data.shots, self.data.dataset), f"{name} preset")
             self.method.name = name
+            self.method.validate()  # the method's options, with the recipe's, as resolve_config records them
 
     def validate(self) -> "RunConfig":
         for name in SECTIONS:
@@ -387,9 +437,6 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
-
-#: ``method.*`` settings that only some methods honour (see ``Method.honours``).
-_HONOURABLE = ("class_specific", "class_token_position", "text_chunk", "checkpoint_text", "use_dataset_template")
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)\Z")  # \Z: "$" would let "cpu\n" through
 
@@ -420,15 +467,10 @@ def _at_least(where: str, value: int, low: int) -> None:
         raise RlptuneError(f"{where} must be >= {low}, got {value}")
 
 
-def check_template(template: Any, where: str) -> str:
-    """A class-prompt template must be a string with one ``{}`` for the class name and nothing else to fill."""
-    if not isinstance(template, str) or "{}" not in template:
-        raise RlptuneError(f"{where}: template {template!r} must contain {{}} where the class name goes, e.g. 'a photo of a {{}}.'")
-    try:
-        template.format("x")
-    except (IndexError, KeyError, ValueError):
-        raise RlptuneError(f"{where}: template {template!r} has braces other than one {{}} for the class name (write {{{{ }}}} for a literal brace)") from None
-    return template
+def flag_hint(section: str, name: str) -> Any:
+    """The type of the setting a :func:`flag_table` flag sets."""
+    hints = type_hints(_section_classes()[section])
+    return hints[name] if name in hints else type_hints(FormerMethodSettings)[name]
 
 
 def _section_classes() -> dict[str, type]:
@@ -460,11 +502,16 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
             raise RlptuneError(f"{source}: section {section!r} must be a mapping of fields, got {type(values).__name__}")
         target = getattr(config, section)
         hints = type_hints(classes[section])
-        valid = [f.name for f in fields(classes[section])]
+        valid = [f.name for f in fields(classes[section])] + (list(FORMER_METHOD_FIELDS) if section == "method" else [])
+        former = {k: v for k, v in values.items() if section == "method" and k in FORMER_METHOD_FIELDS}
         for key, value in values.items():
+            if key in former:
+                continue
             if key not in hints:
                 raise _unknown(str(key), valid, f"{source}: {section}")
             set_field(target, section, key, value, source)
+        for key, value in former.items():  # after this mapping's method.options: a later spelling wins, either way
+            _read_former_method_field(target, key, value, values, source)
     return config
 
 
@@ -477,6 +524,8 @@ def set_field(target: Any, section: str, key: str, value: Any, source: str) -> N
         raise RlptuneError(f"{where}: expected one of {', '.join(choices)}, got {coerced!r}")
     if section == "method" and key == "options":  # options merge: --set method.options.x=1 keeps the preset's others
         coerced = {**getattr(target, key), **coerced}
+        for name in coerced:  # an option given now wins over the same knob given before in its former spelling
+            target._former.pop(name, None)
     setattr(target, key, coerced)
 
 
@@ -535,8 +584,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Any]:
     """The method's official recipe for this protocol and shot count (:mod:`rlptune.recipes`, every value sourced);
-    empty for methods without one (e.g. a method added from outside the package)."""
-    if method not in recipes.recipe_methods():
+    a method without its own recipe inherits its parent class's (:func:`rlptune.recipes.recipe_owner`); empty when
+    there is none (e.g. a method added from outside the package that subclasses no recipe-bearing method)."""
+    if not recipes.has_recipe(method):
         return {}
     return recipes.preset(method, protocol, shots, dataset)
 
@@ -604,9 +654,12 @@ def blank_config() -> RunConfig:
 
 
 def flag_table() -> dict[str, tuple[str, str, dataclasses.Field]]:
-    """Command-line flag -> (section, field, dataclass field) for every setting; flags are unique."""
+    """Command-line flag -> (section, field, dataclass field) for every setting; flags are unique. The options
+    several methods declare keep their flags (:class:`FormerMethodSettings`)."""
     table: dict[str, tuple[str, str, dataclasses.Field]] = {}
-    for section, cls in _section_classes().items():
+    classes = list(_section_classes().items())
+    classes.insert(classes.index(("method", MethodSettings)) + 1, ("method", FormerMethodSettings))
+    for section, cls in classes:
         for f in fields(cls):
             flag = f.metadata.get("flag") or f.name.replace("_", "-")
             if flag in table:

@@ -48,10 +48,13 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def option(default: Any, help: str, low: int | float | None = None, high: int | float | None = None):
+def option(default: Any, help: str, low: int | float | None = None, high: int | float | None = None,
+           choices: tuple | None = None, shared: str | None = None):
     """A dataclass field with help text (lists and dicts get a factory); ``low``/``high`` bound a number (inclusive,
-    checked by :func:`check_ranges` whatever the value's spelling)."""
-    meta = {"help": help, "low": low, "high": high}
+    checked by :func:`check_ranges` whatever the value's spelling); ``choices`` lists the values a text may take;
+    ``shared`` names the knob several methods declare (the ``*_option()`` helpers below), which the former
+    spelling ``method.<name>`` sets."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "shared": shared}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -80,6 +83,9 @@ def parse_options(cls: type, values: dict | None, method: str):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RlptuneError(f"method.options: unknown option {key!r} for method {method!r}{hint}; valid options: {', '.join(valid)}")
         kwargs[key] = coerce(value, hints[key], f"method.options.{key}")
+        choices = next(f.metadata.get("choices") for f in fields(cls) if f.name == key)
+        if choices and kwargs[key] not in choices:
+            raise RlptuneError(f"method.options.{key}: expected one of {', '.join(choices)}, got {kwargs[key]!r}")
     options = cls(**kwargs)
     settle_numbers(options, "method.options")  # defaults and values built in Python get what YAML and flags get
     check = getattr(options, "validate", None)  # optional by design: most options need no cross-field check
@@ -319,6 +325,17 @@ def check_ranges(obj: Any, prefix: str) -> None:
             raise RlptuneError(f"{where} must be <= {high}, got {shown(value)}")
 
 
+def check_template(template: Any, where: str) -> str:
+    """A class-prompt template must be a string with one ``{}`` for the class name and nothing else to fill."""
+    if not isinstance(template, str) or "{}" not in template:
+        raise RlptuneError(f"{where}: template {template!r} must contain {{}} where the class name goes, e.g. 'a photo of a {{}}.'")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        raise RlptuneError(f"{where}: template {template!r} has braces other than one {{}} for the class name (write {{{{ }}}} for a literal brace)") from None
+    return template
+
+
 def check_plain(value: Any, where: str, depth: int = 0) -> None:
     """Settings hold plain data: scalars, and lists / string-keyed mappings of them, a few levels deep at most."""
     if depth > 4:
@@ -333,3 +350,43 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
             check_plain(item, where, depth + 1)
     elif not (value is None or isinstance(value, (str, int, float, bool))):
         raise RlptuneError(f"{where}: expected a plain value (text, number, true/false, list), got {type(value).__name__}")
+
+
+# Option fields that several methods declare, each method the ones it honours (a method that does not declare one
+# refuses it: nothing is silently ignored). Until 0.2 they were ``method.*`` settings every method carried;
+# :mod:`rlptune.config` still reads that spelling, and their flags (``--csc``, ``--text-chunk`` …) stay.
+
+
+def class_specific_option():
+    return option(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", shared="class_specific")
+
+
+def class_token_position_option():
+    return option("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"),
+                  shared="class_token_position")
+
+
+def text_chunk_option():
+    return option(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory",
+                  low=0, high=MAX_CLASSES, shared="text_chunk")
+
+
+def checkpoint_text_option():
+    return option(False, "activation checkpointing in the text tower (less memory, more compute)", shared="checkpoint_text")
+
+
+def shared_prefix_option():
+    return option(
+        True,
+        "encode the start token + shared context once per step and only each class's own tokens per class "
+        "(prefix caching; exact; used when the class token is at the end and the context is shared)",
+        shared="shared_prefix",
+    )
+
+
+def templates_option():
+    return option(["a photo of a {}."], "zero-shot templates ({} = class name); several = ensemble", shared="templates")
+
+
+def use_dataset_template_option():
+    return option(False, "zero-shot: use the dataset's hand-crafted template instead", shared="use_dataset_template")

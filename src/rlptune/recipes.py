@@ -8,20 +8,25 @@ table with its sources and the places where rlptune differs from the official co
 A recipe is an ordered list of :class:`Rule` objects; a rule applies when the protocol, the shot count and the
 dataset match, and later rules override earlier ones (so "CoOp at 1 shot: 50 epochs" and "CoOp on ImageNet: 50
 epochs" are two rules, the second winning). :func:`preset` returns the nested ``{section: {field: value}}`` mapping
-that :func:`rlptune.config.apply_mapping` merges, :func:`sources` the source of each of its values and
-:func:`methods_table` the listing behind ``rlptune methods``.
+that :func:`rlptune.config.apply_mapping` merges and :func:`sources` the source of each of its values. A method
+registers its own recipe with :func:`register_recipe`, or trains with its nearest parent class's
+(:func:`recipe_owner`).
 
-Pure data and pure Python: importing this module imports neither torch nor the methods.
+This module holds recipes only: the CoOp dataset catalogue is :mod:`rlptune.data.coop`'s, the methods' templates
+are in :mod:`rlptune.method_templates`, the listing behind ``rlptune methods`` is :mod:`rlptune.recipe_listing`, and
+the official schedules as formulas and the official facts without a settings field are the tests'
+(``tests/oracles.py``). Pure data and pure Python: importing this module imports neither torch nor the methods.
 """
 
 from __future__ import annotations
 
-import math
-import textwrap
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from . import registry
 from .errors import RlptuneError
+from .method_templates import KGCOOP_TEMPLATES, KGCOOP_TEMPLATES_SOURCE, PROMPTSRC_TEMPLATES_SOURCE
 
 # --------------------------------------------------------------------------------------------------------------
 # where the values come from
@@ -109,151 +114,6 @@ def _s(key: str, value: Any, source: str, note: str = "") -> Setting:
 def _rule(*settings: Setting, protocols: tuple[str, ...] = (), shots: tuple[int, ...] = (),
           datasets: tuple[str, ...] = ()) -> Rule:
     return Rule(tuple(settings), protocols, shots, datasets)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# datasets: the CoOp names rlptune uses (src/rlptune/data/coop.py), and the names the official repositories use
-
-COOP_DATASET_NAMES: tuple[str, ...] = (
-    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101", "FGVCAircraft", "SUN397",
-    "DescribableTextures", "EuroSAT", "UCF101", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR",
-)
-
-#: Other spellings of the CoOp datasets: the official repositories' ``configs/datasets/<stem>.yaml`` stems and
-#: rlptune's own aliases (kept equal to ``rlptune.data.coop.COOP_DATASETS``'s by a test).
-DATASET_ALIASES: dict[str, str] = {
-    # configs/datasets/*.yaml stems of CoOp / KgCoOp / MaPLe / PromptSRC
-    "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars", "oxford_flowers": "OxfordFlowers", "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DescribableTextures", "eurosat": "EuroSAT",
-    "ucf101": "UCF101", "imagenetv2": "ImageNetV2", "imagenet_sketch": "ImageNetSketch", "imagenet_a": "ImageNetA",
-    "imagenet_r": "ImageNetR",
-    # rlptune's aliases (src/rlptune/data/coop.py)
-    "imagenet-1k": "ImageNet", "ilsvrc": "ImageNet", "caltech": "Caltech101", "caltech-101": "Caltech101",
-    "pets": "OxfordPets", "oxford-pets": "OxfordPets", "cars": "StanfordCars", "stanford-cars": "StanfordCars",
-    "flowers": "OxfordFlowers", "flowers102": "OxfordFlowers", "oxford-flowers": "OxfordFlowers",
-    "flowers-102": "OxfordFlowers", "food": "Food101", "food-101": "Food101", "aircraft": "FGVCAircraft",
-    "fgvc": "FGVCAircraft", "fgvc-aircraft": "FGVCAircraft", "sun": "SUN397", "textures": "DescribableTextures",
-    "euro-sat": "EuroSAT", "ucf": "UCF101", "imagenet-v2": "ImageNetV2", "imagenet-sketch": "ImageNetSketch",
-    "sketch": "ImageNetSketch", "imagenet-a": "ImageNetA", "imagenet-adversarial": "ImageNetA",
-    "imagenet-r": "ImageNetR", "imagenet-rendition": "ImageNetR",
-}
-
-
-def canonical_dataset(dataset: str | None) -> str | None:
-    """The CoOp name of ``dataset`` (any case, official config stem or rlptune alias); None for other datasets."""
-    if not dataset:
-        return None
-    by_lower = {name.lower(): name for name in COOP_DATASET_NAMES}
-    key = dataset.strip().lower()
-    return by_lower.get(key) or DATASET_ALIASES.get(key)
-
-
-#: KgCoOp's hand-crafted prompt per dataset (its ``CUSTOM_TEMPLATES``). Equal to CoOp's zero-shot templates except
-#: DescribableTextures ("a photo of a {}, a type of texture." instead of "{} texture.").
-KGCOOP_TEMPLATES: dict[str, str] = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
-    "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
-}
-KGCOOP_TEMPLATES_SOURCE = _KG + "KgCoOp/trainers/kgcoop.py"
-
-#: PromptSRC's textual-diversity ensemble: the 60 templates of its ``IMAGENET_TEMPLATES`` (a subset of CLIP's 80
-#: ImageNet templates, in this order); the frozen text feature of a class is the mean of its 60 encoded prompts.
-PROMPTSRC_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.",
-    "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.",
-    "a photo of a hard to see {}.", "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.",
-    "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.", "the plastic {}.",
-    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
-    "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.",
-    "a bright photo of the {}.", "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
-    "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-    "a close-up photo of the {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.",
-    "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.", "the toy {}.",
-    "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
-    "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.",
-    "a sketch of the {}.", "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
-)
-PROMPTSRC_TEMPLATES_SOURCE = _SRC + "trainers/imagenet_templates.py"
-
-# --------------------------------------------------------------------------------------------------------------
-# things every recipe shares that have no RunConfig field: documented, tested, not returned by preset()
-
-#: The image pipeline of every official repository (Dassl's, and CLIP-LoRA's own torchvision pipeline, identical).
-AUGMENTATION: dict[str, tuple[Any, str]] = {
-    "train: random resized crop, output size": (224, _COOP + "configs/trainers/CoOp/vit_b16.yaml (INPUT.SIZE)"),
-    "train: random resized crop, area scale": ((0.08, 1.0), DASSL_DEFAULTS + " (INPUT.RRCROP_SCALE)"),
-    "train: random resized crop, aspect ratio": ((3 / 4, 4 / 3), "torchvision RandomResizedCrop default (Dassl passes none)"),
-    "train: interpolation": ("bicubic", _COOP + "configs/trainers/CoOp/vit_b16.yaml (INPUT.INTERPOLATION)"),
-    "train: horizontal flip probability": (0.5, DASSL_TRANSFORMS + " (RandomHorizontalFlip())"),
-    "train: a new crop and flip per image per epoch": (True, DASSL_TRANSFORMS + " (transforms run in the data loader)"),
-    "normalise: mean": ((0.48145466, 0.4578275, 0.40821073), _COOP + "configs/trainers/CoOp/vit_b16.yaml"),
-    "normalise: std": ((0.26862954, 0.26130258, 0.27577711), _COOP + "configs/trainers/CoOp/vit_b16.yaml"),
-    "eval: resize the shorter side to": (224, DASSL_TRANSFORMS + " (_build_transform_test: Resize(max(SIZE)))"),
-    "eval: interpolation": ("bicubic", _COOP + "configs/trainers/CoOp/vit_b16.yaml (INPUT.INTERPOLATION)"),
-    "eval: centre crop": (224, DASSL_TRANSFORMS + " (_build_transform_test: CenterCrop(SIZE))"),
-}
-
-#: How the official training loops batch the data and which model they evaluate (no RunConfig field; rlptune's
-#: engine does the same: shuffled batches, the last incomplete batch dropped when the split has a full batch).
-DATA_LOADER: dict[str, tuple[Any, str]] = {
-    "Dassl train sampler": ("RandomSampler (a new order every epoch)", DASSL_DEFAULTS + " (DATALOADER.TRAIN_X.SAMPLER)"),
-    "Dassl drop_last": ("len(train) >= batch_size (the last incomplete batch is dropped)", _DASSL + "dassl/data/data_manager.py"),
-    "Dassl evaluated model": ("the last epoch's (TEST.FINAL_MODEL = 'last_step'; no validation-based selection)", DASSL_DEFAULTS),
-    "CLIP-LoRA loader": ("shuffle=True, drop_last=False, restarted until 500*K iterations", _LORA + "datasets/utils.py"),
-}
-
-#: How Dassl's learning-rate schedule runs (every Dassl-based recipe: CoOp, RLP, CoCoOp, KgCoOp, MaPLe, IVLP, deep
-#: prompts, PromptSRC). See :func:`dassl_epoch_lr`.
-DASSL_SCHEDULE: dict[str, tuple[Any, str]] = {
-    "scheduler": ("CosineAnnealingLR(optimizer, T_max=MAX_EPOCH), eta_min = 0", DASSL_SCHEDULER),
-    "warm-up wrapper": ("ConstantWarmupScheduler(successor=cosine, WARMUP_EPOCH, WARMUP_CONS_LR)", DASSL_SCHEDULER),
-    "WARMUP_RECOUNT": (True, DASSL_DEFAULTS + " (so the cosine's own count starts after the warm-up)"),
-    "stepped": ("once per epoch, after its last batch", _COOP + "trainers/coop.py (forward_backward: update_lr())"),
-    "formula": (
-        "epoch e < W: warmup_lr; epoch e >= W: base * (1 + cos(pi * (e - W) / T)) / 2 (T = MAX_EPOCH)",
-        DASSL_SCHEDULER,
-    ),
-}
-
-#: CLIP-LoRA's optimiser details that RunConfig does not expose (see :func:`clip_lora_step_lr`).
-CLIP_LORA_DETAILS: dict[str, tuple[Any, str]] = {
-    "AdamW betas": ((0.9, 0.999), _LORA + "lora.py"),
-    "scheduler": ("CosineAnnealingLR(optimizer, T_max=500*K, eta_min=1e-6), stepped after every iteration", _LORA + "lora.py"),
-    "LoRA scale": ("alpha / sqrt(r) (rank-stabilised; alpha / r is commented out)", _LORA + "loralib/layers.py"),
-    "LoRA init": ("A: kaiming_uniform(a=sqrt(5)), B: zeros", _LORA + "loralib/layers.py"),
-    "dropout": ("on the adapter input, training only", _LORA + "loralib/layers.py"),
-    "layers": ("all 12 blocks of both towers (position 'all', encoder 'both')", _LORA + "run_utils.py"),
-    "logit scale": (100, _LORA + "main.py (logit_scale = 100)"),
-    "precision": ("fp16 autocast with GradScaler", _LORA + "lora.py"),
-}
-
-#: The CoOp paper's linear probe (lpclip/), which rlptune's ``linear_probe`` follows: there is no per-shot
-#: training schedule, only this search of scikit-learn's inverse L2 strength C on a few-shot validation set.
-LINEAR_PROBE_SEARCH: dict[str, tuple[Any, str]] = {
-    "solver": ("sklearn LogisticRegression(solver='lbfgs', penalty='l2', max_iter=1000)", _COOP + "lpclip/linear_probe.py"),
-    "features": ("unnormalised CLIP image features of the eval transform (resize + centre crop)", _COOP + "lpclip/feat_extractor.py"),
-    "C grid": ((1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6), _COOP + "lpclip/linear_probe.py"),
-    "grid ties": ("the first maximum in the grid order, i.e. the largest C (weakest regularisation)", _COOP + "lpclip/linear_probe.py"),
-    "refinement": ("8 bisection steps in log10(C), starting from [C*/10, 10*C*]; ties keep the left (smaller C)", _COOP + "lpclip/linear_probe.py"),
-    "validation shots": ({1: 1, 2: 2, 4: 4, 8: 4, 16: 4}, _COOP + "lpclip/linear_probe.py"),
-    "C vs rlptune's lambda": ("sklearn minimises C*sum(CE) + |W|^2/2, i.e. lambda = 1 / (C * N) for mean(CE) + lambda/2*|W|^2", _COOP + "lpclip/linear_probe.py"),
-}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -636,26 +496,6 @@ _add(Recipe(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# schedules, as formulas
-
-
-def dassl_epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
-                   min_lr: float = 0.0) -> float:
-    """The learning rate Dassl trains epoch ``epoch`` (0-based) at: constant warm-up, then a cosine over
-    ``max_epoch`` whose count starts after the warm-up (``WARMUP_RECOUNT = True``), so the first post-warm-up
-    epoch runs at the full base rate and the last at ``base·(1 + cos(π(T−1−W)/T))/2``."""
-    if epoch < warmup_epochs:
-        return warmup_lr
-    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch)) / 2
-
-
-def clip_lora_step_lr(iteration: int, base_lr: float = 2e-4, total_iterations: int = 8000,
-                      min_lr: float = 1e-6) -> float:
-    """The learning rate of CLIP-LoRA's iteration ``iteration`` (0-based): a per-iteration cosine to ``min_lr``."""
-    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * iteration / total_iterations)) / 2
-
-
-# --------------------------------------------------------------------------------------------------------------
 # the interface
 
 
@@ -678,16 +518,62 @@ def _check(method: str, protocol: str) -> Recipe:
     return RECIPES[method]
 
 
+def register_recipe(method: str, recipe: Recipe) -> None:
+    """Give ``method`` (a registered method name) its own recipe; it wins over any recipe its parent classes have.
+
+    A method without a recipe of its own trains with the recipe of the nearest parent class that has one
+    (:func:`recipe_owner`), so a CoOp subclass registered from outside the package trains CoOp's 200 epochs at 16
+    shots, not the bare defaults."""
+    if not isinstance(recipe, Recipe):
+        raise RlptuneError(f"register_recipe({method!r}): expected a rlptune.recipes.Recipe, got {type(recipe).__name__}")
+    if not isinstance(method, str) or not method.strip():
+        raise RlptuneError(f"register_recipe: method name {method!r}: expected a non-empty name")
+    RECIPES[method] = recipe
+
+
+def recipe_owner(method: str) -> str | None:
+    """The name whose recipe ``method`` trains with: its own, else that of the nearest class in its method class's
+    MRO that is registered under a name with a recipe; None when there is none (or the method is not known)."""
+    if method in RECIPES:
+        return method
+    try:
+        cls = registry.method_entry(method).method_class
+    except RlptuneError:
+        return None  # an unknown method is reported, with a suggestion, when the settings are validated
+    for klass in getattr(cls, "__mro__", ())[1:]:
+        name = vars(klass).get("registered_name")  # the class's own registration, not one it inherits
+        if isinstance(name, str) and name in RECIPES and registry.method_entry(name).method_class is klass:
+            return name
+    return None
+
+
+def coop_name(dataset: str | None) -> str | None:
+    """The CoOp name of ``dataset`` (:func:`rlptune.data.coop.coop_name`), which per-dataset rules are keyed by.
+
+    The catalogue is read on first use, not imported at the top: importing the ``data`` package imports torch, and
+    this module (read by the settings, so by ``rlptune --help``) must not."""
+    if not dataset:
+        return None
+    return importlib.import_module("rlptune.data.coop").coop_name(dataset)
+
+
 def _resolved(method: str, protocol: str, shots: int, dataset: str | None) -> dict[str, Setting]:
-    recipe = _check(method, protocol)
+    owner = recipe_owner(method)
+    recipe = _check(owner if owner is not None else method, protocol)
     bracket = shot_bracket(shots)
-    name = canonical_dataset(dataset)
+    name = coop_name(dataset)
     out: dict[str, Setting] = {}
     for rule in recipe.rules:
         if rule.applies(protocol, bracket, name):
             for setting in rule.settings:
                 out[setting.key] = setting
     return out
+
+
+def resolved(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Setting]:
+    """Every :class:`Setting` (value, source, note) the recipe of ``method`` gives for this protocol, shot count and
+    dataset, by dotted key; a value proportional to the shots is still a :class:`ShotsTimes` (see :func:`preset`)."""
+    return _resolved(method, protocol, shots, dataset)
 
 
 def _value(value: Any, shots: int) -> Any:
@@ -707,6 +593,8 @@ def preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: st
             target = target.setdefault("options", {})
             field_name = field_name[len("options."):]
         target[field_name] = _value(setting.value, shots)
+    if "name" in nested.get("method", {}):
+        nested["method"]["name"] = method  # an inherited recipe names the parent; the run is the subclass's
     return nested
 
 
@@ -721,61 +609,10 @@ def notes(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str
 
 
 def recipe_methods() -> list[str]:
+    """The methods with a recipe of their own (see :func:`has_recipe` for inherited ones)."""
     return list(RECIPES)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _variant_text(variants: dict, protocol: str, key: str) -> str:
-    """How ``key`` varies with the shot count and the dataset within one protocol, in words."""
-    shown = {
-        s: _show(variants[(protocol, s, None)][key].value) if key in variants[(protocol, s, None)] else "unset"
-        for s in OFFICIAL_SHOTS
-    }
-    if len(set(shown.values())) == 1:
-        text = shown[16]
-    else:
-        text = ", ".join(f"{s} shot{'s' if s > 1 else ''}: {v}" for s, v in shown.items())
-    exceptions = sorted(
-        f"{d}: {_show(variants[(protocol, 16, d)][key].value)}"
-        for d in COOP_DATASET_NAMES
-        if key in variants[(protocol, 16, d)] and _show(variants[(protocol, 16, d)][key].value) != shown[16]
-    )
-    return text + (f" (except {'; '.join(exceptions)})" if exceptions else "")
-
-
-def methods_table() -> str:
-    """Every method's preset, one block per method: the values shared by all protocols and shots, then the values
-    that change with the protocol, the shot count or the dataset."""
-    lines: list[str] = []
-    probe_datasets = (None, *COOP_DATASET_NAMES)
-    for method, recipe in RECIPES.items():
-        lines.append(f"{method}: {recipe.title}")
-        variants: dict[tuple[str, int, str | None], dict[str, Setting]] = {
-            (protocol, shots, dataset): _resolved(method, protocol, shots, dataset)
-            for protocol in PROTOCOLS for shots in OFFICIAL_SHOTS for dataset in probe_datasets
-        }
-        keys = sorted({key for resolved in variants.values() for key in resolved})
-        common = [k for k in keys if len({_show(r[k].value) if k in r else "-" for r in variants.values()}) == 1]
-        shared = ", ".join(f"{k}={_show(variants[('few-shot', 16, None)][k].value)}" for k in common)
-        lines.extend(textwrap.wrap(shared, width=116, initial_indent="  ", subsequent_indent="  "))
-        for key in keys:
-            if key in common:
-                continue
-            lines.append(f"  {key}:")
-            texts: dict[str, list[str]] = {}
-            for protocol in PROTOCOLS:
-                texts.setdefault(_variant_text(variants, protocol, key), []).append(protocol)
-            for text, protocols in texts.items():
-                lines.append(f"    {', '.join(protocols)}: {text}")
-        for note in recipe.notes:
-            lines.append(f"  note: {note}")
-        lines.append("")
-    lines.append("Sources: docs/METHODS.md; rlptune.recipes.sources(method, protocol, shots, dataset).")
-    return "\n".join(lines)
+def has_recipe(method: str) -> bool:
+    """True when ``method`` trains with a recipe, its own or a parent class's (:func:`recipe_owner`)."""
+    return recipe_owner(method) is not None

@@ -152,6 +152,33 @@ COOP_11 = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlower
 IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 
 
+#: Each dataset's ``configs/datasets/<stem>.yaml`` stem in the official repositories (CoOp, KgCoOp, MaPLe, PromptSRC),
+#: another spelling a recipe's dataset is known by (:func:`coop_name`).
+CONFIG_STEMS = {
+    "ImageNet": "imagenet", "Caltech101": "caltech101", "OxfordPets": "oxford_pets", "StanfordCars": "stanford_cars",
+    "OxfordFlowers": "oxford_flowers", "Food101": "food101", "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397",
+    "DescribableTextures": "dtd", "EuroSAT": "eurosat", "UCF101": "ucf101", "ImageNetV2": "imagenetv2",
+    "ImageNetSketch": "imagenet_sketch", "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r",
+}
+
+
+def coop_spellings(name: str) -> tuple[str, ...]:
+    """Every spelling of CoOp dataset ``name``: itself, its aliases and its official config stem."""
+    spec = COOP_DATASETS[name]
+    return (spec.name, *spec.aliases, CONFIG_STEMS[spec.name])
+
+
+def coop_name(dataset: str | None) -> str | None:
+    """The CoOp name of ``dataset`` (any case: the name, an alias or the official config stem); None for every
+    other dataset. What a recipe's per-dataset rules and KgCoOp's per-dataset template are keyed by."""
+    if not isinstance(dataset, str) or not dataset.strip():
+        return None
+    return _BY_SPELLING.get(dataset.strip().lower())
+
+
+_BY_SPELLING = {spelling.lower(): name for name in COOP_DATASETS for spelling in coop_spellings(name)}
+
+
 def prompt_classname(classname: str) -> str:
     """The class name as the toolkit puts it into a prompt: underscores become spaces."""
     return classname.replace("_", " ")

@@ -78,16 +78,34 @@ class DeclaredSize:
 
 
 def register_method(name: str, options: type | None = None) -> Callable[[type["Method"]], type["Method"]]:
-    """Class decorator: make ``cls`` available as ``method.name = name`` with its typed options dataclass."""
+    """Class decorator: make ``cls`` available as ``method.name = name`` with its typed options dataclass.
+
+    A subclass of a registered method keeps its parent's options (the code it inherits reads them, e.g. CoOp's
+    ``class_specific``): an ``options`` class that does not already extend the parent's gets its fields added
+    (its own fields win on a shared name), as a subclass also inherits its parent's recipe."""
 
     def wrap(cls: type[Method]) -> type[Method]:
         if options is not None:
-            cls.options_class = options
+            cls.options_class = _with_parent_options(options, cls)
         cls.registered_name = name
         registry.register_method_class(name, cls, cls.options_class)
         return cls
 
     return wrap
+
+
+def _with_parent_options(options: type, cls: type) -> type:
+    parent = next((b.options_class for b in cls.__mro__[1:] if _registered(b)), NoOptions)  # the nearest registered parent
+    if parent is NoOptions or issubclass(options, parent):
+        return options
+    merged = type(options.__name__, (options, parent), {"__module__": options.__module__, "__doc__": options.__doc__,
+                                                        "__qualname__": options.__qualname__})
+    return dataclass(merged)
+
+
+def _registered(klass: type) -> bool:
+    name = vars(klass).get("registered_name")
+    return isinstance(name, str) and name in registry.method_names() and registry.method_entry(name).method_class is klass
 
 
 def get_method_class(name: str) -> type["Method"]:
@@ -117,9 +135,6 @@ class Method(nn.Module):
     #: False: the engine hands this method the image tower's unnormalised features (closed-form fit and evaluation;
     #: the linear probe, as CoOp's lpclip fits them), and its :meth:`encode_images` returns the same.
     normalize_features: ClassVar[bool] = True
-    #: ``method.*`` settings (beyond name/options/templates) this method honours; setting another one away from its
-    #: default is an error when settings are resolved, never silently ignored.
-    honours: ClassVar[frozenset[str]] = frozenset()
     #: The ``prompt.kind`` this method requires (``"lowrank"`` for RLP), or None when any parameterisation works.
     requires_prompt_kind: ClassVar[str | None] = None
     #: True: the method learns a prompt built by :func:`rlptune.prompts.build_prompt`, so ``prompt.kind`` (full-rank

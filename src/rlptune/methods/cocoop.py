@@ -31,8 +31,8 @@ from ..prompts import build_prompt
 from ..text import PromptedClassText
 from .base import Batch, DeclaredSize, Method, StepOutput, register_method
 from .coop import initial_context
-from ..options import MAX_BATCH, MAX_TOKENS, option
-from .shared import formula, prompt_rank_size, prompt_term, prompt_token_size
+from ..options import MAX_BATCH, MAX_TOKENS, class_token_position_option, option, text_chunk_option
+from .shared import formula, prompt_kind_sizes, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -43,6 +43,8 @@ class CoCoOpOptions:
                                    low=0, high=MAX_BATCH)
     inference_images_per_call: int = option(32, "inference: images per text-tower call (bounds memory on large test sets)",
                                              low=1, high=MAX_BATCH)
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
 
     def validate(self) -> None:
         if self.hidden_ratio < 1:
@@ -54,13 +56,10 @@ class CoCoOpOptions:
 @register_method("cocoop")
 class CoCoOp(Method):
     options_class = CoCoOpOptions
-    honours = frozenset({"text_chunk", "class_token_position"})
     learns_prompt = True
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        if config.method.class_specific:
-            raise RlptuneError("cocoop: method.class_specific is not supported (the context is conditioned on the image instead)")
         init, from_text = initial_context(config, backbone)
         self.n_ctx = int(init.shape[-2])
         self.prompt = build_prompt(config.prompt, init, from_text)
@@ -76,9 +75,9 @@ class CoCoOp(Method):
         self.to(backbone.device)  # the prompt too (a random-init context is created on the CPU)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
-        m = self.config.method
+        o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, context_text=self.config.prompt.ctx_init
+            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, context_text=self.config.prompt.ctx_init
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -87,10 +86,10 @@ class CoCoOp(Method):
 
     @classmethod
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
-        """The context's n_ctx (without an init text) and rank; the meta-net's width is bounded by the backbone's."""
+        """The context's n_ctx (without an init text) and the prompt kind's own sizes; the meta-net's width is bounded by the backbone's."""
         settings = config.prompt
         sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
-        return sizes + prompt_rank_size(settings, ["prompt"])
+        return sizes + prompt_kind_sizes(settings, ["prompt"])
 
     # -- text features ------------------------------------------------------------------------------------------
     def context(self) -> torch.Tensor:
@@ -143,8 +142,6 @@ class CoCoOp(Method):
 
     def parameter_formula(self) -> str:
         e, d, h = self.backbone.embed_dim, self.backbone.text.width, self.hidden
-        ctx = prompt_term(self.config.prompt, self.n_ctx, d)
-        symbols = {"n": self.n_ctx, "d": d, "e": e, "h": h}
-        if self.config.prompt.kind == "lowrank":
-            symbols["r"] = self.config.prompt.rank
+        ctx = prompt_term(self.prompt)
+        symbols = {"n": self.n_ctx, "d": d, "e": e, "h": h, **self.prompt.formula_symbols()}
         return formula([ctx, ("e·h + h", e * h + h), ("h·d + d", h * d + d)], symbols)

@@ -7,16 +7,21 @@ module, not a copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import RlptuneError
+from ..options import (
+    checkpoint_text_option, class_specific_option, class_token_position_option, parse_options, shared_prefix_option,
+    text_chunk_option,
+)
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
 from .base import DeclaredSize, Method, register_method
-from .shared import formula, prompt_copies_size, prompt_rank_size, prompt_token_size
+from .shared import formula, prompt_copies_size, prompt_kind_sizes, prompt_token_size
 
 
 def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
@@ -31,40 +36,51 @@ def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple
     return torch.randn(*shape_lead, settings.n_ctx, width) * settings.init_std, False
 
 
-@register_method("coop")
+@dataclass
+class CoOpOptions:
+    """CoOp's own settings: where the class name goes, one context per class or one shared, and how the class
+    prompts go through the text tower."""
+
+    class_specific: bool = class_specific_option()
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
+    checkpoint_text: bool = checkpoint_text_option()
+    shared_prefix: bool = shared_prefix_option()
+
+
+@register_method("coop", options=CoOpOptions)
 class CoOp(Method):
-    honours = frozenset({"class_specific", "class_token_position", "text_chunk", "checkpoint_text"})
     learns_prompt = True
 
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        lead = (len(classnames),) if config.method.class_specific else ()
+        lead = (len(classnames),) if self.options.class_specific else ()
         init, from_text = initial_context(config, backbone, lead)
         self.n_ctx = int(init.shape[-2])
         self.prompt = build_prompt(config.prompt, init, from_text).to(backbone.device)
         self.text = self._make_text(classnames)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
-        m = self.config.method
+        o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
-            shared_prefix=m.shared_prefix, context_text=self.config.prompt.ctx_init,
+            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, o.checkpoint_text,
+            shared_prefix=o.shared_prefix, context_text=self.config.prompt.ctx_init,
         ).to(self.backbone.device)
 
     @classmethod
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
-        """n_ctx (without an init text: with one, its token count bounds n), the rank, and with a class-specific
+        """n_ctx (without an init text: with one, its token count bounds n), the prompt kind's own sizes, and with a class-specific
         context one prompt per class."""
         settings = config.prompt
         sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
-        sizes += prompt_rank_size(settings, ["prompt"])
-        if config.method.class_specific:
+        sizes += prompt_kind_sizes(settings, ["prompt"])
+        if parse_options(cls.options_class, config.method.options, cls.registered_name).class_specific:
             sizes += prompt_copies_size(settings, "prompt", "the number of classnames (class-specific context)", len(classnames))
         return sizes
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        if self.config.method.class_specific and len(classnames) != self.prompt.shape[0]:
-            raise RlptuneError("a class-specific context (method.class_specific) cannot be applied to other classes")
+        if self.options.class_specific and len(classnames) != self.prompt.shape[0]:
+            raise RlptuneError("a class-specific context (method.options.class_specific) cannot be applied to other classes")
         super().set_classnames(classnames)
         self.text = self._make_text(classnames)
 
@@ -77,7 +93,7 @@ class CoOp(Method):
     def parameter_formula(self) -> str:
         d = self.backbone.text.width
         symbols = {"n": self.n_ctx, "d": d, **self.prompt.formula_symbols()}
-        if self.config.method.class_specific:
+        if self.options.class_specific:
             symbols["C"] = len(self.classnames)
             return formula([self.prompt.count_term("n", "d", copies_sym="C")], symbols)
         return formula([self.prompt.count_term("n", "d")], symbols)

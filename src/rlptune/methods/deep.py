@@ -42,10 +42,12 @@ from torch import nn
 from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
-from ..options import parse_options
+from ..options import (
+    checkpoint_text_option, class_token_position_option, parse_options, shared_prefix_option, text_chunk_option,
+)
 from .base import DeclaredSize, Method, register_method
 from .options import MAX_LAYERS, MAX_TOKENS, option
-from .shared import formula, handcrafted_features, handcrafted_template, prompt_rank_size, prompt_term, prompt_token_size
+from .shared import formula, handcrafted_features, handcrafted_template, prompt_kind_sizes, prompt_term, prompt_token_size
 
 
 @dataclass
@@ -57,6 +59,10 @@ class DeepPromptOptions:
     deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts",
                                   low=0)
     template: Optional[str] = option(None, "hand-crafted template when there are no text prompts; unset = dataset's, else 'a photo of a {}.'")
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
+    checkpoint_text: bool = checkpoint_text_option()
+    shared_prefix: bool = shared_prefix_option()
 
     def validate(self) -> None:
         if self.text_depth < 0 or self.vision_depth < 0:
@@ -85,6 +91,10 @@ class MapleOptions:
     depth: int = option(9, "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)",
                         low=1, high=MAX_LAYERS)
     deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1", low=0)
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
+    checkpoint_text: bool = checkpoint_text_option()
+    shared_prefix: bool = shared_prefix_option()
 
     def validate(self) -> None:
         if self.depth < 1:
@@ -134,7 +144,6 @@ class DeepPrompts(Method):
 
     options_class: type = DeepPromptOptions
     coupled = False
-    honours = frozenset({"class_token_position", "text_chunk", "checkpoint_text"})
     learns_prompt = True
     text_context_field = "prompt.n_ctx"  # the setting that gives the learned text tokens per layer
 
@@ -145,8 +154,6 @@ class DeepPrompts(Method):
             self.text_depth = self.vision_depth = opts.depth
         else:
             self.text_depth, self.vision_depth = opts.text_depth, opts.vision_depth
-        if config.method.class_specific:
-            raise RlptuneError(f"{self.registered_name}: method.class_specific is not supported with deep prompts")
         text_layers = backbone.text.num_layers
         if self.text_depth > text_layers:
             raise RlptuneError(
@@ -165,8 +172,8 @@ class DeepPrompts(Method):
         self.n_ctx: int | None = None  # no text prompt (deep_vision)
         first_map: nn.Linear | None = None
         if self.text_depth > 0:
-            if self.text_depth > 1 and config.method.class_token_position != "end":
-                raise RlptuneError(f"{self.registered_name}: deep text prompts need method.class_token_position=end")
+            if self.text_depth > 1 and opts.class_token_position != "end":
+                raise RlptuneError(f"{self.registered_name}: deep text prompts need method.options.class_token_position=end")
             init, from_text, self.context_text = text_context_init(
                 config.prompt, backbone, self.text_context_size(), self.text_context_field
             )
@@ -219,13 +226,13 @@ class DeepPrompts(Method):
             sizes += prompt_token_size(settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts))
         if vision:
             sizes += prompt_token_size(settings, vision, "settings.method.options.vision_ctx", opts.vision_ctx)
-        return sizes + prompt_rank_size(settings, text + vision)
+        return sizes + prompt_kind_sizes(settings, text + vision)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
-        m = self.config.method
+        o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, m.class_token_position, m.text_chunk, m.checkpoint_text,
-            shared_prefix=m.shared_prefix, context_text=self.context_text,
+            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, o.checkpoint_text,
+            shared_prefix=o.shared_prefix, context_text=self.context_text,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -324,10 +331,10 @@ class DeepPrompts(Method):
         return out
 
     def parameter_formula(self) -> str:
-        settings, d = self.config.prompt, self.backbone.text.width
+        d = self.backbone.text.width
         terms, symbols = [], {}
         if self.text_depth > 0:
-            terms.append(prompt_term(settings, self.n_ctx, d, self.text_depth, copies_sym="J_t" if not self.coupled else "J"))
+            terms.append(prompt_term(self.text_prompt, self.text_depth, copies_sym="J_t" if not self.coupled else "J"))
             symbols.update({"n": self.n_ctx, "d": d})
         if self.vision_depth > 0:
             w = self.vision_width
@@ -335,7 +342,7 @@ class DeepPrompts(Method):
             if self.coupled:
                 terms.append(("J·(d·w + w)", self.vision_depth * (d * w + w)))
             else:
-                terms.append(prompt_term(settings, self.n_vision, w, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
+                terms.append(prompt_term(self.vision_prompt, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
                 symbols["n_v"] = self.n_vision
         if self.coupled:
             symbols["J"] = self.text_depth
@@ -344,9 +351,8 @@ class DeepPrompts(Method):
                 symbols["J_t"] = self.text_depth
             if self.vision_depth:
                 symbols["J_v"] = self.vision_depth
-        if settings.kind == "lowrank":
-            symbols["r"] = settings.rank
-        return formula(terms, symbols)
+        prompt = self.text_prompt if self.text_depth > 0 else getattr(self, "vision_prompt", None)
+        return formula(terms, {**symbols, **(prompt.formula_symbols() if prompt is not None else {})})
 
     def describe(self) -> dict:
         return {**super().describe(), "text_depth": self.text_depth, "vision_depth": self.vision_depth}

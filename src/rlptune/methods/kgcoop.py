@@ -2,7 +2,7 @@
 
 loss = cross-entropy + λ · (1 − mean_c cos(g(t_c), g(h_c))), where g(t_c) is the learned class text feature and
 g(h_c) the frozen CLIP's feature of the hand-crafted prompt. The hand-crafted prompt is KgCoOp's own per-dataset
-template (its ``CUSTOM_TEMPLATES``, :data:`rlptune.recipes.KGCOOP_TEMPLATES`, chosen by the CoOp name of
+template (its ``CUSTOM_TEMPLATES``, :data:`rlptune.method_templates.KGCOOP_TEMPLATES`, chosen by the CoOp name of
 ``data.dataset``; e.g. DTD "a photo of a {}, a type of texture.", where CoOp's zero-shot uses "{} texture."); for a
 dataset KgCoOp does not know, the dataset's own template, else "a photo of a {}."; ``method.options.template``
 overrides all of them. λ = 8 as in the paper.
@@ -20,15 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RlptuneError
-from ..recipes import KGCOOP_TEMPLATES, canonical_dataset
+from ..data.coop import coop_name
+from ..method_templates import KGCOOP_TEMPLATES
 from .base import Batch, StepOutput, register_method
-from .coop import CoOp
+from .coop import CoOp, CoOpOptions
 from ..options import option
 from .shared import handcrafted_features, handcrafted_template
 
 
 @dataclass
-class KgCoOpOptions:
+class KgCoOpOptions(CoOpOptions):
     lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)",
                               low=0)
     template: Optional[str] = option(
@@ -42,7 +43,7 @@ class KgCoOpOptions:
 
 def kgcoop_template(dataset: str | None, dataset_template: str | None) -> str | None:
     """KgCoOp's hand-crafted template for ``dataset`` (its CUSTOM_TEMPLATES entry), else the dataset's own."""
-    name = canonical_dataset(dataset)
+    name = coop_name(dataset)
     return KGCOOP_TEMPLATES.get(name, dataset_template) if name else dataset_template
 
 

@@ -142,7 +142,7 @@ class ClipLoRA(Method):
 
     def class_features(self) -> torch.Tensor:
         tower = self.adapted_backbone.text
-        step = self.config.method.text_chunk or len(self.token_ids)
+        step = len(self.token_ids)
         outs = []
         for start in range(0, len(self.token_ids), step):
             ids = self.token_ids[start : start + step]

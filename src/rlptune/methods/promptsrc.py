@@ -21,7 +21,7 @@ self-regularisers of ``trainers/promptsrc.py``:
   ``prompts.vision`` (J_v, n_v, w)); with full-rank prompts it is also copied into the parameters, as the
   official code's ``load_state_dict`` does.
 - textual diversity: t̄ averages the 60 ImageNet templates of the repository's ``trainers/imagenet_templates.py``
-  (``IMAGENET_TEMPLATES``, the same list for every dataset; :data:`rlptune.recipes.PROMPTSRC_TEMPLATES`), computed
+  (``IMAGENET_TEMPLATES``, the same list for every dataset; :data:`rlptune.method_templates.PROMPTSRC_TEMPLATES`), computed
   once for the training classes.
 
 Official defaults (``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``, base-to-new): J_t = J_v = 9,
@@ -57,10 +57,11 @@ import torch.nn.functional as F
 
 from ..errors import RlptuneError
 from ..prompts import FullRankPrompt
-from ..recipes import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once (data, no torch)
+from ..method_templates import PROMPTSRC_TEMPLATES  # the official 60-template ensemble, defined once
 from .base import Batch, DeclaredSize, StepOutput, check_dtype, register_method
 from .deep import DeepPrompts
 from .options import MAX_LAYERS, MAX_TOKENS, option
+from ..options import checkpoint_text_option, class_token_position_option, shared_prefix_option, text_chunk_option
 
 
 @dataclass
@@ -84,6 +85,10 @@ class PromptSRCOptions:
     templates: list = option([], "own template ensemble instead of the official one ({} = class name); empty = official")
     deep_init_std: float = option(0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts",
                                   low=0)
+    class_token_position: str = class_token_position_option()
+    text_chunk: int = text_chunk_option()
+    checkpoint_text: bool = checkpoint_text_option()
+    shared_prefix: bool = shared_prefix_option()
 
     def validate(self) -> None:
         if self.text_depth < 1:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..errors import RlptuneError
+from ..prompts import prompt_layout
 from .base import DeclaredSize
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -31,18 +32,6 @@ def handcrafted_features(backbone: Backbone, classnames: Sequence[str], template
     return F.normalize(torch.cat(feats).float(), dim=-1)
 
 
-def prompt_term(settings, n: int, d: int, copies: int = 1, n_sym: str = "n", d_sym: str = "d", copies_sym: str = "") -> tuple[str, int]:
-    """The documented trainable count of ``copies`` prompts of shape (n, d) under ``settings.kind``.
-
-    Full rank: copies·n·d. Low rank (RLP, each prompt factorised on its own): copies·r·(n + d).
-    """
-    lead = f"{copies_sym}·" if copies_sym else ""
-    if settings.kind == "lowrank":
-        r = int(settings.rank)
-        return f"{lead}r·({n_sym}+{d_sym})", copies * r * (n + d)
-    return f"{lead}{n_sym}·{d_sym}", copies * n * d
-
-
 def formula(terms: list[tuple[str, int]], symbols: dict[str, int]) -> str:
     """``"n·d + … = 2,048 + … = 2,080 (n=4, d=512)"``: the symbolic formula, each term's value and the total."""
     expr = " + ".join(t for t, _ in terms)
@@ -53,10 +42,11 @@ def formula(terms: list[tuple[str, int]], symbols: dict[str, int]) -> str:
     return f"{expr}{middle} = {total:,} ({where})"
 
 
-#: Where each built-in prompt kind stores its tokens-per-prompt n and its rank r: a full-rank prompt is
-#: ``<prefix>.ctx`` (…, n, d); a low-rank one ``<prefix>.A`` (…, n, r) and ``<prefix>.B`` (…, r, d).
-_TOKEN_DIMS = {"full": (("ctx", -2),), "lowrank": (("A", -2),)}
-_RANK_DIMS = {"lowrank": (("A", -1), ("B", -2))}
+def prompt_term(module, copies: int = 1, n_sym: str = "n", d_sym: str = "d", copies_sym: str = "") -> tuple[str, int]:
+    """The documented trainable count of ``copies`` prompts shaped as ``module``'s one: its kind's formula (full rank
+    n·d, low rank r·(n + d), …) and value, each copy parameterised alone."""
+    term, value = module.count_term(n_sym, d_sym, copies_sym)
+    return term, copies * (value // module.copies)
 
 
 def _carriers(prefixes: Sequence[str], dims) -> tuple[tuple[str, int], ...]:
@@ -65,21 +55,22 @@ def _carriers(prefixes: Sequence[str], dims) -> tuple[tuple[str, int], ...]:
 
 def prompt_token_size(settings, prefixes: Sequence[str], field: str, n: int) -> list[DeclaredSize]:
     """``n`` tokens per prompt, declared by ``field``, for the prompt modules at ``prefixes`` (``"prompt"``,
-    ``"text_prompt"`` …). Empty for a registered kind whose layout is not known here."""
-    dims = _TOKEN_DIMS.get(settings.kind)
+    ``"text_prompt"`` …). Empty for a registered kind without a layout (:class:`rlptune.prompts.PromptLayout`)."""
+    dims = prompt_layout(settings.kind).tokens
     return [DeclaredSize(field, int(n), _carriers(prefixes, dims))] if dims else []
 
 
-def prompt_rank_size(settings, prefixes: Sequence[str]) -> list[DeclaredSize]:
-    """``prompt.rank`` of the low-rank prompt modules at ``prefixes`` (nothing for other kinds)."""
-    dims = _RANK_DIMS.get(settings.kind)
-    return [DeclaredSize("settings.prompt.rank", int(settings.rank), _carriers(prefixes, dims))] if dims and prefixes else []
+def prompt_kind_sizes(settings, prefixes: Sequence[str]) -> list[DeclaredSize]:
+    """The sizes the prompt kind's own settings declare (low rank: ``prompt.rank``) for the modules at ``prefixes``."""
+    if not prefixes:
+        return []
+    return [DeclaredSize(f, v, _carriers(prefixes, dims)) for f, v, dims in prompt_layout(settings.kind).sizes(settings)]
 
 
 def prompt_copies_size(settings, prefix: str, field: str, copies: int) -> list[DeclaredSize]:
     """``copies`` prompts stacked on the first dimension (a class-specific context: one per class)."""
-    dims = _TOKEN_DIMS.get(settings.kind)
-    if not dims:
+    layout = prompt_layout(settings.kind)
+    if not layout.tokens:
         return []
-    names = [name for name, _ in dims + _RANK_DIMS.get(settings.kind, ())]
+    names = [name for name, _ in layout.tokens] + [name for _, _, dims in layout.sizes(settings) for name, _ in dims]
     return [DeclaredSize(field, int(copies), _carriers([prefix], [(name, 0) for name in names]))]

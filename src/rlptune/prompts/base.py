@@ -3,7 +3,8 @@ its parameter count and the formula that documents it (nothing outside ``prompts
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,10 +61,40 @@ def count_trainable(module: nn.Module) -> int:
 
 PromptBuilder = Callable[[object, torch.Tensor, bool], PromptModule]
 
+#: (parameter name inside a prompt module, dimension): where a stored tensor carries a size.
+Dims = tuple[tuple[str, int], ...]
 
-def register_prompt_kind(name: str, builder: PromptBuilder) -> None:
-    """Make ``prompt.kind = name`` build ``builder(settings, init, from_text)`` (a new parameterisation, from anywhere)."""
+
+def _no_sizes(settings: Any) -> tuple[tuple[str, int, Dims], ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """What a kind's stored tensors carry, known before anything is built: an adapter's sizes are checked against
+    its settings first (an edited ``rank: 1000000000000`` is one line, not a terabyte allocation).
+
+    ``tokens``: where n (tokens per prompt) is stored; ``sizes(settings)``: the kind's own sizes as
+    ``(settings field, value, dims)`` (low rank: ``prompt.rank`` in P_A's last and P_B's first dimension). A kind
+    registered without a layout has no sizes checked before it is built (its tensors' shapes still are, on load)."""
+
+    tokens: Dims = ()
+    sizes: Callable[[Any], tuple[tuple[str, int, Dims], ...]] = _no_sizes
+
+
+_LAYOUTS: dict[str, PromptLayout] = {}
+
+
+def register_prompt_kind(name: str, builder: PromptBuilder, layout: PromptLayout | None = None) -> None:
+    """Make ``prompt.kind = name`` build ``builder(settings, init, from_text)`` (a new parameterisation, from anywhere);
+    ``layout`` says where its tensors carry their sizes (see :class:`PromptLayout`)."""
     registry.register_prompt_kind(name, builder)
+    _LAYOUTS[name] = layout or PromptLayout()
+
+
+def prompt_layout(kind: str) -> PromptLayout:
+    """The registered layout of ``kind`` (empty for a kind registered without one)."""
+    return _LAYOUTS.get(kind, PromptLayout())
 
 
 def build_prompt(settings, init: torch.Tensor, from_text: bool) -> PromptModule:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PromptModule, register_prompt_kind
+from .base import PromptLayout, PromptModule, register_prompt_kind
 
 
 class FullRankPrompt(PromptModule):
@@ -24,4 +24,5 @@ class FullRankPrompt(PromptModule):
         return f"{lead}{n_sym}·{d_sym}", self.num_trainable()
 
 
-register_prompt_kind("full", lambda settings, init, from_text: FullRankPrompt(init))
+#: ``ctx`` (…, n, d) holds the tokens per prompt.
+register_prompt_kind("full", lambda settings, init, from_text: FullRankPrompt(init), PromptLayout(tokens=(("ctx", -2),)))

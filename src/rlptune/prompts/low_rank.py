@@ -18,7 +18,7 @@ import logging
 import torch
 from torch import nn
 
-from .base import PromptModule, register_prompt_kind
+from .base import PromptLayout, PromptModule, register_prompt_kind
 
 
 class LowRankPrompt(PromptModule):
@@ -72,4 +72,9 @@ def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPro
     )
 
 
-register_prompt_kind("lowrank", _build_low_rank)
+#: ``A`` (…, n, r) holds the tokens per prompt; ``A``'s last and ``B``'s first dimension (…, r, d) the rank.
+LOW_RANK_LAYOUT = PromptLayout(
+    tokens=(("A", -2),), sizes=lambda settings: (("settings.prompt.rank", int(settings.rank), (("A", -1), ("B", -2))),)
+)
+
+register_prompt_kind("lowrank", _build_low_rank, LOW_RANK_LAYOUT)

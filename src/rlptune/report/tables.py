@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from rlptune.analysis.stats import harmonic_mean, jsonable, mean_std
+from rlptune.data.coop import COOP_DATASETS, coop_spellings
 from rlptune.errors import RlptuneError
 from rlptune.io import write_json, write_text
 
@@ -77,23 +78,7 @@ _PROTOCOL_ALIASES = {
 }
 
 # The order datasets appear in in the literature's tables; names are matched case- and punctuation-insensitively.
-_DATASET_ORDER = [
-    ("imagenet",),
-    ("caltech101", "caltech"),
-    ("oxfordpets", "pets"),
-    ("stanfordcars", "cars"),
-    ("flowers102", "oxfordflowers", "flowers"),
-    ("food101", "food"),
-    ("fgvcaircraft", "aircraft"),
-    ("sun397", "sun"),
-    ("dtd",),
-    ("eurosat",),
-    ("ucf101", "ucf"),
-    ("imagenetv2",),
-    ("imagenetsketch",),
-    ("imageneta",),
-    ("imagenetr",),
-]
+_DATASET_ORDER = [tuple(re.sub(r"[^a-z0-9]", "", s.lower()) for s in coop_spellings(name)) for name in COOP_DATASETS]
 _DATASET_RANK = {alias: i for i, names in enumerate(_DATASET_ORDER) for alias in names}
 
 

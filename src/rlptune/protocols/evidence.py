@@ -47,7 +47,7 @@ from ..errors import RlptuneError
 from ..methods import get_method_class
 from . import tables_for
 from .executors import ExecutorSettings
-from ..rundir import check_output_folder, read_result
+from ..rundir import METRICS, RESULT, check_output_folder, read_result
 from .runner import _BACKBONES, make_specs, run_sweep, spec_settings_hash
 
 #: The dataset suite (module, datasets attribute, shifts attribute) a micro backbone comes with.
@@ -574,7 +574,7 @@ def _density(plan: Plan, results: Mapping[str, dict]) -> tuple[EvidenceTable, li
 def epoch_series(run_dir: Path) -> tuple[list[float], list[float], list[float]]:
     """(ID_1, effective rank, new-class accuracy) of the first prompt at each epoch of a run that logged both its
     prompt diagnostics and ``new_acc`` (``train.track_new``); empty lists otherwise."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     ids, ranks, new = [], [], []
     if not path.is_file():
         return ids, ranks, new
@@ -940,7 +940,7 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     specs = plan.all_specs()
     started = time.perf_counter()
     if report_only:
-        done = [s for s in specs if (s.run_dir(results_dir) / "result.json").is_file()]
+        done = [s for s in specs if (s.run_dir(results_dir) / RESULT).is_file()]
         results = {str(s.run_dir(results_dir)): read_result(s.run_dir(results_dir)) for s in done}
         log(f"report only: {len(done)} of {len(specs)} planned runs are finished; the others are left out of the tables")
     else:

@@ -29,7 +29,7 @@ import yaml
 from .. import __version__, io
 from ..backbones import Backbone
 from ..errors import RlptuneError
-from ..rundir import RESULT, check_output_folder, read_result
+from ..rundir import ADAPTER_DIR, CONFIG, RESULT, check_output_folder, read_result
 from .adapter import (
     ADAPTER_CONFIG,
     ADAPTER_MODEL,
@@ -86,11 +86,17 @@ def write_model_card(
     run = directory.parent
     if result is None and (run / RESULT).is_file():
         result = read_result(run)
-    settings = _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / "config.yaml") or {}
+    settings = _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / CONFIG) or {}
     if command is None:
-        config_file = TRAINING_CONFIG if (directory / TRAINING_CONFIG).is_file() else "config.yaml"
+        config_file = TRAINING_CONFIG if (directory / TRAINING_CONFIG).is_file() else CONFIG
         command = f"rlptune train --config {config_file} -o runs/{_slug(payload, settings, result)}"
     return io.write_text(directory / MODEL_CARD, model_card(payload, settings, result, command))
+
+
+def write_run_card(run_dir: str | Path, result: Mapping[str, Any]) -> Path:
+    """A finished run's adapter becomes Hub-shaped: its README.md model card from the run's result (written before
+    the result file itself, which the run writes last)."""
+    return write_model_card(Path(run_dir) / ADAPTER_DIR, result=result)
 
 
 def _read_settings(path: Path) -> dict[str, Any] | None:
@@ -125,7 +131,9 @@ def base_model_of(spec: str | None) -> str | None:
 def model_card(
     payload: Mapping[str, Any], settings: Mapping[str, Any], result: Mapping[str, Any] | None, command: str
 ) -> str:
-    """The model card text: YAML front matter (library_name, tags, base_model) and a body a reader can act on."""
+    """The model card text: YAML front matter (library_name, tags, base_model) and a body a reader can act on.
+
+    Long because it is the card's one template, section after section: split, the card's text would be scattered."""
     method = payload["method"]
     backbone = payload["backbone"]
     classnames = list(payload["classnames"])
@@ -370,7 +378,7 @@ def stage_folder(
     for path in peft_export:
         if path.is_file():
             shutil.copyfile(path, staging / path.name)
-    settings = source / TRAINING_CONFIG if (source / TRAINING_CONFIG).is_file() else source.parent / "config.yaml"
+    settings = source / TRAINING_CONFIG if (source / TRAINING_CONFIG).is_file() else source.parent / CONFIG
     if settings.is_file():
         shutil.copyfile(settings, staging / TRAINING_CONFIG)
     if (source / MODEL_CARD).is_file() and result is None and command is None:

@@ -294,7 +294,6 @@ def evaluate(method: Method, splits: DatasetSplits, split: str = "test", cache: 
     return evaluate_split(method, splits, split, cache or FeatureCache(), batch_size)
 
 
-
 def evaluate_against_zero_shot(
     method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128
 ) -> dict:
@@ -307,6 +306,7 @@ def evaluate_against_zero_shot(
     zero = zero_shot_baseline(method, splits, split, cache, batch_size)
     notes = small_data_notes({split: metrics}, (f"on the {split} split", metrics["top1"], zero["top1"]))
     return {**metrics, "zero_shot": {split: zero}, "notes": notes}
+
 
 __all__ = [
     "PreparedData",

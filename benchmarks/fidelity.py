@@ -12,7 +12,7 @@ init, rank, dropout, λ, template) is the official recipe for the protocol and s
 (:func:`rlptune.recipes.preset`), the same values rlptune resolves.
 
 **rlptune** is the real pipeline pieces: :func:`rlptune.methods.build_method`, :class:`~rlptune.engine.trainer.Trainer`
-and :func:`~rlptune.engine.trainer.evaluate_split`, in the default mode (``train.aug_views = 0``: a fresh crop
+and :func:`~rlptune.engine.evaluate.evaluate_split`, in the default mode (``train.aug_views = 0``: a fresh crop
 and flip per image per epoch, drawn from the run's seed) and in the ``--aug-views 4`` opt-in.
 
 Both sides share the backbone, the few-shot draw (the same ``DatasetSplits`` object per seed), the recipe and
@@ -54,7 +54,8 @@ from rlptune.data.fewshot import fewshot_splits  # noqa: E402
 from rlptune.data.items import DatasetSplits  # noqa: E402
 from rlptune.engine.features import FeatureCache, ImageItems  # noqa: E402
 from rlptune.engine.pipeline import seed_everything  # noqa: E402
-from rlptune.engine.trainer import Trainer, evaluate_split  # noqa: E402
+from rlptune.engine.evaluate import evaluate_split  # noqa: E402
+from rlptune.engine.trainer import Trainer  # noqa: E402
 from rlptune.methods import build_method  # noqa: E402
 from rlptune.data.coop import coop_name  # noqa: E402
 from rlptune.method_templates import KGCOOP_TEMPLATES  # noqa: E402

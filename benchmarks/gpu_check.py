@@ -62,7 +62,8 @@ from rlptune.data import load_dataset  # noqa: E402
 from rlptune.engine import train  # noqa: E402
 from rlptune.engine.adapter import load_adapter  # noqa: E402
 from rlptune.engine.features import FeatureCache  # noqa: E402
-from rlptune.engine.trainer import Trainer, library_versions  # noqa: E402
+from rlptune.engine.record import library_versions  # noqa: E402
+from rlptune.engine.trainer import Trainer  # noqa: E402
 from rlptune.errors import RlptuneError  # noqa: E402
 from rlptune.methods import build_method  # noqa: E402
 from rlptune.methods.base import Batch  # noqa: E402

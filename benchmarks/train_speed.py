@@ -57,7 +57,9 @@ from rlptune.backbones import Backbone, eval_transform, load_backbone, train_tra
 from rlptune.config import resolve_config  # noqa: E402
 from rlptune.data.items import DatasetSplits, Item  # noqa: E402
 from rlptune.engine.features import FeatureCache, ImageItems, encode_items  # noqa: E402
-from rlptune.engine.trainer import Trainer, evaluate_split, learning_rate  # noqa: E402
+from rlptune.engine.evaluate import evaluate_split  # noqa: E402
+from rlptune.engine.schedule import learning_rate  # noqa: E402
+from rlptune.engine.trainer import Trainer  # noqa: E402
 from rlptune.methods import build_method  # noqa: E402
 from rlptune.text import text_embeddings  # noqa: E402
 

@@ -69,13 +69,13 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, colour_folder, tmp
         if calls["n"] == 3:
             raise KeyboardInterrupt  # killed right after the epoch-3 checkpoint
 
-    import rlptune.engine.trainer as trainer_mod
+    import rlptune.engine.callbacks as callbacks_mod  # the checkpointing callback saves
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(callbacks_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed", backbone=tiny, progress=False)
     assert not (tmp_path / "killed" / "result.json").exists()
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(callbacks_mod, "save_checkpoint", real_save)
     train(config, tmp_path / "killed", backbone=tiny, resume=True, progress=False)
     full = (tmp_path / "full" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     resumed = (tmp_path / "killed" / "adapter" / "rlptune_adapter.safetensors").read_bytes()

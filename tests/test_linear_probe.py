@@ -16,7 +16,8 @@ from conftest import TINY_ARCH, backbone_from_arch
 from rlptune.config import resolve_config
 from rlptune.data import load_dataset
 from rlptune.engine.features import FeatureCache, cache_key, encode_items
-from rlptune.engine.trainer import Trainer, evaluate_split
+from rlptune.engine.evaluate import evaluate_split
+from rlptune.engine.trainer import Trainer
 from rlptune.methods import build_method
 from rlptune.methods.base import ClosedFormData
 from rlptune.methods.linear_probe import C_GRID, fit_sklearn, fit_torch, search_c

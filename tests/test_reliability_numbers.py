@@ -20,7 +20,7 @@ from conftest import make_image_folder
 from rlptune import registry
 from rlptune.cli import _overrides, build_parser, main
 from rlptune.config import RunConfig, TrainSettings, _section_classes, resolve_config
-from rlptune.engine.datacheck import DATA_FILE
+from rlptune.rundir import DATA_HASHES as DATA_FILE
 from rlptune.errors import RlptuneError
 from rlptune.options import FLOAT32_MAX, numeric_type
 

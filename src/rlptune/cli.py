@@ -193,13 +193,23 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
-    print(f"{title}: top-1 {metrics['top1']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  (n={metrics['n']})")
+    ci = f" (95% CI {metrics['ci95'][0]:.1f}-{metrics['ci95'][1]:.1f})" if metrics.get("ci95") else ""
+    print(f"{title}: top-1 {metrics['top1']:.2f}%{ci}  macro-F1 {metrics['macro_f1']:.2f}%  (n={metrics['n']})")
+
+
+def _print_against_zero_shot(zero_shot: dict, notes: list, split: str) -> None:
+    """The zero-shot baseline of the same split beside the result, and what small numbers cannot show."""
+    if split in zero_shot:
+        _print_metrics(f"zero-shot {split}", zero_shot[split])
+    for note in notes:
+        print(note)
 
 
 # -- commands ------------------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.api import train
+    from .rundir import ADAPTER_DIR
 
     config = config_from_args(args)
     output = Path(args.output)
@@ -208,7 +218,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)")
     if "test" in result["metrics"]:
         _print_metrics("test", result["metrics"]["test"])
-    print(f"run directory: {output}  (adapter: {output / 'adapter'})")
+    _print_against_zero_shot(result.get("zero_shot", {}), result.get("notes", []), "test")
+    print(f"run directory: {output}  (adapter: {output / ADAPTER_DIR})")
     return 0
 
 
@@ -248,13 +259,14 @@ def _check_metrics_json(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.api import evaluate
+    from .engine.pipeline import evaluate_against_zero_shot
 
     _check_metrics_json(args)
     method = _load_adapter(args)
     config, splits = _data_splits(args, method)
-    metrics = evaluate(method, splits, args.split, batch_size=config.eval.batch_size)
+    metrics = evaluate_against_zero_shot(method, splits, args.split, batch_size=config.eval.batch_size)
     _print_metrics(f"{splits.name} {args.split} ({method.registered_name})", metrics)
+    _print_against_zero_shot(metrics.get("zero_shot", {}), metrics.get("notes", []), args.split)
     if args.json:
         from . import io
 

@@ -37,17 +37,41 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import yaml
+
 from . import __version__, io
 from .errors import RlptuneError
 from .io import os_error_line
 
+# -- the names in a run folder: the one place they are spelled (the on-disk format; tests keep them literal) ------
 MARKER = ".rlptune-run.json"
 MARKER_FORMAT = "rlptune-run/1"
+#: Written last: its presence means the run is complete.
 RESULT = "result.json"
-CHECKPOINT = Path("checkpoint") / "last.safetensors"
+#: The fully resolved settings (``rlptune train --config`` remakes the run from it).
+CONFIG = "config.yaml"
+#: Library versions, backbone identity, dataset, classes and world size, written when the run starts.
+RUN_INFO = "run_info.json"
+#: One JSON line per epoch (loss, accuracies, diagnostics).
+METRICS = "metrics.jsonl"
+#: The CSV logger's copy of the epoch records (``--logger csv``).
+METRICS_CSV = "metrics.csv"
+#: The TensorBoard logger's event folder (``--logger tensorboard``).
+TENSORBOARD_DIR = "tensorboard"
+#: The few-shot draw (which training images, per class).
+FEW_SHOT = "few_shot.json"
+#: The content hashes of the images the run read (checked on resume).
+DATA_HASHES = "data_hashes.json"
+#: The unreadable images dropped under ``data.image_policy=skip``.
+SKIPPED_IMAGES = "skipped_images.json"
+#: The trained adapter (a Hub-shaped folder with its model card).
+ADAPTER_DIR = "adapter"
+#: The resumable checkpoint's folder, and the checkpoint in it.
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT = Path(CHECKPOINT_DIR) / "last.safetensors"
 #: What a resumed run takes over from a finished one: the checkpoint, the metric lines, the few-shot draw and the
 #: record of the images it trained on (checked on resume, see rlptune.engine.datacheck).
-RESUMABLE = ("checkpoint", "metrics.jsonl", "few_shot.json", "data_hashes.json")
+RESUMABLE = (CHECKPOINT_DIR, METRICS, FEW_SHOT, DATA_HASHES)
 #: Settings that change how a run is executed or logged but not its result (not part of the settings hash).
 NON_RESULT_SETTINGS = {
     "backbone": ("device",),
@@ -80,7 +104,7 @@ def settings_hash(config_dict: Mapping[str, Any]) -> str:
 def is_run_directory(path: Path) -> bool:
     """True for a folder rlptune wrote: it has the run marker, or (runs from before the marker) run_info.json
     and config.yaml."""
-    return (path / MARKER).is_file() or ((path / "run_info.json").is_file() and (path / "config.yaml").is_file())
+    return (path / MARKER).is_file() or ((path / RUN_INFO).is_file() and (path / CONFIG).is_file())
 
 
 def recorded_hash(path: Path) -> str | None:
@@ -119,6 +143,20 @@ def read_result(run: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RlptuneError(f"{path}: corrupt result file (expected a JSON object, got {type(data).__name__}); delete it to run again")
     return data
+
+
+def start_run_files(folder: str | os.PathLike, settings: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """A run's first files: its settings and run information, with any earlier result removed first (a run started
+    or resumed in ``folder`` is not complete until it ends and writes :data:`RESULT` again)."""
+    folder = Path(folder)
+    (folder / RESULT).unlink(missing_ok=True)
+    io.write_text(folder / CONFIG, yaml.safe_dump(dict(settings), sort_keys=False))
+    io.write_json(folder / RUN_INFO, dict(info))
+
+
+def write_result(folder: str | os.PathLike, result: Mapping[str, Any]) -> Path:
+    """Write a run's result, atomically; call it last, after the adapter, because its presence means "complete"."""
+    return io.write_json(Path(folder) / RESULT, dict(result))
 
 
 # -- the one rule for output folders ------------------------------------------------------------------------------
@@ -592,5 +630,7 @@ __all__ = [
     "is_run_directory",
     "read_result",
     "recorded_hash",
+    "start_run_files",
+    "write_result",
     "os_error_line",
 ]

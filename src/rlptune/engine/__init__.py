@@ -5,7 +5,8 @@ from .hub import from_pretrained, push_to_hub, save_pretrained, write_model_card
 from .api import evaluate, predict, prepare_dataset, train, write_predictions_csv
 from .evaluate import classification_metrics
 from .features import FeatureCache
-from .trainer import Trainer, learning_rate
+from .schedule import learning_rate
+from .trainer import Trainer
 
 __all__ = [
     "FeatureCache",

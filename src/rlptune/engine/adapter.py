@@ -30,7 +30,7 @@ from ..backbones.identity import backbone_mismatch, backbone_record
 from ..config import config_from_dict
 from ..data.common import check_unique_classnames
 from ..errors import RlptuneError
-from ..rundir import settings_hash
+from ..rundir import ADAPTER_DIR, settings_hash
 from ..methods import build_method, get_method_class, list_methods
 from ..methods.base import DeclaredSize
 
@@ -107,8 +107,8 @@ def _not_an_adapter_line(directory: Path) -> str:
         return f"{directory}: no such adapter folder"
     if not directory.is_dir():
         return f"{directory}: not an adapter folder (a file; pass the folder that holds {ADAPTER_CONFIG})"
-    if (directory / "adapter" / ADAPTER_CONFIG).is_file() or (directory / "adapter" / LEGACY_ADAPTER_CONFIG).is_file():
-        return f"{directory}: not an adapter folder (no {ADAPTER_CONFIG}); this is a run folder, pass {directory / 'adapter'}"
+    if (directory / ADAPTER_DIR / ADAPTER_CONFIG).is_file() or (directory / ADAPTER_DIR / LEGACY_ADAPTER_CONFIG).is_file():
+        return f"{directory}: not an adapter folder (no {ADAPTER_CONFIG}); this is a run folder, pass {directory / ADAPTER_DIR}"
     model_type = _json_field(directory / "config.json", "model_type")
     if model_type is not None:
         return (

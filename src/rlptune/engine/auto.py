@@ -52,6 +52,7 @@ from .. import io
 from ..analysis.spectrum import singular_values
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
+from ..rundir import METRICS
 from ..methods import Method, build_method
 from .candidates import CandidateRun, batchable, train_batched
 from .distributed import current
@@ -368,7 +369,7 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
     record["seconds"] = {"total": round(state.seconds, 3), "training": round(train_seconds, 3)}
     record["batched"] = batchable(start)
     if state.records:
-        io.write_text(Path(output_dir) / "metrics.jsonl", "".join(_jsonl(r) for r in state.records))
+        io.write_text(Path(output_dir) / METRICS, "".join(_jsonl(r) for r in state.records))
     method.eval()
     return method, state, record, adapter_config
 

@@ -21,11 +21,11 @@ from typing import Any
 from .. import io
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
+from ..rundir import DATA_HASHES
 from .features import FeatureCache
 
 log = logging.getLogger(__name__)
 
-DATA_FILE = "data_hashes.json"
 DATA_FORMAT = "rlptune-data/1"
 SPLITS = ("train", "val", "test")
 
@@ -48,15 +48,15 @@ def data_record(splits: DatasetSplits, cache: FeatureCache) -> dict[str, Any]:
 
 def write_data_record(folder: Path, record: dict[str, Any]) -> None:
     """Write the record atomically, compact (one entry per image: it is as long as the dataset)."""
-    io.write_text(folder / DATA_FILE, json.dumps(record, separators=(",", ":")) + "\n")
+    io.write_text(folder / DATA_HASHES, json.dumps(record, separators=(",", ":")) + "\n")
 
 
 def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path | None = None) -> None:
     """Refuse to resume the run in ``folder`` when the images it recorded are not the ones ``record`` lists now.
 
     A run written before the record existed cannot be checked: a warning says so and the run resumes."""
-    path = folder / DATA_FILE
-    shown = (shown_folder or folder) / DATA_FILE
+    path = folder / DATA_HASHES
+    shown = (shown_folder or folder) / DATA_HASHES
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -103,4 +103,4 @@ def _well_formed(recorded: Any) -> bool:
     return all(isinstance(v, dict) and all(isinstance(e, str) for e in v.values()) for v in items.values())
 
 
-__all__ = ["DATA_FILE", "check_resumed_data", "data_record", "write_data_record"]
+__all__ = ["check_resumed_data", "data_record", "write_data_record"]

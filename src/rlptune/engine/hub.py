@@ -31,7 +31,7 @@ from .. import __version__, io
 from ..backbones import Backbone
 from ..config import config_from_dict
 from ..errors import RlptuneError
-from ..rundir import RESULT, check_output_folder, read_result
+from ..rundir import ADAPTER_DIR, CONFIG, RESULT, check_output_folder, read_result
 from .adapter import (
     ADAPTER_CONFIG,
     ADAPTER_MODEL,
@@ -75,8 +75,8 @@ def save_pretrained(
         config = method.config
         if record.get("data"):  # the root as resolved where it trained, not against today's working directory
             extra["data"] = record["data"]
-        elif run is not None and not record.get("training_config") and (run / "config.yaml").is_file():
-            config = config_from_dict(_read_settings(run / "config.yaml") or {}, str(run / "config.yaml"))  # pre-0.2
+        elif run is not None and not record.get("training_config") and (run / CONFIG).is_file():
+            config = config_from_dict(_read_settings(run / CONFIG) or {}, str(run / CONFIG))  # pre-0.2
     if result is None:
         result = record.get("result")
         if result is None and run is not None and (run / RESULT).is_file():  # an adapter from before 0.2, in its run
@@ -122,9 +122,9 @@ def write_model_card(
     recorded = payload.get("training_config")
     if recorded:
         io.write_text(directory / TRAINING_CONFIG, yaml.safe_dump(recorded, sort_keys=False))
-    settings = recorded or _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / "config.yaml") or {}
+    settings = recorded or _read_settings(directory / TRAINING_CONFIG) or _read_settings(run / CONFIG) or {}
     if command is None:
-        config_file = TRAINING_CONFIG if (directory / TRAINING_CONFIG).is_file() else "config.yaml"
+        config_file = TRAINING_CONFIG if (directory / TRAINING_CONFIG).is_file() else CONFIG
         command = f"rlptune train --config {config_file} -o runs/{_slug(payload, settings, result)}"
     return io.write_text(directory / MODEL_CARD, model_card(payload, settings, result, command))
 
@@ -135,6 +135,12 @@ def _record_result(directory: Path, payload: Mapping[str, Any], summary: dict[st
     config_path, _ = adapter_files(directory)
     if config_path.name == ADAPTER_CONFIG and payload.get("result") != summary:
         io.write_json(config_path, {**payload, "result": summary})
+
+
+def write_run_card(run_dir: str | Path, result: Mapping[str, Any]) -> Path:
+    """A finished run's adapter becomes Hub-shaped: its README.md model card from the run's result (written before
+    the result file itself, which the run writes last)."""
+    return write_model_card(Path(run_dir) / ADAPTER_DIR, result=result)
 
 
 def _read_settings(path: Path) -> dict[str, Any] | None:
@@ -169,7 +175,9 @@ def base_model_of(spec: str | None) -> str | None:
 def model_card(
     payload: Mapping[str, Any], settings: Mapping[str, Any], result: Mapping[str, Any] | None, command: str
 ) -> str:
-    """The model card text: YAML front matter (library_name, tags, base_model) and a body a reader can act on."""
+    """The model card text: YAML front matter (library_name, tags, base_model) and a body a reader can act on.
+
+    Long because it is the card's one template, section after section: split, the card's text would be scattered."""
     method = payload["method"]
     backbone = payload["backbone"]
     classnames = list(payload["classnames"])
@@ -424,7 +432,7 @@ def stage_folder(
     for path in peft_export:
         if path.is_file():
             shutil.copyfile(path, staging / path.name)
-    settings = source / TRAINING_CONFIG if (source / TRAINING_CONFIG).is_file() else source.parent / "config.yaml"
+    settings = source / TRAINING_CONFIG if (source / TRAINING_CONFIG).is_file() else source.parent / CONFIG
     if settings.is_file():
         shutil.copyfile(settings, staging / TRAINING_CONFIG)
     if (source / MODEL_CARD).is_file() and result is None and command is None:

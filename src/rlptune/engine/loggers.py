@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rlptune import io as rio
 from rlptune.errors import RlptuneError
+from rlptune.rundir import METRICS_CSV, TENSORBOARD_DIR
 
 __all__ = ["CsvLogger", "MetricLogger", "TensorBoardLogger", "available_loggers", "make_loggers", "register_logger"]
 
@@ -110,7 +111,7 @@ def make_loggers(names: Sequence[str], run_dir: str | Path) -> MetricLogger:
 class CsvLogger(MetricLogger):
     """``metrics.csv`` for spreadsheets and pandas; rewritten atomically each epoch (small: one row per epoch)."""
 
-    def __init__(self, run_dir: Path, filename: str = "metrics.csv") -> None:
+    def __init__(self, run_dir: Path, filename: str = METRICS_CSV) -> None:
         self.path = Path(run_dir) / filename
         self.rows: list[dict[str, int | float]] = self._read_existing()
 
@@ -156,7 +157,7 @@ def _parse(text: str) -> int | float:
 class TensorBoardLogger(MetricLogger):
     """TensorBoard event files under ``RUN_DIR/tensorboard``, one scalar per metric per epoch."""
 
-    def __init__(self, run_dir: Path, subdir: str = "tensorboard") -> None:
+    def __init__(self, run_dir: Path, subdir: str = TENSORBOARD_DIR) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

@@ -18,7 +18,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from .. import io
 from ..analysis.stats import harmonic_mean
@@ -30,13 +29,26 @@ from ..data.images import check_images, skipped_report
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..methods import Method, build_method
-from ..rundir import RunDirectory, check_output_folder, settings_hash
+from ..rundir import (
+    CHECKPOINT_DIR,
+    DATA_HASHES,
+    FEW_SHOT,
+    RESULT,
+    SKIPPED_IMAGES,
+    RunDirectory,
+    check_output_folder,
+    settings_hash,
+    start_run_files,
+)
 from . import auto
 from .distributed import init_from_env, training_device
-from .datacheck import DATA_FILE, check_resumed_data, data_record, write_data_record
+from .callbacks import TrainState
+from .datacheck import check_resumed_data, data_record, write_data_record
+from .evaluate import evaluate_split, small_data_notes, zero_shot_baseline
 from .features import FeatureCache
 from .loggers import make_loggers
-from .trainer import Trainer, evaluate_split, finish_run, library_versions
+from .record import final_validation, finish_run, run_info
+from .trainer import Trainer
 
 #: Loaders whose train/val/test split is drawn by rlptune and therefore takes ``data.split_seed``.
 SEEDED_SPLIT_LOADERS = ("folder", "csv")
@@ -162,6 +174,26 @@ def evaluate_new_classes(method: Method, config, data: PreparedData, cache: Feat
         method.set_classnames(data.train.classnames)
 
 
+def zero_shot_fields(
+    method: Method, config, data: PreparedData, cache: FeatureCache, metrics: dict[str, Any], state: TrainState
+) -> dict[str, Any]:
+    """result.json's small-data fields: the zero-shot accuracy of every split the run reports and of its
+    validation split (``zero_shot``), the validation accuracy it ended with (``final_val_acc``) and the ``notes``
+    (an interval wider than 10 points; ending below zero-shot on validation). The method's numbers are untouched:
+    zero-shot is a separate classifier on the same frozen features."""
+    batch, workers = config.eval.batch_size, config.train.num_workers
+    zero = {name: zero_shot_baseline(method, data.new if name == "new" else data.train, "test", cache, batch, workers)
+            for name in metrics}
+    fields: dict[str, Any] = {"zero_shot": zero}
+    ended, against = final_validation(state), None
+    if ended is not None and data.train.val:
+        zero["val"] = zero_shot_baseline(method, data.train, "val", cache, batch, workers)
+        fields["final_val_acc"] = ended
+        against = ("on the validation split at the end of training", ended, zero["val"]["top1"])
+    fields["notes"] = small_data_notes(metrics, against)
+    return fields
+
+
 def run(
     config,
     output_dir: str | Path,
@@ -218,28 +250,17 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
     shared folder itself)."""
     with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
         # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
-        data = prepare_data(config, output_dir / "few_shot.json", output_dir / "skipped_images.json", final_dir / "skipped_images.json")
+        data = prepare_data(config, output_dir / FEW_SHOT, output_dir / SKIPPED_IMAGES, final_dir / SKIPPED_IMAGES)
     cache = FeatureCache.from_config(config)
     images = data_record(data.drawn, cache)  # by content: the settings hash knows the data root's path only
-    if resume and ((output_dir / "checkpoint").exists() or (output_dir / DATA_FILE).exists()):
+    if resume and ((output_dir / CHECKPOINT_DIR).exists() or (output_dir / DATA_HASHES).exists()):
         check_resumed_data(output_dir, images, final_dir)
     backbone = resolve_backbone(config, backbone)
     if ddp.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
-        (output_dir / "result.json").unlink(missing_ok=True)
+        start_run_files(output_dir, config.to_dict(), run_info(backbone, data.train.name, data.train.classnames, ddp.world_size))
         write_data_record(output_dir, images)
-        io.write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        io.write_json(
-            output_dir / "run_info.json",
-            {
-                "versions": library_versions(),
-                "backbone": backbone.identity,
-                "dataset": data.train.name,
-                "classes": data.train.classnames,
-                "world_size": ddp.world_size,
-            },
-        )
     seed_everything(config.train.seed)
     if config.auto.enabled:  # --auto: the best of a grid of candidates on validation (rlptune.engine.auto)
         method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log)
@@ -260,9 +281,10 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
             logger.close()
     if not ddp.is_main:  # one writer: rank 0 evaluates and writes the adapter and result.json
         ddp.barrier()
-        return json.loads((output_dir / "result.json").read_text(encoding="utf-8"))
+        return json.loads((output_dir / RESULT).read_text(encoding="utf-8"))
     metrics, fields = evaluate_run(method, config, data, cache, targets)
-    fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields, **(extra or {})}
+    fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields,
+              **zero_shot_fields(method, config, data, cache, metrics, state), **(extra or {})}
     if ddp.enabled:
         fields["world_size"] = ddp.world_size
     try:
@@ -278,9 +300,24 @@ def evaluate(method: Method, splits: DatasetSplits, split: str = "test", cache: 
     return evaluate_split(method, splits, split, cache or FeatureCache(), batch_size)
 
 
+def evaluate_against_zero_shot(
+    method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128
+) -> dict:
+    """:func:`evaluate`'s metrics with, beside them, the zero-shot accuracy of the same split (``zero_shot``, none
+    for a zero-shot method itself) and the small-data ``notes`` (``rlptune eval`` prints and records both)."""
+    cache = cache or FeatureCache()
+    metrics = evaluate(method, splits, split, cache, batch_size)
+    if method.registered_name == "zeroshot":
+        return {**metrics, "zero_shot": {}, "notes": small_data_notes({split: metrics})}
+    zero = zero_shot_baseline(method, splits, split, cache, batch_size)
+    notes = small_data_notes({split: metrics}, (f"on the {split} split", metrics["top1"], zero["top1"]))
+    return {**metrics, "zero_shot": {split: zero}, "notes": notes}
+
+
 __all__ = [
     "PreparedData",
     "evaluate",
+    "evaluate_against_zero_shot",
     "evaluate_run",
     "load_data",
     "prepare_data",
@@ -289,4 +326,5 @@ __all__ = [
     "run_inputs",
     "seed_everything",
     "training_subset",
+    "zero_shot_fields",
 ]

@@ -55,7 +55,7 @@ from rlptune import __version__
 from rlptune.report import plots
 from rlptune.config import TrainSettings
 from rlptune.io import write_json, write_text
-from rlptune.rundir import check_output_folder
+from rlptune.rundir import CONFIG, METRICS, RESULT, check_output_folder
 
 __all__ = [
     "analyze_runs",
@@ -81,7 +81,7 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     """Parse one result.json (a run folder or the file itself); a corrupt or non-object file is a one-line error."""
     path = Path(path)
     if path.is_dir():
-        path = path / "result.json"
+        path = path / RESULT
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -211,16 +211,16 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     root = Path(results_dir)
     if not root.exists():
         raise RlptuneError(f"{root}: no such results folder")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("result.json") if p.is_file())
+    files = [root] if root.is_file() else sorted(p for p in root.rglob(RESULT) if p.is_file())
     rows = []
     for path in files:
         row = result_to_row(read_result(path), source=path)
         row["run_dir"] = str(path.parent)
-        if "settings" not in row and (path.parent / "config.yaml").is_file():
-            settings = _read_config(path.parent / "config.yaml")  # a plain `rlptune train` run keeps them there
+        if "settings" not in row and (path.parent / CONFIG).is_file():
+            settings = _read_config(path.parent / CONFIG)  # a plain `rlptune train` run keeps them there
             if settings:
                 row["settings"] = settings
-        metrics = path.parent / "metrics.jsonl"
+        metrics = path.parent / METRICS
         if metrics.is_file():
             row["history"] = read_metrics_jsonl(metrics)
         rows.append(row)
@@ -326,7 +326,7 @@ def _rediagnose(part: Mapping[str, Any], k: int) -> dict[str, Any] | None:
 
 def _run_diagnostics(row: Mapping[str, Any], k: int | None, loader: PromptLoader | None) -> tuple[dict, str | None]:
     """(prompt_diagnostics, where it came from): result.json, else the last metrics.jsonl epoch, else the loader."""
-    found, source = primary_diagnostics(row.get("prompt_diagnostics")), "result.json"
+    found, source = primary_diagnostics(row.get("prompt_diagnostics")), RESULT
     if found is None:
         source = None
         for record in reversed(row.get("history") or []):
@@ -732,7 +732,7 @@ def _aug_views(row: Mapping[str, Any]) -> int | None:
     settings = row.get("settings")
     train = settings.get("train") if isinstance(settings, Mapping) else None
     if not (isinstance(train, Mapping) and "aug_views" in train) and row.get("run_dir"):
-        config = _read_config(Path(str(row["run_dir"])) / "config.yaml")
+        config = _read_config(Path(str(row["run_dir"])) / CONFIG)
         train = config.get("train") if config else None
     value = train.get("aug_views") if isinstance(train, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

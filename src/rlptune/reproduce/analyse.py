@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from ..analysis import stats as S
 from ..report.writer import headline, result_to_row
 from ..protocols import tables_for
+from ..rundir import METRICS
 from .plan import Plan, StudyResults
 from .settings import StudySettings
 from .tables import EvidenceTable, cell
@@ -214,7 +215,7 @@ def _density(plan: Plan, results: StudyResults) -> tuple[EvidenceTable, list[dic
 def epoch_series(run_dir: Path) -> tuple[list[float], list[float], list[float]]:
     """(ID_1, effective rank, new-class accuracy) of the first prompt at each epoch of a run that logged both its
     prompt diagnostics and ``new_acc`` (``train.track_new``); empty lists otherwise."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     ids, ranks, new = [], [], []
     if not path.is_file():
         return ids, ranks, new

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..rundir import check_output_folder, read_result
+from ..rundir import RESULT, check_output_folder, read_result
 from ..sweeps.executors import ExecutorSettings
 from ..sweeps.runner import BACKBONES, make_specs, run_sweep
 from .analyse import analyse
@@ -66,7 +66,7 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     started = time.perf_counter()
     results = StudyResults(results_dir)
     if report_only:
-        done = [s for s in specs if (s.run_dir(results_dir) / "result.json").is_file()]
+        done = [s for s in specs if (s.run_dir(results_dir) / RESULT).is_file()]
         results.runs = {results.key(s): read_result(s.run_dir(results_dir)) for s in done}
         log(f"report only: {len(done)} of {len(specs)} planned runs are finished; the others are left out of the tables")
     else:

@@ -36,7 +36,7 @@ from ..rundir import read_result
 from ..errors import RlptuneError
 from ..data import DATA_ENV, canonical_name
 from ..methods import get_method_class
-from ..rundir import check_output_folder, settings_hash
+from ..rundir import RESULT, check_output_folder, settings_hash
 from .executors import ExecutorSettings, SweepProgress, Task, make_executor
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
@@ -156,7 +156,7 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     if spec.protocol not in PROTOCOLS:
         raise RlptuneError(f"protocol {spec.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     run_dir = spec.run_dir(results_dir)
-    result_path = run_dir / "result.json"
+    result_path = run_dir / RESULT
     if result_path.is_file():
         return read_result(run_dir)
     config = spec.config()
@@ -216,7 +216,7 @@ def run_sweep(
     results_dir = Path(results_dir)
     settings = (executor or ExecutorSettings(jobs=jobs)).validate()
     validate_specs(specs)
-    pending = [s for s in specs if not (s.run_dir(results_dir) / "result.json").is_file()]
+    pending = [s for s in specs if not (s.run_dir(results_dir) / RESULT).is_file()]
     where = "" if settings.kind == "local" else f" on {settings.kind}"
     log(f"{len(specs)} runs, {len(specs) - len(pending)} already finished, {len(pending)} to run{where}")
     tasks = [Task(str(s.run_dir(results_dir)), _title(s), {"spec": asdict(s), "results_dir": str(results_dir)}) for s in pending]

@@ -36,7 +36,7 @@ from ..errors import RlptuneError
 from ..methods.base import Method
 from ..methods.coop import CoOp
 from .features import FeatureCache
-from .trainer import epoch_seed, learning_rate, make_optimizer, total_epochs
+from .schedule import epoch_seed, learning_rate, make_optimizer, total_epochs
 
 
 def batchable(method: Method) -> bool:

@@ -21,6 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from . import registry
 from .errors import RlptuneError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -36,6 +37,8 @@ REPOSITORIES: dict[str, str] = {
     "MaxZanella/CLIP-LoRA": "358f0d7361f59e66c0b2d0b672a3dafb143a759b",
 }
 
+#: The recipe keys: the protocols the official scripts are written for. A registered protocol names the one it reads
+#: (:attr:`rlptune.protocols.Protocol.recipe_key`); the built-in four read their own.
 PROTOCOLS: tuple[str, ...] = ("few-shot", "base2new", "cross-dataset", "domain-gen")
 #: The shot counts the official scripts run; other counts use the bracket they fall in (see :func:`shot_bracket`).
 OFFICIAL_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -673,13 +676,21 @@ def shot_bracket(shots: int) -> int:
 def _check(method: str, protocol: str) -> Recipe:
     if method not in RECIPES:
         raise RlptuneError(f"recipes: no official recipe for method {method!r}; known: {', '.join(RECIPES)}")
-    if protocol not in PROTOCOLS:
-        raise RlptuneError(f"recipes: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    recipe_key(protocol)
     return RECIPES[method]
+
+
+def recipe_key(protocol: str) -> str:
+    """The recipe key (one of :data:`PROTOCOLS`) the registered ``protocol`` reads; an unknown protocol is one line."""
+    key = registry.get_protocol(protocol, what="recipes: protocol").recipe_key
+    if key not in PROTOCOLS:
+        raise RlptuneError(f"protocol {protocol!r} reads recipe key {key!r}; expected one of {', '.join(PROTOCOLS)}")
+    return key
 
 
 def _resolved(method: str, protocol: str, shots: int, dataset: str | None) -> dict[str, Setting]:
     recipe = _check(method, protocol)
+    protocol = recipe_key(protocol)
     bracket = shot_bracket(shots)
     name = canonical_dataset(dataset)
     out: dict[str, Setting] = {}

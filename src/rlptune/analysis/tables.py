@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from rlptune.analysis.stats import harmonic_mean, jsonable, mean_std
+from rlptune import registry
 from rlptune.errors import RlptuneError
 from rlptune.io import write_json, write_text
 
@@ -52,6 +53,7 @@ __all__ = [
     "is_shot_independent",
     "harmonic_mean",
     "normalize_protocol",
+    "protocol_table",
     "render_csv",
     "render_html",
     "render_markdown",
@@ -62,19 +64,6 @@ __all__ = [
 
 Rows = Sequence[Mapping[str, Any]]
 GroupBy = str | Callable[[Mapping[str, Any]], str]
-
-_PROTOCOL_ALIASES = {
-    "base2new": "base2new",
-    "basetonew": "base2new",
-    "b2n": "base2new",
-    "fewshot": "few-shot",
-    "crossdataset": "cross-dataset",
-    "xd": "cross-dataset",
-    "domaingen": "domain-gen",
-    "domaingeneralisation": "domain-gen",
-    "domaingeneralization": "domain-gen",
-    "dg": "domain-gen",
-}
 
 # The order datasets appear in in the literature's tables; names are matched case- and punctuation-insensitively.
 _DATASET_ORDER = [
@@ -98,9 +87,10 @@ _DATASET_RANK = {alias: i for i, names in enumerate(_DATASET_ORDER) for alias in
 
 
 def normalize_protocol(name: Any) -> str:
-    """Map spellings such as "base_to_new", "few_shot", "cross_dataset", "dg" to the four canonical names."""
+    """Map spellings such as "base_to_new", "few_shot", "cross_dataset", "dg" to the registered protocol's name
+    (each protocol declares its aliases); an unknown spelling is returned as it is."""
     text = str(name or "")
-    return _PROTOCOL_ALIASES.get(re.sub(r"[^a-z0-9]", "", text.lower()), text)
+    return registry.protocol_aliases().get(re.sub(r"[^a-z0-9]", "", text.lower()), text)
 
 
 def dataset_sort_key(name: str) -> tuple[int, str]:
@@ -558,6 +548,22 @@ def domain_gen_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence
     return _transfer_table(
         rows, "domain-gen", "domain_gen", "Domain generalisation (accuracy %, mean ± std over seeds)", group_by, methods
     )
+
+
+#: The table builders by table kind (what a protocol's ``table_kind`` names).
+TABLE_KINDS: dict[str, Callable[..., Table]] = {
+    "base2new": base2new_table,
+    "few-shot": few_shot_table,
+    "cross-dataset": cross_dataset_table,
+    "domain-gen": domain_gen_table,
+}
+
+
+def protocol_table(kind: str, rows: Rows, group_by: GroupBy = "method") -> Table:
+    """The table of ``kind`` (a protocol's ``table_kind``) over ``rows``; an unknown kind is one line."""
+    if kind not in TABLE_KINDS:
+        raise RlptuneError(f"tables: table kind {kind!r} is not known; available: {', '.join(TABLE_KINDS)}")
+    return TABLE_KINDS[kind](rows, group_by=group_by)
 
 
 def other_runs_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence[str] | None = None) -> Table:

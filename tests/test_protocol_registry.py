@@ -6,6 +6,7 @@ section of docs/EXTENDING.md."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -118,6 +119,18 @@ def test_any_protocol_text_is_the_registered_protocol_or_one_line(text):
         assert message.endswith("available: " + ", ".join(protocol_names()))
     else:
         assert protocol.name == text
+
+
+def test_registering_something_that_is_not_a_protocol_is_one_line():
+    class Slashed(Protocol):
+        name = "a/b"  # a protocol's name is also its results sub-folder
+
+    with pytest.raises(rlptune.RlptuneError, match=r"^protocol name 'a/b': expected a non-empty name \(a folder name"):
+        rlptune.register_protocol(Slashed())
+    with pytest.raises(rlptune.RlptuneError, match="^protocol 'loose': expected an instance of rlptune.Protocol; it "
+                                                   "lacks training_subset, evaluate, default_targets, recipe_key"):
+        rlptune.register_protocol(SimpleNamespace(name="loose"))
+    assert "a/b" not in protocol_names() and "loose" not in protocol_names()
 
 
 def test_base2new_still_refuses_training_on_the_new_classes():

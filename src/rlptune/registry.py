@@ -134,8 +134,14 @@ def register_protocol(protocol: Any) -> Any:
     """Record ``protocol`` (an instance of :class:`rlptune.protocols.Protocol`) under its ``name``; returns it.
     Re-registering a name replaces it (plug-ins may override), as for methods."""
     name = getattr(protocol, "name", None)
-    if not isinstance(name, str) or not name.strip() or name != name.strip() or "/" in name:
-        raise RlptuneError(f"protocol name {name!r}: expected a non-empty name without spaces around it or '/'")
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or name in (".", "..") or any(
+        c in name for c in "/\\"
+    ):
+        raise RlptuneError(f"protocol name {name!r}: expected a non-empty name (a folder name: no spaces around it, no '/')")
+    missing = [a for a in ("training_subset", "evaluate", "default_targets") if not callable(getattr(protocol, a, None))]
+    missing += [a for a in ("recipe_key", "table_kind") if not isinstance(getattr(protocol, a, None), str)]
+    if missing:
+        raise RlptuneError(f"protocol {name!r}: expected an instance of rlptune.Protocol; it lacks {', '.join(missing)}")
     _PROTOCOLS[name] = protocol
     note_plugin_module(type(protocol).__module__)
     return protocol

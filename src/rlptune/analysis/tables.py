@@ -571,7 +571,7 @@ def other_runs_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence
     acc: dict[tuple, float] = {}
     f1: dict[tuple, float] = {}
     for row in collapse_shot_independent(rows):
-        if _infer_protocol(row) in ("base2new", "few-shot", "cross-dataset", "domain-gen") or row.get("accuracy") is None:
+        if _infer_protocol(row) in TABLE_KINDS or row.get("accuracy") is None:
             continue
         key = (str(row["dataset"]), _group(row, group_by), row.get("shots"), row.get("seed"))
         _put(acc, key, row["accuracy"], "single-run")

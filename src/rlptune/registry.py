@@ -259,7 +259,9 @@ def _import_plugin(module: str, where: str) -> None:
         importlib.import_module(module)
     except RlptuneError as exc:
         raise RlptuneError(f"plug-in module {module!r} ({where}) failed to load: {exc}") from None
-    except Exception as exc:  # ImportError, SyntaxError, any error of the module's own code
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # ImportError, SyntaxError, SystemExit: any error of the module's own code
         text = str(exc).strip().splitlines()
         raise RlptuneError(
             f"plug-in module {module!r} ({where}) cannot be imported: {type(exc).__name__}"

@@ -25,6 +25,9 @@ LAZY_THIRD_PARTY = {
 LAZY_ENTRY_POINTS = {
     "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.report", "rlptune.serve",
     "rlptune.reproduce.command",
+    # the transfer protocols: the command line lists protocols at start-up; their default targets read the dataset
+    # catalogues (which import torch) on first use
+    "rlptune.protocols.cross_dataset", "rlptune.protocols.domain_generalisation",
 }
 #: Package modules that are the boundary of an optional extra (they import it at their top): importing them lazily
 #: keeps the extra optional (jinja2 for HTML reports, fastapi for the server).

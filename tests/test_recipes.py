@@ -385,7 +385,7 @@ def test_errors_name_what_is_wrong_in_one_line():
     with pytest.raises(RlptuneError, match="no official recipe for method 'coopp'") as err:
         recipes.preset("coopp")
     assert "\n" not in str(err.value)
-    with pytest.raises(RlptuneError, match="unknown protocol 'fewshot'"):
+    with pytest.raises(RlptuneError, match=r"protocol 'fewshot' is not known \(did you mean 'few-shot'\?\)"):
         recipes.sources("coop", "fewshot")
 
 

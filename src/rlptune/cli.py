@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, registry
 from .config import FORMER_METHOD_FIELDS, flag_hint, flag_table, parse_set, resolve_config
 from .errors import RlptuneError
 from .options import int_flag
@@ -425,10 +425,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .protocols import aggregate, default_targets
     from .sweeps.runner import make_specs, parse_grid, run_sweep
 
-    datasets = args.datasets or _default_datasets(args.protocol)
+    protocol = registry.get_protocol(args.protocol, what="protocol")  # one line with a suggestion
+    datasets = args.datasets or _default_datasets(protocol)
     overrides = _overrides(args)
     targets = None
-    if args.protocol in ("cross-dataset", "domain-gen"):
+    if protocol.uses_targets:
         targets = {d: list(args.targets) for d in datasets} if args.targets else default_targets(args.protocol, datasets)
     specs = make_specs(
         args.protocol,
@@ -451,9 +452,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_datasets(protocol: str) -> list[str]:
-    if protocol in ("cross-dataset", "domain-gen"):
-        return ["micro-shapes"]  # the source: the micro dataset that also has shifted renderings
+def _default_datasets(protocol) -> list[str]:
+    if protocol.default_sources:
+        return list(protocol.default_sources)  # e.g. the transfer protocols' source: micro-shapes
     from .micro.suite import MICRO_DATASETS
 
     return list(MICRO_DATASETS)
@@ -583,6 +584,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="rlptune", description="Adapt a frozen CLIP with a tiny prompt (CoOp, RLP, …).")
     parser.add_argument("--version", action="version", version=f"rlptune {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this plug-in module first (repeatable; also $RLPTUNE_PLUGINS and the "
+                             "rlptune.plugins entry points); a sweep's workers import it too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train_recipe = _recipe_for(argv, "train")
@@ -659,8 +663,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("run", help="run a protocol over datasets × methods × shots × seeds (× a settings grid)")
-    p.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
-                   help="the evaluation protocol (its recipe key, splits and tables)")
+    names = registry.protocol_names()  # the registered protocols, plug-ins' included
+    p.add_argument("protocol", metavar="PROTOCOL", help=f"a registered protocol: {', '.join(names)}")
     p.add_argument("--datasets", nargs="+", help="dataset names (default: the micro suite; source for cross-dataset/domain-gen)")
     p.add_argument("--targets", nargs="+", help="target datasets (cross-dataset / domain-gen; default: the literature's)")
     p.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "rlp"], metavar="METHOD",
@@ -695,8 +699,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                                        "recipe resolved for a protocol and shot count, with sources")
     p.add_argument("method", nargs="?", default=None,
                    help="print this method's resolved recipe (default: list every method and recipe)")
-    p.add_argument("--protocol", default="few-shot", choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
-                   help="protocol whose recipe to resolve")
+    p.add_argument("--protocol", default="few-shot",
+                   help="a registered protocol whose recipe to resolve (`rlptune run --help` lists them; default: few-shot)")
     p.add_argument("--shots", type=int_flag("--shots", low=0), default=16, help="shots per class")
     p.add_argument("--dataset", default=None, help="dataset, for recipes with per-dataset values (default: none)")
     p.set_defaults(func=cmd_methods)
@@ -734,11 +738,26 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _plugins_in(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin MODULE`` options before the command (they must load before the parser lists methods and
+    protocols)."""
+    found, i = [], 0
+    while i < len(argv) and argv[i].startswith("-"):
+        if argv[i] == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+            i += 1
+        elif argv[i].startswith("--plugin="):
+            found.append(argv[i].split("=", 1)[1])
+        i += 1
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
     show_traceback = "--traceback" in argv
     try:
+        registry.load_plugins(_plugins_in(argv), where="--plugin")
+        parser = build_parser(argv)
         if argv and argv[0] == "pretrain-micro":
             return cmd_pretrain_micro(argparse.Namespace(), argv[1:])
         args = parser.parse_args(argv)

@@ -79,15 +79,15 @@ class DataSettings(_Section):
     image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
     protocol: str = _f(
         "few-shot",
-        "evaluation protocol the run belongs to; selects the method's official recipe (few-shot | base2new | "
-        "cross-dataset | domain-gen)",
-        choices=("few-shot", "base2new", "cross-dataset", "domain-gen"),
+        "evaluation protocol the run belongs to (a registered protocol: `rlptune run --help` lists them); selects "
+        "the classes that train, the evaluation and the method's official recipe",
     )
 
     def validate(self) -> None:
         if not self.dataset.strip():
             raise RlptuneError("data.dataset is empty; expected folder, csv, split-json, a CoOp dataset name or micro-*")
         _at_least("data.shots", self.shots, 0)
+        registry.get_protocol(self.protocol)  # an unknown protocol is one line with the registered ones
 
 
 @dataclass
@@ -416,9 +416,10 @@ class RunConfig:
             settle_numbers(section, name)  # values set in Python are read as the same value from YAML or a flag
             section.validate()
             check_ranges(section, name)  # the declared bounds, after the sections' own (more specific) checks
-        if self.train.track_new and self.data.protocol != "base2new":
+        if self.train.track_new and not registry.get_protocol(self.data.protocol).new_classes:
+            holding = " or ".join(n for n in registry.protocol_names() if registry.get_protocol(n).new_classes)
             raise RlptuneError(
-                f"train.track_new needs data.protocol=base2new (the new classes are its unseen half), got {self.data.protocol!r}"
+                f"train.track_new needs data.protocol={holding} (the new classes are its unseen half), got {self.data.protocol!r}"
             )
         required = getattr(registry.method_entry(self.method.name).method_class, "requires_prompt_kind", None)
         if required is not None and self.prompt.kind != required:
@@ -586,6 +587,7 @@ def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, data
     """The method's official recipe for this protocol and shot count (:mod:`rlptune.recipes`, every value sourced);
     a method without its own recipe inherits its parent class's (:func:`rlptune.recipes.recipe_owner`); empty when
     there is none (e.g. a method added from outside the package that subclasses no recipe-bearing method)."""
+    registry.get_protocol(protocol)  # named as the setting it is, before the recipe looks it up
     if not recipes.has_recipe(method):
         return {}
     return recipes.preset(method, protocol, shots, dataset)

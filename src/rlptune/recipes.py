@@ -41,6 +41,8 @@ REPOSITORIES: dict[str, str] = {
     "MaxZanella/CLIP-LoRA": "358f0d7361f59e66c0b2d0b672a3dafb143a759b",
 }
 
+#: The recipe keys: the protocols the official scripts are written for. A registered protocol names the one it reads
+#: (:attr:`rlptune.protocols.Protocol.recipe_key`); the built-in four read their own.
 PROTOCOLS: tuple[str, ...] = ("few-shot", "base2new", "cross-dataset", "domain-gen")
 #: The shot counts the official scripts run; other counts use the bracket they fall in (see :func:`shot_bracket`).
 OFFICIAL_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -513,8 +515,7 @@ def shot_bracket(shots: int) -> int:
 def _check(method: str, protocol: str) -> Recipe:
     if method not in RECIPES:
         raise RlptuneError(f"recipes: no official recipe for method {method!r}; known: {', '.join(RECIPES)}")
-    if protocol not in PROTOCOLS:
-        raise RlptuneError(f"recipes: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    recipe_key(protocol)
     return RECIPES[method]
 
 
@@ -557,9 +558,18 @@ def coop_name(dataset: str | None) -> str | None:
     return importlib.import_module("rlptune.data.coop").coop_name(dataset)
 
 
+def recipe_key(protocol: str) -> str:
+    """The recipe key (one of :data:`PROTOCOLS`) the registered ``protocol`` reads; an unknown protocol is one line."""
+    key = registry.get_protocol(protocol, what="recipes: protocol").recipe_key
+    if key not in PROTOCOLS:
+        raise RlptuneError(f"protocol {protocol!r} reads recipe key {key!r}; expected one of {', '.join(PROTOCOLS)}")
+    return key
+
+
 def _resolved(method: str, protocol: str, shots: int, dataset: str | None) -> dict[str, Setting]:
     owner = recipe_owner(method)
     recipe = _check(owner if owner is not None else method, protocol)
+    protocol = recipe_key(protocol)
     bracket = shot_bracket(shots)
     name = coop_name(dataset)
     out: dict[str, Setting] = {}

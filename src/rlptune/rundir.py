@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from . import __version__, io
+from . import __version__, io, registry
 from .errors import RlptuneError
 from .io import os_error_line
 
@@ -317,6 +317,9 @@ def _foreign_entries(folder: Path, kind: str, depth: int = 1) -> list[str]:
         return []
     allowed, signature = OUTPUT_LAYOUTS[kind]
     signature = signature or allowed
+    if kind == "results":  # a sweep writes one folder per protocol: every registered one, plug-ins' included
+        registered = tuple(registry.protocol_names())
+        allowed, signature = (*allowed, *registered), (*signature, *registered)
     foreign = []
     for name in names:
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):

@@ -228,6 +228,7 @@ def register_backbone_loader(prefix_or_matcher: SpecMatcher, loader: BackboneLoa
         _MATCHERS.append(_Registered(prefix_or_matcher, loader, name or getattr(loader, "__name__", "loader")))
     else:
         raise RlptuneError(f"register_backbone_loader: expected a prefix string or a callable, got {prefix_or_matcher!r}")
+    registry.note_plugin_module(getattr(loader, "__module__", None))  # a sweep's workers import it too
 
 
 def backbone_loaders() -> list[str]:

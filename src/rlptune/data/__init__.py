@@ -67,6 +67,7 @@ def register_dataset(
         if name in _LOADERS:
             raise RlptuneError(f"dataset {name!r} is already registered")
     _LOADERS[name] = loader
+    registry.note_plugin_module(getattr(loader, "__module__", None))  # a sweep's workers import it too
     if not needs_root:
         _ROOTLESS.add(name)
     for key in keys:

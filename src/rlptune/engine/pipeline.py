@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .. import io
+from .. import io, registry
 from ..analysis.stats import harmonic_mean
 from ..backbones import Backbone, load_backbone
 from ..backbones.precision import settle_run_precision
@@ -74,12 +74,8 @@ class PreparedData:
 
 
 def training_subset(config) -> str:
-    """Which classes train: base-to-new always trains on the base half; otherwise ``data.subsample``."""
-    if config.data.protocol == "base2new":
-        if config.data.subsample == "new":
-            raise RlptuneError("data.subsample=new contradicts data.protocol=base2new, which trains on the base classes")
-        return "base"
-    return config.data.subsample
+    """Which classes train: the protocol's choice (base-to-new: the base half; otherwise ``data.subsample``)."""
+    return registry.get_protocol(config.data.protocol).training_subset(config)
 
 
 def load_data(config, name: str | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None) -> DatasetSplits:
@@ -140,27 +136,43 @@ def resolve_backbone(config, backbone: Backbone | None = None) -> Backbone:
 def evaluate_run(
     method: Method, config, data: PreparedData, cache: FeatureCache, targets: Sequence[str] = ()
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The protocol's metrics of a trained method: (metrics, extra result fields such as ``h`` and ``targets``)."""
-    batch, workers = config.eval.batch_size, config.train.num_workers
-    metrics: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    if config.data.protocol == "base2new":
-        metrics["base"] = evaluate_split(method, data.train, "test", cache, batch, workers)
-        if method.transfers_to_new_classes:
-            metrics["new"] = evaluate_new_classes(method, config, data, cache)
-            extra["h"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
-        return metrics, extra
-    if data.train.test:
-        metrics["test"] = evaluate_split(method, data.train, "test", cache, batch, workers)
-    if targets:
+    """The protocol's metrics of a trained method: (metrics, extra result fields such as ``h`` and ``targets``);
+    the protocol decides what is measured (:meth:`rlptune.protocols.Protocol.evaluate`)."""
+    protocol = registry.get_protocol(config.data.protocol)
+    return protocol.evaluate(RunEvaluation(method, config, data, cache, targets))
+
+
+class RunEvaluation:
+    """What a protocol may measure of a trained run (:class:`rlptune.protocols.Evaluation`): the training classes'
+    test split, the new classes', other datasets'."""
+
+    def __init__(self, method: Method, config, data: PreparedData, cache: FeatureCache, targets: Sequence[str] = ()) -> None:
+        self.method, self.config, self.data, self.cache = method, config, data, cache
+        self.targets = list(targets)
+        self.transfers_to_new_classes = bool(method.transfers_to_new_classes)
+        self.has_test_split = bool(data.train.test)
+
+    def test(self) -> dict[str, Any]:
+        return evaluate_split(self.method, self.data.train, "test", self.cache, self.config.eval.batch_size,
+                              self.config.train.num_workers)
+
+    def new_classes(self) -> dict[str, Any]:
+        return evaluate_new_classes(self.method, self.config, self.data, self.cache)
+
+    def on_targets(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each target with its own class names; the method is left on the training classes."""
         results = {}
-        for name in targets:
-            target = load_data(config, name)
-            method.set_classnames(target.classnames)
-            results[name] = evaluate_split(method, target, "test", cache, batch, workers)
-        method.set_classnames(data.train.classnames)
-        extra["targets"] = results
-    return metrics, extra
+        for name in names:
+            target = load_data(self.config, name)
+            self.method.set_classnames(target.classnames)
+            results[name] = evaluate_split(self.method, target, "test", self.cache, self.config.eval.batch_size,
+                                           self.config.train.num_workers)
+        self.method.set_classnames(self.data.train.classnames)
+        return results
+
+    @staticmethod
+    def harmonic_mean(a: float, b: float) -> float:
+        return harmonic_mean(a, b)
 
 
 def evaluate_new_classes(method: Method, config, data: PreparedData, cache: FeatureCache) -> dict:
@@ -316,6 +328,7 @@ def evaluate_against_zero_shot(
 
 __all__ = [
     "PreparedData",
+    "RunEvaluation",
     "evaluate",
     "evaluate_against_zero_shot",
     "evaluate_run",

@@ -1,4 +1,10 @@
-"""Protocols (few-shot, base-to-new, cross-dataset, domain generalisation), sweeps and their tables."""
+"""Protocols as registered objects (few-shot, base-to-new, cross-dataset, domain generalisation) and their tables
+(sweeps over them live in :mod:`rlptune.sweeps`).
+
+Each protocol is a :class:`Protocol` in a module of its own, registered on import; everything else reads the
+registry (:func:`get_protocol`, :func:`protocol_names`). A protocol from outside the package is a subclass and one
+:func:`register_protocol` call (docs/EXTENDING.md). Importing this package does not import torch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RlptuneError
+from ..registry import get_protocol, protocol_names, register_protocol
+from .base import Evaluation, Protocol
+from .few_shot import FEW_SHOT  # the built-in four register on import, in the order the command line lists them
+from .base_to_new import BASE_TO_NEW
+from .cross_dataset import CROSS_DATASET
+from .domain_generalisation import DOMAIN_GENERALISATION
+
 
 
 def __getattr__(name: str) -> Any:
+    if name == "PROTOCOLS":  # the registered names now (plug-ins included)
+        return tuple(protocol_names())
     if name == "COOP_CROSS_TARGETS":  # the ten targets of ImageNet
         from ..data.coop import COOP_11
 
@@ -17,25 +32,11 @@ def __getattr__(name: str) -> Any:
 
 
 def default_targets(protocol: str, sources: Sequence[str]) -> dict[str, list[str]]:
-    """The literature's targets: ImageNet → the other ten (cross-dataset) or its four shifts (domain-gen);
-    on the micro suite, the other micro datasets or the source's shifted renderings."""
-    targets: dict[str, list[str]] = {}
-    for source in sources:
-        if source.startswith("micro"):
-            from ..micro.suite import MICRO_DATASETS, MICRO_SHIFTS
-
-            if protocol == "cross-dataset":
-                targets[source] = [d for d in MICRO_DATASETS if d != source]
-            else:
-                if source not in MICRO_SHIFTS:
-                    raise RlptuneError(f"domain-gen: micro dataset {source!r} has no shifted variants; use one of {', '.join(MICRO_SHIFTS)}")
-                targets[source] = list(MICRO_SHIFTS[source])
-        else:
-            from ..data.coop import COOP_11, IMAGENET_SHIFTS
-
-            cross = [n for n in COOP_11 if n != "ImageNet"]
-            targets[source] = list(cross if protocol == "cross-dataset" else IMAGENET_SHIFTS)
-    return targets
+    """Each source's default targets under ``protocol`` (:meth:`Protocol.default_targets`): the literature's
+    (ImageNet → the other ten, or its four shifts) or, on the micro suite, the other micro datasets or the source's
+    shifted renderings."""
+    chosen = get_protocol(protocol, what="protocol")
+    return {source: list(chosen.default_targets(source)) for source in sources}
 
 
 def _method_label(row: dict[str, Any]) -> str:
@@ -44,15 +45,20 @@ def _method_label(row: dict[str, Any]) -> str:
 
 
 def tables_for(rows: list[dict[str, Any]], protocol: str, group_by: str = "method"):
+    """The table of ``protocol``'s runs, built by its table kind; an unknown protocol is one line."""
     from ..report import tables as T
 
-    if protocol == "base2new":
-        return T.base2new_table(rows, group_by=group_by)
-    if protocol == "few-shot":
-        return T.few_shot_table(rows, group_by=group_by)
-    if protocol == "cross-dataset":
-        return T.cross_dataset_table(rows, group_by=group_by)
-    return T.domain_gen_table(rows, group_by=group_by)
+    chosen = get_protocol(protocol, what="protocol")
+    kind = chosen.table_kind
+    if kind == chosen.name:
+        return T.protocol_table(kind, rows, group_by=group_by)
+    # a protocol tabled like another: its rows enter the builder under that kind, the table keeps its own name
+    mine = T.protocol_table(kind, [{**r, "protocol": kind} for r in rows if T.normalize_protocol(r.get("protocol")) == chosen.name],
+                            group_by=group_by)
+    mine.protocol = chosen.name
+    mine.name = chosen.name.replace("-", "_")
+    mine.title = f"{chosen.title or chosen.name} ({mine.title[0].lower()}{mine.title[1:]})"
+    return mine
 
 
 def aggregate(
@@ -80,7 +86,17 @@ def aggregate(
 
 
 __all__ = [
+    "BASE_TO_NEW",
+    "CROSS_DATASET",
+    "DOMAIN_GENERALISATION",
+    "Evaluation",
+    "FEW_SHOT",
+    "PROTOCOLS",
+    "Protocol",
     "aggregate",
     "default_targets",
+    "get_protocol",
+    "protocol_names",
+    "register_protocol",
     "tables_for",
 ]

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from rlptune.analysis.stats import harmonic_mean, jsonable, mean_std
+from rlptune import registry
 from rlptune.data.coop import COOP_DATASETS, coop_spellings
 from rlptune.errors import RlptuneError
 from rlptune.io import write_json, write_text
@@ -53,6 +54,7 @@ __all__ = [
     "is_shot_independent",
     "harmonic_mean",
     "normalize_protocol",
+    "protocol_table",
     "render_csv",
     "render_html",
     "render_markdown",
@@ -64,28 +66,16 @@ __all__ = [
 Rows = Sequence[Mapping[str, Any]]
 GroupBy = str | Callable[[Mapping[str, Any]], str]
 
-_PROTOCOL_ALIASES = {
-    "base2new": "base2new",
-    "basetonew": "base2new",
-    "b2n": "base2new",
-    "fewshot": "few-shot",
-    "crossdataset": "cross-dataset",
-    "xd": "cross-dataset",
-    "domaingen": "domain-gen",
-    "domaingeneralisation": "domain-gen",
-    "domaingeneralization": "domain-gen",
-    "dg": "domain-gen",
-}
-
 # The order datasets appear in in the literature's tables; names are matched case- and punctuation-insensitively.
 _DATASET_ORDER = [tuple(re.sub(r"[^a-z0-9]", "", s.lower()) for s in coop_spellings(name)) for name in COOP_DATASETS]
 _DATASET_RANK = {alias: i for i, names in enumerate(_DATASET_ORDER) for alias in names}
 
 
 def normalize_protocol(name: Any) -> str:
-    """Map spellings such as "base_to_new", "few_shot", "cross_dataset", "dg" to the four canonical names."""
+    """Map spellings such as "base_to_new", "few_shot", "cross_dataset", "dg" to the registered protocol's name
+    (each protocol declares its aliases); an unknown spelling is returned as it is."""
     text = str(name or "")
-    return _PROTOCOL_ALIASES.get(re.sub(r"[^a-z0-9]", "", text.lower()), text)
+    return registry.protocol_aliases().get(re.sub(r"[^a-z0-9]", "", text.lower()), text)
 
 
 def dataset_sort_key(name: str) -> tuple[int, str]:
@@ -545,12 +535,28 @@ def domain_gen_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence
     )
 
 
+#: The table builders by table kind (what a protocol's ``table_kind`` names).
+TABLE_KINDS: dict[str, Callable[..., Table]] = {
+    "base2new": base2new_table,
+    "few-shot": few_shot_table,
+    "cross-dataset": cross_dataset_table,
+    "domain-gen": domain_gen_table,
+}
+
+
+def protocol_table(kind: str, rows: Rows, group_by: GroupBy = "method") -> Table:
+    """The table of ``kind`` (a protocol's ``table_kind``) over ``rows``; an unknown kind is one line."""
+    if kind not in TABLE_KINDS:
+        raise RlptuneError(f"tables: table kind {kind!r} is not known; available: {', '.join(TABLE_KINDS)}")
+    return TABLE_KINDS[kind](rows, group_by=group_by)
+
+
 def other_runs_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence[str] | None = None) -> Table:
     """Runs outside the four protocols (e.g. a plain ``rlptune train``): test accuracy and macro-F1 per dataset × method."""
     acc: dict[tuple, float] = {}
     f1: dict[tuple, float] = {}
     for row in collapse_shot_independent(rows):
-        if _infer_protocol(row) in ("base2new", "few-shot", "cross-dataset", "domain-gen") or row.get("accuracy") is None:
+        if _infer_protocol(row) in TABLE_KINDS or row.get("accuracy") is None:
             continue
         key = (str(row["dataset"]), _group(row, group_by), row.get("shots"), row.get("seed"))
         _put(acc, key, row["accuracy"], "single-run")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
+from .. import registry
 from ..errors import RlptuneError
 
 #: ``work(payload) -> summary``: one run; returns a short line for the progress log, raises on failure.
@@ -143,12 +144,14 @@ class Outcome:
         return self.error is None
 
 
-def run_task(work: WorkFunction, task: Task, threads: int = 0) -> Outcome:
+def run_task(work: WorkFunction, task: Task, threads: int = 0, plugins: registry.PluginSet | None = None) -> Outcome:
     """Run one task in this process and turn any exception into an :class:`Outcome` (workers of every executor
-    call this, so an error crosses process boundaries as plain text, never as an unpicklable exception)."""
+    call this, so an error crosses process boundaries as plain text, never as an unpicklable exception).
+    ``plugins``: the sweep's plug-in modules, imported first so the run's method, dataset, protocol … resolve."""
     if threads > 0:
         _limit_threads(threads)
     try:
+        (plugins or registry.PluginSet()).load()
         return Outcome(task.key, summary=work(task.payload))
     except RlptuneError as exc:
         return Outcome(task.key, error=_first_line(str(exc)), detail=str(exc))
@@ -235,6 +238,8 @@ class Executor:
     def __init__(self, settings: ExecutorSettings, results_dir: str | os.PathLike) -> None:
         self.settings = settings
         self.results_dir = Path(results_dir)
+        #: the plug-in modules of this process: every worker imports them before it resolves a run's settings
+        self.plugins = registry.PluginSet.current()
 
     def run(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress) -> None:
         raise NotImplementedError
@@ -285,7 +290,8 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlptune-parent-watchdog", daemon=True).start()
 
 
-def _worker_main(conn: Any, work: WorkFunction, threads: int, parent_pid: int) -> None:
+def _worker_main(conn: Any, work: WorkFunction, threads: int, parent_pid: int,
+                 plugins: registry.PluginSet | None = None) -> None:
     """A sweep worker: runs the tasks its parent sends, one at a time, until told to stop (``None``) or orphaned."""
     _die_with_parent(parent_pid)
     while True:
@@ -295,16 +301,16 @@ def _worker_main(conn: Any, work: WorkFunction, threads: int, parent_pid: int) -
             return
         if task is None:
             return
-        conn.send(run_task(work, task, threads))
+        conn.send(run_task(work, task, threads, plugins))
 
 
 class _Worker:
     """One spawned process with a pipe of its own, so that a death is charged to the run it was running and to no
     other (a shared process pool breaks whole and cannot say which of its runs killed it)."""
 
-    def __init__(self, context: Any, work: WorkFunction, threads: int) -> None:
+    def __init__(self, context: Any, work: WorkFunction, threads: int, plugins: registry.PluginSet | None = None) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, work, threads, os.getpid()),
+        self.process = context.Process(target=_worker_main, args=(child, work, threads, os.getpid(), plugins),
                                        name="rlptune-run-worker")
         self.process.start()
         child.close()
@@ -363,7 +369,7 @@ class LocalExecutor(Executor):
     def run(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress) -> None:
         if self.settings.jobs <= 1 or len(tasks) <= 1:
             for task in tasks:
-                progress.record(run_task(work, task, self.settings.cpus_per_run), running=0)
+                progress.record(run_task(work, task, self.settings.cpus_per_run, self.plugins), running=0)
             return
         context = multiprocessing.get_context("spawn")
         attempts = {t.key: 0 for t in tasks}
@@ -372,7 +378,7 @@ class LocalExecutor(Executor):
         try:
             while queue or workers:
                 while queue and len(workers) < self.settings.jobs:
-                    workers.append(_Worker(context, work, self.threads()))
+                    workers.append(_Worker(context, work, self.threads(), self.plugins))
                 for worker in workers:
                     if worker.task is None and queue:
                         worker.give(queue.popleft())
@@ -438,7 +444,7 @@ class RayExecutor(Executor):
         refs: dict[Any, Task] = {}
         try:
             work_ref = ray.put(work)
-            refs = {remote.remote(work_ref, task, cpus): task for task in tasks}
+            refs = {remote.remote(work_ref, task, cpus, self.plugins): task for task in tasks}
             pending = list(refs)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=min(1.0, self.settings.progress_every_s))
@@ -479,12 +485,13 @@ class SlurmRun:
     """What one Slurm job executes: ``run_task(work, task)``. Preemption or the time limit makes submitit call
     :meth:`checkpoint`, which requeues the same call; the run then resumes from its run directory's checkpoint."""
 
-    def __init__(self, work: WorkFunction, threads: int) -> None:
+    def __init__(self, work: WorkFunction, threads: int, plugins: registry.PluginSet | None = None) -> None:
         self.work = work
         self.threads = threads
+        self.plugins = plugins
 
     def __call__(self, task: Task) -> Outcome:
-        return run_task(self.work, task, self.threads)
+        return run_task(self.work, task, self.threads, self.plugins)
 
     def checkpoint(self, task: Task):
         import submitit
@@ -528,7 +535,7 @@ class SlurmExecutor(Executor):
 
     def run(self, tasks: Sequence[Task], work: WorkFunction, progress: SweepProgress) -> None:
         executor = self._executor()
-        job_function = SlurmRun(work, self.settings.cpus_per_run or 1)
+        job_function = SlurmRun(work, self.settings.cpus_per_run or 1, self.plugins)
         # submitit's local executor starts every submitted job at once: hand it --jobs at a time
         window = len(tasks) if self.settings.slurm_cluster == "slurm" else self.settings.jobs
         waiting = list(tasks)

@@ -36,10 +36,9 @@ from ..rundir import read_result
 from ..errors import RlptuneError
 from ..data import DATA_ENV, canonical_name
 from ..methods import get_method_class
+from ..registry import get_protocol
 from ..rundir import RESULT, check_output_folder, settings_hash
 from .executors import ExecutorSettings, SweepProgress, Task, make_executor
-
-PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
 
 
 @dataclass
@@ -153,8 +152,7 @@ BACKBONES = BackboneCache()
 
 def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None = None, progress: bool = False) -> dict[str, Any]:
     """Run one protocol run (or return its existing result) through the one run pipeline; resumes from a checkpoint."""
-    if spec.protocol not in PROTOCOLS:
-        raise RlptuneError(f"protocol {spec.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    get_protocol(spec.protocol, what="protocol")
     run_dir = spec.run_dir(results_dir)
     result_path = run_dir / RESULT
     if result_path.is_file():
@@ -179,8 +177,7 @@ def validate_specs(specs: Sequence[RunSpec]) -> None:
     by_hash: dict[str, RunSpec] = {}
     by_row: dict[tuple, RunSpec] = {}
     for spec in specs:
-        if spec.protocol not in PROTOCOLS:
-            raise RlptuneError(f"protocol {spec.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        get_protocol(spec.protocol, what="protocol")
         get_method_class(spec.method)
         for name in (spec.dataset, *spec.targets):
             canonical_name(name)
@@ -279,7 +276,7 @@ def make_specs(
                 dataset=dataset,
                 method=method,
                 seed=seed,
-                shots=0 if method == "zeroshot" and protocol != "few-shot" else k,
+                shots=0 if method == "zeroshot" and get_protocol(protocol, what="protocol").table_kind != "few-shot" else k,
                 backbone=backbone,
                 data_root=data_root,
                 targets=list((targets or {}).get(dataset, [])),
@@ -302,7 +299,6 @@ def make_specs(
 
 
 __all__ = [
-    "PROTOCOLS",
     "RunSpec",
     "execute_spec",
     "harmonic_mean",

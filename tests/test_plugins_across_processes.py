@@ -20,7 +20,7 @@ from rlptune import registry
 from rlptune.cli import main
 from rlptune.errors import RlptuneError
 from rlptune.sweeps.runner import make_specs, run_sweep
-from rlptune.protocols.executors import ExecutorSettings, Task, run_task
+from rlptune.sweeps.executors import ExecutorSettings, Task, run_task
 
 TRAIN = {"train": {"epochs": 1, "aug_views": 0, "batch_size": 16}}
 _NUMBERS = itertools.count()

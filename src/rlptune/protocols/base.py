@@ -56,7 +56,7 @@ class Protocol:
     aliases: tuple[str, ...] = ()
     #: which official recipes apply (:data:`rlptune.recipes.PROTOCOLS`: the protocols the papers' scripts cover)
     recipe_key: str = "few-shot"
-    #: which table builder of :mod:`rlptune.analysis.tables` shows the runs: few-shot, base2new, cross-dataset or
+    #: which table builder of :mod:`rlptune.report.tables` shows the runs: few-shot, base2new, cross-dataset or
     #: domain-gen
     table_kind: str = "few-shot"
     #: the protocol holds out new classes (``train.track_new`` can score them during training)

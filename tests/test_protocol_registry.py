@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import rlptune
 from rlptune import recipes, registry
-from rlptune.analysis import tables as T
+from rlptune.report import tables as T
 from rlptune.cli import build_parser, main
 from rlptune.config import resolve_config
 from rlptune.engine.pipeline import training_subset

@@ -60,7 +60,7 @@ def test_an_old_config_yaml_loads_with_its_knobs_in_the_method_options():
 def test_an_old_config_yaml_means_what_the_same_settings_mean_today():
     old = config_from_dict(_old("coop_csc_config"))
     new = resolve_config(overrides={"method": {"name": "coop", "options": {"class_specific": True, "class_token_position": "middle"}},
-                                    "train": {"epochs": 3}})
+                                    "train": {"epochs": 3}, "backbone": {"name": "micro"}})  # the file's backbone
     assert old.to_dict() == new.to_dict()
 
 

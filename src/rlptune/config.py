@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -189,6 +189,31 @@ class FormerMethodSettings:
 
 
 FORMER_METHOD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(FormerMethodSettings)}
+
+
+def in_former_spelling(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``config.to_dict()`` with the shared knobs back in their 0.2 place (``method.<knob>``, every knob present).
+
+    The run folder's settings hash is taken over this shape, so a run, sweep or study made by 0.2 is the same run
+    today (it is reused or resumed, not trained again). A knob moves back only when the method's options declare it
+    as the shared knob; an option of the method's own with the same name (PromptSRC's ``templates``) stays put."""
+    out = dict(config_dict)
+    section = config_dict.get("method")
+    if not isinstance(section, Mapping) or not isinstance(section.get("options"), Mapping):
+        return out
+    try:
+        options_class = registry.method_entry(str(section.get("name"))).options_class
+    except RlptuneError:
+        return out
+    shared = {f.metadata.get("shared"): f.name for f in fields(options_class) if f.metadata.get("shared")} \
+        if dataclasses.is_dataclass(options_class) else {}
+    options = dict(section["options"])
+    method = {k: v for k, v in section.items() if k != "options"}
+    for knob, field_ in FORMER_METHOD_FIELDS.items():
+        method[knob] = options.pop(shared[knob]) if knob in shared and shared[knob] in options else _field_default(field_)
+    method["options"] = options
+    out["method"] = method
+    return out
 
 
 def _read_former_method_field(target: MethodSettings, key: str, value: Any, values: dict, source: str) -> None:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from . import __version__, io, registry
+from .config import in_former_spelling
 from .errors import RlptuneError
 from .io import os_error_line
 
@@ -89,7 +90,7 @@ def settings_hash(config_dict: Mapping[str, Any]) -> str:
     size ...) and the sections in :data:`NON_RESULT_SECTIONS` (the cache's bound and view store) are left out, so resuming on another device or with more workers is the same run.
     """
     relevant: dict[str, Any] = {}
-    for section, values in config_dict.items():
+    for section, values in in_former_spelling(config_dict).items():
         if section in NON_RESULT_SECTIONS:
             continue
         if isinstance(values, Mapping):

@@ -54,6 +54,7 @@ from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..rundir import METRICS
 from ..methods import Method, build_method
+from ..prompts import prompt_layout
 from .candidates import CandidateRun, batchable, train_batched
 from .distributed import current
 from .features import FeatureCache, encode_items
@@ -86,20 +87,20 @@ def paired_margin(candidate: torch.Tensor, baseline: torch.Tensor, z: float) -> 
     return {"n": n, "b": b, "w": w, "margin": 100.0 * margin, "se": 100.0 * se, "z": z, "beats_zero_shot": keep}
 
 
-def guard_z(settings, candidates: int) -> float:
+def guard_z(auto_settings, candidates: int) -> float:
     """The guard's z: ``auto.margin_z`` when set, else the one-sided Bonferroni bound Φ⁻¹(1 − alpha / candidates)
     (the best of K candidates is chosen on the same images, so one comparison's bound would be too lenient)."""
-    if settings.margin_z is not None:
-        return float(settings.margin_z)
-    return NormalDist().inv_cdf(1.0 - settings.alpha / max(candidates, 1))
+    if auto_settings.margin_z is not None:
+        return float(auto_settings.margin_z)
+    return NormalDist().inv_cdf(1.0 - auto_settings.alpha / max(candidates, 1))
 
 
 def candidate_grid(config) -> list[dict[str, dict[str, Any]]]:
     """The candidates' settings ({section: {field: value}}) in grid order: rank, then crop scale, then dropout."""
     a = config.auto
-    lowrank = config.prompt.kind == "lowrank"
-    ranks = a.ranks if lowrank else [config.prompt.rank]
-    dropouts = a.dropouts if lowrank else [config.prompt.dropout]
+    searchable = prompt_layout(config.prompt.kind).searchable  # the kind says what a search may vary
+    ranks = a.ranks if "rank" in searchable else [getattr(config.prompt, "rank")]
+    dropouts = a.dropouts if "dropout" in searchable else [getattr(config.prompt, "dropout")]
     crops = a.crop_scales if config.train.augment else [config.train.crop_scale]
     grid = []
     for r in ranks:
@@ -239,7 +240,9 @@ def spectrum_rank(config, backbone, splits: DatasetSplits, cache: FeatureCache, 
     a = config.auto
     cfg = copy.deepcopy(config)
     cfg.method.name = "coop"
-    cfg.prompt.kind, cfg.prompt.dropout, cfg.prompt.rank = "full", 0.0, 1
+    cfg.prompt.kind = prompt_layout(config.prompt.kind).spectrum_kind
+    for name, value in (("dropout", 0.0), ("rank", 1)):  # the full-rank run has neither
+        setattr(cfg.prompt, name, value)
     cfg.train.epochs = a.spectrum_epochs or max(1, config.train.epochs // 4)
     cfg.train.warmup_epochs = min(cfg.train.warmup_epochs, max(cfg.train.epochs - 1, 0))
     run = CandidateRun("spectrum", cfg, _build(cfg, backbone, splits))
@@ -272,7 +275,7 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
     record: dict[str, Any] = {"validation": how, "folds": len(folds), "rule": GUARD_RULE}
 
     grid = candidate_grid(base)
-    if base.prompt.kind == "lowrank" and base.auto.rank_rule in ("spectrum", "both"):
+    if prompt_layout(base.prompt.kind).spectrum_kind and base.auto.rank_rule in ("spectrum", "both"):
         spectrum = spectrum_rank(base, backbone, splits, cache, scratch, log)
         record["spectrum"] = spectrum
         log(f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)")
@@ -341,7 +344,7 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         state = TrainState(epochs_done=0)
         record["decision"] = "zero-shot"
         what = "the starting prompt" if not zero_shot else (
-            "the zero-shot prompt (P_B = 0)" if base.prompt.kind == "lowrank" else "the zero-shot prompt")
+            "the zero-shot prompt (P_B = 0)" if prompt_layout(base.prompt.kind).spectrum_kind else "the zero-shot prompt")
         log(f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
             f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
             f"{guard['se']:.2f}); returning {what}")
@@ -362,7 +365,7 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         log(f"auto: chose {best_name} at epoch {best_epoch}: validation {best_acc:.2f}% vs zero-shot {baseline_acc:.2f}% "
             f"(margin {guard['margin']:+.2f} > {guard['z']:g} x SE {guard['se']:.2f})")
     record["chosen"] = {"name": best_name if record["decision"] == "candidate" else "zero-shot",
-                        "rank": adapter_config.prompt.rank, "dropout": adapter_config.prompt.dropout,
+                        "rank": getattr(adapter_config.prompt, "rank"), "dropout": getattr(adapter_config.prompt, "dropout"),
                         "crop_scale": adapter_config.train.crop_scale,
                         "epoch": best_epoch if record["decision"] == "candidate" else 0}
     state.seconds = time.perf_counter() - t0
@@ -383,6 +386,7 @@ def _is_zero_shot(start: Method, config, backbone, splits: DatasetSplits) -> boo
     """Whether the starting prompt's class features are the zero-shot method's (within float tolerance)."""
     zs_config = copy.deepcopy(config)
     zs_config.method.name = "zeroshot"
+    zs_config.method.options = {}  # the trained method's own options are not zero-shot's
     try:
         zero = build_method(zs_config, backbone, splits.classnames, splits.template)
         with backbone.autocast():

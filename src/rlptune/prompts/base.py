@@ -80,6 +80,10 @@ class PromptLayout:
 
     tokens: Dims = ()
     sizes: Callable[[Any], tuple[tuple[str, int, Dims], ...]] = _no_sizes
+    #: the ``prompt.*`` settings a search over candidates (``--auto``) may vary for this kind (low rank: rank and
+    #: dropout), and the kind whose trained update's spectrum picks the rank (low rank: ``full``); empty / None: none
+    searchable: tuple[str, ...] = ()
+    spectrum_kind: str | None = None
 
 
 _LAYOUTS: dict[str, PromptLayout] = {}

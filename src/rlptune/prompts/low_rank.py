@@ -74,6 +74,8 @@ def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPro
 
 #: ``A`` (…, n, r) holds the tokens per prompt; ``A``'s last and ``B``'s first dimension (…, r, d) the rank.
 LOW_RANK_LAYOUT = PromptLayout(
+    searchable=("rank", "dropout"),
+    spectrum_kind="full",
     tokens=(("A", -2),), sizes=lambda settings: (("settings.prompt.rank", int(settings.rank), (("A", -1), ("B", -2))),)
 )
 

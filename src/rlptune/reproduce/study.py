@@ -32,6 +32,8 @@ from ..rundir import check_output_folder, read_result
 from ..sweeps.executors import ExecutorSettings
 from ..sweeps.runner import BACKBONES, make_specs, run_sweep
 from .analyse import analyse
+from .auto_part import auto_analysis
+from .auto_runs import PART as AUTO_PART
 from .merge import load_earlier_report
 from .plan import StudyResults, make_plan
 from .settings import BASELINE, StudySettings
@@ -75,5 +77,8 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
         results.runs = {results.key(s): r for s, r in zip(specs, finished)}
     wall = time.perf_counter() - started
     tables, claims, figures = analyse(plan, results, settings)
+    if AUTO_PART in plan.variants:  # part 7 (its own module: it reads the --auto record of each run)
+        auto_tables, auto_claims = auto_analysis(plan, results, settings)
+        tables, claims = [*tables, *auto_tables], [*claims, *auto_claims]
     return write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs),
                         earlier=earlier)

@@ -159,3 +159,12 @@ def test_k_fold_never_leaves_a_fold_empty(classes, shots, k, seed):
     for tr, val in folds:
         assert tr and val and len(tr) + len(val) == len(train)
         assert abs(len(val) - len(train) / k) < 1  # balanced over the classes taken together
+
+
+def test_a_backbone_without_a_suite_makes_no_custom_folders():
+    """reproduce-auto-no-suite: no renderer to make folders from; the section says so."""
+    from rlptune.reproduce.auto_part import auto_markdown
+
+    study = StudySettings(backbone="ViT-B-16", datasets=["eurosat"], parts=[PART])
+    assert custom_folders(study) == []
+    assert "none (no suite)" in "\n".join(auto_markdown(study, custom_folders(study)))

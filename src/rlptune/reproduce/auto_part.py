@@ -53,6 +53,11 @@ def part_rows(plan: Plan, results: StudyResults, settings: StudySettings) -> dic
     return out
 
 
+def _stratum_order(stratum: tuple[Any, Any]) -> tuple[str, int]:
+    """(dataset, shots) by dataset name, then by the number of shots (1, 4, 16: not as text)."""
+    return str(stratum[0]), int(stratum[1] or 0)
+
+
 def _t_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
     if len(values) < 2:
         return None, None
@@ -68,7 +73,7 @@ def _accuracy_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str,
     out = []
     for block, arms in by.items():
         metric = _metric(block)
-        strata = sorted({(r["dataset"], r["shots"]) for rows in arms.values() for r in rows}, key=repr)
+        strata = sorted({(r["dataset"], r["shots"]) for rows in arms.values() for r in rows}, key=_stratum_order)
         for dataset, shots in strata:
             for arm, _, _ in ARMS:
                 rows = [r for r in arms.get(arm, []) if r["dataset"] == dataset and r["shots"] == shots]
@@ -123,7 +128,7 @@ def _rank_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str, Any
     out = []
     for block, arms in by.items():
         rows = [r for r in arms.get("--auto", []) if isinstance(r.get("auto"), dict)]
-        for dataset, shots in sorted({(r["dataset"], r["shots"]) for r in rows}, key=repr):
+        for dataset, shots in sorted({(r["dataset"], r["shots"]) for r in rows}, key=_stratum_order):
             mine = sorted((r for r in rows if r["dataset"] == dataset and r["shots"] == shots), key=lambda r: r["seed"])
             chosen, spectrum, agree, compared = [], [], 0, 0
             for r in mine:

@@ -13,6 +13,11 @@ skipped, interrupted ones resume) and analysed with :mod:`rlptune.analysis`:
    (method, dataset) across runs, and across the epochs of each run (every base-to-new run of the study logs its
    new-class accuracy per epoch with ``train.track_new``); pure analysis of the runs above.
 
+Beyond the paper, asked for by name (``--parts auto``; :mod:`.auto_runs`, :mod:`.auto_part`):
+
+7. ``auto``      — ``--auto`` vs RLP's official recipe vs zero-shot on few-shot (1, 4, 16 shots), base-to-new and three
+   small custom folders the study makes; paired verdicts, the ranks ``--auto`` chose, the spectrum rule's agreement.
+
 ``--sweep-datasets`` runs parts 3-5 (the RLP-only sweeps and the transfer protocols) on a subset of the datasets, and
 ``--exclude`` leaves methods out (the report lists both): the full study on 2 CPU cores is many hours.
 

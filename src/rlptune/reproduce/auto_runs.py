@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import io
+from ..data import load_dataset
 from ..errors import RlptuneError
 from ..sweeps.runner import RunSpec, make_specs
 from .settings import REFERENCE, SUBJECT, StudySettings, SUITES, suite
@@ -81,8 +82,6 @@ def folder_root(settings: StudySettings, folder: CustomFolder) -> Path:
 
 def make_custom_folder(settings: StudySettings, folder: CustomFolder) -> Path:
     """Write ``<root>/<class>/<i>.png`` from the suite's rendered images (once; reused when stamped complete)."""
-    from ..data import load_dataset  # the data loaders are needed only when a folder is made
-
     root = folder_root(settings, folder)
     if (root / STAMP).is_file():
         return root

@@ -19,7 +19,7 @@ from rlptune.cli import build_parser
 from rlptune.methods import get_method_class
 from rlptune.reproduce.analyse import analyse
 from rlptune.reproduce.plan import StudyResults, baseline_placement, make_plan, prompt_methods, transfer_methods
-from rlptune.reproduce.settings import BASELINE, PARTS, REFERENCE, SUBJECT, StudySettings, study_methods
+from rlptune.reproduce.settings import BASELINE, PAPER_PARTS, PARTS, REFERENCE, SUBJECT, StudySettings, study_methods
 
 PACKAGE = Path(rlptune.__file__).resolve().parent
 #: The applications: they may import the study and the sweeps; every other module is the library.
@@ -166,7 +166,7 @@ def test_the_part_names_have_one_owner():
     sub = next(a for a in parser._actions if a.dest == "command")
     reproduce = sub.choices["reproduce"]
     parts = next(a for a in reproduce._actions if a.dest == "parts")
-    assert tuple(parts.choices) == PARTS and parts.default == list(PARTS)
+    assert tuple(parts.choices) == PARTS and parts.default == list(PAPER_PARTS)
     spelled = [p for p in PACKAGE.rglob("*.py") if '"base2new", "lowrank", "rank", "ablation"' in p.read_text(encoding="utf-8")]
     assert [p.relative_to(PACKAGE).as_posix() for p in spelled] == ["reproduce/settings.py"]
     assert not (PACKAGE / "evidence.py").exists() and not (PACKAGE / "protocols" / "evidence.py").exists()

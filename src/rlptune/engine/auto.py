@@ -149,11 +149,13 @@ def validation_folds(splits: DatasetSplits, config) -> tuple[str, list[tuple[lis
     by_class: dict[int, list[int]] = {}
     for i, item in enumerate(splits.train):
         by_class.setdefault(item.label, []).append(i)
+    offset = 0  # each class starts where the previous one stopped: with 1 shot per class no fold is left empty
     for label in sorted(by_class):
         members = by_class[label]
         order = torch.randperm(len(members), generator=generator).tolist()
         for j, position in enumerate(order):
-            fold_of[members[position]] = j % k
+            fold_of[members[position]] = (offset + j) % k
+        offset += len(members)
     folds = []
     for f in range(k):
         val = [it for i, it in enumerate(splits.train) if fold_of[i] == f]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..options import int_flag
 from ..sweeps.executors import add_executor_args, executor_settings_from_args
-from .settings import PARTS, StudySettings
+from .settings import PAPER_PARTS, PARTS, StudySettings
 
 
 def add_reproduce_parser(sub: Any) -> None:
@@ -28,7 +28,8 @@ def add_reproduce_parser(sub: Any) -> None:
                    help="shots of the base-to-new, cross-dataset and domain-gen runs")
     p.add_argument("--epochs", type=int_flag("--epochs", low=0), default=None,
                    help="override every recipe's epochs (default: the official ones)")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which parts to run")
+    p.add_argument("--parts", nargs="+", default=list(PAPER_PARTS), choices=PARTS,
+                   help="which parts to run (default: the paper's six; auto: --auto vs the official recipe vs zero-shot)")
     p.add_argument("--sweep-datasets", nargs="+", default=None,
                    help="run parts 3-5 (rank, ablation, transfer) on these datasets only (default: all of --datasets)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="METHOD",

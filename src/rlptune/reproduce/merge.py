@@ -19,7 +19,7 @@ from .tables import EvidenceTable
 
 #: The part each table (by name prefix) and figure (by file stem) of a report belongs to.
 TABLE_PARTS = {"part1_": "base2new", "part2_": "lowrank", "part3_": "rank", "part4_": "ablation", "part5_": "transfer",
-               "part6_": "density"}
+               "part6_": "density", "part7_": "auto"}
 FIGURE_PARTS = {"fig_base2new": "base2new", "fig_few_shot": "transfer", "fig_density": "density"}
 #: Claims of reports written before claims named their part, by the opening words the study gives them.
 _CLAIM_OPENINGS = {"RLP generalises base-to-new": "base2new", "RLP tunes far fewer": "base2new",

@@ -22,6 +22,8 @@ from .. import recipes
 from ..errors import RlptuneError
 from ..methods import get_method_class
 from ..sweeps.runner import RunSpec, make_specs, spec_settings_hash
+from .auto_runs import ARMS, auto_runs
+from .auto_runs import PART as AUTO_PART
 from .settings import BASELINE, REFERENCE, SUBJECT, SWEEP_PARTS, StudySettings, shifts_of, study_methods
 
 #: RLP's own prompt settings, applied to another method's prompt for the low-rank variant (part 2).
@@ -220,6 +222,9 @@ def make_plan(settings: StudySettings, backbone: Any = None) -> Plan:
         plan.variants.setdefault(part, []).append(group.variant)
         key = (group.part, group.variant.name)
         plan.runs[key] = _specs(group.protocol, group.datasets, group.variant, settings, group.shots, group.targets)
+    if AUTO_PART in settings.parts:  # part 7's runs span protocols and generated folders (.auto_runs)
+        plan.variants[AUTO_PART] = [Variant(name, method, changes) for name, method, changes in ARMS]
+        plan.runs.update(auto_runs(settings))
     for key, specs in list(plan.runs.items()):
         if specs and specs[0].method in settings.exclude:
             plan.skipped[key] = f"excluded from this study (--exclude {specs[0].method})"

@@ -15,8 +15,11 @@ from typing import Any
 from .. import recipes, registry
 from ..errors import RlptuneError
 
-#: The study's parts, in order (the command's ``--parts`` choices).
-PARTS = ("base2new", "lowrank", "rank", "ablation", "transfer", "density")
+#: The paper's parts, in order: what the study runs unless ``--parts`` says otherwise.
+PAPER_PARTS = ("base2new", "lowrank", "rank", "ablation", "transfer", "density")
+#: Every part (the command's ``--parts`` choices): the paper's, then ``auto`` (``--auto`` vs the official recipe vs
+#: zero-shot, beyond the paper: asked for by name).
+PARTS = (*PAPER_PARTS, "auto")
 #: The parts that ``--sweep-datasets`` restricts (parts 1-2 always cover every dataset).
 SWEEP_PARTS = ("rank", "ablation", "transfer")
 #: The protocols of the transfer part (a skipped entry of that part names one of them).
@@ -47,7 +50,7 @@ class StudySettings:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     shots: int = 16
     epochs: int | None = None  # None: every method's official epochs
-    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    parts: list[str] = field(default_factory=lambda: list(PAPER_PARTS))
     quick: bool = False
     sweep_datasets: list[str] | None = None  # parts 3-5 on these (default: ``datasets``)
     exclude: list[str] = field(default_factory=list)  # methods left out (reported as skipped, with this reason)

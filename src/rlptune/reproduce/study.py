@@ -13,6 +13,11 @@ skipped, interrupted ones resume) and analysed with :mod:`rlptune.report` and :m
    (method, dataset) across runs, and across the epochs of each run (every base-to-new run of the study logs its
    new-class accuracy per epoch with ``train.track_new``); pure analysis of the runs above.
 
+Beyond the paper, asked for by name (``--parts auto``; :mod:`.auto_runs`, :mod:`.auto_part`):
+
+7. ``auto``      — ``--auto`` vs RLP's official recipe vs zero-shot on few-shot (1, 4, 16 shots), base-to-new and three
+   small custom folders the study makes; paired verdicts, the ranks ``--auto`` chose, the spectrum rule's agreement.
+
 ``--sweep-datasets`` runs parts 3-5 (the RLP-only sweeps and the transfer protocols) on a subset of the datasets, and
 ``--exclude`` leaves methods out (the report lists both): the full study on 2 CPU cores is many hours.
 
@@ -32,6 +37,8 @@ from ..rundir import RESULT, check_output_folder, read_result
 from ..sweeps.executors import ExecutorSettings
 from ..sweeps.runner import BACKBONES, make_specs, run_sweep
 from .analyse import analyse
+from .auto_part import auto_analysis
+from .auto_runs import PART as AUTO_PART
 from .merge import load_earlier_report
 from .plan import StudyResults, make_plan
 from .settings import BASELINE, StudySettings
@@ -75,5 +82,8 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
         results.runs = {results.key(s): r for s, r in zip(specs, finished)}
     wall = time.perf_counter() - started
     tables, claims, figures = analyse(plan, results, settings)
+    if AUTO_PART in plan.variants:  # part 7 (its own module: it reads the --auto record of each run)
+        auto_tables, auto_claims = auto_analysis(plan, results, settings)
+        tables, claims = [*tables, *auto_tables], [*claims, *auto_claims]
     return write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs),
                         earlier=earlier)

@@ -11,11 +11,14 @@ from .. import __version__, io
 from ..report import plots
 from ..analysis import stats as S
 from ..report import tables as T
+from .auto_part import auto_markdown
+from .auto_runs import PART as AUTO_PART
+from .auto_runs import custom_folders
 from .estimate import estimate_full_seconds, joined_estimate
 from .merge import (FIGURE_PARTS, TABLE_PARTS, EarlierReport, by_part, claim_part, copy_figures, join_settings,
                     part_of, report_pieces)
 from .plan import Plan, StudyResults
-from .settings import PARTS, SWEEP_PARTS, StudySettings
+from .settings import PAPER_PARTS, SWEEP_PARTS, StudySettings
 from .tables import EvidenceTable
 
 
@@ -94,7 +97,7 @@ def study_markdown(settings: StudySettings, tables: list[EvidenceTable], claims:
                    figures: list[str], wall: float, runs: int, estimate: Mapping[str, Any], planned: int | None = None,
                    pieces: Sequence[Mapping[str, Any]] = ()) -> str:
     """EVIDENCE.md: what was run and how far it reaches, the verdict on each claim, the tables and figures."""
-    parts_left_out = [p for p in PARTS if p not in settings.parts]
+    parts_left_out = [p for p in PAPER_PARTS if p not in settings.parts]
     sweeps_cut = settings.sweep_datasets != settings.datasets and any(p in SWEEP_PARTS for p in settings.parts)
     reduced = bool(settings.exclude) or sweeps_cut or bool(parts_left_out)
     kind = ("QUICK study (smoke-test settings: too few epochs, shots and seeds to read anything into)" if settings.quick
@@ -134,6 +137,8 @@ def study_markdown(settings: StudySettings, tables: list[EvidenceTable], claims:
     if skipped:
         lines += ["## Skipped on this backbone", "", "| part | variant | reason |", "|---|---|---|",
                   *[f"| {s['part']} | {s['variant']} | {s['reason']} |" for s in skipped], ""]
+    if AUTO_PART in settings.parts:
+        lines += auto_markdown(settings, custom_folders(settings))
     lines += ["## Tables", ""]
     for table in tables:
         lines += [table.markdown(), f"(`{table.name}.csv`, `{table.name}.json`)", ""]

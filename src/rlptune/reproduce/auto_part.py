@@ -12,7 +12,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..analysis import stats as S
-from ..analysis.report import result_to_row
+from ..report.writer import result_to_row
 from ..engine.auto import wilson_interval
 from .analyse import verdict
 from .auto_runs import ARMS, PART, block_name, dataset_label, split_key

@@ -40,7 +40,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable, Sequence
@@ -259,6 +259,19 @@ def spectrum_rank(config, backbone, splits: DatasetSplits, cache: FeatureCache, 
             "singular_values": [float(s) for s in sigma], "seconds": round(seconds, 3)}
 
 
+@dataclass
+class _Search:
+    """What every step of one search shares (the settings with ``auto`` off, where it trains, how it reports), so
+    the steps stay short functions instead of one long one."""
+
+    base: Any
+    backbone: Any
+    splits: DatasetSplits
+    cache: FeatureCache
+    scratch: Path
+    log: Callable[[str], None]
+
+
 def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
            log: Callable[[str], None] | None = None) -> tuple[Method, TrainState, dict[str, Any], Any]:
     """Run ``--auto``: (the chosen method, its training state, the ``auto`` record, the chosen settings)."""
@@ -266,51 +279,100 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
     if current().enabled:
         raise RlptuneError("auto.enabled: --auto runs in one process; start it without torchrun")
     t0 = time.perf_counter()
-    base = base_config(config)
-    splits: DatasetSplits = data.train
-    start = _build(base, backbone, splits)
-    if start.closed_form or not any(p.requires_grad for p in start.parameters()):
-        raise RlptuneError(f"auto.enabled: method {base.method.name!r} has no prompt trained by gradient steps to choose settings for")
-    scratch = Path(output_dir) / ".auto"
-    how, folds = validation_folds(splits, base)
+    s = _Search(base_config(config), backbone, data.train, cache, Path(output_dir) / ".auto", log)
+    start = _starting_method(s)
+    how, folds = validation_folds(s.splits, s.base)
     log(f"auto: validating on {how}")
     record: dict[str, Any] = {"validation": how, "folds": len(folds), "rule": GUARD_RULE}
+    grid = _search_grid(s, record)
+    names = [candidate_name(g) for g in grid]
+    record["grid"] = {"names": names, "settings": grid}
+    log(f"auto: {len(grid)} candidates ({', '.join(names)})")
 
+    # the starting prompt: for RLP (P_B = 0) and contexts initialised from the hand-crafted text, the zero-shot prompt
+    zero_shot = _is_zero_shot(start, s.base, backbone, s.splits)
+    pooled, baseline, train_seconds = _train_folds(s, start, folds, names, grid)
+    candidates, best_name, best_acc, best_epoch = _score_candidates(names, grid, pooled, int(baseline.numel()))
+    record["candidates"] = candidates
+    baseline_acc = _record_baseline(record, baseline, zero_shot)
+    if best_name is None:
+        raise RlptuneError("auto: no candidate completed an epoch of validation")
+    chosen_runs = pooled[best_name]
+    right = torch.cat([r.correct[best_epoch - 1] for r in chosen_runs])
+    guard = paired_margin(right, baseline, guard_z(s.base.auto, len(grid)))
+    record["margin"] = guard
+    settings = grid[names.index(best_name)]
+    record["best_candidate"] = {"name": best_name, "settings": settings, "epoch": best_epoch, "val": round(best_acc, 4)}
+    outcome = (best_name, best_acc, baseline_acc, guard)
+    if not guard["beats_zero_shot"]:
+        method, adapter_config, state = _return_start(s, start, zero_shot, outcome)
+        record["decision"] = "zero-shot"
+    else:
+        curve = candidates[names.index(best_name)]["curve"]
+        method, adapter_config, state, seconds = _take_candidate(s, folds, settings, chosen_runs, best_epoch, curve,
+                                                                 outcome)
+        train_seconds += seconds
+        record["decision"] = "candidate"
+    _record_choice(record, adapter_config, best_name, best_epoch)
+    state.seconds = time.perf_counter() - t0
+    record["seconds"] = {"total": round(state.seconds, 3), "training": round(train_seconds, 3)}
+    record["batched"] = batchable(start)
+    if state.records:
+        io.write_text(Path(output_dir) / METRICS, "".join(_jsonl(r) for r in state.records))
+    method.eval()
+    return method, state, record, adapter_config
+
+
+def _starting_method(s: _Search) -> Method:
+    """The method before any candidate trains (the guard's baseline); a method with nothing trained by gradient
+    steps has no settings to search, so it is refused here, before anything trains."""
+    start = _build(s.base, s.backbone, s.splits)
+    if start.closed_form or not any(p.requires_grad for p in start.parameters()):
+        raise RlptuneError(f"auto.enabled: method {s.base.method.name!r} has no prompt trained by gradient steps to choose settings for")
+    return start
+
+
+def _search_grid(s: _Search, record: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """The candidates to train: the grid, with its ranks replaced by the spectrum's when ``auto.rank_rule`` asks
+    (the spectrum run and its record happen here, before the candidates, as the rule needs its rank first)."""
+    base = s.base
     grid = candidate_grid(base)
     if prompt_layout(base.prompt.kind).spectrum_kind and base.auto.rank_rule in ("spectrum", "both"):
-        spectrum = spectrum_rank(base, backbone, splits, cache, scratch, log)
+        spectrum = spectrum_rank(base, s.backbone, s.splits, s.cache, s.scratch, s.log)
         record["spectrum"] = spectrum
-        log(f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)")
+        s.log(f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)")
         if base.auto.rank_rule == "spectrum":
             grid = [g for g in grid if g["prompt"]["rank"] == grid[0]["prompt"]["rank"]]
             for g in grid:
                 g["prompt"]["rank"] = spectrum["rank"]
     elif base.auto.rank_rule != "validation":
         record["spectrum"] = None  # no rank to choose: the method's prompt is not low-rank
-    names = [candidate_name(g) for g in grid]
-    record["grid"] = {"names": names, "settings": grid}
-    log(f"auto: {len(grid)} candidates ({', '.join(names)})")
+    return grid
 
-    # the starting prompt: for RLP (P_B = 0) and contexts initialised from the hand-crafted text, the zero-shot prompt
-    zero_shot = _is_zero_shot(start, base, backbone, splits)
+
+def _train_folds(s: _Search, start: Method, folds, names: list[str], grid: list) -> tuple[dict[str, list], torch.Tensor, float]:
+    """Every candidate trained on every fold: ({name: its run per fold}, the starting prompt's per-image
+    correctness over all folds' validation images, the training seconds)."""
     pooled: dict[str, list] = {n: [] for n in names}
     baseline_right = []
     train_seconds = 0.0
-    runs_by_fold = []
     for train_items, val_items in folds:
         labels = torch.tensor([it.label for it in val_items])
-        baseline_right.append(predictions(start, splits, val_items, cache) == labels)
-        runs = [CandidateRun(n, with_settings(base, g), None) for n, g in zip(names, grid)]  # type: ignore[arg-type]
+        baseline_right.append(predictions(start, s.splits, val_items, s.cache) == labels)
+        runs = [CandidateRun(n, with_settings(s.base, g), None) for n, g in zip(names, grid)]  # type: ignore[arg-type]
         for run in runs:
-            run.method = _build(run.config, backbone, splits)
-        train_seconds += _train(runs, splits, train_items, val_items, cache, scratch, log)
-        runs_by_fold.append(runs)
+            run.method = _build(run.config, s.backbone, s.splits)
+        train_seconds += _train(runs, s.splits, train_items, val_items, s.cache, s.scratch, s.log)
         for run in runs:
             pooled[run.name].append(run)
-    shutil.rmtree(scratch, ignore_errors=True)
-    baseline = torch.cat(baseline_right)
-    n_val = int(baseline.numel())
+    shutil.rmtree(s.scratch, ignore_errors=True)
+    return pooled, torch.cat(baseline_right), train_seconds
 
+
+def _score_candidates(names: list[str], grid: list, pooled: dict[str, list],
+                      n_val: int) -> tuple[list[dict[str, Any]], str | None, float, int]:
+    """Each candidate's pooled validation curve and best epoch (the record's entries), and the best candidate:
+    (entries, its name or None, its accuracy, its epoch); ties keep the earlier candidate and epoch."""
     candidates = []
     best_name, best_acc, best_epoch = None, -1.0, 0
     for name, settings in zip(names, grid):
@@ -328,55 +390,59 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         if stopped:
             entry["stopped"] = stopped
         candidates.append(entry)
-    record["candidates"] = candidates
+    return candidates, best_name, best_acc, best_epoch
+
+
+def _record_baseline(record: dict[str, Any], baseline: torch.Tensor, zero_shot: bool) -> float:
+    """Record the starting prompt's validation accuracy (and whether it is the zero-shot prompt); return it."""
+    n_val = int(baseline.numel())
     baseline_acc = 100.0 * float(baseline.float().mean()) if n_val else 0.0
     record["baseline"] = {"val": round(baseline_acc, 4), "is_zero_shot_prompt": zero_shot,
                           "what": "the starting prompt" + (" (= the zero-shot prompt)" if zero_shot else "")}
-    if best_name is None:
-        raise RlptuneError("auto: no candidate completed an epoch of validation")
-    chosen_runs = pooled[best_name]
-    right = torch.cat([r.correct[best_epoch - 1] for r in chosen_runs])
-    guard = paired_margin(right, baseline, guard_z(base.auto, len(grid)))
-    record["margin"] = guard
-    settings = grid[names.index(best_name)]
-    record["best_candidate"] = {"name": best_name, "settings": settings, "epoch": best_epoch, "val": round(best_acc, 4)}
+    return baseline_acc
 
-    if not guard["beats_zero_shot"]:
-        method, adapter_config = start, base
-        state = TrainState(epochs_done=0)
-        record["decision"] = "zero-shot"
-        what = "the starting prompt" if not zero_shot else (
-            "the zero-shot prompt (P_B = 0)" if prompt_layout(base.prompt.kind).spectrum_kind else "the zero-shot prompt")
-        log(f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
-            f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
-            f"{guard['se']:.2f}); returning {what}")
-    else:
-        adapter_config = with_settings(base, settings)
-        if len(folds) == 1:
-            run = chosen_runs[0]
-            method = run.method
-            method.load_adapter_state(run.best[2], f"auto candidate {best_name}, epoch {best_epoch}")
-        else:  # k-fold: the chosen candidate retrained on every shot, to its chosen epoch
-            run = CandidateRun(best_name, adapter_config, _build(adapter_config, backbone, splits))
-            train_seconds += _train([run], splits, splits.train, [], cache, scratch, log, stop_after=best_epoch)
-            shutil.rmtree(scratch, ignore_errors=True)
-            method = run.method
-        state = TrainState(epochs_done=best_epoch)
-        state.records = [{"epoch": e + 1, "val_acc": v} for e, v in enumerate(candidates[names.index(best_name)]["curve"])]
-        record["decision"] = "candidate"
-        log(f"auto: chose {best_name} at epoch {best_epoch}: validation {best_acc:.2f}% vs zero-shot {baseline_acc:.2f}% "
-            f"(margin {guard['margin']:+.2f} > {guard['z']:g} x SE {guard['se']:.2f})")
-    record["chosen"] = {"name": best_name if record["decision"] == "candidate" else "zero-shot",
+
+def _return_start(s: _Search, start: Method, zero_shot: bool, outcome: tuple) -> tuple[Method, Any, TrainState]:
+    """The guard's refusal: the starting prompt, untrained, and one line saying by how little the best missed."""
+    best_name, best_acc, baseline_acc, guard = outcome
+    what = "the starting prompt" if not zero_shot else (
+        "the zero-shot prompt (P_B = 0)" if prompt_layout(s.base.prompt.kind).spectrum_kind else "the zero-shot prompt")
+    s.log(f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
+          f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
+          f"{guard['se']:.2f}); returning {what}")
+    return start, s.base, TrainState(epochs_done=0)
+
+
+def _take_candidate(s: _Search, folds, settings, chosen_runs: list, best_epoch: int, curve: list[float],
+                    outcome: tuple) -> tuple[Method, Any, TrainState, float]:
+    """The guard's acceptance: the chosen candidate at its chosen epoch (with one validation split its kept state;
+    with k folds retrained on every shot to that epoch), its curve as the history, and the retraining seconds."""
+    best_name, best_acc, baseline_acc, guard = outcome
+    adapter_config = with_settings(s.base, settings)
+    seconds = 0.0
+    if len(folds) == 1:
+        run = chosen_runs[0]
+        method = run.method
+        method.load_adapter_state(run.best[2], f"auto candidate {best_name}, epoch {best_epoch}")
+    else:  # k-fold: the chosen candidate retrained on every shot, to its chosen epoch
+        run = CandidateRun(best_name, adapter_config, _build(adapter_config, s.backbone, s.splits))
+        seconds = _train([run], s.splits, s.splits.train, [], s.cache, s.scratch, s.log, stop_after=best_epoch)
+        shutil.rmtree(s.scratch, ignore_errors=True)
+        method = run.method
+    state = TrainState(epochs_done=best_epoch)
+    state.records = [{"epoch": e + 1, "val_acc": v} for e, v in enumerate(curve)]
+    s.log(f"auto: chose {best_name} at epoch {best_epoch}: validation {best_acc:.2f}% vs zero-shot {baseline_acc:.2f}% "
+          f"(margin {guard['margin']:+.2f} > {guard['z']:g} x SE {guard['se']:.2f})")
+    return method, adapter_config, state, seconds
+
+
+def _record_choice(record: dict[str, Any], adapter_config, best_name: str, best_epoch: int) -> None:
+    """Record what ``--auto`` returns: the candidate's settings and epoch, or the starting prompt's (epoch 0)."""
+    chosen = record["decision"] == "candidate"
+    record["chosen"] = {"name": best_name if chosen else "zero-shot",
                         "rank": getattr(adapter_config.prompt, "rank"), "dropout": getattr(adapter_config.prompt, "dropout"),
                         "crop_scale": adapter_config.train.crop_scale,
-                        "epoch": best_epoch if record["decision"] == "candidate" else 0}
-    state.seconds = time.perf_counter() - t0
-    record["seconds"] = {"total": round(state.seconds, 3), "training": round(train_seconds, 3)}
-    record["batched"] = batchable(start)
-    if state.records:
-        io.write_text(Path(output_dir) / METRICS, "".join(_jsonl(r) for r in state.records))
-    method.eval()
-    return method, state, record, adapter_config
+                        "epoch": best_epoch if chosen else 0}
 
 
 def _jsonl(record: dict) -> str:

@@ -116,7 +116,46 @@ def train_batched(
     t0 = time.perf_counter()
     first = runs[0]
     backbone = first.method.backbone
-    device = backbone.device
+    seed = first.config.train.seed
+    text_module = _prepare(runs)
+    index = _split_index(splits, train_items)
+    labels = torch.tensor([it.label for it in train_items])
+    val_labels = torch.tensor([it.label for it in val_items])
+    val_feats = (cache.get_or_encode(backbone, splits, list(val_items), view=0, num_workers=first.config.train.num_workers)
+                 if val_items else None)
+    count = len(labels)
+    batch, stop, steps_per_epoch = _batches(first.config.train, count)
+    epochs = max(total_epochs(run.config.train, steps_per_epoch) for run in runs)
+    if stop_after is not None:
+        epochs = min(epochs, stop_after)
+    for epoch in range(epochs):
+        active = [r for r in runs if r.stopped is None and epoch < total_epochs(r.config.train, steps_per_epoch)]
+        if not active:
+            break
+        views = _epoch_views(active, cache, backbone, splits, epoch, index)
+        torch.manual_seed(epoch_seed(seed, epoch, 1))  # every separate run seeds its dropout masks so per epoch
+        for run in active:
+            _save_rng(run, backbone.device)
+            run.method.train()
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 2)))
+        totals = [0.0] * len(active)
+        for step, start in enumerate(range(0, stop, batch)):
+            idx = order[start : start + batch]
+            _step(active, backbone, text_module, views, idx, labels, (epoch, step, steps_per_epoch), totals)
+        _end_epoch(active, totals, count, epoch)
+        if val_feats is not None:
+            _validate(active, text_module, val_feats, val_labels, epoch, backbone)
+        if log is not None and (epoch + 1) % 50 == 0:
+            log(f"auto: epoch {epoch + 1}/{epochs} of {len(active)} candidates")
+    for run in runs:
+        run.method.eval()
+    return time.perf_counter() - t0
+
+
+def _prepare(runs: Sequence[CandidateRun]) -> Any:
+    """Check the candidates can share one loop, give each its optimizer, and give all the first one's text module
+    (one set of class-token buffers: the same classes and context layout); returns that module."""
+    first = runs[0]
     seed = first.config.train.seed
     for run in runs:
         if run.config.train.seed != seed or run.config.train.batch_size != first.config.train.batch_size:
@@ -127,83 +166,87 @@ def train_batched(
         params = [p for p in run.method.parameters() if p.requires_grad]
         run.optimizer = make_optimizer(params, run.config.train)
     text_module = first.method.text
-    for run in runs[1:]:  # one set of class-token buffers for all (the same classes and context layout)
+    for run in runs[1:]:
         if run.method.classnames != first.method.classnames or run.method.n_ctx != first.method.n_ctx:
             raise RlptuneError("batched candidates must share the class list and prompt.n_ctx")
         run.method.text = text_module
+    return text_module
+
+
+def _split_index(splits, train_items: Sequence) -> torch.Tensor:
+    """Where each training item sits in the training split (features are read for the whole split and indexed)."""
     position = {id(item): i for i, item in enumerate(splits.train)}
     try:
-        index = torch.tensor([position[id(item)] for item in train_items], dtype=torch.long)
+        return torch.tensor([position[id(item)] for item in train_items], dtype=torch.long)
     except KeyError:
         raise RlptuneError("candidate training items must come from the training split") from None
-    labels = torch.tensor([it.label for it in train_items])
-    val_labels = torch.tensor([it.label for it in val_items])
-    val_feats = (cache.get_or_encode(backbone, splits, list(val_items), view=0, num_workers=first.config.train.num_workers)
-                 if val_items else None)
-    count = len(labels)
-    settings = first.config.train
+
+
+def _batches(settings, count: int) -> tuple[int, int, int]:
+    """(batch, where the epoch stops, steps per epoch): a short last batch is dropped only when a full one fits."""
     batch = min(settings.batch_size, count)
     stop = (count // batch) * batch if count >= settings.batch_size else count
-    steps_per_epoch = max(1, -(-stop // batch))
-    epochs = max(total_epochs(run.config.train, steps_per_epoch) for run in runs)
-    if stop_after is not None:
-        epochs = min(epochs, stop_after)
-    flip_ok = splits.hflip_invariant
-    for epoch in range(epochs):
-        active = [r for r in runs if r.stopped is None and epoch < total_epochs(r.config.train, steps_per_epoch)]
-        if not active:
-            break
-        views: dict[tuple, torch.Tensor] = {}
-        for run in active:  # before seeding, as the trainer: encoding a view may draw from the global generator
-            key = (_crop_of(run.config), run.config.train.augment, run.config.train.aug_views)
-            if key not in views:
-                views[key] = _features(cache, run.config, backbone, splits, splits.train, epoch, flip_ok)[index]
-        torch.manual_seed(epoch_seed(seed, epoch, 1))  # every separate run seeds its dropout masks so per epoch
-        for run in active:
-            _save_rng(run, device)
-            run.method.train()
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 2)))
-        totals = [0.0] * len(active)
-        for step, start in enumerate(range(0, stop, batch)):
-            idx = order[start : start + batch]
-            y = labels[idx].to(device)
-            prompts = []
-            for run in active:
-                lr = learning_rate(run.config.train, epoch, step, steps_per_epoch)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                _swap_rng(run, device)
-                prompts.append(run.method.prompt())  # this candidate's dropout mask, from its own stream
-                _save_rng(run, device)
-            with backbone.autocast():
-                text = F.normalize(text_module.encode_contexts(torch.stack(prompts)), dim=-1)  # (K, C, e)
-                losses = []
-                for k, run in enumerate(active):
-                    key = (_crop_of(run.config), run.config.train.augment, run.config.train.aug_views)
-                    logits = run.method.scores(views[key][idx].to(device), text[k])
-                    losses.append(F.cross_entropy(logits.float(), y))
-            for run in active:
-                run.optimizer.zero_grad(set_to_none=True)
-            torch.stack(losses).sum().backward()
-            for k, run in enumerate(active):
-                loss = float(losses[k].detach())
-                if run.stopped is None and not (loss == loss and abs(loss) != float("inf")):
-                    run.stopped = f"diverged: non-finite loss at epoch {epoch + 1}, step {step + 1}"
-                if run.stopped is None:
-                    run.optimizer.step()
-                    totals[k] += loss * len(idx)
+    return batch, stop, max(1, -(-stop // batch))
+
+
+def _view_key(config) -> tuple:
+    """Which features a candidate trains on: candidates with the same crop and augmentation share one view."""
+    return (_crop_of(config), config.train.augment, config.train.aug_views)
+
+
+def _epoch_views(active: Sequence[CandidateRun], cache: FeatureCache, backbone, splits, epoch: int,
+                 index: torch.Tensor) -> dict[tuple, torch.Tensor]:
+    """This epoch's training features per view, read before the epoch is seeded (as the trainer: encoding a view
+    may draw from the global generator)."""
+    views: dict[tuple, torch.Tensor] = {}
+    for run in active:
+        key = _view_key(run.config)
+        if key not in views:
+            views[key] = _features(cache, run.config, backbone, splits, splits.train, epoch, splits.hflip_invariant)[index]
+    return views
+
+
+def _step(active: Sequence[CandidateRun], backbone, text_module, views: dict[tuple, torch.Tensor], idx: torch.Tensor,
+          labels: torch.Tensor, when: tuple[int, int, int], totals: list[float]) -> None:
+    """One optimisation step of every active candidate: one text pass for all, one backward of the summed losses,
+    a step for each candidate still finite (a non-finite loss stops that candidate only). ``when`` is (epoch, step,
+    steps per epoch), what the learning-rate schedule reads."""
+    epoch, step, steps_per_epoch = when
+    device = backbone.device
+    y = labels[idx].to(device)
+    prompts = []
+    for run in active:
+        lr = learning_rate(run.config.train, epoch, step, steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        _swap_rng(run, device)
+        prompts.append(run.method.prompt())  # this candidate's dropout mask, from its own stream
+        _save_rng(run, device)
+    with backbone.autocast():
+        text = F.normalize(text_module.encode_contexts(torch.stack(prompts)), dim=-1)  # (K, C, e)
+        losses = []
         for k, run in enumerate(active):
-            run.method.eval()
-            if run.stopped is None and not all(bool(torch.isfinite(p).all()) for p in run.method.parameters()):
-                run.stopped = f"diverged: non-finite prompt after epoch {epoch + 1}"
-            run.losses.append(totals[k] / max(count, 1))
-        if val_feats is not None:
-            _validate(active, text_module, val_feats, val_labels, epoch, backbone)
-        if log is not None and (epoch + 1) % 50 == 0:
-            log(f"auto: epoch {epoch + 1}/{epochs} of {len(active)} candidates")
-    for run in runs:
+            logits = run.method.scores(views[_view_key(run.config)][idx].to(device), text[k])
+            losses.append(F.cross_entropy(logits.float(), y))
+    for run in active:
+        run.optimizer.zero_grad(set_to_none=True)
+    torch.stack(losses).sum().backward()
+    for k, run in enumerate(active):
+        loss = float(losses[k].detach())
+        if run.stopped is None and not (loss == loss and abs(loss) != float("inf")):
+            run.stopped = f"diverged: non-finite loss at epoch {epoch + 1}, step {step + 1}"
+        if run.stopped is None:
+            run.optimizer.step()
+            totals[k] += loss * len(idx)
+
+
+def _end_epoch(active: Sequence[CandidateRun], totals: list[float], count: int, epoch: int) -> None:
+    """Stop a candidate whose prompt became non-finite, and record every active candidate's mean loss."""
+    for k, run in enumerate(active):
         run.method.eval()
-    return time.perf_counter() - t0
+        if run.stopped is None and not all(bool(torch.isfinite(p).all()) for p in run.method.parameters()):
+            run.stopped = f"diverged: non-finite prompt after epoch {epoch + 1}"
+        run.losses.append(totals[k] / max(count, 1))
 
 
 @torch.no_grad()

@@ -262,6 +262,13 @@ class FeatureCache:
         if in_memory:
             return self._from_memory(key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
                                      normalize)
+        return self._from_disk(key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
+                               normalize)
+
+    def _from_disk(self, key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
+                   normalize) -> torch.Tensor:
+        """The entry ``key`` read under its lock held shared, else built under it held exclusively (so processes
+        that need the same features encode them once)."""
         path = self.path(key)
         locks, lock_name = cachedir.lock_path(self.root, key)
         rebuilt_before = self.rebuilt
@@ -282,18 +289,23 @@ class FeatureCache:
             self.misses += 1
             feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
                                  view_seed=view_seed, normalize=normalize)
-            manifest = {
-                "backbone": backbone.identity,
-                "precision": backbone.precision,
-                "dataset": splits.name,
-                "view": view,
-                "count": len(items),
-                "transform": transform_description(backbone, view, augment, view_seed),
-                "sources_sha256": sources,
-                "features_sha256": _tensor_sha256(feats),
-            }
-            self._store(key, feats, manifest)
+            self._store(key, feats, self._manifest(backbone, splits, view, len(items), augment, view_seed, sources, feats))
         return feats
+
+    @staticmethod
+    def _manifest(backbone, splits, view: int, count: int, augment, view_seed: int, sources: str,
+                  feats: torch.Tensor) -> dict:
+        """What an entry records beside its features: where they came from and both hashes checked on load."""
+        return {
+            "backbone": backbone.identity,
+            "precision": backbone.precision,
+            "dataset": splits.name,
+            "view": view,
+            "count": count,
+            "transform": transform_description(backbone, view, augment, view_seed),
+            "sources_sha256": sources,
+            "features_sha256": _tensor_sha256(feats),
+        }
 
     def _store(self, key: str, feats: torch.Tensor, manifest: dict) -> None:
         """Write the entry if it fits under the bound (evicting least recently used ones); else leave it unwritten."""

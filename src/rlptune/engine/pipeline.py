@@ -260,19 +260,7 @@ def run_inputs(config) -> list[tuple[str, str | None]]:
 def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
     """The run itself, writing into ``output_dir`` (a staging folder that becomes ``final_dir``, or under torchrun the
     shared folder itself)."""
-    with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
-        # data before the backbone: a wrong path or a bad split file fails in a second, not after loading weights
-        data = prepare_data(config, output_dir / FEW_SHOT, output_dir / SKIPPED_IMAGES, final_dir / SKIPPED_IMAGES)
-    cache = FeatureCache.from_config(config)
-    images = data_record(data.drawn, cache)  # by content: the settings hash knows the data root's path only
-    if resume and ((output_dir / CHECKPOINT_DIR).exists() or (output_dir / DATA_HASHES).exists()):
-        check_resumed_data(output_dir, images, final_dir)
-    backbone = resolve_backbone(config, backbone)
-    if ddp.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
-        start_run_files(output_dir, config.to_dict(), run_info(backbone, data.train.name, data.train.classnames, ddp.world_size))
-        write_data_record(output_dir, images)
+    data, cache, backbone = _open_run(config, output_dir, final_dir, ddp, backbone, resume)
     seed_everything(config.train.seed)
     if config.auto.enabled:  # --auto: the best of a grid of candidates on validation (rlptune.engine.auto)
         method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log)
@@ -280,17 +268,7 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields, **(extra or {}), "auto": record}
         return finish_run(output_dir, method, chosen, state, metrics, fields)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
-    loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
-    monitors = {}
-    if config.train.track_new and method.transfers_to_new_classes:
-        monitors["new_acc"] = lambda: float(evaluate_new_classes(method, config, data, cache)["top1"])
-    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers,
-                      monitors=monitors)
-    try:
-        state = trainer.fit(resume=resume)
-    finally:
-        for logger in loggers:
-            logger.close()
+    state = _fit(config, method, data, cache, output_dir, ddp, resume, progress, log)
     if not ddp.is_main:  # one writer: rank 0 evaluates and writes the adapter and result.json
         ddp.barrier()
         return json.loads((output_dir / RESULT).read_text(encoding="utf-8"))
@@ -303,6 +281,40 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         return finish_run(output_dir, method, config, state, metrics, fields)
     finally:
         ddp.barrier()
+
+
+def _open_run(config, output_dir: Path, final_dir: Path, ddp, backbone, resume) -> tuple[PreparedData, FeatureCache, Backbone]:
+    """The run's data, feature cache and backbone, and its folder started: the data first, so a wrong path or a bad
+    split file fails in a second, not after loading weights; a resumed run's data checked against its record."""
+    with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
+        data = prepare_data(config, output_dir / FEW_SHOT, output_dir / SKIPPED_IMAGES, final_dir / SKIPPED_IMAGES)
+    cache = FeatureCache.from_config(config)
+    images = data_record(data.drawn, cache)  # by content: the settings hash knows the data root's path only
+    if resume and ((output_dir / CHECKPOINT_DIR).exists() or (output_dir / DATA_HASHES).exists()):
+        check_resumed_data(output_dir, images, final_dir)
+    backbone = resolve_backbone(config, backbone)
+    if ddp.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
+        start_run_files(output_dir, config.to_dict(), run_info(backbone, data.train.name, data.train.classnames, ddp.world_size))
+        write_data_record(output_dir, images)
+    return data, cache, backbone
+
+
+def _fit(config, method: Method, data: PreparedData, cache: FeatureCache, output_dir: Path, ddp, resume, progress,
+         log) -> TrainState:
+    """Train ``method`` with the run's loggers (rank 0 only; closed whatever happens) and monitors."""
+    loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
+    monitors = {}
+    if config.train.track_new and method.transfers_to_new_classes:
+        monitors["new_acc"] = lambda: float(evaluate_new_classes(method, config, data, cache)["top1"])
+    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers,
+                      monitors=monitors)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        for logger in loggers:
+            logger.close()
 
 
 def evaluate(method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128) -> dict:

@@ -137,19 +137,29 @@ class Trainer:
         image_loader = self._image_loader() if method.needs_image_tower else None
         val = self._validation_inputs() if settings.val_every and self.splits.val else None
         guard = DivergenceGuard(self.checkpoint_path, method)
-        loop = StepLoop(method, wrap_for_training(method, self.dist), optimizer, params, labels, batching, settings,
-                        self.backbone, self.dist, guard, self._grad_scaler())
+        loop = self._step_loop(optimizer, params, labels, batching, guard)
         method.on_train_start(batching.epochs_total, batching.steps_per_epoch)
         callbacks = self._callbacks(batching, start, val, state, guard, optimizer)
-        for epoch in range(start, batching.epochs_total):
+        self._run_epochs(loop, callbacks, range(start, batching.epochs_total), image_loader)
+        state.seconds = time.perf_counter() - t0
+        method.eval()
+        return state
+
+    def _step_loop(self, optimizer, params: list, labels: torch.Tensor, batching: Batching,
+                   guard: DivergenceGuard) -> StepLoop:
+        """The epoch's optimisation steps over the method as this process trains it (wrapped for DDP when on)."""
+        method = self.method
+        return StepLoop(method, wrap_for_training(method, self.dist), optimizer, params, labels, batching,
+                        self.config.train, self.backbone, self.dist, guard, self._grad_scaler())
+
+    def _run_epochs(self, loop: StepLoop, callbacks: list, epochs: range, image_loader: ImageItems | None) -> None:
+        """Each epoch's steps, then every end-of-epoch unit in order; after the last, the units' ends in reverse."""
+        for epoch in epochs:
             record = loop.run_epoch(epoch, self._epoch_inputs(epoch, image_loader), image_loader)
             for callback in callbacks:
                 callback.on_epoch_end(epoch, record)
         for callback in reversed(callbacks):
             callback.on_train_end()
-        state.seconds = time.perf_counter() - t0
-        method.eval()
-        return state
 
     def _start_epoch(self, resume: bool, optimizer, state: TrainState) -> int:
         """The first epoch to run: after the checkpoint's when resuming from one (its later metric lines dropped),

@@ -8,7 +8,7 @@ import pytest
 
 import rlptune
 from rlptune import recipes
-from rlptune.config import RunConfig, resolve_config
+from rlptune.config import RunConfig, blank_config, resolve_config
 from rlptune.methods.coop import CoOp
 
 
@@ -79,7 +79,7 @@ def test_the_inherited_recipe_also_applies_to_a_named_runconfig():
 def test_a_subclass_declaring_its_own_recipe_uses_only_it():
     few = _resolved("toy_own_recipe_coop")
     assert (few.train.epochs, few.train.lr) == (7, 0.01)
-    assert few.prompt.n_ctx == RunConfig().prompt.n_ctx  # CoOp's n_ctx=16 is not merged in: the own recipe is whole
+    assert few.prompt.n_ctx == blank_config().prompt.n_ctx  # CoOp's n_ctx=16 is not merged in: the own recipe is whole
     assert _resolved("toy_own_recipe_coop", protocol="base2new").train.epochs == 3
     assert recipes.recipe_owner("toy_own_recipe_coop") == "toy_own_recipe_coop"
 
@@ -91,7 +91,7 @@ def test_explicit_settings_still_win_over_an_inherited_recipe():
 
 def test_a_method_outside_every_recipe_keeps_the_defaults():
     assert recipes.recipe_owner("toy_plain_method") is None
-    assert _resolved("toy_plain_method").train.epochs == RunConfig().train.epochs
+    assert _resolved("toy_plain_method").train.epochs == blank_config().train.epochs
     assert recipes.recipe_owner("no_such_method") is None  # reported by validation, with a suggestion
 
 

@@ -704,7 +704,7 @@ CATALOGUE.update({
     "config-ctx-init-blank": (lambda w: w.folder_train(w.data, "--ctx-init", "   "), ("prompt.ctx_init is empty",)),
     "config-template-extra-braces": (lambda w: w.folder_train(w.data, "--template", "a {} of {kind}"), ("method.templates: template 'a {} of {kind}' has braces other than one {}",)),
     "config-eval-batch-size-zero": (lambda w: w.folder_train(w.data, "--eval-batch-size", 0), ("eval.batch_size must be >= 1, got 0",)),
-    "config-text-chunk-negative": (lambda w: w.folder_train(w.data, "--text-chunk", -1), ("method.text_chunk must be >= 0, got -1",)),
+    "config-text-chunk-negative": (lambda w: w.folder_train(w.data, "--text-chunk", -1), ("method.options.text_chunk must be >= 0, got -1",)),
     "config-file-is-a-folder": (lambda w: w.folder_train(w.data, "--config", w.data), ("colours: expected a YAML config file, found a folder",)),
     "config-file-not-utf8": (lambda w: w.folder_train(w.data, "--config", write(w.tmp / "latin1.yaml", b"train: {epochs: \xe9}\n")), ("latin1.yaml: config file is not UTF-8 text (byte 16)",)),
     "config-set-unknown-section": (lambda w: w.folder_train(w.data, "--set", "trian.epochs=2"), ("unknown field 'trian' (did you mean 'train'?)",)),

@@ -13,6 +13,7 @@ Example (the README runs the same lines in a test)::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..data.items import DatasetSplits
 from ..errors import RlptuneError
 from ..rundir import check_output_file
 from ..methods import build_method
+from ..registry import method_entry
 from . import pipeline
 from .adapter import load_adapter
 from .pipeline import evaluate, resolve_backbone, seed_everything
@@ -84,7 +86,11 @@ def eval_config(method, config_file: str | None = None, overrides: dict[str, dic
 
 
 def zero_shot_method(config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None):
+    """Zero-shot CLIP under ``config``: the options zero-shot declares (its templates) are kept, the rest of the
+    configured method's options are not zero-shot's."""
+    own = {f.name for f in dataclasses.fields(method_entry("zeroshot").options_class)}
     config.method.name = "zeroshot"
+    config.method.options = {k: v for k, v in dict(config.method.options or {}).items() if k in own}
     return build_method(config, backbone, classnames, dataset_template)
 
 

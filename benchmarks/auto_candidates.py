@@ -65,8 +65,12 @@ PRECISION = "fp32"  # set by --precision
 
 
 def config_for(root: Path, cache: Path, **sections):
-    overrides = {"method": {"name": "rlp"}, "data": {"dataset": "folder", "root": str(root)},
-                 "train": {"cache_dir": str(cache)}, "backbone": {"precision": PRECISION}}
+    overrides = {
+        "method": {"name": "rlp"},
+        "data": {"dataset": "folder", "root": str(root)},
+        "train": {"cache_dir": str(cache)},
+        "backbone": {"precision": PRECISION},
+    }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     return resolve_config(None, overrides)
@@ -75,8 +79,9 @@ def config_for(root: Path, cache: Path, **sections):
 def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
     splits = prepare_data(base).train
     cache = FeatureCache.from_config(base)
-    grid = auto.candidate_grid(auto.base_config(config_for(Path(base.data.root), Path(base.train.cache_dir),
-                                                          auto={"enabled": True})))
+    grid = auto.candidate_grid(
+        auto.base_config(config_for(Path(base.data.root), Path(base.train.cache_dir), auto={"enabled": True}))
+    )
     configs = []
     for settings in grid:
         cfg = auto.with_settings(base, settings)
@@ -89,8 +94,14 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
     for crop in sorted({c.train.crop_scale for c in configs}):
         cfg = next(c for c in configs if c.train.crop_scale == crop)
         for epoch in range(cfg.train.epochs):
-            cache.get_or_encode(backbone, splits, splits.train, view=epoch + 1, augment=(crop, splits.hflip_invariant),
-                                view_seed=cfg.train.seed)
+            cache.get_or_encode(
+                backbone,
+                splits,
+                splits.train,
+                view=epoch + 1,
+                augment=(crop, splits.hflip_invariant),
+                view_seed=cfg.train.seed,
+            )
     cache.get_or_encode(backbone, splits, splits.val, view=0)
     encode_s = time.perf_counter() - t0
 
@@ -107,8 +118,11 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
         seed_everything(cfg.train.seed)
-        runs.append(CandidateRun(auto.candidate_name(grid[i]), cfg,
-                                 build_method(cfg, backbone, splits.classnames, splits.template)))
+        runs.append(
+            CandidateRun(
+                auto.candidate_name(grid[i]), cfg, build_method(cfg, backbone, splits.classnames, splits.template)
+            )
+        )
     train_batched(runs, splits, splits.train, splits.val, cache)
     batched_s = time.perf_counter() - t0
     load["after_batched"] = os.getloadavg()[0]
@@ -139,27 +153,52 @@ def batched_vs_separate(base, backbone, epochs: int | None, work: Path) -> dict:
 
 def acceptance(root: Path, cache: Path, backbone, work: Path) -> dict:
     out = {}
-    rows = {"zero-shot": {"method": {"name": "zeroshot"}}, "rlp official recipe": {},
-            "rlp --auto": {"auto": {"enabled": True, "rank_rule": "both"}}}
+    rows = {
+        "zero-shot": {"method": {"name": "zeroshot"}},
+        "rlp official recipe": {},
+        "rlp --auto": {"auto": {"enabled": True, "rank_rule": "both"}},
+    }
     for label, sections in rows.items():
         cfg = config_for(root, cache, **sections)
         t0 = time.perf_counter()
-        result = rlptune.train(cfg, work / label.replace(" ", "_"), backbone=backbone, overwrite=True, progress=False,
-                               log=lambda m: print(m, file=sys.stderr))
+        result = rlptune.train(
+            cfg,
+            work / label.replace(" ", "_"),
+            backbone=backbone,
+            overwrite=True,
+            progress=False,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         seconds = time.perf_counter() - t0
         test = result["metrics"]["test"]
         correct = round(test["top1"] * test["n"] / 100)
         low, high = auto.wilson_interval(correct, test["n"])
-        out[label] = {"test_top1": round(test["top1"], 2), "test_n": test["n"], "wilson95": [round(low, 1), round(high, 1)],
-                      "seconds": round(seconds, 1)}
+        out[label] = {
+            "test_top1": round(test["top1"], 2),
+            "test_n": test["n"],
+            "wilson95": [round(low, 1), round(high, 1)],
+            "seconds": round(seconds, 1),
+        }
         if "auto" in result:
             record = result["auto"]
-            out[label]["auto"] = {k: record[k] for k in ("validation", "decision", "chosen", "best_candidate", "baseline",
-                                                         "margin", "seconds", "batched")}
+            out[label]["auto"] = {
+                k: record[k]
+                for k in (
+                    "validation",
+                    "decision",
+                    "chosen",
+                    "best_candidate",
+                    "baseline",
+                    "margin",
+                    "seconds",
+                    "batched",
+                )
+            }
             out[label]["auto"]["spectrum_rank"] = record["spectrum"]["rank"]
             out[label]["auto"]["spectrum_energy_share"] = record["spectrum"]["energy_share"]
-            out[label]["auto"]["candidates"] = [{k: c.get(k) for k in ("name", "best_epoch", "best_val")}
-                                                for c in record["candidates"]]
+            out[label]["auto"]["candidates"] = [
+                {k: c.get(k) for k in ("name", "best_epoch", "best_val")} for c in record["candidates"]
+            ]
     out["auto_cost_over_official"] = round(out["rlp --auto"]["seconds"] / out["rlp official recipe"]["seconds"], 2)
     return out
 
@@ -168,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs in part 1 (a quick look)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override the recipe's epochs in part 1 (a quick look)"
+    )
     parser.add_argument("--skip-acceptance", action="store_true")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="fp32 (default: the equality check is about the arithmetic of batching, not of bf16)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="fp32 (default: the equality check is about the arithmetic of batching, not of bf16)",
+    )
     args = parser.parse_args(argv)
     global PRECISION
     PRECISION = args.precision
@@ -182,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     backbone = rlptune.load_backbone("micro-v2", device="cpu", precision=PRECISION)
     base = config_for(root, cache)
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "device": "cpu",
-                    "precision": PRECISION},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": "cpu",
+            "precision": PRECISION,
+        },
         "case": "5 classes x 20 images of micro2-shapes (folder loader 50/20/30), micro-v2, RLP official recipe",
         "batched_vs_separate": batched_vs_separate(base, backbone, args.epochs, work / "runs"),
     }

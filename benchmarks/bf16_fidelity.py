@@ -43,15 +43,29 @@ from rlptune.config import resolve_config
 from rlptune.methods import build_method, list_methods
 from rlptune.recipes import preset
 
-CLASSES = ["dog", "golden retriever", "sea lion", "yellow-headed blackbird", "tractor", "violin", "red fox",
-           "snow owl", "desert lizard", "river heron"]
+CLASSES = [
+    "dog",
+    "golden retriever",
+    "sea lion",
+    "yellow-headed blackbird",
+    "tractor",
+    "violin",
+    "red fox",
+    "snow owl",
+    "desert lizard",
+    "river heron",
+]
 
 
 # -- 1. the micro-v2 suite --------------------------------------------------------------------------------------
 
+
 def _precision_of(result: dict[str, Any]) -> str:
-    return str(((result.get("settings") or {}).get("backbone") or {}).get("precision")
-               or ((result.get("spec") or {}).get("overrides") or {}).get("backbone", {}).get("precision") or "fp32")
+    return str(
+        ((result.get("settings") or {}).get("backbone") or {}).get("precision")
+        or ((result.get("spec") or {}).get("overrides") or {}).get("backbone", {}).get("precision")
+        or "fp32"
+    )
 
 
 def suite(results: Path) -> dict[str, Any]:
@@ -63,7 +77,14 @@ def suite(results: Path) -> dict[str, Any]:
         if "base" not in m or "new" not in m:
             continue
         rows[(r["method"], _precision_of(r))].append(
-            {"dataset": r["dataset"], "seed": r["seed"], "base": m["base"]["top1"], "new": m["new"]["top1"], "h": r["h"]})
+            {
+                "dataset": r["dataset"],
+                "seed": r["seed"],
+                "base": m["base"]["top1"],
+                "new": m["new"]["top1"],
+                "h": r["h"],
+            }
+        )
     out: dict[str, Any] = {}
     for method in sorted({m for m, _ in rows}):
         fp32, bf16 = rows.get((method, "fp32"), []), rows.get((method, "bf16"), [])
@@ -75,12 +96,20 @@ def suite(results: Path) -> dict[str, Any]:
                 by_dataset[row["dataset"]].append(row[metric])
             spreads = [statistics.stdev(v) for v in by_dataset.values() if len(v) > 1]
             spread = statistics.mean(spreads) if spreads else float("nan")
-            entry[metric] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high], "p": cmp.p_value,
-                             "mean_fp32": cmp.mean_b, "mean_bf16": cmp.mean_a, "seed_spread_fp32": spread,
-                             "within_seed_spread": bool(cmp.n >= 2 and -spread <= cmp.ci_low and cmp.ci_high <= spread),
-                             "ci_contains_0": bool(cmp.n >= 2 and cmp.ci_low <= 0 <= cmp.ci_high),
-                             "pairs": [{"dataset": p["dataset"], "seed": p["seed"], "bf16": p["a"], "fp32": p["b"]}
-                                       for p in cmp.pairs]}
+            entry[metric] = {
+                "n": cmp.n,
+                "mean_diff": cmp.mean_diff,
+                "ci": [cmp.ci_low, cmp.ci_high],
+                "p": cmp.p_value,
+                "mean_fp32": cmp.mean_b,
+                "mean_bf16": cmp.mean_a,
+                "seed_spread_fp32": spread,
+                "within_seed_spread": bool(cmp.n >= 2 and -spread <= cmp.ci_low and cmp.ci_high <= spread),
+                "ci_contains_0": bool(cmp.n >= 2 and cmp.ci_low <= 0 <= cmp.ci_high),
+                "pairs": [
+                    {"dataset": p["dataset"], "seed": p["seed"], "bf16": p["a"], "fp32": p["b"]} for p in cmp.pairs
+                ],
+            }
         out[method] = entry
     pooled = {}
     for metric in ("base", "new", "h"):
@@ -92,6 +121,7 @@ def suite(results: Path) -> dict[str, Any]:
 
 
 # -- 2. and 3. a random ViT-B-16 -----------------------------------------------------------------------------------
+
 
 def smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
     """Preprocessed-looking images: low-frequency random fields, normalised like CLIP's inputs."""
@@ -115,18 +145,26 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
     margin = sorted_a[:, 0] - sorted_a[:, 1]
     max_diff = float(diff.max())
     clear = margin > 2 * max_diff
-    return {"images": int(a.shape[0]), "max_abs_logit_diff": max_diff, "mean_abs_logit_diff": float(diff.mean()),
-            "logit_range_fp32": float(a.max() - a.min()), "top1_agreement": float((top_a == top_b).float().mean()),
-            "clear_margin_images": int(clear.sum()),
-            "top1_agreement_clear_margin": float((top_a == top_b)[clear].float().mean()) if clear.any() else None}
+    return {
+        "images": int(a.shape[0]),
+        "max_abs_logit_diff": max_diff,
+        "mean_abs_logit_diff": float(diff.mean()),
+        "logit_range_fp32": float(a.max() - a.min()),
+        "top1_agreement": float((top_a == top_b).float().mean()),
+        "clear_margin_images": int(clear.sum()),
+        "top1_agreement_clear_margin": float((top_a == top_b)[clear].float().mean()) if clear.any() else None,
+    }
 
 
 def vitb16(images: int, image_prompt_images: int, threads: int, log) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     backbone = load_backbone("random:ViT-B-16", device="cpu")
-    size = int(backbone.model.visual.image_size[0] if isinstance(backbone.model.visual.image_size, (tuple, list))
-               else backbone.model.visual.image_size)
+    size = int(
+        backbone.model.visual.image_size[0]
+        if isinstance(backbone.model.visual.image_size, (tuple, list))
+        else backbone.model.visual.image_size
+    )
     pixels = smooth_images(images, size, seed=1)
     out: dict[str, Any] = {"methods": {}}
     frozen: dict[str, torch.Tensor] = {}
@@ -134,7 +172,7 @@ def vitb16(images: int, image_prompt_images: int, threads: int, log) -> dict[str
         backbone.precision = precision
         t0 = time.perf_counter()
         with torch.no_grad():
-            frozen[precision] = torch.cat([backbone.encode_image(pixels[i:i + 32]) for i in range(0, images, 32)])
+            frozen[precision] = torch.cat([backbone.encode_image(pixels[i : i + 32]) for i in range(0, images, 32)])
         log(f"frozen image features, {precision}: {time.perf_counter() - t0:.0f} s for {images} images")
     for name in list_methods():
         overrides = {k: dict(v) for k, v in preset(name, "base2new", 16).items() if isinstance(v, dict)}
@@ -150,7 +188,7 @@ def vitb16(images: int, image_prompt_images: int, threads: int, log) -> dict[str
                 own_images = _prompts_the_image_tower(method)
                 if own_images:
                     batch = pixels[:image_prompt_images]
-                    logits[precision] = torch.cat([method(batch[i:i + 16]) for i in range(0, len(batch), 16)])
+                    logits[precision] = torch.cat([method(batch[i : i + 16]) for i in range(0, len(batch), 16)])
                 else:
                     logits[precision] = method.logits(frozen[precision])
         backbone.precision = "fp32"
@@ -190,6 +228,7 @@ def _prompts_the_image_tower(method: torch.nn.Module) -> bool:
 
 # -- output ----------------------------------------------------------------------------------------------------
 
+
 def _fmt_ci(entry: dict[str, Any]) -> str:
     lo, hi = entry["ci"]
     if math.isnan(lo):
@@ -200,31 +239,44 @@ def _fmt_ci(entry: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     if "suite" in report:
-        lines += ["| method | runs fp32 / bf16 | base bf16 - fp32 | new bf16 - fp32 | H bf16 - fp32 [95% CI] | H seed spread (fp32) | within seed spread | p (H) |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+        lines += [
+            "| method | runs fp32 / bf16 | base bf16 - fp32 | new bf16 - fp32 | H bf16 - fp32 [95% CI] | H seed spread (fp32) | within seed spread | p (H) |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
         for method, e in report["suite"]["methods"].items():
             h = e["h"]
-            lines.append(f"| {method} | {e['runs_fp32']} / {e['runs_bf16']} | {_fmt_ci(e['base'])} | {_fmt_ci(e['new'])} | "
-                         f"{_fmt_ci(h)} | {h['seed_spread_fp32']:.2f} | "
-                         f"{'yes' if all(e[m]['within_seed_spread'] for m in ('base', 'new', 'h')) else '**no**'} | {h['p']:.2f} |")
+            lines.append(
+                f"| {method} | {e['runs_fp32']} / {e['runs_bf16']} | {_fmt_ci(e['base'])} | {_fmt_ci(e['new'])} | "
+                f"{_fmt_ci(h)} | {h['seed_spread_fp32']:.2f} | "
+                f"{'yes' if all(e[m]['within_seed_spread'] for m in ('base', 'new', 'h')) else '**no**'} | {h['p']:.2f} |"
+            )
         p = report["suite"]["pooled"]
-        lines.append(f"| **pooled** (n = {p['h']['n']}) | | {_fmt_ci(p['base'])} | {_fmt_ci(p['new'])} | {_fmt_ci(p['h'])} | | | {p['h']['p']:.2f} |")
+        lines.append(
+            f"| **pooled** (n = {p['h']['n']}) | | {_fmt_ci(p['base'])} | {_fmt_ci(p['new'])} | {_fmt_ci(p['h'])} | | | {p['h']['p']:.2f} |"
+        )
         lines.append("")
     if "vitb16" in report:
-        lines += ["| method | images | max abs logit diff | mean abs diff | fp32 logit range | top-1 agreement | agreement where the margin is clear (images) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| method | images | max abs logit diff | mean abs diff | fp32 logit range | top-1 agreement | agreement where the margin is clear (images) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for method, r in report["vitb16"]["methods"].items():
             clear = r["top1_agreement_clear_margin"]
-            lines.append(f"| {method}{' (own image pass)' if r['prompts_the_image_tower'] else ''} | {r['images']} | "
-                         f"{r['max_abs_logit_diff']:.3f} | {r['mean_abs_logit_diff']:.4f} | {r['logit_range_fp32']:.2f} | "
-                         f"{100 * r['top1_agreement']:.1f}% | {'–' if clear is None else f'{100 * clear:.1f}%'} ({r['clear_margin_images']}) |")
+            lines.append(
+                f"| {method}{' (own image pass)' if r['prompts_the_image_tower'] else ''} | {r['images']} | "
+                f"{r['max_abs_logit_diff']:.3f} | {r['mean_abs_logit_diff']:.4f} | {r['logit_range_fp32']:.2f} | "
+                f"{100 * r['top1_agreement']:.1f}% | {'–' if clear is None else f'{100 * clear:.1f}%'} ({r['clear_margin_images']}) |"
+            )
         t = report["vitb16"]["text_path"]
-        lines += ["", "Text path, largest |difference| of normalised class features (ViT-B-16, 10 classes): "
-                  f"fp32 prompted vs encode_text fp32 {t['fp32_prompted_vs_encode_text_fp32']:.1e}; "
-                  f"bf16 prompted vs encode_text fp32 {t['bf16_prompted_vs_encode_text_fp32']:.1e} "
-                  f"(lowest cosine {t['cosine_bf16_prompted_vs_fp32_min']:.5f}); "
-                  f"bf16 prompted vs encode_text under the same bf16 autocast {t['bf16_prompted_vs_encode_text_bf16']:.1e}; "
-                  f"open_clip's own encode_text bf16 vs fp32 {t['bf16_encode_text_vs_fp32']:.1e}."]
+        lines += [
+            "",
+            "Text path, largest |difference| of normalised class features (ViT-B-16, 10 classes): "
+            f"fp32 prompted vs encode_text fp32 {t['fp32_prompted_vs_encode_text_fp32']:.1e}; "
+            f"bf16 prompted vs encode_text fp32 {t['bf16_prompted_vs_encode_text_fp32']:.1e} "
+            f"(lowest cosine {t['cosine_bf16_prompted_vs_fp32_min']:.5f}); "
+            f"bf16 prompted vs encode_text under the same bf16 autocast {t['bf16_prompted_vs_encode_text_bf16']:.1e}; "
+            f"open_clip's own encode_text bf16 vs fp32 {t['bf16_encode_text_vs_fp32']:.1e}.",
+        ]
     return "\n".join(lines)
 
 
@@ -233,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="results folder of the fp32/bf16 suite sweep")
     parser.add_argument("--vitb16", action="store_true", help="the random ViT-B-16 forward and text-path checks")
     parser.add_argument("--images", type=int, default=256, help="images for the frozen-image methods")
-    parser.add_argument("--image-prompt-images", type=int, default=64,
-                        help="images for the methods that prompt the image tower (each needs its own passes)")
+    parser.add_argument(
+        "--image-prompt-images",
+        type=int,
+        default=64,
+        help="images for the methods that prompt the image tower (each needs its own passes)",
+    )
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path)

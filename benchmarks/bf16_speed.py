@@ -52,8 +52,12 @@ def summarise(fp32: dict, bf16: dict, image_cost: str = "equal") -> dict:
             "ref_fp32_over_ours_bf16": a["sweep"]["reference"] / b["sweep"]["ours_fresh"]["total"],
             "ref_bf16_over_ours_bf16": b["sweep"]["reference"] / b["sweep"]["ours_fresh"]["total"],
             "ref_fp32_over_ours_fp32": a["sweep"]["reference"] / a["sweep"]["ours_fresh"]["total"],
-            "hours": {"ref_fp32": a["sweep"]["reference"] / 3600, "ref_bf16": b["sweep"]["reference"] / 3600,
-                      "ours_fp32": a["sweep"]["ours_fresh"]["total"] / 3600, "ours_bf16": parts["total"] / 3600},
+            "hours": {
+                "ref_fp32": a["sweep"]["reference"] / 3600,
+                "ref_bf16": b["sweep"]["reference"] / 3600,
+                "ours_fp32": a["sweep"]["ours_fresh"]["total"] / 3600,
+                "ours_bf16": parts["total"] / 3600,
+            },
             "ours_bf16_shares": {k: parts[k] / parts["total"] for k in ("images", "text", "probe", "tests")},
         },
         "single": {
@@ -64,12 +68,24 @@ def summarise(fp32: dict, bf16: dict, image_cost: str = "equal") -> dict:
         "speedup_bf16": {
             "image_tower_fresh_view": _speedup(fp32["image"]["fresh_per_image"], bf16["image"]["fresh_per_image"]),
             "predict_centre_crop": _speedup(fp32["image"]["centre_per_image"], bf16["image"]["centre_per_image"]),
-            "reference_image_step": _speedup(fp32["reference"]["base"]["image_per_image"], bf16["reference"]["base"]["image_per_image"]),
-            "reference_text_step_50_classes": _speedup(fp32["reference"]["base"]["text_step"], bf16["reference"]["base"]["text_step"]),
-            "reference_text_step_100_classes": _speedup(fp32["reference"]["single"]["text_step"], bf16["reference"]["single"]["text_step"]),
-            **{f"text_epoch_{m}": _speedup(fp32["sweep"]["ours_epochs"][m]["epoch_text"], bf16["sweep"]["ours_epochs"][m]["epoch_text"])
-               for m in train_speed.SWEEP_METHODS},
-            "text_epoch_single_coop_n16": _speedup(fp32["single"]["ours_epoch_text"], bf16["single"]["ours_epoch_text"]),
+            "reference_image_step": _speedup(
+                fp32["reference"]["base"]["image_per_image"], bf16["reference"]["base"]["image_per_image"]
+            ),
+            "reference_text_step_50_classes": _speedup(
+                fp32["reference"]["base"]["text_step"], bf16["reference"]["base"]["text_step"]
+            ),
+            "reference_text_step_100_classes": _speedup(
+                fp32["reference"]["single"]["text_step"], bf16["reference"]["single"]["text_step"]
+            ),
+            **{
+                f"text_epoch_{m}": _speedup(
+                    fp32["sweep"]["ours_epochs"][m]["epoch_text"], bf16["sweep"]["ours_epochs"][m]["epoch_text"]
+                )
+                for m in train_speed.SWEEP_METHODS
+            },
+            "text_epoch_single_coop_n16": _speedup(
+                fp32["single"]["ours_epoch_text"], bf16["single"]["ours_epoch_text"]
+            ),
         },
     }
 
@@ -88,14 +104,23 @@ def markdown(report: dict) -> str:
     for summary, cost in ((s, "image cost pooled per precision"), (measured, "image cost as measured on each side")):
         for key, label in (("sweep", "base-to-new sweep"), ("single", "one CoOp run")):
             r = summary[key]
-            lines.append(f"| {label}, {cost} | **{r['ref_fp32_over_ours_bf16']:.2f}x** | {r['ref_bf16_over_ours_bf16']:.2f}x | "
-                         f"{r['ref_fp32_over_ours_fp32']:.2f}x |")
+            lines.append(
+                f"| {label}, {cost} | **{r['ref_fp32_over_ours_bf16']:.2f}x** | {r['ref_bf16_over_ours_bf16']:.2f}x | "
+                f"{r['ref_fp32_over_ours_fp32']:.2f}x |"
+            )
     h = s["sweep"]["hours"]
-    lines += ["", f"Sweep, extrapolated hours: official-style fp32 {h['ref_fp32']:.1f} h, bf16 {h['ref_bf16']:.1f} h; "
-                  f"rlptune fp32 {h['ours_fp32']:.1f} h, bf16 {h['ours_bf16']:.1f} h.", "",
-              "Where rlptune's bf16 sweep time goes: " + ", ".join(
-                  f"{k} {100 * v:.0f}%" for k, v in s["sweep"]["ours_bf16_shares"].items()) + ".", "",
-              "| component | fp32 / bf16 speed-up |", "|---|---:|"]
+    lines += [
+        "",
+        f"Sweep, extrapolated hours: official-style fp32 {h['ref_fp32']:.1f} h, bf16 {h['ref_bf16']:.1f} h; "
+        f"rlptune fp32 {h['ours_fp32']:.1f} h, bf16 {h['ours_bf16']:.1f} h.",
+        "",
+        "Where rlptune's bf16 sweep time goes: "
+        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["sweep"]["ours_bf16_shares"].items())
+        + ".",
+        "",
+        "| component | fp32 / bf16 speed-up |",
+        "|---|---:|",
+    ]
     lines += [f"| {k.replace('_', ' ')} | {v:.2f}x |" for k, v in s["speedup_bf16"].items()]
     return "\n".join(lines)
 
@@ -122,10 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for precision in ("fp32", "bf16"):
         args.precision = precision
-        results[precision] = train_speed.bench_equal_fidelity(args, lambda m, p=precision: print(f"[{p}] {m}", flush=True))
-    report = {**results, "threads": args.threads, "load_before": load_before, "load_after": round(os.getloadavg()[0], 1),
-              "minutes": (time.time() - t0) / 60, "torch": torch.__version__,
-              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        results[precision] = train_speed.bench_equal_fidelity(
+            args, lambda m, p=precision: print(f"[{p}] {m}", flush=True)
+        )
+    report = {
+        **results,
+        "threads": args.threads,
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 1),
+        "minutes": (time.time() - t0) / 60,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     report["summary"] = summarise(results["fp32"], results["bf16"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")

@@ -69,12 +69,22 @@ def run_config(method: str, shots: int, epochs: int, seed: int, cache: Path, aug
     """The official recipe of ``method`` at ``shots`` (few-shot protocol), with the benchmark's epochs and seed.
 
     Per-epoch validation, checkpoints and prompt diagnostics are switched off: they do not change training."""
-    return resolve_config(None, {
-        "method": {"name": method},
-        "data": {"shots": shots},
-        "train": {"epochs": epochs, "seed": seed, "cache_dir": str(cache), "aug_views": aug_views, "val_every": 0,
-                  "checkpoint_every": 0, "log_diagnostics": False},
-    })
+    return resolve_config(
+        None,
+        {
+            "method": {"name": method},
+            "data": {"shots": shots},
+            "train": {
+                "epochs": epochs,
+                "seed": seed,
+                "cache_dir": str(cache),
+                "aug_views": aug_views,
+                "val_every": 0,
+                "checkpoint_every": 0,
+                "log_diagnostics": False,
+            },
+        },
+    )
 
 
 # -- the reference (CoOp-style) --------------------------------------------------------------------------------------
@@ -131,8 +141,9 @@ def reference_text_features(model: nn.Module, prompts: torch.Tensor, tokenized: 
     return x[torch.arange(x.shape[0]), tokenized.argmax(dim=-1)] @ model.text_projection
 
 
-def dassl_epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
-                   min_lr: float = 0.0) -> float:
+def dassl_epoch_lr(
+    epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5, min_lr: float = 0.0
+) -> float:
     """Dassl's learning rate of epoch ``epoch`` (0-based): constant warm-up, then a cosine over ``max_epoch`` whose
     count starts after the warm-up (``WARMUP_RECOUNT = True``); the reference's own, as Dassl computes it."""
     if epoch < warmup_epochs:
@@ -149,8 +160,14 @@ def kgcoop_template(splits: DatasetSplits) -> str:
     return splits.template or "a photo of a {}."
 
 
-def reference_loss(model: nn.Module, prompt: ReferencePrompt, image_features: torch.Tensor, labels: torch.Tensor,
-                   handcrafted: torch.Tensor | None = None, kg_weight: float = 0.0) -> torch.Tensor:
+def reference_loss(
+    model: nn.Module,
+    prompt: ReferencePrompt,
+    image_features: torch.Tensor,
+    labels: torch.Tensor,
+    handcrafted: torch.Tensor | None = None,
+    kg_weight: float = 0.0,
+) -> torch.Tensor:
     """CoOp's loss on normalised image features: CE of logit_scale · cos; KgCoOp adds λ·(1 − mean cos(text, hand))."""
     text = F.normalize(reference_text_features(model, prompt(), prompt.tokenized).float(), dim=-1)
     loss = F.cross_entropy(model.logit_scale.exp().detach() * image_features @ text.t(), labels)
@@ -193,9 +210,12 @@ class ReferenceRun:
         optimizer = torch.optim.SGD(prompt.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         flip = s.flip and self.splits.hflip_invariant
         transform = train_transform(self.backbone, crop_scale=(s.crop_scale, 1.0), flip=flip)
-        dataset = ImageItems(self.splits, self.splits.train, transform)  # view 0: the transform draws from the global RNG
-        loader = torch.utils.data.DataLoader(dataset, batch_size=s.batch_size, shuffle=True,
-                                             drop_last=len(dataset) >= s.batch_size, num_workers=0)
+        dataset = ImageItems(
+            self.splits, self.splits.train, transform
+        )  # view 0: the transform draws from the global RNG
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=s.batch_size, shuffle=True, drop_last=len(dataset) >= s.batch_size, num_workers=0
+        )
         result = ReferenceResult(0.0, [], train_paths=[it.path for it in dataset.items])
         for epoch in range(s.epochs):
             lr = dassl_epoch_lr(epoch, s.lr, s.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr)
@@ -247,15 +267,39 @@ def run_rlptune(backbone: Backbone, splits: DatasetSplits, config, cache: Featur
     trainer = Trainer(config, method, splits, workdir, cache=cache, log=lambda _msg: None, progress=False)
     state = trainer.fit()
     accuracy = evaluate_split(method, splits, "test", cache)["top1"]
-    return RlptuneResult(accuracy, [r["lr"] for r in state.records], time.perf_counter() - t0,
-                         [it.path for it in trainer.splits.train])
+    return RlptuneResult(
+        accuracy, [r["lr"] for r in state.records], time.perf_counter() - t0, [it.path for it in trainer.splits.train]
+    )
 
 
 # -- statistics -------------------------------------------------------------------------------------------------------
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 24: 2.064, 29: 2.045, 39: 2.023, 59: 2.001}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    24: 2.064,
+    29: 2.045,
+    39: 2.023,
+    59: 2.001,
+}
 
 
 def t_quantile(df: int) -> float:
@@ -273,15 +317,22 @@ def paired_ci(differences: Sequence[float]) -> dict:
     sd = statistics.stdev(differences) if n > 1 else float("nan")
     half = t_quantile(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
     low, high = mean - half, mean + half
-    return {"n": n, "mean": mean, "sd": sd, "low": low, "high": high,
-            "contains_zero": bool(n > 1 and low <= 0.0 <= high)}
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "low": low,
+        "high": high,
+        "contains_zero": bool(n > 1 and low <= 0.0 <= high),
+    }
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------------------
 
 
-def benchmark(args, log: Callable[[str], None], datasets: dict[str, DatasetSplits] | None = None,
-              backbone: Backbone | None = None) -> dict:
+def benchmark(
+    args, log: Callable[[str], None], datasets: dict[str, DatasetSplits] | None = None, backbone: Backbone | None = None
+) -> dict:
     """Every (dataset, seed, method): the reference once, rlptune in each mode; ``datasets``/``backbone`` replace the
     micro datasets and ``args.backbone`` (the smoke test passes tiny ones)."""
     from rlptune.micro.suite import load_micro_dataset
@@ -301,18 +352,34 @@ def benchmark(args, log: Callable[[str], None], datasets: dict[str, DatasetSplit
                 rlptune_runs = {}
                 for mode in args.modes:
                     mode_config = run_config(method, args.shots, args.epochs, seed, work / "cache", MODES[mode])
-                    rlptune_runs[mode] = run_rlptune(backbone, splits, mode_config, cache, work / f"{dataset}-{method}-{seed}-{MODES[mode]}")
+                    rlptune_runs[mode] = run_rlptune(
+                        backbone, splits, mode_config, cache, work / f"{dataset}-{method}-{seed}-{MODES[mode]}"
+                    )
                 ref = ReferenceRun(backbone, splits, config).fit_and_evaluate(test_features, test_labels)
                 for mode, ours in rlptune_runs.items():
                     if ours.epoch_lrs != ref.epoch_lrs or ours.train_paths != ref.train_paths:
-                        raise SystemExit(f"the two sides differ ({dataset}, {method}, seed {seed}, {mode}): schedules "
-                                         f"{ours.epoch_lrs} vs {ref.epoch_lrs}, or the few-shot draws")
-                    runs.append({"dataset": dataset, "seed": seed, "method": method, "mode": mode,
-                                 "reference": ref.accuracy, "rlptune": ours.accuracy,
-                                 "reference_seconds": ref.seconds, "rlptune_seconds": ours.seconds,
-                                 "epoch_lrs": ref.epoch_lrs, "draw": ref.train_paths})
-                log(f"{dataset} seed {seed} {method}: reference {ref.accuracy:.1f} ({ref.seconds:.0f}s)  " + "  ".join(
-                    f"rlptune[{m}] {r.accuracy:.1f} ({r.seconds:.0f}s)" for m, r in rlptune_runs.items()))
+                        raise SystemExit(
+                            f"the two sides differ ({dataset}, {method}, seed {seed}, {mode}): schedules "
+                            f"{ours.epoch_lrs} vs {ref.epoch_lrs}, or the few-shot draws"
+                        )
+                    runs.append(
+                        {
+                            "dataset": dataset,
+                            "seed": seed,
+                            "method": method,
+                            "mode": mode,
+                            "reference": ref.accuracy,
+                            "rlptune": ours.accuracy,
+                            "reference_seconds": ref.seconds,
+                            "rlptune_seconds": ours.seconds,
+                            "epoch_lrs": ref.epoch_lrs,
+                            "draw": ref.train_paths,
+                        }
+                    )
+                log(
+                    f"{dataset} seed {seed} {method}: reference {ref.accuracy:.1f} ({ref.seconds:.0f}s)  "
+                    + "  ".join(f"rlptune[{m}] {r.accuracy:.1f} ({r.seconds:.0f}s)" for m, r in rlptune_runs.items())
+                )
     return {"runs": runs, "tables": tables(runs)}
 
 
@@ -330,8 +397,10 @@ def tables(runs: list[dict]) -> dict:
                 ref = [r["reference"] for r in group]
                 ours = [r["rlptune"] for r in group]
                 rows[name] = {
-                    "reference_mean": statistics.fmean(ref), "reference_sd": statistics.stdev(ref) if len(ref) > 1 else 0.0,
-                    "rlptune_mean": statistics.fmean(ours), "rlptune_sd": statistics.stdev(ours) if len(ours) > 1 else 0.0,
+                    "reference_mean": statistics.fmean(ref),
+                    "reference_sd": statistics.stdev(ref) if len(ref) > 1 else 0.0,
+                    "rlptune_mean": statistics.fmean(ours),
+                    "rlptune_sd": statistics.stdev(ours) if len(ours) > 1 else 0.0,
                     "differences": [o - r for o, r in zip(ours, ref)],
                     **paired_ci([o - r for o, r in zip(ours, ref)]),
                     "reference_seconds": sum(r["reference_seconds"] for r in group),
@@ -349,10 +418,18 @@ def markdown(report: dict) -> str:
         f"reference, paired by (dataset, seed); 95% t-interval.",
     ]
     for mode, methods in report["tables"].items():
-        label = "default: a fresh crop + flip per image per epoch" if mode == "fresh" else f"`--aug-views 4`: {mode} cached, cycled"
-        lines += ["", f"**rlptune {label}**", "",
-                  "| method | dataset | reference | rlptune | paired differences | mean diff [95% CI] | CI contains 0 |",
-                  "|---|---|---|---|---|---|---|"]
+        label = (
+            "default: a fresh crop + flip per image per epoch"
+            if mode == "fresh"
+            else f"`--aug-views 4`: {mode} cached, cycled"
+        )
+        lines += [
+            "",
+            f"**rlptune {label}**",
+            "",
+            "| method | dataset | reference | rlptune | paired differences | mean diff [95% CI] | CI contains 0 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for method, rows in methods.items():
             for name, r in rows.items():
                 diffs = " ".join(f"{d:+.1f}" for d in r["differences"]) if name != "pooled" else f"n = {r['n']}"
@@ -368,8 +445,12 @@ def markdown(report: dict) -> str:
     for run in report["runs"]:
         if run["mode"] == next(iter(report["tables"])):
             seconds["reference"] += run["reference_seconds"]
-    lines += ["", "Wall time of all runs: " + ", ".join(
-        f"{name} {value / 60:.1f} min" for name, value in seconds.items()) + f" (whole benchmark {report['seconds'] / 60:.1f} min)."]
+    lines += [
+        "",
+        "Wall time of all runs: "
+        + ", ".join(f"{name} {value / 60:.1f} min" for name, value in seconds.items())
+        + f" (whole benchmark {report['seconds'] / 60:.1f} min).",
+    ]
     return "\n".join(lines)
 
 
@@ -381,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=40, help="epochs of both sides (the official recipe at 4 shots: 100)")
+    parser.add_argument(
+        "--epochs", type=int, default=40, help="epochs of both sides (the official recipe at 4 shots: 100)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", help="folder for the feature cache and run folders (default: a new temp folder)")
     parser.add_argument("--json", help="write the raw numbers here")
@@ -400,8 +483,10 @@ def main(argv=None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "workdir")},
-              "torch": torch.__version__}
+    report = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "workdir")},
+        "torch": torch.__version__,
+    }
     with contextlib.suppress(OSError):
         report["loadavg_start"] = os.getloadavg()
     report.update(benchmark(args, log))

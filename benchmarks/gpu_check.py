@@ -115,16 +115,40 @@ def half_supported(device: str, dtype: torch.dtype) -> bool:
 def choose_mode(args, work: Path) -> Mode:
     cuda = torch.cuda.is_available() and not args.reduced
     if cuda:
-        mode = Mode("cuda", "cuda", args.backbone or "random:ViT-B-16", ("fp16", "bf16"), args.steps or 300,
-                    args.classes or 10, 16, 26, args.timing_classes or 100, 16, torch.cuda.device_count(), "nccl")
+        mode = Mode(
+            "cuda",
+            "cuda",
+            args.backbone or "random:ViT-B-16",
+            ("fp16", "bf16"),
+            args.steps or 300,
+            args.classes or 10,
+            16,
+            26,
+            args.timing_classes or 100,
+            16,
+            torch.cuda.device_count(),
+            "nccl",
+        )
         if not torch.cuda.is_bf16_supported():
             mode.precisions = ("fp16",)
             mode.notes.append("this GPU has no bf16: bf16 skipped")
         return mode
     arch = work / "tiny-clip.json"
     arch.write_text(json.dumps(TINY_ARCH))
-    mode = Mode("cpu-reduced", "cpu", args.backbone or str(arch), (), args.steps or 16, args.classes or 3, 2, 4,
-                args.timing_classes or 3, 4, 1, "gloo")
+    mode = Mode(
+        "cpu-reduced",
+        "cpu",
+        args.backbone or str(arch),
+        (),
+        args.steps or 16,
+        args.classes or 3,
+        2,
+        4,
+        args.timing_classes or 3,
+        4,
+        1,
+        "gloo",
+    )
     precisions = []
     for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         if half_supported("cpu", dtype):
@@ -138,6 +162,7 @@ def choose_mode(args, work: Path) -> Mode:
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
+
 
 def make_folder(root: Path, classes: int, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
     """root/{train,test}/<class>/<i>.png: noise with a coloured square per class (ImageNet-like class names)."""
@@ -171,6 +196,7 @@ def test_images(backbone: Backbone, root: Path) -> tuple[torch.Tensor, list[str]
 
 # -- 1. training in half precision ------------------------------------------------------------------------------------
 
+
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -195,15 +221,23 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def check_training(backbone: Backbone, root: Path, method: str, precision: str, mode: Mode, work: Path,
-                   images: torch.Tensor) -> dict[str, Any]:
+def check_training(
+    backbone: Backbone, root: Path, method: str, precision: str, mode: Mode, work: Path, images: torch.Tensor
+) -> dict[str, Any]:
     """Train ``method`` in ``precision`` through rlptune's pipeline; compare its adapter's logits with fp32."""
     overrides = {
         "method": {"name": method},
         "backbone": {"precision": precision, "device": mode.device},
         "data": {"dataset": "folder", "root": str(root), "shots": mode.shots},
-        "train": {"iterations": mode.steps, "val_every": 0, "checkpoint_every": 0, "log_diagnostics": False,
-                  "cache_dir": str(work / "cache"), "aug_views": 2, "seed": 1},
+        "train": {
+            "iterations": mode.steps,
+            "val_every": 0,
+            "checkpoint_every": 0,
+            "log_diagnostics": False,
+            "cache_dir": str(work / "cache"),
+            "aug_views": 2,
+            "seed": 1,
+        },
     }
     if mode.name == "cpu-reduced":
         overrides["train"]["batch_size"] = 2
@@ -235,18 +269,29 @@ def check_training(backbone: Backbone, root: Path, method: str, precision: str, 
     if precision == "fp16":
         skipped = sum(r.get("skipped_steps", 0) for r in records)
         scale = records[-1].get("grad_scale")
-        row.update({"grad_scale": scale, "skipped_steps": skipped, "steps_taken": steps - skipped,
-                    "scaler_scales": scale is not None and scale != 1.0 and steps - skipped > 0})
+        row.update(
+            {
+                "grad_scale": scale,
+                "skipped_steps": skipped,
+                "steps_taken": steps - skipped,
+                "scaler_scales": scale is not None and scale != 1.0 and steps - skipped > 0,
+            }
+        )
     ours = load_adapter(out / "adapter", backbone=backbone, precision=precision)
     ref = load_adapter(out / "adapter", backbone=backbone, precision="fp32")
     assert ours.backbone.precision == precision and ref.backbone.precision == "fp32"
     row["logits_vs_fp32"] = agreement(method_logits(ours, images), method_logits(ref, images))
-    row["ok"] = bool(row["losses_finite"] and row["logits_vs_fp32"]["finite"] and row.get("scaler_scales", True)
-                     and row["recorded_precision"] == precision)
+    row["ok"] = bool(
+        row["losses_finite"]
+        and row["logits_vs_fp32"]["finite"]
+        and row.get("scaler_scales", True)
+        and row["recorded_precision"] == precision
+    )
     return row
 
 
 # -- 2. torchrun --------------------------------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -258,18 +303,41 @@ def run_torchrun(mode: Mode, root: Path, work: Path, precision: str) -> dict[str
     """Launch this script's ``--ddp-worker`` under torchrun on every device present; return rank 0's report."""
     out = work / "ddp.json"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={mode.world_size}", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", str(Path(__file__).resolve()), "--ddp-worker", str(out),
-        "--backbone", mode.backbone, "--device", mode.device, "--precision", precision, "--data-root", str(root),
-        "--work", str(work / "ddp-run"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={mode.world_size}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(Path(__file__).resolve()),
+        "--ddp-worker",
+        str(out),
+        "--backbone",
+        mode.backbone,
+        "--device",
+        mode.device,
+        "--precision",
+        precision,
+        "--data-root",
+        str(root),
+        "--work",
+        str(work / "ddp-run"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     if mode.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    report: dict[str, Any] = {"command": " ".join(cmd[:6]) + " ...", "returncode": done.returncode,
-                              "seconds": time.perf_counter() - t0, "world_size": mode.world_size}
+    report: dict[str, Any] = {
+        "command": " ".join(cmd[:6]) + " ...",
+        "returncode": done.returncode,
+        "seconds": time.perf_counter() - t0,
+        "world_size": mode.world_size,
+    }
     if done.returncode != 0 or not out.is_file():
         report.update({"ok": False, "stderr_tail": done.stderr[-3000:], "stdout_tail": done.stdout[-1000:]})
         return report
@@ -306,7 +374,9 @@ def ddp_worker(args) -> int:
     if context.enabled:
         step_module = wrap_for_training(method, context)
     else:  # one process: rlptune would not wrap, so wrap here to run DDP's all-reduce through the backend anyway
-        step_module = DistributedDataParallel(_Step(method), device_ids=[local] if cuda else None, broadcast_buffers=False)
+        step_module = DistributedDataParallel(
+            _Step(method), device_ids=[local] if cuda else None, broadcast_buffers=False
+        )
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9)
     scaler = torch.amp.GradScaler(torch.device(device).type) if args.precision == "fp16" else None
@@ -332,17 +402,33 @@ def ddp_worker(args) -> int:
     low, high = spread.clone(), spread.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    report.update({"ddp_steps": len(losses), "ddp_losses": losses,
-                   "ddp_params_equal_across_ranks": bool(torch.equal(low, high)),
-                   "ddp_ok": all(math.isfinite(v) for v in losses) and bool(torch.equal(low, high))})
+    report.update(
+        {
+            "ddp_steps": len(losses),
+            "ddp_losses": losses,
+            "ddp_params_equal_across_ranks": bool(torch.equal(low, high)),
+            "ddp_ok": all(math.isfinite(v) for v in losses) and bool(torch.equal(low, high)),
+        }
+    )
     if world >= 2:  # the real thing: a run through rlptune.train under torchrun (rlptune joins the same group)
-        run_config = resolve_config(None, {
-            "method": {"name": "coop"}, "backbone": {"name": args.backbone, "device": args.device, "precision": args.precision},
-            "data": {"dataset": "folder", "root": args.data_root, "shots": 4},
-            "train": {"epochs": 2, "batch_size": 4 * world, "val_every": 0, "cache_dir": str(Path(args.work) / "cache")},
-        })
+        run_config = resolve_config(
+            None,
+            {
+                "method": {"name": "coop"},
+                "backbone": {"name": args.backbone, "device": args.device, "precision": args.precision},
+                "data": {"dataset": "folder", "root": args.data_root, "shots": 4},
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 4 * world,
+                    "val_every": 0,
+                    "cache_dir": str(Path(args.work) / "cache"),
+                },
+            },
+        )
         result = train(run_config, Path(args.work) / "run", progress=False)
-        report.update({"pipeline_world_size": result.get("world_size"), "pipeline_ok": result.get("world_size") == world})
+        report.update(
+            {"pipeline_world_size": result.get("world_size"), "pipeline_ok": result.get("world_size") == world}
+        )
     if rank == 0:
         Path(args.ddp_worker).write_text(json.dumps(report))
     dist.barrier()
@@ -351,6 +437,7 @@ def ddp_worker(args) -> int:
 
 
 # -- 3. a CoOp epoch against the official-style loop at fp16 -------------------------------------------------------------
+
 
 class _CastImages(nn.Module):
     """The official ``image_encoder(image.type(self.dtype))``: images cast to the model's dtype first."""
@@ -378,26 +465,43 @@ def official_half_epoch(backbone: Backbone, splits, config, dtype: torch.dtype, 
     steps = ref.run(epochs=1)
     _sync(device)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "steps": len(steps), "dtype": str(dtype).replace("torch.", ""),
-            "context_dtype": str(params[0].dtype).replace("torch.", ""),
-            "data_seconds": sum(x["data"] for x in steps),
-            "note": "image/text split not timed on CUDA (asynchronous); data = image loading and augmentation"}
+    return {
+        "seconds": seconds,
+        "steps": len(steps),
+        "dtype": str(dtype).replace("torch.", ""),
+        "context_dtype": str(params[0].dtype).replace("torch.", ""),
+        "data_seconds": sum(x["data"] for x in steps),
+        "note": "image/text split not timed on CUDA (asynchronous); data = image loading and augmentation",
+    }
 
 
 def time_coop_epoch(backbone: Backbone, mode: Mode, work: Path, precision: str) -> dict[str, Any]:
     """One CoOp epoch (official few-shot recipe, batch 32, a fresh crop per image) both ways, at ``precision``."""
     root = make_folder(work / "timing-data", mode.timing_classes, mode.timing_shots, 0, seed=3)
-    config = resolve_config(None, {
-        "method": {"name": "coop"}, "backbone": {"precision": precision, "device": mode.device},
-        "data": {"dataset": "folder", "root": str(root), "shots": mode.timing_shots},
-        "train": {"epochs": 1, "warmup_epochs": 0, "val_every": 0, "checkpoint_every": 0, "log_diagnostics": False,
-                  "cache_dir": str(work / "timing-cache"), **({"batch_size": 4} if mode.name == "cpu-reduced" else {})},
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": {"name": "coop"},
+            "backbone": {"precision": precision, "device": mode.device},
+            "data": {"dataset": "folder", "root": str(root), "shots": mode.timing_shots},
+            "train": {
+                "epochs": 1,
+                "warmup_epochs": 0,
+                "val_every": 0,
+                "checkpoint_every": 0,
+                "log_diagnostics": False,
+                "cache_dir": str(work / "timing-cache"),
+                **({"batch_size": 4} if mode.name == "cpu-reduced" else {}),
+            },
+        },
+    )
     splits = load_dataset("folder", root)
     ours = backbone.with_precision(precision)
     torch.manual_seed(config.train.seed)
     method = build_method(config, ours, splits.classnames)
-    trainer = Trainer(config, method, splits, work / "timing-run", cache=FeatureCache(work / "timing-cache"), progress=False)
+    trainer = Trainer(
+        config, method, splits, work / "timing-run", cache=FeatureCache(work / "timing-cache"), progress=False
+    )
     _sync(mode.device)
     t0 = time.perf_counter()
     state = trainer.fit()
@@ -406,16 +510,23 @@ def time_coop_epoch(backbone: Backbone, mode: Mode, work: Path, precision: str) 
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     official = official_half_epoch(backbone, splits, config, dtype, mode.device)
     return {
-        "classes": mode.timing_classes, "shots": mode.timing_shots, "images": len(splits.train),
-        "batch_size": config.train.batch_size, "n_ctx": config.prompt.n_ctx, "precision": precision,
-        "rlptune_epoch_seconds": ours_seconds, "rlptune_steps": state.records[-1]["steps"],
+        "classes": mode.timing_classes,
+        "shots": mode.timing_shots,
+        "images": len(splits.train),
+        "batch_size": config.train.batch_size,
+        "n_ctx": config.prompt.n_ctx,
+        "precision": precision,
+        "rlptune_epoch_seconds": ours_seconds,
+        "rlptune_steps": state.records[-1]["steps"],
         "rlptune_note": "the real Trainer, fp16 autocast, cold cache: the epoch's fresh view is encoded inside it",
-        "official_style_epoch_seconds": official["seconds"], "official_style": official,
+        "official_style_epoch_seconds": official["seconds"],
+        "official_style": official,
         "ratio": official["seconds"] / ours_seconds if ours_seconds > 0 else None,
     }
 
 
 # -- the check ----------------------------------------------------------------------------------------------------
+
 
 def guarded(part, *args) -> dict[str, Any]:
     """``part(*args)``, or a failed entry naming the exception: on a lent device, one broken part must not cost the
@@ -425,8 +536,11 @@ def guarded(part, *args) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported in the JSON, with where it happened
         import traceback
 
-        return {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
-                "where": traceback.format_exc().strip().splitlines()[-3:]}
+        return {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+            "where": traceback.format_exc().strip().splitlines()[-3:],
+        }
 
 
 def _nccl_version() -> str | None:
@@ -438,8 +552,11 @@ def _nccl_version() -> str | None:
 
 
 def device_info(mode: Mode) -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_native_bf16": precision_mod.cpu_native_bf16(),
-                            "cpu_capability": str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")())}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_native_bf16": precision_mod.cpu_native_bf16(),
+        "cpu_capability": str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()),
+    }
     if torch.cuda.is_available():
         info["cuda"] = {
             "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -463,12 +580,17 @@ def run_check(args) -> dict[str, Any]:
         "device": device_info(mode),
         "settings": {k: v for k, v in dataclasses.asdict(mode).items() if k != "notes"},
         "notes": mode.notes,
-        "auto_precision": {m: precision_mod.resolve_precision("auto", mode.device, m) for m in recipes.recipe_methods()},
+        "auto_precision": {
+            m: precision_mod.resolve_precision("auto", mode.device, m) for m in recipes.recipe_methods()
+        },
     }
     torch.manual_seed(0)
     backbone = load_backbone(mode.backbone, device=mode.device, precision="fp32")
-    report["backbone"] = {"spec": mode.backbone, "identity": backbone.identity,
-                          "parameters": sum(p.numel() for p in backbone.model.parameters())}
+    report["backbone"] = {
+        "spec": mode.backbone,
+        "identity": backbone.identity,
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),
+    }
     root = make_folder(work / "data", mode.classes, mode.shots, mode.test_per_class)
     images, _ = test_images(backbone, root)
 
@@ -477,21 +599,30 @@ def run_check(args) -> dict[str, Any]:
         for precision in mode.precisions:
             row = guarded(check_training, backbone, root, method, precision, mode, work, images)
             training.setdefault(method, {})[precision] = row
-            print(f"[{method} {precision}] {'ok' if row['ok'] else 'FAILED'} "
-                  f"{row.get('seconds', 0):.1f}s {row.get('logits_vs_fp32', row.get('error', ''))}", file=sys.stderr)
+            print(
+                f"[{method} {precision}] {'ok' if row['ok'] else 'FAILED'} "
+                f"{row.get('seconds', 0):.1f}s {row.get('logits_vs_fp32', row.get('error', ''))}",
+                file=sys.stderr,
+            )
     report["training"] = training
 
     half = "fp16" if "fp16" in mode.precisions else mode.precisions[0]
-    report["torchrun"] = guarded(run_torchrun, mode, root, work, half) if not args.skip_torchrun else {"ok": True, "skipped": True}
+    report["torchrun"] = (
+        guarded(run_torchrun, mode, root, work, half) if not args.skip_torchrun else {"ok": True, "skipped": True}
+    )
     print(f"[torchrun] {'ok' if report['torchrun']['ok'] else 'FAILED'}", file=sys.stderr)
     report["coop_epoch"] = guarded(time_coop_epoch, backbone, mode, work, half)
-    print(f"[coop epoch] rlptune {report['coop_epoch'].get('rlptune_epoch_seconds', -1):.2f}s, official-style "
-          f"{report['coop_epoch'].get('official_style_epoch_seconds', -1):.2f}s", file=sys.stderr)
+    print(
+        f"[coop epoch] rlptune {report['coop_epoch'].get('rlptune_epoch_seconds', -1):.2f}s, official-style "
+        f"{report['coop_epoch'].get('official_style_epoch_seconds', -1):.2f}s",
+        file=sys.stderr,
+    )
 
     rows = [row for per in training.values() for row in per.values()]
     fp16_rows = [row for per in training.values() for p, row in per.items() if p == "fp16"]
     report["checks"] = {
-        "all_methods_trained": all(row.get("ok") for row in rows) and len(rows) == len(args.methods) * len(mode.precisions),
+        "all_methods_trained": all(row.get("ok") for row in rows)
+        and len(rows) == len(args.methods) * len(mode.precisions),
         "losses_finite": all(row.get("losses_finite", False) for row in rows),
         "grad_scaler_scales": all(row.get("scaler_scales", False) for row in fp16_rows),
         "logits_finite": all(row.get("logits_vs_fp32", {}).get("finite", False) for row in rows),
@@ -507,9 +638,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=str(HERE / "gpu_check_results.json"), help="where the one JSON goes")
     p.add_argument("--reduced", action="store_true", help="the CPU mode even where CUDA is present")
-    p.add_argument("--steps", type=int, default=0, help="training steps per method and precision (default 300; reduced 16)")
-    p.add_argument("--classes", type=int, default=0, help="classes of the generated training set (default 10; reduced 3)")
-    p.add_argument("--timing-classes", type=int, default=0, help="classes of the timed CoOp epoch (default 100; reduced 3)")
+    p.add_argument(
+        "--steps", type=int, default=0, help="training steps per method and precision (default 300; reduced 16)"
+    )
+    p.add_argument(
+        "--classes", type=int, default=0, help="classes of the generated training set (default 10; reduced 3)"
+    )
+    p.add_argument(
+        "--timing-classes", type=int, default=0, help="classes of the timed CoOp epoch (default 100; reduced 3)"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--skip-torchrun", action="store_true")
     p.add_argument("--backbone", default=None, help="default random:ViT-B-16 (reduced: the tests' tiny architecture)")
@@ -531,7 +668,9 @@ def main(argv=None) -> int:
     tmp = Path(args.json).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(args.json)  # one JSON, written whole
-    print(f"gpu check {'passed' if report['ok'] else 'FAILED'} in {report['seconds']:.0f}s ({report['mode']}): {args.json}")
+    print(
+        f"gpu check {'passed' if report['ok'] else 'FAILED'} in {report['seconds']:.0f}s ({report['mode']}): {args.json}"
+    )
     return 0 if report["ok"] else 1
 
 

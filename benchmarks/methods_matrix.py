@@ -21,8 +21,20 @@ from rlptune.report.writer import result_to_row
 from rlptune.analysis.stats import harmonic_mean
 from rlptune.reproduce.plan import LOWRANK
 
-ORDER = ("zeroshot", "linear_probe", "coop", "rlp", "cocoop", "kgcoop", "deep_text", "deep_vision", "ivlp", "maple",
-         "promptsrc", "clip_lora")
+ORDER = (
+    "zeroshot",
+    "linear_probe",
+    "coop",
+    "rlp",
+    "cocoop",
+    "kgcoop",
+    "deep_text",
+    "deep_vision",
+    "ivlp",
+    "maple",
+    "promptsrc",
+    "clip_lora",
+)
 
 
 def load_rows(results: Path, tags: set[str] | None, lowrank: bool = False) -> list[dict]:
@@ -51,7 +63,9 @@ def _pm(values: list[float]) -> str:
 
 
 def matrix(rows: list[dict], datasets: list[str] | None = None) -> str:
-    groups = sorted({r["group"] for r in rows}, key=lambda g: (ORDER.index(g.split("+")[0]) if g.split("+")[0] in ORDER else 99, g))
+    groups = sorted(
+        {r["group"] for r in rows}, key=lambda g: (ORDER.index(g.split("+")[0]) if g.split("+")[0] in ORDER else 99, g)
+    )
     datasets = datasets or sorted({r["dataset"] for r in rows})
     lines = ["| method | params | base | new | H | seeds | datasets |", "|---|---:|---:|---:|---:|---:|---:|"]
     per_dataset: dict[tuple[str, str], list[float]] = {}
@@ -75,9 +89,13 @@ def matrix(rows: list[dict], datasets: list[str] | None = None) -> str:
         params = sorted({int(r["trainable_params"]) for r in mine if r.get("trainable_params") is not None})
         shown = f"{params[0]:,}" if len(params) == 1 else ("–" if not params else f"{params[0]:,}–{params[-1]:,}")
         lines.append(f"| {g} | {shown} | {_pm(base)} | {_pm(new)} | {_pm(h)} | {len(base)} | {len(datasets)} |")
-    lines += ["", "H per dataset (mean ± std over seeds):", "",
-              "| method | " + " | ".join(d.replace("micro2-", "") for d in datasets) + " |",
-              "|---|" + "---:|" * len(datasets)]
+    lines += [
+        "",
+        "H per dataset (mean ± std over seeds):",
+        "",
+        "| method | " + " | ".join(d.replace("micro2-", "") for d in datasets) + " |",
+        "|---|" + "---:|" * len(datasets),
+    ]
     for g in groups:
         if any((g, d) in per_dataset for d in datasets):
             lines.append(f"| {g} | " + " | ".join(_pm(per_dataset.get((g, d), [])) for d in datasets) + " |")

@@ -53,10 +53,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rlptune.micro import world as W  # noqa: E402
 from rlptune.micro.pretrain import (  # noqa: E402
-    WEIGHTS_PATH, build_model, encode_text_truncated, get_tokenizer, images_to_tensor, tokenize,
+    WEIGHTS_PATH,
+    build_model,
+    encode_text_truncated,
+    get_tokenizer,
+    images_to_tensor,
+    tokenize,
 )
 from rlptune.micro.suite import (  # noqa: E402
-    GENERIC_TEMPLATE, MICRO_DATASETS, MICRO_SHIFTS, micro_spec, render_split,
+    GENERIC_TEMPLATE,
+    MICRO_DATASETS,
+    MICRO_SHIFTS,
+    micro_spec,
+    render_split,
 )
 
 
@@ -71,7 +80,7 @@ def load_micro_clip(path: Path):
 
 @torch.no_grad()
 def image_features(model, images, batch: int = 256) -> torch.Tensor:
-    out = [model.encode_image(images_to_tensor(images[i:i + batch])) for i in range(0, len(images), batch)]
+    out = [model.encode_image(images_to_tensor(images[i : i + batch])) for i in range(0, len(images), batch)]
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -114,8 +123,19 @@ def logistic_probe(xtr, ytr, xval, yval, xte, yte, num_classes: int) -> float:
     return best[1]
 
 
-def learned_context(model, tokenizer, classnames, xtr, ytr, xevals, n_ctx: int = 4, steps: int = 200,
-                    lr: float = 2e-3, init: str | None = "a photo of a", seed: int = 0) -> list[float]:
+def learned_context(
+    model,
+    tokenizer,
+    classnames,
+    xtr,
+    ytr,
+    xevals,
+    n_ctx: int = 4,
+    steps: int = 200,
+    lr: float = 2e-3,
+    init: str | None = "a photo of a",
+    seed: int = 0,
+) -> list[float]:
     """Optimise n context vectors in front of the class names (CoOp-style, class-agnostic, end position).
 
     SGD with momentum 0.9, cosine schedule, batch 32; returns the accuracy on each ``(x, y)`` of ``xevals``.
@@ -124,7 +144,7 @@ def learned_context(model, tokenizer, classnames, xtr, ytr, xevals, n_ctx: int =
     tokens = tokenize(tokenizer, prompts)
     base = model.token_embedding(tokens).detach()
     if init:
-        init_ids = tokenize(tokenizer, [init])[0, 1:1 + n_ctx]
+        init_ids = tokenize(tokenizer, [init])[0, 1 : 1 + n_ctx]
         ctx0 = model.token_embedding(init_ids).detach().clone()
     else:
         ctx0 = torch.randn(n_ctx, base.shape[-1], generator=torch.Generator().manual_seed(seed)) * 0.02
@@ -138,7 +158,7 @@ def learned_context(model, tokenizer, classnames, xtr, ytr, xevals, n_ctx: int =
     def text_feats():
         def embed(tok):
             e = base[:, : tok.shape[1]].clone()
-            e[:, 1:1 + n_ctx] = ctx
+            e[:, 1 : 1 + n_ctx] = ctx
             return e
 
         return F.normalize(encode_text_truncated(model, tokens, embed), dim=-1)
@@ -163,8 +183,9 @@ def tuned_context(model, tokenizer, classnames, xtr, ytr, xva, yva, xte, yte, n_
     """Learned context with the SGD learning rate chosen on the val split; returns (test accuracy, lr)."""
     best = None
     for lr in CTX_LRS:
-        val, test = learned_context(model, tokenizer, classnames, xtr, ytr, [(xva, yva), (xte, yte)],
-                                    n_ctx=n_ctx, steps=steps, lr=lr, init=init)
+        val, test = learned_context(
+            model, tokenizer, classnames, xtr, ytr, [(xva, yva), (xte, yte)], n_ctx=n_ctx, steps=steps, lr=lr, init=init
+        )
         if best is None or val > best[0]:
             best = (val, test, lr)
     return best[1], best[2]
@@ -181,8 +202,14 @@ def evaluate(model, tokenizer, names, shots=16, n_ctx=4, ctx_steps=200, seed=1, 
         generic = text_features(model, tokenizer, [GENERIC_TEMPLATE.format(c) for c in cls])
         styled_t = W.STYLE_TEMPLATES[spec.style][0].format("a {}") + "."
         styled = text_features(model, tokenizer, [styled_t.format(c) for c in cls])
-        row = {"dataset": name, "style": spec.style, "classes": len(cls), "chance": 1 / len(cls),
-               "zs": accuracy(xte @ generic.T, yte), "zs_style": accuracy(xte @ styled.T, yte)}
+        row = {
+            "dataset": name,
+            "style": spec.style,
+            "classes": len(cls),
+            "chance": 1 / len(cls),
+            "zs": accuracy(xte @ generic.T, yte),
+            "zs_style": accuracy(xte @ styled.T, yte),
+        }
         if spec.splits["train"]:
             tr_img, tr_y = render_split(name, "train")
             va_img, va_y = render_split(name, "val")
@@ -191,10 +218,12 @@ def evaluate(model, tokenizer, names, shots=16, n_ctx=4, ctx_steps=200, seed=1, 
             ytr = torch.tensor([tr_y[i] for i in idx])
             xva, yva = image_features(model, va_img), torch.tensor(va_y)
             row["probe"] = logistic_probe(xtr, ytr, xva, yva, xte, yte, len(cls))
-            row["ctx"], row["ctx_lr"] = tuned_context(model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte,
-                                                      n_ctx=n_ctx, init="a photo of a", steps=ctx_steps)
-            row["ctx16"], row["ctx16_lr"] = tuned_context(model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte,
-                                                          n_ctx=16, init=None, steps=ctx_steps)
+            row["ctx"], row["ctx_lr"] = tuned_context(
+                model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte, n_ctx=n_ctx, init="a photo of a", steps=ctx_steps
+            )
+            row["ctx16"], row["ctx16_lr"] = tuned_context(
+                model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte, n_ctx=16, init=None, steps=ctx_steps
+            )
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         log(_fmt(row))
@@ -205,8 +234,10 @@ def _fmt(r: dict) -> str:
     def p(k):
         return f"{100 * r[k]:6.1f}" if k in r else "     -"
 
-    return (f"{r['dataset']:<24} {r['style']:<9} {r['classes']:>3} {p('chance')} {p('zs')} {p('zs_style')} "
-            f"{p('probe')} {p('ctx')} {p('ctx16')}")
+    return (
+        f"{r['dataset']:<24} {r['style']:<9} {r['classes']:>3} {p('chance')} {p('zs')} {p('zs_style')} "
+        f"{p('probe')} {p('ctx')} {p('ctx16')}"
+    )
 
 
 def main(argv=None) -> int:
@@ -223,19 +254,26 @@ def main(argv=None) -> int:
     model = load_micro_clip(Path(args.weights))
     tokenizer = get_tokenizer()
     names = args.datasets or MICRO_DATASETS
-    print(f"{'dataset':<24} {'style':<9} {'cls':>3} {'chance':>6} {'zs':>6} {'zs-sty':>6} {'probe':>6} {'ctx4':>6} {'ctx16':>6}")
+    print(
+        f"{'dataset':<24} {'style':<9} {'cls':>3} {'chance':>6} {'zs':>6} {'zs-sty':>6} {'probe':>6} {'ctx4':>6} {'ctx16':>6}"
+    )
     rows = evaluate(model, tokenizer, names, shots=args.shots, n_ctx=args.n_ctx, ctx_steps=args.ctx_steps)
     suite = [r for r in rows if r["dataset"] in MICRO_DATASETS]
     if suite:
-        mean = {k: float(np.mean([r[k] for r in suite if k in r])) for k in ("zs", "zs_style", "probe", "ctx", "ctx16")
-                if any(k in r for r in suite)}
+        mean = {
+            k: float(np.mean([r[k] for r in suite if k in r]))
+            for k in ("zs", "zs_style", "probe", "ctx", "ctx16")
+            if any(k in r for r in suite)
+        }
         print(f"{'MEAN (suite)':<24} {'':<9} {'':>3} {'':>6} " + " ".join(f"{100 * mean[k]:6.1f}" for k in mean))
         below = [r["dataset"] for r in suite if r["zs"] < 2 * r["chance"]]
         print(f"zero-shot mean {100 * mean['zs']:.1f} (target 40-85); datasets below 2x chance: {below or 'none'}")
         if "probe" in mean:
-            print(f"probe - zero-shot {100 * (mean['probe'] - mean['zs']):+.1f} points (target >= +10); "
-                  f"learned context - zero-shot {100 * (mean['ctx'] - mean['zs']):+.1f} (n=4 from 'a photo of a'), "
-                  f"{100 * (mean['ctx16'] - mean['zs']):+.1f} (n=16 random) points (target >= +5)")
+            print(
+                f"probe - zero-shot {100 * (mean['probe'] - mean['zs']):+.1f} points (target >= +10); "
+                f"learned context - zero-shot {100 * (mean['ctx'] - mean['zs']):+.1f} (n=4 from 'a photo of a'), "
+                f"{100 * (mean['ctx16'] - mean['zs']):+.1f} (n=16 random) points (target >= +5)"
+            )
     if args.datasets is None:
         shift_rows = evaluate(model, tokenizer, [s for v in MICRO_SHIFTS.values() for s in v])
         rows += shift_rows

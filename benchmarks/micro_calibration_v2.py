@@ -29,7 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from micro_calibration import (  # noqa: E402  (the v1 benchmark's probe and learned-context helpers)
-    accuracy, few_shot_indices, image_features, logistic_probe, text_features, tuned_context,
+    accuracy,
+    few_shot_indices,
+    image_features,
+    logistic_probe,
+    text_features,
+    tuned_context,
 )
 from rlptune.micro import world as W1  # noqa: E402
 from rlptune.micro.pretrain import get_tokenizer  # noqa: E402
@@ -56,8 +61,14 @@ def evaluate(model, tokenizer, names, shots=16, ctx=False, ctx_steps=200, seed=1
         generic = text_features(model, tokenizer, [GENERIC_TEMPLATE.format(c) for c in cls])
         styled_t = W1.STYLE_TEMPLATES[spec.style][0].format("a {}") + "."
         styled = text_features(model, tokenizer, [styled_t.format(c) for c in cls])
-        row = {"dataset": name, "style": spec.style, "classes": len(cls), "chance": 1 / len(cls),
-               "zs": accuracy(xte @ generic.T, yte), "zs_style": accuracy(xte @ styled.T, yte)}
+        row = {
+            "dataset": name,
+            "style": spec.style,
+            "classes": len(cls),
+            "chance": 1 / len(cls),
+            "zs": accuracy(xte @ generic.T, yte),
+            "zs_style": accuracy(xte @ styled.T, yte),
+        }
         if spec.splits["train"]:
             tr_img, tr_y = render_split(name, "train")
             va_img, va_y = render_split(name, "val")
@@ -67,8 +78,9 @@ def evaluate(model, tokenizer, names, shots=16, ctx=False, ctx_steps=200, seed=1
             xva, yva = image_features(model, va_img), torch.tensor(va_y)
             row["probe"] = logistic_probe(xtr, ytr, xva, yva, xte, yte, len(cls))
             if ctx:
-                row["ctx"], row["ctx_lr"] = tuned_context(model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte,
-                                                          n_ctx=4, init="a photo of a", steps=ctx_steps)
+                row["ctx"], row["ctx_lr"] = tuned_context(
+                    model, tokenizer, cls, xtr, ytr, xva, yva, xte, yte, n_ctx=4, init="a photo of a", steps=ctx_steps
+                )
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         log(_fmt(row))
@@ -79,8 +91,10 @@ def _fmt(r: dict) -> str:
     def p(k):
         return f"{100 * r[k]:6.1f}" if k in r else "     -"
 
-    return (f"{r['dataset']:<24} {r['style']:<9} {r['classes']:>3} {p('chance')} {p('zs')} {p('zs_style')} "
-            f"{p('probe')} {p('ctx')}")
+    return (
+        f"{r['dataset']:<24} {r['style']:<9} {r['classes']:>3} {p('chance')} {p('zs')} {p('zs_style')} "
+        f"{p('probe')} {p('ctx')}"
+    )
 
 
 def candidate_backbone(weights: Path, results_dir: Path) -> str:
@@ -103,8 +117,7 @@ def candidate_backbone(weights: Path, results_dir: Path) -> str:
     return str(target.resolve())
 
 
-def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print,
-                backbone: str = "micro-v2") -> list[dict]:
+def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print, backbone: str = "micro-v2") -> list[dict]:
     """rlptune's base-to-new protocol (official recipes) for CoOp and zero-shot on the v2 weights given."""
     from rlptune.sweeps.runner import make_specs, run_sweep
 
@@ -113,8 +126,15 @@ def base_to_new(seeds, datasets, results_dir: Path, jobs: int = 1, log=print,
     rows = []
     for r in results:
         m = r["metrics"]
-        rows.append({"dataset": r.get("dataset"), "method": r["method"], "seed": r.get("seed"),
-                     "base": m["base"]["top1"], "new": m["new"]["top1"]})
+        rows.append(
+            {
+                "dataset": r.get("dataset"),
+                "method": r["method"],
+                "seed": r.get("seed"),
+                "base": m["base"]["top1"],
+                "new": m["new"]["top1"],
+            }
+        )
     for r in rows:
         log(f"b2n {r['dataset']} {r['method']:<9} seed {r['seed']} base {r['base']:5.1f} new {r['new']:5.1f}")
     for method in ("zeroshot", "coop"):
@@ -145,13 +165,18 @@ def main(argv=None) -> int:
     rows = evaluate(model, tokenizer, names, shots=args.shots, ctx=args.ctx)
     suite = [r for r in rows if r["dataset"] in MICRO2_DATASETS]
     if suite:
-        mean = {k: float(np.mean([r[k] for r in suite if k in r])) for k in ("zs", "zs_style", "probe", "ctx")
-                if any(k in r for r in suite)}
+        mean = {
+            k: float(np.mean([r[k] for r in suite if k in r]))
+            for k in ("zs", "zs_style", "probe", "ctx")
+            if any(k in r for r in suite)
+        }
         print(f"{'MEAN (suite)':<24} {'':<9} {'':>3} {'':>6} " + " ".join(f"{100 * mean[k]:6.1f}" for k in mean))
         below = [r["dataset"] for r in suite if r["zs"] < 2 * r["chance"]]
         above = [r["dataset"] for r in suite if r["zs"] > 0.92]
-        print(f"zero-shot mean {100 * mean['zs']:.1f} (target 50-75); below 2x chance: {below or 'none'}; "
-              f"above 92: {above or 'none'}")
+        print(
+            f"zero-shot mean {100 * mean['zs']:.1f} (target 50-75); below 2x chance: {below or 'none'}; "
+            f"above 92: {above or 'none'}"
+        )
         if "probe" in mean:
             print(f"probe - zero-shot {100 * (mean['probe'] - mean['zs']):+.1f} points (target >= +10)")
     if not args.no_shifts and args.datasets is None:
@@ -159,8 +184,9 @@ def main(argv=None) -> int:
     out = {"rows": rows}
     if args.b2n:
         b2n_dir = Path(args.b2n_dir)
-        out["b2n"] = base_to_new(args.b2n, names, b2n_dir, jobs=args.jobs,
-                                 backbone=candidate_backbone(Path(args.weights), b2n_dir))
+        out["b2n"] = base_to_new(
+            args.b2n, names, b2n_dir, jobs=args.jobs, backbone=candidate_backbone(Path(args.weights), b2n_dir)
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

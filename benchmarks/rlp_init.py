@@ -23,7 +23,10 @@ VARIANTS = {
     "rlp A~N(0,.02²) B=0 sgd 0.002": ("rlp", {"prompt": {"a_std": 0.02, "b_std": 0.0}}),
     "rlp A,B~N(0,.02²) sgd 0.002": ("rlp", {"prompt": {"a_std": 0.02, "b_std": 0.02}}),
     "rlp A~N(0,1) B=0 sgd 0.002 (default)": ("rlp", {}),
-    "rlp A,B~N(0,.02²) adamw 0.002": ("rlp", {"prompt": {"a_std": 0.02, "b_std": 0.02}, "train": {"optimizer": "adamw", "weight_decay": 0.0}}),
+    "rlp A,B~N(0,.02²) adamw 0.002": (
+        "rlp",
+        {"prompt": {"a_std": 0.02, "b_std": 0.02}, "train": {"optimizer": "adamw", "weight_decay": 0.0}},
+    ),
 }
 
 
@@ -39,8 +42,15 @@ def main() -> None:
     rows = []
     for label, (method, overrides) in VARIANTS.items():
         train = {"epochs": args.epochs, "augment": False, **overrides.get("train", {})}
-        specs = make_specs("base2new", args.datasets, [method], args.seeds, [16], backbone=args.backbone,
-                           base_overrides={**overrides, "train": train})
+        specs = make_specs(
+            "base2new",
+            args.datasets,
+            [method],
+            args.seeds,
+            [16],
+            backbone=args.backbone,
+            base_overrides={**overrides, "train": train},
+        )
         for spec in specs:
             spec.label = label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("~", "")
         t0 = time.perf_counter()
@@ -52,8 +62,19 @@ def main() -> None:
         for r in out:
             d = r["prompt_diagnostics"].get("ctx", {})
             if "delta" in d and "P" in d:
-                moved.append(d["delta"].get("frobenius_norm", float("nan")) / max(d["P"].get("frobenius_norm", 1e-12), 1e-12))
-        rows.append((label, base, new, 2 * base * new / max(base + new, 1e-9), statistics.mean(moved) if moved else float("nan"), seconds))
+                moved.append(
+                    d["delta"].get("frobenius_norm", float("nan")) / max(d["P"].get("frobenius_norm", 1e-12), 1e-12)
+                )
+        rows.append(
+            (
+                label,
+                base,
+                new,
+                2 * base * new / max(base + new, 1e-9),
+                statistics.mean(moved) if moved else float("nan"),
+                seconds,
+            )
+        )
     print("| variant | base | new | H | ‖ΔP‖/‖P‖ | seconds |\n|---|---|---|---|---|---|")
     for label, b, n, h, m, s in rows:
         print(f"| {label} | {b:.1f} | {n:.1f} | {h:.1f} | {m:.3f} | {s:.0f} |")

@@ -67,7 +67,7 @@ def _write_class(args: tuple[Path, str, int, int, int]) -> int:
             field = np.asarray(Image.fromarray(base.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
             field += rng.normal(0, 12, size=(h, w, 3))
             y, x = rng.integers(0, h - 60), rng.integers(0, w - 60)
-            field[y:y + 60, x:x + 60] = rng.integers(0, 255, size=3)
+            field[y : y + 60, x : x + 60] = rng.integers(0, 255, size=3)
             Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(folder / f"{wnid}_{i}.JPEG", quality=90)
             written += 1
     return written
@@ -120,17 +120,33 @@ def text_steps(method_name: str, backbone, classnames: list[str], steps: int, se
             optim.step()
             times.append(time.perf_counter() - t0)
     steady = times[1:] or times
-    return {"method": method_name, "classes": len(classnames), "steps": len(times), "seconds_per_step": float(np.median(steady)),
-            "first_step_seconds": times[0], "epochs": int(config.train.epochs), "batch": int(config.train.batch_size),
-            "peak_mb": phase.peak, "above_mb": phase.above}
+    return {
+        "method": method_name,
+        "classes": len(classnames),
+        "steps": len(times),
+        "seconds_per_step": float(np.median(steady)),
+        "first_step_seconds": times[0],
+        "epochs": int(config.train.epochs),
+        "batch": int(config.train.batch_size),
+        "peak_mb": phase.peak,
+        "above_mb": phase.above,
+    }
 
 
 def run(args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="rlptune-scale-"))
-    out: dict[str, Any] = {"setting": {"classes": args.classes, "shots": args.shots, "val_per_class": args.val_per_class,
-                                       "image_size": "500x375 JPEG", "backbone": "random:ViT-B-16", "precision": args.precision,
-                                       "threads": args.threads}}
+    out: dict[str, Any] = {
+        "setting": {
+            "classes": args.classes,
+            "shots": args.shots,
+            "val_per_class": args.val_per_class,
+            "image_size": "500x375 JPEG",
+            "backbone": "random:ViT-B-16",
+            "precision": args.precision,
+            "threads": args.threads,
+        }
+    }
     t0 = time.perf_counter()
     if not (work / "data" / "imagenet" / "classnames.txt").is_file():
         make_imagenet(work / "data", args.classes, args.shots, args.val_per_class, args.jobs)
@@ -138,10 +154,20 @@ def run(args) -> dict[str, Any]:
     out["data_bytes"] = sum(p.stat().st_size for p in (work / "data").rglob("*.JPEG"))
     with Phase() as phase:
         splits = load_dataset("imagenet", work / "data")
-    out["loader"] = {"seconds": phase.seconds, "train": len(splits.train), "test": len(splits.test), "peak_mb": phase.peak}
+    out["loader"] = {
+        "seconds": phase.seconds,
+        "train": len(splits.train),
+        "test": len(splits.test),
+        "peak_mb": phase.peak,
+    }
     base, new = base_new(splits)
-    out["base_new"] = {"base_classes": len(base.classnames), "new_classes": len(new.classnames),
-                       "base_train": len(base.train), "test_base": len(base.test), "test_new": len(new.test)}
+    out["base_new"] = {
+        "base_classes": len(base.classnames),
+        "new_classes": len(new.classnames),
+        "base_train": len(base.train),
+        "test_base": len(base.test),
+        "test_new": len(new.test),
+    }
     torch.manual_seed(0)
     with Phase() as phase:
         backbone = load_backbone("random:ViT-B-16", device="cpu", precision=args.precision)
@@ -152,13 +178,19 @@ def run(args) -> dict[str, Any]:
     sample = base.train[:: max(1, len(base.train) // args.image_sample)][: args.image_sample]
     with torch.no_grad():  # warm-up: the first bf16 pass pays one-off kernel set-up, not per-image cost
         backbone.encode_image(torch.zeros(2, 3, 224, 224))
-    before = sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file()) if (work / "cache").exists() else 0
+    before = (
+        sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file()) if (work / "cache").exists() else 0
+    )
     with Phase() as phase:
         cache.get_or_encode(backbone, base, sample, view=1, batch_size=32, view_seed=1)
     after = sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file())
     per_image_bytes = (after - before) / len(sample)
-    out["image_tower"] = {"images": len(sample), "seconds_per_image": phase.seconds / len(sample), "peak_mb": phase.peak,
-                          "cache_bytes_per_image_view": per_image_bytes}
+    out["image_tower"] = {
+        "images": len(sample),
+        "seconds_per_image": phase.seconds / len(sample),
+        "peak_mb": phase.peak,
+        "cache_bytes_per_image_view": per_image_bytes,
+    }
     out["text"] = [text_steps(m, backbone, base.classnames, args.steps, args.step_seconds) for m in ("coop", "rlp")]
     out["peak_mb"] = peak_mb()
     out["extrapolated"] = extrapolate(out)
@@ -176,36 +208,58 @@ def extrapolate(out: dict[str, Any]) -> dict[str, Any]:
     for t in out["text"]:
         steps = n // t["batch"]
         epoch = n * img + steps * t["seconds_per_step"]
-        res[t["method"]] = {"epochs": t["epochs"], "steps_per_epoch": steps, "epoch_hours": epoch / 3600,
-                            "image_hours_per_epoch": n * img / 3600, "text_hours_per_epoch": steps * t["seconds_per_step"] / 3600,
-                            "run_hours": (t["epochs"] * epoch + test_images * img) / 3600,
-                            "cache_gb_per_run": t["epochs"] * res["cache_bytes_per_epoch"] / 1e9}
+        res[t["method"]] = {
+            "epochs": t["epochs"],
+            "steps_per_epoch": steps,
+            "epoch_hours": epoch / 3600,
+            "image_hours_per_epoch": n * img / 3600,
+            "text_hours_per_epoch": steps * t["seconds_per_step"] / 3600,
+            "run_hours": (t["epochs"] * epoch + test_images * img) / 3600,
+            "cache_gb_per_run": t["epochs"] * res["cache_bytes_per_epoch"] / 1e9,
+        }
     return res
 
 
 def markdown(out: dict[str, Any]) -> str:
     s, e = out["setting"], out["extrapolated"]
-    lines = [f"{s['classes']} classes x {s['shots']} shots of {s['image_size']} ({out['data_bytes'] / 1e9:.2f} GB, "
-             f"generated in {out['generate_seconds']:.0f} s), {s['backbone']} in {s['precision']}, {s['threads']} torch thread(s).",
-             "", "| measured | value |", "|---|---:|",
-             f"| ImageNet loader ({out['loader']['train']} train, {out['loader']['test']} val images) | {out['loader']['seconds']:.1f} s |",
-             f"| base-to-new split | {out['base_new']['base_classes']} base / {out['base_new']['new_classes']} new classes, {out['base_new']['base_train']} training images |"]
+    lines = [
+        f"{s['classes']} classes x {s['shots']} shots of {s['image_size']} ({out['data_bytes'] / 1e9:.2f} GB, "
+        f"generated in {out['generate_seconds']:.0f} s), {s['backbone']} in {s['precision']}, {s['threads']} torch thread(s).",
+        "",
+        "| measured | value |",
+        "|---|---:|",
+        f"| ImageNet loader ({out['loader']['train']} train, {out['loader']['test']} val images) | {out['loader']['seconds']:.1f} s |",
+        f"| base-to-new split | {out['base_new']['base_classes']} base / {out['base_new']['new_classes']} new classes, {out['base_new']['base_train']} training images |",
+    ]
     for d in out["decode"]:
         lines.append(f"| decode + random crop + flip, {d['workers']} workers | {d['images_per_second']:.1f} images/s |")
     it = out["image_tower"]
-    lines += [f"| image tower, fresh view ({it['images']} images) | {it['seconds_per_image']:.3f} s/image |",
-              f"| feature-cache bytes per image and view | {it['cache_bytes_per_image_view']:.0f} B |"]
+    lines += [
+        f"| image tower, fresh view ({it['images']} images) | {it['seconds_per_image']:.3f} s/image |",
+        f"| feature-cache bytes per image and view | {it['cache_bytes_per_image_view']:.0f} B |",
+    ]
     for t in out["text"]:
-        lines.append(f"| {t['method']} text step at {t['classes']} classes, batch 32 ({t['steps']} steps timed) | "
-                     f"{t['seconds_per_step']:.2f} s/step (peak {t['peak_mb']:.0f} MB) |")
-    lines += [f"| peak resident memory of the process | {out['peak_mb']:.0f} MB |", "",
-              "**Extrapolated** (not run): whole base-to-new runs on this CPU at the official recipes.", "",
-              "| method | epochs | image h / epoch | text h / epoch | run (h) | cache per run |", "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {t['method']} text step at {t['classes']} classes, batch 32 ({t['steps']} steps timed) | "
+            f"{t['seconds_per_step']:.2f} s/step (peak {t['peak_mb']:.0f} MB) |"
+        )
+    lines += [
+        f"| peak resident memory of the process | {out['peak_mb']:.0f} MB |",
+        "",
+        "**Extrapolated** (not run): whole base-to-new runs on this CPU at the official recipes.",
+        "",
+        "| method | epochs | image h / epoch | text h / epoch | run (h) | cache per run |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m in ("coop", "rlp"):
         r = e[m]
-        lines.append(f"| {m} | {r['epochs']} | {r['image_hours_per_epoch']:.2f} | {r['text_hours_per_epoch']:.2f} | "
-                     f"{r['run_hours']:.0f} | {r['cache_gb_per_run']:.2f} GB |")
-    lines.append(f"\nCache bytes per epoch (one fresh view of every base training image): {e['cache_bytes_per_epoch'] / 1e6:.1f} MB (extrapolated).")
+        lines.append(
+            f"| {m} | {r['epochs']} | {r['image_hours_per_epoch']:.2f} | {r['text_hours_per_epoch']:.2f} | "
+            f"{r['run_hours']:.0f} | {r['cache_gb_per_run']:.2f} GB |"
+        )
+    lines.append(
+        f"\nCache bytes per epoch (one fresh view of every base training image): {e['cache_bytes_per_epoch'] / 1e6:.1f} MB (extrapolated)."
+    )
     return "\n".join(lines)
 
 
@@ -213,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--val-per-class", type=int, default=2, help="validation images per class generated (ImageNet: 50)")
+    parser.add_argument(
+        "--val-per-class", type=int, default=2, help="validation images per class generated (ImageNet: 50)"
+    )
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1), help="processes generating images")

@@ -125,13 +125,32 @@ def rss_mib(pid: int) -> float:
 
 
 class ServerProcess:
-    def __init__(self, spec: str, adapters: Path, batch: int, threads: int, lifetime: float, log: Path, preload: bool = True) -> None:
+    def __init__(
+        self, spec: str, adapters: Path, batch: int, threads: int, lifetime: float, log: Path, preload: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
-            sys.executable, "-m", "rlptune", "serve", "--backbone", spec, "--adapters", str(adapters), "--device", "cpu",
-            "--host", "127.0.0.1", "--port", str(self.port), "--max-batch-size", str(batch), "--max-wait-ms", "5",
-            "--max-lifetime-s", str(lifetime),
+            sys.executable,
+            "-m",
+            "rlptune",
+            "serve",
+            "--backbone",
+            spec,
+            "--adapters",
+            str(adapters),
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-batch-size",
+            str(batch),
+            "--max-wait-ms",
+            "5",
+            "--max-lifetime-s",
+            str(lifetime),
         ] + (["--preload"] if preload else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RLPTUNE_SERVE_TOKEN": "benchmark-token-0123456789"}
         self.log = open(log, "w")
@@ -162,7 +181,9 @@ class ServerProcess:
         self.log.close()
 
 
-async def load(url: str, tasks: list[str], pngs: list[bytes], clients: int, seconds: float, max_requests: int, seed: int) -> dict:
+async def load(
+    url: str, tasks: list[str], pngs: list[bytes], clients: int, seconds: float, max_requests: int, seed: int
+) -> dict:
     import httpx
 
     rng = random.Random(seed)
@@ -178,7 +199,9 @@ async def load(url: str, tasks: list[str], pngs: list[bytes], clients: int, seco
             files = [("image", (f"{i}.png", pngs[rng.randrange(len(pngs))], "image/png")) for i in range(n)]
             start = time.perf_counter()
             try:
-                response = await session.post(url + "/v1/classify", data={"task": rng.choice(tasks), "top_k": "3"}, files=files)
+                response = await session.post(
+                    url + "/v1/classify", data={"task": rng.choice(tasks), "top_k": "3"}, files=files
+                )
                 ok = response.status_code == 200
                 if not ok:
                     failures.append(f"{response.status_code} {response.text[:120]}")
@@ -217,7 +240,9 @@ def check_parity(url: str, adapters: Path, backbone, pngs: list[bytes], workdir:
         paths.append(path)
     for task in sorted(p.name for p in adapters.iterdir())[:3]:
         files = [("image", (p.name, p.read_bytes(), "image/png")) for p in paths]
-        served = httpx.post(url + "/v1/classify", data={"task": task, "top_k": "3"}, files=files, timeout=120).json()["predictions"]
+        served = httpx.post(url + "/v1/classify", data={"task": task, "top_k": "3"}, files=files, timeout=120).json()[
+            "predictions"
+        ]
         expected = predict(load_adapter(adapters / task, backbone), paths, top_k=3)
         for got, want in zip(served, expected):
             if got["labels"] != want["labels"] or max(abs(a - b) for a, b in zip(got["probs"], want["probs"])) > 1e-5:
@@ -231,10 +256,21 @@ def registered_only(spec: str, args, workdir: Path) -> None:
     for count in args.tasks:
         adapters = workdir / f"{spec.replace(':', '_')}-{count}"
         make_adapters(adapters, backbone, count)
-        server = ServerProcess(spec, adapters, args.batch, args.threads, args.server_lifetime, workdir / f"server-{count}.log", preload=False)
+        server = ServerProcess(
+            spec,
+            adapters,
+            args.batch,
+            args.threads,
+            args.server_lifetime,
+            workdir / f"server-{count}.log",
+            preload=False,
+        )
         try:
             ready = server.wait_ready(args.ready_timeout)
-            print(f"{spec}: {count} adapters registered (none loaded): server RSS {rss_mib(server.proc.pid):.0f} MiB, ready in {ready:.1f}s", flush=True)
+            print(
+                f"{spec}: {count} adapters registered (none loaded): server RSS {rss_mib(server.proc.pid):.0f} MiB, ready in {ready:.1f}s",
+                flush=True,
+            )
         finally:
             server.stop()
         shutil.rmtree(adapters, ignore_errors=True)
@@ -250,7 +286,9 @@ def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
         start = time.perf_counter()
         make_adapters(adapters, backbone, count)
         built = time.perf_counter() - start
-        server = ServerProcess(spec, adapters, args.batch, args.threads, args.server_lifetime, workdir / f"server-{count}.log")
+        server = ServerProcess(
+            spec, adapters, args.batch, args.threads, args.server_lifetime, workdir / f"server-{count}.log"
+        )
         try:
             ready = server.wait_ready(args.ready_timeout)
             rss = rss_mib(server.proc.pid)
@@ -259,16 +297,30 @@ def run_backbone(spec: str, args, workdir: Path) -> list[dict]:
             # the bare tower right before and after the traffic (server idle): the machine's load drifts
             before = tower_throughput(backbone, args.batch, args.tower_seconds)
             cpu_before = cpu_seconds(server.proc.pid)
-            result = asyncio.run(load(server.url, tasks, pngs, args.clients, args.seconds, args.max_requests, seed=count))
-            result["server_cpu_ms_per_image"] = 1000 * (cpu_seconds(server.proc.pid) - cpu_before) / max(1, result["images"])
+            result = asyncio.run(
+                load(server.url, tasks, pngs, args.clients, args.seconds, args.max_requests, seed=count)
+            )
+            result["server_cpu_ms_per_image"] = (
+                1000 * (cpu_seconds(server.proc.pid) - cpu_before) / max(1, result["images"])
+            )
             after = tower_throughput(backbone, args.batch, args.tower_seconds)
             tower, tower_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         finally:
             server.stop()
         row = {
-            "backbone": spec, "tasks": count, "clients": args.clients, "batch": args.batch, "tower_images_per_s": tower, "tower_cpu_ms_per_image": tower_cpu, **result,
+            "backbone": spec,
+            "tasks": count,
+            "clients": args.clients,
+            "batch": args.batch,
+            "tower_images_per_s": tower,
+            "tower_cpu_ms_per_image": tower_cpu,
+            **result,
             "cpu_ratio": tower_cpu / result["server_cpu_ms_per_image"],
-            "ratio": result["images_per_s"] / tower, "rss_mib": rss, "startup_s": ready, "adapters_built_s": built, "parity": parity,
+            "ratio": result["images_per_s"] / tower,
+            "rss_mib": rss,
+            "startup_s": ready,
+            "adapters_built_s": built,
+            "parity": parity,
         }
         rows.append(row)
         print(
@@ -305,12 +357,28 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="traffic per setting")
     parser.add_argument("--max-requests", type=int, default=5000, help="cap on requests per setting")
     parser.add_argument("--tower-seconds", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the bare-tower run (1: on a shared machine more threads oversubscribe)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the server and of the bare-tower run (1: on a shared machine more threads oversubscribe)",
+    )
     parser.add_argument("--server-lifetime", type=float, default=900.0, help="each server stops by itself after this")
-    parser.add_argument("--ready-timeout", type=float, default=300.0, help="give up when a server (loading its adapters) is not ready by then")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=300.0,
+        help="give up when a server (loading its adapters) is not ready by then",
+    )
     parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--registered-only", action="store_true", help="only the server's memory with the adapters registered, none loaded (no traffic)")
-    parser.add_argument("--from-json", nargs="+", help="only print the table of rows written earlier with --json (one or more files)")
+    parser.add_argument(
+        "--registered-only",
+        action="store_true",
+        help="only the server's memory with the adapters registered, none loaded (no traffic)",
+    )
+    parser.add_argument(
+        "--from-json", nargs="+", help="only print the table of rows written earlier with --json (one or more files)"
+    )
     args = parser.parse_args()
     if args.from_json:
         print(table([row for path in args.from_json for row in json.loads(Path(path).read_text())]))

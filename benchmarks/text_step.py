@@ -57,7 +57,10 @@ def linear_shapes(tower) -> list[tuple[int, int]]:
     """(in, out) of one block's linear layers: qkv projection, output projection, MLP in and out."""
     block = tower.transformer.resblocks[0]
     attn = block.attn
-    shapes = [(attn.in_proj_weight.shape[1], attn.in_proj_weight.shape[0]), (attn.out_proj.in_features, attn.out_proj.out_features)]
+    shapes = [
+        (attn.in_proj_weight.shape[1], attn.in_proj_weight.shape[0]),
+        (attn.out_proj.in_features, attn.out_proj.out_features),
+    ]
     shapes += [(m.in_features, m.out_features) for m in block.mlp if isinstance(m, torch.nn.Linear)]
     return shapes
 
@@ -80,9 +83,14 @@ def floor_flops(tower, prefix_len: int, own_lens: list[int]) -> dict:
     linear += sum(own_lens) * kv_only + len(own_lens) * (per_token - kv_only)  # last block, class tokens
     attention = full_layers * 4 * d * keys + 4 * d * keys_eot
     return {
-        "tokens": tokens, "layers": layers, "width": d, "linear_flops_per_token_layer": per_token,
-        "forward_flops": linear + attention, "total_flops": 2 * linear + 3 * attention,
-        "linear_total": 2 * linear, "attention_total": 3 * attention,
+        "tokens": tokens,
+        "layers": layers,
+        "width": d,
+        "linear_flops_per_token_layer": per_token,
+        "forward_flops": linear + attention,
+        "total_flops": 2 * linear + 3 * attention,
+        "linear_total": 2 * linear,
+        "attention_total": 3 * attention,
     }
 
 
@@ -90,7 +98,9 @@ def dense_rate(tower, tokens: int, reps: int) -> float:
     """FLOP/s of the same linear products on ONE batch of ``tokens`` rows (forward + input-gradient backward)."""
     shapes = linear_shapes(tower)
     block = tower.transformer.resblocks[0]
-    weights = [block.attn.in_proj_weight, block.attn.out_proj.weight] + [m.weight for m in block.mlp if isinstance(m, torch.nn.Linear)]
+    weights = [block.attn.in_proj_weight, block.attn.out_proj.weight] + [
+        m.weight for m in block.mlp if isinstance(m, torch.nn.Linear)
+    ]
     weights = [w.detach() for w in weights]
     flops = 2 * 2 * tokens * sum(i * o for i, o in shapes) * tower.num_layers
     times = []
@@ -163,7 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default="random:ViT-B-16", help="backbone whose text tower is timed")
     parser.add_argument("--classes", type=int, default=100, help="number of classes (ImageNet-like names, 1-3 words)")
     parser.add_argument("--n-ctx", type=int, default=16, help="context tokens (CoOp: 16)")
-    parser.add_argument("--reps", type=int, default=5, help="timed rounds (after one warm-up round); medians are reported")
+    parser.add_argument(
+        "--reps", type=int, default=5, help="timed rounds (after one warm-up round); medians are reported"
+    )
     parser.add_argument("--ref-reps", type=int, default=1, help="timed official-style steps (0 = skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the raw numbers here")
@@ -190,37 +202,59 @@ def main(argv=None) -> int:
     # per rep: the step over the floor at that rep's dense rate; the median over reps is reported
     ratios = {name: [t * r / total for t, r in zip(timed[name], timed["dense_rate"])] for name in ("packed", "grouped")}
     rate = statistics.median(timed["dense_rate"])
-    report.update({
-        "floor": floor, "dense_rate_flops": timed["dense_rate"], "floor_seconds": total / rate, "max_feature_diff": same,
-        "packed_steps": timed["packed"], "grouped_steps": timed["grouped"], "official_steps": official,
-        "ratio_to_floor": {k: statistics.median(v) for k, v in ratios.items()}, "ratios_to_floor": ratios,
-        "packs": len(text._groups),
-    })
+    report.update(
+        {
+            "floor": floor,
+            "dense_rate_flops": timed["dense_rate"],
+            "floor_seconds": total / rate,
+            "max_feature_diff": same,
+            "packed_steps": timed["packed"],
+            "grouped_steps": timed["grouped"],
+            "official_steps": official,
+            "ratio_to_floor": {k: statistics.median(v) for k, v in ratios.items()},
+            "ratios_to_floor": ratios,
+            "packs": len(text._groups),
+        }
+    )
     with contextlib.suppress(OSError):
         report["loadavg_end"] = os.getloadavg()
     f = floor
-    print(f"text step, {args.classes} classes, n_ctx {args.n_ctx}, {args.backbone}, {args.threads} thread(s); "
-          f"load average {report['loadavg_start'][0]:.1f} -> {report['loadavg_end'][0]:.1f}")
-    print(f"  tokens: prefix {1 + text.n_ctx + text.n_fixed} + class tokens {sum(own_lens)} = {f['tokens']} "
-          f"(official-style: {args.classes} x 77 = {args.classes * 77}); {f['layers']} layers, width {f['width']}")
-    print(f"  floor work: {total / 1e9:.1f} GFLOP (linear {f['linear_total'] / 1e9:.1f} + attention "
-          f"{f['attention_total'] / 1e9:.2f}; {f['linear_flops_per_token_layer'] / 1e6:.1f} MFLOP per token-layer forward, "
-          f"x2 with the input-gradient backward)")
-    print(f"  dense rate (one batch of {f['tokens']} tokens, same products): median {rate / 1e9:.1f} GFLOP/s "
-          f"({', '.join(f'{r / 1e9:.0f}' for r in timed['dense_rate'])}) -> floor {total / rate:.2f} s")
+    print(
+        f"text step, {args.classes} classes, n_ctx {args.n_ctx}, {args.backbone}, {args.threads} thread(s); "
+        f"load average {report['loadavg_start'][0]:.1f} -> {report['loadavg_end'][0]:.1f}"
+    )
+    print(
+        f"  tokens: prefix {1 + text.n_ctx + text.n_fixed} + class tokens {sum(own_lens)} = {f['tokens']} "
+        f"(official-style: {args.classes} x 77 = {args.classes * 77}); {f['layers']} layers, width {f['width']}"
+    )
+    print(
+        f"  floor work: {total / 1e9:.1f} GFLOP (linear {f['linear_total'] / 1e9:.1f} + attention "
+        f"{f['attention_total'] / 1e9:.2f}; {f['linear_flops_per_token_layer'] / 1e6:.1f} MFLOP per token-layer forward, "
+        f"x2 with the input-gradient backward)"
+    )
+    print(
+        f"  dense rate (one batch of {f['tokens']} tokens, same products): median {rate / 1e9:.1f} GFLOP/s "
+        f"({', '.join(f'{r / 1e9:.0f}' for r in timed['dense_rate'])}) -> floor {total / rate:.2f} s"
+    )
     labels = {"packed": "shared prefix, packed (rlptune)", "grouped": "shared prefix, per-length groups (before)"}
     for name, label in labels.items():
         t = statistics.median(timed[name])
-        print(f"  {label}: median {t:.2f} s/step ({', '.join(f'{x:.2f}' for x in timed[name])}); "
-              f"achieved {total / t / 1e9:.1f} GFLOP/s; {report['ratio_to_floor'][name]:.2f}x the floor "
-              f"(median of per-rep ratios)")
-    print(f"  packed vs per-length groups: {statistics.median(timed['grouped']) / statistics.median(timed['packed']):.2f}x; "
-          f"features equal to {same:.1e}")
+        print(
+            f"  {label}: median {t:.2f} s/step ({', '.join(f'{x:.2f}' for x in timed[name])}); "
+            f"achieved {total / t / 1e9:.1f} GFLOP/s; {report['ratio_to_floor'][name]:.2f}x the floor "
+            f"(median of per-rep ratios)"
+        )
+    print(
+        f"  packed vs per-length groups: {statistics.median(timed['grouped']) / statistics.median(timed['packed']):.2f}x; "
+        f"features equal to {same:.1e}"
+    )
     if official:
         o = statistics.median(official)
         report["official_step"] = o
-        print(f"  official-style 77 tokens: {o:.2f} s/step -> {o / statistics.median(timed['packed']):.1f}x the packed "
-              f"step, {o / statistics.median(timed['grouped']):.1f}x the per-length groups")
+        print(
+            f"  official-style 77 tokens: {o:.2f} s/step -> {o / statistics.median(timed['packed']):.1f}x the packed "
+            f"step, {o / statistics.median(timed['grouped']):.1f}x the per-length groups"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -137,7 +137,9 @@ def class_names(count: int) -> list[str]:
     return names
 
 
-def make_dataset(root: Path, classes: list[str], per_class: int, test_per_class: int = 0, seed: int = 0) -> DatasetSplits:
+def make_dataset(
+    root: Path, classes: list[str], per_class: int, test_per_class: int = 0, seed: int = 0
+) -> DatasetSplits:
     """Small PNGs (noise + a coloured square per class); they go through the real resize/crop transforms."""
     from PIL import Image
 
@@ -241,7 +243,9 @@ def _autocast(precision: str):
 class ReferenceTrainer:
     """The CoOp training loop: data loader with augmentation, image tower + 77-token text every step, SGD."""
 
-    def __init__(self, backbone: Backbone, splits: DatasetSplits, n_ctx: int, rlp: bool, config, precision: str = "fp32"):
+    def __init__(
+        self, backbone: Backbone, splits: DatasetSplits, n_ctx: int, rlp: bool, config, precision: str = "fp32"
+    ):
         self.backbone, self.splits, self.config = backbone, splits, config
         self.precision = precision  # "bf16": the whole step under CPU bf16 autocast, as rlptune's bf16 runs it
         torch.manual_seed(config.train.seed)
@@ -259,7 +263,11 @@ class ReferenceTrainer:
         """Train; return per-step timings (seconds: data, image, text forward+backward, total)."""
         s = self.config.train
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch, shuffle=True, drop_last=True, num_workers=0,
+            self.dataset,
+            batch_size=self.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=0,
             generator=torch.Generator().manual_seed(s.seed),
         )
         steps = []
@@ -374,11 +382,16 @@ def bench_b16(args, log) -> dict:
     # views encoded over a whole run: one per epoch in the default fresh mode, K with --aug-views K
     views = args.aug_views if args.aug_views > 0 else args.protocol_epochs
     out["cache"] = {
-        "images_timed": len(sample), "seconds_per_image": per_image, "views": views,
-        "build_seconds_extrapolated": per_image * views * len(splits.train), "peak_mb": phase.peak,
+        "images_timed": len(sample),
+        "seconds_per_image": per_image,
+        "views": views,
+        "build_seconds_extrapolated": per_image * views * len(splits.train),
+        "peak_mb": phase.peak,
     }
-    log(f"cache build: {per_image:.2f}s/image -> {views} views x {len(splits.train)} images = "
-        f"{fmt_s(out['cache']['build_seconds_extrapolated'])} (extrapolated)")
+    log(
+        f"cache build: {per_image:.2f}s/image -> {views} views x {len(splits.train)} images = "
+        f"{fmt_s(out['cache']['build_seconds_extrapolated'])} (extrapolated)"
+    )
 
     results = {}
     for method, settings in METHODS.items():
@@ -392,12 +405,16 @@ def bench_b16(args, log) -> dict:
         ref_step = statistics.mean(s["total"] for s in timed)
         ref_img = statistics.mean(s["image"] + s["data"] for s in timed)
         ref_txt = statistics.mean(s["text"] for s in timed)
-        log(f"[{method}] reference: {ref_step:.1f}s/step (images {ref_img:.1f}s, text {ref_txt:.1f}s), "
-            f"{len(timed)} timed steps, peak {ref_phase.peak:.0f} MB")
+        log(
+            f"[{method}] reference: {ref_step:.1f}s/step (images {ref_img:.1f}s, text {ref_txt:.1f}s), "
+            f"{len(timed)} timed steps, peak {ref_phase.peak:.0f} MB"
+        )
         # rlptune: the real Trainer, one whole epoch, on cached features (random unit vectors of the right shape:
         # the values do not change the time; the real build cost is measured above)
         method_obj = build_method(config, backbone, splits.classnames)
-        trainer = Trainer(config, method_obj, splits, work / f"run-{rlp}", cache=FeatureCache(work / "cache"), progress=False)
+        trainer = Trainer(
+            config, method_obj, splits, work / f"run-{rlp}", cache=FeatureCache(work / "cache"), progress=False
+        )
         feats = F.normalize(torch.randn(len(splits.train), e_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         trainer.epoch_features = lambda epoch, feats=feats: feats
         rlptune_step_seconds(backbone, splits.classnames[:4], method)  # warm-up of kernels and allocator
@@ -408,15 +425,28 @@ def bench_b16(args, log) -> dict:
         log(f"[{method}] rlptune: epoch {ours_epoch:.1f}s ({ours_step:.2f}s/step), peak {ours_phase.peak:.0f} MB")
         ref_epoch = ref_step * steps_per_epoch
         results[method] = {
-            "ref_step": ref_step, "ref_image_part": ref_img, "ref_text_part": ref_txt, "ref_epoch": ref_epoch,
-            "ref_timed_steps": len(timed), "ref_peak_mb": ref_phase.peak, "ref_above_mb": ref_phase.above,
-            "ours_epoch": ours_epoch, "ours_step": ours_step, "ours_peak_mb": ours_phase.peak,
-            "ours_above_mb": ours_phase.above, "ratio_epoch": ref_epoch / ours_epoch,
+            "ref_step": ref_step,
+            "ref_image_part": ref_img,
+            "ref_text_part": ref_txt,
+            "ref_epoch": ref_epoch,
+            "ref_timed_steps": len(timed),
+            "ref_peak_mb": ref_phase.peak,
+            "ref_above_mb": ref_phase.above,
+            "ours_epoch": ours_epoch,
+            "ours_step": ours_step,
+            "ours_peak_mb": ours_phase.peak,
+            "ours_above_mb": ours_phase.above,
+            "ratio_epoch": ref_epoch / ours_epoch,
         }
         cache_s = out["cache"]["build_seconds_extrapolated"]
         for epochs in (args.protocol_epochs,):
             whole_ref, whole_ours = epochs * ref_epoch, cache_s + epochs * ours_epoch
-            results[method]["whole_run"] = {"epochs": epochs, "ref": whole_ref, "ours": whole_ours, "ratio": whole_ref / whole_ours}
+            results[method]["whole_run"] = {
+                "epochs": epochs,
+                "ref": whole_ref,
+                "ours": whole_ours,
+                "ratio": whole_ref / whole_ours,
+            }
 
     # text-side scaling: 10 and 1,000 classes (and the plain-path ablation at 100)
     scaling = {}
@@ -439,12 +469,20 @@ def bench_b16(args, log) -> dict:
                 ours, phase = rlptune_step_seconds(backbone, cls, method, reps=2)
             ref_step = img_part + ref_text
             rows[count] = {
-                "steps_per_epoch": steps, "ref_step": ref_step, "ref_text_extrapolated": extrap, "ours_step": ours,
-                "ref_epoch": ref_step * steps, "ours_epoch": ours * steps, "ratio": ref_step / ours,
-                "ours_step_peak_mb": phase.peak, "ours_step_above_mb": phase.above,
+                "steps_per_epoch": steps,
+                "ref_step": ref_step,
+                "ref_text_extrapolated": extrap,
+                "ours_step": ours,
+                "ref_epoch": ref_step * steps,
+                "ours_epoch": ours * steps,
+                "ratio": ref_step / ours,
+                "ours_step_peak_mb": phase.peak,
+                "ours_step_above_mb": phase.above,
             }
-            log(f"[{method}] {count} classes: ref {ref_step:.1f}s/step, rlptune {ours:.2f}s/step "
-                f"(ratio {ref_step / ours:.1f}x), rlptune step peak {phase.peak:.0f} MB")
+            log(
+                f"[{method}] {count} classes: ref {ref_step:.1f}s/step, rlptune {ours:.2f}s/step "
+                f"(ratio {ref_step / ours:.1f}x), rlptune step peak {phase.peak:.0f} MB"
+            )
         plain, _ = rlptune_step_seconds(backbone, names[: args.classes], method, reps=1, shared_prefix=False)
         rows["plain_path_step_at_C"] = plain
         log(f"[{method}] {args.classes} classes, rlptune without shared prefix: {plain:.2f}s/step")
@@ -490,8 +528,13 @@ def extrapolate(q: dict, image_cost: str = "measured") -> dict:
     n_test_base, n_test = n_base * s["test_per_class"], classes * s["test_per_class"]
     epochs_of, batch_of, ours, lp_fit = sw["epochs"], sw["batch"], sw["ours_epochs"], sw["probe_fit"]
     ref_runs = {}
-    for method in SWEEP_METHODS:  # per seed: E epochs of (the epoch's images + steps x 77-token text) + base and new tests
-        ref_runs[method] = epochs_of[method] * (n_train * r_base + n_train // batch_of[method] * r["base"]["text_step"]) + n_test * c_img
+    for (
+        method
+    ) in SWEEP_METHODS:  # per seed: E epochs of (the epoch's images + steps x 77-token text) + base and new tests
+        ref_runs[method] = (
+            epochs_of[method] * (n_train * r_base + n_train // batch_of[method] * r["base"]["text_step"])
+            + n_test * c_img
+        )
     ref_runs["linear_probe"] = n_train * c_img + n_test_base * c_img + lp_fit
     ref_runs["zeroshot"] = n_test * c_img  # once: it has no seed
     ref_sweep = seeds * sum(ref_runs[m] for m in (*SWEEP_METHODS, "linear_probe")) + ref_runs["zeroshot"]
@@ -509,11 +552,25 @@ def extrapolate(q: dict, image_cost: str = "measured") -> dict:
     ref_single = e * ref_epoch + n_test * c_img
     ours_single = {v: v * n_full * f_img + e * si["ours_epoch_text"] + n_test * c_img for v in (e, 4)}
     return {
-        "sweep": {**sw, "reference_runs": ref_runs, "reference": ref_sweep, "ours_fresh": fresh, "ours_4views": views4,
-                  "ratio_fresh": ref_sweep / fresh["total"], "ratio_4views": ref_sweep / views4["total"]},
-        "single": {**si, "reference": ref_single, "ours_fresh": ours_single[e], "ours_4views": ours_single[4],
-                   "ratio_fresh": ref_single / ours_single[e], "ratio_4views": ref_single / ours_single[4],
-                   "ref_epoch": ref_epoch, "ours_epoch_fresh": n_full * f_img + si["ours_epoch_text"]},
+        "sweep": {
+            **sw,
+            "reference_runs": ref_runs,
+            "reference": ref_sweep,
+            "ours_fresh": fresh,
+            "ours_4views": views4,
+            "ratio_fresh": ref_sweep / fresh["total"],
+            "ratio_4views": ref_sweep / views4["total"],
+        },
+        "single": {
+            **si,
+            "reference": ref_single,
+            "ours_fresh": ours_single[e],
+            "ours_4views": ours_single[4],
+            "ratio_fresh": ref_single / ours_single[e],
+            "ratio_4views": ref_single / ours_single[4],
+            "ref_epoch": ref_epoch,
+            "ours_epoch_fresh": n_full * f_img + si["ours_epoch_text"],
+        },
         "image_cost": image_cost,
     }
 
@@ -533,14 +590,24 @@ def bench_equal_fidelity(args, log) -> dict:
     names = class_names(args.classes)
     full = make_dataset(work / "data", names, args.shots)
     n_base = args.classes // 2
-    base = DatasetSplits("bench-base", full.root, names[:n_base], [it for it in full.train if it.label < n_base], [], [])
+    base = DatasetSplits(
+        "bench-base", full.root, names[:n_base], [it for it in full.train if it.label < n_base], [], []
+    )
     torch.manual_seed(0)
     precision = getattr(args, "precision", "fp32")
     backbone = load_backbone(args.backbone, device="cpu", precision=precision)
     e_dim = int(backbone.model.text_projection.shape[1])
-    out: dict = {"setting": {"backbone": args.backbone, "classes": args.classes, "base_classes": n_base, "shots": args.shots,
-                             "test_per_class": args.test_per_class, "sweep_seeds": args.sweep_seeds,
-                             "precision": precision}}
+    out: dict = {
+        "setting": {
+            "backbone": args.backbone,
+            "classes": args.classes,
+            "base_classes": n_base,
+            "shots": args.shots,
+            "test_per_class": args.test_per_class,
+            "sweep_seeds": args.sweep_seeds,
+            "precision": precision,
+        }
+    }
 
     # image side, rlptune's encode path (load + crop + image tower): a fresh view and the centre crop, per image
     sample = full.train[:: max(1, len(full.train) // args.cache_sample)][: args.cache_sample]
@@ -549,25 +616,48 @@ def bench_equal_fidelity(args, log) -> dict:
         encode_items(backbone, full, sample, view=1, batch_size=32, view_seed=1)
     with Phase() as centre:
         encode_items(backbone, full, sample, view=0, batch_size=32)
-    img = {"fresh_per_image": fresh.seconds / len(sample), "centre_per_image": centre.seconds / len(sample), "timed": len(sample)}
-    log(f"[equal fidelity] image side: fresh view {img['fresh_per_image']:.2f} s/image, centre {img['centre_per_image']:.2f} s/image")
+    img = {
+        "fresh_per_image": fresh.seconds / len(sample),
+        "centre_per_image": centre.seconds / len(sample),
+        "timed": len(sample),
+    }
+    log(
+        f"[equal fidelity] image side: fresh view {img['fresh_per_image']:.2f} s/image, centre {img['centre_per_image']:.2f} s/image"
+    )
 
     # sharing: two methods of one seed read one fresh view (the second is a cache hit), other seeds get other crops
     tiny = DatasetSplits("bench-share", full.root, names[:2], [it for it in full.train if it.label < 2][:4], [], [])
     share_cache = FeatureCache(work / "share-cache")
     timings, views = {}, {}
     for method, seed in (("coop", 1), ("kgcoop", 1), ("coop", 2)):
-        cfg = resolve_config(None, {"method": {"name": method}, "data": {"shots": args.shots}, "train": {"seed": seed, "cache_dir": str(work / "share-cache")}})
-        trainer = Trainer(cfg, build_method(cfg, backbone, tiny.classnames), tiny, work / f"share-{method}-{seed}", cache=share_cache, progress=False)
+        cfg = resolve_config(
+            None,
+            {
+                "method": {"name": method},
+                "data": {"shots": args.shots},
+                "train": {"seed": seed, "cache_dir": str(work / "share-cache")},
+            },
+        )
+        trainer = Trainer(
+            cfg,
+            build_method(cfg, backbone, tiny.classnames),
+            tiny,
+            work / f"share-{method}-{seed}",
+            cache=share_cache,
+            progress=False,
+        )
         t0 = time.perf_counter()
         views[(method, seed)] = trainer.epoch_features(0)
         timings[f"{method} seed {seed}"] = time.perf_counter() - t0
     out["sharing"] = {
-        "seconds": timings, "same_seed_equal": bool(torch.equal(views[("coop", 1)], views[("kgcoop", 1)])),
+        "seconds": timings,
+        "same_seed_equal": bool(torch.equal(views[("coop", 1)], views[("kgcoop", 1)])),
         "other_seed_differs": not torch.equal(views[("coop", 1)], views[("coop", 2)]),
     }
-    log(f"[equal fidelity] sharing: {timings} equal within a seed {out['sharing']['same_seed_equal']}, "
-        f"differs across seeds {out['sharing']['other_seed_differs']}")
+    log(
+        f"[equal fidelity] sharing: {timings} equal within a seed {out['sharing']['same_seed_equal']}, "
+        f"differs across seeds {out['sharing']['other_seed_differs']}"
+    )
 
     # the reference's steps: 100 classes CoOp n=16 (the single run), the 50 base classes n=4 (the base-to-new recipe;
     # RLP's and KgCoOp's reference steps are this step: 77-token text of the same classes, their extra terms are tiny)
@@ -579,10 +669,14 @@ def bench_equal_fidelity(args, log) -> dict:
         batch = 32
         ref[label] = {
             "image_per_image": statistics.mean(s["image"] + s["data"] for s in steps) / batch,
-            "text_step": statistics.mean(s["text"] for s in steps), "timed_steps": len(steps), "classes": len(splits.classnames),
+            "text_step": statistics.mean(s["text"] for s in steps),
+            "timed_steps": len(steps),
+            "classes": len(splits.classnames),
         }
-        log(f"[equal fidelity] reference {label}: image {ref[label]['image_per_image']:.2f} s/image, "
-            f"text {ref[label]['text_step']:.1f} s/step ({len(splits.classnames)} classes, {len(steps)} timed steps)")
+        log(
+            f"[equal fidelity] reference {label}: image {ref[label]['image_per_image']:.2f} s/image, "
+            f"text {ref[label]['text_step']:.1f} s/step ({len(splits.classnames)} classes, {len(steps)} timed steps)"
+        )
     out["reference"] = ref
     # the image side again, right after the reference's steps: the load on a shared machine drifts over minutes, so
     # rlptune's per-image figures are the mean of a measurement before and one after the reference's
@@ -594,8 +688,10 @@ def bench_equal_fidelity(args, log) -> dict:
     img["centre_per_image_samples"] = [img["centre_per_image"], centre2.seconds / len(sample)]
     img["fresh_per_image"] = statistics.mean(img["fresh_per_image_samples"])
     img["centre_per_image"] = statistics.mean(img["centre_per_image_samples"])
-    log(f"[equal fidelity] image side again: fresh view {fresh2.seconds / len(sample):.2f} s/image, "
-        f"centre {centre2.seconds / len(sample):.2f} s/image")
+    log(
+        f"[equal fidelity] image side again: fresh view {fresh2.seconds / len(sample):.2f} s/image, "
+        f"centre {centre2.seconds / len(sample):.2f} s/image"
+    )
 
     # rlptune: one whole Trainer.fit epoch per method (features precomputed; the image side is counted from above)
     epochs_of, batch_of, ours = {}, {}, {}
@@ -603,16 +699,30 @@ def bench_equal_fidelity(args, log) -> dict:
         recipe = preset(method, "base2new", args.shots)
         epochs_of[method], batch_of[method] = int(recipe["train"]["epochs"]), int(recipe["train"]["batch_size"])
         overrides = {k: dict(v) for k, v in recipe.items() if isinstance(v, dict)}  # the base-to-new recipe as settings
-        overrides["train"].update({"epochs": 1, "seed": 1, "cache_dir": str(work / "cache"), "val_every": 0,
-                                   "checkpoint_every": 0, "log_diagnostics": False})
+        overrides["train"].update(
+            {
+                "epochs": 1,
+                "seed": 1,
+                "cache_dir": str(work / "cache"),
+                "val_every": 0,
+                "checkpoint_every": 0,
+                "log_diagnostics": False,
+            }
+        )
         config = resolve_config(None, overrides)
         seconds, steps = _fit_epoch_seconds(config, backbone, base, work, f"ours-{method}")
         ours[method] = {"epoch_text": seconds, "steps": steps}
-        log(f"[equal fidelity] rlptune {method}: epoch {seconds:.1f} s ({steps} steps, batch {batch_of[method]}, "
-            f"{epochs_of[method]} official epochs)")
-    single_cfg = rlptune_config("CoOp n=16", work / "cache", 1, {"train": {"val_every": 0, "checkpoint_every": 0, "log_diagnostics": False}})
+        log(
+            f"[equal fidelity] rlptune {method}: epoch {seconds:.1f} s ({steps} steps, batch {batch_of[method]}, "
+            f"{epochs_of[method]} official epochs)"
+        )
+    single_cfg = rlptune_config(
+        "CoOp n=16", work / "cache", 1, {"train": {"val_every": 0, "checkpoint_every": 0, "log_diagnostics": False}}
+    )
     single_seconds, single_steps = _fit_epoch_seconds(single_cfg, backbone, full, work, "ours-single")
-    log(f"[equal fidelity] rlptune single CoOp n=16, {args.classes} classes: epoch {single_seconds:.1f} s ({single_steps} steps)")
+    log(
+        f"[equal fidelity] rlptune single CoOp n=16, {args.classes} classes: epoch {single_seconds:.1f} s ({single_steps} steps)"
+    )
 
     # linear probe: one logistic-regression fit (the same solver and search on both sides: counted on both)
     fit = FITTERS[resolve_solver("auto")]
@@ -625,11 +735,16 @@ def bench_equal_fidelity(args, log) -> dict:
 
     out["image"] = img
     out["sweep"] = {"epochs": epochs_of, "batch": batch_of, "ours_epochs": ours, "probe_fit": lp_fit}
-    out["single"] = {"epochs": int(preset("coop", "few-shot", args.shots)["train"]["epochs"]),
-                     "ours_epoch_text": single_seconds, "steps": single_steps}
+    out["single"] = {
+        "epochs": int(preset("coop", "few-shot", args.shots)["train"]["epochs"]),
+        "ours_epoch_text": single_seconds,
+        "steps": single_steps,
+    }
     out.update(extrapolate(out))
-    log(f"[equal fidelity] single CoOp: ratio {out['single']['ratio_fresh']:.2f}x fresh, {out['single']['ratio_4views']:.1f}x 4 views; "
-        f"sweep: {out['sweep']['ratio_fresh']:.2f}x fresh, {out['sweep']['ratio_4views']:.1f}x 4 views")
+    log(
+        f"[equal fidelity] single CoOp: ratio {out['single']['ratio_fresh']:.2f}x fresh, {out['single']['ratio_4views']:.1f}x 4 views; "
+        f"sweep: {out['sweep']['ratio_fresh']:.2f}x fresh, {out['sweep']['ratio_4views']:.1f}x 4 views"
+    )
     return out
 
 
@@ -645,7 +760,7 @@ def bench_micro(args, log) -> dict | None:
     work = Path(tempfile.mkdtemp(prefix="rlptune-micro-bench-"))
     epochs = args.micro_epochs or resolve_config(None, {}).train.epochs
     rows = {}
-    for dataset in (args.micro_datasets or MICRO_DATASETS):
+    for dataset in args.micro_datasets or MICRO_DATASETS:
         full = load_micro_dataset(dataset)
         for method, settings in METHODS.items():
             n_ctx, rlp = settings["prompt"]["n_ctx"], settings["method"]["name"] == "rlp"
@@ -653,7 +768,9 @@ def bench_micro(args, log) -> dict | None:
             times = {"ref": [], "ours": [], "cache": []}
             for seed in args.micro_seeds:
                 splits = fewshot_splits(full, args.shots, seed)
-                config = rlptune_config(method, work / "cache", epochs, {"train": {"aug_views": args.aug_views}}, seed=seed)
+                config = rlptune_config(
+                    method, work / "cache", epochs, {"train": {"aug_views": args.aug_views}}, seed=seed
+                )
                 ref = ReferenceTrainer(backbone, splits, n_ctx, rlp, config)
                 with Phase() as p_ref:
                     ref.run(epochs=epochs)
@@ -677,8 +794,10 @@ def bench_micro(args, log) -> dict | None:
             row.update({f"acc_{k}_sd": (statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in accs.items()})
             row["ratio_epoch"] = row["ref"] / row["ours"]
             rows[f"{dataset} / {method}"] = row
-            log(f"[micro {dataset} {method}] ref {row['ref']:.2f}s/epoch acc {row['acc_ref']:.1f}  |  rlptune "
-                f"{row['ours']:.2f}s/epoch acc {row['acc_ours']:.1f} (cache {row['cache']:.1f}s)  ratio {row['ratio_epoch']:.1f}x")
+            log(
+                f"[micro {dataset} {method}] ref {row['ref']:.2f}s/epoch acc {row['acc_ref']:.1f}  |  rlptune "
+                f"{row['ours']:.2f}s/epoch acc {row['acc_ours']:.1f} (cache {row['cache']:.1f}s)  ratio {row['ratio_epoch']:.1f}x"
+            )
     return {"epochs": epochs, "seeds": list(args.micro_seeds), "rows": rows}
 
 
@@ -701,7 +820,9 @@ def markdown_equal_fidelity(q: dict, threads: int, load: str) -> list[str]:
         f"| rlptune, one `Trainer.fit` epoch, CoOp n=16, {r['single']['classes']} classes ({si['steps']} steps) | {si['ours_epoch_text']:.1f} |",
     ]
     for m, o in sw["ours_epochs"].items():
-        lines.append(f"| rlptune, one `Trainer.fit` epoch, {m} base-to-new recipe, {s['base_classes']} classes ({o['steps']} steps, batch {sw['batch'][m]}) | {o['epoch_text']:.1f} |")
+        lines.append(
+            f"| rlptune, one `Trainer.fit` epoch, {m} base-to-new recipe, {s['base_classes']} classes ({o['steps']} steps, batch {sw['batch'][m]}) | {o['epoch_text']:.1f} |"
+        )
     sh = q["sharing"]
     lines += [
         "",
@@ -714,7 +835,9 @@ def markdown_equal_fidelity(q: dict, threads: int, load: str) -> list[str]:
     ]
     if "probe_fit" not in sw:  # a file written before the probe fit was stored: recover it from the probe's run
         n_train, c_img = s["base_classes"] * s["shots"], img["centre_per_image"]
-        sw["probe_fit"] = sw["reference_runs"]["linear_probe"] - (n_train + s["base_classes"] * s["test_per_class"]) * c_img
+        sw["probe_fit"] = (
+            sw["reference_runs"]["linear_probe"] - (n_train + s["base_classes"] * s["test_per_class"]) * c_img
+        )
     for mode, label in (("measured", "as measured"), ("equal", "equal: mean"), ("equal-max", "equal: largest")):
         x = extrapolate(q, mode)
         xs, xw = x["single"], x["sweep"]
@@ -741,7 +864,9 @@ def markdown(report: dict) -> str:
     lines = []
     if report.get("equal_fidelity"):
         load = report.get("loadavg_start", [float("nan")])[0], report.get("loadavg_end", [float("nan")])[0]
-        lines += markdown_equal_fidelity(report["equal_fidelity"], report["threads"], f"{load[0]:.1f} → {load[1]:.1f}") + [""]
+        lines += markdown_equal_fidelity(
+            report["equal_fidelity"], report["threads"], f"{load[0]:.1f} → {load[1]:.1f}"
+        ) + [""]
     b = report.get("b16")
     if b:
         s = b["setting"]
@@ -778,7 +903,9 @@ def markdown(report: dict) -> str:
         ]
         for method, r in b["methods"].items():
             w = r["whole_run"]
-            lines.append(f"| {method} | {w['epochs']} | {fmt_s(w['ref'])} | {fmt_s(w['ours'])} | **{w['ratio']:.1f}×** |")
+            lines.append(
+                f"| {method} | {w['epochs']} | {fmt_s(w['ref'])} | {fmt_s(w['ours'])} | **{w['ratio']:.1f}×** |"
+            )
         lines += [
             "",
             "Text-side scaling (same shots and batch; per step; epoch = steps × step):",
@@ -797,10 +924,14 @@ def markdown(report: dict) -> str:
                     f"**{r['ratio']:.1f}×** | {r['ours_step_peak_mb']:.0f} MB ({r['ours_step_above_mb']:+.0f} MB) |"
                 )
         for method, rows in b["scaling"].items():
-            lines.append(f"\nrlptune at {s['classes']} classes without the shared prefix ({method}): "
-                         f"{rows['plain_path_step_at_C']:.2f} s/step.")
+            lines.append(
+                f"\nrlptune at {s['classes']} classes without the shared prefix ({method}): "
+                f"{rows['plain_path_step_at_C']:.2f} s/step."
+            )
         m = b["memory_1000_unchunked"]
-        lines.append(f"\n1,000-class CoOp n=16 step without chunking: peak RSS {m['peak_mb']:.0f} MB ({m['above_mb']:+.0f} MB).")
+        lines.append(
+            f"\n1,000-class CoOp n=16 step without chunking: peak RSS {m['peak_mb']:.0f} MB ({m['above_mb']:+.0f} MB)."
+        )
     mic = report.get("micro")
     if mic and "rows" in mic:
         lines += [
@@ -822,21 +953,42 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="random:ViT-B-16", help="backbone of the timed setting (a tiny JSON for a smoke run)")
+    parser.add_argument(
+        "--backbone", default="random:ViT-B-16", help="backbone of the timed setting (a tiny JSON for a smoke run)"
+    )
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--ref-steps", type=int, default=2, help="timed reference steps (after one warm-up step)")
     parser.add_argument("--cache-sample", type=int, default=64, help="images timed for the cache-build cost")
-    parser.add_argument("--protocol-epochs", type=int, default=200, help="epochs of the whole-run ratio (CoOp 16 shots: 200)")
+    parser.add_argument(
+        "--protocol-epochs", type=int, default=200, help="epochs of the whole-run ratio (CoOp 16 shots: 200)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
-    parser.add_argument("--aug-views", type=int, default=0,
-                        help="views in the cache-build cost: 0 = a fresh view per epoch (the default mode), K = K cached views")
+    parser.add_argument(
+        "--aug-views",
+        type=int,
+        default=0,
+        help="views in the cache-build cost: 0 = a fresh view per epoch (the default mode), K = K cached views",
+    )
     parser.add_argument("--skip-b16", action="store_true")
-    parser.add_argument("--equal-fidelity", action="store_true",
-                        help="run the equal-fidelity section: one CoOp run and the base-to-new sweep, fresh views on both sides")
-    parser.add_argument("--test-per-class", type=int, default=50, help="test images per class in the equal-fidelity extrapolation (ImageNet: 50)")
+    parser.add_argument(
+        "--equal-fidelity",
+        action="store_true",
+        help="run the equal-fidelity section: one CoOp run and the base-to-new sweep, fresh views on both sides",
+    )
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=50,
+        help="test images per class in the equal-fidelity extrapolation (ImageNet: 50)",
+    )
     parser.add_argument("--sweep-seeds", type=int, default=3, help="seeds of the base-to-new sweep")
-    parser.add_argument("--probe-fits", type=int, default=15, help="logistic-regression fits of the probe's C search (CoOp's lpclip: 7 + 8)")
+    parser.add_argument(
+        "--probe-fits",
+        type=int,
+        default=15,
+        help="logistic-regression fits of the probe's C search (CoOp's lpclip: 7 + 8)",
+    )
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--micro-backbone", default="micro", help="backbone of the micro-suite runs")
     parser.add_argument("--micro-epochs", type=int, default=0, help="0 = the library's default epochs")

@@ -21,7 +21,10 @@ _LORA = "MaxZanella/CLIP-LoRA:"
 AUGMENTATION: dict[str, tuple[Any, str]] = {
     "train: random resized crop, output size": (224, _COOP + "configs/trainers/CoOp/vit_b16.yaml (INPUT.SIZE)"),
     "train: random resized crop, area scale": ((0.08, 1.0), DASSL_DEFAULTS + " (INPUT.RRCROP_SCALE)"),
-    "train: random resized crop, aspect ratio": ((3 / 4, 4 / 3), "torchvision RandomResizedCrop default (Dassl passes none)"),
+    "train: random resized crop, aspect ratio": (
+        (3 / 4, 4 / 3),
+        "torchvision RandomResizedCrop default (Dassl passes none)",
+    ),
     "train: interpolation": ("bicubic", _COOP + "configs/trainers/CoOp/vit_b16.yaml (INPUT.INTERPOLATION)"),
     "train: horizontal flip probability": (0.5, DASSL_TRANSFORMS + " (RandomHorizontalFlip())"),
     "train: a new crop and flip per image per epoch": (True, DASSL_TRANSFORMS + " (transforms run in the data loader)"),
@@ -35,10 +38,22 @@ AUGMENTATION: dict[str, tuple[Any, str]] = {
 #: How the official training loops batch the data and which model they evaluate (no RunConfig field; rlptune's
 #: engine does the same: shuffled batches, the last incomplete batch dropped when the split has a full batch).
 DATA_LOADER: dict[str, tuple[Any, str]] = {
-    "Dassl train sampler": ("RandomSampler (a new order every epoch)", DASSL_DEFAULTS + " (DATALOADER.TRAIN_X.SAMPLER)"),
-    "Dassl drop_last": ("len(train) >= batch_size (the last incomplete batch is dropped)", _DASSL + "dassl/data/data_manager.py"),
-    "Dassl evaluated model": ("the last epoch's (TEST.FINAL_MODEL = 'last_step'; no validation-based selection)", DASSL_DEFAULTS),
-    "CLIP-LoRA loader": ("shuffle=True, drop_last=False, restarted until 500*K iterations", _LORA + "datasets/utils.py"),
+    "Dassl train sampler": (
+        "RandomSampler (a new order every epoch)",
+        DASSL_DEFAULTS + " (DATALOADER.TRAIN_X.SAMPLER)",
+    ),
+    "Dassl drop_last": (
+        "len(train) >= batch_size (the last incomplete batch is dropped)",
+        _DASSL + "dassl/data/data_manager.py",
+    ),
+    "Dassl evaluated model": (
+        "the last epoch's (TEST.FINAL_MODEL = 'last_step'; no validation-based selection)",
+        DASSL_DEFAULTS,
+    ),
+    "CLIP-LoRA loader": (
+        "shuffle=True, drop_last=False, restarted until 500*K iterations",
+        _LORA + "datasets/utils.py",
+    ),
 }
 
 #: How Dassl's learning-rate schedule runs (every Dassl-based recipe: CoOp, RLP, CoCoOp, KgCoOp, MaPLe, IVLP, deep
@@ -57,7 +72,10 @@ DASSL_SCHEDULE: dict[str, tuple[Any, str]] = {
 #: CLIP-LoRA's optimiser details that RunConfig does not expose (see :func:`clip_lora_step_lr`).
 CLIP_LORA_DETAILS: dict[str, tuple[Any, str]] = {
     "AdamW betas": ((0.9, 0.999), _LORA + "lora.py"),
-    "scheduler": ("CosineAnnealingLR(optimizer, T_max=500*K, eta_min=1e-6), stepped after every iteration", _LORA + "lora.py"),
+    "scheduler": (
+        "CosineAnnealingLR(optimizer, T_max=500*K, eta_min=1e-6), stepped after every iteration",
+        _LORA + "lora.py",
+    ),
     "LoRA scale": ("alpha / sqrt(r) (rank-stabilised; alpha / r is commented out)", _LORA + "loralib/layers.py"),
     "LoRA init": ("A: kaiming_uniform(a=sqrt(5)), B: zeros", _LORA + "loralib/layers.py"),
     "dropout": ("on the adapter input, training only", _LORA + "loralib/layers.py"),
@@ -69,21 +87,37 @@ CLIP_LORA_DETAILS: dict[str, tuple[Any, str]] = {
 #: The CoOp paper's linear probe (lpclip/), which rlptune's ``linear_probe`` follows: there is no per-shot
 #: training schedule, only this search of scikit-learn's inverse L2 strength C on a few-shot validation set.
 LINEAR_PROBE_SEARCH: dict[str, tuple[Any, str]] = {
-    "solver": ("sklearn LogisticRegression(solver='lbfgs', penalty='l2', max_iter=1000)", _COOP + "lpclip/linear_probe.py"),
-    "features": ("unnormalised CLIP image features of the eval transform (resize + centre crop)", _COOP + "lpclip/feat_extractor.py"),
+    "solver": (
+        "sklearn LogisticRegression(solver='lbfgs', penalty='l2', max_iter=1000)",
+        _COOP + "lpclip/linear_probe.py",
+    ),
+    "features": (
+        "unnormalised CLIP image features of the eval transform (resize + centre crop)",
+        _COOP + "lpclip/feat_extractor.py",
+    ),
     "C grid": ((1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6), _COOP + "lpclip/linear_probe.py"),
-    "grid ties": ("the first maximum in the grid order, i.e. the largest C (weakest regularisation)", _COOP + "lpclip/linear_probe.py"),
-    "refinement": ("8 bisection steps in log10(C), starting from [C*/10, 10*C*]; ties keep the left (smaller C)", _COOP + "lpclip/linear_probe.py"),
+    "grid ties": (
+        "the first maximum in the grid order, i.e. the largest C (weakest regularisation)",
+        _COOP + "lpclip/linear_probe.py",
+    ),
+    "refinement": (
+        "8 bisection steps in log10(C), starting from [C*/10, 10*C*]; ties keep the left (smaller C)",
+        _COOP + "lpclip/linear_probe.py",
+    ),
     "validation shots": ({1: 1, 2: 2, 4: 4, 8: 4, 16: 4}, _COOP + "lpclip/linear_probe.py"),
-    "C vs rlptune's lambda": ("sklearn minimises C*sum(CE) + |W|^2/2, i.e. lambda = 1 / (C * N) for mean(CE) + lambda/2*|W|^2", _COOP + "lpclip/linear_probe.py"),
+    "C vs rlptune's lambda": (
+        "sklearn minimises C*sum(CE) + |W|^2/2, i.e. lambda = 1 / (C * N) for mean(CE) + lambda/2*|W|^2",
+        _COOP + "lpclip/linear_probe.py",
+    ),
 }
 
 
 # schedules, as formulas
 
 
-def dassl_epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
-                   min_lr: float = 0.0) -> float:
+def dassl_epoch_lr(
+    epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5, min_lr: float = 0.0
+) -> float:
     """The learning rate Dassl trains epoch ``epoch`` (0-based) at: constant warm-up, then a cosine over
     ``max_epoch`` whose count starts after the warm-up (``WARMUP_RECOUNT = True``), so the first post-warm-up
     epoch runs at the full base rate and the last at ``base·(1 + cos(π(T−1−W)/T))/2``."""
@@ -92,7 +126,8 @@ def dassl_epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: in
     return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch)) / 2
 
 
-def clip_lora_step_lr(iteration: int, base_lr: float = 2e-4, total_iterations: int = 8000,
-                      min_lr: float = 1e-6) -> float:
+def clip_lora_step_lr(
+    iteration: int, base_lr: float = 2e-4, total_iterations: int = 8000, min_lr: float = 1e-6
+) -> float:
     """The learning rate of CLIP-LoRA's iteration ``iteration`` (0-based): a per-iteration cosine to ``min_lr``."""
     return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * iteration / total_iterations)) / 2

@@ -49,13 +49,19 @@ def _logits(method, features):
 
 
 def _features(tiny, n=5):
-    return torch.nn.functional.normalize(torch.randn(n, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    return torch.nn.functional.normalize(
+        torch.randn(n, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
 
 
 def test_saved_files_have_rlptune_names_and_type_field(tiny, tmp_path):
     method, config = _trained_rlp(tiny)
     folder = save_adapter(tmp_path / "adapter", method, config)
-    assert sorted(p.name for p in folder.iterdir()) == [ADAPTER_CONFIG, ADAPTER_MODEL] == ["rlptune_adapter.json", "rlptune_adapter.safetensors"]
+    assert (
+        sorted(p.name for p in folder.iterdir())
+        == [ADAPTER_CONFIG, ADAPTER_MODEL]
+        == ["rlptune_adapter.json", "rlptune_adapter.safetensors"]
+    )
     payload = json.loads((folder / ADAPTER_CONFIG).read_text())
     assert payload["adapter_type"] == "rlptune" and payload["library"]["name"] == "rlptune"
     assert payload["parameter_formula"] == method.parameter_formula() and "=" in payload["parameter_formula"]
@@ -146,7 +152,9 @@ def test_other_folders_opened_as_an_adapter_say_what_they_are(tiny, tmp_path):
     model = tmp_path / "clip_model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
-    assert "Hugging Face transformers model folder (model_type clip)" in _one_line_error(lambda: load_adapter(model, tiny))
+    assert "Hugging Face transformers model folder (model_type clip)" in _one_line_error(
+        lambda: load_adapter(model, tiny)
+    )
     assert f"--backbone hf:{model}" in _one_line_error(lambda: read_adapter_config(model))
 
     method, config = _trained_rlp(tiny)
@@ -154,10 +162,16 @@ def test_other_folders_opened_as_an_adapter_say_what_they_are(tiny, tmp_path):
     save_adapter(run / "adapter", method, config)
     assert _one_line_error(lambda: load_adapter(run, tiny)).endswith(f"this is a run folder, pass {run / 'adapter'}")
 
-    assert _one_line_error(lambda: load_adapter(tmp_path / "nowhere", tiny)) == f"{tmp_path / 'nowhere'}: no such adapter folder"
+    assert (
+        _one_line_error(lambda: load_adapter(tmp_path / "nowhere", tiny))
+        == f"{tmp_path / 'nowhere'}: no such adapter folder"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _one_line_error(lambda: load_adapter(empty, tiny)) == f"{empty}: not an adapter folder (no rlptune_adapter.json)"
+    assert (
+        _one_line_error(lambda: load_adapter(empty, tiny))
+        == f"{empty}: not an adapter folder (no rlptune_adapter.json)"
+    )
 
 
 def test_another_adapter_type_is_refused(tiny, tmp_path):

@@ -27,7 +27,9 @@ from rlptune.errors import RlptuneError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FIXTURE = Path(__file__).parent / "fixtures" / "adapter-0.2.0-run"  # written by rlptune 0.2.0 before adapters recorded their story
+FIXTURE = (
+    Path(__file__).parent / "fixtures" / "adapter-0.2.0-run"
+)  # written by rlptune 0.2.0 before adapters recorded their story
 STORY = ["README.md", ADAPTER_CONFIG, ADAPTER_MODEL, "training_config.yaml"]
 
 
@@ -42,11 +44,14 @@ def runs(tiny, colour_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("story")
     made = {}
     for name in ("rlp", "clip_lora"):
-        config = resolve_config(None, {
-            "method": {"name": name},
-            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
-            "train": {"epochs": 2, "iterations": 0, "cache_dir": str(root / "cache")},
-        })
+        config = resolve_config(
+            None,
+            {
+                "method": {"name": name},
+                "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
+                "train": {"epochs": 2, "iterations": 0, "cache_dir": str(root / "cache")},
+            },
+        )
         rlptune.train(config, root / name, backbone=tiny, progress=False)
         made[name] = root / name
     return made
@@ -60,11 +65,15 @@ def hf_run(colour_folder, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("story-hf")
     folder = save_tiny_clip(root / "tiny-clip")
-    config = resolve_config(None, {
-        "method": {"name": "clip_lora"}, "backbone": {"name": f"hf:{folder}", "device": "cpu"},
-        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
-        "train": {"epochs": 2, "iterations": 0, "cache_dir": str(root / "cache")},
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": {"name": "clip_lora"},
+            "backbone": {"name": f"hf:{folder}", "device": "cpu"},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
+            "train": {"epochs": 2, "iterations": 0, "cache_dir": str(root / "cache")},
+        },
+    )
     rlptune.train(config, root / "run", progress=False)
     return root / "run"
 
@@ -100,7 +109,9 @@ def test_a_loaded_adapter_resaves_the_runs_settings_and_card_byte_for_byte(runs,
     for folder in (by_function, by_method, in_bf16):  # loaded in another precision: still the precision it trained in
         assert _files(folder) == _files(adapter)  # config, tensors, training_config.yaml and card, byte for byte
     # and once more from the re-saved copy, away from its run folder: the story travels with the folder
-    again = rlptune.load_adapter(shutil.copytree(by_method, tmp_path / "alone"), tiny).save_pretrained(tmp_path / "again")
+    again = rlptune.load_adapter(shutil.copytree(by_method, tmp_path / "alone"), tiny).save_pretrained(
+        tmp_path / "again"
+    )
     assert _files(again) == _files(adapter)
 
 
@@ -179,13 +190,20 @@ def test_an_adapter_written_before_the_story_still_loads_and_resaves_from_its_ru
     assert config.data.root is None  # eval: no data recorded, so it must be given, as before
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("training_config", [1], "field 'training_config' must be an object or null, got list"),
-    ("result", "92%", "field 'result' must be an object or null, got str"),
-    ("data", {"root": "/x"}, "field 'data' must be an object {dataset, root}"),
-    ("training_config", {"train": {"epochs": -3}}, "training_config.train.epochs must be >= 0, got -3"),
-    ("training_config", {"train": {"epochz": 3}}, "training_config: train: unknown field 'epochz' (did you mean 'epochs'?)"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("training_config", [1], "field 'training_config' must be an object or null, got list"),
+        ("result", "92%", "field 'result' must be an object or null, got str"),
+        ("data", {"root": "/x"}, "field 'data' must be an object {dataset, root}"),
+        ("training_config", {"train": {"epochs": -3}}, "training_config.train.epochs must be >= 0, got -3"),
+        (
+            "training_config",
+            {"train": {"epochz": 3}},
+            "training_config: train: unknown field 'epochz' (did you mean 'epochs'?)",
+        ),
+    ],
+)
 def test_a_hand_edited_story_field_is_one_line_naming_it(runs, tiny, tmp_path, field, value, expected):
     folder = shutil.copytree(runs["rlp"] / "adapter", tmp_path / "edited")
     payload = json.loads((folder / ADAPTER_CONFIG).read_text())
@@ -207,8 +225,12 @@ def test_the_loaded_module_pushes_to_the_hub_like_a_peft_model(runs, tiny, monke
 
     def upload_folder(api, **kwargs):
         sent.update({p.name: p.read_bytes() for p in Path(kwargs["folder_path"]).iterdir()})
-        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/1",
-                                          commit_message="m", commit_description="", oid="1")
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/1",
+            commit_message="m",
+            commit_description="",
+            oid="1",
+        )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -227,7 +249,10 @@ def test_push_to_hub_without_huggingface_hub_says_what_to_install(runs, tiny, mo
     assert str(info.value) == "push_to_hub needs the huggingface_hub package: pip install huggingface_hub"
     with pytest.raises(RlptuneError) as info:
         rlptune.from_pretrained("me/colours-rlp", tiny)
-    assert str(info.value) == "from_pretrained of a hub repo id needs the huggingface_hub package: pip install huggingface_hub"
+    assert (
+        str(info.value)
+        == "from_pretrained of a hub repo id needs the huggingface_hub package: pip install huggingface_hub"
+    )
 
 
 def test_the_cli_uses_a_micro_v2_adapter_on_every_spelling_of_its_weights(tmp_path, colour_folder):
@@ -260,8 +285,20 @@ def test_the_cli_uses_a_micro_v2_adapter_on_every_spelling_of_its_weights(tmp_pa
     rows = {}
     for name, spec in spellings.items():
         out = tmp_path / f"{name.replace(' ', '-').replace(':', '').replace('/', '')}.csv"
-        args = ["predict", str(tmp_path / "adapter"), images, "--device", "cpu", "--precision", "fp32", "--top-k", "2",
-                "-o", str(out), "--no-progress"] + (["--backbone", spec] if spec else [])
+        args = [
+            "predict",
+            str(tmp_path / "adapter"),
+            images,
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--top-k",
+            "2",
+            "-o",
+            str(out),
+            "--no-progress",
+        ] + (["--backbone", spec] if spec else [])
         assert main(args) == 0, name
         rows[name] = list(csv.reader(out.open()))
     reference = rows.pop("recorded")
@@ -271,15 +308,27 @@ def test_the_cli_uses_a_micro_v2_adapter_on_every_spelling_of_its_weights(tmp_pa
             assert abs(float(a[2]) - float(b[2])) < 2e-3, name
 
 
-_number = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=64), st.none())
-_metrics = st.dictionaries(st.sampled_from(["test", "base", "new", "val"]),
-                           st.dictionaries(st.sampled_from(["top1", "macro_f1", "n", "top5"]), _number, max_size=4)
-                           | _number, max_size=3)
-_results = st.fixed_dictionaries({}, optional={
-    "dataset": st.text(max_size=12), "protocol": st.sampled_from(["few-shot", "base2new"]), "shots": st.integers(0, 16),
-    "seed": st.integers(0, 99), "epochs": st.integers(0, 200), "h": _number, "metrics": _metrics,
-    "train_seconds": st.floats(0, 1e4), "versions": st.just({"torch": "x"}), "prompt_diagnostics": st.just({"ctx": {}}),
-})
+_number = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False, width=64), st.none())
+_metrics = st.dictionaries(
+    st.sampled_from(["test", "base", "new", "val"]),
+    st.dictionaries(st.sampled_from(["top1", "macro_f1", "n", "top5"]), _number, max_size=4) | _number,
+    max_size=3,
+)
+_results = st.fixed_dictionaries(
+    {},
+    optional={
+        "dataset": st.text(max_size=12),
+        "protocol": st.sampled_from(["few-shot", "base2new"]),
+        "shots": st.integers(0, 16),
+        "seed": st.integers(0, 99),
+        "epochs": st.integers(0, 200),
+        "h": _number,
+        "metrics": _metrics,
+        "train_seconds": st.floats(0, 1e4),
+        "versions": st.just({"torch": "x"}),
+        "prompt_diagnostics": st.just({"ctx": {}}),
+    },
+)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -59,7 +59,10 @@ def test_paired_comparison_degenerate_cases() -> None:
 
 
 def test_paired_comparison_h_from_base_new_and_duplicates() -> None:
-    a = [{"dataset": "dtd", "seed": 1, "base": 80.0, "new": 60.0}, {"dataset": "dtd", "seed": 2, "base": 80.0, "new": 60.0}]
+    a = [
+        {"dataset": "dtd", "seed": 1, "base": 80.0, "new": 60.0},
+        {"dataset": "dtd", "seed": 2, "base": 80.0, "new": 60.0},
+    ]
     b = _rows([68.0, 68.0])
     r = paired_comparison(a, b, metric="h")
     assert r.mean_diff == pytest.approx(2 * 80 * 60 / 140 - 68.0)

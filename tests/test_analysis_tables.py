@@ -31,8 +31,18 @@ def b2n_rows() -> list[dict]:
     for dataset, (b, n) in {"eurosat": (90.0, 70.0), "dtd": (80.0, 60.0)}.items():
         for method, off in (("rlp", 2.0), ("coop", 0.0)):
             for seed in (1, 2, 3):
-                rows.append({"protocol": "base2new", "dataset": dataset, "method": method, "seed": seed, "shots": 16,
-                             "base": b + off + seed, "new": n + 2 * off - seed, "trainable_params": 8192})
+                rows.append(
+                    {
+                        "protocol": "base2new",
+                        "dataset": dataset,
+                        "method": method,
+                        "seed": seed,
+                        "shots": 16,
+                        "base": b + off + seed,
+                        "new": n + 2 * off - seed,
+                        "trainable_params": 8192,
+                    }
+                )
     return rows
 
 
@@ -68,8 +78,10 @@ def test_base2new_partial_coverage_and_unaligned_seeds() -> None:
 
 
 def test_single_seed_and_missing_cell() -> None:
-    rows = [{"protocol": "base_to_new", "dataset": "dtd", "method": "coop", "seed": 1, "base": 80.0, "new": 60.0},
-            {"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "base": 81.0}]
+    rows = [
+        {"protocol": "base_to_new", "dataset": "dtd", "method": "coop", "seed": 1, "base": 80.0, "new": 60.0},
+        {"protocol": "base2new", "dataset": "dtd", "method": "rlp", "seed": 1, "base": 81.0},
+    ]
     md = render_markdown(base2new_table(rows), title=False)
     assert "| dtd | coop | 80.00 ± – | 60.00 ± – | 68.57 ± – | 1 |" in md
     assert "| dtd | rlp | 81.00 ± – | – | – | 1 |" in md
@@ -83,8 +95,10 @@ def test_duplicates_rejected_unless_grouped() -> None:
     extra = [dict(r, settings={"rank": 8}) for r in rows if r["method"] == "rlp"]
     with pytest.raises(RlptuneError, match="two base2new results"):
         base2new_table(rows + extra)
-    table = base2new_table(rows[:6] + [dict(r, settings={"rank": 8}) for r in rows[:3]],
-                           group_by=lambda r: f"{r['method']} r={r['settings']['rank']}")
+    table = base2new_table(
+        rows[:6] + [dict(r, settings={"rank": 8}) for r in rows[:3]],
+        group_by=lambda r: f"{r['method']} r={r['settings']['rank']}",
+    )
     assert {row.labels["Method"] for row in table.rows} == {"rlp r=1", "rlp r=2", "rlp r=8", "coop r=1", "coop r=2"}
 
 
@@ -92,7 +106,13 @@ def test_csv_and_json_are_machine_readable() -> None:
     table = base2new_table(b2n_rows())
     records = list(csv.DictReader(io.StringIO(render_csv(table))))
     first = records[0]
-    assert (first["Dataset"], first["Method"], first["Base"], first["Base std"], first["Base n"]) == ("dtd", "coop", "82.0", "1.0", "3")
+    assert (first["Dataset"], first["Method"], first["Base"], first["Base std"], first["Base n"]) == (
+        "dtd",
+        "coop",
+        "82.0",
+        "1.0",
+        "3",
+    )
     assert first["H"] == "67.9429" and first["average"] == "0" and first["Params"] == "8192"
     assert records[4]["Dataset"] == "Average" and records[4]["average"] == "1"
     data = json.loads(json.dumps(table_to_json(table), allow_nan=False))
@@ -102,9 +122,20 @@ def test_csv_and_json_are_machine_readable() -> None:
 
 
 def test_few_shot_table_and_curves() -> None:
-    rows = [{"protocol": "few_shot", "dataset": ds, "method": m, "seed": s, "shots": k,
-             "accuracy": 50.0 + 2 * k + s + (1.0 if m == "rlp" else 0.0) + (10.0 if ds == "caltech101" else 0.0)}
-            for ds in ("dtd", "caltech101") for m in ("coop", "rlp") for s in (1, 2) for k in (1, 4, 16)]
+    rows = [
+        {
+            "protocol": "few_shot",
+            "dataset": ds,
+            "method": m,
+            "seed": s,
+            "shots": k,
+            "accuracy": 50.0 + 2 * k + s + (1.0 if m == "rlp" else 0.0) + (10.0 if ds == "caltech101" else 0.0),
+        }
+        for ds in ("dtd", "caltech101")
+        for m in ("coop", "rlp")
+        for s in (1, 2)
+        for k in (1, 4, 16)
+    ]
     table = few_shot_table(rows)
     md = render_markdown(table, title=False).splitlines()
     assert md[0] == "| Dataset | Method | 1 shot | 4 shots | 16 shots | Seeds |"
@@ -120,16 +151,27 @@ def test_few_shot_table_and_curves() -> None:
 
 
 def test_cross_dataset_and_domain_gen() -> None:
-    xd = [{"protocol": "cross_dataset", "dataset": "imagenet", "method": m, "seed": s, "accuracy": 70.0 + s,
-           "targets": {"dtd": 40.0 + s, "caltech101": 90.0 + s + (1.0 if m == "rlp" else 0.0)}}
-          for m in ("rlp", "coop") for s in (1, 2, 3)]
+    xd = [
+        {
+            "protocol": "cross_dataset",
+            "dataset": "imagenet",
+            "method": m,
+            "seed": s,
+            "accuracy": 70.0 + s,
+            "targets": {"dtd": 40.0 + s, "caltech101": 90.0 + s + (1.0 if m == "rlp" else 0.0)},
+        }
+        for m in ("rlp", "coop")
+        for s in (1, 2, 3)
+    ]
     md = render_markdown(cross_dataset_table(xd), title=False).splitlines()
     assert md[0] == "| Method | Trained on | Source | caltech101 | dtd | Average | Seeds |"
     assert md[2] == "| coop | imagenet | 72.00 ± 1.00 | 92.00 ± 1.00 | 42.00 ± 1.00 | 67.00 ± 1.00 | 3 |"
     assert md[3] == "| rlp | imagenet | 72.00 ± 1.00 | 93.00 ± 1.00 | 42.00 ± 1.00 | 67.50 ± 1.00 | 3 |"
     # domain-gen given as one row per evaluated dataset with a "source" field
-    dg = [{"protocol": "dg", "dataset": ds, "source": "imagenet", "method": "rlp", "seed": 1, "accuracy": acc}
-          for ds, acc in (("imagenet", 72.0), ("imagenet_r", 77.0), ("imagenet_v2", 64.0), ("imagenet_sketch", 49.0))]
+    dg = [
+        {"protocol": "dg", "dataset": ds, "source": "imagenet", "method": "rlp", "seed": 1, "accuracy": acc}
+        for ds, acc in (("imagenet", 72.0), ("imagenet_r", 77.0), ("imagenet_v2", 64.0), ("imagenet_sketch", 49.0))
+    ]
     md = render_markdown(domain_gen_table(dg), title=False).splitlines()
     assert md[0] == "| Method | Trained on | Source | imagenet_v2 | imagenet_sketch | imagenet_r | Average | Seeds |"
     assert md[2] == "| rlp | imagenet | 72.00 ± – | 64.00 ± – | 49.00 ± – | 77.00 ± – | 63.33 ± – | 1 |"
@@ -138,10 +180,14 @@ def test_cross_dataset_and_domain_gen() -> None:
 
 def test_protocol_names_html_and_write(tmp_path) -> None:
     assert [normalize_protocol(p) for p in ("Base-to-New", "few_shot", "XD", "domain_generalization")] == [
-        "base2new", "few-shot", "cross-dataset", "domain-gen"]
+        "base2new",
+        "few-shot",
+        "cross-dataset",
+        "domain-gen",
+    ]
     table = base2new_table(b2n_rows())
     html = render_html(table)
-    assert '<table class="results" id="table-base2new">' in html and "<td class=\"num\">82.00 ± 1.00</td>" in html
+    assert '<table class="results" id="table-base2new">' in html and '<td class="num">82.00 ± 1.00</td>' in html
     assert "<script" not in render_html(base2new_table([{**b2n_rows()[0], "method": "<script>x</script>"}]))  # escaped
     paths = write_table(table, tmp_path / "t" / "base2new")
     assert [p.name for p in paths] == ["base2new.md", "base2new.csv", "base2new.json"]
@@ -151,8 +197,18 @@ def test_protocol_names_html_and_write(tmp_path) -> None:
 def test_other_runs_table() -> None:
     from rlptune.report.tables import other_runs_table
 
-    rows = [{"protocol": "train", "dataset": "colours", "method": "rlp", "seed": s, "shots": 4, "accuracy": 30.0 + s,
-             "macro_f1": 20.0} for s in (1, 2)] + b2n_rows()
+    rows = [
+        {
+            "protocol": "train",
+            "dataset": "colours",
+            "method": "rlp",
+            "seed": s,
+            "shots": 4,
+            "accuracy": 30.0 + s,
+            "macro_f1": 20.0,
+        }
+        for s in (1, 2)
+    ] + b2n_rows()
     md = render_markdown(other_runs_table(rows), title=False).splitlines()
     assert md[0] == "| Dataset | Method | Shots | Accuracy | Macro-F1 | Seeds |"
     assert md[2] == "| colours | rlp | 4 | 31.50 ± 0.71 | 20.00 ± 0.00 | 2 |"
@@ -161,7 +217,10 @@ def test_other_runs_table() -> None:
 
 def test_one_seed_prints_a_dash_not_zero_spread() -> None:
     table = base2new_table([r for r in b2n_rows() if r["seed"] == 1 and r["dataset"] == "dtd"])
-    assert render_markdown(table, title=False).splitlines()[2] == "| dtd | coop | 81.00 ± – | 59.00 ± – | 68.27 ± – | 1 | 8,192 |"
+    assert (
+        render_markdown(table, title=False).splitlines()[2]
+        == "| dtd | coop | 81.00 ± – | 59.00 ± – | 68.27 ± – | 1 | 8,192 |"
+    )
     line = render_csv(table).splitlines()[1].split(",")
     assert line[3:6] == ["81.0", "", "1"]  # Base, Base std (empty: undefined), Base n
     assert table_to_json(table)["rows"][0]["cells"]["Base"]["std"] is None
@@ -172,9 +231,20 @@ def test_one_seed_prints_a_dash_not_zero_spread() -> None:
 def test_zero_shot_is_one_row_not_one_per_shot_and_seed() -> None:
     from rlptune.report.tables import collapse_shot_independent, other_runs_table
 
-    rows = [{"protocol": "few-shot", "dataset": ds, "method": m, "seed": s, "shots": k,
-             "accuracy": 60.0 + k + s if m == "rlp" else 55.0}
-            for ds in ("dtd", "eurosat") for m in ("rlp", "zeroshot") for k in (1, 4) for s in (1, 2, 3)]
+    rows = [
+        {
+            "protocol": "few-shot",
+            "dataset": ds,
+            "method": m,
+            "seed": s,
+            "shots": k,
+            "accuracy": 60.0 + k + s if m == "rlp" else 55.0,
+        }
+        for ds in ("dtd", "eurosat")
+        for m in ("rlp", "zeroshot")
+        for k in (1, 4)
+        for s in (1, 2, 3)
+    ]
     assert len(collapse_shot_independent(rows)) == 12 + 2  # 12 rlp runs, one zero-shot row per dataset
     md = render_markdown(few_shot_table(rows), title=False).splitlines()
     assert md[0] == "| Dataset | Method | 0 shots | 1 shot | 4 shots | Seeds |"
@@ -183,8 +253,18 @@ def test_zero_shot_is_one_row_not_one_per_shot_and_seed() -> None:
     assert sum("zeroshot" in line for line in md) == 3  # dtd, eurosat, Average
     curves = few_shot_curves(few_shot_table(rows))
     assert curves["dtd"]["zeroshot"]["shots"] == [0] and curves["dtd"]["rlp"]["shots"] == [1, 4]
-    b2n = [{"protocol": "base2new", "dataset": "dtd", "method": "zeroshot", "seed": s, "shots": 0, "base": 70.0,
-            "new": 74.0} for s in (1, 2, 3)]
+    b2n = [
+        {
+            "protocol": "base2new",
+            "dataset": "dtd",
+            "method": "zeroshot",
+            "seed": s,
+            "shots": 0,
+            "base": 70.0,
+            "new": 74.0,
+        }
+        for s in (1, 2, 3)
+    ]
     assert "| dtd | zeroshot | 70.00 ± – | 74.00 ± – | 71.94 ± – | 1 |" in render_markdown(base2new_table(b2n))
     train = [{"protocol": "train", "dataset": "dtd", "method": "zeroshot", "seed": s, "accuracy": 50.0} for s in (1, 2)]
     assert len(other_runs_table(train).rows) == 1

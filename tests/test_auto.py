@@ -29,8 +29,12 @@ def tiny(tiny_arch_path):
 @pytest.fixture(scope="module")
 def wide_val(tmp_path_factory):
     """4 colour classes with 12 validation images each: enough for a trained prompt to clear the noise."""
-    return make_image_folder(tmp_path_factory.mktemp("wideval"), ["red", "green", "blue", "yellow"],
-                             {"train": 8, "val": 12, "test": 6}, seed=3)
+    return make_image_folder(
+        tmp_path_factory.mktemp("wideval"),
+        ["red", "green", "blue", "yellow"],
+        {"train": 8, "val": 12, "test": 6},
+        seed=3,
+    )
 
 
 def _config(root, tmp_path, name="rlp", **sections):
@@ -54,8 +58,10 @@ def test_auto_is_one_setting_in_yaml_flags_and_set(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("method: {name: rlp}\nauto: {enabled: true, ranks: [1, 2], rank_rule: spectrum}\n")
     from_file = resolve_config(str(path))
-    from_set = resolve_config(None, {"method": {"name": "rlp"}, **parse_set(["auto.enabled=true", "auto.ranks=1,2",
-                                                                             "auto.rank_rule=spectrum"])})
+    from_set = resolve_config(
+        None,
+        {"method": {"name": "rlp"}, **parse_set(["auto.enabled=true", "auto.ranks=1,2", "auto.rank_rule=spectrum"])},
+    )
     assert from_file.auto == from_set.auto and from_file.auto.ranks == [1, 2] and from_file.auto.enabled
     grid = parse_grid(["auto.enabled=false,true"])  # sweeps: --grid / --set reach it as any other setting
     assert [resolve_config(None, {"method": {"name": "rlp"}, **g}).auto.enabled for g in grid] == [False, True]
@@ -89,19 +95,22 @@ def test_a_bad_rank_list_is_refused_in_every_spelling(ranks, spelling):
         assert resolve_config(None, {"auto": {"ranks": value}}).auto.ranks == ranks
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("crop_scales", [0.0], r"auto\.crop_scales must be in \(0, 1\]"),
-    ("dropouts", [1.0], r"auto\.dropouts must be in \[0, 1\)"),
-    ("ranks", [], r"auto\.ranks is empty"),
-    ("energy", 0, r"auto\.energy must be in \(0, 1\]"),
-    ("rank_rule", "best", r"auto\.rank_rule: expected one of validation, spectrum, both"),
-    ("ranks", [1, 1], r"auto\.ranks: \[1, 1\] lists a value more than once"),
-    ("ranks", "x", r"auto\.ranks: expected an integer, got 'x'"),
-    ("ranks", [0], r"auto\.ranks: 0 is outside \[1, "),
-    ("folds", 1, r"auto\.folds must be >= 2, got 1"),
-    ("margin_z", -1, r"auto\.margin_z must be >= 0"),
-    ("alpha", 0.9, r"auto\.alpha must be <= 0\.5"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("crop_scales", [0.0], r"auto\.crop_scales must be in \(0, 1\]"),
+        ("dropouts", [1.0], r"auto\.dropouts must be in \[0, 1\)"),
+        ("ranks", [], r"auto\.ranks is empty"),
+        ("energy", 0, r"auto\.energy must be in \(0, 1\]"),
+        ("rank_rule", "best", r"auto\.rank_rule: expected one of validation, spectrum, both"),
+        ("ranks", [1, 1], r"auto\.ranks: \[1, 1\] lists a value more than once"),
+        ("ranks", "x", r"auto\.ranks: expected an integer, got 'x'"),
+        ("ranks", [0], r"auto\.ranks: 0 is outside \[1, "),
+        ("folds", 1, r"auto\.folds must be >= 2, got 1"),
+        ("margin_z", -1, r"auto\.margin_z must be >= 0"),
+        ("alpha", 0.9, r"auto\.alpha must be <= 0\.5"),
+    ],
+)
 def test_bad_auto_settings_are_one_line(key, value, message):
     with pytest.raises(RlptuneError, match=message):
         resolve_config(None, {"auto": {key: value}})
@@ -149,14 +158,25 @@ def test_no_candidate_above_the_noise_returns_the_zero_shot_prompt(tiny, colour_
     method = load_adapter(tmp_path / "run" / "adapter", tiny)
     assert float(method.prompt.B.detach().abs().max()) == 0.0  # P_B = 0: the folded prompt is P_fr
     assert torch.equal(method.prompt.merged(), method.prompt.frozen)
-    zero = train(_config(colour_folder, tmp_path, "zeroshot", auto={"enabled": False}), tmp_path / "zs",
-                 backbone=tiny, progress=False)
+    zero = train(
+        _config(colour_folder, tmp_path, "zeroshot", auto={"enabled": False}),
+        tmp_path / "zs",
+        backbone=tiny,
+        progress=False,
+    )
     assert result["metrics"]["test"]["top1"] == zero["metrics"]["test"]["top1"]
 
 
 def test_a_candidate_clear_of_the_noise_is_kept_and_recorded(tiny, wide_val, tmp_path, single_thread):
-    config = _config(wide_val, tmp_path, "coop", data={"shots": 0}, method={"class_specific": True}, train={"epochs": 8, "batch_size": 16},
-                     auto={"crop_scales": [0.5, 1.0], "margin_z": 1.0})  # 48 images: a 1-SE bound is clearable
+    config = _config(
+        wide_val,
+        tmp_path,
+        "coop",
+        data={"shots": 0},
+        method={"class_specific": True},
+        train={"epochs": 8, "batch_size": 16},
+        auto={"crop_scales": [0.5, 1.0], "margin_z": 1.0},
+    )  # 48 images: a 1-SE bound is clearable
     result = train(config, tmp_path / "run", backbone=tiny, progress=False)
     record = result["auto"]
     assert record["decision"] == "candidate" and not record["batched"]  # per-class contexts: one at a time
@@ -172,8 +192,9 @@ def test_a_candidate_clear_of_the_noise_is_kept_and_recorded(tiny, wide_val, tmp
 
 
 def test_k_fold_when_the_validation_split_is_too_small(tiny, colour_folder, tmp_path, single_thread):
-    config = _config(colour_folder, tmp_path, auto={"min_val_per_class": 5, "folds": 2, "ranks": [1]},
-                     train={"epochs": 2})
+    config = _config(
+        colour_folder, tmp_path, auto={"min_val_per_class": 5, "folds": 2, "ranks": [1]}, train={"epochs": 2}
+    )
     result = train(config, tmp_path / "run", backbone=tiny, progress=False)
     record = result["auto"]
     assert record["folds"] == 2 and record["validation"].startswith("2-fold cross-validation over the 16 training")
@@ -182,15 +203,19 @@ def test_k_fold_when_the_validation_split_is_too_small(tiny, colour_folder, tmp_
 
 def test_too_few_shots_for_the_folds_is_one_line(tiny, colour_folder, tmp_path):
     config = _config(colour_folder, tmp_path, data={"shots": 1}, auto={"min_val_per_class": 5, "folds": 3})
-    with pytest.raises(RlptuneError, match=r"^auto: the validation split has fewer than auto.min_val_per_class=5 images "
-                                           r"in some class and 4 training images are too few for auto.folds=3 folds$"):
+    with pytest.raises(
+        RlptuneError,
+        match=r"^auto: the validation split has fewer than auto.min_val_per_class=5 images "
+        r"in some class and 4 training images are too few for auto.folds=3 folds$",
+    ):
         train(config, tmp_path / "run", backbone=tiny, progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_the_spectrum_rule_picks_the_smallest_rank_holding_the_energy(tiny, colour_folder, tmp_path, single_thread):
-    config = _config(colour_folder, tmp_path, auto={"rank_rule": "spectrum", "energy": 0.8, "ranks": [1, 2, 4]},
-                     train={"epochs": 4})
+    config = _config(
+        colour_folder, tmp_path, auto={"rank_rule": "spectrum", "energy": 0.8, "ranks": [1, 2, 4]}, train={"epochs": 4}
+    )
     record = train(config, tmp_path / "run", backbone=tiny, progress=False)["auto"]
     spectrum = record["spectrum"]
     shares = spectrum["energy_share"]
@@ -200,19 +225,64 @@ def test_the_spectrum_rule_picks_the_smallest_rank_holding_the_energy(tiny, colo
 
 
 def test_cli_auto_says_what_it_returned(tiny_arch_path, colour_folder, tmp_path, capsys, cache_dir, single_thread):
-    args = ["train", "--backbone", tiny_arch_path, "--dataset", "folder", "--data-root", colour_folder, "--method", "rlp",
-            "--shots", "4", "--epochs", "2", "--auto", "--auto-ranks", "1", "--auto-crop-scales", "0.5",
-            "--auto-dropouts", "0.1", "--precision", "fp32", "--device", "cpu", "-o", tmp_path / "run", "--no-progress"]
+    args = [
+        "train",
+        "--backbone",
+        tiny_arch_path,
+        "--dataset",
+        "folder",
+        "--data-root",
+        colour_folder,
+        "--method",
+        "rlp",
+        "--shots",
+        "4",
+        "--epochs",
+        "2",
+        "--auto",
+        "--auto-ranks",
+        "1",
+        "--auto-crop-scales",
+        "0.5",
+        "--auto-dropouts",
+        "0.1",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "run",
+        "--no-progress",
+    ]
     assert main([str(a) for a in args]) == 0
     err = capsys.readouterr().err
-    assert "auto: no candidate beats the zero-shot prompt on validation" in err and "returning the zero-shot prompt" in err
+    assert (
+        "auto: no candidate beats the zero-shot prompt on validation" in err and "returning the zero-shot prompt" in err
+    )
 
 
 def test_cli_auto_on_a_closed_form_method_is_one_line(tiny_arch_path, colour_folder, tmp_path, capsys, cache_dir):
-    args = ["train", "--backbone", tiny_arch_path, "--dataset", "folder", "--data-root", colour_folder,
-            "--method", "linear_probe", "--auto", "--device", "cpu", "-o", tmp_path / "run", "--no-progress"]
+    args = [
+        "train",
+        "--backbone",
+        tiny_arch_path,
+        "--dataset",
+        "folder",
+        "--data-root",
+        colour_folder,
+        "--method",
+        "linear_probe",
+        "--auto",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "run",
+        "--no-progress",
+    ]
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["rlptune: error: auto.enabled: method 'linear_probe' has no prompt trained by gradient steps to "
-                   "choose settings for"]
+    assert err == [
+        "rlptune: error: auto.enabled: method 'linear_probe' has no prompt trained by gradient steps to "
+        "choose settings for"
+    ]
     assert not (tmp_path / "run").exists()  # nothing half-written

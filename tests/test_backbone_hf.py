@@ -26,10 +26,24 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def tiny_clip_config(eos_token_id: int = 49407, vision_layers: int = 3) -> "transformers.CLIPConfig":
     text = dict(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, bos_token_id=49406, eos_token_id=eos_token_id, pad_token_id=49407,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=eos_token_id,
+        pad_token_id=49407,
     )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=2, image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
 
 
@@ -88,6 +102,7 @@ def _build(backbone, name, options=None, classes=NAMES, template=None, **section
 
 # -- exactness ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("eos_token_id", [49407, 2], ids=["eos-id-pooling", "legacy-argmax-pooling"])
 def test_prompted_text_reproduces_get_text_features(tmp_path, eos_token_id):
     folder = save_tiny_clip(tmp_path / "clip", eos_token_id=eos_token_id, seed=eos_token_id)
@@ -130,7 +145,9 @@ def test_text_hook_sees_every_layer_and_changes_the_result(hf):
     with torch.no_grad():
         plain = hf.text.encode_embeddings(embeddings, text.eot)
         same = hf.text.encode_embeddings(embeddings, text.eot, before_block=lambda i, x: seen.append(i) or x)
-        edited = hf.text.encode_embeddings(embeddings, text.eot, before_block=lambda i, x: x + (i == 1) * torch.linspace(0, 1, x.shape[-1]))
+        edited = hf.text.encode_embeddings(
+            embeddings, text.eot, before_block=lambda i, x: x + (i == 1) * torch.linspace(0, 1, x.shape[-1])
+        )
     assert seen == [0, 1] and torch.equal(plain, same) and (plain - edited).abs().max() > 1e-3
 
 
@@ -144,6 +161,7 @@ def test_causal_mask_truncation_is_exact(hf):
 
 
 # -- spec, identity, tokenizer ----------------------------------------------------------------------------------
+
 
 def test_spec_is_resolvable_and_identity_follows_the_weights(hf, hf_folder, tmp_path, monkeypatch):
     assert hf.spec == f"hf:{hf_folder.resolve()}" and hf.identity.startswith("hf-clip-vit-p8-32px-w32x3-t32x2@sha256:")
@@ -180,6 +198,7 @@ def test_a_folder_that_is_not_a_clip_model_is_one_line(tmp_path):
 
 
 # -- every method runs on it ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "name,options,sections",
@@ -221,6 +240,7 @@ def test_coop_with_the_template_context_is_zero_shot(hf):
 
 # -- CLIP-LoRA: a genuine peft adapter ---------------------------------------------------------------------------
 
+
 def _perturb_lora(method, seed=0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -250,7 +270,9 @@ def test_clip_lora_saves_a_peft_adapter_that_peft_loads_with_the_same_logits(hf,
 
     def logits(model):
         with torch.no_grad():
-            text = _features(model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+            text = _features(
+                model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            )
             image = _features(model.get_image_features(pixel_values=images))
             text, image = (torch.nn.functional.normalize(t, dim=-1) for t in (text, image))
             return model.logit_scale.exp() * image @ text.t()
@@ -258,7 +280,9 @@ def test_clip_lora_saves_a_peft_adapter_that_peft_loads_with_the_same_logits(hf,
     plain = logits(base)  # before peft wraps (and modifies) the base model
     loaded = peft.PeftModel.from_pretrained(base, str(out)).eval()
     theirs = logits(loaded)
-    print(f"peft round trip: max |logit diff| = {(ours - theirs).abs().max().item():.2e}; adapter moves logits by {(ours - plain).abs().max().item():.3f}")
+    print(
+        f"peft round trip: max |logit diff| = {(ours - theirs).abs().max().item():.2e}; adapter moves logits by {(ours - plain).abs().max().item():.3f}"
+    )
     assert (ours - theirs).abs().max() < 1e-4
     assert (ours - plain).abs().max() > 1e-2  # the adapter changes the logits: the comparison above is not vacuous
 
@@ -302,7 +326,9 @@ def test_a_clip_lora_adapter_travels_and_carries_its_peft_export(hf, hf_folder, 
     assert (ours - again).abs().max() < 1e-5
     base = transformers.CLIPModel.from_pretrained(str(hf_folder)).eval()
     # the peft export sits at the top of the adapter folder, next to rlptune's own files (different names)
-    assert {"adapter_config.json", "adapter_model.safetensors", "rlptune_adapter.json"} <= {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "rlptune_adapter.json"} <= {
+        p.name for p in folder.iterdir()
+    }
     wrapped = peft.PeftModel.from_pretrained(base, str(folder)).eval()
     with torch.no_grad():
         image = torch.nn.functional.normalize(_features(wrapped.get_image_features(pixel_values=images)), dim=-1)
@@ -312,8 +338,13 @@ def test_a_clip_lora_adapter_travels_and_carries_its_peft_export(hf, hf_folder, 
 def test_image_settings_come_from_the_folders_preprocessor_config(tmp_path):
     folder = save_tiny_clip(tmp_path / "with-processor", seed=3)
     transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.5, 0.4, 0.3],
+        image_std=[0.2, 0.25, 0.3],
     ).save_pretrained(str(folder))
     backbone = load_backbone(f"hf:{folder}")
     assert backbone.image_size == 32
-    assert backbone.image_mean == pytest.approx((0.5, 0.4, 0.3)) and backbone.image_std == pytest.approx((0.2, 0.25, 0.3))
+    assert backbone.image_mean == pytest.approx((0.5, 0.4, 0.3)) and backbone.image_std == pytest.approx(
+        (0.2, 0.25, 0.3)
+    )

@@ -69,11 +69,22 @@ def spellings(micro2, exports):
 def trained(tmp_path_factory, micro2, colour_folder):
     """An RLP adapter trained by the engine on micro-v2 (a few steps)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    config = resolve_config(None, {
-        "method": {"name": "rlp"}, "backbone": {"name": "micro-v2"},
-        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
-        "train": {"epochs": 2, "warmup_epochs": 0, "aug_views": 0, "batch_size": 4, "lr": 0.05, "cache_dir": str(out.parent / "cache")},
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": {"name": "rlp"},
+            "backbone": {"name": "micro-v2"},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
+            "train": {
+                "epochs": 2,
+                "warmup_epochs": 0,
+                "aug_views": 0,
+                "batch_size": 4,
+                "lr": 0.05,
+                "cache_dir": str(out.parent / "cache"),
+            },
+        },
+    )
     train(config, out, backbone=micro2, progress=False)
     return out / "adapter"
 
@@ -118,6 +129,7 @@ def _refusal(folder, backbone) -> str:
 
 
 # -- one backbone however it is spelled ------------------------------------------------------------------------
+
 
 def test_the_same_weights_spelled_five_ways_are_one_backbone(spellings, micro2):
     labels = {name: b.identity.split("@")[0] for name, b in spellings.items()}
@@ -177,6 +189,7 @@ def test_custom_text_layout_hashes_like_clip(tmp_path):
 
 # -- adapters written before the structure was recorded --------------------------------------------------------
 
+
 def test_old_adapters_still_load_on_their_own_and_on_other_spellings(spellings, trained, images, tmp_path):
     old = _as_old_format(trained, tmp_path / "old")
     reference = _logits(load_adapter(trained, spellings["micro-v2"]), images)
@@ -212,6 +225,7 @@ def test_an_old_adapter_whose_structure_cannot_be_read_is_refused_saying_why(spe
 
 # -- refusals -----------------------------------------------------------------------------------------------------
 
+
 def _arch_spec(tmp_path, name, **changes):
     cfg = micro2_config()
     for key, value in changes.items():
@@ -226,15 +240,25 @@ def _arch_spec(tmp_path, name, **changes):
     return f"{path}:{MICRO2_WEIGHTS_PATH}"
 
 
-def test_other_weights_or_another_structure_is_refused_naming_both_and_what_differs(micro2, trained, tmp_path, tiny_arch_path):
+def test_other_weights_or_another_structure_is_refused_naming_both_and_what_differs(
+    micro2, trained, tmp_path, tiny_arch_path
+):
     other = load_backbone(str(tiny_arch_path))
     message = _refusal(trained, other)
-    assert f"adapter was trained on backbone {micro2.identity}, but the loaded backbone is {other.identity}: the weights differ" in message
-    gelu = load_backbone(_arch_spec(tmp_path, "gelu", quick_gelu=None))  # the same tensors, nn.GELU instead of QuickGELU
+    assert (
+        f"adapter was trained on backbone {micro2.identity}, but the loaded backbone is {other.identity}: the weights differ"
+        in message
+    )
+    gelu = load_backbone(
+        _arch_spec(tmp_path, "gelu", quick_gelu=None)
+    )  # the same tensors, nn.GELU instead of QuickGELU
     assert gelu.weights == micro2.weights
     message = _refusal(trained, gelu)
     assert f"trained on backbone {micro2.identity}, but the loaded backbone is {gelu.identity}" in message
-    assert "the structure differs: text.activation quick_gelu vs gelu; vision.activation quick_gelu vs gelu (recorded vs loaded)" in message
+    assert (
+        "the structure differs: text.activation quick_gelu vs gelu; vision.activation quick_gelu vs gelu (recorded vs loaded)"
+        in message
+    )
     heads = load_backbone(_arch_spec(tmp_path, "heads", text_cfg={"heads": 2}))  # the same tensors, two text heads
     assert heads.weights == micro2.weights
     assert "the structure differs: text.heads 1 vs 2 (recorded vs loaded)" in _refusal(trained, heads)
@@ -248,12 +272,17 @@ def test_hand_edited_backbone_records_are_one_line(micro2, trained, tmp_path):
         (folder / ADAPTER_CONFIG).write_text(json.dumps(payload))
         return _refusal(folder, micro2)
 
-    assert "field 'backbone.weights' must be 'sha256:' and 64 hex digits, got 'sha256:abc'" in edited("w", lambda b: b.update(weights="sha256:abc"))
+    assert "field 'backbone.weights' must be 'sha256:' and 64 hex digits, got 'sha256:abc'" in edited(
+        "w", lambda b: b.update(weights="sha256:abc")
+    )
     assert "field 'backbone.structure' must be an object" in edited("s", lambda b: b.update(structure=[1]))
     assert "field 'backbone.weights'" in edited("nw", lambda b: b.pop("weights"))
     label = "ViT-B-16@sha256:0123456789abcdef"
     message = edited("label", lambda b: b.update(identity=label))
-    assert f"adapter was trained on backbone {label}, but the loaded backbone is {micro2.identity}: the weights differ" in message
+    assert (
+        f"adapter was trained on backbone {label}, but the loaded backbone is {micro2.identity}: the weights differ"
+        in message
+    )
     other_weights = "sha256:" + "0" * 64
     message = edited("other", lambda b: b.update(weights=other_weights, identity="micro-v2@sha256:" + "0" * 16))
     assert f"the weights differ (sha256:{'0' * 16} vs {micro2.weights[:23]})" in message
@@ -273,6 +302,7 @@ def test_the_server_accepts_another_spelling_and_refuses_another_backbone(spelli
 
 # -- the Hugging Face export -----------------------------------------------------------------------------------
 
+
 def test_export_refuses_what_a_clip_model_cannot_hold_and_never_overwrites(micro2, exports, tmp_path):
     _, hf = exports
     before = sorted(p.name for p in hf.iterdir())
@@ -286,6 +316,7 @@ def test_export_refuses_what_a_clip_model_cannot_hold_and_never_overwrites(micro
 
 
 # -- properties ----------------------------------------------------------------------------------------------------
+
 
 def _leaves(tree, prefix=""):
     for key, value in tree.items():
@@ -303,7 +334,15 @@ def test_any_one_structure_field_changed_is_refused_naming_it(micro2, data):
     record = json.loads(json.dumps(backbone_record(micro2)))
     assert backbone_mismatch(record, micro2, "adapter.json") is None
     path, value = data.draw(st.sampled_from(list(_leaves(micro2.structure))))
-    new = data.draw(st.one_of(st.integers(-3, 4096), st.booleans(), st.none(), st.text(max_size=8), st.lists(st.integers(0, 9), max_size=2)))
+    new = data.draw(
+        st.one_of(
+            st.integers(-3, 4096),
+            st.booleans(),
+            st.none(),
+            st.text(max_size=8),
+            st.lists(st.integers(0, 9), max_size=2),
+        )
+    )
     if new == value and type(new) is type(value):
         return
     node = record["structure"]
@@ -317,7 +356,9 @@ def test_any_one_structure_field_changed_is_refused_naming_it(micro2, data):
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(text_layers=st.integers(1, 3), vision_layers=st.integers(1, 3), width=st.integers(1, 4), seed=st.integers(0, 2**16))
+@given(
+    text_layers=st.integers(1, 3), vision_layers=st.integers(1, 3), width=st.integers(1, 4), seed=st.integers(0, 2**16)
+)
 def test_the_canonical_naming_round_trips_and_keeps_the_hash(text_layers, vision_layers, width, seed):
     """OpenAI names -> Hugging Face names -> OpenAI names gives the same tensors bit for bit, so the canonical hash
     of a CLIPModel is the hash of the open_clip model holding the same numbers."""
@@ -327,17 +368,38 @@ def test_the_canonical_naming_round_trips_and_keeps_the_hash(text_layers, vision
     def t(*shape):
         return torch.randn(shape, generator=g)
 
-    state = {"logit_scale": t(), "token_embedding.weight": t(7, d), "positional_embedding": t(5, d),
-             "ln_final.weight": t(d), "ln_final.bias": t(d), "text_projection": t(d, e),
-             "visual.class_embedding": t(d), "visual.conv1.weight": t(d, 3, 2, 2), "visual.positional_embedding": t(5, d),
-             "visual.ln_pre.weight": t(d), "visual.ln_pre.bias": t(d), "visual.ln_post.weight": t(d),
-             "visual.ln_post.bias": t(d), "visual.proj": t(d, e)}
+    state = {
+        "logit_scale": t(),
+        "token_embedding.weight": t(7, d),
+        "positional_embedding": t(5, d),
+        "ln_final.weight": t(d),
+        "ln_final.bias": t(d),
+        "text_projection": t(d, e),
+        "visual.class_embedding": t(d),
+        "visual.conv1.weight": t(d, 3, 2, 2),
+        "visual.positional_embedding": t(5, d),
+        "visual.ln_pre.weight": t(d),
+        "visual.ln_pre.bias": t(d),
+        "visual.ln_post.weight": t(d),
+        "visual.ln_post.bias": t(d),
+        "visual.proj": t(d, e),
+    }
     for prefix, layers in (("transformer.resblocks.", text_layers), ("visual.transformer.resblocks.", vision_layers)):
         for i in range(layers):
-            block = {"attn.in_proj_weight": t(3 * d, d), "attn.in_proj_bias": t(3 * d), "attn.out_proj.weight": t(d, d),
-                     "attn.out_proj.bias": t(d), "ln_1.weight": t(d), "ln_1.bias": t(d), "ln_2.weight": t(d),
-                     "ln_2.bias": t(d), "mlp.c_fc.weight": t(2 * d, d), "mlp.c_fc.bias": t(2 * d),
-                     "mlp.c_proj.weight": t(d, 2 * d), "mlp.c_proj.bias": t(d)}
+            block = {
+                "attn.in_proj_weight": t(3 * d, d),
+                "attn.in_proj_bias": t(3 * d),
+                "attn.out_proj.weight": t(d, d),
+                "attn.out_proj.bias": t(d),
+                "ln_1.weight": t(d),
+                "ln_1.bias": t(d),
+                "ln_2.weight": t(d),
+                "ln_2.bias": t(d),
+                "mlp.c_fc.weight": t(2 * d, d),
+                "mlp.c_fc.bias": t(2 * d),
+                "mlp.c_proj.weight": t(d, 2 * d),
+                "mlp.c_proj.bias": t(d),
+            }
             state.update({f"{prefix}{i}.{k}": v for k, v in block.items()})
     hf = openai_to_hf_state(state, text_layers, vision_layers)
     assert not set(hf) & set(state) - {"logit_scale"}

@@ -31,7 +31,10 @@ def openai_tiny(tmp_path_factory):
     state = model.state_dict()
     torch.save(state, folder / "openai_state.pt")
     torch.jit.script(model).save(str(folder / "openai_jit.pt"))
-    torch.save({"epoch": 3, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "openclip_ckpt.pt")
+    torch.save(
+        {"epoch": 3, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in state.items()}},
+        folder / "openclip_ckpt.pt",
+    )
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "weights.safetensors"))

@@ -58,7 +58,9 @@ def test_a_loader_registered_from_outside_is_used(clean_registry, arch_path):
     def toy_loader(request):
         calls.append(request)
         model = loader_module.build_clip(loader_module.read_arch_json(arch_path))
-        return finish_backbone(model, loader_module.tokenizer_for_cfg(TINY_VIT), "toy", request.spec, 32, (0.5,) * 3, (0.5,) * 3, request)
+        return finish_backbone(
+            model, loader_module.tokenizer_for_cfg(TINY_VIT), "toy", request.spec, 32, (0.5,) * 3, (0.5,) * 3, request
+        )
 
     register_backbone_loader("toy:", toy_loader, "toy:NAME")
     backbone = load_backbone("toy:anything", seed=3)
@@ -86,7 +88,9 @@ def test_longest_prefix_wins_and_exact_names_are_not_prefixes(clean_registry):
 
 
 def test_a_matcher_loader_is_tried_after_prefixes(clean_registry, arch_path):
-    register_backbone_loader(lambda spec: spec.endswith(".toyclip"), lambda r: load_backbone(str(arch_path)), "toy files")
+    register_backbone_loader(
+        lambda spec: spec.endswith(".toyclip"), lambda r: load_backbone(str(arch_path)), "toy files"
+    )
     assert load_backbone("model.toyclip").arch == "tiny-vit3"
     with pytest.raises(RlptuneError, match="expected a prefix string or a callable"):
         register_backbone_loader(42, lambda r: None)
@@ -131,7 +135,9 @@ def test_adapter_copy_shares_weights_and_splits_attention(vit, towers):
     for tower, modules in names.items():
         assert len(modules) == (2 if tower == "text" else 3)
         for name, module in modules:
-            assert all(isinstance(getattr(module, p), torch.nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
+            assert all(
+                isinstance(getattr(module, p), torch.nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+            )
             assert dict(clone.model.named_modules())[name] is module
     # the same tensors, and the split attention computes the same features
     assert clone.model.token_embedding.weight is vit.model.token_embedding.weight
@@ -140,7 +146,9 @@ def test_adapter_copy_shares_weights_and_splits_attention(vit, towers):
     with torch.no_grad():
         assert (clone.encode_text_ids(ids) - vit.encode_text_ids(ids)).abs().max() < 1e-5
         assert (clone.encode_image(images) - vit.encode_image(images)).abs().max() < 1e-5
-    assert weights_hash(vit.model) == digest and isinstance(vit.model.transformer.resblocks[0].attn, torch.nn.MultiheadAttention)
+    assert weights_hash(vit.model) == digest and isinstance(
+        vit.model.transformer.resblocks[0].attn, torch.nn.MultiheadAttention
+    )
     if towers == ("text",):
         assert isinstance(clone.model.visual.transformer.resblocks[0].attn, torch.nn.MultiheadAttention)
 

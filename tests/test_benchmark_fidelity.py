@@ -38,10 +38,21 @@ def vit(tmp_path_factory):
 def test_benchmark_runs_with_the_same_draws_and_schedule(fidelity, vit, colour_folder, tmp_path):
     full = load_dataset("folder", colour_folder)
     epochs, shots = 3, 2
-    args = fidelity.build_parser().parse_args([
-        "--datasets", "colours", "--seeds", "1", "2", "--shots", str(shots), "--epochs", str(epochs),
-        "--workdir", str(tmp_path),
-    ])
+    args = fidelity.build_parser().parse_args(
+        [
+            "--datasets",
+            "colours",
+            "--seeds",
+            "1",
+            "2",
+            "--shots",
+            str(shots),
+            "--epochs",
+            str(epochs),
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     report = fidelity.benchmark(args, lambda _msg: None, datasets={"colours": full}, backbone=vit)
     runs = report["runs"]
     assert len(runs) == 2 * 3 * 2  # seeds x methods x modes
@@ -113,10 +124,14 @@ def test_one_step_of_rlptune_equals_the_references(fidelity, vit, name):
     handcrafted = None
     if name == "kgcoop":
         with torch.no_grad():
-            handcrafted = F.normalize(vit.model.encode_text(vit.tokenize([f"a photo of a {c}." for c in classes])), dim=-1)
+            handcrafted = F.normalize(
+                vit.model.encode_text(vit.tokenize([f"a photo of a {c}." for c in classes])), dim=-1
+            )
     method.train()
     ours = method.training_step(Batch(labels=labels, features=features)).loss
-    theirs = fidelity.reference_loss(vit.model, reference, features, labels, handcrafted, 8.0 if handcrafted is not None else 0.0)
+    theirs = fidelity.reference_loss(
+        vit.model, reference, features, labels, handcrafted, 8.0 if handcrafted is not None else 0.0
+    )
     assert torch.allclose(ours, theirs, atol=1e-5)
     ours.backward()
     theirs.backward()

@@ -89,16 +89,20 @@ def key(tiny, splits, view: int, seed: int) -> str:
 
 # -- the bound ------------------------------------------------------------------------------------------------------
 
+
 def _writer(root: str, tiny, splits, max_gb: float, seed: int, start_at: float, queue) -> None:
     while time.time() < start_at:
         time.sleep(0.001)
     cache = FeatureCache(root, max_gb=max_gb)
     wrong = 0
     for view in (1, 2, 3):  # shared with the other writer
-        wrong += not torch.equal(cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=3), expected(4, view, 3))
+        wrong += not torch.equal(
+            cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=3), expected(4, view, 3)
+        )
     for view in range(1, 13):
-        wrong += not torch.equal(cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=seed),
-                                 expected(4, view, seed))
+        wrong += not torch.equal(
+            cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=seed), expected(4, view, seed)
+        )
     queue.put((wrong, cache.misses, cache.rebuilt, cache.not_stored))
 
 
@@ -109,8 +113,10 @@ def test_bound_holds_under_two_concurrent_writers(tiny, splits, tmp_path, fake_e
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     start_at = time.time() + 0.3
-    procs = [ctx.Process(target=_writer, args=(str(root), tiny, splits, max_bytes / 1e9, seed, start_at, queue))
-             for seed in (1, 2)]
+    procs = [
+        ctx.Process(target=_writer, args=(str(root), tiny, splits, max_bytes / 1e9, seed, start_at, queue))
+        for seed in (1, 2)
+    ]
     for p in procs:
         p.start()
     peak, samples = [0], [0]
@@ -145,8 +151,9 @@ def _reader(root: str, tiny, splits, max_gb: float, start_at: float, queue) -> N
     wrong = 0
     for _ in range(15):
         for view in (1, 2):
-            wrong += not torch.equal(cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=7),
-                                     expected(4, view, 7))
+            wrong += not torch.equal(
+                cache.get_or_encode(tiny, splits, splits.test, view=view, view_seed=7), expected(4, view, 7)
+            )
     queue.put((wrong, cache.rebuilt))
 
 
@@ -231,6 +238,7 @@ def test_a_symlinked_features_folder_is_never_evicted_from(tiny, splits, tmp_pat
 
 # -- settings --------------------------------------------------------------------------------------------------------
 
+
 def test_cache_settings_are_typed_validated_and_not_part_of_the_settings_hash():
     from rlptune.rundir import settings_hash
 
@@ -238,8 +246,11 @@ def test_cache_settings_are_typed_validated_and_not_part_of_the_settings_hash():
     assert config.cache.max_gb == 0.5 and config.cache.views == "memory" and config.cache.memory_gb == 2.0
     assert resolve_config().cache.max_gb == cachedir.DEFAULT_MAX_GB == 20.0
     assert settings_hash(config.to_dict()) == settings_hash(resolve_config().to_dict())
-    for bad, fragment in ((-1, "cache.max_gb must be >= 0"), ("nan", "cache.max_gb: expected a finite number"),
-                          ("lots", "cache.max_gb: expected a number")):
+    for bad, fragment in (
+        (-1, "cache.max_gb must be >= 0"),
+        ("nan", "cache.max_gb: expected a finite number"),
+        ("lots", "cache.max_gb: expected a number"),
+    ):
         with pytest.raises(RlptuneError, match=re.escape(fragment)):
             resolve_config(None, {"cache": {"max_gb": bad}})
     with pytest.raises(RlptuneError, match="cache.views: expected one of disk, memory, got 'tape'"):
@@ -265,13 +276,17 @@ def test_older_than_that_is_not_a_number_of_days_is_one_line(bad, tmp_path, caps
 
 # -- rlptune cache info | ls | clear ---------------------------------------------------------------------------------
 
+
 def _train(colour_folder, out: Path, cache: Path, tiny, views: str) -> dict:
-    config = resolve_config(None, {
-        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
-        "method": {"name": "coop"},
-        "train": {"epochs": 3, "batch_size": 16, "cache_dir": str(cache), "val_every": 0, "log_diagnostics": False},
-        "cache": {"views": views},
-    })
+    config = resolve_config(
+        None,
+        {
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
+            "method": {"name": "coop"},
+            "train": {"epochs": 3, "batch_size": 16, "cache_dir": str(cache), "val_every": 0, "log_diagnostics": False},
+            "cache": {"views": views},
+        },
+    )
     return train(config, out, backbone=tiny, progress=False, log=lambda msg: None)
 
 
@@ -293,12 +308,19 @@ def test_streaming_views_give_byte_identical_adapters_and_write_no_views(trained
     disk = (trained / "disk" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     memory = (trained / "memory" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert disk == memory
-    losses = {v: [json.loads(ln)["loss"] for ln in (trained / v / "metrics.jsonl").read_text().splitlines()]
-              for v in ("disk", "memory")}
+    losses = {
+        v: [json.loads(ln)["loss"] for ln in (trained / v / "metrics.jsonl").read_text().splitlines()]
+        for v in ("disk", "memory")
+    }
     assert losses["disk"] == losses["memory"] and len(losses["disk"]) == 3
     views_on_disk = [json.loads(p.read_text())["view"] for p in (trained / "cache-memory" / "features").glob("*.json")]
     assert views_on_disk and set(views_on_disk) == {0}  # centre crops only: no view was ever written
-    assert {json.loads(p.read_text())["view"] for p in (trained / "cache-disk" / "features").glob("*.json")} == {0, 1, 2, 3}
+    assert {json.loads(p.read_text())["view"] for p in (trained / "cache-disk" / "features").glob("*.json")} == {
+        0,
+        1,
+        2,
+        3,
+    }
 
 
 def test_views_in_memory_are_encoded_once_per_process_and_shared_by_its_runs(tiny, splits, tmp_path, monkeypatch):
@@ -331,8 +353,12 @@ def test_cache_info_on_a_used_cache_prints_sizes_per_backbone_and_kind(trained, 
     n_views = sum(1 for e in entries if e["view"] > 0)
     n_centre = len(entries) - n_views
     assert n_views == 3 and n_centre >= 1
-    assert re.search(rf"^centre-crop features\s+{n_centre}\s+{re.escape(cachedir.human_bytes(sizes['features']))}$", text, re.M)
-    assert re.search(rf"^views \(random crops\)\s+{n_views}\s+{re.escape(cachedir.human_bytes(sizes['views']))}$", text, re.M)
+    assert re.search(
+        rf"^centre-crop features\s+{n_centre}\s+{re.escape(cachedir.human_bytes(sizes['features']))}$", text, re.M
+    )
+    assert re.search(
+        rf"^views \(random crops\)\s+{n_views}\s+{re.escape(cachedir.human_bytes(sizes['views']))}$", text, re.M
+    )
     assert re.search(rf"^{re.escape(tiny.identity)}\s+centre-crop features\s+{n_centre}\s", text, re.M)
     assert re.search(rf"^\s+views \(random crops\)\s+{n_views}\s", text, re.M)
     assert "few-shot draws" in text and "few_shot.json" in text
@@ -400,8 +426,9 @@ def test_clear_older_than_removes_only_old_entries_and_says_what_it_freed(tiny, 
     for name in ("view1", "view2"):
         os.utime(paths[name], (old, old))
     freed = sum(paths[n].stat().st_size + paths[n].with_suffix(".json").stat().st_size for n in ("view1", "view2"))
-    keep = {p.name for p in (root / "features").iterdir()} - {f"{paths[n].stem}{s}" for n in ("view1", "view2")
-                                                              for s in (".safetensors", ".json")}
+    keep = {p.name for p in (root / "features").iterdir()} - {
+        f"{paths[n].stem}{s}" for n in ("view1", "view2") for s in (".safetensors", ".json")
+    }
     assert main(["cache", "clear", "--cache-dir", str(root), "--older-than", "5"]) == 0
     said = capsys.readouterr().out.strip()
     assert said.startswith(f"freed {cachedir.human_bytes(freed)}: 2 views ({cachedir.human_bytes(freed)})")
@@ -411,8 +438,10 @@ def test_clear_older_than_removes_only_old_entries_and_says_what_it_freed(tiny, 
         assert (root / rel).read_bytes() == data, rel
     assert (root / "micro" / "w2" / "micro2-shapes" / "COMPLETE").exists()  # rendered now: not old
     again = FeatureCache(root)
-    assert torch.equal(again.get_or_encode(tiny, splits, splits.test, view=3, view_seed=1),
-                       FeatureCache(root, enabled=False).get_or_encode(tiny, splits, splits.test, view=3, view_seed=1))
+    assert torch.equal(
+        again.get_or_encode(tiny, splits, splits.test, view=3, view_seed=1),
+        FeatureCache(root, enabled=False).get_or_encode(tiny, splits, splits.test, view=3, view_seed=1),
+    )
     assert again.hits == 1  # a kept entry still serves
 
 
@@ -456,7 +485,9 @@ def test_clear_keeps_an_entry_that_is_being_read(tiny, splits, tmp_path, capsys,
     assert paths["view1"].exists() and not paths["view2"].exists()
 
 
-def test_leftovers_of_interrupted_writes_are_cleared_only_when_nobody_writes(tiny, splits, tmp_path, capsys, fake_encoder):
+def test_leftovers_of_interrupted_writes_are_cleared_only_when_nobody_writes(
+    tiny, splits, tmp_path, capsys, fake_encoder
+):
     root = tmp_path / "cache"
     paths = _used_cache(tiny, splits, root)
     stem = paths["view1"].stem
@@ -472,9 +503,20 @@ def test_leftovers_of_interrupted_writes_are_cleared_only_when_nobody_writes(tin
 
 
 NAMES = st.text(alphabet="abcdef0123456789ABCDEF.-_ json", min_size=1, max_size=40).filter(
-    lambda n: n not in (".", "..") and "/" not in n)
-PLACES = st.sampled_from(["", "features", "locks", "micro", "micro/w2", "micro/w2/micro2-shapes",
-                          "micro/w2/micro2-shapes/train/00", "micro/w9"])
+    lambda n: n not in (".", "..") and "/" not in n
+)
+PLACES = st.sampled_from(
+    [
+        "",
+        "features",
+        "locks",
+        "micro",
+        "micro/w2",
+        "micro/w2/micro2-shapes",
+        "micro/w2/micro2-shapes/train/00",
+        "micro/w9",
+    ]
+)
 RECOGNISED = re.compile(
     r"^(?:content-hashes\.json|\.content-hashes\.json\.\w+\.tmp"
     r"|features/(?:[0-9a-f]{32}\.(?:safetensors|json)|\.[0-9a-f]{32}\.(?:safetensors|json)\.\w+\.tmp)"
@@ -507,10 +549,16 @@ def test_clear_never_deletes_a_file_it_does_not_recognise(tiny, splits, tmp_path
     assert all(row["entries"] == 0 for row in cachedir.summary(cachedir.scan(root))["kinds"].values())
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["info", "--kind", "views"], "cache info: --kind, --backbone and --older-than select entries for ls and clear"),
-    (["ls", "--kind", "pictures"], "--kind 'pictures': expected one of features, views, micro, memo, leftovers"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["info", "--kind", "views"],
+            "cache info: --kind, --backbone and --older-than select entries for ls and clear",
+        ),
+        (["ls", "--kind", "pictures"], "--kind 'pictures': expected one of features, views, micro, memo, leftovers"),
+    ],
+)
 def test_cache_command_mistakes_are_one_line(args, fragment, tmp_path, capsys):
     code = main(["cache", *args, "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err
@@ -520,7 +568,10 @@ def test_cache_command_mistakes_are_one_line(args, fragment, tmp_path, capsys):
 def test_cache_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "c").write_text("x")
     assert main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 2
-    assert capsys.readouterr().err == f"rlptune: error: {tmp_path / 'c'}: cache folder is a file, not a folder (train.cache_dir / $RLPTUNE_CACHE)\n"
+    assert (
+        capsys.readouterr().err
+        == f"rlptune: error: {tmp_path / 'c'}: cache folder is a file, not a folder (train.cache_dir / $RLPTUNE_CACHE)\n"
+    )
 
 
 def test_a_cache_folder_that_does_not_exist_is_empty_not_an_error(tmp_path, capsys):

@@ -26,13 +26,22 @@ def tiny(tiny_arch_path):
 
 
 def _config(colour_folder, tmp_path, method="rlp", **train):
-    return resolve_config(None, {
-        "method": {"name": method},
-        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
-        "prompt": {"ctx_init": "a photo of a", "n_ctx": 4},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 0.05, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 0,
-                  **train},
-    })
+    return resolve_config(
+        None,
+        {
+            "method": {"name": method},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
+            "prompt": {"ctx_init": "a photo of a", "n_ctx": 4},
+            "train": {
+                "epochs": 4,
+                "batch_size": 8,
+                "lr": 0.05,
+                "cache_dir": str(tmp_path / "cache"),
+                "checkpoint_every": 0,
+                **train,
+            },
+        },
+    )
 
 
 def _separate(config, tiny, splits, cache, folder):

@@ -25,8 +25,23 @@ def _top1(text: str) -> float:
 def test_coop_with_zero_epochs_equals_zeroshot(tiny_arch_path, colour_folder, tmp_path, capsys, cache_dir):
     data = ["--dataset", "folder", "--data-root", colour_folder]
     code, out, _ = _run(
-        ["train", "--backbone", tiny_arch_path, *data, "--method", "coop", "--ctx-init", "a photo of a", "--epochs", 0,
-         "--device", "cpu", "-o", tmp_path / "run", "--no-progress"],
+        [
+            "train",
+            "--backbone",
+            tiny_arch_path,
+            *data,
+            "--method",
+            "coop",
+            "--ctx-init",
+            "a photo of a",
+            "--epochs",
+            0,
+            "--device",
+            "cpu",
+            "-o",
+            tmp_path / "run",
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0
@@ -57,17 +72,62 @@ def test_params_command(args, expected, capsys):
 
 def test_predict_writes_topk_csv_and_accepts_new_classes(tiny_arch_path, colour_folder, tmp_path, capsys, cache_dir):
     data = ["--dataset", "folder", "--data-root", colour_folder]
-    assert _run(["train", "--backbone", tiny_arch_path, *data, "--method", "rlp", "--epochs", 1, "--device", "cpu",
-                 "-o", tmp_path / "run", "--no-progress"], capsys)[0] == 0
+    assert (
+        _run(
+            [
+                "train",
+                "--backbone",
+                tiny_arch_path,
+                *data,
+                "--method",
+                "rlp",
+                "--epochs",
+                1,
+                "--device",
+                "cpu",
+                "-o",
+                tmp_path / "run",
+                "--no-progress",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     out_csv = tmp_path / "pred.csv"
-    code, _, _ = _run(["predict", tmp_path / "run" / "adapter", colour_folder / "test" / "red", "--top-k", 3,
-                       "-o", out_csv, "--no-progress", "--device", "cpu"], capsys)
+    code, _, _ = _run(
+        [
+            "predict",
+            tmp_path / "run" / "adapter",
+            colour_folder / "test" / "red",
+            "--top-k",
+            3,
+            "-o",
+            out_csv,
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 12 and set(rows[0]) == {"path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3"}
     assert float(rows[0]["prob_1"]) >= float(rows[0]["prob_2"]) >= float(rows[0]["prob_3"])
-    code, _, _ = _run(["predict", tmp_path / "run" / "adapter", colour_folder / "test" / "red", "--classes", "cat,dog",
-                       "-o", out_csv, "--no-progress", "--device", "cpu"], capsys)
+    code, _, _ = _run(
+        [
+            "predict",
+            tmp_path / "run" / "adapter",
+            colour_folder / "test" / "red",
+            "--classes",
+            "cat,dog",
+            "-o",
+            out_csv,
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0
     assert {r["label_1"] for r in csv.DictReader(out_csv.open())} <= {"cat", "dog"}
 
@@ -78,7 +138,20 @@ def test_predict_writes_topk_csv_and_accepts_new_classes(tiny_arch_path, colour_
         (["train", "--set", "train.epoch=3", "-o", "x"], "unknown field 'epoch'"),
         (["train", "--epochs", "many", "-o", "x"], "train.epochs: expected an integer"),
         (["eval", "/nonexistent/adapter"], "no such adapter folder"),
-        (["train", "--dataset", "folder", "--data-root", "/nonexistent/data", "-o", "x", "--backbone", "random:RN50"], "/nonexistent/data"),
+        (
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-root",
+                "/nonexistent/data",
+                "-o",
+                "x",
+                "--backbone",
+                "random:RN50",
+            ],
+            "/nonexistent/data",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, fragment, capsys, tmp_path, monkeypatch):

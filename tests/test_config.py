@@ -57,6 +57,9 @@ def test_flags_are_unique_and_cover_every_field():
 
 
 def test_parse_set():
-    assert parse_set(["prompt.rank=4", "method.options.lam=8"]) == {"prompt": {"rank": 4}, "method": {"options": {"lam": 8}}}
+    assert parse_set(["prompt.rank=4", "method.options.lam=8"]) == {
+        "prompt": {"rank": 4},
+        "method": {"options": {"lam": 8}},
+    }
     with pytest.raises(RlptuneError):
         parse_set(["rank=4"])

@@ -78,9 +78,7 @@ def data_root(tmp_path_factory) -> Path:
 def test_real_split_sizes_classes_and_names(data_root, name):
     folder, image_dir, n_train, n_val, n_test, n_cls = REAL[name]
     splits = load_dataset(name, data_root)
-    assert (len(splits.train), len(splits.val), len(splits.test), splits.num_classes) == (
-        n_train, n_val, n_test, n_cls
-    )
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.num_classes) == (n_train, n_val, n_test, n_cls)
     assert splits.name == name
     assert splits.template == COOP_TEMPLATES[name]
     assert Path(splits.root) == data_root / folder / image_dir
@@ -101,8 +99,16 @@ def test_real_split_sizes_classes_and_names(data_root, name):
 def test_real_class_names_spot_checks(data_root):
     eurosat = load_dataset("eurosat", data_root)
     assert eurosat.classnames == [
-        "Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road", "Industrial Buildings",
-        "Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake",
+        "Annual Crop Land",
+        "Forest",
+        "Herbaceous Vegetation Land",
+        "Highway or Road",
+        "Industrial Buildings",
+        "Pasture Land",
+        "Permanent Crop Land",
+        "Residential Buildings",
+        "River",
+        "Sea or Lake",
     ]
     assert eurosat.template == "a centered satellite photo of {}."
     pets = load_dataset("OxfordPets", data_root)
@@ -166,10 +172,22 @@ def test_registry_names_aliases_and_templates():
 
 @pytest.mark.parametrize(
     "alias, canonical",
-    [("eurosat", "EuroSAT"), ("EUROSAT", "EuroSAT"), ("imagenet-sketch", "ImageNetSketch"),
-     ("imagenet_a", "ImageNetA"), ("imagenet-r", "ImageNetR"), ("imagenetv2", "ImageNetV2"), ("dtd", "DescribableTextures"),
-     ("flowers102", "OxfordFlowers"), ("fgvc_aircraft", "FGVCAircraft"), ("food-101", "Food101"), ("sun397", "SUN397"),
-     ("ucf101", "UCF101"), ("stanford_cars", "StanfordCars"), ("oxford_pets", "OxfordPets")],
+    [
+        ("eurosat", "EuroSAT"),
+        ("EUROSAT", "EuroSAT"),
+        ("imagenet-sketch", "ImageNetSketch"),
+        ("imagenet_a", "ImageNetA"),
+        ("imagenet-r", "ImageNetR"),
+        ("imagenetv2", "ImageNetV2"),
+        ("dtd", "DescribableTextures"),
+        ("flowers102", "OxfordFlowers"),
+        ("fgvc_aircraft", "FGVCAircraft"),
+        ("food-101", "Food101"),
+        ("sun397", "SUN397"),
+        ("ucf101", "UCF101"),
+        ("stanford_cars", "StanfordCars"),
+        ("oxford_pets", "OxfordPets"),
+    ],
 )
 def test_aliases(alias, canonical):
     from rlptune.data import canonical_name
@@ -218,7 +236,10 @@ def test_fgvc_aircraft_variant_files(tmp_path, seed_png):
     splits = load_dataset("fgvc-aircraft", tmp_path)
     assert splits.classnames == ["707-320", "A300B4", "Boeing 717"]
     assert [(i.path, i.label) for i in splits.train] == [
-        ("1025794.jpg", 0), ("1340192.jpg", 1), ("0056978.jpg", 2), ("0062765.jpg", 0)
+        ("1025794.jpg", 0),
+        ("1340192.jpg", 1),
+        ("0056978.jpg", 2),
+        ("0062765.jpg", 0),
     ]
     assert splits.template == "a photo of a {}, a type of aircraft."
     (ddir / "images_variant_test.txt").write_text("1123456 Concorde\n")
@@ -265,8 +286,11 @@ def test_imagenet_unknown_folder_names_classnames_file(tmp_path, seed_png):
 
 @pytest.mark.parametrize(
     "name, folder, image_dir",
-    [("ImageNetSketch", "imagenet-sketch", "images"), ("ImageNetA", "imagenet-adversarial", "imagenet-a"),
-     ("ImageNetR", "imagenet-rendition", "imagenet-r")],
+    [
+        ("ImageNetSketch", "imagenet-sketch", "images"),
+        ("ImageNetA", "imagenet-adversarial", "imagenet-a"),
+        ("ImageNetR", "imagenet-rendition", "imagenet-r"),
+    ],
 )
 def test_imagenet_shift_class_subsets(tmp_path, seed_png, name, folder, image_dir):
     ddir = tmp_path / folder

@@ -63,8 +63,14 @@ def test_private_rng_matches_seeded_module_random():
 @needs_fixtures
 @pytest.mark.parametrize(
     "name, shots, seed",
-    [("DescribableTextures", 16, 1), ("OxfordFlowers", 1, 2), ("OxfordFlowers", 8, 3), ("EuroSAT", 4, 1),
-     ("Caltech101", 16, 2), ("OxfordPets", 2, 3)],
+    [
+        ("DescribableTextures", 16, 1),
+        ("OxfordFlowers", 1, 2),
+        ("OxfordFlowers", 8, 3),
+        ("EuroSAT", 4, 1),
+        ("Caltech101", 16, 2),
+        ("OxfordPets", 2, 3),
+    ],
 )
 def test_draw_equals_independent_reimplementation(tmp_path, name, shots, seed):
     splits = fixture_splits(name, tmp_path)
@@ -82,7 +88,10 @@ def test_draw_equals_independent_reimplementation(tmp_path, name, shots, seed):
 def test_pinned_paths_dtd_16_shots_seed_1(tmp_path):
     got = fewshot_splits(fixture_splits("DescribableTextures", tmp_path), 16, 1)
     assert [it.path for it in got.train[:4]] == [
-        "banded/banded_0117.jpg", "banded/banded_0142.jpg", "banded/banded_0147.jpg", "banded/banded_0102.jpg"
+        "banded/banded_0117.jpg",
+        "banded/banded_0142.jpg",
+        "banded/banded_0147.jpg",
+        "banded/banded_0102.jpg",
     ]
     assert got.train[-1].path == "zigzagged/zigzagged_0068.jpg"
     assert [it.path for it in got.val[:2]] == ["banded/banded_0116.jpg", "banded/banded_0024.jpg"]
@@ -93,8 +102,12 @@ def test_pinned_paths_dtd_16_shots_seed_1(tmp_path):
 def test_pinned_paths_flowers_follow_first_appearance_order(tmp_path):
     got = fewshot_splits(fixture_splits("OxfordFlowers", tmp_path), 1, 2)
     assert got.train[0].label == 76  # the split file starts with label 76, so the draw does too
-    assert [it.path for it in got.train[:4]] == ["image_00112.jpg", "image_00299.jpg", "image_00597.jpg",
-                                                 "image_00740.jpg"]
+    assert [it.path for it in got.train[:4]] == [
+        "image_00112.jpg",
+        "image_00299.jpg",
+        "image_00597.jpg",
+        "image_00740.jpg",
+    ]
     assert got.train[-1].path == "image_08036.jpg" and got.val[-1].path == "image_08039.jpg"
 
 
@@ -103,8 +116,14 @@ def toy(counts_train: dict[int, int], counts_val: dict[int, int] | None = None) 
         return [Item(f"{tag}/{lab}/{i}.jpg", lab, f"c{lab}") for lab, n in counts.items() for i in range(n)]
 
     n = max(counts_train) + 1
-    return DatasetSplits("toy", Path("."), [f"c{i}" for i in range(n)], items(counts_train, "tr"),
-                         items(counts_val or {}, "va"), items({0: 3}, "te"))
+    return DatasetSplits(
+        "toy",
+        Path("."),
+        [f"c{i}" for i in range(n)],
+        items(counts_train, "tr"),
+        items(counts_val or {}, "va"),
+        items({0: 3}, "te"),
+    )
 
 
 def test_fewer_images_than_shots_keeps_all_or_repeats_or_fails():
@@ -175,8 +194,13 @@ def test_cache_mismatch_and_tampering_are_errors_naming_the_file(tmp_path):
 @needs_fixtures
 @pytest.mark.parametrize(
     "name, n_base, n_new",
-    [("DescribableTextures", 24, 23), ("EuroSAT", 5, 5), ("OxfordPets", 19, 18), ("OxfordFlowers", 51, 51),
-     ("Caltech101", 50, 50)],
+    [
+        ("DescribableTextures", 24, 23),
+        ("EuroSAT", 5, 5),
+        ("OxfordPets", 19, 18),
+        ("OxfordFlowers", 51, 51),
+        ("Caltech101", 50, 50),
+    ],
 )
 def test_base_new_split(tmp_path, name, n_base, n_new):
     splits = fixture_splits(name, tmp_path)

@@ -32,24 +32,53 @@ def world(tmp_path_factory) -> Path:
 
 
 PATHS = st.one_of(
-    st.sampled_from(["a.png", "b/c.png", "b/d.png", "./a.png", "b//c.png", "sub/dir/e.jpg", "missing.png",
-                     "folder.png", "link/x.png", "../outside/x.png", "/etc/passwd", "C:\\x.png", "", ".", "..",
-                     "b/../a.png", "a.png\x00", "\ud800.png", "x" * 300]),
+    st.sampled_from(
+        [
+            "a.png",
+            "b/c.png",
+            "b/d.png",
+            "./a.png",
+            "b//c.png",
+            "sub/dir/e.jpg",
+            "missing.png",
+            "folder.png",
+            "link/x.png",
+            "../outside/x.png",
+            "/etc/passwd",
+            "C:\\x.png",
+            "",
+            ".",
+            "..",
+            "b/../a.png",
+            "a.png\x00",
+            "\ud800.png",
+            "x" * 300,
+        ]
+    ),
     st.text(max_size=12),
 )
-LABELS = st.one_of(st.integers(-2, 4), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.none(),
-                   st.integers(2**62, 2**80))
-NAMES = st.one_of(st.sampled_from(["cat", "dog", "bird", "", " "]), st.text(max_size=6), st.integers(0, 3),
-                  st.none())
+LABELS = st.one_of(
+    st.integers(-2, 4),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.none(),
+    st.integers(2**62, 2**80),
+)
+NAMES = st.one_of(st.sampled_from(["cat", "dog", "bird", "", " "]), st.text(max_size=6), st.integers(0, 3), st.none())
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=12,
 )
-GOOD_ENTRY = st.tuples(st.sampled_from(["a.png", "b/c.png", "b/d.png", "sub/dir/e.jpg"]),
-                       st.integers(0, 2), st.sampled_from(["cat", "dog", "bird"])).map(list)
-ENTRY = st.one_of(GOOD_ENTRY, st.tuples(PATHS, LABELS, NAMES).map(list), JSON,
-                  st.lists(PATHS | LABELS | NAMES, max_size=4))
+GOOD_ENTRY = st.tuples(
+    st.sampled_from(["a.png", "b/c.png", "b/d.png", "sub/dir/e.jpg"]),
+    st.integers(0, 2),
+    st.sampled_from(["cat", "dog", "bird"]),
+).map(list)
+ENTRY = st.one_of(
+    GOOD_ENTRY, st.tuples(PATHS, LABELS, NAMES).map(list), JSON, st.lists(PATHS | LABELS | NAMES, max_size=4)
+)
 SPLIT_LIST = st.one_of(st.lists(ENTRY, max_size=6), st.lists(GOOD_ENTRY, max_size=6), JSON)
 GOOD_PATHS = st.sampled_from(["a.png", "b/c.png", "b/d.png", "sub/dir/e.jpg"])
 CONSISTENT_ENTRY = st.tuples(st.one_of(GOOD_PATHS, GOOD_PATHS, PATHS), st.integers(0, 2)).map(
@@ -105,15 +134,37 @@ def test_split_json_raw_bytes(world, raw):
     outcome(lambda: load_split_json(path, world, check_files=False))
 
 
-CSV_CELL = st.one_of(st.sampled_from(["a.png", "b/c.png", "../x.png", "/etc/passwd", "cat", "0", "1", "-1", "train",
-                                      "test", "val", "holdout", "", '"', ","]),
-                     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6))
+CSV_CELL = st.one_of(
+    st.sampled_from(
+        [
+            "a.png",
+            "b/c.png",
+            "../x.png",
+            "/etc/passwd",
+            "cat",
+            "0",
+            "1",
+            "-1",
+            "train",
+            "test",
+            "val",
+            "holdout",
+            "",
+            '"',
+            ",",
+        ]
+    ),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6),
+)
 
 
 @FUZZ
 @given(
-    header=st.one_of(st.just(["path", "label"]), st.just(["path", "label", "split"]),
-                     st.lists(st.sampled_from(["path", "label", "split", "x", ""]), max_size=4)),
+    header=st.one_of(
+        st.just(["path", "label"]),
+        st.just(["path", "label", "split"]),
+        st.lists(st.sampled_from(["path", "label", "split", "x", ""]), max_size=4),
+    ),
     rows=st.lists(st.lists(CSV_CELL, min_size=0, max_size=4), max_size=6),
     with_names=st.booleans(),
 )

@@ -105,8 +105,11 @@ def _jpeg_bytes() -> bytes:
         ("cut.png", _png_bytes()[:-40], r"cut\.png: image file is (truncated|corrupt)"),
         ("cut.jpg", _jpeg_bytes()[: len(_jpeg_bytes()) // 2], r"cut\.jpg: image file is truncated"),
         ("garbage.png", _png_bytes()[:60] + b"\x00" * 200, r"garbage\.png: image file is (truncated|corrupt)"),
-        ("flipped.png", _png_bytes()[:60] + bytes([_png_bytes()[60] ^ 0xFF]) + _png_bytes()[61:],
-         r"flipped\.png: image file is corrupt"),
+        (
+            "flipped.png",
+            _png_bytes()[:60] + bytes([_png_bytes()[60] ^ 0xFF]) + _png_bytes()[61:],
+            r"flipped\.png: image file is corrupt",
+        ),
     ],
 )
 def test_broken_files_get_one_line_errors_naming_the_file(tmp_path, name, content, match):
@@ -127,11 +130,12 @@ def test_missing_file_and_folder(tmp_path):
 def _png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a decompression bomb needs no more to be dangerous)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(  # noqa: E731
-        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
-    )
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
-        b"IEND", b""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
     )
 
 
@@ -157,7 +161,9 @@ def _dataset(tmp_path: Path) -> DatasetSplits:
     (tmp_path / "zero.png").write_bytes(b"")
     (tmp_path / "cut.jpg").write_bytes(_jpeg_bytes()[:300])
     return DatasetSplits(
-        "toy", tmp_path, ["a", "b"],
+        "toy",
+        tmp_path,
+        ["a", "b"],
         train=[Item("ok1.png", 0, "a"), Item("zero.png", 1, "b"), Item("ok2.jpg", 1, "b")],
         val=[Item("cut.jpg", 0, "a")],
         test=[Item("ok1.png", 0, "a"), Item("zero.png", 1, "b")],

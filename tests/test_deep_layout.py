@@ -162,7 +162,13 @@ def _vision_by_hand(backbone, images, prompts, before_ln_pre: bool) -> torch.Ten
     return F.normalize(pooled @ v.proj, dim=-1)
 
 
-@pytest.mark.parametrize("name,options", [("deep_vision", {"vision_depth": 2, "vision_ctx": 3}), ("ivlp", {"text_depth": 1, "vision_depth": 3, "vision_ctx": 2})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("deep_vision", {"vision_depth": 2, "vision_ctx": 3}),
+        ("ivlp", {"text_depth": 1, "vision_depth": 3, "vision_ctx": 2}),
+    ],
+)
 def test_layer0_vision_prompts_go_before_ln_pre(tiny, name, options):
     method = build_method(_config(name, options), tiny, NAMES)
     torch.manual_seed(2)

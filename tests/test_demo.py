@@ -22,8 +22,10 @@ def test_demo_quick_writes_its_tables_chart_and_report(tmp_path, monkeypatch, ca
         assert method in text
     assert (out / "base2new_chart.png").stat().st_size > 1000
     assert (out / "report" / "report.html").is_file()
-    runs = [(json.loads(p.read_text()), yaml.safe_load((p.parent / "config.yaml").read_text()))
-            for p in (out / "runs").rglob("result.json")]
+    runs = [
+        (json.loads(p.read_text()), yaml.safe_load((p.parent / "config.yaml").read_text()))
+        for p in (out / "runs").rglob("result.json")
+    ]
     assert {r["method"] for r, _ in runs} == set(DEMO_METHODS)
     for result, config in runs:
         assert result["backbone"].startswith(DEMO_BACKBONE + "@sha256:") and config["backbone"]["name"] == DEMO_BACKBONE

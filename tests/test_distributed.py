@@ -31,21 +31,44 @@ def _settings(colour_folder, cache):
         "method": {"name": "rlp"},
         "prompt": {"dropout": 0.25},
         "data": {"dataset": "folder", "root": str(colour_folder), "shots": 6},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.05, "aug_views": 2, "cache_dir": str(cache), "warmup_epochs": 1},
+        "train": {
+            "epochs": 3,
+            "batch_size": 8,
+            "lr": 0.05,
+            "aug_views": 2,
+            "cache_dir": str(cache),
+            "warmup_epochs": 1,
+        },
     }
 
 
 @pytest.mark.slow  # starts 3 Python processes (torchrun + 2 ranks): ~10 s idle, ~45 s on a loaded CPU
 def test_two_processes_equal_one_process(tiny_arch_path, colour_folder, tmp_path):
     settings = _settings(colour_folder, tmp_path / "cache-one")
-    single = train(resolve_config(None, settings), tmp_path / "one", backbone=load_backbone(str(tiny_arch_path)), progress=False)
+    single = train(
+        resolve_config(None, settings), tmp_path / "one", backbone=load_backbone(str(tiny_arch_path)), progress=False
+    )
 
     settings = _settings(colour_folder, tmp_path / "cache-two")  # a fresh cache: rank 0 builds it, rank 1 reads it
     flags = [f"--set={section}.{key}={value}" for section, values in settings.items() for key, value in values.items()]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "rlptune", "train", "--backbone", str(tiny_arch_path),
-        "--device", "cpu", "-o", str(tmp_path / "two"), "--no-progress", *flags,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "rlptune",
+        "train",
+        "--backbone",
+        str(tiny_arch_path),
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "two"),
+        "--no-progress",
+        *flags,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -68,7 +91,9 @@ def test_two_processes_equal_one_process(tiny_arch_path, colour_folder, tmp_path
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["world_size"] == 2
     assert result["metrics"]["test"]["top1"] == pytest.approx(single["metrics"]["test"]["top1"])
-    assert len(list((tmp_path / "cache-two" / "features").glob("*.safetensors"))) == 4  # 2 train views + validation + test
+    assert (
+        len(list((tmp_path / "cache-two" / "features").glob("*.safetensors"))) == 4
+    )  # 2 train views + validation + test
 
 
 def test_single_process_context_and_sharding():

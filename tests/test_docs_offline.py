@@ -66,8 +66,12 @@ def test_packaged_swagger_ui_carries_its_licence():
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("RLPTUNE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("RLPTUNE_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -98,20 +102,34 @@ def test_docs_render_in_chromium_with_the_network_off(app, tmp_path):
             time.sleep(0.05)
         profile = tmp_path / "profile"
         cmd = [
-            binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
             f"--user-data-dir={profile}",
             # the network is off: every request not to loopback goes to a closed port and fails
-            "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--window-size=1200,900", "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{port}/docs",
+            "--proxy-server=http://127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--window-size=1200,900",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            f"http://127.0.0.1:{port}/docs",
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(profile)})
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(profile)}
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=30)
     dom = done.stdout
     operations = re.findall(r'class="opblock opblock-(get|put|post|delete)', dom)
-    assert len(operations) >= 5, f"Swagger UI rendered {len(operations)} operations (rc {done.returncode}): {done.stderr[-1500:]}"
+    assert len(operations) >= 5, (
+        f"Swagger UI rendered {len(operations)} operations (rc {done.returncode}): {done.stderr[-1500:]}"
+    )
     for path in ("/v1/classify", "/v1/tasks", "/healthz", "/metrics"):
         assert path in dom, f"{path} is not on the rendered page"
     assert "Top-k labels of one or more images for one task" in dom

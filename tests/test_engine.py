@@ -33,10 +33,20 @@ def _config(colour_folder, tmp_path, **sections):
 
 
 def test_learning_happens_on_held_out_images(tiny, colour_folder, tmp_path):
-    config = _config(colour_folder, tmp_path, method={"name": "coop", "class_specific": True}, data={"shots": 0}, train={"epochs": 20, "lr": 0.05, "batch_size": 16})
+    config = _config(
+        colour_folder,
+        tmp_path,
+        method={"name": "coop", "class_specific": True},
+        data={"shots": 0},
+        train={"epochs": 20, "lr": 0.05, "batch_size": 16},
+    )
     result = train(config, tmp_path / "run", backbone=tiny, progress=False)
-    zero = train(_config(colour_folder, tmp_path, method={"name": "zeroshot"}), tmp_path / "zs", backbone=tiny, progress=False)
-    assert result["metrics"]["test"]["top1"] >= 70.0  # 4 classes: chance is 25% (0.1.0 reached 75.0, this schedule 72.9)
+    zero = train(
+        _config(colour_folder, tmp_path, method={"name": "zeroshot"}), tmp_path / "zs", backbone=tiny, progress=False
+    )
+    assert (
+        result["metrics"]["test"]["top1"] >= 70.0
+    )  # 4 classes: chance is 25% (0.1.0 reached 75.0, this schedule 72.9)
     assert result["metrics"]["test"]["top1"] > zero["metrics"]["test"]["top1"] + 25
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == list(range(1, 21))
@@ -52,12 +62,23 @@ def test_same_seed_same_result_and_adapter_files(tiny, colour_folder, tmp_path):
     assert a["metrics"] == b["metrics"]
     bytes_a = (tmp_path / "a" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
     assert bytes_a == (tmp_path / "b" / "adapter" / "rlptune_adapter.safetensors").read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors", "training_config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "a" / "adapter").iterdir()) == [
+        "README.md",
+        "rlptune_adapter.json",
+        "rlptune_adapter.safetensors",
+        "training_config.yaml",
+    ]
     assert len(bytes_a) < 4096  # 4 + 32 numbers on the 32-wide test tower
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny, colour_folder, tmp_path, monkeypatch):
-    config = _config(colour_folder, tmp_path, method={"name": "rlp"}, prompt={"dropout": 0.2}, train={"optimizer": "adamw", "lr": 0.01})
+    config = _config(
+        colour_folder,
+        tmp_path,
+        method={"name": "rlp"},
+        prompt={"dropout": 0.2},
+        train={"optimizer": "adamw", "lr": 0.01},
+    )
     train(config, tmp_path / "full", backbone=tiny, progress=False)
 
     real_save = adapter_mod.save_checkpoint
@@ -143,7 +164,9 @@ def test_schedule_is_dassls_constant_warmup_then_cosine(epochs):
 
 def test_step_schedule_runs_the_cosine_over_iterations_to_its_floor():
     """CLIP-LoRA: per-iteration cosine from lr to eta_min over the whole run, no warm-up."""
-    config = resolve_config(None, {"train": {"iterations": 100, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 0, "schedule_unit": "step"}})
+    config = resolve_config(
+        None, {"train": {"iterations": 100, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 0, "schedule_unit": "step"}}
+    )
     rates = [learning_rate(config.train, i // 10, i % 10, 10) for i in range(100)]
     assert rates[0] == pytest.approx(2e-4)
     assert rates[50] == pytest.approx(1e-6 + 0.5 * (2e-4 - 1e-6))

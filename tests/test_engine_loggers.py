@@ -14,8 +14,14 @@ from rlptune.errors import RlptuneError
 def _records(epochs: int, with_val: bool = True) -> list[dict]:
     out = []
     for e in range(1, epochs + 1):
-        rec = {"epoch": e, "lr": 0.002 / e, "loss": 2.0 / e, "train_acc": 40.0 + 10 * e, "steps": 3,
-               "diagnostics": {"ctx": {"P": {"id_k": 0.5 + 0.1 * e, "effective_rank": 2.0}, "delta": {"id_k": 0.9}}}}
+        rec = {
+            "epoch": e,
+            "lr": 0.002 / e,
+            "loss": 2.0 / e,
+            "train_acc": 40.0 + 10 * e,
+            "steps": 3,
+            "diagnostics": {"ctx": {"P": {"id_k": 0.5 + 0.1 * e, "effective_rank": 2.0}, "delta": {"id_k": 0.9}}},
+        }
         if with_val:
             rec["val_acc"] = 35.0 + 9 * e
         out.append(rec)
@@ -61,8 +67,15 @@ def test_tensorboard_logger_writes_scalars(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"lr", "loss/train", "accuracy/train", "accuracy/val", "train/steps",
-            "diagnostics/ctx/id_k", "diagnostics/ctx/id_k_delta"} <= tags
+    assert {
+        "lr",
+        "loss/train",
+        "accuracy/train",
+        "accuracy/val",
+        "train/steps",
+        "diagnostics/ctx/id_k",
+        "diagnostics/ctx/id_k_delta",
+    } <= tags
     val = events.Scalars("accuracy/val")
     assert [s.step for s in val] == [1, 2, 3]
     assert [s.value for s in val] == pytest.approx([44.0, 53.0, 62.0])

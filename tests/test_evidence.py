@@ -17,8 +17,19 @@ from rlptune.reproduce.settings import StudySettings
 from rlptune.sweeps.runner import BACKBONES
 from rlptune.errors import RlptuneError
 
-TABLES = ("part1_base2new", "part1_paired", "part2_lowrank", "part3_rank", "part4_ablation", "part4_paired",
-          "part5_few_shot", "part5_cross_dataset", "part5_domain_gen", "part6_density", "part6_density_epochs")
+TABLES = (
+    "part1_base2new",
+    "part1_paired",
+    "part2_lowrank",
+    "part3_rank",
+    "part4_ablation",
+    "part4_paired",
+    "part5_few_shot",
+    "part5_cross_dataset",
+    "part5_domain_gen",
+    "part6_density",
+    "part6_density_epochs",
+)
 
 
 def test_verdict_needs_an_interval_off_zero_and_a_small_p():
@@ -31,7 +42,9 @@ def test_verdict_needs_an_interval_off_zero_and_a_small_p():
 
 
 def test_plan_shares_runs_whose_settings_equal_the_recipe():
-    settings = StudySettings(backbone="micro", quick=True, seeds=[1, 2], parts=["base2new", "rank", "ablation"]).resolved()
+    settings = StudySettings(
+        backbone="micro", quick=True, seeds=[1, 2], parts=["base2new", "rank", "ablation"]
+    ).resolved()
     plan = make_plan(settings)
     # r = 1 without α and p = 0.1 are RLP's recipe: the same run folders as part 1's "rlp"
     rlp_dirs = {str(s.run_dir("r")) for s in plan.runs[("base2new", "rlp")]}
@@ -67,8 +80,13 @@ def test_no_frozen_branch_is_a_zero_P_fr_and_tower_methods_are_refused_on_micro(
 
 
 def test_sweep_datasets_and_exclusions_shape_the_plan():
-    settings = StudySettings(backbone="micro", seeds=[1], parts=["base2new", "lowrank", "rank", "transfer"], exclude=["clip_lora"],
-                             sweep_datasets=["micro-textures"]).resolved()
+    settings = StudySettings(
+        backbone="micro",
+        seeds=[1],
+        parts=["base2new", "lowrank", "rank", "transfer"],
+        exclude=["clip_lora"],
+        sweep_datasets=["micro-textures"],
+    ).resolved()
     plan = make_plan(settings)
     assert ("base2new", "clip_lora") not in plan.runs
     assert "--exclude clip_lora" in plan.skipped[("base2new", "clip_lora")]
@@ -77,7 +95,9 @@ def test_sweep_datasets_and_exclusions_shape_the_plan():
     assert {s.dataset for s in plan.runs[("rank", "rlp r=2")]} == {"micro-textures"}
     assert {s.dataset for (p, _), specs in plan.runs.items() if p == "few-shot" for s in specs} == {"micro-textures"}
     cross = [s for (p, _), specs in plan.runs.items() if p == "cross-dataset" for s in specs]
-    assert {s.dataset for s in cross} == {"micro-textures"}  # trained on the sweep's source, evaluated on all the others
+    assert {s.dataset for s in cross} == {
+        "micro-textures"
+    }  # trained on the sweep's source, evaluated on all the others
     assert {t for s in cross for t in s.targets} == set(settings.datasets) - {"micro-textures"}
     # base-to-new runs track their new classes per epoch; other protocols cannot (and do not)
     assert all(s.config().train.track_new for s in plan.runs[("base2new", "coop")])
@@ -94,8 +114,9 @@ def test_a_reduced_study_says_so_in_its_first_lines():
 
     estimate = {"runs": 10, "seconds": 3600.0, "basis": "test"}
     full = StudySettings(backbone="micro", seeds=[1]).resolved()
-    reduced = StudySettings(backbone="micro", seeds=[1], exclude=["clip_lora"],
-                            sweep_datasets=["micro-textures"]).resolved()
+    reduced = StudySettings(
+        backbone="micro", seeds=[1], exclude=["clip_lora"], sweep_datasets=["micro-textures"]
+    ).resolved()
     head = lambda text: "\n".join(text.splitlines()[:4])  # noqa: E731
     full_text = _markdown(full, [], [], [], [], 0.0, 0, estimate)
     reduced_text = _markdown(reduced, [], [], [], [], 0.0, 0, estimate)
@@ -103,8 +124,9 @@ def test_a_reduced_study_says_so_in_its_first_lines():
     assert "(reduced study" in head(reduced_text) and "(full study)" not in reduced_text
     assert "Parts 3-5 (rank, ablation, transfer) ran on micro-textures only." in reduced_text
     # a study run for some parts only is reduced too, and names the parts whose claims it does not judge
-    some_parts = StudySettings(backbone="micro", seeds=[1], parts=["base2new", "lowrank", "density"],
-                               sweep_datasets=["micro-textures"]).resolved()
+    some_parts = StudySettings(
+        backbone="micro", seeds=[1], parts=["base2new", "lowrank", "density"], sweep_datasets=["micro-textures"]
+    ).resolved()
     some_text = _markdown(some_parts, [], [], [], [], 0.0, 0, estimate)
     assert "(reduced study" in head(some_text)
     assert "- Parts not run: rank, ablation, transfer (`--parts`)" in some_text
@@ -114,8 +136,24 @@ def test_a_reduced_study_says_so_in_its_first_lines():
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("evidence")
-    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results", str(root / "results"),
-                 "-o", str(root / "report"), "--docs", str(root / "docs" / "EVIDENCE.md")])
+    code = main(
+        [
+            "reproduce",
+            "rlp",
+            "--backbone",
+            "micro",
+            "--quick",
+            "--seeds",
+            "1",
+            "2",
+            "--results",
+            str(root / "results"),
+            "-o",
+            str(root / "report"),
+            "--docs",
+            str(root / "docs" / "EVIDENCE.md"),
+        ]
+    )
     assert code == 0
     return root
 
@@ -146,7 +184,11 @@ def test_quick_report_has_every_table_and_says_micro_world(quick_study):
 
 
 def test_paired_differences_are_the_per_run_differences(quick_study):
-    h = {(r["tag"], r["dataset"], r["seed"]): r["h"] for r in _runs(quick_study) if r["protocol"] == "base2new" and "h" in r}
+    h = {
+        (r["tag"], r["dataset"], r["seed"]): r["h"]
+        for r in _runs(quick_study)
+        if r["protocol"] == "base2new" and "h" in r
+    }
     rows = _table(quick_study, "part1_paired")["rows"]
     coop = next(r for r in rows if r["comparison"] == "rlp − coop")
     assert coop["n"] == 4  # 2 datasets x 2 seeds
@@ -172,13 +214,20 @@ def test_summary_means_and_parameter_deltas_match_the_runs(quick_study):
     for row in _table(quick_study, "part2_lowrank")["rows"]:
         assert row["delta_params"] == pytest.approx(row["params_lowrank"] - row["params_full"])
         assert row["params_lowrank"] < row["params_full"]
-        lowrank_tag = [r for r in runs if r["method"] == row["method"] and r.get("settings", {}).get("prompt", {}).get("kind") == LOWRANK["kind"]]
+        lowrank_tag = [
+            r
+            for r in runs
+            if r["method"] == row["method"] and r.get("settings", {}).get("prompt", {}).get("kind") == LOWRANK["kind"]
+        ]
         assert len(lowrank_tag) == row["n"]
 
 
 def test_density_counts_every_prompt_run_of_its_stratum(quick_study):
-    runs = [r for r in _runs(quick_study) if r["protocol"] == "base2new" and r.get("prompt_diagnostics")
-            and "new" in r["metrics"]]
+    runs = [
+        r
+        for r in _runs(quick_study)
+        if r["protocol"] == "base2new" and r.get("prompt_diagnostics") and "new" in r["metrics"]
+    ]
     for row in _table(quick_study, "part6_density")["rows"]:
         members = [r for r in runs if r["method"] == row["method"] and r["dataset"] == row["dataset"]]
         assert row["n"] == len(members)
@@ -217,8 +266,23 @@ def test_report_only_uses_finished_runs_and_says_what_is_missing(quick_study, tm
     coop = next(p for p in done if "/base2new/" in str(p) and "/coop/" in str(p))
     coop.unlink()  # one planned run "not finished"
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
-    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results", str(results),
-                 "-o", str(tmp_path / "report"), "--report-only"])
+    code = main(
+        [
+            "reproduce",
+            "rlp",
+            "--backbone",
+            "micro",
+            "--quick",
+            "--seeds",
+            "1",
+            "2",
+            "--results",
+            str(results),
+            "-o",
+            str(tmp_path / "report"),
+            "--report-only",
+        ]
+    )
     assert code == 0
     after = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
     assert after == before  # nothing ran, nothing was written into the results
@@ -245,16 +309,42 @@ def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_pa
             del claim["part"]
         del summary["full_study_estimate"]["rates"], summary["pieces"], summary["made_at"]
         (earlier / "evidence.json").write_text(json.dumps(summary))
-    common = ["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "2", "--results",
-              str(quick_study / "results"), "--report-only"]
-    code = main([*common, "--parts", "rank", "ablation", "transfer", "-o", str(tmp_path / "joined"),
-                 "--merge", str(earlier), "--docs", str(tmp_path / "docs" / "EVIDENCE.md")])
+    common = [
+        "reproduce",
+        "rlp",
+        "--backbone",
+        "micro",
+        "--quick",
+        "--seeds",
+        "1",
+        "2",
+        "--results",
+        str(quick_study / "results"),
+        "--report-only",
+    ]
+    code = main(
+        [
+            *common,
+            "--parts",
+            "rank",
+            "ablation",
+            "transfer",
+            "-o",
+            str(tmp_path / "joined"),
+            "--merge",
+            str(earlier),
+            "--docs",
+            str(tmp_path / "docs" / "EVIDENCE.md"),
+        ]
+    )
     assert code == 0
     joined = tmp_path / "joined"
     at_once, pieces = (json.loads((d / "evidence.json").read_text()) for d in (whole, joined))
     assert pieces["tables"] == at_once["tables"]
     for name in TABLES:
-        assert json.loads((joined / f"{name}.json").read_text()) == json.loads((whole / f"{name}.json").read_text()), name
+        assert json.loads((joined / f"{name}.json").read_text()) == json.loads((whole / f"{name}.json").read_text()), (
+            name
+        )
     strip = lambda claims: [(c["claim"], c["evidence"], c["verdict"]) for c in claims]  # noqa: E731
     assert strip(pieces["claims"]) == strip(at_once["claims"])
     assert {c["part"] for c in pieces["claims"]} >= {"base2new", "lowrank", "rank", "ablation", "density"}
@@ -262,7 +352,10 @@ def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_pa
     for figure in ("fig_base2new.png", "fig_density.png", "fig_density.svg"):
         assert (joined / figure).read_bytes() == (whole / figure).read_bytes()  # carried, not redrawn
     assert set(pieces["figures"]) == set(at_once["figures"])
-    assert [p["parts"] for p in pieces["pieces"]] == [["rank", "ablation", "transfer"], ["base2new", "lowrank", "density"]]
+    assert [p["parts"] for p in pieces["pieces"]] == [
+        ["rank", "ablation", "transfer"],
+        ["base2new", "lowrank", "density"],
+    ]
     assert pieces["pieces"][1]["source"] == str(earlier / "evidence.json")
     text = (tmp_path / "docs" / "EVIDENCE.md").read_text()
     assert "Made in pieces" in text and "- parts base2new, lowrank, density:" in text and "Parts not run" not in text
@@ -271,13 +364,27 @@ def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_pa
         theirs = at_once["full_study_estimate"]["seconds"]
         assert estimate["seconds"] >= theirs and f"{theirs / 3600:.1f} h from that report's" in estimate["basis"]
     else:  # methods only part 1 ran keep the earlier report's measured rate
-        assert estimate["rates"]["cocoop@base2new"] == pytest.approx(at_once["full_study_estimate"]["rates"]["cocoop@base2new"])
+        assert estimate["rates"]["cocoop@base2new"] == pytest.approx(
+            at_once["full_study_estimate"]["rates"]["cocoop@base2new"]
+        )
         assert "rlp@few-shot" in estimate["rates"] and "rlp" in estimate["rates"]
 
 
 def test_merge_refuses_a_report_of_other_settings_or_without_new_parts(quick_study, tmp_path, capsys):
-    common = ["reproduce", "rlp", "--backbone", "micro", "--quick", "--results", str(quick_study / "results"),
-              "--report-only", "-o", str(tmp_path / "out"), "--merge", str(quick_study / "report")]
+    common = [
+        "reproduce",
+        "rlp",
+        "--backbone",
+        "micro",
+        "--quick",
+        "--results",
+        str(quick_study / "results"),
+        "--report-only",
+        "-o",
+        str(tmp_path / "out"),
+        "--merge",
+        str(quick_study / "report"),
+    ]
     assert main([*common, "--seeds", "1", "--parts", "rank"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "settings.seeds is [1, 2]" in err[0] and "Traceback" not in err[0]

@@ -69,7 +69,9 @@ def test_run_task_turns_errors_into_their_first_line():
     failed = run_task(_raise_rlptune, Task("k", "t", None))
     assert not failed.ok and failed.error == "data.root 'x': no such folder"
     bug = run_task(_raise_bug, Task("k", "t", None))
-    assert bug.error == "ValueError: shape mismatch (3, 4)" and "Traceback" in bug.detail  # kept for the failed-runs log
+    assert (
+        bug.error == "ValueError: shape mismatch (3, 4)" and "Traceback" in bug.detail
+    )  # kept for the failed-runs log
     assert run_task(lambda p: f"ok {p}", Task("k", "t", 3)).summary == "ok 3"
 
 
@@ -119,11 +121,14 @@ def test_a_dead_worker_charges_only_its_own_run(tmp_path):
     """A worker that dies (here three times) is charged to its own run only: a healthy run beside it is never
     killed, restarted or charged, and finishes; the crashing run fails after max_retries + 1 deaths."""
     max_retries = 2
-    tasks = [Task("crasher", "c", {"dir": str(tmp_path), "role": "crasher"}),
-             Task("healthy", "h", {"dir": str(tmp_path), "role": "healthy", "deaths": max_retries + 1})]
+    tasks = [
+        Task("crasher", "c", {"dir": str(tmp_path), "role": "crasher"}),
+        Task("healthy", "h", {"dir": str(tmp_path), "role": "healthy", "deaths": max_retries + 1}),
+    ]
     progress = SweepProgress(tasks, lambda m: None)
     LocalExecutor(ExecutorSettings(jobs=2, max_retries=max_retries, cpus_per_run=1), tmp_path).run(
-        tasks, crash_always_or_wait, progress)
+        tasks, crash_always_or_wait, progress
+    )
     outcomes = {o.key: o for o in progress.outcomes}
     assert outcomes["healthy"].ok and outcomes["healthy"].summary == "healthy after 1 start(s)"
     assert sorted(p.name for p in tmp_path.glob("healthy-started-*")) == ["healthy-started-1"]
@@ -135,11 +140,31 @@ def test_executor_flags_round_trip_and_are_checked():
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1)  # `rlptune run` has its own --jobs
     add_executor_args(parser)
-    args = parser.parse_args(["--executor", "ray", "--ray-address", "auto", "--gpus-per-run", "0.5", "--jobs", "3",
-                              "--cpus-per-run", "2", "--slurm-partition", "gpu"])
+    args = parser.parse_args(
+        [
+            "--executor",
+            "ray",
+            "--ray-address",
+            "auto",
+            "--gpus-per-run",
+            "0.5",
+            "--jobs",
+            "3",
+            "--cpus-per-run",
+            "2",
+            "--slurm-partition",
+            "gpu",
+        ]
+    )
     settings = executor_settings_from_args(args)
-    assert (settings.kind, settings.ray_address, settings.gpus_per_run, settings.jobs, settings.cpus_per_run,
-            settings.slurm_partition) == ("ray", "auto", 0.5, 3, 2, "gpu")
+    assert (
+        settings.kind,
+        settings.ray_address,
+        settings.gpus_per_run,
+        settings.jobs,
+        settings.cpus_per_run,
+        settings.slurm_partition,
+    ) == ("ray", "auto", 0.5, 3, 2, "gpu")
     assert executor_settings_from_args(parser.parse_args([])) == ExecutorSettings()
     with pytest.raises(RlptuneError, match="whole GPUs"):
         executor_settings_from_args(parser.parse_args(["--executor", "slurm", "--gpus-per-run", "0.5"]))
@@ -148,6 +173,7 @@ def test_executor_flags_round_trip_and_are_checked():
 
 
 # -- interrupts of a real parallel sweep (the CLI in a subprocess) ------------------------------------------------
+
 
 def _children(pid: int, marker: str = "spawn_main") -> list[int]:
     found = []
@@ -182,11 +208,35 @@ def shared_cache(tmp_path_factory) -> Path:
 def _start_parallel_sweep(tmp_path: Path, tiny_arch_path: Path, cache: Path) -> tuple[subprocess.Popen, list[int]]:
     """`rlptune run --jobs 2` with runs long enough to be interrupted; returns once both workers train."""
     env = dict(os.environ, RLPTUNE_CACHE=str(cache), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "rlptune", "run", "few-shot", "--datasets", "micro-colors", "--methods", "rlp",
-               "--seeds", "1", "2", "--shots", "1", "--backbone", str(tiny_arch_path), "--epochs", "3000",
-               "--aug-views", "0", "--jobs", "2", "--results", str(tmp_path / "res")]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "rlptune",
+        "run",
+        "few-shot",
+        "--datasets",
+        "micro-colors",
+        "--methods",
+        "rlp",
+        "--seeds",
+        "1",
+        "2",
+        "--shots",
+        "1",
+        "--backbone",
+        str(tiny_arch_path),
+        "--epochs",
+        "3000",
+        "--aug-views",
+        "0",
+        "--jobs",
+        "2",
+        "--results",
+        str(tmp_path / "res"),
+    ]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

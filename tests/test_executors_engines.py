@@ -33,9 +33,16 @@ def engine_env(tmp_path_factory):
 
 
 def grid_specs(arch: Path, cache: Path, **train):
-    return make_specs("few-shot", ["micro-colors"], ["rlp"], [1, 2], [1], backbone=str(arch),
-                      grid=parse_grid(["prompt.rank=1,2"]),
-                      base_overrides={"train": {**TRAIN, "cache_dir": str(cache / "features"), **train}})
+    return make_specs(
+        "few-shot",
+        ["micro-colors"],
+        ["rlp"],
+        [1, 2],
+        [1],
+        backbone=str(arch),
+        grid=parse_grid(["prompt.rank=1,2"]),
+        base_overrides={"train": {**TRAIN, "cache_dir": str(cache / "features"), **train}},
+    )
 
 
 def sweep_table(specs, results: Path, **kwargs) -> tuple[str, list[dict]]:
@@ -65,8 +72,9 @@ def local_table(engine_env, tiny_arch_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance(engine_env):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             object_store_memory=100 * 2**20)
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", object_store_memory=100 * 2**20
+    )
     yield ray
     ray.shutdown()
 
@@ -80,8 +88,14 @@ def test_ray_grid_gives_the_local_table(ray_instance, local_table, engine_env, t
 def test_submitit_local_grid_gives_the_local_table(local_table, engine_env, tiny_arch_path, tmp_path):
     pytest.importorskip("submitit")
     specs = grid_specs(tiny_arch_path, engine_env)
-    settings = ExecutorSettings(kind="slurm", slurm_cluster="local", jobs=2, cpus_per_run=1, slurm_time_min=10,
-                                slurm_logs=str(tmp_path / "submitit"))
+    settings = ExecutorSettings(
+        kind="slurm",
+        slurm_cluster="local",
+        jobs=2,
+        cpus_per_run=1,
+        slurm_time_min=10,
+        slurm_logs=str(tmp_path / "submitit"),
+    )
     markdown, metrics = sweep_table(specs, tmp_path / "res", executor=settings)
     assert (markdown, metrics) == local_table
     assert len(list((tmp_path / "submitit").rglob("*_result.pkl"))) == 4  # four real jobs went through submitit
@@ -97,6 +111,7 @@ def kill_once_after_a_checkpoint(payload) -> str:
     with log.open("a") as handle:
         handle.write(f"{os.getpid()} {found}\n")
     if first:
+
         def kill_when_checkpointed() -> None:
             while not any(results.rglob("last.safetensors")):
                 time.sleep(0.002)
@@ -106,7 +121,9 @@ def kill_once_after_a_checkpoint(payload) -> str:
     return execute_spec(payload)
 
 
-def test_ray_worker_killed_mid_run_is_retried_and_resumes_to_the_same_adapter(ray_instance, engine_env, tiny_arch_path, tmp_path):
+def test_ray_worker_killed_mid_run_is_retried_and_resumes_to_the_same_adapter(
+    ray_instance, engine_env, tiny_arch_path, tmp_path
+):
     ray_instance.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's work travels by value
     spec = grid_specs(tiny_arch_path, engine_env, epochs=8)[1]
     reference = tmp_path / "uninterrupted"
@@ -116,7 +133,9 @@ def test_ray_worker_killed_mid_run_is_retried_and_resumes_to_the_same_adapter(ra
     results.mkdir()
     task = Task(str(spec.run_dir(results)), "killed run", {"spec": spec.__dict__, "results_dir": str(results)})
     progress = SweepProgress([task], lambda m: None)
-    RayExecutor(ExecutorSettings(kind="ray", cpus_per_run=1, max_retries=2), results).run([task], kill_once_after_a_checkpoint, progress)
+    RayExecutor(ExecutorSettings(kind="ray", cpus_per_run=1, max_retries=2), results).run(
+        [task], kill_once_after_a_checkpoint, progress
+    )
 
     attempts = [line.split() for line in (results / "attempts.txt").read_text().splitlines()]
     assert len(attempts) == 2 and attempts[0][0] != attempts[1][0], attempts  # a second worker process

@@ -48,7 +48,7 @@ def _trained(backbone, name: str, **sections):
 def _snippet() -> str:
     """The documented open_clip lines (the ```python block after the classifier export's heading)."""
     text = DOCS.read_text(encoding="utf-8")
-    section = text[text.index("## Export a classifier for open_clip"):]
+    section = text[text.index("## Export a classifier for open_clip") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -74,9 +74,12 @@ def test_the_documented_open_clip_lines_reproduce_the_adapters_predictions(tmp_p
     save_file({k: v.contiguous() for k, v in micro2_state_dict().items()}, str(weights))
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "micro-v2-test", micro2_config())
     code = _snippet()
-    for documented, here in (('"ViT-B-16", pretrained="openai"', f'"micro-v2-test", pretrained={str(weights)!r}'),
-                             ('"pets.safetensors"', repr(str(out))), ('"pets.json"', repr(str(out.with_suffix(".json")))),
-                             ('"photo.jpg"', "photo")):
+    for documented, here in (
+        ('"ViT-B-16", pretrained="openai"', f'"micro-v2-test", pretrained={str(weights)!r}'),
+        ('"pets.safetensors"', repr(str(out))),
+        ('"pets.json"', repr(str(out.with_suffix(".json")))),
+        ('"photo.jpg"', "photo"),
+    ):
         assert code.count(documented) == 1, documented
         code = code.replace(documented, here)
     assert "rlptune" not in code  # open_clip, torch, safetensors and PIL only
@@ -93,31 +96,42 @@ def test_the_documented_open_clip_lines_reproduce_the_adapters_predictions(tmp_p
         assert namespace["label"] == NAMES[int(expected.argmax())]
 
 
-@pytest.mark.parametrize(("name", "sections"), [
-    ("zeroshot", {}),
-    ("coop", {}),
-    ("rlp", {}),
-    ("kgcoop", {}),
-    ("clip_lora", {"method": {"options": {"towers": "text"}}}),
-])
+@pytest.mark.parametrize(
+    ("name", "sections"),
+    [
+        ("zeroshot", {}),
+        ("coop", {}),
+        ("rlp", {}),
+        ("kgcoop", {}),
+        ("clip_lora", {"method": {"options": {"towers": "text"}}}),
+    ],
+)
 def test_every_method_with_the_stock_image_tower_exports_its_exact_scores(tiny, name, sections):
     method, _ = _trained(tiny, name, **sections)
     weights, scale = classifier(method)
-    features = torch.nn.functional.normalize(torch.randn(5, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    features = torch.nn.functional.normalize(
+        torch.randn(5, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     with torch.no_grad():
         assert torch.allclose(scale * features @ weights.t(), method.logits(features), atol=1e-4, rtol=0)
     assert torch.allclose(weights.norm(dim=-1), torch.ones(len(NAMES)), atol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "sections", "why"), [
-    ("maple", {"method": {"options": {"depth": 2}}}, "method maple changes the image tower"),
-    ("ivlp", {"method": {"options": {"text_depth": 2, "vision_depth": 2}}}, "method ivlp changes the image tower"),
-    ("promptsrc", {"method": {"options": {"text_depth": 2, "vision_depth": 2, "n_templates": 2}}},
-     "method promptsrc changes the image tower"),
-    ("clip_lora", {}, "method clip_lora changes the image tower"),
-    ("cocoop", {}, "method cocoop computes its scores its own way"),
-    ("linear_probe", {}, "method linear_probe is a linear head over unnormalised image features"),
-])
+@pytest.mark.parametrize(
+    ("name", "sections", "why"),
+    [
+        ("maple", {"method": {"options": {"depth": 2}}}, "method maple changes the image tower"),
+        ("ivlp", {"method": {"options": {"text_depth": 2, "vision_depth": 2}}}, "method ivlp changes the image tower"),
+        (
+            "promptsrc",
+            {"method": {"options": {"text_depth": 2, "vision_depth": 2, "n_templates": 2}}},
+            "method promptsrc changes the image tower",
+        ),
+        ("clip_lora", {}, "method clip_lora changes the image tower"),
+        ("cocoop", {}, "method cocoop computes its scores its own way"),
+        ("linear_probe", {}, "method linear_probe is a linear head over unnormalised image features"),
+    ],
+)
 def test_methods_whose_image_side_changes_are_refused_in_one_line(tiny, tmp_path, capsys, name, sections, why):
     method, config = _trained(tiny, name, **sections)
     assert why_not_exportable(method).startswith(why)

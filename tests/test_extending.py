@@ -74,8 +74,12 @@ def test_unknown_option_of_an_external_method_is_one_line_with_a_suggestion(tmp_
 def test_external_method_trains_saves_and_loads_through_the_public_api(tmp_path):
     config = _config(tmp_path, options={"smoothing": 0.2})
     assert config.method.options == {  # typed, recorded with the run; CoOp's own options are inherited with its code
-        "class_specific": False, "class_token_position": "end", "text_chunk": 0, "checkpoint_text": False,
-        "shared_prefix": True, "smoothing": 0.2,
+        "class_specific": False,
+        "class_token_position": "end",
+        "text_chunk": 0,
+        "checkpoint_text": False,
+        "shared_prefix": True,
+        "smoothing": 0.2,
     }
     backbone = rlptune.load_backbone("micro", device="cpu")
     result = rlptune.train(config, tmp_path / "run", backbone=backbone, progress=False)
@@ -102,5 +106,7 @@ def test_external_prompt_kind_plugs_into_a_builtin_method(tmp_path):
     backbone = rlptune.load_backbone("micro", device="cpu")
     method = rlptune.build_method(config, backbone, ["red", "blue"])
     assert method.num_trainable() == 1 and method.parameter_formula().startswith("1 = 1")
-    with pytest.raises(rlptune.RlptuneError, match=r"prompt.kind 'toy_scaleed' is not known \(did you mean 'toy_scaled'\?\)"):
+    with pytest.raises(
+        rlptune.RlptuneError, match=r"prompt.kind 'toy_scaleed' is not known \(did you mean 'toy_scaled'\?\)"
+    ):
         rlptune.resolve_config(overrides={"prompt": {"kind": "toy_scaleed"}})

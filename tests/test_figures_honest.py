@@ -34,6 +34,7 @@ def list_methods() -> list[str]:
     plug-in styles, checked separately)."""
     return [n for n in _all_methods() if method_entry(n).method_class.__module__.startswith("rlptune.")]
 
+
 LONG_DS = "micro-patterned-textures-rendered-in-six-styles-with-a-long-name"
 PLUGINS = ["my_method", "rlp (rank=2)", "a-plug-in-method-with-a-rather-long-name"]
 
@@ -68,8 +69,12 @@ def _methods() -> list[str]:
 def _figure_kinds() -> dict[str, Any]:
     """Each figure kind with the data that used to push ink off the canvas: 15 methods, long names, two legends."""
     methods = _methods()
-    b2n = [{"protocol": "base2new", "dataset": d, "method": m, "seed": s, "base": 70.0 + i + s, "new": 60.0 + i - s}
-           for i, m in enumerate(methods) for d in (LONG_DS, "dtd") for s in (1, 2)]
+    b2n = [
+        {"protocol": "base2new", "dataset": d, "method": m, "seed": s, "base": 70.0 + i + s, "new": 60.0 + i - s}
+        for i, m in enumerate(methods)
+        for d in (LONG_DS, "dtd")
+        for s in (1, 2)
+    ]
     curve = {"shots": [1, 2, 4, 16], "mean": [50.0, 55.0, 60.0, 66.0], "std": [1.0, 2.0, 1.0, 0.5], "n": [2] * 4}
     curves = {"Average": {m: curve for m in methods}, LONG_DS: {m: curve for m in methods}}
     curves["Average"]["zeroshot"] = {"shots": [0], "mean": [52.0], "std": [None], "n": [1]}
@@ -79,8 +84,16 @@ def _figure_kinds() -> dict[str, Any]:
     labels = methods * 2
     sets = [f"ds{i % 7}" for i in range(n)]  # shorter than the method legend, which was the one cut
     spectra = {f"{m} ({LONG_DS}, seed 1)": [4.0, 2.0 / (i + 1), 0.5, 0.01] for i, m in enumerate(methods[:8])}
-    records = [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e, "val_acc": 45.0 + e,
-                "diagnostics": {"P": {"id_k": 0.5, "k": 1}, "delta": {"id_k": 0.9, "k": 1}}} for e in range(1, 4)]
+    records = [
+        {
+            "epoch": e,
+            "loss": 1.0 / e,
+            "train_acc": 50.0 + e,
+            "val_acc": 45.0 + e,
+            "diagnostics": {"P": {"id_k": 0.5, "k": 1}, "delta": {"id_k": 0.9, "k": 1}},
+        }
+        for e in range(1, 4)
+    ]
     runs = {f"{m} ({LONG_DS}, seed 1)": records for m in methods[:6]}
     return {
         "bars": lambda stem: plot_base_new_bars(b2n, stem),
@@ -88,8 +101,9 @@ def _figure_kinds() -> dict[str, Any]:
         "id_vs_accuracy": lambda stem: plot_id_vs_accuracy(ids, acc, stem, labels=labels, markers_by=sets),
         "id_vs_accuracy_one_legend": lambda stem: plot_id_vs_accuracy(ids, acc, stem, labels=labels),
         "spectra": lambda stem: plot_singular_spectra(spectra, stem, methods=methods[:8], markers_by=[LONG_DS] * 8),
-        "training_curves": lambda stem: plot_training_curves(runs, stem, methods=methods[:6],
-                                                             markers_by=[LONG_DS, "dtd"] * 3),
+        "training_curves": lambda stem: plot_training_curves(
+            runs, stem, methods=methods[:6], markers_by=[LONG_DS, "dtd"] * 3
+        ),
         "training_curves_one_run": lambda stem: plot_training_curves(records, stem),
     }
 
@@ -113,8 +127,11 @@ def test_every_registered_method_has_its_own_colour_marker_dash_and_hatch() -> N
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(st.lists(st.text(min_size=1, max_size=12).filter(lambda s: s not in METHOD_STYLES), min_size=1, max_size=8,
-                unique=True))
+@given(
+    st.lists(
+        st.text(min_size=1, max_size=12).filter(lambda s: s not in METHOD_STYLES), min_size=1, max_size=8, unique=True
+    )
+)
 def test_plug_in_methods_never_look_like_another_method(extra: list[str]) -> None:
     """Any plug-in names beside every registered method: distinct colours, markers and dashes, and the same style
     whatever the drawing order."""
@@ -143,7 +160,9 @@ def _colour_of(artist: Any) -> str:
 def test_bars_and_lines_draw_each_method_in_its_style(tmp_path: Path, figures: list[Any]) -> None:
     """With 12 methods the bar chart's colours no longer repeat (CoOp and RLP were the same green)."""
     methods = _methods()
-    rows = [{"protocol": "base2new", "dataset": "dtd", "method": m, "seed": 1, "base": 80.0, "new": 60.0} for m in methods]
+    rows = [
+        {"protocol": "base2new", "dataset": "dtd", "method": m, "seed": 1, "base": 80.0, "new": 60.0} for m in methods
+    ]
     plot_base_new_bars(rows, tmp_path / "bars")
     ax = figures[-1].axes[0]
     expected = method_styles(methods)
@@ -186,11 +205,19 @@ def test_one_shot_count_shows_its_spread_or_says_there_is_none(tmp_path: Path, f
 def _result(method: str, dataset: str, seed: int, rank: int) -> dict[str, Any]:
     sv = [1.0, 0.5 / rank, 0.1, 0.01]
     diag = {"k": 1, "id_k": 0.6, "singular_values": sv, "rank": 4, "effective_rank": 2.0}
-    return {"protocol": "base2new", "dataset": dataset, "method": method, "seed": seed, "shots": 16,
-            "base": 80.0 + seed, "new": 60.0 + seed + rank, "trainable_params": 2048,
-            "prompt_diagnostics": {"ctx": {"P": diag, "delta": diag}},
-            "settings": {"train": {"aug_views": 0}},
-            "history": [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e} for e in (1, 2)]}
+    return {
+        "protocol": "base2new",
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "shots": 16,
+        "base": 80.0 + seed,
+        "new": 60.0 + seed + rank,
+        "trainable_params": 2048,
+        "prompt_diagnostics": {"ctx": {"P": diag, "delta": diag}},
+        "settings": {"train": {"aug_views": 0}},
+        "history": [{"epoch": e, "loss": 1.0 / e, "train_acc": 50.0 + e} for e in (1, 2)],
+    }
 
 
 def test_captions_count_what_is_drawn_and_read_defaults_from_settings(tmp_path: Path) -> None:
@@ -212,8 +239,11 @@ def test_captions_count_what_is_drawn_and_read_defaults_from_settings(tmp_path: 
 
 
 def test_bars_from_one_seed_say_so(tmp_path: Path, figures: list[Any]) -> None:
-    rows = [{"protocol": "base2new", "dataset": d, "method": m, "seed": 1, "base": 80.0, "new": 60.0}
-            for d in ("dtd", "eurosat") for m in ("coop", "rlp")]
+    rows = [
+        {"protocol": "base2new", "dataset": d, "method": m, "seed": 1, "base": 80.0, "new": 60.0}
+        for d in ("dtd", "eurosat")
+        for m in ("coop", "rlp")
+    ]
     plot_base_new_bars(rows, tmp_path / "bars")
     assert "n = 1: no spread" in figures[-1]._suptitle.get_text()
 

@@ -26,12 +26,20 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
     return {p.prog: p for p in _all_parsers(parser)}
 
 
-@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "--method", "coop", "--help"],
-                                  ["train", "--method", "maple", "--help"], []])
+@pytest.mark.parametrize(
+    "argv", [["train", "--help"], ["train", "--method", "coop", "--help"], ["train", "--method", "maple", "--help"], []]
+)
 def test_every_flag_of_every_command_has_help_and_shows_its_default(argv):
     parsers = _commands(build_parser(argv))
-    assert {"rlptune train", "rlptune predict", "rlptune run", "rlptune report", "rlptune serve",
-            "rlptune reproduce", "rlptune methods"} <= set(parsers)
+    assert {
+        "rlptune train",
+        "rlptune predict",
+        "rlptune run",
+        "rlptune report",
+        "rlptune serve",
+        "rlptune reproduce",
+        "rlptune methods",
+    } <= set(parsers)
     missing = []
     for prog, parser in parsers.items():
         formatter = parser._get_formatter()
@@ -77,8 +85,10 @@ def _help_of(argv: list[str], prog: str) -> str:
     return " ".join(_commands(build_parser(argv))[prog].format_help().split())
 
 
-@pytest.mark.parametrize("method,protocol,shots", [("rlp", "few-shot", 16), ("coop", "few-shot", 1),
-                                                   ("rlp", "base2new", 16), ("kgcoop", "base2new", 16)])
+@pytest.mark.parametrize(
+    "method,protocol,shots",
+    [("rlp", "few-shot", 16), ("coop", "few-shot", 1), ("rlp", "base2new", 16), ("kgcoop", "base2new", 16)],
+)
 def test_train_help_shows_the_resolved_recipe_with_sources(method, protocol, shots):
     argv = ["train", "--method", method, "--protocol", protocol, "--shots", str(shots), "--help"]
     page = _help_of(argv, "rlptune train")

@@ -30,7 +30,9 @@ def tiny(tiny_arch_path):
 
 
 def _method(tiny, name="rlp"):
-    config = resolve_config(None, {"method": {"name": name}, "data": {"dataset": "folder", "root": "/data/colours", "shots": 4}})
+    config = resolve_config(
+        None, {"method": {"name": name}, "data": {"dataset": "folder", "root": "/data/colours", "shots": 4}}
+    )
     method = build_method(config, tiny, NAMES, None)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -41,7 +43,9 @@ def _method(tiny, name="rlp"):
 
 
 def _features(tiny):
-    return torch.nn.functional.normalize(torch.randn(6, tiny.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    return torch.nn.functional.normalize(
+        torch.randn(6, tiny.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
 
 
 def _same_logits(a, b, features) -> bool:
@@ -68,7 +72,9 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_logits(tiny, tmp_pa
 
 def test_the_model_card_says_what_the_adapter_is_and_how_it_was_made(tiny, tmp_path):
     method, config = _method(tiny)
-    card = (rlptune.save_pretrained(method, tmp_path / "a", command="rlptune train --method rlp -o runs/x") / "README.md").read_text()
+    card = (
+        rlptune.save_pretrained(method, tmp_path / "a", command="rlptune train --method rlp -o runs/x") / "README.md"
+    ).read_text()
     front = _front_matter(card)
     assert front["library_name"] == "rlptune" and "rlp" in front["tags"] and "prompt-tuning" in front["tags"]
     assert "base_model" not in front  # a local architecture file names no hub model
@@ -85,12 +91,23 @@ def test_a_runs_adapter_card_carries_the_runs_metrics(tiny, tmp_path):
     run = tmp_path / "run"
     save_adapter(run / "adapter", method, config)
     io.write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    io.write_json(run / "result.json", {"method": "rlp", "dataset": "colours", "seed": 7, "shots": 4, "epochs": 5,
-                                        "metrics": {"test": {"top1": 83.3333, "top5": 100.0, "per_class": [1, 2]}}})
+    io.write_json(
+        run / "result.json",
+        {
+            "method": "rlp",
+            "dataset": "colours",
+            "seed": 7,
+            "shots": 4,
+            "epochs": 5,
+            "metrics": {"test": {"top1": 83.3333, "top5": 100.0, "per_class": [1, 2]}},
+        },
+    )
     card = hub.write_model_card(run / "adapter").read_text()
     assert "| test | top1 | 83.33 |" in card and "| test | top5 | 100 |" in card and "per_class" not in card
     assert "- dataset: colours" in card and "- seed: 7" in card
-    assert "rlptune train --config training_config.yaml -o runs/colours-rlp" in card  # written beside it from the adapter
+    assert (
+        "rlptune train --config training_config.yaml -o runs/colours-rlp" in card
+    )  # written beside it from the adapter
 
 
 def test_a_hub_clip_backbone_is_the_cards_base_model():
@@ -113,7 +130,7 @@ def test_from_pretrained_downloads_a_repo_id_through_huggingface_hub(tiny, tmp_p
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     loaded = rlptune.from_pretrained("me/pets-rlp", tiny, revision="v1")
     assert _same_logits(method, loaded, _features(tiny))
-    (repo_id, kwargs), = calls
+    ((repo_id, kwargs),) = calls
     assert repo_id == "me/pets-rlp" and kwargs["revision"] == "v1" and kwargs["library_name"] == "rlptune"
     assert {ADAPTER_CONFIG, ADAPTER_MODEL, "adapter_config.json"} <= set(kwargs["allow_patterns"])
 
@@ -127,7 +144,9 @@ def test_from_pretrained_offline_fails_with_one_line_quickly(tiny, monkeypatch):
     assert str(info.value) == (
         "rlptune-tests-nobody/never-uploaded: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
     )
-    with pytest.raises(RlptuneError, match=r"no/such/folder: no such adapter folder, and not a hub repo id \(org/name\)"):
+    with pytest.raises(
+        RlptuneError, match=r"no/such/folder: no such adapter folder, and not a hub repo id \(org/name\)"
+    ):
         rlptune.from_pretrained("no/such/folder", tiny)
 
 
@@ -153,8 +172,10 @@ class FakeHub:
             root = Path(kwargs["folder_path"])
             fake.uploaded = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
             return huggingface_hub.CommitInfo(
-                commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc", commit_message="m",
-                commit_description="", oid="abc",
+                commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc",
+                commit_message="m",
+                commit_description="",
+                oid="abc",
             )
 
         monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
@@ -204,7 +225,10 @@ def test_a_failed_push_is_one_line(tiny, monkeypatch):
     method, _ = _method(tiny)
     with pytest.raises(RlptuneError) as info:
         rlptune.push_to_hub(method, "me/pets-rlp")
-    assert str(info.value) == "me/pets-rlp: cannot push to the Hugging Face hub (PermissionError: 401 Unauthorized: invalid token)"
+    assert (
+        str(info.value)
+        == "me/pets-rlp: cannot push to the Hugging Face hub (PermissionError: 401 Unauthorized: invalid token)"
+    )
     with pytest.raises(RlptuneError, match="not a hub repo id"):
         rlptune.push_to_hub(method, "not a repo")
 

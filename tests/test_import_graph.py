@@ -17,17 +17,43 @@ PACKAGE = Path(rlptune.__file__).resolve().parent
 
 #: Third-party modules that may be imported inside functions: optional extras, or heavy and needed by few paths.
 LAZY_THIRD_PARTY = {
-    "fastapi", "uvicorn", "starlette", "httpx", "transformers", "peft", "huggingface_hub", "ray", "submitit",
-    "sklearn", "jinja2", "tensorboard", "torch.utils.tensorboard", "matplotlib", "scipy", "open_clip", "tqdm",
-    "PIL", "torchvision", "safetensors", "psutil", "multipart",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "httpx",
+    "transformers",
+    "peft",
+    "huggingface_hub",
+    "ray",
+    "submitit",
+    "sklearn",
+    "jinja2",
+    "tensorboard",
+    "torch.utils.tensorboard",
+    "matplotlib",
+    "scipy",
+    "open_clip",
+    "tqdm",
+    "PIL",
+    "torchvision",
+    "safetensors",
+    "psutil",
+    "multipart",
 }
 #: Package modules whose function-level imports of rlptune itself keep start-up fast (``rlptune --help`` in 0.1 s).
 LAZY_ENTRY_POINTS = {
-    "rlptune", "rlptune.cli", "rlptune.__main__", "rlptune.registry", "rlptune.protocols", "rlptune.report", "rlptune.serve",
+    "rlptune",
+    "rlptune.cli",
+    "rlptune.__main__",
+    "rlptune.registry",
+    "rlptune.protocols",
+    "rlptune.report",
+    "rlptune.serve",
     "rlptune.reproduce.command",
     # the transfer protocols: the command line lists protocols at start-up; their default targets read the dataset
     # catalogues (which import torch) on first use
-    "rlptune.protocols.cross_dataset", "rlptune.protocols.domain_generalisation",
+    "rlptune.protocols.cross_dataset",
+    "rlptune.protocols.domain_generalisation",
 }
 #: Package modules that are the boundary of an optional extra (they import it at their top): importing them lazily
 #: keeps the extra optional (jinja2 for HTML reports, fastapi for the server).
@@ -64,8 +90,14 @@ def _imports():
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else _resolve(name, path.name == "__init__.py", node)
-            if node in tree.body or any(node in getattr(stmt, "body", []) for stmt in tree.body if isinstance(stmt, ast.Try)):
+            targets = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else _resolve(name, path.name == "__init__.py", node)
+            )
+            if node in tree.body or any(
+                node in getattr(stmt, "body", []) for stmt in tree.body if isinstance(stmt, ast.Try)
+            ):
                 top.update(targets)
             else:
                 nested.append((node.lineno, targets))
@@ -112,16 +144,29 @@ def test_no_import_cycles():
 def test_diagnostics_stay_below_the_report_writer():
     """The trainer's diagnostics (rlptune.analysis) import no other package module than errors, and the report
     writer (rlptune.report), which reads finished runs, is imported by no module below it, not even lazily."""
-    below = ("rlptune.analysis", "rlptune.engine", "rlptune.methods", "rlptune.prompts", "rlptune.text",
-             "rlptune.backbones", "rlptune.data", "rlptune.micro")
+    below = (
+        "rlptune.analysis",
+        "rlptune.engine",
+        "rlptune.methods",
+        "rlptune.prompts",
+        "rlptune.text",
+        "rlptune.backbones",
+        "rlptune.data",
+        "rlptune.micro",
+    )
     offenders = []
     for name, (path, top, nested) in _imports().items():
         targets = set(top) | {t for _, ts in nested for t in ts}
         if name.startswith("rlptune.analysis"):
-            offenders += [f"{name} imports {t}" for t in targets
-                          if t.startswith("rlptune.") and not t.startswith(("rlptune.analysis", "rlptune.errors"))]
+            offenders += [
+                f"{name} imports {t}"
+                for t in targets
+                if t.startswith("rlptune.") and not t.startswith(("rlptune.analysis", "rlptune.errors"))
+            ]
         if name.startswith(below):
-            offenders += [f"{name} imports {t}" for t in targets if t == "rlptune.report" or t.startswith("rlptune.report.")]
+            offenders += [
+                f"{name} imports {t}" for t in targets if t == "rlptune.report" or t.startswith("rlptune.report.")
+            ]
     assert not offenders, "layering (diagnostics < report writer):\n" + "\n".join(sorted(offenders))
 
 
@@ -131,10 +176,18 @@ def test_function_level_imports_only_for_lazy_dependencies():
         for line, targets in nested:
             for target in targets:
                 root = target.split(".")[0]
-                if target.startswith("rlptune") and (target in OPTIONAL_BOUNDARY or target.rsplit(".", 1)[0] in OPTIONAL_BOUNDARY):
+                if target.startswith("rlptune") and (
+                    target in OPTIONAL_BOUNDARY or target.rsplit(".", 1)[0] in OPTIONAL_BOUNDARY
+                ):
                     continue
                 if target.startswith("rlptune") and name not in LAZY_ENTRY_POINTS:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
-                elif not target.startswith("rlptune") and not any(target == t or target.startswith(t + ".") for t in LAZY_THIRD_PARTY) and root not in ("importlib",):
+                elif (
+                    not target.startswith("rlptune")
+                    and not any(target == t or target.startswith(t + ".") for t in LAZY_THIRD_PARTY)
+                    and root not in ("importlib",)
+                ):
                     offenders.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
-    assert not offenders, "imports inside functions (move them to the module top):\n" + "\n".join(sorted(set(offenders)))
+    assert not offenders, "imports inside functions (move them to the module top):\n" + "\n".join(
+        sorted(set(offenders))
+    )

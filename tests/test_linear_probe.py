@@ -107,6 +107,7 @@ def test_torch_solver_minimises_sklearns_objective(classes, c):
     x, y = _blobs(classes, 6, seed=5)
     ws, bs = fit_sklearn(x, y, classes, c, 1000)
     wt, bt = fit_torch(x, y, classes, c, 1000)
+
     def objective(w, b):  # sklearn's: C * sum CE + |W|^2 / 2 (binary: one vector, the head's second row)
         ce = torch.nn.functional.cross_entropy(x @ w.t() + b, y, reduction="sum")
         return float(c * ce + 0.5 * (w[1:] if classes == 2 else w).pow(2).sum())
@@ -125,8 +126,13 @@ def test_torch_solver_minimises_sklearns_objective(classes, c):
 
 def test_probe_fits_and_scores_raw_image_features(vit, colour_folder, tmp_path):
     splits = load_dataset("folder", colour_folder)
-    config = resolve_config(None, {"method": {"name": "linear_probe", "options": {"search_steps": 2}},
-                                   "train": {"cache_dir": str(tmp_path / "cache")}})
+    config = resolve_config(
+        None,
+        {
+            "method": {"name": "linear_probe", "options": {"search_steps": 2}},
+            "train": {"cache_dir": str(tmp_path / "cache")},
+        },
+    )
     probe = build_method(config, vit, splits.classnames, splits.template)
     seen = {}
     fit = probe.fit_closed_form

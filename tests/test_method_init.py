@@ -132,12 +132,25 @@ def _pooled(tensors: list[torch.Tensor]) -> torch.Tensor:
         ("coop", {}, {"n_ctx": 16, "ctx_init": None}, lambda m: [m.prompt.ctx]),
         ("cocoop", {}, {"n_ctx": 16, "ctx_init": None}, lambda m: [m.prompt.ctx]),
         ("kgcoop", {}, {"n_ctx": 16, "ctx_init": None}, lambda m: [m.prompt.ctx]),
-        ("deep_text", {"text_depth": DEPTH}, {"n_ctx": 4, "ctx_init": None}, lambda m: [m.text_prompt.ctx, m.text_deep.ctx]),
+        (
+            "deep_text",
+            {"text_depth": DEPTH},
+            {"n_ctx": 4, "ctx_init": None},
+            lambda m: [m.text_prompt.ctx, m.text_deep.ctx],
+        ),
         ("deep_vision", {"vision_depth": DEPTH, "vision_ctx": 4}, {}, lambda m: [m.vision_prompt.ctx]),
-        ("ivlp", {"text_depth": DEPTH, "vision_depth": DEPTH, "vision_ctx": 4}, {"n_ctx": 4, "ctx_init": None},
-         lambda m: [m.text_prompt.ctx, m.text_deep.ctx, m.vision_prompt.ctx]),
-        ("promptsrc", {"text_depth": DEPTH, "vision_depth": DEPTH}, {"ctx_init": None},
-         lambda m: [m.text_prompt.ctx, m.text_deep.ctx, m.vision_prompt.ctx]),
+        (
+            "ivlp",
+            {"text_depth": DEPTH, "vision_depth": DEPTH, "vision_ctx": 4},
+            {"n_ctx": 4, "ctx_init": None},
+            lambda m: [m.text_prompt.ctx, m.text_deep.ctx, m.vision_prompt.ctx],
+        ),
+        (
+            "promptsrc",
+            {"text_depth": DEPTH, "vision_depth": DEPTH},
+            {"ctx_init": None},
+            lambda m: [m.text_prompt.ctx, m.text_deep.ctx, m.vision_prompt.ctx],
+        ),
         ("maple", {"depth": DEPTH}, {"n_ctx": 4, "ctx_init": None}, lambda m: [m.text_prompt.ctx, m.text_deep.ctx]),
     ],
 )
@@ -152,10 +165,13 @@ def test_random_prompts_are_normal_with_std_0_02(tiny, name, options, prompt, te
     assert values.abs().max().item() < 0.02 * 6  # a normal, not a wider law
 
 
-@pytest.mark.parametrize("name, options", [
-    ("ivlp", {"text_depth": DEPTH, "vision_depth": DEPTH, "vision_ctx": 2}),
-    ("promptsrc", {"text_depth": DEPTH, "vision_depth": DEPTH}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("ivlp", {"text_depth": DEPTH, "vision_depth": DEPTH, "vision_ctx": 2}),
+        ("promptsrc", {"text_depth": DEPTH, "vision_depth": DEPTH}),
+    ],
+)
 def test_deep_prompts_of_different_layers_are_drawn_apart(tiny, name, options):
     """IVLP / PromptSRC build each layer's ``VPT_shallow`` in its own block: no two layers start equal (unlike
     MaPLe's cloned maps); layer 0's text prompt is the first n tokens' word embeddings of "a photo of a"."""
@@ -174,7 +190,9 @@ def test_random_contexts_replay_coop_s_draw_generic_and_class_specific(tiny):
     generic = _build(tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": None}), seed=3)
     torch.manual_seed(3)
     assert torch.equal(generic.prompt.ctx, _official_normal(4, D))
-    method = _build(tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": None}, method={"class_specific": True}), seed=3)
+    method = _build(
+        tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": None}, method={"class_specific": True}), seed=3
+    )
     torch.manual_seed(3)
     assert torch.equal(method.prompt.ctx, _official_normal(len(CLASSES), 4, D))
     assert not torch.allclose(method.prompt.ctx[0], method.prompt.ctx[1])
@@ -194,7 +212,9 @@ def test_a_context_from_words_is_their_token_embeddings(tiny):
 def test_class_specific_context_from_words_starts_as_one_copy_per_class(tiny):
     """rlptune's documented choice: class-specific with an init text gives C equal copies of the words, each class
     its own rows (the official CoOp silently ignores CSC when CTX_INIT is set and learns one shared context)."""
-    method = _build(tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": "a photo of a"}, method={"class_specific": True}))
+    method = _build(
+        tiny, _config("coop", prompt={"n_ctx": 4, "ctx_init": "a photo of a"}, method={"class_specific": True})
+    )
     ctx = method.prompt.ctx
     assert tuple(ctx.shape) == (len(CLASSES), 4, D)
     for c in range(len(CLASSES)):
@@ -213,7 +233,9 @@ def test_cocoop_meta_net_is_torch_s_default_linear_init_in_the_official_order(ti
     net = method.meta_net
     assert torch.equal(net.linear1.weight, linear1.weight) and torch.equal(net.linear1.bias, linear1.bias)
     assert torch.equal(net.linear2.weight, linear2.weight) and torch.equal(net.linear2.bias, linear2.bias)
-    assert net.linear1.weight.abs().max() <= 1 / math.sqrt(e) and net.linear2.weight.abs().max() <= 1 / math.sqrt(e // 16)
+    assert net.linear1.weight.abs().max() <= 1 / math.sqrt(e) and net.linear2.weight.abs().max() <= 1 / math.sqrt(
+        e // 16
+    )
 
 
 def test_kgcoop_starts_where_coop_starts_and_trains_the_context_only(tiny):
@@ -258,7 +280,9 @@ def test_linear_probe_fit_starts_from_zero_not_from_its_zero_shot_weights(tiny):
     scale · class text features, b = 0) are what the probe predicts before a fit, never the fit's starting point."""
     config = _config("linear_probe", {"c": 1.0, "solver": "torch"})
     generator = torch.Generator().manual_seed(0)
-    data = ClosedFormData(torch.randn(24, tiny.embed_dim, generator=generator), torch.arange(24) % 4, log=lambda _: None)
+    data = ClosedFormData(
+        torch.randn(24, tiny.embed_dim, generator=generator), torch.arange(24) % 4, log=lambda _: None
+    )
     plain, scrambled = _build(tiny, config), _build(tiny, config)
     expected = tiny.logit_scale * handcrafted_features(tiny, CLASSES, "a photo of a {}.")
     assert torch.allclose(plain.weight, expected) and torch.count_nonzero(plain.bias) == 0

@@ -47,28 +47,47 @@ def test_an_old_config_yaml_loads_with_its_knobs_in_the_method_options():
     rlp = config_from_dict(_old("rlp_config"))
     assert rlp.method.name == "rlp"
     assert {k: rlp.method.options[k] for k in KNOBS} == {
-        "class_specific": False, "class_token_position": "end", "text_chunk": 2, "checkpoint_text": True, "shared_prefix": True,
+        "class_specific": False,
+        "class_token_position": "end",
+        "text_chunk": 2,
+        "checkpoint_text": True,
+        "shared_prefix": True,
     }
     assert (rlp.prompt.kind, rlp.prompt.rank, rlp.prompt.dropout, rlp.prompt.alpha) == ("lowrank", 2, 0.25, 4.0)
     coop = config_from_dict(_old("coop_csc_config"))
     assert (coop.method.options["class_specific"], coop.method.options["class_token_position"]) == (True, "middle")
     assert coop.train.epochs == 3
     zeroshot = config_from_dict(_old("zeroshot_config"))
-    assert zeroshot.method.options == {"templates": ["a photo of a {}.", "a drawing of a {}."], "use_dataset_template": False}
+    assert zeroshot.method.options == {
+        "templates": ["a photo of a {}.", "a drawing of a {}."],
+        "use_dataset_template": False,
+    }
 
 
 def test_an_old_config_yaml_means_what_the_same_settings_mean_today():
     old = config_from_dict(_old("coop_csc_config"))
-    new = resolve_config(overrides={"method": {"name": "coop", "options": {"class_specific": True, "class_token_position": "middle"}},
-                                    "train": {"epochs": 3}, "backbone": {"name": "micro"}})  # the file's backbone
+    new = resolve_config(
+        overrides={
+            "method": {"name": "coop", "options": {"class_specific": True, "class_token_position": "middle"}},
+            "train": {"epochs": 3},
+            "backbone": {"name": "micro"},
+        }
+    )  # the file's backbone
     assert old.to_dict() == new.to_dict()
 
 
 def test_an_old_config_of_a_method_with_an_option_named_like_a_knob_keeps_its_own():
     """PromptSRC's own ``templates`` option (its ensemble) is not the zero-shot templates an old file records for
     every method."""
-    data = {"method": {"name": "promptsrc", "templates": ["a photo of a {}."], "class_specific": False,
-                       "use_dataset_template": False, "options": {"templates": []}}}
+    data = {
+        "method": {
+            "name": "promptsrc",
+            "templates": ["a photo of a {}."],
+            "class_specific": False,
+            "use_dataset_template": False,
+            "options": {"templates": []},
+        }
+    }
     assert config_from_dict(data).method.options["templates"] == []
 
 
@@ -76,7 +95,9 @@ def test_an_old_adapter_loads_and_predicts_as_before(tiny_arch_path):
     tiny = load_backbone(str(tiny_arch_path), device="cpu")
     method = load_adapter(FIXTURES / "rlp_adapter", tiny)
     assert method.options.text_chunk == 2 and method.options.checkpoint_text is True
-    features = torch.nn.functional.normalize(torch.randn(5, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    features = torch.nn.functional.normalize(
+        torch.randn(5, tiny.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     expected = torch.tensor(json.loads((FIXTURES / "rlp_adapter_logits.json").read_text()))
     with torch.no_grad():
         assert torch.equal(method.logits(features), expected)
@@ -86,11 +107,18 @@ def test_an_old_adapter_loads_and_predicts_as_before(tiny_arch_path):
 
 
 def test_the_same_knob_spelled_both_ways_differently_is_one_line():
-    line = _one_line(lambda: resolve_config(overrides={"method": {"name": "coop", "class_specific": True,
-                                                                  "options": {"class_specific": False}}}))
-    assert line == ("method.class_specific=True and method.options.class_specific=False disagree; give it once, as "
-                    "method.options.class_specific")
-    same = resolve_config(overrides={"method": {"name": "coop", "class_specific": True, "options": {"class_specific": "true"}}})
+    line = _one_line(
+        lambda: resolve_config(
+            overrides={"method": {"name": "coop", "class_specific": True, "options": {"class_specific": False}}}
+        )
+    )
+    assert line == (
+        "method.class_specific=True and method.options.class_specific=False disagree; give it once, as "
+        "method.options.class_specific"
+    )
+    same = resolve_config(
+        overrides={"method": {"name": "coop", "class_specific": True, "options": {"class_specific": "true"}}}
+    )
     assert same.method.options["class_specific"] is True
 
 
@@ -109,13 +137,15 @@ def test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_i
     assert "unknown option 'checkpoint_text' for method 'cocoop'" in _one_line(
         lambda: resolve_config(overrides={"method": {"name": "cocoop", "options": {"checkpoint_text": True}}})
     )
-    resolve_config(overrides={"method": {"name": "cocoop", "checkpoint_text": False, "templates": ["a photo of a {}."]}})
+    resolve_config(
+        overrides={"method": {"name": "cocoop", "checkpoint_text": False, "templates": ["a photo of a {}."]}}
+    )
 
 
 def test_a_knobs_checks_hold_in_the_options_spelling_too():
-    assert _one_line(lambda: resolve_config(overrides={"method": {"name": "coop", "options": {"class_token_position": "back"}}})) == (
-        "method.options.class_token_position: expected one of end, middle, front, got 'back'"
-    )
+    assert _one_line(
+        lambda: resolve_config(overrides={"method": {"name": "coop", "options": {"class_token_position": "back"}}})
+    ) == ("method.options.class_token_position: expected one of end, middle, front, got 'back'")
     assert "method.options.text_chunk must be >= 0, got -1" in _one_line(
         lambda: resolve_config(overrides={"method": {"name": "coop", "options": {"text_chunk": -1}}})
     )
@@ -125,8 +155,10 @@ def test_a_knobs_checks_hold_in_the_options_spelling_too():
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(value=st.one_of(st.integers(-5, 10**7), st.floats(-5, 1e7, allow_nan=False)),
-       spelling=st.sampled_from(["plain", "text", "float-text"]))
+@given(
+    value=st.one_of(st.integers(-5, 10**7), st.floats(-5, 1e7, allow_nan=False)),
+    spelling=st.sampled_from(["plain", "text", "float-text"]),
+)
 def test_a_knob_means_the_same_in_either_spelling(value, spelling):
     """A text_chunk accepted in one spelling is accepted, with the same value, in the other; refused in both."""
     raw = {"plain": value, "text": str(value), "float-text": f"{float(value):e}"}[spelling]
@@ -153,12 +185,31 @@ def test_the_flags_users_know_still_reach_the_method(flags, expected, capsys):
 def test_the_former_flags_set_the_options():
     from rlptune.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["train", "--method", "coop", "--text-chunk", "3", "--class-token-position", "middle",
-                                      "--no-shared-prefix", "--checkpoint-text", "-o", "x"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--method",
+            "coop",
+            "--text-chunk",
+            "3",
+            "--class-token-position",
+            "middle",
+            "--no-shared-prefix",
+            "--checkpoint-text",
+            "-o",
+            "x",
+        ]
+    )
     options = config_from_args(args).method.options
-    assert (options["text_chunk"], options["class_token_position"], options["shared_prefix"], options["checkpoint_text"]) == (
-        3, "middle", False, True)
-    args = build_parser().parse_args(["train", "--method", "zeroshot", "--template", "a {}.", "--template", "an {}!", "-o", "x"])
+    assert (
+        options["text_chunk"],
+        options["class_token_position"],
+        options["shared_prefix"],
+        options["checkpoint_text"],
+    ) == (3, "middle", False, True)
+    args = build_parser().parse_args(
+        ["train", "--method", "zeroshot", "--template", "a {}.", "--template", "an {}!", "-o", "x"]
+    )
     assert config_from_args(args).method.options["templates"] == ["a {}.", "an {}!"]
 
 
@@ -182,10 +233,16 @@ def test_nothing_outside_prompts_asks_whether_a_prompt_is_low_rank():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
             compares_kind = any(isinstance(c, ast.Constant) and c.value == "lowrank" for c in sides) and any(
-                isinstance(c, ast.Attribute) and c.attr == "kind" for c in sides)
-            reads_setting = (isinstance(node, ast.Attribute) and node.attr in low_rank_settings
-                             and ((isinstance(node.value, ast.Attribute) and node.value.attr == "prompt")
-                                  or (isinstance(node.value, ast.Name) and node.value.id in ("settings", "prompt"))))
+                isinstance(c, ast.Attribute) and c.attr == "kind" for c in sides
+            )
+            reads_setting = (
+                isinstance(node, ast.Attribute)
+                and node.attr in low_rank_settings
+                and (
+                    (isinstance(node.value, ast.Attribute) and node.value.attr == "prompt")
+                    or (isinstance(node.value, ast.Name) and node.value.id in ("settings", "prompt"))
+                )
+            )
             if compares_kind or reads_setting:
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders
@@ -195,13 +252,28 @@ def test_nothing_outside_prompts_asks_whether_a_prompt_is_low_rank():
 
 #: the case ids of docs/RELIABILITY.md's "Method settings and recipes" section, each held by a test (file, name)
 CASES = {
-    "settings-knob-both-spellings-disagree": ("test_method_settings.py", "test_the_same_knob_spelled_both_ways_differently_is_one_line"),
-    "settings-knob-not-declared": ("test_method_settings.py", "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default"),
-    "settings-knob-option-not-declared": ("test_method_settings.py", "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default"),
+    "settings-knob-both-spellings-disagree": (
+        "test_method_settings.py",
+        "test_the_same_knob_spelled_both_ways_differently_is_one_line",
+    ),
+    "settings-knob-not-declared": (
+        "test_method_settings.py",
+        "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default",
+    ),
+    "settings-knob-option-not-declared": (
+        "test_method_settings.py",
+        "test_a_method_that_does_not_declare_a_knob_refuses_it_unless_it_is_left_at_its_default",
+    ),
     "settings-knob-option-choice": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
     "settings-knob-option-range": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
-    "settings-knob-option-template": ("test_method_settings.py", "test_a_knobs_checks_hold_in_the_options_spelling_too"),
-    "settings-knob-two-spellings-one-meaning": ("test_method_settings.py", "test_a_knob_means_the_same_in_either_spelling"),
+    "settings-knob-option-template": (
+        "test_method_settings.py",
+        "test_a_knobs_checks_hold_in_the_options_spelling_too",
+    ),
+    "settings-knob-two-spellings-one-meaning": (
+        "test_method_settings.py",
+        "test_a_knob_means_the_same_in_either_spelling",
+    ),
     "settings-old-config-and-adapter": ("test_method_settings.py", "test_an_old_adapter_loads_and_predicts_as_before"),
     "recipe-not-a-recipe": ("test_recipe_registry.py", "test_a_recipe_must_be_a_recipe"),
 }

@@ -47,6 +47,7 @@ def _images(count=4, seed=0):
 
 # -- the generic hooks in backbones/base.py -------------------------------------------------------------------------
 
+
 def test_vision_tower_runs_open_clips_own_modules_exactly(vit):
     images = _images()
     with torch.no_grad():
@@ -56,7 +57,9 @@ def test_vision_tower_runs_open_clips_own_modules_exactly(vit):
         # appended tokens are dropped before pooling: zero-attention tokens would leave the class token alone,
         # and the pooled output keeps the image's own token count
         seen = []
-        vit.vision.encode(images, lambda i, x: seen.append(x.shape[1]) or (torch.cat([x, x[:, :2]], 1) if i == 0 else x))
+        vit.vision.encode(
+            images, lambda i, x: seen.append(x.shape[1]) or (torch.cat([x, x[:, :2]], 1) if i == 0 else x)
+        )
         assert seen == [17, 19, 19]
 
 
@@ -73,6 +76,7 @@ def test_text_tower_hook_is_exact_when_it_does_nothing(vit):
 
 # -- deep prompts --------------------------------------------------------------------------------------------------
 
+
 def test_deep_text_depth_one_is_coop_and_reproduces_the_template(vit):
     method = _build(vit, "deep_text", {"text_depth": 1}, prompt={"ctx_init": "a photo of a"})
     with torch.no_grad():
@@ -82,7 +86,10 @@ def test_deep_text_depth_one_is_coop_and_reproduces_the_template(vit):
 def test_deep_prompts_are_replaced_layer_by_layer(vit):
     method = _build(vit, "ivlp", {"text_depth": 2, "vision_depth": 3, "vision_ctx": 2})
     lengths = []
-    hooks = [b.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1])) for b in vit.model.visual.transformer.resblocks]
+    hooks = [
+        b.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
+        for b in vit.model.visual.transformer.resblocks
+    ]
     try:
         feats = method.encode_images(_images(2))
     finally:
@@ -101,7 +108,9 @@ def test_text_deep_prompt_of_a_later_layer_matters(vit):
     method = _build(vit, "deep_text", {"text_depth": 2})
     with torch.no_grad():
         before = method.class_features()
-        method.text_deep.ctx.add_(torch.randn_like(method.text_deep.ctx))  # (a constant shift would vanish in LayerNorm)
+        method.text_deep.ctx.add_(
+            torch.randn_like(method.text_deep.ctx)
+        )  # (a constant shift would vanish in LayerNorm)
         after = method.class_features()
     assert (before - after).abs().max() > 1e-3
 
@@ -125,6 +134,7 @@ def test_deep_vision_classifies_with_the_recipe_template_or_the_dataset_s(vit):
 
 
 # -- CoCoOp --------------------------------------------------------------------------------------------------------
+
 
 def test_cocoop_batched_equals_one_image_at_a_time(vit):
     method = _build(vit, "cocoop").eval()
@@ -161,6 +171,7 @@ def test_cocoop_meta_net_shape(vit):
 
 # -- KgCoOp --------------------------------------------------------------------------------------------------------
 
+
 def test_kgcoop_loss_is_cross_entropy_plus_guidance(vit):
     method = _build(vit, "kgcoop", {"lambda_kg": 8.0}, template="a photo of a {}, a type of colour.")
     assert torch.allclose(method.handcrafted, _zero_shot(vit, "a photo of a {}, a type of colour."))
@@ -179,10 +190,14 @@ def test_kgcoop_loss_is_cross_entropy_plus_guidance(vit):
 
 # -- CLIP-LoRA -----------------------------------------------------------------------------------------------------
 
+
 def test_split_attention_equals_multihead_attention(vit):
     from rlptune.methods.lora import SplitAttention
 
-    for block, mask in ((vit.model.transformer.resblocks[0], vit.text.causal_mask(9)), (vit.model.visual.transformer.resblocks[0], None)):
+    for block, mask in (
+        (vit.model.transformer.resblocks[0], vit.text.causal_mask(9)),
+        (vit.model.visual.transformer.resblocks[0], None),
+    ):
         x = torch.randn(3, 9, 32)
         split = SplitAttention(block.attn)
         with torch.no_grad():
@@ -221,9 +236,9 @@ def test_clip_lora_starts_at_clip_and_never_changes_the_backbone(vit):
 
 # -- linear probe --------------------------------------------------------------------------------------------------
 
+
 def test_linear_probe_starts_as_zero_shot(vit):
     method = _build(vit, "linear_probe")
     feats = F.normalize(torch.randn(7, 32), dim=-1)
     reference = vit.logit_scale * feats @ _zero_shot(vit).t()
     assert torch.allclose(method.logits(feats), reference, atol=1e-5)
-

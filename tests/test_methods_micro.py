@@ -35,7 +35,9 @@ def micro_results(tmp_path_factory):
     for method, extra in METHODS.items():
         train = {"epochs": 30, "augment": False, **extra.get("train", {})}
         overrides = {"train": train, **{k: v for k, v in extra.items() if k != "train"}}
-        specs += make_specs("base2new", ["micro-patterned"], [method], [1], [16], backbone="micro", base_overrides=overrides)
+        specs += make_specs(
+            "base2new", ["micro-patterned"], [method], [1], [16], backbone="micro", base_overrides=overrides
+        )
     specs += make_specs("base2new", ["micro-patterned"], ["zeroshot"], [1], [16], backbone="micro")
     import os
 

@@ -112,7 +112,9 @@ def test_cli_params_uses_the_same_counts(backbone, tmp_path):
 
     path = tmp_path / "arch.json"
     path.write_text(json.dumps(PARAM_ARCH))
-    config = resolve_config(None, {"backbone": {"name": str(path)}, "method": {"name": "maple", "options": {"depth": 3}}})
+    config = resolve_config(
+        None, {"backbone": {"name": str(path)}, "method": {"name": "maple", "options": {"depth": 3}}}
+    )
     assert parameter_counts(config)["trainable_params"] == FORMULAS["maple"][2]("full", 1, 2)
 
 
@@ -136,7 +138,10 @@ def test_presets_hold_the_paper_defaults():
 
 
 def test_unknown_option_is_a_clear_error(backbone):
-    with pytest.raises(RlptuneError, match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\); valid options: class_specific, class_token_position, text_chunk, checkpoint_text, shared_prefix, lambda_kg, template"):
+    with pytest.raises(
+        RlptuneError,
+        match=r"unknown option 'lamda_kg' for method 'kgcoop' \(did you mean 'lambda_kg'\?\); valid options: class_specific, class_token_position, text_chunk, checkpoint_text, shared_prefix, lambda_kg, template",
+    ):
         _build(backbone, "kgcoop", {"lamda_kg": 1})
     with pytest.raises(RlptuneError, match="method.options.lambda_kg: expected a number"):
         _build(backbone, "kgcoop", {"lambda_kg": "lots"})
@@ -151,13 +156,21 @@ def test_modified_resnet_image_tower_is_refused_clearly():
     from rlptune.micro.shipped import CONFIG_PATH
 
     resnet = load_backbone(f"random:{CONFIG_PATH}", device="cpu")
-    for name, options in (("deep_vision", {"vision_depth": 1}), ("ivlp", {"text_depth": 1, "vision_depth": 1}), ("maple", {"depth": 1})):
+    for name, options in (
+        ("deep_vision", {"vision_depth": 1}),
+        ("ivlp", {"text_depth": 1, "vision_depth": 1}),
+        ("maple", {"depth": 1}),
+    ):
         with pytest.raises(RlptuneError, match="ModifiedResNet has no token transformer"):
             _build(resnet, name, options)
-    with pytest.raises(RlptuneError, match=r"vision tower \(ModifiedResNet\) has no nn.MultiheadAttention.*towers to text"):
+    with pytest.raises(
+        RlptuneError, match=r"vision tower \(ModifiedResNet\) has no nn.MultiheadAttention.*towers to text"
+    ):
         _build(resnet, "clip_lora")
     assert _build(resnet, "clip_lora", {"towers": "text"}).num_trainable() == 3 * 2 * 2 * 4 * 128
-    assert _build(resnet, "deep_text", {"text_depth": 4}).num_trainable() == 4 * 4 * 128  # text prompts still work (n=4, d=128)
+    assert (
+        _build(resnet, "deep_text", {"text_depth": 4}).num_trainable() == 4 * 4 * 128
+    )  # text prompts still work (n=4, d=128)
 
 
 @pytest.mark.slow
@@ -168,8 +181,16 @@ def test_vit_b16_counts_match_the_literature():
     # 4ctx_language_only config), VPT-deep 12 x 8 tokens (VPT/vit_b16_c2_ep5_batch4_4.yaml), IVLP 12 + 12 layers x 2
     # tokens (IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml), MaPLe 9 layers x 2 tokens + couplers, PromptSRC 9 + 9 x 4
     expected = {
-        "coop": 8_192, "rlp": 516, "cocoop": 35_360, "kgcoop": 2_048, "deep_text": 24_576, "deep_vision": 73_728,
-        "ivlp": 30_720, "maple": 3_555_072, "clip_lora": 184_320, "promptsrc": 46_080,
+        "coop": 8_192,
+        "rlp": 516,
+        "cocoop": 35_360,
+        "kgcoop": 2_048,
+        "deep_text": 24_576,
+        "deep_vision": 73_728,
+        "ivlp": 30_720,
+        "maple": 3_555_072,
+        "clip_lora": 184_320,
+        "promptsrc": 46_080,
     }
     for name, count in expected.items():
         method = build_method(resolve_config(None, {"method": {"name": name}}), vit_b16, ["a", "b"])

@@ -41,8 +41,14 @@ def _config(colour_folder, cache, name, options=None, **sections):
         "method": {"name": name, "options": options or {}},
         "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0, "subsample": "base"},
         "train": {
-            "epochs": 8, "batch_size": 16, "optimizer": "adamw", "lr": 0.05, "warmup_epochs": 0, "augment": False,
-            "cache_dir": str(cache), "log_diagnostics": False,
+            "epochs": 8,
+            "batch_size": 16,
+            "optimizer": "adamw",
+            "lr": 0.05,
+            "warmup_epochs": 0,
+            "augment": False,
+            "cache_dir": str(cache),
+            "log_diagnostics": False,
         },
     }
     for section, values in sections.items():
@@ -130,7 +136,13 @@ def test_kgcoop_guidance_keeps_features_near_the_handcrafted_prompt(vit, colour_
 
 def test_lowrank_deep_prompts_train(vit, colour_folder, zero_shot_top1, tmp_path):
     """RLP on IVLP (every layer's prompt factorised) learns too: the switch is prompt.kind alone."""
-    config = _config(colour_folder, tmp_path / "cache", "ivlp", {"text_depth": 2, "vision_depth": 4}, prompt={"kind": "lowrank", "rank": 2})
+    config = _config(
+        colour_folder,
+        tmp_path / "cache",
+        "ivlp",
+        {"text_depth": 2, "vision_depth": 4},
+        prompt={"kind": "lowrank", "rank": 2},
+    )
     result = train(config, tmp_path / "run", backbone=vit, progress=False)
     assert result["metrics"]["test"]["top1"] >= zero_shot_top1 + 25
     assert result["trainable_params"] == 2 * 2 * (2 + 32) + 4 * 2 * (2 + 32)

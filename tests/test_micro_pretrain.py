@@ -4,7 +4,13 @@ import torch
 from safetensors.torch import load_file
 
 from rlptune.micro.pretrain import (
-    build_model, encode_text_truncated, get_tokenizer, load_config, main, pretrain_micro, tokenize,
+    build_model,
+    encode_text_truncated,
+    get_tokenizer,
+    load_config,
+    main,
+    pretrain_micro,
+    tokenize,
 )
 
 
@@ -26,8 +32,9 @@ def test_truncated_text_path_equals_encode_text():
     tok = tokenize(get_tokenizer(), ["a photo of a red circle.", "a sketch of two striped hexagons on a beach."])
     import open_clip
 
-    assert torch.equal(tok, open_clip.tokenize(["a photo of a red circle.",
-                                                "a sketch of two striped hexagons on a beach."]))
+    assert torch.equal(
+        tok, open_clip.tokenize(["a photo of a red circle.", "a sketch of two striped hexagons on a beach."])
+    )
     with torch.no_grad():
         full = model.encode_text(tok)
         short = encode_text_truncated(model, tok)
@@ -49,7 +56,8 @@ def test_pretrain_smoke(tmp_path):
 
 def test_pretrain_is_reproducible_and_cli(tmp_path):
     a = pretrain_micro(tmp_path / "a", seed=3, steps=1, threads=1, eval_every=0, log=lambda s: None)
-    assert main(["--steps", "1", "--seed", "3", "--threads", "1", "--eval-every", "0", "--out",
-                 str(tmp_path / "b")]) == 0
+    assert (
+        main(["--steps", "1", "--seed", "3", "--threads", "1", "--eval-every", "0", "--out", str(tmp_path / "b")]) == 0
+    )
     sa, sb = load_file(str(a)), load_file(str(tmp_path / "b" / a.name))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -8,7 +8,13 @@ from rlptune.data.items import DatasetSplits
 from rlptune.errors import RlptuneError
 from rlptune.micro import world as W
 from rlptune.micro.suite import (
-    GENERIC_TEMPLATE, MICRO_DATASETS, MICRO_SHIFTS, dataset_scenes, load_micro_dataset, micro_spec, render_split,
+    GENERIC_TEMPLATE,
+    MICRO_DATASETS,
+    MICRO_SHIFTS,
+    dataset_scenes,
+    load_micro_dataset,
+    micro_spec,
+    render_split,
 )
 
 

@@ -26,6 +26,7 @@ def backbone():
 
 # ----------------------------------------------------------------------------- world and datasets
 
+
 def test_rendering_is_deterministic_and_scenes_fill_the_frame():
     scene = W.Scene(shape="square", color="red", pattern="plain", background="plain", style="photo", count=4)
     a, b = W.render_seeded(scene, 7), W.render_seeded(scene, 7)
@@ -73,7 +74,10 @@ def test_dataset_splits_pin_their_class_attributes_and_style():
     again = [W.render(s, r) for s, _l, r in dataset_scenes("micro2-scenes-foggy", "test")[:5]]
     source = [s for s, _l, _r in dataset_scenes("micro2-scenes", "test")[:5]]
     assert all(np.array_equal(x, y) for x, y in zip(first, again))
-    assert all(s.background == t.background for s, (t, _l, _r) in zip(source, dataset_scenes("micro2-scenes-foggy", "test")[:5]))
+    assert all(
+        s.background == t.background
+        for s, (t, _l, _r) in zip(source, dataset_scenes("micro2-scenes-foggy", "test")[:5])
+    )
 
 
 def test_loading_a_v2_dataset_writes_its_images_once(tmp_path):
@@ -105,6 +109,7 @@ def test_a_cached_dataset_drawn_in_another_style_is_drawn_again(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the backbone
+
 
 def test_config_is_openai_layout():
     cfg = micro2_config()
@@ -139,8 +144,13 @@ def test_openai_round_trip(backbone, tmp_path):
     import open_clip
 
     path = export_openai(tmp_path / "micro-v2.pt")
-    rebuilt = open_clip.model.build_model_from_openai_state_dict(
-        torch.load(path, weights_only=True), cast_dtype=torch.float32).float().eval()
+    rebuilt = (
+        open_clip.model.build_model_from_openai_state_dict(
+            torch.load(path, weights_only=True), cast_dtype=torch.float32
+        )
+        .float()
+        .eval()
+    )
     reloaded = backbone_loader.load_backbone(str(path)).model  # rlptune's own OpenAI-file path
     tokens = backbone.tokenizer(["a photo of a star.", "a sketch of two red striped circles in a forest."])
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -154,8 +164,9 @@ def test_openai_round_trip(backbone, tmp_path):
 @needs_weights
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_builds_on_micro_v2_with_its_preset(backbone, method):
-    config = resolve_config(None, {"method": {"name": method}, "data": {"protocol": "base2new"},
-                                   "backbone": {"name": "micro-v2"}})
+    config = resolve_config(
+        None, {"method": {"name": method}, "data": {"protocol": "base2new"}, "backbone": {"name": "micro-v2"}}
+    )
     built = build_method(config, backbone, micro2_spec("micro2-objects").classnames[:8], "a photo of a {}.")
     images = torch.zeros(2, 3, 64, 64)
     with torch.no_grad():

@@ -48,8 +48,9 @@ def test_shipped_micro_clip_zero_shot_floor():
     y = torch.tensor([labels[k] for k in keep])
     with torch.no_grad():
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(model.encode_text(open_clip.tokenize([GENERIC_TEMPLATE.format(c) for c in spec.classnames])),
-                          dim=-1)
+        txt = F.normalize(
+            model.encode_text(open_clip.tokenize([GENERIC_TEMPLATE.format(c) for c in spec.classnames])), dim=-1
+        )
     acc = float(((img @ txt.T).argmax(-1) == y).float().mean())
     assert acc >= FLOOR, f"zero-shot {acc:.3f} on {SAMPLE_DATASET} below the recorded floor {FLOOR} ({RECORDED})"
     assert acc >= 2.0 / len(spec.classnames)

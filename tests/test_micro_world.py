@@ -24,8 +24,9 @@ def test_render_is_deterministic_and_seed_dependent():
 
 def test_render_pixels_are_pinned():
     """Same scene and seed give the same bytes on any machine (recorded digest)."""
-    scene = W.Scene(shape="heart", color="orange", pattern="wavy", size="medium", count=3, background="beach",
-                    style="sketch")
+    scene = W.Scene(
+        shape="heart", color="orange", pattern="wavy", size="medium", count=3, background="beach", style="sketch"
+    )
     assert _digest(W.render_seeded(scene, 123)) == PINNED_DIGEST
 
 
@@ -37,8 +38,14 @@ def test_every_attribute_value_renders(style):
     rng = np.random.default_rng(0)
     photo = None
     for i, shape in enumerate(W.SHAPES):
-        scene = W.Scene(shape=shape, color=W.COLOR_NAMES[i], pattern=W.PATTERNS[i],
-                        background=W.BACKGROUNDS[i], style=style, size="large")
+        scene = W.Scene(
+            shape=shape,
+            color=W.COLOR_NAMES[i],
+            pattern=W.PATTERNS[i],
+            background=W.BACKGROUNDS[i],
+            style=style,
+            size="large",
+        )
         img = W.render(scene, rng)
         assert img.shape == (64, 64, 3)
         if style == "photo" and photo is None:
@@ -79,8 +86,9 @@ def test_captions_claim_only_true_attributes():
         if "color" in claims:
             assert scene.color in text
         if "style" in claims and scene.style != "photo":
-            assert any(t.format("").split()[1] in text for t in W.STYLE_TEMPLATES[scene.style]) or \
-                any(t.format(" ").strip() in text for t in W.STYLE_TEMPLATES[scene.style])
+            assert any(t.format("").split()[1] in text for t in W.STYLE_TEMPLATES[scene.style]) or any(
+                t.format(" ").strip() in text for t in W.STYLE_TEMPLATES[scene.style]
+            )
         if scene.count > 1:
             assert W.COUNT_WORDS[scene.count] in text.split() and "position" not in claims
 

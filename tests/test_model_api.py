@@ -18,13 +18,20 @@ from rlptune.config import RunConfig, blank_config, resolve_config
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, colour_folder, tiny_arch_path):
     out = tmp_path_factory.mktemp("api") / "run"
-    config = resolve_config(overrides={
-        "backbone": {"name": str(tiny_arch_path), "device": "cpu"},
-        "method": {"name": "rlp"},
-        "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
-        "train": {"epochs": 3, "batch_size": 8, "select_best": True, "loggers": ["csv"],
-                  "cache_dir": str(out.parent / "cache")},
-    })
+    config = resolve_config(
+        overrides={
+            "backbone": {"name": str(tiny_arch_path), "device": "cpu"},
+            "method": {"name": "rlp"},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 4},
+            "train": {
+                "epochs": 3,
+                "batch_size": 8,
+                "select_best": True,
+                "loggers": ["csv"],
+                "cache_dir": str(out.parent / "cache"),
+            },
+        }
+    )
     result = rlptune.train(config, out, progress=False)
     return out, result
 
@@ -74,15 +81,36 @@ def test_best_epoch_selection_and_csv_logger(trained):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and all(r["val_acc"] for r in rows)
 
 
-def test_adapter_loads_from_another_folder_and_on_an_explicit_backbone(trained, colour_folder, tiny_arch_path, tmp_path, monkeypatch, capsys):
+def test_adapter_loads_from_another_folder_and_on_an_explicit_backbone(
+    trained, colour_folder, tiny_arch_path, tmp_path, monkeypatch, capsys
+):
     out, _ = trained
     monkeypatch.chdir(tmp_path)  # the backbone spec recorded in the adapter must not depend on the working folder
     image = str(sorted((colour_folder / "test" / "blue").iterdir())[0])
     assert main(["predict", str(out / "adapter"), image, "--top-k", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out
-    assert main(["predict", str(out / "adapter"), image, "--top-k", "1", "--backbone", str(tiny_arch_path), "--no-progress"]) == 0
+    assert (
+        main(
+            ["predict", str(out / "adapter"), image, "--top-k", "1", "--backbone", str(tiny_arch_path), "--no-progress"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == first
-    assert main(["eval", str(out / "adapter"), "--dataset", "folder", "--data-root", str(colour_folder), "--backbone", str(tiny_arch_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out / "adapter"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(colour_folder),
+                "--backbone",
+                str(tiny_arch_path),
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(out / "adapter"), image, "--backbone", "micro", "--no-progress"]) == 2
     assert "adapter was trained on backbone" in capsys.readouterr().err
 

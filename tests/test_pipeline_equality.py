@@ -65,14 +65,65 @@ def test_train_api_and_run_agree(kind, datasets, tiny_arch_path, tmp_path):
         "train": {"epochs": 2, "batch_size": 4, "seed": 1, "cache_dir": str(tmp_path / "cache")},
     }
     flags = [
-        "--backbone", str(tiny_arch_path), "--device", "cpu", "--data-root", root, "--n-ctx", "2",
-        "--epochs", "2", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache"),
-        "--set", "data.split_seed=3", "--set", "data.image_policy=skip",
+        "--backbone",
+        str(tiny_arch_path),
+        "--device",
+        "cpu",
+        "--data-root",
+        root,
+        "--n-ctx",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        "data.split_seed=3",
+        "--set",
+        "data.image_policy=skip",
     ]
-    assert main(["train", "--method", "coop", "--dataset", name, "--shots", "2", "--seed", "1", "-o", str(tmp_path / "cli"), *flags]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "coop",
+                "--dataset",
+                name,
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "-o",
+                str(tmp_path / "cli"),
+                *flags,
+            ]
+        )
+        == 0
+    )
     api = rlptune.train(rlptune.resolve_config(overrides=settings), tmp_path / "api", progress=False)
-    assert main(["run", "few-shot", "--datasets", name, "--methods", "coop", "--seeds", "1", "--shots", "2",
-                 "--results", str(tmp_path / "runs"), *[f for f in flags if f not in ("--device", "cpu")]]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "few-shot",
+                "--datasets",
+                name,
+                "--methods",
+                "coop",
+                "--seeds",
+                "1",
+                "--shots",
+                "2",
+                "--results",
+                str(tmp_path / "runs"),
+                *[f for f in flags if f not in ("--device", "cpu")],
+            ]
+        )
+        == 0
+    )
     (run_result,) = list((tmp_path / "runs").rglob("result.json"))
     run_dir = run_result.parent
 
@@ -83,7 +134,9 @@ def test_train_api_and_run_agree(kind, datasets, tiny_arch_path, tmp_path):
     cli = json.loads((tmp_path / "cli" / "result.json").read_text())
     run = json.loads(run_result.read_text())
     assert cli["metrics"]["test"] == api["metrics"]["test"] == run["metrics"]["test"]
-    assert (tmp_path / "cli" / "adapter" / "rlptune_adapter.safetensors").read_bytes() == (run_dir / "adapter" / "rlptune_adapter.safetensors").read_bytes()
+    assert (tmp_path / "cli" / "adapter" / "rlptune_adapter.safetensors").read_bytes() == (
+        run_dir / "adapter" / "rlptune_adapter.safetensors"
+    ).read_bytes()
 
     # the API's load_dataset and evaluate see the same test split as the CLI (one default split seed everywhere)
     default = rlptune.resolve_config(overrides={**settings, "data": {**settings["data"], "split_seed": 1}})

@@ -94,18 +94,45 @@ def test_a_registering_module_is_recorded_with_its_folder_and_only_when_importab
     assert "__main__" not in registry.plugin_modules()
 
 
-def test_an_outside_method_trains_in_every_worker_of_run_jobs_2(method_plugin, tiny_arch_path, micro_cache, tmp_path, capsys):
+def test_an_outside_method_trains_in_every_worker_of_run_jobs_2(
+    method_plugin, tiny_arch_path, micro_cache, tmp_path, capsys
+):
     module, method = method_plugin
     results = tmp_path / "res"
-    code = main(["--plugin", module, "run", "few-shot", "--datasets", "micro-colors", "--methods", method, "--seeds", "1",
-                 "2", "--shots", "1", "--backbone", str(tiny_arch_path), "--epochs", "1", "--aug-views", "0",
-                 "--jobs", "2", "--results", str(results)])
+    code = main(
+        [
+            "--plugin",
+            module,
+            "run",
+            "few-shot",
+            "--datasets",
+            "micro-colors",
+            "--methods",
+            method,
+            "--seeds",
+            "1",
+            "2",
+            "--shots",
+            "1",
+            "--backbone",
+            str(tiny_arch_path),
+            "--epochs",
+            "1",
+            "--aug-views",
+            "0",
+            "--jobs",
+            "2",
+            "--results",
+            str(results),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert _methods_of(results) == [method, method]
 
 
-def test_without_its_plugins_a_worker_cannot_resolve_the_outside_method(method_plugin, clean_registry, tiny_arch_path,
-                                                                         micro_cache, tmp_path):
+def test_without_its_plugins_a_worker_cannot_resolve_the_outside_method(
+    method_plugin, clean_registry, tiny_arch_path, micro_cache, tmp_path
+):
     """The control: the same sweep with nothing carried fails in every worker as it did before plug-ins crossed."""
     module, method = method_plugin
     importlib.import_module(module)  # registered in this process only
@@ -119,8 +146,13 @@ def test_without_its_plugins_a_worker_cannot_resolve_the_outside_method(method_p
 def local_ray():
     ray = pytest.importorskip("ray")
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 object_store_memory=100 * 2**20)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            object_store_memory=100 * 2**20,
+        )
     except Exception as exc:  # no shared memory, no free ports ...
         pytest.skip(f"Ray cannot start on this machine: {exc}")
     yield ray
@@ -130,8 +162,12 @@ def local_ray():
 def test_an_outside_method_trains_in_ray_workers(method_plugin, local_ray, tiny_arch_path, micro_cache, tmp_path):
     module, method = method_plugin
     importlib.import_module(module)  # registered here; recorded, and carried with its folder to Ray's workers
-    rows = run_sweep(_specs(method, tiny_arch_path), tmp_path / "res", log=lambda m: None,
-                     executor=ExecutorSettings(kind="ray", cpus_per_run=1))
+    rows = run_sweep(
+        _specs(method, tiny_arch_path),
+        tmp_path / "res",
+        log=lambda m: None,
+        executor=ExecutorSettings(kind="ray", cpus_per_run=1),
+    )
     assert [r["method"] for r in rows] == [method, method]
 
 
@@ -139,8 +175,14 @@ def test_an_outside_method_trains_in_submitit_jobs(method_plugin, tiny_arch_path
     pytest.importorskip("submitit")
     module, method = method_plugin
     importlib.import_module(module)
-    settings = ExecutorSettings(kind="slurm", slurm_cluster="local", jobs=2, cpus_per_run=1, slurm_time_min=10,
-                                slurm_logs=str(tmp_path / "submitit"))
+    settings = ExecutorSettings(
+        kind="slurm",
+        slurm_cluster="local",
+        jobs=2,
+        cpus_per_run=1,
+        slurm_time_min=10,
+        slurm_logs=str(tmp_path / "submitit"),
+    )
     rows = run_sweep(_specs(method, tiny_arch_path), tmp_path / "res", log=lambda m: None, executor=settings)
     assert [r["method"] for r in rows] == [method, method]
 
@@ -157,14 +199,20 @@ def _fake_distribution(folder: Path, entry_points: dict[str, str], modules: dict
 
 
 def test_an_entry_point_plugin_is_loaded_by_the_command_line(clean_registry, tmp_path, capsys):
-    _fake_distribution(tmp_path, {"toy": "toy_ep_protocol"}, {"toy_ep_protocol": '''
+    _fake_distribution(
+        tmp_path,
+        {"toy": "toy_ep_protocol"},
+        {
+            "toy_ep_protocol": """
         import rlptune
 
         class Tiny(rlptune.Protocol):
             name = "toy-ep-protocol"
 
         rlptune.register_protocol(Tiny())
-    '''})
+    """
+        },
+    )
     clean_registry.syspath_prepend(str(tmp_path))
     clean_registry.setattr(registry, "_startup_loaded", False)  # a new process: start-up plug-ins not loaded yet
     with pytest.raises(SystemExit) as exit_:
@@ -180,12 +228,16 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(clean_registry, 
     clean_registry.setattr(registry, "_startup_loaded", False)
     assert main(["methods"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("rlptune: error: plug-in module 'toy_ep_broken' (entry point 'broken' of toy-rlptune-plugin in group "
-                   "rlptune.plugins) cannot be imported: ZeroDivisionError: division by zero")
+    assert err == (
+        "rlptune: error: plug-in module 'toy_ep_broken' (entry point 'broken' of toy-rlptune-plugin in group "
+        "rlptune.plugins) cannot be imported: ZeroDivisionError: division by zero"
+    )
     (tmp_path / "toy_rlptune_plugin-0.1.dist-info" / "entry_points.txt").unlink()
     assert main(["--plugin", "toy_no_such_plugin", "methods"]) == 2
-    assert capsys.readouterr().err.strip() == ("rlptune: error: plug-in module 'toy_no_such_plugin' (--plugin) cannot be "
-                                               "imported: ModuleNotFoundError: No module named 'toy_no_such_plugin'")
+    assert capsys.readouterr().err.strip() == (
+        "rlptune: error: plug-in module 'toy_no_such_plugin' (--plugin) cannot be "
+        "imported: ModuleNotFoundError: No module named 'toy_no_such_plugin'"
+    )
     clean_registry.setenv(registry.PLUGINS_ENV, "toy_env_missing")
     clean_registry.setattr(registry, "_startup_loaded", False)
     assert main(["methods"]) == 2
@@ -194,5 +246,7 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(clean_registry, 
     clean_registry.delenv(registry.PLUGINS_ENV)
     clean_registry.setattr(registry, "_startup_loaded", False)
     outcome = run_task(lambda payload: "ok", Task("k", "t", None), plugins=registry.PluginSet(("toy_gone",)))
-    assert outcome.error == ("plug-in module 'toy_gone' (a plug-in of the sweep's process) cannot be imported: "
-                             "ModuleNotFoundError: No module named 'toy_gone'")
+    assert outcome.error == (
+        "plug-in module 'toy_gone' (a plug-in of the sweep's process) cannot be imported: "
+        "ModuleNotFoundError: No module named 'toy_gone'"
+    )

@@ -58,8 +58,14 @@ def _settings(colour_folder, tmp_path, **sections) -> dict:
     out = {
         "method": {"name": "rlp"},
         "data": {"dataset": "folder", "root": str(colour_folder), "shots": 2},
-        "train": {"epochs": 1, "batch_size": 4, "aug_views": 1, "val_every": 0, "cache_dir": str(tmp_path / "cache"),
-                  "log_diagnostics": False},
+        "train": {
+            "epochs": 1,
+            "batch_size": 4,
+            "aug_views": 1,
+            "val_every": 0,
+            "cache_dir": str(tmp_path / "cache"),
+            "log_diagnostics": False,
+        },
     }
     for section, values in sections.items():
         out.setdefault(section, {}).update(values)
@@ -67,6 +73,7 @@ def _settings(colour_folder, tmp_path, **sections) -> dict:
 
 
 # -- the resolver --------------------------------------------------------------------------------------------------
+
 
 def test_auto_on_cuda_is_the_methods_official_precision(machine):
     machine(cuda=True)
@@ -79,7 +86,12 @@ def test_auto_on_cuda_is_the_methods_official_precision(machine):
 
 
 def test_auto_on_a_cpu_is_bf16_only_when_native_and_cleared(machine):
-    for native, cleared, expected in ((False, False, "fp32"), (True, False, "fp32"), (False, True, "fp32"), (True, True, "bf16")):
+    for native, cleared, expected in (
+        (False, False, "fp32"),
+        (True, False, "fp32"),
+        (False, True, "fp32"),
+        (True, True, "bf16"),
+    ):
         machine(native_bf16=native, cleared=cleared)
         assert P.resolve_precision("auto", "auto", "coop") == expected, (native, cleared)
         assert P.resolve_precision("auto", "cpu", "clip_lora") == expected, (native, cleared)
@@ -123,7 +135,9 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     native=st.booleans(),
     cleared=st.booleans(),
 )
-def test_resolution_is_concrete_idempotent_and_never_half_where_not_allowed(precision, device, method, cuda, native, cleared):
+def test_resolution_is_concrete_idempotent_and_never_half_where_not_allowed(
+    precision, device, method, cuda, native, cleared
+):
     """Whatever the machine: a concrete precision; an explicit one kept; resolving twice changes nothing; fp16 only
     when asked or on CUDA; bf16 from auto only on CUDA or on a native-bf16 CPU with bf16 cleared."""
     with pytest.MonkeyPatch.context() as mp:
@@ -152,6 +166,7 @@ SPELLINGS = (*P.SETTINGS, "FP32", " fp32", "auto ", "Auto", "fp64", "half", "bfl
 @given(value=st.sampled_from(SPELLINGS))
 def test_a_precision_is_accepted_everywhere_or_refused_everywhere(value, tiny_arch_path):
     """The settings (YAML / --set), ``load_backbone`` and the resolver agree on which spellings exist."""
+
     def outcome(call):
         try:
             call()
@@ -170,6 +185,7 @@ def test_a_precision_is_accepted_everywhere_or_refused_everywhere(value, tiny_ar
 
 # -- runs record the resolved value --------------------------------------------------------------------------------
 
+
 def test_default_is_auto_and_a_cpu_run_keeps_the_fp32_hash(machine, colour_folder, tmp_path):
     """auto is the default; on a CPU without cleared bf16 it resolves to fp32, so the settings hash and a sweep's
     run folder are exactly those of the explicit fp32 that used to be the default (old runs stay valid)."""
@@ -180,7 +196,9 @@ def test_default_is_auto_and_a_cpu_run_keeps_the_fp32_hash(machine, colour_folde
     assert P.settle_run_precision(auto) == "fp32"
     assert settings_hash(auto.to_dict()) == settings_hash(explicit.to_dict())
     spec = dict(protocol="few-shot", dataset="folder", method="coop", seed=1, data_root=str(colour_folder))
-    assert spec_settings_hash(RunSpec(**spec)) == spec_settings_hash(RunSpec(**spec, overrides={"backbone": {"precision": "fp32"}}))
+    assert spec_settings_hash(RunSpec(**spec)) == spec_settings_hash(
+        RunSpec(**spec, overrides={"backbone": {"precision": "fp32"}})
+    )
 
 
 def test_run_records_the_resolved_precision_everywhere(machine, tiny, colour_folder, tmp_path):
@@ -215,7 +233,9 @@ def test_explicit_fp32_configs_still_load_and_mean_fp32(machine, tiny, colour_fo
     assert P.resolve_precision("fp32", "auto", "coop") == "fp32"
 
 
-def test_explicit_choices_win_over_auto_and_views_share_the_weights(machine, tiny, tiny_arch_path, colour_folder, tmp_path):
+def test_explicit_choices_win_over_auto_and_views_share_the_weights(
+    machine, tiny, tiny_arch_path, colour_folder, tmp_path
+):
     machine(native_bf16=True, cleared=True)
     config = resolve_config(None, _settings(colour_folder, tmp_path))
     view = resolve_backbone(config, tiny)  # settings auto + backbone loaded with auto: resolved for the method
@@ -239,7 +259,9 @@ def test_a_precision_view_leaves_injected_adapters_trainable(tiny):
 
 def test_fp16_trains_with_a_gradient_scaler_that_scales(tiny, colour_folder, tmp_path):
     train_settings = {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "lr": 0.05}
-    config = resolve_config(None, _settings(colour_folder, tmp_path, backbone={"precision": "fp16"}, train=train_settings))
+    config = resolve_config(
+        None, _settings(colour_folder, tmp_path, backbone={"precision": "fp16"}, train=train_settings)
+    )
     train(config, tmp_path / "run", backbone=tiny, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["grad_scale"] > 1 for r in records)  # the loss is scaled (starting at 2**16, halved on overflow) ...
@@ -250,6 +272,7 @@ def test_fp16_trains_with_a_gradient_scaler_that_scales(tiny, colour_folder, tmp
 
 
 # -- caches and adapters -------------------------------------------------------------------------------------------
+
 
 def test_features_cached_under_one_precision_are_never_read_under_another(tiny, colour_folder, tmp_path):
     splits = load_dataset("folder", colour_folder)
@@ -285,11 +308,17 @@ def test_bad_precisions_are_one_line_errors(tiny, colour_folder, tmp_path, capsy
     adapter = tmp_path / "run" / "adapter"
     code = main(["predict", str(adapter), str(colour_folder / "test"), "--precision", "half", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "rlptune: error: --precision 'half' is not supported: expected auto" in err
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and "rlptune: error: --precision 'half' is not supported: expected auto" in err
+    )
     code = main(["eval", str(adapter), "--data-root", str(colour_folder), "--precision", "fp64", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "rlptune: error: --precision 'fp64' is not supported" in err
-    with pytest.raises(RlptuneError, match=r"^backbone precision 'FP32' is not supported: expected auto, fp32, bf16, fp16$"):
+    with pytest.raises(
+        RlptuneError, match=r"^backbone precision 'FP32' is not supported: expected auto, fp32, bf16, fp16$"
+    ):
         load_backbone("micro", precision="FP32")
     payload = json.loads((adapter / ADAPTER_CONFIG).read_text())
     payload["backbone"]["precision"] = "fp64"
@@ -325,8 +354,15 @@ def test_the_reliability_catalogue_lists_these_cases():
 def test_rlptune_cpu_bf16_0_keeps_auto_at_fp32_on_a_bf16_cpu(monkeypatch):
     """The documented way to keep fp32 where auto would pick bf16 (the suite itself runs with it)."""
     try:
-        for value, expected in (("0", False), ("1", P.cpuinfo_has_bf16(Path("/proc/cpuinfo").read_text())
-                                              if Path("/proc/cpuinfo").is_file() else P.cpu_native_bf16())):
+        for value, expected in (
+            ("0", False),
+            (
+                "1",
+                P.cpuinfo_has_bf16(Path("/proc/cpuinfo").read_text())
+                if Path("/proc/cpuinfo").is_file()
+                else P.cpu_native_bf16(),
+            ),
+        ):
             monkeypatch.setenv("RLPTUNE_CPU_BF16", value)
             P.cpu_native_bf16.cache_clear()
             assert P.cpu_native_bf16() is expected
@@ -345,8 +381,15 @@ def test_demo_and_study_pin_fp32_whatever_the_cpu(monkeypatch, tmp_path):
 
     monkeypatch.setattr(P, "cpu_native_bf16", lambda: True)
     assert P.resolve_precision("auto", "cpu", "coop") == "bf16"  # auto would pick bf16 here
-    specs = make_specs("base2new", ["micro2-shapes"], ["coop"], [1], [16], backbone="micro-v2",
-                       base_overrides={"train": dict(demo.DEMO_TRAIN), "backbone": dict(demo.DEMO_BACKBONE_SETTINGS)})
+    specs = make_specs(
+        "base2new",
+        ["micro2-shapes"],
+        ["coop"],
+        [1],
+        [16],
+        backbone="micro-v2",
+        base_overrides={"train": dict(demo.DEMO_TRAIN), "backbone": dict(demo.DEMO_BACKBONE_SETTINGS)},
+    )
     assert all(s.overrides["backbone"]["precision"] == "fp32" for s in specs)
     source = Path(study_plan.__file__).read_text(encoding="utf-8")
     assert 'base_overrides={"backbone": {"precision": "fp32"}' in source

@@ -106,7 +106,8 @@ def test_skip_csv_lists_every_image_in_order_with_an_error_column(adapter, folde
     for row in rows:
         if not row["error"]:
             assert {k: v for k, v in row.items() if k not in ("path", "error")} == {
-                k: v for k, v in expected[Path(row["path"]).name].items() if k != "path"}
+                k: v for k, v in expected[Path(row["path"]).name].items() if k != "path"
+            }
 
 
 def test_api_skip_keeps_order_across_batches_even_when_a_whole_batch_is_broken(adapter, folders, backbone):

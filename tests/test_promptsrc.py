@@ -99,7 +99,9 @@ def test_gpa_weights_match_the_official_formula(epochs, mean, std):
 
 
 def test_gpa_weights_that_vanish_are_one_clear_error():
-    with pytest.raises(RlptuneError, match="gpa_mean 1e\\+06 / gpa_std 1: the Gaussian weights of epochs 1..5 are all 0"):
+    with pytest.raises(
+        RlptuneError, match="gpa_mean 1e\\+06 / gpa_std 1: the Gaussian weights of epochs 1..5 are all 0"
+    ):
         gpa_weights(5, 1e6, 1)
 
 
@@ -144,7 +146,15 @@ def test_loss_weights_scale_their_terms(vit):
     batch = Batch(labels=torch.tensor([1, 0]), images=images)
     logs = {}
     for factor in (1.0, 2.0):
-        method = _build(vit, {"n_templates": 2, "text_loss_weight": 3 * factor, "image_loss_weight": 5 * factor, "kl_loss_weight": 7 * factor})
+        method = _build(
+            vit,
+            {
+                "n_templates": 2,
+                "text_loss_weight": 3 * factor,
+                "image_loss_weight": 5 * factor,
+                "kl_loss_weight": 7 * factor,
+            },
+        )
         _perturb(method)
         logs[factor] = method.training_step(batch).logs
     for key in ("loss_text", "loss_image", "loss_kl"):
@@ -210,7 +220,9 @@ def test_aggregation_is_the_gaussian_weighted_sum_of_the_merged_prompts(vit, kin
     assert tuple(state["prompts.text"].shape) == (2, 4, vit.text.width)
     assert tuple(state["prompts.vision"].shape) == (2, 2, vit.vision.width)
     if kind == "full":  # the parameters take the aggregate too, as the official load_state_dict does
-        assert torch.allclose(method.text_prompt.ctx, expected["text"][0]) and torch.allclose(method.vision_prompt.ctx, expected["vision"])
+        assert torch.allclose(method.text_prompt.ctx, expected["text"][0]) and torch.allclose(
+            method.vision_prompt.ctx, expected["vision"]
+        )
     # a fresh method loading that adapter scores exactly as the aggregated one
     fresh = _build(vit, {"gpa_mean": 2, "gpa_std": 1}, prompt={"kind": kind, "rank": 1})
     fresh.load_adapter_state(state)
@@ -273,7 +285,10 @@ def test_vit_b16_parameter_counts_match_the_official_build(vit_b16):
     VPT_shallow (4x768) = 9*4*512 + 9*4*768 = 18,432 + 27,648 = 46,080. RLP r=1: 9*(4+512) + 9*(4+768) = 11,592."""
     full = build_method(_config(), vit_b16, NAMES)
     assert full.num_trainable() == 46_080
-    assert full.parameter_formula() == "J_t·n·d + J_v·n_v·w = 18,432 + 27,648 = 46,080 (n=4, d=512, w=768, n_v=4, J_t=9, J_v=9)"
+    assert (
+        full.parameter_formula()
+        == "J_t·n·d + J_v·n_v·w = 18,432 + 27,648 = 46,080 (n=4, d=512, w=768, n_v=4, J_t=9, J_v=9)"
+    )
     shapes = sorted(tuple(p.shape) for p in full.parameters() if p.requires_grad)
     assert shapes == [(4, 512), (8, 4, 512), (9, 4, 768)]
     rlp = build_method(_config(prompt={"kind": "lowrank", "rank": 1}), vit_b16, NAMES)
@@ -282,7 +297,9 @@ def test_vit_b16_parameter_counts_match_the_official_build(vit_b16):
     rank4 = build_method(_config(prompt={"kind": "lowrank", "rank": 4}), vit_b16, NAMES)
     assert rank4.num_trainable() == 4 * 11_592
     # the official recipe alone (rlptune.recipes) builds the same thing
-    recipe = build_method(resolve_config(None, {"method": {"name": "promptsrc"}, "data": {"protocol": "base2new"}}), vit_b16, NAMES)
+    recipe = build_method(
+        resolve_config(None, {"method": {"name": "promptsrc"}, "data": {"protocol": "base2new"}}), vit_b16, NAMES
+    )
     assert recipe.num_trainable() == 46_080 and recipe.context_text == "a photo of a" and recipe.text.n_fixed == 0
 
 
@@ -297,8 +314,14 @@ def _run_config(colour_folder, cache, name, options=None, prompt=None):
             "prompt": prompt or {},
             "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0, "subsample": "base"},
             "train": {
-                "epochs": 8, "batch_size": 16, "optimizer": "adamw", "lr": 0.05, "warmup_epochs": 0, "aug_views": 0,
-                "cache_dir": str(cache), "log_diagnostics": False,
+                "epochs": 8,
+                "batch_size": 16,
+                "optimizer": "adamw",
+                "lr": 0.05,
+                "warmup_epochs": 0,
+                "aug_views": 0,
+                "cache_dir": str(cache),
+                "log_diagnostics": False,
             },
         },
     )
@@ -316,8 +339,15 @@ def zero_shot_top1(vit, colour_folder, tmp_path_factory):
 # on the 2 base classes; with the weights at 0 it reaches 79%, as IVLP does). Here they are live but lighter (0.3), so
 # the whole training path (every loss term, the epoch hooks, Gaussian aggregation, RLP) is what gets tested.
 TRAIN_OPTIONS = {
-    "text_depth": 2, "vision_depth": 4, "vision_ctx": 2, "gpa_mean": 7, "gpa_std": 1, "n_templates": 4,
-    "text_loss_weight": 0.3, "image_loss_weight": 0.3, "kl_loss_weight": 0.3,
+    "text_depth": 2,
+    "vision_depth": 4,
+    "vision_ctx": 2,
+    "gpa_mean": 7,
+    "gpa_std": 1,
+    "n_templates": 4,
+    "text_loss_weight": 0.3,
+    "image_loss_weight": 0.3,
+    "kl_loss_weight": 0.3,
 }
 
 
@@ -376,7 +406,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_aggregate(vit, colour_fold
     assert not (tmp_path / "stopped" / "adapter" / "rlptune_adapter.safetensors").exists()
     from safetensors import safe_open
 
-    (checkpoint,) = tmp_path.glob(".stopped.staging-*/checkpoint/last.safetensors")  # kept for --resume (rlptune.rundir)
+    (checkpoint,) = tmp_path.glob(
+        ".stopped.staging-*/checkpoint/last.safetensors"
+    )  # kept for --resume (rlptune.rundir)
     with safe_open(str(checkpoint), framework="pt") as handle:
         assert {"param.gpa_sum.text", "param.gpa_sum.vision"} <= set(handle.keys())
     messages = []

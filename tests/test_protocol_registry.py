@@ -24,6 +24,7 @@ from rlptune.sweeps.runner import make_specs
 
 # -- a protocol from outside the package: one file, one register call -------------------------------------------
 
+
 class FirstHalf(rlptune.Protocol):
     """Train on the first half of the classes and report its test accuracy, with base-to-new's recipe."""
 
@@ -77,8 +78,9 @@ def test_the_builtin_protocols_are_registered_objects_that_name_their_recipe_and
     assert "ImageNetV2" in get_protocol("domain-gen").default_targets("ImageNet")
     assert "ImageNet" not in get_protocol("cross-dataset").default_targets("ImageNet")
     # every spelling the tables accepted before is still read as the same protocol
-    assert [T.normalize_protocol(p) for p in ("Base-to-New", "b2n", "few_shot", "XD", "domain_generalization", "dg")] == [
-        "base2new", "base2new", "few-shot", "cross-dataset", "domain-gen", "domain-gen"]
+    assert [
+        T.normalize_protocol(p) for p in ("Base-to-New", "b2n", "few_shot", "XD", "domain_generalization", "dg")
+    ] == ["base2new", "base2new", "few-shot", "cross-dataset", "domain-gen", "domain-gen"]
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -128,14 +130,19 @@ def test_registering_something_that_is_not_a_protocol_is_one_line():
 
     with pytest.raises(rlptune.RlptuneError, match=r"^protocol name 'a/b': expected a non-empty name \(a folder name"):
         rlptune.register_protocol(Slashed())
-    with pytest.raises(rlptune.RlptuneError, match="^protocol 'loose': expected an instance of rlptune.Protocol; it "
-                                                   "lacks training_subset, evaluate, default_targets, recipe_key"):
+    with pytest.raises(
+        rlptune.RlptuneError,
+        match="^protocol 'loose': expected an instance of rlptune.Protocol; it "
+        "lacks training_subset, evaluate, default_targets, recipe_key",
+    ):
         rlptune.register_protocol(SimpleNamespace(name="loose"))
     assert "a/b" not in protocol_names() and "loose" not in protocol_names()
 
 
 def test_base2new_still_refuses_training_on_the_new_classes():
-    config = resolve_config(overrides={"method": {"name": "coop"}, "data": {"protocol": "base2new", "subsample": "new"}})
+    config = resolve_config(
+        overrides={"method": {"name": "coop"}, "data": {"protocol": "base2new", "subsample": "new"}}
+    )
     with pytest.raises(rlptune.RlptuneError, match="data.subsample=new contradicts data.protocol=base2new"):
         training_subset(config)
 
@@ -152,9 +159,29 @@ def test_an_outside_protocol_is_accepted_by_settings_recipes_and_the_command_lin
     assert T.normalize_protocol("TOY_HALF") == "toy-first-half"  # its alias, in results files
 
 
-def test_an_outside_protocol_trains_evaluates_and_tables_through_rlptune_run(tiny_arch_path, micro_cache, tmp_path, capsys):
-    args = ["run", "toy-first-half", "--datasets", "micro-shapes", "--methods", "rlp", "--seeds", "1", "--shots", "1",
-            "--backbone", str(tiny_arch_path), "--epochs", "1", "--aug-views", "0", "--results", str(tmp_path / "res")]
+def test_an_outside_protocol_trains_evaluates_and_tables_through_rlptune_run(
+    tiny_arch_path, micro_cache, tmp_path, capsys
+):
+    args = [
+        "run",
+        "toy-first-half",
+        "--datasets",
+        "micro-shapes",
+        "--methods",
+        "rlp",
+        "--seeds",
+        "1",
+        "--shots",
+        "1",
+        "--backbone",
+        str(tiny_arch_path),
+        "--epochs",
+        "1",
+        "--aug-views",
+        "0",
+        "--results",
+        str(tmp_path / "res"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     run_dir = next((tmp_path / "res" / "toy-first-half").rglob("result.json")).parent

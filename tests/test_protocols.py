@@ -21,7 +21,15 @@ def micro_cache(tmp_path_factory, monkeypatch):
 
 
 def test_base2new_runs_and_tables(tiny_arch_path, micro_cache, tmp_path):
-    specs = make_specs("base2new", ["micro-shapes"], ["zeroshot", "rlp"], [1, 2], [2], backbone=str(tiny_arch_path), base_overrides=TINY_TRAIN)
+    specs = make_specs(
+        "base2new",
+        ["micro-shapes"],
+        ["zeroshot", "rlp"],
+        [1, 2],
+        [2],
+        backbone=str(tiny_arch_path),
+        base_overrides=TINY_TRAIN,
+    )
     results = run_sweep(specs, tmp_path / "res", log=lambda m: None)
     assert len(results) == 4
     trained = [r for r in results if r["method"] == "rlp"]
@@ -35,8 +43,16 @@ def test_base2new_runs_and_tables(tiny_arch_path, micro_cache, tmp_path):
 
 
 def test_sweep_skips_finished_runs(tiny_arch_path, micro_cache, tmp_path):
-    specs = make_specs("few-shot", ["micro-colors"], ["rlp"], [1], [1], backbone=str(tiny_arch_path),
-                       grid=parse_grid(["prompt.rank=1,2"]), base_overrides=TINY_TRAIN)
+    specs = make_specs(
+        "few-shot",
+        ["micro-colors"],
+        ["rlp"],
+        [1],
+        [1],
+        backbone=str(tiny_arch_path),
+        grid=parse_grid(["prompt.rank=1,2"]),
+        base_overrides=TINY_TRAIN,
+    )
     assert [s.tag() for s in specs] == ["rlp__prompt.rank=1", "rlp__prompt.rank=2"]
     run_sweep(specs, tmp_path / "res", log=lambda m: None)
     stamp = [(s.run_dir(tmp_path / "res") / "result.json").stat().st_mtime_ns for s in specs]
@@ -48,10 +64,32 @@ def test_sweep_skips_finished_runs(tiny_arch_path, micro_cache, tmp_path):
     assert "prompt.rank=1" in markdown and "prompt.rank=2" in markdown
 
 
-@pytest.mark.parametrize("protocol,source,n_targets", [("cross-dataset", "micro-colors", 7), ("domain-gen", "micro-shapes", 3)])
+@pytest.mark.parametrize(
+    "protocol,source,n_targets", [("cross-dataset", "micro-colors", 7), ("domain-gen", "micro-shapes", 3)]
+)
 def test_transfer_protocols_via_cli(protocol, source, n_targets, tiny_arch_path, micro_cache, tmp_path, capsys):
-    code = main(["run", protocol, "--datasets", source, "--methods", "rlp", "--seeds", "1", "--shots", "1",
-                 "--backbone", str(tiny_arch_path), "--epochs", "1", "--aug-views", "0", "--results", str(tmp_path / "res")])
+    code = main(
+        [
+            "run",
+            protocol,
+            "--datasets",
+            source,
+            "--methods",
+            "rlp",
+            "--seeds",
+            "1",
+            "--shots",
+            "1",
+            "--backbone",
+            str(tiny_arch_path),
+            "--epochs",
+            "1",
+            "--aug-views",
+            "0",
+            "--results",
+            str(tmp_path / "res"),
+        ]
+    )
     assert code == 0
     result = json.loads(next((tmp_path / "res").rglob("result.json")).read_text())
     assert len(result["targets"]) == n_targets
@@ -61,8 +99,16 @@ def test_transfer_protocols_via_cli(protocol, source, n_targets, tiny_arch_path,
 
 def test_parallel_sweep_and_analyze(tiny_arch_path, micro_cache, tmp_path, capsys):
     """Two worker processes share the sweep; `rlptune analyze` then tabulates ID_k against new-class accuracy."""
-    specs = make_specs("base2new", ["micro-colors"], ["rlp"], [1, 2], [1], backbone=str(tiny_arch_path),
-                       grid=parse_grid(["prompt.rank=1,2"]), base_overrides=TINY_TRAIN)
+    specs = make_specs(
+        "base2new",
+        ["micro-colors"],
+        ["rlp"],
+        [1, 2],
+        [1],
+        backbone=str(tiny_arch_path),
+        grid=parse_grid(["prompt.rank=1,2"]),
+        base_overrides=TINY_TRAIN,
+    )
     results = run_sweep(specs, tmp_path / "res", jobs=2, log=lambda m: None)
     assert len(results) == 4 and all("new" in r["metrics"] for r in results)
     run_dirs = [str(s.run_dir(tmp_path / "res")) for s in specs]

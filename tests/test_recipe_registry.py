@@ -33,7 +33,9 @@ OWN_RECIPE = rlptune.Recipe(
     "toy_own_recipe_coop",
     "a toy recipe",
     (
-        recipes.Rule((recipes.Setting("train.epochs", 7, "mine:README"), recipes.Setting("train.lr", 0.01, "mine:README"))),
+        recipes.Rule(
+            (recipes.Setting("train.epochs", 7, "mine:README"), recipes.Setting("train.lr", 0.01, "mine:README"))
+        ),
         recipes.Rule((recipes.Setting("train.epochs", 3, "mine:README"),), protocols=("base2new",)),
     ),
 )
@@ -57,8 +59,9 @@ def _resolved(method: str, **data):
 
 
 @pytest.mark.parametrize("method", ["toy_inheriting_coop", "toy_grandchild_coop"])
-@pytest.mark.parametrize("shots, protocol, epochs", [(16, "few-shot", 200), (1, "few-shot", 50), (4, "few-shot", 100),
-                                                     (16, "base2new", 200)])
+@pytest.mark.parametrize(
+    "shots, protocol, epochs", [(16, "few-shot", 200), (1, "few-shot", 50), (4, "few-shot", 100), (16, "base2new", 200)]
+)
 def test_a_coop_subclass_inherits_coops_recipe(method, shots, protocol, epochs):
     ours = _resolved(method, shots=shots, protocol=protocol)
     coop = _resolved("coop", shots=shots, protocol=protocol)

@@ -24,8 +24,20 @@ from rlptune.recipe_listing import methods_table
 from rlptune.errors import RlptuneError
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("zeroshot", "linear_probe", "coop", "rlp", "cocoop", "kgcoop", "deep_text", "deep_vision", "ivlp", "maple",
-           "promptsrc", "clip_lora")
+METHODS = (
+    "zeroshot",
+    "linear_probe",
+    "coop",
+    "rlp",
+    "cocoop",
+    "kgcoop",
+    "deep_text",
+    "deep_vision",
+    "ivlp",
+    "maple",
+    "promptsrc",
+    "clip_lora",
+)
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "domain-gen")
 SHOTS = (1, 2, 4, 8, 16)
 DATASETS = (None, "ImageNet", "DescribableTextures", "EuroSAT", "OxfordPets", "StanfordCars", "Food101", "micro-shapes")
@@ -34,8 +46,17 @@ TRANSFER = ("cross-dataset", "domain-gen")
 # Dassl configs: OPTIM.NAME sgd, LR_SCHEDULER cosine, WARMUP_EPOCH 1, WARMUP_CONS_LR 1e-5; defaults.py momentum 0.9,
 # weight decay 5e-4, RRCROP_SCALE (0.08, 1.0); CosineAnnealingLR without eta_min; stepped once per epoch.
 DASSL_TRAIN = {
-    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0005, "scheduler": "cosine", "warmup_epochs": 1,
-    "warmup_lr": 1e-05, "min_lr": 0.0, "schedule_unit": "epoch", "iterations": 0, "crop_scale": 0.08, "flip": True,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "scheduler": "cosine",
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-05,
+    "min_lr": 0.0,
+    "schedule_unit": "epoch",
+    "iterations": 0,
+    "crop_scale": 0.08,
+    "flip": True,
 }
 
 
@@ -50,7 +71,10 @@ BASE = {
         "train": {"epochs": 0},
     },
     # CoOp lpclip/linear_probe.py: LogisticRegression(max_iter=1000)
-    "linear_probe": {"method": {"name": "linear_probe", "options": {"max_iter": 1000}}, "train": {"epochs": 1, "warmup_epochs": 0}},
+    "linear_probe": {
+        "method": {"name": "linear_probe", "options": {"max_iter": 1000}},
+        "train": {"epochs": 1, "warmup_epochs": 0},
+    },
     # CoOp configs/trainers/CoOp/vit_b16*.yaml, COOP.md (M=16, end, unified context)
     "coop": {
         "method": _method("coop"),
@@ -60,8 +84,17 @@ BASE = {
     # CoOp's recipe + rlptune's RLP prompt (docs/RLP.md: ctx 'a photo of a', rank 1, dropout 0.1, A ~ N(0,1), B = 0)
     "rlp": {
         "method": _method("rlp"),
-        "prompt": {"kind": "lowrank", "init_std": 0.02, "n_ctx": 4, "ctx_init": "a photo of a", "rank": 1,
-                   "dropout": 0.1, "a_std": 1.0, "b_std": 0.0, "alpha": None},
+        "prompt": {
+            "kind": "lowrank",
+            "init_std": 0.02,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "rank": 1,
+            "dropout": 0.1,
+            "a_std": 1.0,
+            "b_std": 0.0,
+            "alpha": None,
+        },
         "train": {**DASSL_TRAIN, "lr": 0.002, "batch_size": 32, "epochs": 200},
     },
     # CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml; trainers/cocoop.py vis_dim // 16
@@ -78,20 +111,32 @@ BASE = {
     },
     # multimodal-prompt-learning configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml
     "deep_text": {
-        "method": _method("deep_text", options={"text_depth": 12, "vision_depth": 0, "vision_ctx": 0, "deep_init_std": 0.02}),
+        "method": _method(
+            "deep_text", options={"text_depth": 12, "vision_depth": 0, "vision_ctx": 0, "deep_init_std": 0.02}
+        ),
         "prompt": {"kind": "full", "init_std": 0.02, "n_ctx": 4, "ctx_init": "a photo of a"},
         "train": {**DASSL_TRAIN, "lr": 0.0025, "batch_size": 4, "epochs": 5},
     },
     # configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (N_CTX_VISION 8, depth 12); trainers/vpt.py "a photo of a {}."
     "deep_vision": {
-        "method": _method("deep_vision", options={"vision_ctx": 8, "vision_depth": 12, "text_depth": 0,
-                                                  "deep_init_std": 0.02, "template": "a photo of a {}."}),
+        "method": _method(
+            "deep_vision",
+            options={
+                "vision_ctx": 8,
+                "vision_depth": 12,
+                "text_depth": 0,
+                "deep_init_std": 0.02,
+                "template": "a photo of a {}.",
+            },
+        ),
         "prompt": {"kind": "full", "init_std": 0.02},
         "train": {**DASSL_TRAIN, "lr": 0.0025, "batch_size": 4, "epochs": 5},
     },
     # configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml (depth 12 + 12, 2 + 2 tokens, lr 0.0035)
     "ivlp": {
-        "method": _method("ivlp", options={"text_depth": 12, "vision_depth": 12, "vision_ctx": 2, "deep_init_std": 0.02}),
+        "method": _method(
+            "ivlp", options={"text_depth": 12, "vision_depth": 12, "vision_ctx": 2, "deep_init_std": 0.02}
+        ),
         "prompt": {"kind": "full", "init_std": 0.02, "n_ctx": 2, "ctx_init": "a photo of a"},
         "train": {**DASSL_TRAIN, "lr": 0.0035, "batch_size": 4, "epochs": 5},
     },
@@ -104,28 +149,63 @@ BASE = {
     # PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml; trainers/promptsrc.py (KL weight 1,
     # 60 templates)
     "promptsrc": {
-        "method": _method("promptsrc", options={
-            "text_ctx": 4, "vision_ctx": 4, "text_depth": 9, "vision_depth": 9, "text_loss_weight": 25.0,
-            "image_loss_weight": 10.0, "kl_loss_weight": 1.0, "gpa_mean": 15.0, "gpa_std": 1.0, "n_templates": 60,
-            "deep_init_std": 0.02}),
+        "method": _method(
+            "promptsrc",
+            options={
+                "text_ctx": 4,
+                "vision_ctx": 4,
+                "text_depth": 9,
+                "vision_depth": 9,
+                "text_loss_weight": 25.0,
+                "image_loss_weight": 10.0,
+                "kl_loss_weight": 1.0,
+                "gpa_mean": 15.0,
+                "gpa_std": 1.0,
+                "n_templates": 60,
+                "deep_init_std": 0.02,
+            },
+        ),
         "prompt": {"kind": "full", "init_std": 0.02, "n_ctx": 4, "ctx_init": "a photo of a"},
         "train": {**DASSL_TRAIN, "lr": 0.0025, "batch_size": 4, "epochs": 20},
     },
     # CLIP-LoRA run_utils.py / lora.py / main.py / datasets/*.py
     "clip_lora": {
-        "method": {"name": "clip_lora", "options": {"r": 2, "alpha": 1.0, "rslora": True, "dropout": 0.25, "targets": ["q", "k", "v"],
-                                                    "towers": "both", "template": "a photo of a {}."}},
-        "train": {"optimizer": "adamw", "lr": 0.0002, "weight_decay": 0.01, "batch_size": 32, "iterations": 8000,
-                  "scheduler": "cosine", "schedule_unit": "step", "min_lr": 1e-06, "warmup_epochs": 0,
-                  "crop_scale": 0.08, "flip": True},
+        "method": {
+            "name": "clip_lora",
+            "options": {
+                "r": 2,
+                "alpha": 1.0,
+                "rslora": True,
+                "dropout": 0.25,
+                "targets": ["q", "k", "v"],
+                "towers": "both",
+                "template": "a photo of a {}.",
+            },
+        },
+        "train": {
+            "optimizer": "adamw",
+            "lr": 0.0002,
+            "weight_decay": 0.01,
+            "batch_size": 32,
+            "iterations": 8000,
+            "scheduler": "cosine",
+            "schedule_unit": "step",
+            "min_lr": 1e-06,
+            "warmup_epochs": 0,
+            "crop_scale": 0.08,
+            "flip": True,
+        },
     },
 }
 
 COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}  # COOP.md: rn50_ep50 / rn50_ep100 / rn50 per shot count
 KGCOOP_TEMPLATE = {  # KgCoOp trainers/kgcoop.py CUSTOM_TEMPLATES
-    "ImageNet": "a photo of a {}.", "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.", "OxfordPets": "a photo of a {}, a type of pet.",
-    "StanfordCars": "a photo of a {}.", "Food101": "a photo of {}, a type of food.",
+    "ImageNet": "a photo of a {}.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
 }
 PROMPTSRC_GPA_45_5 = ("StanfordCars", "OxfordFlowers", "FGVCAircraft", "DescribableTextures", "EuroSAT")
 
@@ -146,7 +226,9 @@ def expected(method: str, protocol: str, shots: int, dataset: str | None) -> dic
     if method == "promptsrc":
         if protocol == "few-shot":  # vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml
             train["epochs"] = 50
-            options.update(gpa_mean=45.0, gpa_std=5.0) if dataset in PROMPTSRC_GPA_45_5 else options.update(gpa_mean=30.0, gpa_std=30.0)
+            options.update(gpa_mean=45.0, gpa_std=5.0) if dataset in PROMPTSRC_GPA_45_5 else options.update(
+                gpa_mean=30.0, gpa_std=30.0
+            )
         if protocol in TRANSFER:  # vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml
             options.update(text_depth=3, vision_depth=3, gpa_mean=6.0, gpa_std=10.0)
     if method == "clip_lora":
@@ -222,7 +304,10 @@ def test_every_key_is_a_runconfig_field_or_a_method_option_and_the_config_accept
                         if section == "method" and key == "options":
                             assert set(value) <= option_names, (method, set(value) - option_names)
                         elif section == "method" and key in rc.FORMER_METHOD_FIELDS:  # read into method.options
-                            assert key in option_names or value == rc.FormerMethodSettings().__dict__[key], (method, key)
+                            assert key in option_names or value == rc.FormerMethodSettings().__dict__[key], (
+                                method,
+                                key,
+                            )
                         else:
                             assert key in sections[section], (method, f"{section}.{key}")
                 # the settings machinery takes every value with its type, and the options class validates them
@@ -278,17 +363,65 @@ def test_each_run_takes_its_schedule_from_the_one_config_its_official_script_use
         ("rlp", "cross-dataset", 16, "ImageNet"): cfg + "vit_b16_ep50_ctxv1.yaml",
         ("cocoop", "base2new", 16, None): "KaiyangZhou/CoOp:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
         ("kgcoop", "base2new", 16, None): "htyao89/KgCoOp:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml",
-        ("maple", "base2new", 16, None): "muzairkhattak/multimodal-prompt-learning:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-        ("maple", "domain-gen", 16, None): "muzairkhattak/multimodal-prompt-learning:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml",
-        ("ivlp", "few-shot", 4, None): "muzairkhattak/multimodal-prompt-learning:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
-        ("deep_text", "base2new", 16, None): "muzairkhattak/multimodal-prompt-learning:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml",
-        ("deep_vision", "base2new", 16, None): "muzairkhattak/multimodal-prompt-learning:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml",
-        ("promptsrc", "base2new", 16, None): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-        ("promptsrc", "few-shot", 2, "eurosat"): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
-        ("promptsrc", "cross-dataset", 16, None): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml",
+        (
+            "maple",
+            "base2new",
+            16,
+            None,
+        ): "muzairkhattak/multimodal-prompt-learning:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        (
+            "maple",
+            "domain-gen",
+            16,
+            None,
+        ): "muzairkhattak/multimodal-prompt-learning:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml",
+        (
+            "ivlp",
+            "few-shot",
+            4,
+            None,
+        ): "muzairkhattak/multimodal-prompt-learning:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        (
+            "deep_text",
+            "base2new",
+            16,
+            None,
+        ): "muzairkhattak/multimodal-prompt-learning:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml",
+        (
+            "deep_vision",
+            "base2new",
+            16,
+            None,
+        ): "muzairkhattak/multimodal-prompt-learning:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml",
+        (
+            "promptsrc",
+            "base2new",
+            16,
+            None,
+        ): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        (
+            "promptsrc",
+            "few-shot",
+            2,
+            "eurosat",
+        ): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
+        (
+            "promptsrc",
+            "cross-dataset",
+            16,
+            None,
+        ): "muzairkhattak/PromptSRC:configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml",
     }
-    keys = ("train.optimizer", "train.lr", "train.batch_size", "train.epochs", "train.scheduler", "train.warmup_epochs",
-            "train.warmup_lr", "train.flip")
+    keys = (
+        "train.optimizer",
+        "train.lr",
+        "train.batch_size",
+        "train.epochs",
+        "train.scheduler",
+        "train.warmup_epochs",
+        "train.warmup_lr",
+        "train.flip",
+    )
     for (method, protocol, shots, dataset), config in cases.items():
         src = recipes.sources(method, protocol, shots, dataset)
         assert {src[k] for k in keys} == {config}, (method, protocol, shots, dataset)
@@ -298,11 +431,15 @@ def test_each_run_takes_its_schedule_from_the_one_config_its_official_script_use
 
 
 def test_maple_transfer_and_promptsrc_sources_name_the_transfer_configs():
-    assert recipes.sources("maple", "cross-dataset")["train.lr"].endswith("MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml")
+    assert recipes.sources("maple", "cross-dataset")["train.lr"].endswith(
+        "MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml"
+    )
     assert recipes.sources("promptsrc", "domain-gen")["method.options.gpa_mean"].endswith(
-        "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml")
+        "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml"
+    )
     assert recipes.sources("promptsrc", "few-shot", 4, "eurosat")["method.options.gpa_std"].endswith(
-        "vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml")
+        "vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml"
+    )
     assert recipes.sources("clip_lora")["train.iterations"] == "MaxZanella/CLIP-LoRA:lora.py"
 
 
@@ -378,7 +515,12 @@ def test_schedule_and_augmentation_facts_are_documented():
     assert oracles.DASSL_SCHEDULE["WARMUP_RECOUNT"][0] is True
     assert oracles.LINEAR_PROBE_SEARCH["C grid"][0] == (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
     assert "drop_last = is_train and len(data_source) >= batch_size" in doc
-    assert set(oracles.DATA_LOADER) == {"Dassl train sampler", "Dassl drop_last", "Dassl evaluated model", "CLIP-LoRA loader"}
+    assert set(oracles.DATA_LOADER) == {
+        "Dassl train sampler",
+        "Dassl drop_last",
+        "Dassl evaluated model",
+        "CLIP-LoRA loader",
+    }
 
 
 def test_errors_name_what_is_wrong_in_one_line():

@@ -56,8 +56,16 @@ def _recorded_backbone_is_tiny(monkeypatch, tiny):
     monkeypatch.setattr(adapter_mod, "load_backbone", lambda spec, device="cpu", **kw: tiny)
 
 
-def make_adapter(folder: Path, backbone, method: str, options: dict | None = None, prompt: dict | None = None,
-                 seed: int = 0, classes=CLASSES, **method_settings) -> Path:
+def make_adapter(
+    folder: Path,
+    backbone,
+    method: str,
+    options: dict | None = None,
+    prompt: dict | None = None,
+    seed: int = 0,
+    classes=CLASSES,
+    **method_settings,
+) -> Path:
     """An adapter saved as training saves it, its tensors moved off their initialisation by seeded noise."""
     overrides = {"method": {"name": method, "options": options or {}, **method_settings}}
     if prompt:
@@ -128,13 +136,34 @@ def images(tmp_path_factory) -> Path:
 SIZED = {
     "rlp-rank": ("rlp", {}, None, ("settings", "prompt", "rank"), "settings.prompt.rank"),
     "coop-n-ctx": ("coop", {}, None, ("settings", "prompt", "n_ctx"), "settings.prompt.n_ctx"),
-    "cocoop-n-ctx": ("cocoop", {}, {"ctx_init": None, "n_ctx": 3}, ("settings", "prompt", "n_ctx"), "settings.prompt.n_ctx"),
-    "deep-vision-ctx": ("deep_vision", {"vision_depth": 2}, None, ("settings", "method", "options", "vision_ctx"),
-                        "settings.method.options.vision_ctx"),
-    "ivlp-rank": ("ivlp", {"text_depth": 2, "vision_depth": 2}, {"kind": "lowrank"}, ("settings", "prompt", "rank"),
-                  "settings.prompt.rank"),
-    "promptsrc-text-ctx": ("promptsrc", {"text_depth": 2, "vision_depth": 2}, {"ctx_init": None},
-                           ("settings", "method", "options", "text_ctx"), "settings.method.options.text_ctx"),
+    "cocoop-n-ctx": (
+        "cocoop",
+        {},
+        {"ctx_init": None, "n_ctx": 3},
+        ("settings", "prompt", "n_ctx"),
+        "settings.prompt.n_ctx",
+    ),
+    "deep-vision-ctx": (
+        "deep_vision",
+        {"vision_depth": 2},
+        None,
+        ("settings", "method", "options", "vision_ctx"),
+        "settings.method.options.vision_ctx",
+    ),
+    "ivlp-rank": (
+        "ivlp",
+        {"text_depth": 2, "vision_depth": 2},
+        {"kind": "lowrank"},
+        ("settings", "prompt", "rank"),
+        "settings.prompt.rank",
+    ),
+    "promptsrc-text-ctx": (
+        "promptsrc",
+        {"text_depth": 2, "vision_depth": 2},
+        {"ctx_init": None},
+        ("settings", "method", "options", "text_ctx"),
+        "settings.method.options.text_ctx",
+    ),
     "clip-lora-r": ("clip_lora", {}, None, ("settings", "method", "options", "r"), "settings.method.options.r"),
 }
 
@@ -168,8 +197,9 @@ def nothing_is_built(monkeypatch):
     monkeypatch.setattr(adapter_mod, "build_method", refuse)
 
 
-def test_a_huge_declared_rank_is_one_line_in_predict_and_from_pretrained(sized_adapters, tmp_path, images, capsys,
-                                                                          nothing_is_built):
+def test_a_huge_declared_rank_is_one_line_in_predict_and_from_pretrained(
+    sized_adapters, tmp_path, images, capsys, nothing_is_built
+):
     folder = shutil.copytree(sized_adapters["rlp-rank"], tmp_path / "rank")
     edit_config(folder, lambda p: p["settings"]["prompt"].update(rank=10**12))
     expected = f"{folder / CONFIG}: settings.prompt.rank must be <= 4096, got 1000000000000"  # the settings' bound
@@ -247,8 +277,11 @@ def test_consistent_adapters_of_every_sized_method_still_load(sized_adapters, ti
 
 # -- dtypes and logits ----------------------------------------------------------------------------------------------
 
+
 def test_an_int64_tensor_is_refused_not_converted(tiny, tmp_path):
-    folder = edit_tensors(make_adapter(tmp_path / "int", tiny, "rlp"), lambda t: {k: (v * 1000).long() for k, v in t.items()})
+    folder = edit_tensors(
+        make_adapter(tmp_path / "int", tiny, "rlp"), lambda t: {k: (v * 1000).long() for k, v in t.items()}
+    )
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
     assert one_line(info) == (
@@ -261,13 +294,18 @@ def test_a_float64_tensor_is_refused_with_the_expected_dtype(tiny, tmp_path):
     folder = edit_tensors(make_adapter(tmp_path / "f64", tiny, "rlp"), lambda t: {k: v.double() for k, v in t.items()})
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
-    assert one_line(info) == f"{folder / MODEL}: tensor 'prompt.A' is float64 (floating-point), expected float32 as rlptune writes it"
+    assert (
+        one_line(info)
+        == f"{folder / MODEL}: tensor 'prompt.A' is float64 (floating-point), expected float32 as rlptune writes it"
+    )
 
 
 def test_load_adapter_state_checks_dtypes_for_checkpoints_too(tiny):
     method = build_method(resolve_config(None, {"method": {"name": "rlp"}}), tiny, CLASSES, None)
     state = {k: v.to(torch.float16) for k, v in method.adapter_state().items()}
-    with pytest.raises(RlptuneError, match=r"^last.safetensors: tensor 'prompt.A' is float16 \(floating-point\), expected float32"):
+    with pytest.raises(
+        RlptuneError, match=r"^last.safetensors: tensor 'prompt.A' is float16 \(floating-point\), expected float32"
+    ):
         method.load_adapter_state(state, "last.safetensors")
 
 
@@ -289,7 +327,9 @@ def test_finite_tensors_whose_logits_are_not_finite_are_refused(name, tiny, tmp_
     with pytest.raises(RlptuneError) as info:
         load_adapter(folder)
     message = one_line(info)
-    assert message.startswith(f"{folder / MODEL}: the tensors are finite but the logits they give are not finite (NaN or inf")
+    assert message.startswith(
+        f"{folder / MODEL}: the tensors are finite but the logits they give are not finite (NaN or inf"
+    )
     assert message.endswith("the file is damaged or its training diverged")
 
 
@@ -298,7 +338,9 @@ def test_huge_finite_tensors_are_one_line_in_predict_and_eval(tiny, tmp_path, im
     fragment = f"{folder / MODEL}: the tensors are finite but the logits they give are not finite"
     code, out, err = run_cli(["predict", folder, images, "--no-progress", "--device", "cpu"], capsys)
     assert_cli_error(code, out, err, fragment)
-    code, out, err = run_cli(["eval", folder, "--dataset", "folder", "--data-root", colour_folder, "--device", "cpu"], capsys)
+    code, out, err = run_cli(
+        ["eval", folder, "--dataset", "folder", "--data-root", colour_folder, "--device", "cpu"], capsys
+    )
     assert_cli_error(code, out, err, fragment)
 
 
@@ -323,7 +365,9 @@ def test_the_servers_upload_of_huge_finite_tensors_is_a_json_4xx(tiny, tmp_path)
         tasks = [t["name"] for t in client.get("/v1/tasks").json()["tasks"]]
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        classified = client.post("/v1/classify", data={"task": "on-disk"}, files=[("image", ("a.png", buffer.getvalue(), "image/png"))])
+        classified = client.post(
+            "/v1/classify", data={"task": "on-disk"}, files=[("image", ("a.png", buffer.getvalue(), "image/png"))]
+        )
     for response in (uploaded, classified):
         assert 400 <= response.status_code < 500, (response.status_code, response.text)
         message = response.json()["error"]
@@ -332,6 +376,7 @@ def test_the_servers_upload_of_huge_finite_tensors_is_a_json_4xx(tiny, tmp_path)
 
 
 # -- Hugging Face: eos_token_id and the tokenizer fallback ---------------------------------------------------------
+
 
 def _hf():
     """tests/test_backbone_hf.py's tiny CLIPModel folders (transformers is optional: skip without it)."""
@@ -347,25 +392,62 @@ def test_an_unusable_eos_token_id_is_one_line(eos, shown, tmp_path, colour_folde
     config = json.loads((folder / "config.json").read_text())
     config["text_config"]["eos_token_id"] = eos
     (folder / "config.json").write_text(json.dumps(config))
-    expected = (f"backbone 'hf:{folder}': {folder / 'config.json'}: text_config.eos_token_id is {shown}, expected the id "
-                f"of the end-of-text token below the vocabulary size 49408 (49407 in OpenAI CLIP's), or 2 for the legacy "
-                f"pooling at the largest token id; transformers' CLIPTextModel cannot pool text without it")
+    expected = (
+        f"backbone 'hf:{folder}': {folder / 'config.json'}: text_config.eos_token_id is {shown}, expected the id "
+        f"of the end-of-text token below the vocabulary size 49408 (49407 in OpenAI CLIP's), or 2 for the legacy "
+        f"pooling at the largest token id; transformers' CLIPTextModel cannot pool text without it"
+    )
     with pytest.raises(RlptuneError) as info:
         load_backbone(f"hf:{folder}")
     assert one_line(info) == expected
     if eos is None:  # and through the command line
-        code, out, err = run_cli(["zeroshot", "--backbone", f"hf:{folder}", "--dataset", "folder", "--data-root",
-                                  colour_folder, "--device", "cpu"], capsys)
+        code, out, err = run_cli(
+            [
+                "zeroshot",
+                "--backbone",
+                f"hf:{folder}",
+                "--dataset",
+                "folder",
+                "--data-root",
+                colour_folder,
+                "--device",
+                "cpu",
+            ],
+            capsys,
+        )
         assert assert_cli_error(code, out, err) == f"rlptune: error: {expected}"
 
 
 #: odd strings: HTML entities, curly quotes, ligatures, full-width letters, final sigma, control and odd white
 #: space, special-token look-alikes, combining marks, digits of other scripts, emoji
 ODD_TEXTS = [
-    "AT&amp;T", "AT&T", "&lt;b&gt;bold&lt;/b&gt;", "HTML &#39;quote&#39;", "“curly” ‘quotes’", "ﬁsh and ﬂowers",
-    "ＦＵＬＬ-width ＡＢＣ", "ΟΔΟΣ", "Straße", "İstanbul", "café", "cafe\u0301", "  two  spaces\tand\ttabs\n",
-    "a\x1cb", "a\u00a0b", "a\x85b", "line\u2028break", "don't STOP", "x<|endoftext|>y", "<end_of_text>",
-    "ǅemal", "½ cup", "١٢٣ ٤", "emoji 🐱 cat", "zero\u200bwidth", "mojibake Ã©", "golden retriever",
+    "AT&amp;T",
+    "AT&T",
+    "&lt;b&gt;bold&lt;/b&gt;",
+    "HTML &#39;quote&#39;",
+    "“curly” ‘quotes’",
+    "ﬁsh and ﬂowers",
+    "ＦＵＬＬ-width ＡＢＣ",
+    "ΟΔΟΣ",
+    "Straße",
+    "İstanbul",
+    "café",
+    "cafe\u0301",
+    "  two  spaces\tand\ttabs\n",
+    "a\x1cb",
+    "a\u00a0b",
+    "a\x85b",
+    "line\u2028break",
+    "don't STOP",
+    "x<|endoftext|>y",
+    "<end_of_text>",
+    "ǅemal",
+    "½ cup",
+    "١٢٣ ٤",
+    "emoji 🐱 cat",
+    "zero\u200bwidth",
+    "mojibake Ã©",
+    "golden retriever",
 ]
 
 
@@ -397,14 +479,18 @@ def test_a_folder_without_tokenizer_files_gets_transformers_ids_for_odd_text(hf_
         assert bare.tokenizer.encode(text) == expected == auto(text, add_special_tokens=False)["input_ids"], text
     assert torch.equal(bare.tokenize(ODD_TEXTS), full.tokenize(ODD_TEXTS))
     with torch.no_grad():
-        assert torch.equal(bare.encode_text_ids(bare.tokenize(ODD_TEXTS)), full.encode_text_ids(full.tokenize(ODD_TEXTS)))
+        assert torch.equal(
+            bare.encode_text_ids(bare.tokenize(ODD_TEXTS)), full.encode_text_ids(full.tokenize(ODD_TEXTS))
+        )
     # open_clip's own tokenizer (the fallback before) cleans text differently: this list tells them apart
     simple = open_clip.tokenizer.SimpleTokenizer()
     differ = [t for t in ODD_TEXTS if simple.encode(t) != reference(t, add_special_tokens=False)["input_ids"]]
     assert {"AT&amp;T", "“curly” ‘quotes’", "ﬁsh and ﬂowers", "ＦＵＬＬ-width ＡＢＣ"} <= set(differ)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=st.text(max_size=40))
 def test_the_fallback_tokenizer_equals_transformers_on_any_text(text, hf_pair):
     with_files, _, bare = hf_pair
@@ -422,6 +508,7 @@ def _reference_cached(with_files: Path):
 
 # -- the text context: 77 tokens fit, 78 do not ---------------------------------------------------------------------
 
+
 def _name_of(tokens: int) -> str:
     """A class name that makes "[SOS] a photo of a {name} . [EOT]" exactly ``tokens`` tokens long ("cat" is one)."""
     return " ".join(["cat"] * (tokens - 7))
@@ -433,7 +520,9 @@ def _check_context_limit(backbone) -> None:
     assert int(text.eot[0]) == 76  # the end token sits at the last position: an exact fit
     with torch.no_grad():
         ours = text(text_embeddings(backbone, "a photo of a"))
-        reference = backbone.encode_text_ids(backbone.tokenize([f"a photo of a {fits}.", "a photo of a dog."]), normalize=False)
+        reference = backbone.encode_text_ids(
+            backbone.tokenize([f"a photo of a {fits}.", "a photo of a dog."]), normalize=False
+        )
     assert (ours - reference).abs().max() < 1e-5
     with pytest.raises(RlptuneError) as info:
         PromptedClassText(backbone, ["dog", over], 4)
@@ -456,7 +545,9 @@ _ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[tnr\\])")
 
 
 def _unescape(text: str) -> str:
-    return _ESCAPE.sub(lambda m: {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(m[1]) or chr(int(m[1][1:], 16)), text)
+    return _ESCAPE.sub(
+        lambda m: {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(m[1]) or chr(int(m[1][1:], 16)), text
+    )
 
 
 def test_predict_prints_one_line_per_image_whatever_the_file_names_hold(tiny, tmp_path, capsys):

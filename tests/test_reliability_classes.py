@@ -9,7 +9,9 @@ from rlptune.data.common import check_unique_classnames, prompt_key, read_class_
 from rlptune.errors import RlptuneError
 
 
-@pytest.mark.parametrize("a, b", [("red", "RED"), ("dark_blue", "Dark  Blue"), (" sea  lion", "sea_lion "), ("Straße", "STRASSE")])
+@pytest.mark.parametrize(
+    "a, b", [("red", "RED"), ("dark_blue", "Dark  Blue"), (" sea  lion", "sea_lion "), ("Straße", "STRASSE")]
+)
 def test_prompt_key_equates_what_prompts_cannot_tell_apart(a, b):
     assert prompt_key(a) == prompt_key(b)
 
@@ -32,11 +34,14 @@ def test_read_class_list_from_text_file_and_long_lists(tmp_path):
     assert read_class_list("a\0b,c") == ["a\0b", "c"]  # a NUL byte cannot name a file either
 
 
-@pytest.mark.parametrize("value, message", [
-    ("red,Red", "classes collide after prompt normalisation"),
-    ("cat,dog,cat", "class 'cat' is listed more than once"),
-    (" , ", "expected a comma-separated list"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("red,Red", "classes collide after prompt normalisation"),
+        ("cat,dog,cat", "class 'cat' is listed more than once"),
+        (" , ", "expected a comma-separated list"),
+    ],
+)
 def test_read_class_list_errors_are_one_line(value, message):
     with pytest.raises(RlptuneError, match=message) as info:
         read_class_list(value)

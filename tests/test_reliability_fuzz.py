@@ -30,17 +30,53 @@ SCALARS = st.one_of(
     st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=10),
-    st.sampled_from(["", "none", "null", "true", "off", "1e3", "-1", "0.5", "inf", "nan", "3.0", "lowrank", "full",
-                     "adamw", "sgd", "cosine", "cpu", "auto", "cuda", "rlp", "coop", "zeroshot", "kgcoop", "skip",
-                     "a photo of a {}.", "{}", "{0}", "{x}", "a photo of a"]),
+    st.sampled_from(
+        [
+            "",
+            "none",
+            "null",
+            "true",
+            "off",
+            "1e3",
+            "-1",
+            "0.5",
+            "inf",
+            "nan",
+            "3.0",
+            "lowrank",
+            "full",
+            "adamw",
+            "sgd",
+            "cosine",
+            "cpu",
+            "auto",
+            "cuda",
+            "rlp",
+            "coop",
+            "zeroshot",
+            "kgcoop",
+            "skip",
+            "a photo of a {}.",
+            "{}",
+            "{0}",
+            "{x}",
+            "a photo of a",
+        ]
+    ),
 )
 VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
 )
 
 
 def section_mapping(section: str):
-    keys = st.sampled_from(FIELDS.get(section, []) + ["zzz", "lr_rate", "options"]) if section in FIELDS else st.text(max_size=6)
+    keys = (
+        st.sampled_from(FIELDS.get(section, []) + ["zzz", "lr_rate", "options"])
+        if section in FIELDS
+        else st.text(max_size=6)
+    )
     return st.one_of(st.dictionaries(keys, VALUES, max_size=5), VALUES)
 
 
@@ -103,7 +139,9 @@ def outcome(call):
 @FUZZ
 @given(overrides=MAPPINGS, base=st.one_of(st.none(), MAPPINGS))
 def test_resolve_config_mappings(overrides, base):
-    config = outcome(lambda: resolve_config(None, overrides if isinstance(overrides, dict) else {"train": overrides}, base=base))
+    config = outcome(
+        lambda: resolve_config(None, overrides if isinstance(overrides, dict) else {"train": overrides}, base=base)
+    )
     if config is None:
         return
     assert isinstance(config, RunConfig)
@@ -115,11 +153,21 @@ def test_resolve_config_mappings(overrides, base):
 YAML_TEXT = st.one_of(
     st.text(max_size=80),
     st.text(alphabet="abcdeilmnoprstuvxy_:{}[]-,!&*#|>'\"\n 0123456789.", max_size=80),
-    st.sampled_from([
-        "train:\n  epochs: !!int ten\n", "train: {seed: 2001-02-30}\n", "method: {options: &a {x: *a}}\n", "&a [*a]",
-        "train: !!binary aGVsbG8=\n", "train: {lr: !!float nope}\n", "? [a, b]\n: c\n", "prompt: {rank: 1e400}\n",
-        "data: {root: !!python/object/apply:os.system [echo hi]}\n", "\ufeffmethod: {name: rlp}\n", "train: {epochs: 0x10}\n",
-    ]),
+    st.sampled_from(
+        [
+            "train:\n  epochs: !!int ten\n",
+            "train: {seed: 2001-02-30}\n",
+            "method: {options: &a {x: *a}}\n",
+            "&a [*a]",
+            "train: !!binary aGVsbG8=\n",
+            "train: {lr: !!float nope}\n",
+            "? [a, b]\n: c\n",
+            "prompt: {rank: 1e400}\n",
+            "data: {root: !!python/object/apply:os.system [echo hi]}\n",
+            "\ufeffmethod: {name: rlp}\n",
+            "train: {epochs: 0x10}\n",
+        ]
+    ),
     MAPPINGS.map(lambda m: yaml.safe_dump(m)),
 )
 
@@ -141,11 +189,20 @@ ASSIGNMENTS = st.lists(
     st.one_of(
         st.text(max_size=20),
         st.sampled_from([(s, f) for s, names in FIELDS.items() for f in names]).flatmap(
-            lambda sf: typed_value(*sf).map(lambda v: f"{sf[0]}.{sf[1]}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+            lambda sf: typed_value(*sf).map(
+                lambda v: (
+                    f"{sf[0]}.{sf[1]}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                )
+            )
         ),
-        st.builds(lambda s, f, v: f"{s}.{f}={v}", st.sampled_from(list(FIELDS) + ["x", ""]),
-                  st.sampled_from(list(itertools.chain(*FIELDS.values())) + ["options.lam", "options.", "y"]),
-                  st.one_of(st.text(max_size=8), st.sampled_from(["[1, 2]", "{a: 1}", "2001-02-30", "!!int x", "1e999", "~"]))),
+        st.builds(
+            lambda s, f, v: f"{s}.{f}={v}",
+            st.sampled_from(list(FIELDS) + ["x", ""]),
+            st.sampled_from(list(itertools.chain(*FIELDS.values())) + ["options.lam", "options.", "y"]),
+            st.one_of(
+                st.text(max_size=8), st.sampled_from(["[1, 2]", "{a: 1}", "2001-02-30", "!!int x", "1e999", "~"])
+            ),
+        ),
     ),
     max_size=4,
 )
@@ -175,15 +232,22 @@ def places(tmp_path_factory, tiny_arch_path):
     table = base / "labels.csv"
     table.write_text("path,label\ncolours/train/red/red_000.png,red\ncolours/train/green/green_000.png,green\n")
     (base / "file.txt").write_text("x")
-    return {"base": base, "arch": str(tiny_arch_path), "roots": [str(folder), str(split), str(table), str(base / "file.txt"),
-                                                                 str(base / "missing"), ""]}
+    return {
+        "base": base,
+        "arch": str(tiny_arch_path),
+        "roots": [str(folder), str(split), str(table), str(base / "file.txt"), str(base / "missing"), ""],
+    }
 
 
 def run_mappings(places):
     roots = st.one_of(st.just(places["roots"][0]), st.sampled_from(places["roots"]), st.text(max_size=8))
     data = st.fixed_dictionaries(
         {
-            "dataset": st.one_of(st.just("folder"), st.sampled_from(["folder", "csv", "split-json", "image-folder", "eurosat", "Folder"]), SCALARS),
+            "dataset": st.one_of(
+                st.just("folder"),
+                st.sampled_from(["folder", "csv", "split-json", "image-folder", "eurosat", "Folder"]),
+                SCALARS,
+            ),
             "root": st.one_of(roots, roots, SCALARS),
         },
         optional={
@@ -194,18 +258,34 @@ def run_mappings(places):
         },
     )
     backbone = st.fixed_dictionaries(
-        {"name": st.one_of(st.just(places["arch"]), st.just(places["arch"]), st.sampled_from(["", "ViT-B-16", "nope.pt", "random:NoSuchArch"]),
-                           st.text(alphabet="abcxyz./-_ ", max_size=8))},
+        {
+            "name": st.one_of(
+                st.just(places["arch"]),
+                st.just(places["arch"]),
+                st.sampled_from(["", "ViT-B-16", "nope.pt", "random:NoSuchArch"]),
+                st.text(alphabet="abcxyz./-_ ", max_size=8),
+            )
+        },
         optional={"device": st.one_of(st.sampled_from(["cpu", "auto", "cuda:7", "gpu", "meta"]), SCALARS)},
     )
     rest = st.one_of(
-        st.fixed_dictionaries({}, optional={
-            section: st.fixed_dictionaries({}, optional={name: typed_value(section, name) for name in FIELDS[section]})
-            for section in ("method", "prompt", "train", "eval")
-        }),
-        st.dictionaries(st.sampled_from(["method", "prompt", "train", "eval", "trian"]),
-                        st.one_of(st.dictionaries(st.sampled_from(list(itertools.chain(*FIELDS.values())) + ["zz"]), VALUES, max_size=3), VALUES),
-                        max_size=3),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                section: st.fixed_dictionaries(
+                    {}, optional={name: typed_value(section, name) for name in FIELDS[section]}
+                )
+                for section in ("method", "prompt", "train", "eval")
+            },
+        ),
+        st.dictionaries(
+            st.sampled_from(["method", "prompt", "train", "eval", "trian"]),
+            st.one_of(
+                st.dictionaries(st.sampled_from(list(itertools.chain(*FIELDS.values())) + ["zz"]), VALUES, max_size=3),
+                VALUES,
+            ),
+            max_size=3,
+        ),
     )
     return st.tuples(data, backbone, rest).map(lambda t: {"data": t[0], "backbone": t[1], **t[2]})
 
@@ -235,9 +315,21 @@ def test_train_command_with_fuzzed_config_files(places, capsys):
     outcomes = {"reached": 0, "error": 0}
 
     @FUZZ_CLI
-    @example(mapping={"data": {"dataset": "folder", "root": places["roots"][0], "shots": 1}, "backbone": {"name": places["arch"]},
-                      "method": {"name": "rlp"}, "train": {"epochs": 1}})
-    @example(mapping={"data": {"dataset": "folder", "root": places["roots"][0]}, "backbone": {"name": places["arch"]}, "train": {"lr_rate": 1}})
+    @example(
+        mapping={
+            "data": {"dataset": "folder", "root": places["roots"][0], "shots": 1},
+            "backbone": {"name": places["arch"]},
+            "method": {"name": "rlp"},
+            "train": {"epochs": 1},
+        }
+    )
+    @example(
+        mapping={
+            "data": {"dataset": "folder", "root": places["roots"][0]},
+            "backbone": {"name": places["arch"]},
+            "train": {"lr_rate": 1},
+        }
+    )
     @given(mapping=run_mappings(places))
     def check(mapping):
         n = next(counter)

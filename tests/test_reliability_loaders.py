@@ -38,6 +38,7 @@ INTEGER_WARNING = "integer labels without a classnames file; the numbers are use
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 
+
 def write(path: Path, content: str | bytes = b"x") -> Path:
     """A file (the loaders never decode images, so a byte is an image as far as these checks go)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,27 +160,37 @@ def case(case_id: str, *fragments: str):
     def register(build: Callable[[Path], Callable[[], object]]):
         CASES[case_id] = (build, fragments)
         return build
+
     return register
 
 
 # the CoOp layouts
 
-@case("coop-train-test-leak",
-      "split_zhou_EuroSAT.json: test[2]: image 'AnnualCrop/a.jpg' is in the test split and also in train (train[0])", LEAK)
+
+@case(
+    "coop-train-test-leak",
+    "split_zhou_EuroSAT.json: test[2]: image 'AnnualCrop/a.jpg' is in the test split and also in train (train[0])",
+    LEAK,
+)
 def coop_train_test_leak(t):
     root = eurosat_with(t, "test", ["AnnualCrop/a.jpg", 0, "AnnualCrop"])
     return lambda: load_dataset("eurosat", root)
 
 
-@case("coop-train-val-leak-dotted", "val[1]: image 'Forest/b.jpg' is in the val split and also in train (train[1])", LEAK)
+@case(
+    "coop-train-val-leak-dotted", "val[1]: image 'Forest/b.jpg' is in the val split and also in train (train[1])", LEAK
+)
 def coop_train_val_leak_dotted(t):
     root = eurosat_with(t, "val", ["./Forest//b.jpg", 1, "Forest"])
     return lambda: load_dataset("eurosat", root)
 
 
-@case("coop-leak-through-symlink",
-      "test[2]: image 'AnnualCrop/link.jpg' (the same file as 'AnnualCrop/a.jpg') is in the test split and also in "
-      "train (train[0])", LEAK)
+@case(
+    "coop-leak-through-symlink",
+    "test[2]: image 'AnnualCrop/link.jpg' (the same file as 'AnnualCrop/a.jpg') is in the test split and also in "
+    "train (train[0])",
+    LEAK,
+)
 def coop_leak_through_symlink(t):
     root = eurosat_with(t, "test", ["AnnualCrop/link.jpg", 0, "AnnualCrop"])
     (t / "eurosat/2750/AnnualCrop/link.jpg").unlink()
@@ -187,25 +198,32 @@ def coop_leak_through_symlink(t):
     return lambda: load_dataset("eurosat", root)
 
 
-@case("coop-image-two-labels",
-      "test[2]: image 'AnnualCrop/a.jpg' is labelled 'Forest' but train[0] labels it 'Annual Crop Land'; an image has "
-      "one label")
+@case(
+    "coop-image-two-labels",
+    "test[2]: image 'AnnualCrop/a.jpg' is labelled 'Forest' but train[0] labels it 'Annual Crop Land'; an image has "
+    "one label",
+)
 def coop_image_two_labels(t):
     root = eurosat_with(t, "test", ["AnnualCrop/a.jpg", 1, "Forest"])
     return lambda: load_dataset("eurosat", root)
 
 
-@case("coop-class-without-training-images",
-      "split_zhou_EuroSAT.json: class 'Sea or Lake' (label 2) has no training images but 1 in test; every class needs "
-      "at least one image in train")
+@case(
+    "coop-class-without-training-images",
+    "split_zhou_EuroSAT.json: class 'Sea or Lake' (label 2) has no training images but 1 in test; every class needs "
+    "at least one image in train",
+)
 def coop_class_without_training_images(t):
     root = eurosat_with(t, "test", ["SeaLake/f.jpg", 2, "SeaLake"])
     return lambda: load_dataset("eurosat", root)
 
 
-@case("aircraft-train-test-leak",
-      "images_variant_test.txt line 2: image '0001.jpg' is in the test split and also in train "
-      "(images_variant_train.txt line 1)", LEAK)
+@case(
+    "aircraft-train-test-leak",
+    "images_variant_test.txt line 2: image '0001.jpg' is in the test split and also in train "
+    "(images_variant_train.txt line 1)",
+    LEAK,
+)
 def aircraft_train_test_leak(t):
     root = aircraft(t, {"train": ["0001 707-320", "0002 A300B4"], "val": [], "test": ["0003 A300B4", "0001 707-320"]})
     return lambda: load_dataset("aircraft", root)
@@ -217,9 +235,12 @@ def aircraft_class_without_training_images(t):
     return lambda: load_dataset("aircraft", root)
 
 
-@case("imagenet-val-links-into-train",
-      "imagenet/images: test[1]: image 'val/n02/d.JPEG' (the same file as 'train/n02/b.JPEG') is in the test split "
-      "and also in train (train[1])", LEAK)
+@case(
+    "imagenet-val-links-into-train",
+    "imagenet/images: test[1]: image 'val/n02/d.JPEG' (the same file as 'train/n02/b.JPEG') is in the test split "
+    "and also in train (train[1])",
+    LEAK,
+)
 def imagenet_val_links_into_train(t):
     root = imagenet(t, {"n01": ["a.JPEG"], "n02": ["b.JPEG"]}, {"n01": ["c.JPEG"], "n02": []})
     link(t / "imagenet/images/val/n02/d.JPEG", "../../train/n02/b.JPEG")
@@ -228,16 +249,21 @@ def imagenet_val_links_into_train(t):
 
 # split JSON and CSV (an image listed in two splits was refused before: see the older sections)
 
+
 @case("split-json-class-only-in-test", "split.json: class 'green' (label 1) has no training images but 1 in test")
 def split_json_class_only_in_test(t):
-    path = split_json_file(t, {"train": [["red/a.png", 0, "red"]],
-                               "test": [["red/b.png", 0, "red"], ["green/c.png", 1, "green"]]})
+    path = split_json_file(
+        t, {"train": [["red/a.png", 0, "red"]], "test": [["red/b.png", 0, "red"], ["green/c.png", 1, "green"]]}
+    )
     return lambda: load_dataset("split-json", path)
 
 
-@case("split-json-leak-through-symlink",
-      "split.json: test[0]: image 'red/b.png' (the same file as 'red/a.png') is in the test split and also in train "
-      "(train[0])", LEAK)
+@case(
+    "split-json-leak-through-symlink",
+    "split.json: test[0]: image 'red/b.png' (the same file as 'red/a.png') is in the test split and also in train "
+    "(train[0])",
+    LEAK,
+)
 def split_json_leak_through_symlink(t):
     write(t / "red/a.png")
     link(t / "red/b.png", "a.png")
@@ -251,27 +277,35 @@ def csv_class_only_in_val(t):
     return lambda: load_dataset("csv", path)
 
 
-@case("csv-duplicate-label-column",
-      "labels.csv: header has two 'label' columns ('label' in column 2 and 'Label' in column 4); keep one")
+@case(
+    "csv-duplicate-label-column",
+    "labels.csv: header has two 'label' columns ('label' in column 2 and 'Label' in column 4); keep one",
+)
 def csv_duplicate_label_column(t):
     path = csv_text(t, "path,label,split,Label\nred/a.png,red,train,green\n")
     return lambda: load_dataset("csv", path)
 
 
-@case("csv-duplicate-path-column", "labels.csv: header has two 'path' columns ('path' in column 1 and 'PATH' in column 3)")
+@case(
+    "csv-duplicate-path-column", "labels.csv: header has two 'path' columns ('path' in column 1 and 'PATH' in column 3)"
+)
 def csv_duplicate_path_column(t):
     path = csv_text(t, "path,label, PATH \nred/a.png,red,green/c.png\n")
     return lambda: load_dataset("csv", path)
 
 
-@case("csv-duplicate-split-column",
-      "labels.csv: header has two 'split' columns ('split' in column 1 and 'split' in column 4)")
+@case(
+    "csv-duplicate-split-column",
+    "labels.csv: header has two 'split' columns ('split' in column 1 and 'split' in column 4)",
+)
 def csv_duplicate_split_column(t):
     path = csv_text(t, "split,path,label,split\ntrain,red/a.png,red,test\n")
     return lambda: load_dataset("csv", path)
 
 
-@case("csv-negative-label-with-classnames", "labels.csv: line 2: label -1 is out of range for classnames (2 class names)")
+@case(
+    "csv-negative-label-with-classnames", "labels.csv: line 2: label -1 is out of range for classnames (2 class names)"
+)
 def csv_negative_label_with_classnames(t):
     path = csv_text(t, "path,label\nred/a.png,-1\ngreen/c.png,0\n")
     return lambda: load_csv(path, classnames=["red", "green"])
@@ -279,25 +313,34 @@ def csv_negative_label_with_classnames(t):
 
 # image folders
 
-@case("folder-class-only-in-test",
-      "ds: class 'blue' (label 0) has no training images but 1 in test; every class needs at least one image in train")
+
+@case(
+    "folder-class-only-in-test",
+    "ds: class 'blue' (label 0) has no training images but 1 in test; every class needs at least one image in train",
+)
 def folder_class_only_in_test(t):
     root = image_folder(t / "ds", SPLIT_FOLDER + ["test/blue/e.png"])
     return lambda: load_dataset("folder", root)
 
 
-@case("folder-link-across-splits",
-      "ds: test/red/x.png: image 'test/red/x.png' (the same file as 'train/red/a.png') is in the test split and also "
-      "in train (train/red/a.png)", LEAK)
+@case(
+    "folder-link-across-splits",
+    "ds: test/red/x.png: image 'test/red/x.png' (the same file as 'train/red/a.png') is in the test split and also "
+    "in train (train/red/a.png)",
+    LEAK,
+)
 def folder_link_across_splits(t):
     root = image_folder(t / "ds", SPLIT_FOLDER)
     link(root / "test/red/x.png", "../../train/red/a.png")
     return lambda: load_dataset("folder", root)
 
 
-@case("folder-split-folder-linked-to-another",
-      "ds: val/green/b.png: image 'val/green/b.png' (the same file as 'train/green/b.png') is in the val split and "
-      "also in train (train/green/b.png)", LEAK)
+@case(
+    "folder-split-folder-linked-to-another",
+    "ds: val/green/b.png: image 'val/green/b.png' (the same file as 'train/green/b.png') is in the val split and "
+    "also in train (train/green/b.png)",
+    LEAK,
+)
 def folder_split_folder_linked_to_another(t):
     root = image_folder(t / "ds", SPLIT_FOLDER)
     link(root / "val", "train")
@@ -350,8 +393,22 @@ def test_command_line_prints_the_rule_in_one_line(tmp_path, tiny_arch_path, caps
     orphan = "class 'blue' (label 0) has no training images"
     for dataset, data_root, fragment in (("eurosat", root, LEAK), ("folder", folder, orphan)):
         out = tmp_path / f"out-{dataset}"
-        code = main(["train", "--dataset", dataset, "--data-root", str(data_root), "-o", str(out), "--backbone",
-                     str(tiny_arch_path), "--device", "cpu", "--no-progress"])
+        code = main(
+            [
+                "train",
+                "--dataset",
+                dataset,
+                "--data-root",
+                str(data_root),
+                "-o",
+                str(out),
+                "--backbone",
+                str(tiny_arch_path),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("rlptune: error: ")]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
@@ -361,9 +418,12 @@ def test_command_line_prints_the_rule_in_one_line(tmp_path, tiny_arch_path, caps
 
 # -- leftovers of archive tools and operating systems --------------------------------------------------------------
 
+
 def test_macosx_folder_with_a_real_image_is_not_a_class(tmp_path):
-    root = image_folder(tmp_path / "ds", ["red/a.png", "red/b.png", "green/c.png", "green/d.png",
-                                          "__MACOSX/red/._a.png", "__MACOSX/real.png"])
+    root = image_folder(
+        tmp_path / "ds",
+        ["red/a.png", "red/b.png", "green/c.png", "green/d.png", "__MACOSX/red/._a.png", "__MACOSX/real.png"],
+    )
     with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("folder", root)
     assert splits.classnames == ["green", "red"]
@@ -377,9 +437,19 @@ def test_macosx_folder_with_a_real_image_is_not_a_class(tmp_path):
 
 def test_split_layout_with_leftovers_beside_the_split_folders(tmp_path):
     """``__MACOSX/`` beside ``train/`` and ``test/`` is not an 'unexpected folder' that stops the split layout."""
-    junk = ["__MACOSX/train/red/._a.png", ".DS_Store", "train/Thumbs.db", "train/red/._a.png", "train/red/.DS_Store",
-            "train/red/@eaDir/a.png", "train/green/desktop.ini", "test/red/__MACOSX/c.png", "train/.Trashes/x.png",
-            "train/green/.Spotlight-V100/y.png", "test/.hidden/z.png"]
+    junk = [
+        "__MACOSX/train/red/._a.png",
+        ".DS_Store",
+        "train/Thumbs.db",
+        "train/red/._a.png",
+        "train/red/.DS_Store",
+        "train/red/@eaDir/a.png",
+        "train/green/desktop.ini",
+        "test/red/__MACOSX/c.png",
+        "train/.Trashes/x.png",
+        "train/green/.Spotlight-V100/y.png",
+        "test/.hidden/z.png",
+    ]
     root = image_folder(tmp_path / "ds", SPLIT_FOLDER + junk)
     with warnings_of("rlptune.data.common") as warnings:
         splits = load_dataset("folder", root)
@@ -397,8 +467,11 @@ def test_clean_folder_gives_no_leftover_warning(tmp_path):
 
 def test_imagenet_layouts_skip_leftovers(tmp_path):
     """ImageNet's class folders are listed as the toolkit lists them (every file), leftovers excepted."""
-    root = imagenet(tmp_path, {"n01": ["a.JPEG", "._a.JPEG", "Thumbs.db"], "n02": ["b.JPEG", "desktop.ini"]},
-                    {"n01": ["c.JPEG", ".DS_Store"], "n02": ["d.JPEG"]})
+    root = imagenet(
+        tmp_path,
+        {"n01": ["a.JPEG", "._a.JPEG", "Thumbs.db"], "n02": ["b.JPEG", "desktop.ini"]},
+        {"n01": ["c.JPEG", ".DS_Store"], "n02": ["d.JPEG"]},
+    )
     (root / "imagenet/images/train/__MACOSX/n01").mkdir(parents=True)
     write(root / "imagenet/images/train/__MACOSX/n01/._a.JPEG")
     with warnings_of("rlptune.data.common") as warnings:
@@ -424,16 +497,32 @@ def test_predict_folders_skip_leftovers(tmp_path):
     ``__MACOSX/`` are skipped with one warning; an image named explicitly is always taken."""
     from rlptune.data.images import collect_images
 
-    root = image_folder(tmp_path / "photos", ["a.png", "sub/b.jpg", "._a.png", "__MACOSX/._b.jpg", ".cache/c.png",
-                                              "Thumbs.db", "notes.txt"])
+    root = image_folder(
+        tmp_path / "photos",
+        ["a.png", "sub/b.jpg", "._a.png", "__MACOSX/._b.jpg", ".cache/c.png", "Thumbs.db", "notes.txt"],
+    )
     with warnings_of("rlptune.data.common") as warnings:
         found = collect_images([root, root / "._a.png"])
     assert found == [root / "a.png", root / "sub/b.jpg", root / "._a.png"]
     assert len(warnings) == 1 and "ignored 4 file(s) and folder(s)" in warnings[0]
 
 
-@pytest.mark.parametrize("name", ["__MACOSX", "__macosx", "._x.png", ".DS_Store", "Thumbs.db", "THUMBS.DB",
-                                  "desktop.ini", ".Trashes", ".Spotlight-V100", "@eaDir", ".git"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "__MACOSX",
+        "__macosx",
+        "._x.png",
+        ".DS_Store",
+        "Thumbs.db",
+        "THUMBS.DB",
+        "desktop.ini",
+        ".Trashes",
+        ".Spotlight-V100",
+        "@eaDir",
+        ".git",
+    ],
+)
 def test_leftover_names(name):
     assert is_leftover(name)
 
@@ -444,6 +533,7 @@ def test_names_that_are_not_leftovers(name):
 
 
 # -- integer-like CSV labels: one rule -----------------------------------------------------------------------------
+
 
 def _csv_labels(tmp: Path, labels: list[str]) -> Path:
     rows = "".join(f"img{i}.png,{label}\n" for i, label in enumerate(labels))
@@ -481,8 +571,10 @@ def test_labels_that_only_look_like_integers_are_class_names(tmp_path, labels):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(values=st.lists(st.integers(-30, 30), min_size=1, max_size=6, unique=True),
-       spelling=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=12, max_size=12))
+@given(
+    values=st.lists(st.integers(-30, 30), min_size=1, max_size=6, unique=True),
+    spelling=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=12, max_size=12),
+)
 def test_integer_labels_one_rule_whatever_the_spelling(values, spelling):
     """Any sign, any leading zeros: the same class (the number) and the same warning as plain ``0, 1, 2``."""
     labels = []
@@ -502,19 +594,25 @@ def test_integer_labels_one_rule_whatever_the_spelling(values, spelling):
 
 # -- plug-ins and generated datasets -------------------------------------------------------------------------------
 
+
 def test_plugin_loader_result_obeys_the_rule(tmp_path):
-    leaky = DatasetSplits("leaky", tmp_path, ["a", "b"], [Item("x.png", 0, "a"), Item("y.png", 1, "b")],
-                          test=[Item("x.png", 0, "a")])
+    leaky = DatasetSplits(
+        "leaky", tmp_path, ["a", "b"], [Item("x.png", 0, "a"), Item("y.png", 1, "b")], test=[Item("x.png", 0, "a")]
+    )
     orphan = DatasetSplits("orphan", tmp_path, ["a", "b"], [Item("x.png", 0, "a")], test=[Item("y.png", 1, "b")])
     register_dataset("leaky-plugin", lambda root=None: leaky, needs_root=False)
     register_dataset("orphan-plugin", lambda root=None: orphan, needs_root=False)
     register_dataset("wrong-plugin", lambda root=None: {"train": []}, needs_root=False)
     try:
         assert "dataset leaky-plugin: test[0]: image 'x.png' is in the test split and also in train (train[0])" in (
-            one_line_error(lambda: load_dataset("leaky-plugin")))
+            one_line_error(lambda: load_dataset("leaky-plugin"))
+        )
         assert "dataset orphan-plugin: class 'b' (label 1) has no training images but 1 in test" in (
-            one_line_error(lambda: load_dataset("orphan-plugin")))
-        assert "its loader returned a dict, expected DatasetSplits" in one_line_error(lambda: load_dataset("wrong-plugin"))
+            one_line_error(lambda: load_dataset("orphan-plugin"))
+        )
+        assert "its loader returned a dict, expected DatasetSplits" in one_line_error(
+            lambda: load_dataset("wrong-plugin")
+        )
     finally:
         for name in ("leaky-plugin", "orphan-plugin", "wrong-plugin"):
             unregister_dataset(name)
@@ -532,8 +630,22 @@ def test_test_only_datasets_pass_but_need_every_class(tmp_path):
 
 
 POOL = [f"{folder}/{i}.png" for folder in ("a", "b") for i in range(5)]
-FAULTS = ["none", "none", "none", "label-too-big", "label-negative", "label-bool", "name", "other-split",
-          "same-split", "other-label", "link", "orphan", "test-only", "empty"]
+FAULTS = [
+    "none",
+    "none",
+    "none",
+    "label-too-big",
+    "label-negative",
+    "label-bool",
+    "name",
+    "other-split",
+    "same-split",
+    "other-label",
+    "link",
+    "orphan",
+    "test-only",
+    "empty",
+]
 
 
 @st.composite
@@ -558,8 +670,12 @@ def small_splits(draw):
         i = draw(st.integers(0, len(items[split]) - 1))
         it = items[split][i]
         if fault.startswith("label-") or fault == "name":
-            label, cname = {"label-too-big": (n, it.classname), "label-negative": (-1, it.classname),
-                            "label-bool": (True, it.classname), "name": (it.label, it.classname + "!")}[fault]
+            label, cname = {
+                "label-too-big": (n, it.classname),
+                "label-negative": (-1, it.classname),
+                "label-bool": (True, it.classname),
+                "name": (it.label, it.classname + "!"),
+            }[fault]
             items[split][i] = Item(it.path, label, cname)
         elif fault == "other-split":
             items[other].append(it)
@@ -601,8 +717,26 @@ def test_quick_pass_never_accepts_what_the_item_by_item_pass_refuses(data):
 
 # -- the loaders agree (property test) -----------------------------------------------------------------------------
 
-ODD_NAMES = ["café", "e\u0301clair", "日本語", "🐱 cat", "ﬁsh", "٣", "a\u200bb", "Ωmega", "z", "x,y", 'say "hi"',
-             "ß", "İstanbul", "-", "+7a", "١٢", "\ufeffbom", "zero\u00adwidth"]
+ODD_NAMES = [
+    "café",
+    "e\u0301clair",
+    "日本語",
+    "🐱 cat",
+    "ﬁsh",
+    "٣",
+    "a\u200bb",
+    "Ωmega",
+    "z",
+    "x,y",
+    'say "hi"',
+    "ß",
+    "İstanbul",
+    "-",
+    "+7a",
+    "١٢",
+    "\ufeffbom",
+    "zero\u00adwidth",
+]
 
 
 def _usable(name: str) -> bool:
@@ -623,17 +757,29 @@ CLASS_NAME = st.one_of(
 ).filter(_usable)
 
 LEFTOVERS = [
-    "__MACOSX/train/{c}/._0.png", "__MACOSX/x.png", "train/{c}/._0.png", "train/{c}/.DS_Store", "Thumbs.db",
-    "train/Thumbs.db", "train/{c}/__MACOSX/0.png", "train/{c}/@eaDir/0.png", ".hidden/0.png", "train/{c}/desktop.ini",
-    ".Spotlight-V100/0.png", "train/.Trashes/0.png",
+    "__MACOSX/train/{c}/._0.png",
+    "__MACOSX/x.png",
+    "train/{c}/._0.png",
+    "train/{c}/.DS_Store",
+    "Thumbs.db",
+    "train/Thumbs.db",
+    "train/{c}/__MACOSX/0.png",
+    "train/{c}/@eaDir/0.png",
+    ".hidden/0.png",
+    "train/{c}/desktop.ini",
+    ".Spotlight-V100/0.png",
+    "train/.Trashes/0.png",
 ]
 
 
 @st.composite
 def datasets(draw):
     names = draw(st.lists(CLASS_NAME, min_size=1, max_size=4, unique_by=prompt_key))
-    counts = draw(st.lists(st.tuples(st.integers(1, 2), st.integers(0, 1), st.integers(0, 2)),
-                           min_size=len(names), max_size=len(names)))
+    counts = draw(
+        st.lists(
+            st.tuples(st.integers(1, 2), st.integers(0, 1), st.integers(0, 2)), min_size=len(names), max_size=len(names)
+        )
+    )
     junk = draw(st.lists(st.tuples(st.sampled_from(LEFTOVERS), st.integers(0, len(names) - 1)), max_size=4))
     mode = draw(st.sampled_from(["clean", "clean", "leak-same", "leak-dotted", "leak-link", "orphan"]))
     leak = (draw(st.integers(0, len(names) - 1)), draw(st.sampled_from(["val", "test"])))
@@ -656,7 +802,9 @@ def _write_layouts(tmp: Path, names, counts, junk, mode, leak, orphan):
     if mode.startswith("leak"):
         k, split = leak
         source = f"train/{names[k]}/0.png"
-        linked = link(root / split / names[k] / "leak.png", f"../../train/{names[k]}/0.png").relative_to(root).as_posix()
+        linked = (
+            link(root / split / names[k] / "leak.png", f"../../train/{names[k]}/0.png").relative_to(root).as_posix()
+        )
         listed = {"leak-same": source, "leak-dotted": "./" + source.replace("/", "//", 1), "leak-link": linked}[mode]
         rows.append((listed, names[k], split))
     classes = sorted({name for _p, name, _s in rows})
@@ -703,7 +851,10 @@ def test_folder_csv_and_split_json_agree(data):
         for kind, load in loaders.items():
             message = one_line_error(load)
             if mode == "orphan":
-                assert f"class {orphan!r} (label {classes.index(orphan)}) has no training images" in message, (kind, message)
+                assert f"class {orphan!r} (label {classes.index(orphan)}) has no training images" in message, (
+                    kind,
+                    message,
+                )
             else:
                 k, split = leak
                 assert LEAK in message and repr(f"train/{names[k]}/0.png") in message, (kind, message)

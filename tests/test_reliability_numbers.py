@@ -56,36 +56,114 @@ NUMBER_FIELDS = _number_fields()
 
 def test_every_count_is_bounded_and_every_number_field_is_found():
     ints = [(m, s, n) for m, s, n, f, kind in NUMBER_FIELDS if kind is int]
-    assert ("train", "epochs") in {(s, n) for _, s, n in ints} and ("method.options", "r") in {(s, n) for _, s, n in ints}
+    assert ("train", "epochs") in {(s, n) for _, s, n in ints} and ("method.options", "r") in {
+        (s, n) for _, s, n in ints
+    }
     assert any(m == "promptsrc" for m, *_ in NUMBER_FIELDS) and any(n == "alpha" for _, _, n, _, _ in NUMBER_FIELDS)
-    unbounded = [f"{m or s}.{n}" for m, s, n, f, kind in NUMBER_FIELDS
-                 if kind is int and (f.metadata.get("high") is None or f.metadata.get("low") is None)]
+    unbounded = [
+        f"{m or s}.{n}"
+        for m, s, n, f, kind in NUMBER_FIELDS
+        if kind is int and (f.metadata.get("high") is None or f.metadata.get("low") is None)
+    ]
     assert not unbounded, f"int settings without declared low/high bounds: {unbounded}"
 
 
 # -- one value, three routes ----------------------------------------------------------------------------------------
 
 SPECIAL = [
-    "1e3", "1.0e+3", "1.0e3", "1E3", "1_000", " 7 ", "007", "017", "08", "0x1A", "0b101", "0o17", "+5", "-0", "0.0",
-    "2.5", "1.5e1", "true", "false", "yes", "off", "~", "null", "none", "", "'7'", '"7"', "\"'7'\"", "[7]", "{a: 1}",
-    ".nan", "NaN", "nan", "-nan", ".inf", "-.inf", "inf", "-inf", "Infinity", "-Infinity", "1e999", "-1e999", "1.0e+32",
-    "1e32", "10**32", "1" * 400, "9" * 5000, "1:30", "1:30.5", "1,000", "ten", "１２", "&a 3", "*a", "!!float 3",
-    "!!int 3", "!!str 3", "3 # comment", "1__000", "0x", "e3", ".5", "5.", "-.5e-3", "1e-400",
+    "1e3",
+    "1.0e+3",
+    "1.0e3",
+    "1E3",
+    "1_000",
+    " 7 ",
+    "007",
+    "017",
+    "08",
+    "0x1A",
+    "0b101",
+    "0o17",
+    "+5",
+    "-0",
+    "0.0",
+    "2.5",
+    "1.5e1",
+    "true",
+    "false",
+    "yes",
+    "off",
+    "~",
+    "null",
+    "none",
+    "",
+    "'7'",
+    '"7"',
+    "\"'7'\"",
+    "[7]",
+    "{a: 1}",
+    ".nan",
+    "NaN",
+    "nan",
+    "-nan",
+    ".inf",
+    "-.inf",
+    "inf",
+    "-inf",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1e999",
+    "1.0e+32",
+    "1e32",
+    "10**32",
+    "1" * 400,
+    "9" * 5000,
+    "1:30",
+    "1:30.5",
+    "1,000",
+    "ten",
+    "１２",
+    "&a 3",
+    "*a",
+    "!!float 3",
+    "!!int 3",
+    "!!str 3",
+    "3 # comment",
+    "1__000",
+    "0x",
+    "e3",
+    ".5",
+    "5.",
+    "-.5e-3",
+    "1e-400",
 ]
 
 
 def _render(number: int | float, style: int) -> str:
     if isinstance(number, float):
         return [repr(number), f"{number:e}", f"{number:.3f}", f" {number!r} "][style % 4]
-    return [str(number), f"{number}.0", f"{number:_}", f"{float(number):e}", hex(number) if number >= 0 else str(number),
-            f"'{number}'", f" {number} ", f"{number:.6e}".replace("e+", "e")][style % 8]
+    return [
+        str(number),
+        f"{number}.0",
+        f"{number:_}",
+        f"{float(number):e}",
+        hex(number) if number >= 0 else str(number),
+        f"'{number}'",
+        f" {number} ",
+        f"{number:.6e}".replace("e+", "e"),
+    ][style % 8]
 
 
 def _spellings(f: dataclasses.Field):
     low, high = f.metadata.get("low"), f.metadata.get("high")
     edges = [v for b in (low, high) if b is not None for v in (b - 1, b, b + 1)]
-    numbers = st.one_of(st.integers(-10, 300), st.integers(-(2**70), 2**70), st.sampled_from(edges or [0]),
-                        st.floats(allow_nan=True, allow_infinity=True), st.floats(-2.0, 2.0))
+    numbers = st.one_of(
+        st.integers(-10, 300),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from(edges or [0]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(-2.0, 2.0),
+    )
     rendered = st.builds(_render, numbers, st.integers(0, 7))
     noise = st.text(alphabet="0123456789._+-eExXbBnaifINF: '~", max_size=8)
     return st.one_of(st.sampled_from(SPECIAL), rendered, rendered, noise)
@@ -158,8 +236,12 @@ def test_a_number_means_the_same_in_a_yaml_file_with_set_and_as_a_flag(data, yam
     yaml_file.write_text(yaml_text, encoding="utf-8")
     outcomes = {
         "yaml": _outcome(lambda: resolve_config(str(yaml_file))),
-        "set": _outcome(lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, "--set", set_arg], method)))),
-        "flag": _outcome(lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, f"{flag}={text}"], method)))),
+        "set": _outcome(
+            lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, "--set", set_arg], method)))
+        ),
+        "flag": _outcome(
+            lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", *prefix, f"{flag}={text}"], method)))
+        ),
     }
     kinds = {route: o[0] for route, o in outcomes.items()}
     assert len(set(kinds.values())) == 1, (name, text, outcomes)
@@ -184,8 +266,10 @@ def test_a_number_means_the_same_in_a_yaml_file_with_set_and_as_a_flag(data, yam
 def test_the_issue_spellings_of_a_huge_epoch_count_are_all_refused(yaml_file):
     for text in ("1.0e+32", "1e32", "100000000000000000000000000000000", "1_000_000_000", "0x7fffffffffffffff"):
         yaml_file.write_text(f"train:\n  epochs: {text}\n", encoding="utf-8")
-        for call in (lambda: resolve_config(str(yaml_file)),
-                     lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", f"--epochs={text}"])))):
+        for call in (
+            lambda: resolve_config(str(yaml_file)),
+            lambda: resolve_config(None, _overrides(_parse(["train", "-o", "x", f"--epochs={text}"]))),
+        ):
             with pytest.raises(RlptuneError, match=r"train\.epochs must be <= 100000, got "):
                 call()
     with pytest.raises(RlptuneError, match=r"train\.epochs must be <= 100000, got 1e\+32"):
@@ -210,11 +294,19 @@ CLI_CASES = {
     # catalogue case: (arguments of `rlptune train`, the one line after "rlptune: error: ")
     "numbers-epochs-set-exponent": (["--set", "train.epochs=1e32"], "train.epochs must be <= 100000, got 1e+32"),
     "numbers-epochs-flag-digits": (["--epochs", "1" + "0" * 32], "train.epochs must be <= 100000, got 1e+32"),
-    "numbers-epochs-expression": (["--epochs", "10**32"], "command line: train.epochs: expected an integer, got '10**32'"),
-    "numbers-count-5000-digits": (["--epochs", "9" * 5000],
-                                  "command line: train.epochs: expected an integer, got '99999999999999999999'… (5000 characters)"),
+    "numbers-epochs-expression": (
+        ["--epochs", "10**32"],
+        "command line: train.epochs: expected an integer, got '10**32'",
+    ),
+    "numbers-count-5000-digits": (
+        ["--epochs", "9" * 5000],
+        "command line: train.epochs: expected an integer, got '99999999999999999999'… (5000 characters)",
+    ),
     "numbers-nan-every-float": (["--lr", ".nan"], "command line: train.lr: expected a finite number, got '.nan'"),
-    "numbers-option-above-bound": (["--method", "clip_lora", "--r", "1e9"], "method.options.r must be <= 4096, got 1000000000"),
+    "numbers-option-above-bound": (
+        ["--method", "clip_lora", "--r", "1e9"],
+        "method.options.r must be <= 4096, got 1000000000",
+    ),
 }
 
 
@@ -232,7 +324,10 @@ def test_every_spelling_of_a_thousand_is_a_thousand(yaml_file):
         yaml_file.write_text(f"train:\n  epochs: {text}\n", encoding="utf-8")
         assert resolve_config(str(yaml_file)).train.epochs == 1000, text
         assert resolve_config(None, _overrides(_parse(["train", "-o", "x", f"--epochs={text}"]))).train.epochs == 1000
-        assert resolve_config(None, _overrides(_parse(["train", "-o", "x", "--set", f"train.epochs={text}"]))).train.epochs == 1000
+        assert (
+            resolve_config(None, _overrides(_parse(["train", "-o", "x", "--set", f"train.epochs={text}"]))).train.epochs
+            == 1000
+        )
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "1e999"])
@@ -241,7 +336,11 @@ def test_the_sweep_executor_float_settings_refuse_nan_and_inf(text, capsys):
     was a traceback): every float field of ExecutorSettings refuses them in one line naming the flag."""
     from rlptune.sweeps.executors import ExecutorSettings
 
-    floats = [f for f in dataclasses.fields(ExecutorSettings) if numeric_type(typing.get_type_hints(ExecutorSettings)[f.name]) is float]
+    floats = [
+        f
+        for f in dataclasses.fields(ExecutorSettings)
+        if numeric_type(typing.get_type_hints(ExecutorSettings)[f.name]) is float
+    ]
     assert {f.name for f in floats} >= {"gpus_per_run", "progress_every_s"}
     for f in floats:
         flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
@@ -292,9 +391,32 @@ def trained(tmp_path_factory, tiny_arch_path):
 
 
 def _train_argv(arch: Path, data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
-    return [str(a) for a in ("train", "--backbone", arch, "--device", "cpu", "--data-root", data, "--method", "coop",
-                             "--epochs", 1, "--shots", 2, "--aug-views", 0, "--no-progress", "--cache-dir", cache,
-                             "-o", run, *extra)]
+    return [
+        str(a)
+        for a in (
+            "train",
+            "--backbone",
+            arch,
+            "--device",
+            "cpu",
+            "--data-root",
+            data,
+            "--method",
+            "coop",
+            "--epochs",
+            1,
+            "--shots",
+            2,
+            "--aug-views",
+            0,
+            "--no-progress",
+            "--cache-dir",
+            cache,
+            "-o",
+            run,
+            *extra,
+        )
+    ]
 
 
 @pytest.fixture()
@@ -330,8 +452,12 @@ def test_resume_refuses_images_changed_under_the_same_names(copy, capsys):
     victim.write_bytes(sorted((data / "test" / "blue").iterdir())[0].read_bytes())  # same name, other picture
     code = main(argv("--resume"))
     line = _one_error_line(code, capsys.readouterr().err)
-    assert f"{data.resolve()}: the images differ from those this run trained on (1 changed; first: test " \
-           f"'test/red/{victim.name}')" in line and "--overwrite" in line
+    assert (
+        f"{data.resolve()}: the images differ from those this run trained on (1 changed; first: test "
+        f"'test/red/{victim.name}')"
+        in line
+        and "--overwrite" in line
+    )
     assert _files(run) == before  # nothing recorded, nothing replaced, no interrupted attempt left beside it
     assert not [p.name for p in run.parent.iterdir() if ".staging-" in p.name]
     for image in sorted((data / "train" / "red").iterdir()):  # the training images too, and a test image added
@@ -414,8 +540,19 @@ def _merge(earlier_report: Path, tmp_path: Path, change) -> tuple[Path, Path]:
 
 
 def _join(earlier_report: Path, copy: Path, out: Path) -> int:
-    return main([*STUDY, "--results", str(earlier_report / "results"), "--parts", "base2new", "-o", str(out),
-                 "--merge", str(copy)])
+    return main(
+        [
+            *STUDY,
+            "--results",
+            str(earlier_report / "results"),
+            "--parts",
+            "base2new",
+            "-o",
+            str(out),
+            "--merge",
+            str(copy),
+        ]
+    )
 
 
 def test_an_untouched_earlier_report_is_merged(earlier_report, tmp_path):
@@ -437,30 +574,64 @@ def _set(path: str, value):
             target[int(last)] = value
         else:
             target[last] = value
+
     return change
 
 
 MERGE_CASES = {
     # case: (change to evidence.json, fragment of the one line)
     "runs-negative": (_set("runs", -5), "evidence.json: runs is -5; expected a whole number >= 0"),
-    "runs-text": (_set("runs", "many"), "evidence.json: runs is \"many\"; expected a whole number >= 0"),
+    "runs-text": (_set("runs", "many"), 'evidence.json: runs is "many"; expected a whole number >= 0'),
     "runs-bool": (_set("runs", True), "evidence.json: runs is true; expected a whole number >= 0"),
     "pieces-empty": (_set("pieces", []), "evidence.json: pieces is []; expected one entry per invocation"),
-    "pieces-not-a-list": (_set("pieces", {"parts": ["rank"]}), "evidence.json: pieces is {\"parts\": [\"rank\"]}; expected a list"),
+    "pieces-not-a-list": (
+        _set("pieces", {"parts": ["rank"]}),
+        'evidence.json: pieces is {"parts": ["rank"]}; expected a list',
+    ),
     "piece-runs-negative": (_set("pieces.0.runs", -5), "evidence.json: pieces[0].runs is -5"),
-    "piece-unknown-part": (_set("pieces.0.parts", ["rank", "ablation", "sorcery"]), "pieces[0].parts[2] is \"sorcery\"; expected one of settings.parts (rank, ablation)"),
-    "pieces-miss-a-part": (_set("pieces.0.parts", ["rank"]), "evidence.json: pieces is [[\"rank\"]]; expected the parts of settings.parts (rank, ablation)"),
-    "unknown-part": (_set("settings.parts", ["rank", "ablation", "sorcery"]), "evidence.json: settings.parts[2] is \"sorcery\"; expected one of the study's parts"),
-    "part-twice": (_set("settings.parts", ["rank", "rank"]), "evidence.json: settings.parts is [\"rank\", \"rank\"]; expected each part once"),
-    "part-without-tables": (_set("tables", ["part4_ablation", "part4_paired"]), "its part 'rank' has no table or figure"),
-    "tables-not-a-list": (_set("tables", "part3_rank"), "evidence.json: tables is \"part3_rank\"; expected a list"),
-    "table-name-is-a-path": (_set("tables.0", "part3_../../outside"), "evidence.json: tables[0] is \"part3_../../outside\"; expected a file name"),
-    "figure-name-is-a-path": (_set("figures", ["/etc/fig_density.png"]), "evidence.json: figures[0] is \"/etc/fig_density.png\"; expected a file name"),
+    "piece-unknown-part": (
+        _set("pieces.0.parts", ["rank", "ablation", "sorcery"]),
+        'pieces[0].parts[2] is "sorcery"; expected one of settings.parts (rank, ablation)',
+    ),
+    "pieces-miss-a-part": (
+        _set("pieces.0.parts", ["rank"]),
+        'evidence.json: pieces is [["rank"]]; expected the parts of settings.parts (rank, ablation)',
+    ),
+    "unknown-part": (
+        _set("settings.parts", ["rank", "ablation", "sorcery"]),
+        'evidence.json: settings.parts[2] is "sorcery"; expected one of the study\'s parts',
+    ),
+    "part-twice": (
+        _set("settings.parts", ["rank", "rank"]),
+        'evidence.json: settings.parts is ["rank", "rank"]; expected each part once',
+    ),
+    "part-without-tables": (
+        _set("tables", ["part4_ablation", "part4_paired"]),
+        "its part 'rank' has no table or figure",
+    ),
+    "tables-not-a-list": (_set("tables", "part3_rank"), 'evidence.json: tables is "part3_rank"; expected a list'),
+    "table-name-is-a-path": (
+        _set("tables.0", "part3_../../outside"),
+        'evidence.json: tables[0] is "part3_../../outside"; expected a file name',
+    ),
+    "figure-name-is-a-path": (
+        _set("figures", ["/etc/fig_density.png"]),
+        'evidence.json: figures[0] is "/etc/fig_density.png"; expected a file name',
+    ),
     "claim-not-an-object": (_set("claims", [5]), "evidence.json: claims[0] is 5; expected an object"),
-    "claim-unknown-part": (_set("claims.0.part", "sorcery"), "evidence.json: claims[0].part[0] is \"sorcery\""),
-    "skipped-wrong-type": (_set("skipped", [{"part": "rank", "variant": 3, "reason": "x"}]), "evidence.json: skipped[0].variant is 3; expected text"),
-    "wall-seconds-nan": (_set("wall_seconds", float("nan")), "evidence.json: wall_seconds is NaN; expected a number of seconds >= 0"),
-    "estimate-rate-negative": (_set("full_study_estimate.rates", {"coop": -1.0}), "full_study_estimate.rates.coop is -1.0"),
+    "claim-unknown-part": (_set("claims.0.part", "sorcery"), 'evidence.json: claims[0].part[0] is "sorcery"'),
+    "skipped-wrong-type": (
+        _set("skipped", [{"part": "rank", "variant": 3, "reason": "x"}]),
+        "evidence.json: skipped[0].variant is 3; expected text",
+    ),
+    "wall-seconds-nan": (
+        _set("wall_seconds", float("nan")),
+        "evidence.json: wall_seconds is NaN; expected a number of seconds >= 0",
+    ),
+    "estimate-rate-negative": (
+        _set("full_study_estimate.rates", {"coop": -1.0}),
+        "full_study_estimate.rates.coop is -1.0",
+    ),
     "settings-not-an-object": (_set("settings", ["micro"]), "evidence.json: not a study report"),
 }
 
@@ -476,14 +647,39 @@ def test_a_tampered_earlier_report_is_refused_naming_the_field(case, earlier_rep
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8) | st.sampled_from(["rank", "ablation", "base2new", "part3_rank", "fig_density.png"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["parts", "runs", "claim", "part", "x"]), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-10, 10**6)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["rank", "ablation", "base2new", "part3_rank", "fig_density.png"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["parts", "runs", "claim", "part", "x"]), inner, max_size=3)
+    ),
     max_leaves=6,
 )
-FIELDS = ["runs", "planned_runs", "wall_seconds", "train_seconds_total", "tables", "claims", "skipped", "figures",
-          "pieces", "made_at", "full_study_estimate", "settings.parts", "settings.sweep_datasets", "pieces.0",
-          "pieces.0.parts", "pieces.0.runs", "claims.0", "full_study_estimate.rates", "full_study_estimate.seconds"]
+FIELDS = [
+    "runs",
+    "planned_runs",
+    "wall_seconds",
+    "train_seconds_total",
+    "tables",
+    "claims",
+    "skipped",
+    "figures",
+    "pieces",
+    "made_at",
+    "full_study_estimate",
+    "settings.parts",
+    "settings.sweep_datasets",
+    "pieces.0",
+    "pieces.0.parts",
+    "pieces.0.runs",
+    "claims.0",
+    "full_study_estimate.rates",
+    "full_study_estimate.seconds",
+]
 
 
 _STUDY: list = []
@@ -491,7 +687,9 @@ _STUDY: list = []
 
 @settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(field=st.sampled_from(FIELDS), value=JSON_VALUES)
-def test_any_value_in_an_earlier_report_is_carried_sane_or_refused_in_one_line(field, value, earlier_report, tmp_path_factory):
+def test_any_value_in_an_earlier_report_is_carried_sane_or_refused_in_one_line(
+    field, value, earlier_report, tmp_path_factory
+):
     """Whatever one field of evidence.json holds, loading it for a merge gives parts, runs and seconds a report can
     state, or one line; never another exception."""
     from rlptune.reproduce.merge import load_earlier_report, report_pieces as _pieces

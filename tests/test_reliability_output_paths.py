@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 
+
 def tree(root: Path) -> dict[str, object]:
     """Every file and symlink under ``root``: relative path -> its bytes (a symlink -> where it points)."""
     found: dict[str, object] = {}
@@ -86,9 +87,28 @@ def trained(tmp_path_factory, tiny_arch_path) -> Path:
     """One finished run (trained once per module) that cases copy."""
     tmp = tmp_path_factory.mktemp("trained")
     data = make_image_folder(tmp / "data", ["red", "green"], {"train": 1, "val": 1, "test": 1})
-    args = ["train", "--backbone", tiny_arch_path, "--device", "cpu", "--no-progress", "--dataset", "folder",
-            "--data-root", data, "--epochs", 1, "--shots", 1, "--aug-views", 0, "--cache-dir", tmp / "cache",
-            "-o", tmp / "run"]
+    args = [
+        "train",
+        "--backbone",
+        tiny_arch_path,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--dataset",
+        "folder",
+        "--data-root",
+        data,
+        "--epochs",
+        1,
+        "--shots",
+        1,
+        "--aug-views",
+        0,
+        "--cache-dir",
+        tmp / "cache",
+        "-o",
+        tmp / "run",
+    ]
     assert main([str(a) for a in args]) == 0
     return tmp / "run"
 
@@ -111,8 +131,25 @@ def world(tmp_path, monkeypatch):
 
 
 def train_args(world: Path, arch: Path, *extra) -> list:
-    return ["train", "--backbone", arch, "--device", "cpu", "--no-progress", "--dataset", "folder", "--data-root",
-            world / "proj" / "data", "--epochs", 1, "--shots", 1, "--aug-views", 0, *extra]
+    return [
+        "train",
+        "--backbone",
+        arch,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--dataset",
+        "folder",
+        "--data-root",
+        world / "proj" / "data",
+        "--epochs",
+        1,
+        "--shots",
+        1,
+        "--aug-views",
+        0,
+        *extra,
+    ]
 
 
 def fake_run(folder: Path, settings_hash: str = "a" * 16, finished: bool = True) -> Path:
@@ -138,8 +175,12 @@ DATA_ROOT = "the data root (data.root)"
 def test_output_is_the_data_root(world, tiny_arch_path, capsys, flags):
     before = tree(world)
     code, err = run_cli(train_args(world, tiny_arch_path, "-o", world / "proj" / "data", *flags), capsys)
-    one_line(code, err, f"{world / 'proj' / 'data'}: output folder is {DATA_ROOT}",
-             "--overwrite replaces only rlptune run folders")
+    one_line(
+        code,
+        err,
+        f"{world / 'proj' / 'data'}: output folder is {DATA_ROOT}",
+        "--overwrite replaces only rlptune run folders",
+    )
     assert tree(world) == before
 
 
@@ -171,11 +212,15 @@ def test_data_root_reached_through_a_symlink(world, tiny_arch_path, capsys):
     assert tree(world) == before
 
 
-@pytest.mark.parametrize("output,reason", [
-    (".", "is the current directory"),
-    ("..", "holds the current directory at"),
-    ("../..", "holds the current directory at"),
-], ids=["dot", "dotdot", "grandparent"])
+@pytest.mark.parametrize(
+    "output,reason",
+    [
+        (".", "is the current directory"),
+        ("..", "holds the current directory at"),
+        ("../..", "holds the current directory at"),
+    ],
+    ids=["dot", "dotdot", "grandparent"],
+)
 @pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"], []], ids=["overwrite", "resume", "plain"])
 def test_output_is_or_holds_the_current_directory(world, tiny_arch_path, capsys, output, reason, flags):
     (world / "work" / "draft.md").write_text("not a run\n")
@@ -206,8 +251,12 @@ def test_output_is_a_folder_that_is_not_a_run(world, tiny_arch_path, capsys):
     (folder / "draft.pdf").write_bytes(b"%PDF-1.4 mine")
     before = tree(world)
     code, err = run_cli(train_args(world, tiny_arch_path, "-o", folder, "--overwrite"), capsys)
-    one_line(code, err, f"{folder}: folder is not empty and not an rlptune run (holds 'draft.pdf'); "
-                        f"--overwrite replaces only rlptune run folders")
+    one_line(
+        code,
+        err,
+        f"{folder}: folder is not empty and not an rlptune run (holds 'draft.pdf'); "
+        f"--overwrite replaces only rlptune run folders",
+    )
     assert tree(world) == before
 
 
@@ -250,6 +299,7 @@ def test_a_run_folder_is_still_replaced(world, trained, tiny_arch_path, capsys):
 
 # -- the library entry points ---------------------------------------------------------------------------------------
 
+
 def test_library_train_refuses_an_empty_path_and_the_current_directory(world):
     from rlptune.config import resolve_config
     from rlptune.engine.api import train
@@ -281,8 +331,11 @@ def test_a_filesystem_root_is_refused(world, monkeypatch):
 def test_a_folder_filled_while_the_run_trained_is_not_replaced(tmp_path):
     """The rule holds at the commit too: a folder that appeared meanwhile and is not a run is left alone."""
     target = tmp_path / "run"
-    with pytest.raises(RlptuneError, match=r"run: folder is not empty and not an rlptune run \(holds 'mine.txt'\).*"
-                                           r"the finished run is kept in \.run\.staging-"):
+    with pytest.raises(
+        RlptuneError,
+        match=r"run: folder is not empty and not an rlptune run \(holds 'mine.txt'\).*"
+        r"the finished run is kept in \.run\.staging-",
+    ):
         with RunDirectory(target, "a" * 16, resume=False, overwrite=True) as run:
             (run.staging / "result.json").write_text("{}")
             target.mkdir()
@@ -295,20 +348,28 @@ def test_a_folder_filled_while_the_run_trained_is_not_replaced(tmp_path):
 
 # -- sweeps, reports, the study, the demo, save_pretrained ---------------------------------------------------------
 
+
 def test_sweep_results_folder_is_checked(world, capsys):
     data = world / "proj" / "data"
     sweep = ["run", "few-shot", "--datasets", "folder", "--data-root", data, "--methods", "zeroshot", "--seeds", 1]
     before = tree(world)
-    one_line(*run_cli([*sweep, "--results", data], capsys), f"{data}: output folder is the data root (--data-root)",
-             "choose a new folder")
+    one_line(
+        *run_cli([*sweep, "--results", data], capsys),
+        f"{data}: output folder is the data root (--data-root)",
+        "choose a new folder",
+    )
     one_line(*run_cli([*sweep, "--results", "."], capsys), ".: output folder is the current directory")
     one_line(*run_cli([*sweep, "--results", ""], capsys), "--results: the results folder name is empty")
-    one_line(*run_cli([*sweep, "--results", world / "proj"], capsys),
-             f"{world / 'proj'}: output folder holds the data root (--data-root)")
+    one_line(
+        *run_cli([*sweep, "--results", world / "proj"], capsys),
+        f"{world / 'proj'}: output folder holds the data root (--data-root)",
+    )
     (world / "work" / "paper").mkdir()
     (world / "work" / "paper" / "paper.tex").write_text("mine")
-    one_line(*run_cli([*sweep, "--results", world / "work" / "paper"], capsys),
-             "paper: folder is not empty and not an rlptune results folder (holds 'paper.tex')")
+    one_line(
+        *run_cli([*sweep, "--results", world / "work" / "paper"], capsys),
+        "paper: folder is not empty and not an rlptune results folder (holds 'paper.tex')",
+    )
     assert {k: v for k, v in tree(world).items() if not k.startswith("work/paper")} == before
 
 
@@ -319,10 +380,14 @@ def test_report_folder_is_checked(world, capsys):
     before = tree(world)
     one_line(*run_cli(["report", results, "-o", "."], capsys), ".: output folder is the current directory")
     one_line(*run_cli(["report", results, "-o", ""], capsys), "-o/--output: the report folder name is empty")
-    one_line(*run_cli(["report", results, "-o", results], capsys),
-             f"{results}: output folder is the results folder it reports on")
-    one_line(*run_cli(["report", results, "-o", world / "proj"], capsys),
-             "proj: folder is not empty and not an rlptune report folder (holds 'data', 'thesis.tex')")
+    one_line(
+        *run_cli(["report", results, "-o", results], capsys),
+        f"{results}: output folder is the results folder it reports on",
+    )
+    one_line(
+        *run_cli(["report", results, "-o", world / "proj"], capsys),
+        "proj: folder is not empty and not an rlptune report folder (holds 'data', 'thesis.tex')",
+    )
     assert tree(world) == before
 
 
@@ -331,11 +396,19 @@ def test_study_folders_are_checked(world, capsys):
     (world / "work" / "notes.txt").write_text("mine")
     before = tree(world)
     one_line(*run_cli([*study, "--results", ".", "-o", "rep"], capsys), ".: output folder is the current directory")
-    one_line(*run_cli([*study, "--results", "r", "-o", ""], capsys), "-o/--output: the study report folder name is empty")
-    one_line(*run_cli([*study, "--results", "r", "-o", "r"], capsys), "r: output folder is the results folder (--results)")
-    one_line(*run_cli([*study, "--results", "r", "-o", world / "work"], capsys), "output folder is the current directory")
-    one_line(*run_cli([*study, "--results", "r", "--report-only", "-o", world / "proj"], capsys),
-             "proj: folder is not empty and not an rlptune study report folder (holds 'data', 'thesis.tex')")
+    one_line(
+        *run_cli([*study, "--results", "r", "-o", ""], capsys), "-o/--output: the study report folder name is empty"
+    )
+    one_line(
+        *run_cli([*study, "--results", "r", "-o", "r"], capsys), "r: output folder is the results folder (--results)"
+    )
+    one_line(
+        *run_cli([*study, "--results", "r", "-o", world / "work"], capsys), "output folder is the current directory"
+    )
+    one_line(
+        *run_cli([*study, "--results", "r", "--report-only", "-o", world / "proj"], capsys),
+        "proj: folder is not empty and not an rlptune study report folder (holds 'data', 'thesis.tex')",
+    )
     assert tree(world) == before
 
 
@@ -343,8 +416,10 @@ def test_demo_folder_is_checked(world, capsys):
     before = tree(world)
     one_line(*run_cli(["demo", "--quick", "-o", "."], capsys), ".: output folder is the current directory")
     one_line(*run_cli(["demo", "--quick", "-o", ""], capsys), "-o/--output: the demo folder name is empty")
-    one_line(*run_cli(["demo", "--quick", "-o", world / "proj"], capsys),
-             "proj: folder is not empty and not an rlptune demo folder (holds 'data', 'thesis.tex')")
+    one_line(
+        *run_cli(["demo", "--quick", "-o", world / "proj"], capsys),
+        "proj: folder is not empty and not an rlptune demo folder (holds 'data', 'thesis.tex')",
+    )
     assert tree(world) == before
 
 
@@ -357,11 +432,17 @@ def test_save_pretrained_never_writes_over_a_users_readme(world, trained):
     (world / "work" / "readme-only").mkdir()
     (world / "work" / "readme-only" / "README.md").write_text("# not an adapter\n")
     before = tree(world)
-    with pytest.raises(RlptuneError, match=r"proj: folder is not empty and not an rlptune adapter folder \(holds "
-                                           r"'data', 'thesis.tex'\)"):
+    with pytest.raises(
+        RlptuneError,
+        match=r"proj: folder is not empty and not an rlptune adapter folder \(holds "
+        r"'data', 'thesis.tex'\)",
+    ):
         rlptune.save_pretrained(method, project)
-    with pytest.raises(RlptuneError, match=r"readme-only: folder is not empty and not an rlptune adapter folder "
-                                           r"\(holds 'README.md'\)"):
+    with pytest.raises(
+        RlptuneError,
+        match=r"readme-only: folder is not empty and not an rlptune adapter folder "
+        r"\(holds 'README.md'\)",
+    ):
         rlptune.save_pretrained(method, world / "work" / "readme-only")
     with pytest.raises(RlptuneError, match=r"^\.: output folder is the current directory"):
         rlptune.save_pretrained(method, ".")
@@ -401,7 +482,14 @@ def test_adapter_layout_names_the_adapter_files():
     from rlptune.engine.hub import MODEL_CARD, TRAINING_CONFIG
 
     allowed, signature = OUTPUT_LAYOUTS["adapter"]
-    assert {ADAPTER_CONFIG, ADAPTER_MODEL, LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_MODEL, MODEL_CARD, TRAINING_CONFIG} == set(allowed)
+    assert {
+        ADAPTER_CONFIG,
+        ADAPTER_MODEL,
+        LEGACY_ADAPTER_CONFIG,
+        LEGACY_ADAPTER_MODEL,
+        MODEL_CARD,
+        TRAINING_CONFIG,
+    } == set(allowed)
     assert signature and MODEL_CARD not in signature  # a folder holding only a README is not an adapter
 
 
@@ -411,8 +499,23 @@ H1, H2 = "a" * 16, "b" * 16
 #: Layouts are many small folders made and removed per example: on a RAM disk where there is one (Linux), so the
 #: property stays fast on slow disks.
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-OUTPUT_CHOICES = ("data", "data-relative", "data-parent", "data-child-new", "data-child-existing", "cwd", ".", "..",
-                  "", "home", "sibling", "run", "unfinished-run", "new", "link")
+OUTPUT_CHOICES = (
+    "data",
+    "data-relative",
+    "data-parent",
+    "data-child-new",
+    "data-child-existing",
+    "cwd",
+    ".",
+    "..",
+    "",
+    "home",
+    "sibling",
+    "run",
+    "unfinished-run",
+    "new",
+    "link",
+)
 LINK_TARGETS = ("data", "cwd", "run", "sibling", "missing")
 
 
@@ -421,8 +524,13 @@ def layouts(draw):
     return {
         "data": draw(st.sampled_from(["proj/data", "data", "proj", "proj/runs/r1/images"])),
         "cwd": draw(st.sampled_from(["proj", "data-root", "base", "proj/runs/r1", "home"])),
-        "user": draw(st.sets(st.sampled_from(["proj/thesis.tex", "notes.md", "proj/other/keep.txt",
-                                              "proj/runs/README.md", "home/.bashrc"]))),
+        "user": draw(
+            st.sets(
+                st.sampled_from(
+                    ["proj/thesis.tex", "notes.md", "proj/other/keep.txt", "proj/runs/README.md", "home/.bashrc"]
+                )
+            )
+        ),
         "r1": draw(st.booleans()),
         "r2_finished": draw(st.booleans()),
         "staging": draw(st.sampled_from([None, H1, H2])),
@@ -457,10 +565,20 @@ def build(sandbox: Path, layout: dict) -> tuple[Path, Path, Path, str]:
     link = base / "link"
     link.symlink_to(places[layout["link"]])
     output = {
-        "data": str(data), "data-relative": os.path.relpath(data, cwd), "data-parent": str(data.parent),
-        "data-child-new": str(data / "run-new"), "data-child-existing": str(data / "train"), "cwd": str(cwd),
-        ".": ".", "..": "..", "": "", "home": str(base / "home"), "sibling": str(base / "proj" / "other"),
-        "run": str(r1), "unfinished-run": str(base / "proj" / "runs" / "r2"), "new": str(base / "proj" / "runs" / "new"),
+        "data": str(data),
+        "data-relative": os.path.relpath(data, cwd),
+        "data-parent": str(data.parent),
+        "data-child-new": str(data / "run-new"),
+        "data-child-existing": str(data / "train"),
+        "cwd": str(cwd),
+        ".": ".",
+        "..": "..",
+        "": "",
+        "home": str(base / "home"),
+        "sibling": str(base / "proj" / "other"),
+        "run": str(r1),
+        "unfinished-run": str(base / "proj" / "runs" / "r2"),
+        "new": str(base / "proj" / "runs" / "new"),
         "link": str(link),
     }[layout["output"]]
     return base, data, cwd, output
@@ -492,14 +610,25 @@ def test_no_combination_of_output_and_flags_loses_a_file_outside_a_run(layout):
         runs = [p.relative_to(sandbox) for p in run_folders(sandbox)]
         data_rel = data.relative_to(sandbox)
         # the user's files: those outside every run folder, and the data inside a run folder that holds the data root
-        kept = {rel: content for rel, content in before.items()
-                if all(data_rel.is_relative_to(r) and Path(rel).is_relative_to(data_rel)
-                       for r in runs if Path(rel).is_relative_to(r))}
+        kept = {
+            rel: content
+            for rel, content in before.items()
+            if all(
+                data_rel.is_relative_to(r) and Path(rel).is_relative_to(data_rel)
+                for r in runs
+                if Path(rel).is_relative_to(r)
+            )
+        }
         with contextlib.chdir(cwd), mock.patch.dict(os.environ, {"HOME": str(base / "home")}):
             refuse = must_be_refused(output, data, base / "home")
             try:
-                with RunDirectory(output, layout["hash"], resume=layout["resume"], overwrite=layout["overwrite"],
-                                  inputs=[(DATA_ROOT, str(data))]) as run:
+                with RunDirectory(
+                    output,
+                    layout["hash"],
+                    resume=layout["resume"],
+                    overwrite=layout["overwrite"],
+                    inputs=[(DATA_ROOT, str(data))],
+                ) as run:
                     (run.staging / "result.json").write_text("{}")
                     (run.staging / "adapter").mkdir(exist_ok=True)
                     run.commit()
@@ -519,9 +648,25 @@ def test_no_combination_of_output_and_flags_loses_a_file_outside_a_run(layout):
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(kind=st.sampled_from(sorted(OUTPUT_LAYOUTS)), ours=st.lists(st.sampled_from(
-    ["report.md", "tables", "few-shot", "runs", "evidence.json", "README.md", "rlptune_adapter.json", ".DS_Store"]),
-    max_size=4), mine=st.sampled_from([None, "thesis.tex", "photos", "NOTES.txt"]))
+@given(
+    kind=st.sampled_from(sorted(OUTPUT_LAYOUTS)),
+    ours=st.lists(
+        st.sampled_from(
+            [
+                "report.md",
+                "tables",
+                "few-shot",
+                "runs",
+                "evidence.json",
+                "README.md",
+                "rlptune_adapter.json",
+                ".DS_Store",
+            ]
+        ),
+        max_size=4,
+    ),
+    mine=st.sampled_from([None, "thesis.tex", "photos", "NOTES.txt"]),
+)
 def test_container_folders_never_accept_a_users_file(kind, ours, mine):
     """Whatever rlptune's own names a folder holds, one file of the user's at its top makes it refused."""
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
@@ -542,8 +687,12 @@ def test_container_folders_never_accept_a_users_file(kind, ours, mine):
 def test_predict_output_never_replaces_an_input_or_a_users_file(world, trained, capsys, target):
     """predict -o writes a CSV; it may replace an earlier predictions CSV and nothing else, checked before predicting."""
     images = world / "proj" / "data" / "test" / "red"
-    output = {"input-image": next(images.iterdir()), "user-file": world / "proj" / "thesis.tex",
-              "folder": world / "proj", "empty": ""}[target]
+    output = {
+        "input-image": next(images.iterdir()),
+        "user-file": world / "proj" / "thesis.tex",
+        "folder": world / "proj",
+        "empty": "",
+    }[target]
     before = tree(world)
     code, err = run_cli(["predict", trained / "adapter", images, "-o", output, "--no-progress"], capsys)
     one_line(code, err, "-o/--output")
@@ -562,17 +711,34 @@ def test_predict_output_replaces_an_earlier_predictions_csv(world, trained, caps
 def test_eval_json_never_replaces_an_input_or_a_users_file(world, trained, capsys, target):
     """eval --json writes metrics; it may replace an earlier metrics file and nothing else, checked before eval."""
     images = world / "proj" / "data" / "test" / "red"
-    output = {"input-image": next(images.iterdir()), "user-file": world / "proj" / "thesis.tex",
-              "folder": world / "proj", "empty": ""}[target]
+    output = {
+        "input-image": next(images.iterdir()),
+        "user-file": world / "proj" / "thesis.tex",
+        "folder": world / "proj",
+        "empty": "",
+    }[target]
     before = tree(world)
-    code, err = run_cli(["eval", trained / "adapter", "--dataset", "folder", "--data-root", world / "proj" / "data",
-                         "--json", output], capsys)
+    code, err = run_cli(
+        ["eval", trained / "adapter", "--dataset", "folder", "--data-root", world / "proj" / "data", "--json", output],
+        capsys,
+    )
     one_line(code, err, "--json")
     assert tree(world) == before
     metrics = world / "work" / "metrics.json"
     for _ in range(2):  # an earlier metrics file is replaced
-        code, _err = run_cli(["eval", trained / "adapter", "--dataset", "folder", "--data-root",
-                              world / "proj" / "data", "--json", metrics], capsys)
+        code, _err = run_cli(
+            [
+                "eval",
+                trained / "adapter",
+                "--dataset",
+                "folder",
+                "--data-root",
+                world / "proj" / "data",
+                "--json",
+                metrics,
+            ],
+            capsys,
+        )
         assert code == 0 and '"top1"' in metrics.read_text()
 
 

@@ -67,7 +67,12 @@ def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_d
     code = code.replace('load_backbone("micro")', f"load_backbone({str(tiny_arch_path)!r})")
     namespace = run_example(code, tmp_path, monkeypatch)
     adapter = tmp_path / "runs" / "mine" / "adapter"
-    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "rlptune_adapter.json", "rlptune_adapter.safetensors", "training_config.yaml"]
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "README.md",
+        "rlptune_adapter.json",
+        "rlptune_adapter.safetensors",
+        "training_config.yaml",
+    ]
     assert adapter.joinpath("rlptune_adapter.safetensors").stat().st_size < 4096
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) >= 2  # the result line, then one line per predicted image
@@ -81,15 +86,39 @@ def test_readme_example_runs_with_a_tiny_backbone(tmp_path, monkeypatch, cache_d
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_arch_path, colour_folder) -> Path:
     run = tmp_path_factory.mktemp("predict-run")
-    code = main(["train", "--backbone", str(tiny_arch_path), "--device", "cpu", "--dataset", "folder",
-                 "--data-root", str(colour_folder), "--method", "rlp", "--epochs", "1", "--shots", "2",
-                 "--aug-views", "0", "--cache-dir", str(tmp_path_factory.mktemp("predict-cache")), "--no-progress",
-                 "-o", str(run)])  # the cache beside the run: a run folder never holds an input
+    code = main(
+        [
+            "train",
+            "--backbone",
+            str(tiny_arch_path),
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(colour_folder),
+            "--method",
+            "rlp",
+            "--epochs",
+            "1",
+            "--shots",
+            "2",
+            "--aug-views",
+            "0",
+            "--cache-dir",
+            str(tmp_path_factory.mktemp("predict-cache")),
+            "--no-progress",
+            "-o",
+            str(run),
+        ]
+    )  # the cache beside the run: a run folder never holds an input
     assert code == 0
     return run / "adapter"
 
 
-def test_predict_folder_shows_progress_on_a_terminal_only_and_writes_every_image(adapter, colour_folder, tmp_path, capsys, monkeypatch):
+def test_predict_folder_shows_progress_on_a_terminal_only_and_writes_every_image(
+    adapter, colour_folder, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "pred.csv"
     nested = colour_folder / "test"  # class sub-folders: images are found recursively
     code = main(["predict", str(adapter), str(nested), "--top-k", "2", "-o", str(out), "--device", "cpu"])
@@ -112,8 +141,23 @@ def test_predict_folder_shows_progress_on_a_terminal_only_and_writes_every_image
 
 def test_predict_top_k_above_class_count_is_clamped(adapter, colour_folder, tmp_path, capsys):
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(adapter), str(colour_folder / "test" / "red"), "--top-k", "10", "-o", str(out),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(adapter),
+                str(colour_folder / "test" / "red"),
+                "--top-k",
+                "10",
+                "-o",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert len(rows[0]) == 1 + 2 * 4
     assert {rows[0][f"label_{i}"] for i in range(1, 5)} == {"red", "green", "blue", "yellow"}
@@ -124,8 +168,21 @@ def test_predict_classes_from_a_file_and_printing_without_output(adapter, colour
     names = tmp_path / "classes.txt"
     names.write_text("a photo of nothing\n\ncat\ndog\n", encoding="utf-8")
     single = colour_folder / "test" / "blue" / "blue_000.png"
-    code = main(["predict", str(adapter), str(single), str(colour_folder / "test" / "red"), "--classes", str(names),
-                 "--top-k", "3", "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(adapter),
+            str(single),
+            str(colour_folder / "test" / "red"),
+            "--classes",
+            str(names),
+            "--top-k",
+            "3",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 1 + 12
     path, best = out[0].split("\t")

@@ -29,14 +29,42 @@ from rlptune.config import config_from_dict
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("resume-data"), ["red", "green", "blue", "yellow"], {"train": 4, "val": 1, "test": 2})
+    return make_image_folder(
+        tmp_path_factory.mktemp("resume-data"), ["red", "green", "blue", "yellow"], {"train": 4, "val": 1, "test": 2}
+    )
 
 
 def train_args(arch, data, epochs, *extra) -> list[str]:
     """RLP with dropout (random masks every epoch) and AdamW (optimizer state that must survive the restart)."""
-    args = ["train", "--backbone", arch, "--device", "cpu", "--dataset", "folder", "--data-root", data,
-            "--method", "rlp", "--dropout", 0.3, "--optimizer", "adamw", "--lr", 0.01, "--shots", 2,
-            "--epochs", epochs, "--aug-views", 2, "--checkpoint-every", 1, "--no-progress", *extra]
+    args = [
+        "train",
+        "--backbone",
+        arch,
+        "--device",
+        "cpu",
+        "--dataset",
+        "folder",
+        "--data-root",
+        data,
+        "--method",
+        "rlp",
+        "--dropout",
+        0.3,
+        "--optimizer",
+        "adamw",
+        "--lr",
+        0.01,
+        "--shots",
+        2,
+        "--epochs",
+        epochs,
+        "--aug-views",
+        2,
+        "--checkpoint-every",
+        1,
+        "--no-progress",
+        *extra,
+    ]
     return [str(a) for a in args]
 
 
@@ -64,15 +92,21 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter_bitwise(tiny_arch_p
     env = {**os.environ, "RLPTUNE_CACHE": str(cache_dir), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     stderr = tmp_path / "killed.stderr"
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rlptune.cli", *args, "-o", str(killed)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rlptune.cli", *args, "-o", str(killed)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     # the run writes into a staging folder beside its target and moves it in only when it has finished
     staged = lambda: next(iter(tmp_path.glob(".killed.staging-*/checkpoint/last.safetensors")), None)  # noqa: E731
     deadline = time.monotonic() + 300
     try:
         while staged() is None:
             if proc.poll() is not None:
-                pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: {stderr.read_text()[-2000:]}")
+                pytest.fail(
+                    f"training exited ({proc.returncode}) before its first checkpoint: {stderr.read_text()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail("no checkpoint within 300 s")
             time.sleep(0.002)
@@ -132,7 +166,9 @@ def test_same_seed_same_results_and_the_run_folder_records_everything(tiny_arch_
     assert info["classes"] == ["blue", "green", "red", "yellow"]
 
 
-def test_non_finite_loss_stops_naming_where_and_keeps_the_last_checkpoint(tiny_arch_path, data, tmp_path, cache_dir, capsys, monkeypatch):
+def test_non_finite_loss_stops_naming_where_and_keeps_the_last_checkpoint(
+    tiny_arch_path, data, tmp_path, cache_dir, capsys, monkeypatch
+):
     """The finished run already in the folder stays byte-identical; the failed attempt is kept beside it (staging)
     with its last good checkpoint, and --resume continues from there."""
     import dataclasses
@@ -175,7 +211,9 @@ def test_non_finite_loss_stops_naming_where_and_keeps_the_last_checkpoint(tiny_a
 
 def test_exploding_learning_rate_is_a_one_line_error(tiny_arch_path, data, tmp_path, cache_dir, capsys):
     run = tmp_path / "run"
-    args = train_args(tiny_arch_path, data, 4, "--method", "coop", "--optimizer", "sgd", "--lr", "1e30", "--warmup-epochs", "0")
+    args = train_args(
+        tiny_arch_path, data, 4, "--method", "coop", "--optimizer", "sgd", "--lr", "1e30", "--warmup-epochs", "0"
+    )
     capsys.readouterr()
     code = main(args + ["-o", str(run)])
     err = capsys.readouterr().err
@@ -185,7 +223,9 @@ def test_exploding_learning_rate_is_a_one_line_error(tiny_arch_path, data, tmp_p
     assert not (run / "result.json").exists() and not (run / "adapter").exists()
 
 
-def test_exploding_rlp_prompt_is_reported_where_and_never_checkpointed(tiny_arch_path, data, tmp_path, cache_dir, capsys):
+def test_exploding_rlp_prompt_is_reported_where_and_never_checkpointed(
+    tiny_arch_path, data, tmp_path, cache_dir, capsys
+):
     """An update that makes the prompt non-finite (P_A @ P_B overflows while the loss was still finite) is caught in
     the epoch it happens, before any diagnostics, metrics line or checkpoint see it."""
     run = tmp_path / "run"

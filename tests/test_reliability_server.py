@@ -47,6 +47,7 @@ PROPERTY = hsettings(max_examples=60, deadline=None, derandomize=True, database=
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     from conftest import backbone_from_arch
@@ -131,7 +132,10 @@ class Records(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
     def text(self) -> str:
-        return "\n".join(self.format(r) + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "") for r in self.records.values())
+        return "\n".join(
+            self.format(r) + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+            for r in self.records.values()
+        )
 
     def assert_no_traceback(self) -> None:
         with_traceback = [r.getMessage() for r in self.records.values() if r.exc_info or r.stack_info]
@@ -182,6 +186,7 @@ def assert_json_error(response, status: int | None = None) -> str:
 
 # -- data loss: a folder the server does not serve is never replaced or deleted --------------------------------------
 
+
 def test_put_and_delete_never_touch_a_folder_the_server_does_not_serve(backbone, sources, tmp_path):
     root = tmp_path / "adapters"
     copy_adapter(sources["good"], root / "good")
@@ -195,7 +200,9 @@ def test_put_and_delete_never_touch_a_folder_the_server_does_not_serve(backbone,
         skipped = " ".join(c.app.state.server.registry.skipped)
         assert "adapter was trained on backbone" in skipped and "symbolic link" in skipped
         for name in ("otherbb", "notes", "linked"):
-            message = assert_one_line_error(_upload(c, name, sources["good"]), 409, f"task {name!r}", "does not serve", "never replaced or deleted")
+            message = assert_one_line_error(
+                _upload(c, name, sources["good"]), 409, f"task {name!r}", "does not serve", "never replaced or deleted"
+            )
             assert str(root) not in message
             assert_one_line_error(c.delete(f"/v1/tasks/{name}", headers=AUTH), 404, "unknown task")
         assert _upload(c, "fresh", sources["good"]).status_code == 201  # a free name still works
@@ -213,7 +220,9 @@ def test_preload_skips_a_symlinked_or_non_finite_adapter_with_a_log_line(backbon
     with Records() as records, make_client(backbone, root, preload=True) as c:
         assert [t["name"] for t in c.get("/v1/tasks").json()["tasks"]] == ["good"]
         skipped = c.app.state.server.registry.skipped
-        assert len(skipped) == 2 and any("symbolic link" in s for s in skipped) and any("not finite" in s for s in skipped)
+        assert (
+            len(skipped) == 2 and any("symbolic link" in s for s in skipped) and any("not finite" in s for s in skipped)
+        )
         files = [("image", ("a.png", images[0].read_bytes(), "image/png"))]
         assert c.post("/v1/classify", data={"task": "good"}, files=files).status_code == 200
         assert_one_line_error(c.post("/v1/classify", data={"task": "huge"}, files=files), 404, "unknown task")
@@ -226,15 +235,27 @@ def test_preload_skips_a_symlinked_or_non_finite_adapter_with_a_log_line(backbon
 
 # -- adapters whose logits are not finite -------------------------------------------------------------------------
 
+
 def test_upload_of_a_config_nested_too_deep_or_with_a_huge_number_is_a_4xx(backbone, sources, tmp_path):
     root = tmp_path / "adapters"
     root.mkdir()
     config = json.loads((sources["good"] / "rlptune_adapter.json").read_text())
     long_number = json.dumps(config)[:-1] + ', "extra": ' + "7" * 5000 + "}"
     with Records() as records, make_client(backbone, root) as c:
-        assert_one_line_error(_upload(c, "t", sources["good"], config=b"[" * 100_000 + b"]" * 100_000), 400, "rlptune_adapter.json: not valid JSON (nested too deeply)")
-        assert_one_line_error(_upload(c, "t", sources["good"], config=long_number.encode()), 400, "rlptune_adapter.json: not valid JSON", "4300 digits")
-        assert_one_line_error(_upload(c, "t", sources["good"], config=b"\xff{}"), 400, "rlptune_adapter.json: not UTF-8")
+        assert_one_line_error(
+            _upload(c, "t", sources["good"], config=b"[" * 100_000 + b"]" * 100_000),
+            400,
+            "rlptune_adapter.json: not valid JSON (nested too deeply)",
+        )
+        assert_one_line_error(
+            _upload(c, "t", sources["good"], config=long_number.encode()),
+            400,
+            "rlptune_adapter.json: not valid JSON",
+            "4300 digits",
+        )
+        assert_one_line_error(
+            _upload(c, "t", sources["good"], config=b"\xff{}"), 400, "rlptune_adapter.json: not UTF-8"
+        )
     assert list(root.iterdir()) == []
     records.assert_no_traceback()
 
@@ -256,7 +277,12 @@ def test_a_served_adapter_whose_logits_overflow_answers_409_on_classify(backbone
     copy_adapter(sources["huge"], root / "huge")
     files = [("image", ("a.png", images[0].read_bytes(), "image/png"))]
     with Records() as records, make_client(backbone, root) as c:  # no --preload: loaded on first use
-        assert_one_line_error(c.post("/v1/classify", data={"task": "huge"}, files=files), 409, "task 'huge' cannot be loaded", "not finite")
+        assert_one_line_error(
+            c.post("/v1/classify", data={"task": "huge"}, files=files),
+            409,
+            "task 'huge' cannot be loaded",
+            "not finite",
+        )
     records.assert_no_traceback()
 
 
@@ -270,13 +296,18 @@ def test_non_finite_logits_at_scoring_time_are_a_409_not_nan_probabilities(backb
     with Records() as records, make_client(backbone, root) as c:
         registry = c.app.state.server.registry
         good = registry.get("good")
-        broken = LoadedTask(good.info, "affine", weight=torch.full_like(good.weight, float("nan")), bias=good.bias, nbytes=good.nbytes)
+        broken = LoadedTask(
+            good.info, "affine", weight=torch.full_like(good.weight, float("nan")), bias=good.bias, nbytes=good.nbytes
+        )
         registry._insert("good", broken)
-        assert_one_line_error(c.post("/v1/classify", data={"task": "good"}, files=files), 409, "task 'good'", "logits are not finite")
+        assert_one_line_error(
+            c.post("/v1/classify", data={"task": "good"}, files=files), 409, "task 'good'", "logits are not finite"
+        )
     records.assert_no_traceback()
 
 
 # -- numbers and nesting in /v1/classify ------------------------------------------------------------------------------
+
 
 def test_classify_top_k_and_json_nesting_are_4xx_naming_the_field(backbone, sources, tmp_path, images):
     root = tmp_path / "adapters"
@@ -288,7 +319,9 @@ def test_classify_top_k_and_json_nesting_are_4xx_naming_the_field(backbone, sour
         return c.post("/v1/classify", content=body.encode(), headers={"content-type": "application/json"})
 
     def form(top_k: str):
-        return c.post("/v1/classify", data={"task": "good", "top_k": top_k}, files=[("image", ("a.png", images[0].read_bytes()))])
+        return c.post(
+            "/v1/classify", data={"task": "good", "top_k": top_k}, files=[("image", ("a.png", images[0].read_bytes()))]
+        )
 
     with Records() as records, make_client(backbone, root) as c:
         assert_one_line_error(raw(head + "1e999}"), 400, "top_k must be a whole number", "got inf")
@@ -300,14 +333,17 @@ def test_classify_top_k_and_json_nesting_are_4xx_naming_the_field(backbone, sour
         assert_one_line_error(raw(head + f"{MAX_TOP_K + 1}}}"), 400, "top_k", f"got {MAX_TOP_K + 1}")
         assert_one_line_error(raw('{"task": ' + "9" * 5000 + "}"), 400, "'task'")
         assert_one_line_error(raw("[" * 100_000 + "]" * 100_000), 400, "not valid JSON (nested too deeply)")
-        assert_one_line_error(raw('{"a": ' + "{\"a\": " * 100_000 + "1" + "}" * 100_001), 400, "nested too deeply")
+        assert_one_line_error(raw('{"a": ' + '{"a": ' * 100_000 + "1" + "}" * 100_001), 400, "nested too deeply")
         assert_one_line_error(form("9" * 5000), 400, "top_k", "got a 5000-digit number")
         assert_one_line_error(form("1e999"), 400, "top_k", "got '1e999'")
         assert_one_line_error(form("nan"), 400, "top_k", "got 'nan'")
         # the same numbers in other spellings are accepted alike
         for body in (head + "3}", head + '"3"}', head + "3.0}", head + "3e0}", head + '" 3 "}'):
             response = raw(body)
-            assert response.status_code == 200 and len(response.json()["predictions"][0]["labels"]) == 3, (body[-8:], response.text)
+            assert response.status_code == 200 and len(response.json()["predictions"][0]["labels"]) == 3, (
+                body[-8:],
+                response.text,
+            )
         assert form("3.0").json()["predictions"][0]["labels"] == raw(head + "3}").json()["predictions"][0]["labels"]
         # still answering on the same connection
         assert c.get("/healthz").status_code == 200
@@ -354,13 +390,16 @@ def test_top_k_never_raises_anything_but_the_api_error(text):
 
 # -- names ------------------------------------------------------------------------------------------------------------
 
+
 def test_task_names_ending_in_a_newline_are_refused(backbone, sources, tmp_path, images):
     root = tmp_path / "adapters"
     root.mkdir()
     image = base64.b64encode(images[0].read_bytes()).decode()
     with Records() as records, make_client(backbone, root) as c:
         for path in ("/v1/tasks/nl%0A", "/v1/tasks/nl%0D%0A", "/v1/tasks/nl%00"):
-            assert_one_line_error(c.put(path, files={"config": ("c", b"{}"), "model": ("m", b"x")}, headers=AUTH), 400, "task name")
+            assert_one_line_error(
+                c.put(path, files={"config": ("c", b"{}"), "model": ("m", b"x")}, headers=AUTH), 400, "task name"
+            )
             assert_one_line_error(c.get(path), 400, "task name")
             assert_one_line_error(c.delete(path, headers=AUTH), 400, "task name")
         assert_one_line_error(_upload(c, "nl%0A", sources["good"]), 400, "task name 'nl\\n'")
@@ -453,6 +492,7 @@ def test_settings_are_accepted_or_refused_alike_in_every_spelling(name, n):
 
 # -- metrics ----------------------------------------------------------------------------------------------------------
 
+
 def series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("rlptune_requests_total{")}
 
@@ -465,7 +505,17 @@ def assert_bounded_labels(text: str) -> None:
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
         assert labels["method"] in set(METHODS) | {"other"}, line
         assert labels["status"] in statuses, line
-        assert labels["route"] in {"/", "/healthz", "/metrics", "/v1/classify", "/v1/tasks", "/docs", "/openapi.json", "/v1/tasks/{name}", "other"}, line
+        assert labels["route"] in {
+            "/",
+            "/healthz",
+            "/metrics",
+            "/v1/classify",
+            "/v1/tasks",
+            "/docs",
+            "/openapi.json",
+            "/v1/tasks/{name}",
+            "other",
+        }, line
 
 
 def test_invented_method_names_add_no_series_to_metrics(backbone, tmp_path):
@@ -491,16 +541,22 @@ def test_invented_method_names_add_no_series_to_metrics(backbone, tmp_path):
 
 # -- shutdown ---------------------------------------------------------------------------------------------------------
 
+
 def test_a_request_cut_off_by_the_graceful_timeout_gets_a_json_503(backbone, sources, tmp_path, images):
     root = tmp_path / "adapters"
     copy_adapter(sources["good"], root / "good")
     outcome = {}
     with Records() as records:
-        live = LoopbackServer(backbone, root, max_wait_ms=8000, graceful_timeout_s=0.3)  # the request waits in the batcher
+        live = LoopbackServer(
+            backbone, root, max_wait_ms=8000, graceful_timeout_s=0.3
+        )  # the request waits in the batcher
         with live:
+
             def send():
                 files = [("image", ("a.png", images[0].read_bytes(), "image/png"))]
-                outcome["response"] = httpx.post(live.url + "/v1/classify", data={"task": "good"}, files=files, timeout=30)
+                outcome["response"] = httpx.post(
+                    live.url + "/v1/classify", data={"task": "good"}, files=files, timeout=30
+                )
 
             batcher = live.app.state.server.batcher
             submitted = threading.Event()
@@ -526,17 +582,22 @@ def test_a_request_cut_off_by_the_graceful_timeout_gets_a_json_503(backbone, sou
 
 # -- fuzz on loopback -------------------------------------------------------------------------------------------------
 
+
 def _odd_number(rng: random.Random):
-    return rng.choice([
-        lambda: 10 ** rng.randint(0, 60),
-        lambda: -rng.randint(0, 10**6),
-        lambda: rng.uniform(-1e6, 1e6),
-        lambda: rng.choice([0, 1, 2, 3, MAX_TOP_K, MAX_TOP_K + 1, True, False, None]),
-        lambda: rng.choice(["1e999", "-1e999", "NaN", "Infinity", "0x10", "1_000", "٣", "", " ", "3", "3.0", "2.5"]),
-        lambda: "9" * rng.choice([41, 4300, 5000]),
-        lambda: [[rng.random()]],
-        lambda: {"n": 1},
-    ])()
+    return rng.choice(
+        [
+            lambda: 10 ** rng.randint(0, 60),
+            lambda: -rng.randint(0, 10**6),
+            lambda: rng.uniform(-1e6, 1e6),
+            lambda: rng.choice([0, 1, 2, 3, MAX_TOP_K, MAX_TOP_K + 1, True, False, None]),
+            lambda: rng.choice(
+                ["1e999", "-1e999", "NaN", "Infinity", "0x10", "1_000", "٣", "", " ", "3", "3.0", "2.5"]
+            ),
+            lambda: "9" * rng.choice([41, 4300, 5000]),
+            lambda: [[rng.random()]],
+            lambda: {"n": 1},
+        ]
+    )()
 
 
 def _json_text(value) -> str:
@@ -552,7 +613,23 @@ FUZZ_REQUESTS = 320
 
 def _fuzz_requests(rng: random.Random, image: str, png: bytes):
     """(method, path, headers, body) of malformed requests; a few well-formed ones in between."""
-    names = ["good", "otherbb", "nl\n", "a..b", ".hidden", "x" * 300, "%00", "ünï", "a/b", "..", "con", "-", "good ", "GOOD", " "]
+    names = [
+        "good",
+        "otherbb",
+        "nl\n",
+        "a..b",
+        ".hidden",
+        "x" * 300,
+        "%00",
+        "ünï",
+        "a/b",
+        "..",
+        "con",
+        "-",
+        "good ",
+        "GOOD",
+        " ",
+    ]
     for i in range(FUZZ_REQUESTS):
         kind = i % 8
         if kind == 0:
@@ -562,23 +639,48 @@ def _fuzz_requests(rng: random.Random, image: str, png: bytes):
         elif kind == 1:
             depth = rng.choice([10, 500, 999, 1000, 5000, 100_000])
             opener, closer = rng.choice([("[", "]"), ('{"a":', "}")])
-            yield "POST", "/v1/classify", {"content-type": "application/json"}, (opener * depth + "1" + closer * depth).encode()
+            yield (
+                "POST",
+                "/v1/classify",
+                {"content-type": "application/json"},
+                (opener * depth + "1" + closer * depth).encode(),
+            )
         elif kind == 2:
             method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ_-") for _ in range(rng.randint(1, 30)))
             yield method, rng.choice(["/v1/classify", "/v1/tasks/good", "/metrics", "/", f"/x{i}"]), {}, b""
         elif kind == 3:
-            ctype = rng.choice([
-                "application/json; charset=utf-16", "application/json; charset=nope", "multipart/form-data",
-                "multipart/form-data; boundary=", "multipart/form-data; boundary=" + "b" * 200, "application/x-www-form-urlencoded; charset=klingon",
-                "text/plain", "application/JSON", "*/*", "application/json;",
-            ])
-            body = rng.choice([b"", b"{}", b'{"task": "good"}', b"task=good&top_k=3", b"--b\r\n\r\n--b--", bytes(rng.randrange(256) for _ in range(64))])
+            ctype = rng.choice(
+                [
+                    "application/json; charset=utf-16",
+                    "application/json; charset=nope",
+                    "multipart/form-data",
+                    "multipart/form-data; boundary=",
+                    "multipart/form-data; boundary=" + "b" * 200,
+                    "application/x-www-form-urlencoded; charset=klingon",
+                    "text/plain",
+                    "application/JSON",
+                    "*/*",
+                    "application/json;",
+                ]
+            )
+            body = rng.choice(
+                [
+                    b"",
+                    b"{}",
+                    b'{"task": "good"}',
+                    b"task=good&top_k=3",
+                    b"--b\r\n\r\n--b--",
+                    bytes(rng.randrange(256) for _ in range(64)),
+                ]
+            )
             yield "POST", "/v1/classify", {"content-type": ctype}, body
         elif kind == 4:
             name = rng.choice(names)
             quoted = "".join(c if c.isalnum() else "%{:02X}".format(ord(c)) if ord(c) < 128 else c for c in name)
             method = rng.choice(["GET", "PUT", "DELETE", "POST", "PATCH"])
-            headers = rng.choice([{}, {"authorization": "Bearer " + TOKEN}, {"authorization": "Bearer"}, {"authorization": "Basic Zm9v"}])
+            headers = rng.choice(
+                [{}, {"authorization": "Bearer " + TOKEN}, {"authorization": "Bearer"}, {"authorization": "Basic Zm9v"}]
+            )
             if method == "DELETE" and name == "good":
                 headers = {"authorization": "Bearer wrong-token-0123456789"}  # the one served task stays
             yield method, "/v1/tasks/" + quoted, headers, b""
@@ -587,14 +689,35 @@ def _fuzz_requests(rng: random.Random, image: str, png: bytes):
             top_k = _odd_number(rng)
             parts = f'--{boundary}\r\nContent-Disposition: form-data; name="task"\r\n\r\n{rng.choice(names)}\r\n'
             parts += f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n{top_k}\r\n'
-            data = parts.encode() + f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'.encode() + png + f"\r\n--{boundary}--\r\n".encode()
+            data = (
+                parts.encode()
+                + f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'.encode()
+                + png
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             yield "POST", "/v1/classify", {"content-type": f"multipart/form-data; boundary={boundary}"}, data
         elif kind == 6:
-            headers = {"content-type": "multipart/form-data; boundary=zz", "authorization": rng.choice(["Bearer " + TOKEN, b"Bearer \x80\xff", "bearer  " + TOKEN])}
-            body = rng.choice([b"", b"--zz--\r\n", b'--zz\r\nContent-Disposition: form-data; name="config"; filename="c"\r\n\r\n' + b"[" * 50_000 + b"\r\n--zz--\r\n"])
+            headers = {
+                "content-type": "multipart/form-data; boundary=zz",
+                "authorization": rng.choice(["Bearer " + TOKEN, b"Bearer \x80\xff", "bearer  " + TOKEN]),
+            }
+            body = rng.choice(
+                [
+                    b"",
+                    b"--zz--\r\n",
+                    b'--zz\r\nContent-Disposition: form-data; name="config"; filename="c"\r\n\r\n'
+                    + b"[" * 50_000
+                    + b"\r\n--zz--\r\n",
+                ]
+            )
             yield "PUT", "/v1/tasks/" + rng.choice(["good", "fresh", "x"]), headers, body
         else:
-            yield "GET", rng.choice(["/healthz", "/v1/tasks", "/metrics", "/v1/tasks/good", "/v1/tasks/" + "a" * 500]), {"accept": rng.choice(["*/*", "text/html", b"text/\xff"])}, b""
+            yield (
+                "GET",
+                rng.choice(["/healthz", "/v1/tasks", "/metrics", "/v1/tasks/good", "/v1/tasks/" + "a" * 500]),
+                {"accept": rng.choice(["*/*", "text/html", b"text/\xff"])},
+                b"",
+            )
 
 
 RAW_REQUESTS = [
@@ -638,7 +761,11 @@ def test_fuzzed_requests_on_loopback_never_get_a_5xx_and_metrics_stay_bounded(ba
     image = base64.b64encode(png).decode()
     rng = random.Random(20260326)
     statuses: dict[int, int] = {}
-    with Records() as records, LoopbackServer(backbone, root) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+    with (
+        Records() as records,
+        LoopbackServer(backbone, root) as live,
+        httpx.Client(base_url=live.url, timeout=30) as client,
+    ):
         sizes = []
         for i, (method, path, headers, body) in enumerate(_fuzz_requests(rng, image, png)):
             response = client.request(method, path, headers=headers, content=body)

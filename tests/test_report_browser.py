@@ -26,9 +26,17 @@ from rlptune.analysis.spectrum import prompt_diagnostics
 
 WIDTH = 1200
 _CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+    "--mute-audio",
 ]
 
 # Appended to a copy of report.html: after load, measure every figure image and results table into a <pre>.
@@ -90,34 +98,90 @@ def _runs(root: Path) -> None:
 
         g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
         p0 = torch.randn(4, 32, generator=g)
-        return {"ctx": prompt_diagnostics(p0 + torch.randn(4, rank, generator=g) @ torch.randn(rank, 32, generator=g), p0)}
+        return {
+            "ctx": prompt_diagnostics(p0 + torch.randn(4, rank, generator=g) @ torch.randn(rank, 32, generator=g), p0)
+        }
 
     for ds in ("micro-shapes", "micro-patterned-textures-with-a-long-name"):
         for seed in (1, 2):
-            write(f"base2new/{ds}/zeroshot/shots0/seed{seed}", {
-                "protocol": "base2new", "dataset": ds, "method": "zeroshot", "seed": seed, "shots": 0,
-                "metrics": {"base": {"top1": 70.0}, "new": {"top1": 72.0}}})
+            write(
+                f"base2new/{ds}/zeroshot/shots0/seed{seed}",
+                {
+                    "protocol": "base2new",
+                    "dataset": ds,
+                    "method": "zeroshot",
+                    "seed": seed,
+                    "shots": 0,
+                    "metrics": {"base": {"top1": 70.0}, "new": {"top1": 72.0}},
+                },
+            )
             for method, rank, gain in (("coop", 4, 6.0), ("rlp", 1, 8.0)):
                 shift = gain + len(ds) / 10  # each run its own curve
-                history = [{"epoch": e, "lr": 0.002, "loss": 1.5 / e + 0.1 * (e % 4) + shift / 50,
-                            "train_acc": 50 + shift + 3 * e - 2 * (e % 4), "val_acc": 48 + shift + 2.5 * e}
-                           for e in range(1, 9)] if seed == 1 else None
-                write(f"base2new/{ds}/{method}/shots4/seed{seed}", {
-                    "protocol": "base2new", "dataset": ds, "method": method, "seed": seed, "shots": 4,
-                    "trainable_params": 2048 if method == "coop" else 36,
-                    "metrics": {"base": {"top1": 70 + gain + seed}, "new": {"top1": 71 + gain / 2 - seed}},
-                    "prompt_diagnostics": diag(rank), "settings": {}}, history)
+                history = (
+                    [
+                        {
+                            "epoch": e,
+                            "lr": 0.002,
+                            "loss": 1.5 / e + 0.1 * (e % 4) + shift / 50,
+                            "train_acc": 50 + shift + 3 * e - 2 * (e % 4),
+                            "val_acc": 48 + shift + 2.5 * e,
+                        }
+                        for e in range(1, 9)
+                    ]
+                    if seed == 1
+                    else None
+                )
+                write(
+                    f"base2new/{ds}/{method}/shots4/seed{seed}",
+                    {
+                        "protocol": "base2new",
+                        "dataset": ds,
+                        "method": method,
+                        "seed": seed,
+                        "shots": 4,
+                        "trainable_params": 2048 if method == "coop" else 36,
+                        "metrics": {"base": {"top1": 70 + gain + seed}, "new": {"top1": 71 + gain / 2 - seed}},
+                        "prompt_diagnostics": diag(rank),
+                        "settings": {},
+                    },
+                    history,
+                )
         for shots in (1, 2, 4):
             for seed in (1, 2):
-                write(f"few-shot/{ds}/zeroshot/shots{shots}/seed{seed}", {
-                    "protocol": "few-shot", "dataset": ds, "method": "zeroshot", "seed": seed, "shots": shots,
-                    "metrics": {"test": {"top1": 65.0}}})
+                write(
+                    f"few-shot/{ds}/zeroshot/shots{shots}/seed{seed}",
+                    {
+                        "protocol": "few-shot",
+                        "dataset": ds,
+                        "method": "zeroshot",
+                        "seed": seed,
+                        "shots": shots,
+                        "metrics": {"test": {"top1": 65.0}},
+                    },
+                )
                 for method in ("coop", "rlp"):  # equal accuracies: the curves must not hide each other
-                    write(f"few-shot/{ds}/{method}/shots{shots}/seed{seed}", {
-                        "protocol": "few-shot", "dataset": ds, "method": method, "seed": seed, "shots": shots,
-                        "metrics": {"test": {"top1": 60.0 + 4 * shots}}})
-    write("train/colours", {"protocol": "train", "dataset": "colours", "method": "rlp", "seed": 1, "shots": 4,
-                            "metrics": {"test": {"top1": 81.0, "macro_f1": 80.0}}})
+                    write(
+                        f"few-shot/{ds}/{method}/shots{shots}/seed{seed}",
+                        {
+                            "protocol": "few-shot",
+                            "dataset": ds,
+                            "method": method,
+                            "seed": seed,
+                            "shots": shots,
+                            "metrics": {"test": {"top1": 60.0 + 4 * shots}},
+                        },
+                    )
+    write(
+        "train/colours",
+        {
+            "protocol": "train",
+            "dataset": "colours",
+            "method": "rlp",
+            "seed": 1,
+            "shots": 4,
+            "metrics": {"test": {"top1": 81.0, "macro_f1": 80.0}},
+        },
+    )
 
 
 def _ink(shot: np.ndarray, item: dict) -> float:
@@ -143,15 +207,27 @@ def test_report_html_renders_every_figure_and_table_in_chromium(tmp_path: Path) 
     html = (out / "report.html").read_text(encoding="utf-8")
     expected_figures = sorted(re.findall(r'<figure id="([^"]+)"', html))
     expected_tables = sorted(re.findall(r'<table class="results" id="([^"]+)"', html))
-    assert expected_figures == sorted(["figure-base2new-bars", "figure-few-shot-curves", "figure-id-vs-new",
-                                       "figure-spectra", "figure-spectra-delta", "figure-training-curves"])
-    assert expected_tables == sorted(["table-base2new", "table-few_shot", "table-other_runs", "table-comparisons",
-                                      "table-diagnostics"])
+    assert expected_figures == sorted(
+        [
+            "figure-base2new-bars",
+            "figure-few-shot-curves",
+            "figure-id-vs-new",
+            "figure-spectra",
+            "figure-spectra-delta",
+            "figure-training-curves",
+        ]
+    )
+    assert expected_tables == sorted(
+        ["table-base2new", "table-few_shot", "table-other_runs", "table-comparisons", "table-diagnostics"]
+    )
 
     measure = out / "measure.html"  # next to report.html so relative paths would resolve the same way
     measure.write_text(html.replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
-    dumped = _run_chromium(binary, tmp_path / "profile-dom", [
-        f"--window-size={WIDTH},900", "--virtual-time-budget=10000", "--dump-dom", measure.as_uri()])
+    dumped = _run_chromium(
+        binary,
+        tmp_path / "profile-dom",
+        [f"--window-size={WIDTH},900", "--virtual-time-budget=10000", "--dump-dom", measure.as_uri()],
+    )
     found = re.search(r'<pre id="measurements">(.*?)</pre>', dumped.stdout, re.S)
     assert found, f"no measurements in Chromium's DOM (rc {dumped.returncode}): {dumped.stderr[-2000:]}"
     page = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -172,9 +248,16 @@ def test_report_html_renders_every_figure_and_table_in_chromium(tmp_path: Path) 
 
     height = int(page["height"]) + 10
     shot_path = tmp_path / "report.png"  # the artifact: kept in the test's temporary folder
-    shot = _run_chromium(binary, tmp_path / "profile-shot", [
-        f"--window-size={WIDTH},{height}", "--virtual-time-budget=10000", f"--screenshot={shot_path}",
-        (out / "report.html").as_uri()])
+    shot = _run_chromium(
+        binary,
+        tmp_path / "profile-shot",
+        [
+            f"--window-size={WIDTH},{height}",
+            "--virtual-time-budget=10000",
+            f"--screenshot={shot_path}",
+            (out / "report.html").as_uri(),
+        ],
+    )
     assert shot_path.is_file(), f"Chromium wrote no screenshot (rc {shot.returncode}): {shot.stderr[-2000:]}"
     pixels = np.asarray(Image.open(shot_path).convert("RGB"))
     assert pixels.shape[1] == WIDTH and pixels.shape[0] >= page["height"] - 1, pixels.shape

@@ -66,8 +66,9 @@ def test_the_library_never_imports_the_study_or_the_sweeps():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for module, item in _imported(name, is_package, node):
                     target = f"{module}.{item}" if item else module
-                    if _is_under(module, ("rlptune.reproduce", "rlptune.sweeps")) or \
-                            _is_under(target, ("rlptune.reproduce", "rlptune.sweeps")):
+                    if _is_under(module, ("rlptune.reproduce", "rlptune.sweeps")) or _is_under(
+                        target, ("rlptune.reproduce", "rlptune.sweeps")
+                    ):
                         offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {target}")
     assert not offenders, "\n".join(offenders)
 
@@ -77,8 +78,10 @@ def test_sweeps_sit_below_the_study():
         if _is_under(name, ("rlptune.sweeps",)):
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    assert not any(_is_under(m, ("rlptune.reproduce", "rlptune.demo", "rlptune.cli"))
-                                   for m, _ in _imported(name, is_package, node)), f"{path}:{node.lineno}"
+                    assert not any(
+                        _is_under(m, ("rlptune.reproduce", "rlptune.demo", "rlptune.cli"))
+                        for m, _ in _imported(name, is_package, node)
+                    ), f"{path}:{node.lineno}"
 
 
 def test_no_private_name_crosses_a_module_of_the_study_or_the_sweeps():
@@ -103,17 +106,32 @@ def test_the_study_keeps_no_module_state():
         if not _is_under(name, ("rlptune.reproduce",)):
             continue
         assert not any(isinstance(n, ast.Global) for n in ast.walk(tree)), path
-        mutable = {t.id for stmt in tree.body if isinstance(stmt, (ast.Assign, ast.AnnAssign))
-                   for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]) if isinstance(t, ast.Name)
-                   and isinstance(stmt.value, (ast.List, ast.Dict, ast.ListComp, ast.DictComp))}
-        written = {n.value.id for n in ast.walk(tree) if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store)
-                   and isinstance(n.value, ast.Name)}
+        mutable = {
+            t.id
+            for stmt in tree.body
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign))
+            for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+            if isinstance(t, ast.Name) and isinstance(stmt.value, (ast.List, ast.Dict, ast.ListComp, ast.DictComp))
+        }
+        written = {
+            n.value.id
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)
+        }
         assert not (mutable & written), f"{path}: module-level containers written by functions: {mutable & written}"
 
 
 def _result(spec, base: float, new: float) -> dict:
-    return {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "shots": spec.shots, "protocol": "base2new",
-            "tag": spec.tag(), "trainable_params": 10, "metrics": {"base": {"accuracy": base}, "new": {"accuracy": new}}}
+    return {
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "seed": spec.seed,
+        "shots": spec.shots,
+        "protocol": "base2new",
+        "tag": spec.tag(),
+        "trainable_params": 10,
+        "metrics": {"base": {"accuracy": base}, "new": {"accuracy": new}},
+    }
 
 
 def test_two_studies_in_one_process_read_their_own_results(tmp_path):
@@ -137,8 +155,20 @@ def test_the_study_takes_its_methods_from_the_registry_and_the_recipes():
     """Part 1 is every registered method with a recipe (the subject last); part 2 every prompt method that can
     change its prompt kind, ablations left to the method they ablate; part 5 the reference, the baseline's
     placement and the subject. These are the published study's lists: the refactor must not move them."""
-    assert study_methods() == ["zeroshot", "linear_probe", "coop", "cocoop", "kgcoop", "deep_text", "deep_vision",
-                               "ivlp", "maple", "promptsrc", "clip_lora", "rlp"]
+    assert study_methods() == [
+        "zeroshot",
+        "linear_probe",
+        "coop",
+        "cocoop",
+        "kgcoop",
+        "deep_text",
+        "deep_vision",
+        "ivlp",
+        "maple",
+        "promptsrc",
+        "clip_lora",
+        "rlp",
+    ]
     assert prompt_methods() == ["coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc"]
     assert baseline_placement() == ["coop", "kgcoop"]
     assert transfer_methods(StudySettings()) == [REFERENCE, "coop", "kgcoop", SUBJECT]
@@ -155,7 +185,11 @@ def test_a_trait_changes_the_study_and_a_method_without_a_recipe_stays_out(monke
     monkeypatch.setattr(get_method_class("cocoop"), "learns_prompt", False)
     assert prompt_methods() == ["coop", "kgcoop", "deep_text", "ivlp", "maple", "promptsrc"]
     coop = get_method_class("coop")
-    monkeypatch.setitem(registry._METHODS, "outside_coop", registry.MethodEntry("outside_coop", type("OutsideCoOp", (coop,), {}), coop.options_class))
+    monkeypatch.setitem(
+        registry._METHODS,
+        "outside_coop",
+        registry.MethodEntry("outside_coop", type("OutsideCoOp", (coop,), {}), coop.options_class),
+    )
     assert "outside_coop" in registry.method_names() and "outside_coop" not in study_methods()
     assert "outside_coop" not in prompt_methods()
 
@@ -167,20 +201,27 @@ def test_the_part_names_have_one_owner():
     reproduce = sub.choices["reproduce"]
     parts = next(a for a in reproduce._actions if a.dest == "parts")
     assert tuple(parts.choices) == PARTS and parts.default == list(PAPER_PARTS)
-    spelled = [p for p in PACKAGE.rglob("*.py") if '"base2new", "lowrank", "rank", "ablation"' in p.read_text(encoding="utf-8")]
+    spelled = [
+        p for p in PACKAGE.rglob("*.py") if '"base2new", "lowrank", "rank", "ablation"' in p.read_text(encoding="utf-8")
+    ]
     assert [p.relative_to(PACKAGE).as_posix() for p in spelled] == ["reproduce/settings.py"]
     assert not (PACKAGE / "evidence.py").exists() and not (PACKAGE / "protocols" / "evidence.py").exists()
 
 
 def test_the_command_line_loads_the_study_and_the_sweeps_without_torch():
-    code = ("import sys, rlptune.cli as c; c.build_parser(['reproduce']); import rlptune.reproduce.command, "
-            "rlptune.sweeps.executors; assert 'torch' not in sys.modules, 'torch'")
+    code = (
+        "import sys, rlptune.cli as c; c.build_parser(['reproduce']); import rlptune.reproduce.command, "
+        "rlptune.sweeps.executors; assert 'torch' not in sys.modules, 'torch'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(PACKAGE.parent), "PATH": ""})
 
 
 @hsettings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(parts=st.lists(st.sampled_from(["base2new", "lowrank", "transfer"]), min_size=1, unique=True),
-       quick=st.booleans(), exclude=st.lists(st.sampled_from(["coop", "kgcoop", "clip_lora", "zeroshot"]), unique=True))
+@given(
+    parts=st.lists(st.sampled_from(["base2new", "lowrank", "transfer"]), min_size=1, unique=True),
+    quick=st.booleans(),
+    exclude=st.lists(st.sampled_from(["coop", "kgcoop", "clip_lora", "zeroshot"]), unique=True),
+)
 def test_a_plan_never_runs_an_excluded_method_and_never_a_run_twice(parts, quick, exclude):
     """Whatever parts, size and exclusions: excluded methods have no run (each is listed as skipped), no run folder
     is planned twice, and part 2 holds only prompt methods."""

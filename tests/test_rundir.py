@@ -53,10 +53,16 @@ def siblings(target: Path) -> list[str]:
 
 
 def test_settings_hash_ignores_only_execution_settings():
-    cfg = {"backbone": {"name": "micro", "device": "cpu"}, "train": {"lr": 0.002, "num_workers": 0, "cache_dir": None},
-           "eval": {"batch_size": 128}}
-    same = {"backbone": {"name": "micro", "device": "cuda:1"}, "train": {"lr": 0.002, "num_workers": 8, "cache_dir": "/x"},
-            "eval": {"batch_size": 7}}
+    cfg = {
+        "backbone": {"name": "micro", "device": "cpu"},
+        "train": {"lr": 0.002, "num_workers": 0, "cache_dir": None},
+        "eval": {"batch_size": 128},
+    }
+    same = {
+        "backbone": {"name": "micro", "device": "cuda:1"},
+        "train": {"lr": 0.002, "num_workers": 8, "cache_dir": "/x"},
+        "eval": {"batch_size": 7},
+    }
     other = {**cfg, "train": {**cfg["train"], "lr": 0.003}}
     assert settings_hash(cfg) == settings_hash(same)
     assert settings_hash(cfg) != settings_hash(other)
@@ -67,8 +73,14 @@ def test_settings_hash_of_real_configs_sees_every_result_setting():
     from rlptune.config import resolve_config
 
     base = settings_hash(resolve_config(overrides={"method": {"name": "rlp"}}).to_dict())
-    for section, name, value in [("train", "epochs", 3), ("train", "lr", 0.01), ("prompt", "rank", 2),
-                                 ("data", "shots", 4), ("train", "seed", 5), ("method", "name", "coop")]:
+    for section, name, value in [
+        ("train", "epochs", 3),
+        ("train", "lr", 0.01),
+        ("prompt", "rank", 2),
+        ("data", "shots", 4),
+        ("train", "seed", 5),
+        ("method", "name", "coop"),
+    ]:
         changed = resolve_config(overrides={"method": {"name": "rlp"}, section: {name: value}}).to_dict()
         assert settings_hash(changed) != base, (section, name)
 
@@ -87,7 +99,9 @@ def test_failed_rerun_leaves_a_finished_run_byte_identical(tmp_path):
     before = snapshot(target)
     for flags in ({"overwrite": True}, {"resume": True}):
         with pytest.raises(ValueError):
-            with RunDirectory(target, H1, resume=flags.get("resume", False), overwrite=flags.get("overwrite", False)) as run:
+            with RunDirectory(
+                target, H1, resume=flags.get("resume", False), overwrite=flags.get("overwrite", False)
+            ) as run:
                 (run.staging / "result.json").unlink(missing_ok=True)
                 (run.staging / "config.yaml").write_text("for the failed data")
                 raise ValueError("a bad image")
@@ -215,7 +229,9 @@ def test_read_only_parent_is_one_line(tmp_path):
     parent.mkdir()
     os.chmod(parent, 0o555)
     try:
-        with pytest.raises(RlptuneError, match="ro/.run.rlptune.lock: cannot create the run's lock file \\(permission denied\\)"):
+        with pytest.raises(
+            RlptuneError, match="ro/.run.rlptune.lock: cannot create the run's lock file \\(permission denied\\)"
+        ):
             RunDirectory(parent / "run", H1, resume=False, overwrite=False).__enter__()
     finally:
         os.chmod(parent, 0o755)
@@ -230,6 +246,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 # -- two processes racing for one run directory ------------------------------------------------------------------
+
 
 def _writer(target: str, tag: str, hold: float, start_at: float, queue) -> None:
     while time.time() < start_at:
@@ -258,8 +275,10 @@ def test_two_processes_never_interleave_one_run_directory(tmp_path, hold, delay,
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     start_at = time.time() + 0.2
-    procs = [ctx.Process(target=_writer, args=(str(target), tag, hold, start_at + d, queue))
-             for tag, d in (("A", 0.0), ("B", delay))]
+    procs = [
+        ctx.Process(target=_writer, args=(str(target), tag, hold, start_at + d, queue))
+        for tag, d in (("A", 0.0), ("B", delay))
+    ]
     for p in procs:
         p.start()
     outcomes = dict(queue.get(timeout=30) for _ in procs)
@@ -278,12 +297,15 @@ def test_two_processes_never_interleave_one_run_directory(tmp_path, hold, delay,
     assert (target / MARKER).is_file()
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b'{"metrics": {"top1": 9', "not valid JSON at line 1, column 23"),
-    (b"[1, 2]", "expected a JSON object, got list"),
-    (b"\xff\xfe{}", "not UTF-8 text at byte 0"),
-    (b"[" * 100_000, "JSON nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b'{"metrics": {"top1": 9', "not valid JSON at line 1, column 23"),
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"\xff\xfe{}", "not UTF-8 text at byte 0"),
+        (b"[" * 100_000, "JSON nested too deeply"),
+    ],
+)
 def test_corrupt_result_file_is_one_line(tmp_path, content, reason):
     (tmp_path / "result.json").write_bytes(content)
     with pytest.raises(RlptuneError, match=r"result.json: corrupt result file \(" + reason.replace("(", r"\(")):

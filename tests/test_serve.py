@@ -124,6 +124,7 @@ def assert_one_line_error(response, status: int, *fragments: str) -> str:
 
 # -- endpoints ---------------------------------------------------------------------------------------------------
 
+
 def test_tasks_lists_every_adapter_with_method_classes_and_backbone(client, backbone):
     body = client.get("/v1/tasks").json()
     assert body["backbone"] == backbone.identity
@@ -155,7 +156,23 @@ def test_cli_predict_and_server_agree(client, adapters, images, tmp_path):
 
     for task in ("rlp-a", "maple"):
         out = tmp_path / f"{task}.csv"
-        assert main(["predict", str(adapters / task), *map(str, images), "--top-k", "2", "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(adapters / task),
+                    *map(str, images),
+                    "--top-k",
+                    "2",
+                    "-o",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         rows = list(csv.DictReader(out.open()))
         served = classify(client, task, images, top_k=2).json()["predictions"]
         for row, pred in zip(rows, served):
@@ -197,6 +214,7 @@ def test_health_metrics_page_and_openapi(client, backbone, images):
 
 
 # -- batching ----------------------------------------------------------------------------------------------------
+
 
 def _concurrent(client, jobs):
     results = [None] * len(jobs)
@@ -256,10 +274,17 @@ def test_memory_bounded_lru_evicts_and_reloads(backbone, adapters, images):
 
 # -- adapters at run time ----------------------------------------------------------------------------------------
 
+
 def _upload(client, name, folder: Path, token=TOKEN, config=None, model=None):
     files = {
-        "config": ("rlptune_adapter.json", config if config is not None else (folder / "rlptune_adapter.json").read_bytes()),
-        "model": ("rlptune_adapter.safetensors", model if model is not None else (folder / "rlptune_adapter.safetensors").read_bytes()),
+        "config": (
+            "rlptune_adapter.json",
+            config if config is not None else (folder / "rlptune_adapter.json").read_bytes(),
+        ),
+        "model": (
+            "rlptune_adapter.safetensors",
+            model if model is not None else (folder / "rlptune_adapter.safetensors").read_bytes(),
+        ),
     }
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return client.put(f"/v1/tasks/{name}", files=files, headers=headers)
@@ -275,7 +300,11 @@ def test_put_and_delete_a_task_at_run_time(backbone, tmp_path, images):
         assert_one_line_error(classify(c, "pets", images[:1]), 404, "unknown task 'pets'")
         created = _upload(c, "pets", tmp_path / "new")
         assert created.status_code == 201 and created.json()["task"]["classes"] == ["cat", "dog", "bird"]
-        assert set(classify(c, "pets", images[:1], top_k=3).json()["predictions"][0]["labels"]) == {"cat", "dog", "bird"}
+        assert set(classify(c, "pets", images[:1], top_k=3).json()["predictions"][0]["labels"]) == {
+            "cat",
+            "dog",
+            "bird",
+        }
         replaced = _upload(c, "pets", tmp_path / "newer")
         assert replaced.status_code == 200 and replaced.json()["replaced"] is True
         assert classify(c, "pets", images[:1], top_k=3).json()["predictions"][0]["labels"] in (["x", "y"], ["y", "x"])
@@ -299,31 +328,88 @@ def test_a_server_restart_sees_uploaded_adapters(backbone, tmp_path, images):
 
 # -- bad input: always a 4xx JSON error with one line --------------------------------------------------------------
 
+
 def test_bad_classify_requests(client, images, tmp_path):
     good = images[0].read_bytes()
     cases = [
-        (client.post("/v1/classify", data={"task": "nope", "top_k": "1"}, files=[("image", ("a.png", good))]), 404, "unknown task 'nope'"),
-        (client.post("/v1/classify", data={"task": "../etc", "top_k": "1"}, files=[("image", ("a.png", good))]), 400, "task name"),
+        (
+            client.post("/v1/classify", data={"task": "nope", "top_k": "1"}, files=[("image", ("a.png", good))]),
+            404,
+            "unknown task 'nope'",
+        ),
+        (
+            client.post("/v1/classify", data={"task": "../etc", "top_k": "1"}, files=[("image", ("a.png", good))]),
+            400,
+            "task name",
+        ),
         (client.post("/v1/classify", data={"task": ".hidden"}, files=[("image", ("a.png", good))]), 400, "task name"),
         (client.post("/v1/classify", data={"task": "rlp-a"}, files=[("other", ("a.png", good))]), 400, "no image"),
         (client.post("/v1/classify", data={"top_k": "1"}, files=[("image", ("a.png", good))]), 400, "'task'"),
         (client.post("/v1/classify", data={"task": "rlp-a", "image": "text"}), 400, "must be a file upload"),
-        (client.post("/v1/classify", data={"task": "rlp-a", "top_k": "0"}, files=[("image", ("a.png", good))]), 400, "top_k"),
-        (client.post("/v1/classify", data={"task": "rlp-a", "top_k": "many"}, files=[("image", ("a.png", good))]), 400, "top_k"),
-        (client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("a.png", b"not an image"))]), 400, "image 1 (a.png): not an image file"),
-        (client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("t.png", good[: len(good) // 2]))]), 400, "image 1 (t.png)"),
+        (
+            client.post("/v1/classify", data={"task": "rlp-a", "top_k": "0"}, files=[("image", ("a.png", good))]),
+            400,
+            "top_k",
+        ),
+        (
+            client.post("/v1/classify", data={"task": "rlp-a", "top_k": "many"}, files=[("image", ("a.png", good))]),
+            400,
+            "top_k",
+        ),
+        (
+            client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("a.png", b"not an image"))]),
+            400,
+            "image 1 (a.png): not an image file",
+        ),
+        (
+            client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("t.png", good[: len(good) // 2]))]),
+            400,
+            "image 1 (t.png)",
+        ),
         (client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("e.png", b""))]), 400, "empty"),
-        (client.post("/v1/classify", json={"task": "rlp-a", "images": ["%%%not base64"]}), 400, "images[0] is not valid base64"),
+        (
+            client.post("/v1/classify", json={"task": "rlp-a", "images": ["%%%not base64"]}),
+            400,
+            "images[0] is not valid base64",
+        ),
         (client.post("/v1/classify", json={"task": "rlp-a", "images": "abc"}), 400, "'images' must be a list"),
         (client.post("/v1/classify", json={"task": "rlp-a", "images": []}), 400, "no image"),
         (client.post("/v1/classify", json={"task": "rlp-a", "images": [1]}), 400, "base64 string"),
-        (client.post("/v1/classify", json={"task": "rlp-a", "images": [base64.b64encode(good).decode()], "top_k": True}), 400, "top_k"),
+        (
+            client.post(
+                "/v1/classify", json={"task": "rlp-a", "images": [base64.b64encode(good).decode()], "top_k": True}
+            ),
+            400,
+            "top_k",
+        ),
         (client.post("/v1/classify", json=["rlp-a"]), 400, "JSON body must be an object"),
-        (client.post("/v1/classify", content=b"{broken", headers={"content-type": "application/json"}), 400, "not valid JSON"),
-        (client.post("/v1/classify", content=b"hello", headers={"content-type": "text/plain"}), 415, "multipart/form-data"),
-        (client.post("/v1/classify", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}), 400, ""),
-        (client.post("/v1/classify", json={"task": "rlp-a", "images": [base64.b64encode(good).decode()] * 33}), 413, "limit is 32"),
-        (client.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", (f"{i}.png", good)) for i in range(40)]), 400, ""),
+        (
+            client.post("/v1/classify", content=b"{broken", headers={"content-type": "application/json"}),
+            400,
+            "not valid JSON",
+        ),
+        (
+            client.post("/v1/classify", content=b"hello", headers={"content-type": "text/plain"}),
+            415,
+            "multipart/form-data",
+        ),
+        (
+            client.post("/v1/classify", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}),
+            400,
+            "",
+        ),
+        (
+            client.post("/v1/classify", json={"task": "rlp-a", "images": [base64.b64encode(good).decode()] * 33}),
+            413,
+            "limit is 32",
+        ),
+        (
+            client.post(
+                "/v1/classify", data={"task": "rlp-a"}, files=[("image", (f"{i}.png", good)) for i in range(40)]
+            ),
+            400,
+            "",
+        ),
         (client.get("/v1/nothing"), 404, "no such endpoint: GET /v1/nothing"),
         (client.delete("/v1/classify"), 405, "not allowed"),
         (client.get("/v1/tasks/unknown-task"), 404, "unknown task"),
@@ -335,7 +421,9 @@ def test_bad_classify_requests(client, images, tmp_path):
 def test_request_body_and_pixel_limits(backbone, adapters, images):
     with make_client(backbone, adapters, max_request_mb=0.05, max_image_pixels=40 * 40) as c:
         big = b"\0" * 60_000
-        assert_one_line_error(c.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("b.png", big))]), 413, "over the limit")
+        assert_one_line_error(
+            c.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("b.png", big))]), 413, "over the limit"
+        )
 
         def chunks():  # no content-length: the limit is enforced while the body streams in
             for _ in range(10):
@@ -346,9 +434,16 @@ def test_request_body_and_pixel_limits(backbone, adapters, images):
         bomb = io.BytesIO()
         Image.new("1", (4000, 4000)).save(bomb, format="PNG")  # 16 megapixels in a few kilobytes
         assert len(bomb.getvalue()) < 50_000
-        message = assert_one_line_error(c.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("bomb.png", bomb.getvalue()))]), 413)
+        message = assert_one_line_error(
+            c.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("bomb.png", bomb.getvalue()))]), 413
+        )
         assert "image 1 (bomb.png)" in message and "4000x4000" in message
-        assert c.post("/v1/classify", data={"task": "rlp-a"}, files=[("image", ("ok.png", images[0].read_bytes()))]).status_code == 200
+        assert (
+            c.post(
+                "/v1/classify", data={"task": "rlp-a"}, files=[("image", ("ok.png", images[0].read_bytes()))]
+            ).status_code
+            == 200
+        )
 
 
 def test_adapter_upload_needs_the_token_and_a_valid_adapter(backbone, tmp_path, tiny_arch_path):
@@ -364,7 +459,9 @@ def test_adapter_upload_needs_the_token_and_a_valid_adapter(backbone, tmp_path, 
         assert_one_line_error(_upload(c, "t", source, token=None), 401, "Authorization: Bearer")
         assert_one_line_error(_upload(c, "t", source, token="wrong-token-0123456789"), 403, "wrong token")
         assert_one_line_error(c.delete("/v1/tasks/t"), 401)
-        assert_one_line_error(c.delete("/v1/tasks/t", headers={"Authorization": f"Bearer {TOKEN}"}), 404, "unknown task")
+        assert_one_line_error(
+            c.delete("/v1/tasks/t", headers={"Authorization": f"Bearer {TOKEN}"}), 404, "unknown task"
+        )
         assert_one_line_error(_upload(c, "..", source), 404)  # never reaches the folder: the path collapses
         assert_one_line_error(_upload(c, ".sneaky", source), 400, "task name")
         assert_one_line_error(_upload(c, "a..b", source), 400, "task name")
@@ -372,12 +469,24 @@ def test_adapter_upload_needs_the_token_and_a_valid_adapter(backbone, tmp_path, 
         assert_one_line_error(_upload(c, "t", foreign), 400, "adapter was trained on backbone")
         assert_one_line_error(_upload(c, "t", source, model=b"\x80\x04pickle data"), 400, "not a safetensors file")
         assert_one_line_error(_upload(c, "t", source, config=b"{not json"), 400, "not valid JSON")
-        assert_one_line_error(_upload(c, "t", source, config=json.dumps({**config, "method": "nope"}).encode()), 400, "method 'nope'")
+        assert_one_line_error(
+            _upload(c, "t", source, config=json.dumps({**config, "method": "nope"}).encode()), 400, "method 'nope'"
+        )
         bad_shapes = make_adapter(tmp_path / "coop", backbone, "coop", {}, seed=1)
-        assert_one_line_error(_upload(c, "t", source, model=(bad_shapes / "rlptune_adapter.safetensors").read_bytes()), 400, "do not match")
-        missing = c.put("/v1/tasks/t", files={"config": ("rlptune_adapter.json", b"{}")}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert_one_line_error(
+            _upload(c, "t", source, model=(bad_shapes / "rlptune_adapter.safetensors").read_bytes()),
+            400,
+            "do not match",
+        )
+        missing = c.put(
+            "/v1/tasks/t",
+            files={"config": ("rlptune_adapter.json", b"{}")},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         assert_one_line_error(missing, 400, "'model' is missing")
-        assert_one_line_error(c.put("/v1/tasks/t", json={}, headers={"Authorization": f"Bearer {TOKEN}"}), 415, "multipart")
+        assert_one_line_error(
+            c.put("/v1/tasks/t", json={}, headers={"Authorization": f"Bearer {TOKEN}"}), 415, "multipart"
+        )
         assert c.get("/v1/tasks").json()["tasks"] == []
     assert list(root.iterdir()) == []
 
@@ -398,6 +507,7 @@ def test_unservable_adapters_in_the_folder_are_skipped_not_fatal(backbone, tmp_p
 
 
 # -- settings and command line -----------------------------------------------------------------------------------
+
 
 def test_settings_are_safe_by_default_and_validated():
     from rlptune.errors import RlptuneError

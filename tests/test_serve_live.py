@@ -60,9 +60,27 @@ def live(tmp_path_factory):
     token_file.write_text(TOKEN)
     port = free_port()
     cmd = [
-        sys.executable, "-m", "rlptune", "serve", "--backbone", backbone.spec, "--adapters", str(adapters),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--token-file", str(token_file),
-        "--max-wait-ms", str(BATCH_WAIT_MS), "--max-lifetime-s", str(SERVER_LIFETIME_S), "--preload",
+        sys.executable,
+        "-m",
+        "rlptune",
+        "serve",
+        "--backbone",
+        backbone.spec,
+        "--adapters",
+        str(adapters),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--token-file",
+        str(token_file),
+        "--max-wait-ms",
+        str(BATCH_WAIT_MS),
+        "--max-lifetime-s",
+        str(SERVER_LIFETIME_S),
+        "--preload",
     ]
     log = open(root / "server.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -79,7 +97,14 @@ def live(tmp_path_factory):
 
     try:
         wait_until(up, 120, "the server to answer /healthz")
-        yield {"url": url, "proc": proc, "adapters": adapters, "images": images, "backbone": backbone, "log": root / "server.log"}
+        yield {
+            "url": url,
+            "proc": proc,
+            "adapters": adapters,
+            "images": images,
+            "backbone": backbone,
+            "log": root / "server.log",
+        }
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -144,18 +169,34 @@ def chromium(tmp_path):
         pytest.skip("the websockets package is not installed (pip install websockets); CI runs this test")
     profile = tmp_path / "profile"
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-        f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        "about:blank",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         active = profile / "DevToolsActivePort"
-        wait_until(lambda: active.is_file() and len(active.read_text().splitlines()) >= 2, 60, "Chromium's DevTools port")
+        wait_until(
+            lambda: active.is_file() and len(active.read_text().splitlines()) >= 2, 60, "Chromium's DevTools port"
+        )
         port = int(active.read_text().splitlines()[0])
         targets = wait_until(
-            lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t.get("type") == "page"],
-            30, "a page target",
+            lambda: [
+                t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t.get("type") == "page"
+            ],
+            30,
+            "a page target",
         )
         from websockets.sync.client import connect
 
@@ -175,22 +216,32 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(live, chromium)
     chromium.call("Page.enable")
     chromium.call("Runtime.enable")
     chromium.call("Page.navigate", url=live["url"] + "/")
-    wait_until(lambda: chromium.evaluate("document.body && document.body.dataset.ready") == "1", 30, "the page to list the tasks")
+    wait_until(
+        lambda: chromium.evaluate("document.body && document.body.dataset.ready") == "1",
+        30,
+        "the page to list the tasks",
+    )
     options = chromium.evaluate("Array.from(document.querySelectorAll('#task option')).map(o => o.value)")
     assert sorted(options) == sorted(TASKS)
     chromium.evaluate("document.getElementById('task').value = 'maple'; document.getElementById('topk').value = '3'")
     chromium.call("DOM.getDocument")
     node = chromium.call("Runtime.evaluate", expression="document.getElementById('file')")["result"]["objectId"]
     chromium.call("DOM.setFileInputFiles", files=[str(image)], objectId=node)
-    label = wait_until(lambda: chromium.evaluate("document.getElementById('top-label').textContent"), 60, "the predicted label")
+    label = wait_until(
+        lambda: chromium.evaluate("document.getElementById('top-label').textContent"), 60, "the predicted label"
+    )
     bars = chromium.evaluate("document.querySelectorAll('#results .row').length")
     error = chromium.evaluate("document.getElementById('error').textContent")
     api = httpx.post(
-        live["url"] + "/v1/classify", json={"task": "maple", "top_k": 3, "images": [base64.b64encode(image.read_bytes()).decode()]}, timeout=60
+        live["url"] + "/v1/classify",
+        json={"task": "maple", "top_k": 3, "images": [base64.b64encode(image.read_bytes()).decode()]},
+        timeout=60,
     ).json()["predictions"][0]
     assert error == "" and bars == 3
     assert label == api["labels"][0]
-    widths = chromium.evaluate("Array.from(document.querySelectorAll('#results .bar')).map(b => parseFloat(b.style.width))")
+    widths = chromium.evaluate(
+        "Array.from(document.querySelectorAll('#results .bar')).map(b => parseFloat(b.style.width))"
+    )
     assert widths == pytest.approx([round(100 * p, 1) for p in api["probs"]], abs=0.051)
 
 

@@ -36,15 +36,23 @@ HASHES_0_2 = [
 @pytest.mark.parametrize("method,protocol,expected", HASHES_0_2)
 def test_the_settings_hash_of_every_recipe_is_the_one_0_2_wrote(method, protocol, expected, monkeypatch):
     monkeypatch.setenv("RLPTUNE_CPU_BF16", "0")
-    config = resolve_config(overrides={"method": {"name": method}, "backbone": {"name": "micro-v2"},
-                                        "data": {"protocol": protocol, "dataset": "micro2-shapes"}})
+    config = resolve_config(
+        overrides={
+            "method": {"name": method},
+            "backbone": {"name": "micro-v2"},
+            "data": {"protocol": protocol, "dataset": "micro2-shapes"},
+        }
+    )
     assert settings_hash(config.to_dict()) == expected
 
 
 def test_a_knob_away_from_its_default_changes_the_hash_in_either_spelling():
     base = dict(method={"name": "coop"}, backbone={"name": "micro-v2"}, data={"dataset": "micro2-shapes"})
     plain = settings_hash(resolve_config(overrides=base).to_dict())
-    former = settings_hash(resolve_config(overrides={**base, "method": {"name": "coop", "class_specific": True}}).to_dict())
-    options = settings_hash(resolve_config(
-        overrides={**base, "method": {"name": "coop", "options": {"class_specific": True}}}).to_dict())
+    former = settings_hash(
+        resolve_config(overrides={**base, "method": {"name": "coop", "class_specific": True}}).to_dict()
+    )
+    options = settings_hash(
+        resolve_config(overrides={**base, "method": {"name": "coop", "options": {"class_specific": True}}}).to_dict()
+    )
     assert former == options != plain

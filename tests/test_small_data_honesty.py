@@ -27,6 +27,7 @@ from rlptune.errors import RlptuneError
 
 # -- the interval ----------------------------------------------------------------------------------------------------
 
+
 def _wilson_reference(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """The textbook formula, written out independently: (p + z²/2n ± z√(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
     p = k / n
@@ -76,6 +77,7 @@ def test_metrics_carry_the_interval_of_their_top1() -> None:
 
 # -- the notes ----------------------------------------------------------------------------------------------------
 
+
 def _m(top1: float, n: int) -> dict:
     k = round(top1 * n / 100)
     low, high = wilson_interval(k, n)
@@ -101,7 +103,9 @@ def test_the_width_threshold_is_ten_points() -> None:
 
 def test_below_zero_shot_names_the_knobs_that_matter() -> None:
     (line,) = small_data_notes({}, ("on the validation split at the end of training", 60.0, 70.0))
-    assert line.startswith("note: below zero-shot on the validation split at the end of training (60.0% vs 70.0% zero-shot)")
+    assert line.startswith(
+        "note: below zero-shot on the validation split at the end of training (60.0% vs 70.0% zero-shot)"
+    )
     for knob in ("--crop-scale", "--epochs", "--select-best"):
         assert knob in line
     assert small_data_notes({}, ("on the test split", 70.0, 70.0)) == []  # level with zero-shot is not below it
@@ -117,15 +121,33 @@ def test_the_run_ends_with_the_kept_epochs_validation_accuracy() -> None:
 
 # -- end to end ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tiny_arch_path, colour_folder, tmp_path_factory):
     """``rlptune train`` of CoOp with zero epochs and CoOp's init "a photo of a": the prompt *is* zero-shot's."""
     out = tmp_path_factory.mktemp("honest") / "run"
     mp = pytest.MonkeyPatch()
     mp.setenv("RLPTUNE_CACHE", str(out.parent / "cache"))
-    args = ["train", "--backbone", str(tiny_arch_path), "--dataset", "folder", "--data-root", str(colour_folder),
-            "--method", "coop", "--ctx-init", "a photo of a", "--epochs", "0", "--device", "cpu", "-o", str(out),
-            "--no-progress"]
+    args = [
+        "train",
+        "--backbone",
+        str(tiny_arch_path),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(colour_folder),
+        "--method",
+        "coop",
+        "--ctx-init",
+        "a photo of a",
+        "--epochs",
+        "0",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
     try:
         assert main(args) == 0
         yield out
@@ -140,12 +162,19 @@ def test_a_run_records_zero_shot_of_the_same_split_with_intervals(trained: Path,
     assert set(zero) == {"top1", "ci95", "macro_f1", "n"}
     assert zero["top1"] == test["top1"]  # zero epochs from "a photo of a": the same classifier as zero-shot
     # and the same number `rlptune zeroshot` gives on that split
-    config = resolve_config(None, {"backbone": {"name": str(tiny_arch_path), "device": "cpu"},
-                                   "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0}})
+    config = resolve_config(
+        None,
+        {
+            "backbone": {"name": str(tiny_arch_path), "device": "cpu"},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0},
+        },
+    )
     splits = load_dataset("folder", colour_folder)
     from rlptune.backbones import load_backbone
 
-    method = zero_shot_method(config, load_backbone(str(tiny_arch_path), device="cpu"), splits.classnames, splits.template)
+    method = zero_shot_method(
+        config, load_backbone(str(tiny_arch_path), device="cpu"), splits.classnames, splits.template
+    )
     assert evaluate(method, splits, "test", FeatureCache(trained.parent / "cache"))["top1"] == zero["top1"]
     for metrics in (test, zero):
         low, high = metrics["ci95"]
@@ -157,8 +186,23 @@ def test_a_run_records_zero_shot_of_the_same_split_with_intervals(trained: Path,
 
 def test_train_and_eval_print_the_baseline_and_the_notes(trained: Path, colour_folder, capsys, tmp_path) -> None:
     result = json.loads((trained / "result.json").read_text())
-    assert main(["eval", str(trained / "adapter"), "--dataset", "folder", "--data-root", str(colour_folder),
-                 "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(trained / "adapter"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(colour_folder),
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert " test (coop): top-1 " in out[0] and "(95% CI " in out[0]
     assert out[1].startswith("zero-shot test: top-1 ") and "(n=48)" in out[1]
@@ -170,21 +214,32 @@ def test_train_and_eval_print_the_baseline_and_the_notes(trained: Path, colour_f
 
 def test_a_run_below_zero_shot_on_validation_says_so(trained: Path, tiny_arch_path, colour_folder) -> None:
     """The pipeline's wiring: the run's last validation accuracy against zero-shot's on the same split."""
-    config = resolve_config(None, {"backbone": {"name": str(tiny_arch_path), "device": "cpu"}, "method": {"name": "coop"},
-                                   "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0}})
+    config = resolve_config(
+        None,
+        {
+            "backbone": {"name": str(tiny_arch_path), "device": "cpu"},
+            "method": {"name": "coop"},
+            "data": {"dataset": "folder", "root": str(colour_folder), "shots": 0},
+        },
+    )
     from rlptune.backbones import load_backbone
     from rlptune.methods import build_method
 
     data = prepare_data(config)
-    method = build_method(config, load_backbone(str(tiny_arch_path), device="cpu"), data.train.classnames, data.train.template)
+    method = build_method(
+        config, load_backbone(str(tiny_arch_path), device="cpu"), data.train.classnames, data.train.template
+    )
     cache = FeatureCache(trained.parent / "cache")  # the features the trained run already encoded
     metrics = {"test": evaluate(method, data.train, "test", cache)}
     level = zero_shot_fields(method, config, data, cache, metrics, TrainState())
     assert "final_val_acc" not in level and set(level["zero_shot"]) == {"test"}  # no validation ran: nothing compared
-    zero_val = evaluate(zero_shot_method(resolve_config(None, {}), method.backbone, data.train.classnames), data.train,
-                        "val", cache)["top1"]
+    zero_val = evaluate(
+        zero_shot_method(resolve_config(None, {}), method.backbone, data.train.classnames), data.train, "val", cache
+    )["top1"]
     below = zero_shot_fields(method, config, data, cache, metrics, TrainState(records=[{"val_acc": zero_val - 5.0}]))
     assert below["zero_shot"]["val"]["top1"] == zero_val and below["final_val_acc"] == zero_val - 5.0
-    assert any(n.startswith("note: below zero-shot on the validation split at the end of training") for n in below["notes"])
+    assert any(
+        n.startswith("note: below zero-shot on the validation split at the end of training") for n in below["notes"]
+    )
     above = zero_shot_fields(method, config, data, cache, metrics, TrainState(records=[{"val_acc": zero_val}]))
     assert not any("below zero-shot" in n for n in above["notes"])

@@ -48,6 +48,7 @@ class Counter:
 
 # -- feature cache -------------------------------------------------------------------------------------------------
 
+
 def test_views_are_distinct_deterministic_and_safe_files(tiny, splits, tmp_path):
     cache = FeatureCache(tmp_path / "c")
     v0, v1, v2 = (cache.get_or_encode(tiny, splits, splits.train[:8], view=v) for v in (0, 1, 2))
@@ -103,6 +104,7 @@ def test_training_cycles_views_and_never_runs_the_image_tower_once_cached(tiny, 
 def test_fresh_views_differ_every_epoch_and_seed_and_are_shared_across_methods(tiny, colour_folder, tmp_path):
     """The default (official) mode: a new crop per image and epoch, drawn from the run's seed; another method with
     the same seed reads the very same features from the cache."""
+
     def features(method_name, seed, epochs):
         config = _config(colour_folder, tmp_path, method={"name": method_name}, train={"aug_views": 0, "seed": seed})
         data = prepare_dataset(config)

@@ -14,7 +14,15 @@ from rlptune.methods import build_method
 from rlptune.text import PromptedClassText, text_embeddings
 from rlptune.text import shared_prefix as sp
 
-NAMES = ["dog", "golden retriever", "sea lion", "Yellow-headed blackbird", "a very long compound class name of a thing", "x", "cat"]
+NAMES = [
+    "dog",
+    "golden retriever",
+    "sea lion",
+    "Yellow-headed blackbird",
+    "a very long compound class name of a thing",
+    "x",
+    "cat",
+]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +141,9 @@ def test_unsupported_blocks_are_refused(tmp_path):
 def test_method_setting_turns_it_off(tiny):
     on = build_method(resolve_config(overrides={"method": {"name": "coop"}, "prompt": {"n_ctx": 4}}), tiny, NAMES)
     off = build_method(
-        resolve_config(overrides={"method": {"name": "coop", "shared_prefix": False}, "prompt": {"n_ctx": 4}}), tiny, NAMES
+        resolve_config(overrides={"method": {"name": "coop", "shared_prefix": False}, "prompt": {"n_ctx": 4}}),
+        tiny,
+        NAMES,
     )
     assert on.text.uses_shared_prefix() and not off.text.uses_shared_prefix()
     off.load_adapter_state(on.adapter_state())

@@ -23,9 +23,25 @@ PART_TABLES = ("part7_auto_accuracy", "part7_auto_paired", "part7_auto_ranks")
 @pytest.fixture(scope="module")
 def auto_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("autopart")
-    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--parts", "auto", "--seeds", "1",
-                 "--results", str(root / "results"), "-o", str(root / "report"),
-                 "--docs", str(root / "docs" / "EVIDENCE.md")])
+    code = main(
+        [
+            "reproduce",
+            "rlp",
+            "--backbone",
+            "micro",
+            "--quick",
+            "--parts",
+            "auto",
+            "--seeds",
+            "1",
+            "--results",
+            str(root / "results"),
+            "-o",
+            str(root / "report"),
+            "--docs",
+            str(root / "docs" / "EVIDENCE.md"),
+        ]
+    )
     assert code == 0
     return root
 
@@ -87,8 +103,12 @@ def test_quick_auto_part_writes_its_tables_section_and_verdicts(auto_study):
 def test_pairs_match_the_runs_result_files(auto_study):
     runs = _results(auto_study)
     paired = _json(auto_study, "part7_auto_paired")["rows"]
-    protocol_of = {"few-shot": "few-shot", "few-shot 4 shots": "few-shot", "base2new": "base2new",
-                   "folder newcomer-5x10": "few-shot"}
+    protocol_of = {
+        "few-shot": "few-shot",
+        "few-shot 4 shots": "few-shot",
+        "base2new": "base2new",
+        "folder newcomer-5x10": "few-shot",
+    }
     pairs_of = {"few-shot": 2, "few-shot 4 shots": 2, "base2new": 2, "folder newcomer-5x10": 1}  # datasets × seeds
     seen = set()
     for row in paired:
@@ -111,9 +131,26 @@ def test_pairs_match_the_runs_result_files(auto_study):
 
 def test_merge_carries_the_auto_part(auto_study, tmp_path):
     """A later piece (here the pure-analysis density part, nothing to run) joins the auto part of an earlier report."""
-    code = main(["reproduce", "rlp", "--backbone", "micro", "--quick", "--seeds", "1", "--parts", "density",
-                 "--report-only", "--results", str(auto_study / "results"), "-o", str(tmp_path / "joined"),
-                 "--merge", str(auto_study / "report")])
+    code = main(
+        [
+            "reproduce",
+            "rlp",
+            "--backbone",
+            "micro",
+            "--quick",
+            "--seeds",
+            "1",
+            "--parts",
+            "density",
+            "--report-only",
+            "--results",
+            str(auto_study / "results"),
+            "-o",
+            str(tmp_path / "joined"),
+            "--merge",
+            str(auto_study / "report"),
+        ]
+    )
     assert code == 0
     joined = json.loads((tmp_path / "joined" / "evidence.json").read_text(encoding="utf-8"))
     assert set(PART_TABLES) <= set(joined["tables"]) and joined["settings"]["parts"][-1] == PART
@@ -125,8 +162,9 @@ def test_merge_carries_the_auto_part(auto_study, tmp_path):
 @hsettings(max_examples=6, deadline=None, derandomize=True)
 @given(seeds=st.lists(st.integers(1, 9), min_size=1, max_size=3, unique=True), quick=st.booleans())
 def test_every_arm_covers_the_same_pairs_and_no_runs_share_a_folder(seeds, quick):
-    settings = StudySettings(backbone="micro", datasets=["micro-shapes", "micro-textures"], seeds=seeds,
-                             parts=[PART], quick=quick).resolved()
+    settings = StudySettings(
+        backbone="micro", datasets=["micro-shapes", "micro-textures"], seeds=seeds, parts=[PART], quick=quick
+    ).resolved()
     plan = make_plan(settings)
     keys: dict[str, dict[str, set]] = {}
     for (part, name), specs in plan.runs.items():

@@ -11,7 +11,14 @@ from rlptune.config import resolve_config
 from rlptune.methods import build_method
 from rlptune.text import PromptedClassText, text_embeddings
 
-NAMES = ["dog", "golden retriever", "sea lion", "Yellow-headed blackbird", "a very long compound class name of a thing", "x"]
+NAMES = [
+    "dog",
+    "golden retriever",
+    "sea lion",
+    "Yellow-headed blackbird",
+    "a very long compound class name of a thing",
+    "x",
+]
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,12 @@ def _settings(track: bool, method: str, **prompt) -> dict:
 @pytest.mark.parametrize("method,prompt", [("coop", {}), ("rlp", {"dropout": 0.3})])
 def test_tracking_new_classes_changes_nothing_and_logs_each_epoch(method, prompt, tmp_path, monkeypatch):
     monkeypatch.setenv("RLPTUNE_CACHE", str(tmp_path / "cache"))
-    plain = rlptune.train(rlptune.resolve_config(overrides=_settings(False, method, **prompt)), tmp_path / "plain", progress=False)
-    tracked = rlptune.train(rlptune.resolve_config(overrides=_settings(True, method, **prompt)), tmp_path / "tracked", progress=False)
+    plain = rlptune.train(
+        rlptune.resolve_config(overrides=_settings(False, method, **prompt)), tmp_path / "plain", progress=False
+    )
+    tracked = rlptune.train(
+        rlptune.resolve_config(overrides=_settings(True, method, **prompt)), tmp_path / "tracked", progress=False
+    )
     # the adapter is the same bytes: scoring the new classes (classnames switched, prompt merged) left training alone
     assert (tmp_path / "plain" / "adapter" / "rlptune_adapter.safetensors").read_bytes() == (
         tmp_path / "tracked" / "adapter" / "rlptune_adapter.safetensors"
@@ -47,4 +51,6 @@ def test_track_new_outside_base_to_new_is_refused():
     with pytest.raises(RlptuneError, match="track_new needs data.protocol=base2new"):
         rlptune.resolve_config(overrides={"data": {"protocol": "few-shot"}, "train": {"track_new": True}})
     with pytest.raises(RlptuneError, match="val_every >= 1"):
-        rlptune.resolve_config(overrides={"data": {"protocol": "base2new"}, "train": {"track_new": True, "val_every": 0}})
+        rlptune.resolve_config(
+            overrides={"data": {"protocol": "base2new"}, "train": {"track_new": True, "val_every": 0}}
+        )

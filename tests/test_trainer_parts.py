@@ -43,7 +43,11 @@ def _function_bodies(path: Path):
                 continue
             owner = parents.get(node)
             prefix = f"{owner.name}." if isinstance(owner, ast.ClassDef) else ""
-            yield f"{path.stem}.{prefix}{node.name}", node.end_lineno - body[0].lineno + 1, ast.get_docstring(node) or ""
+            yield (
+                f"{path.stem}.{prefix}{node.name}",
+                node.end_lineno - body[0].lineno + 1,
+                ast.get_docstring(node) or "",
+            )
 
 
 def test_engine_functions_are_short_or_say_why() -> None:
@@ -57,7 +61,9 @@ def test_engine_functions_are_short_or_say_why() -> None:
                 too_long.append(f"{name} ({lines} lines)")
             elif reason not in doc:
                 unexplained.append(name)
-    assert not too_long, f"engine functions over {MAX_BODY_LINES} lines (split them, or list them with a reason): {too_long}"
+    assert not too_long, (
+        f"engine functions over {MAX_BODY_LINES} lines (split them, or list them with a reason): {too_long}"
+    )
     assert not unexplained, f"long engine functions whose docstring does not say why: {unexplained}"
 
 
@@ -105,6 +111,7 @@ def test_run_folder_file_names_are_spelled_only_in_rundir() -> None:
 
 # -- the batch arithmetic --------------------------------------------------------------------------------------------
 
+
 def _settings(**kw):
     base = dict(batch_size=4, epochs=3, iterations=0)
     return SimpleNamespace(**{**base, **kw})
@@ -132,13 +139,16 @@ def test_ddp_splits_the_global_batch_evenly_or_says_why_not() -> None:
     two = SimpleNamespace(enabled=True, world_size=2)
     plan = plan_batches(_settings(batch_size=4), 7, two)
     assert (plan.batch, plan.stop, plan.steps_per_epoch) == (4, 4, 1)  # equal shards: the short batch is dropped
-    with pytest.raises(RlptuneError, match=r"^train.batch_size 5 is the global batch and must be divisible by the 2 processes$"):
+    with pytest.raises(
+        RlptuneError, match=r"^train.batch_size 5 is the global batch and must be divisible by the 2 processes$"
+    ):
         plan_batches(_settings(batch_size=5), 7, two)
     with pytest.raises(RlptuneError, match=r"^1 training images cannot be split over 2 processes$"):
         plan_batches(_settings(batch_size=4), 1, two)
 
 
 # -- divergence --------------------------------------------------------------------------------------------------
+
 
 class _Prompted:
     def __init__(self, effective: torch.Tensor) -> None:
@@ -154,11 +164,14 @@ def test_divergence_is_one_line_naming_where_and_the_way_back(tmp_path: Path) ->
     guard.check_loss(torch.tensor(1.5), 0, 0, 0.1)  # finite: nothing happens
     with pytest.raises(RlptuneError) as info:
         guard.check_loss(torch.tensor(float("nan")), 1, 2, 0.002)
-    assert str(info.value) == ("training diverged: non-finite loss at epoch 2, step 3 (lr 0.002); the last good "
-                               "checkpoint is none")
+    assert str(info.value) == (
+        "training diverged: non-finite loss at epoch 2, step 3 (lr 0.002); the last good checkpoint is none"
+    )
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"x")
-    with pytest.raises(RlptuneError, match=f"in the update at epoch 1, step 1 \\(lr 0.1\\); the last good checkpoint is {checkpoint}$"):
+    with pytest.raises(
+        RlptuneError, match=f"in the update at epoch 1, step 1 \\(lr 0.1\\); the last good checkpoint is {checkpoint}$"
+    ):
         guard.check_tensors([torch.tensor([1.0, float("inf")])], 0, 0, 0.1)
     guard.on_epoch_end(0, {"lr": 0.1})  # finite prompts pass
     overflowing = DivergenceGuard(checkpoint, _Prompted(torch.tensor([[float("inf")]])))
@@ -167,6 +180,7 @@ def test_divergence_is_one_line_naming_where_and_the_way_back(tmp_path: Path) ->
 
 
 # -- end-of-epoch units ------------------------------------------------------------------------------------------
+
 
 def test_checkpoints_every_n_epochs_and_after_the_last(monkeypatch, tmp_path: Path) -> None:
     saved = []
@@ -219,8 +233,16 @@ def test_select_best_keeps_and_restores_the_best_validation_epoch() -> None:
     backbone = SimpleNamespace(device=torch.device("cpu"), autocast=torch.no_grad)
     feats, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
     state, logged = TrainState(), []
-    unit = Validation(method, backbone, SimpleNamespace(val_every=1, select_best=True), 3, (feats, labels), state,
-                      {"new_acc": lambda: 42.0}, logged.append)
+    unit = Validation(
+        method,
+        backbone,
+        SimpleNamespace(val_every=1, select_best=True),
+        3,
+        (feats, labels),
+        state,
+        {"new_acc": lambda: 42.0},
+        logged.append,
+    )
     accuracies = []
     for epoch, w in enumerate([torch.eye(2), torch.eye(2).flip(0), torch.eye(2).flip(0)]):
         method.w.data.copy_(w)

@@ -93,6 +93,7 @@ def _warn_once(message: str) -> None:
 
 # -- locks ---------------------------------------------------------------------------------------------------------
 
+
 def _acquire(name: str, dir_fd: int | None, mode: int, required: bool, where: Path) -> int | None:
     """An fd holding ``flock(mode)`` on the lock file ``name`` that is still the one at that name, or None."""
     while True:
@@ -123,8 +124,15 @@ def _acquire(name: str, dir_fd: int | None, mode: int, required: bool, where: Pa
 
 
 @contextlib.contextmanager
-def entry_lock(folder: str | os.PathLike | int, name: str, *, shared: bool = False, wait: bool = True,
-               required: bool = True, where: Path | None = None) -> Iterator[bool]:
+def entry_lock(
+    folder: str | os.PathLike | int,
+    name: str,
+    *,
+    shared: bool = False,
+    wait: bool = True,
+    required: bool = True,
+    where: Path | None = None,
+) -> Iterator[bool]:
     """Hold the lock file ``folder/name`` (``folder`` a path or an open folder fd) for a with-block; yields whether
     it is held. ``wait=False`` gives up at once if someone holds it; ``required=False`` yields False instead of
     raising when the lock cannot be had at all (a read-only cache folder). ``where`` names it in errors."""
@@ -156,6 +164,7 @@ def touch(path: Path) -> None:
 
 
 # -- folder handles ------------------------------------------------------------------------------------------------
+
 
 def _open_folder(name: str | os.PathLike, dir_fd: int | None = None, follow: bool = False) -> int | None:
     """An fd on a folder (``O_NOFOLLOW`` unless ``follow``), or None when it is absent, a file or a link."""
@@ -196,6 +205,7 @@ def _unlink(name: str, dir_fd: int) -> int:
 
 
 # -- the bound -----------------------------------------------------------------------------------------------------
+
 
 def _entry_sizes(features_fd: int) -> dict[str, tuple[int, int]]:
     """key -> (bytes of tensor file + sidecar, mtime_ns of the tensor file) of every complete entry."""
@@ -282,6 +292,7 @@ def store_entry(root: Path, key: str, files: Sequence[tuple[str, bytes]], max_by
 
 
 # -- inventory -----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Entry:
@@ -439,22 +450,48 @@ def _scan_features(root: Path, inv: Inventory) -> None:
         view = manifest.get("view") if isinstance(manifest.get("view"), int) else None
         transform = manifest.get("transform") if isinstance(manifest.get("transform"), dict) else {}
         seed = transform.get("view_seed") if isinstance(transform.get("view_seed"), int) else None
-        inv.entries.append(Entry(
-            "views" if view else "features", key, size, st.st_mtime,
-            backbone=str(manifest.get("backbone") or "unknown"), dataset=_str_or_none(manifest.get("dataset")),
-            view=view, seed=seed, precision=_str_or_none(manifest.get("precision")), files=files, key=key,
-        ))
+        inv.entries.append(
+            Entry(
+                "views" if view else "features",
+                key,
+                size,
+                st.st_mtime,
+                backbone=str(manifest.get("backbone") or "unknown"),
+                dataset=_str_or_none(manifest.get("dataset")),
+                view=view,
+                seed=seed,
+                precision=_str_or_none(manifest.get("precision")),
+                files=files,
+                key=key,
+            )
+        )
     for name in sorted(names - claimed):
         st = _lst(features / name)
         if st is None:
             continue
         tmp, side = _ENTRY_TMP.match(name), _SIDECAR.match(name)
         if tmp and stat.S_ISREG(st.st_mode):
-            inv.entries.append(Entry("leftovers", f"{FEATURES}/{name}", st.st_size, st.st_mtime,
-                                     files=[f"{FEATURES}/{name}"], key=tmp.group(1)))
+            inv.entries.append(
+                Entry(
+                    "leftovers",
+                    f"{FEATURES}/{name}",
+                    st.st_size,
+                    st.st_mtime,
+                    files=[f"{FEATURES}/{name}"],
+                    key=tmp.group(1),
+                )
+            )
         elif side and stat.S_ISREG(st.st_mode) and "features_sha256" in _sidecar_or_empty(features, side.group(1)):
-            inv.entries.append(Entry("leftovers", f"{FEATURES}/{name}", st.st_size, st.st_mtime,
-                                     files=[f"{FEATURES}/{name}"], key=side.group(1)))
+            inv.entries.append(
+                Entry(
+                    "leftovers",
+                    f"{FEATURES}/{name}",
+                    st.st_size,
+                    st.st_mtime,
+                    files=[f"{FEATURES}/{name}"],
+                    key=side.group(1),
+                )
+            )
         else:
             _add_foreign(root, f"{FEATURES}/{name}", inv)
 
@@ -482,8 +519,16 @@ def _scan_locks(root: Path, inv: Inventory) -> None:
             continue  # the writers' lock: kept
         if match and stat.S_ISREG(st.st_mode):
             if match.group(1) not in keys:
-                inv.entries.append(Entry("leftovers", f"{LOCKS}/{name}", st.st_size, st.st_mtime,
-                                         files=[f"{LOCKS}/{name}"], key=match.group(1)))
+                inv.entries.append(
+                    Entry(
+                        "leftovers",
+                        f"{LOCKS}/{name}",
+                        st.st_size,
+                        st.st_mtime,
+                        files=[f"{LOCKS}/{name}"],
+                        key=match.group(1),
+                    )
+                )
             continue  # an entry's own lock goes with it
         _add_foreign(root, f"{LOCKS}/{name}", inv)
 
@@ -502,8 +547,16 @@ def _scan_micro(root: Path, inv: Inventory) -> None:
                 _add_foreign(root, rel, inv)
             elif _is_rendered(path, world, name):
                 files, size, newest = _micro_files(root, path, inv)
-                inv.entries.append(Entry("micro", f"{world}/{name}", size, (path / "COMPLETE").lstat().st_mtime,
-                                         dataset=name, files=files))
+                inv.entries.append(
+                    Entry(
+                        "micro",
+                        f"{world}/{name}",
+                        size,
+                        (path / "COMPLETE").lstat().st_mtime,
+                        dataset=name,
+                        files=files,
+                    )
+                )
             elif (_MICRO_TMP.match(name) or _MICRO_STALE.match(name)) and _stale(path.lstat()):
                 # a rendering that never finished, or an outdated one moved aside (``.NAME.stale.X/NAME``)
                 stale = _MICRO_STALE.match(name)
@@ -551,6 +604,7 @@ def _micro_files(root: Path, folder: Path, inv: Inventory) -> tuple[list[str], i
 
 # -- selection and clearing ----------------------------------------------------------------------------------------
 
+
 def parse_days(value: Any, where: str = "--older-than") -> float:
     """A number of days >= 0 (``1``, ``1.5``, ``1e0``, `` 2 ``); anything else is one line naming ``where``."""
     try:
@@ -562,8 +616,13 @@ def parse_days(value: Any, where: str = "--older-than") -> float:
     return days
 
 
-def select(inv: Inventory, kinds: Sequence[str] | None = None, backbone: str | None = None,
-           older_than_days: float | None = None, now: float | None = None) -> list[Entry]:
+def select(
+    inv: Inventory,
+    kinds: Sequence[str] | None = None,
+    backbone: str | None = None,
+    older_than_days: float | None = None,
+    now: float | None = None,
+) -> list[Entry]:
     """The entries of ``kinds`` (all by default), of ``backbone`` (its identity or architecture name; only
     features and views have one) and not used for more than ``older_than_days``."""
     for kind in kinds or ():
@@ -597,12 +656,17 @@ class Cleared:
         return sum(b for _, b in self.removed.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {"freed_bytes": self.freed, "removed": {k: {"entries": n, "bytes": b} for k, (n, b) in self.removed.items()},
-                "kept_in_use": self.in_use, "foreign_files_left": self.foreign}
+        return {
+            "freed_bytes": self.freed,
+            "removed": {k: {"entries": n, "bytes": b} for k, (n, b) in self.removed.items()},
+            "kept_in_use": self.in_use,
+            "foreign_files_left": self.foreign,
+        }
 
 
-def clear(inv: Inventory, entries: Sequence[Entry], older_than_days: float | None = None,
-          now: float | None = None) -> Cleared:
+def clear(
+    inv: Inventory, entries: Sequence[Entry], older_than_days: float | None = None, now: float | None = None
+) -> Cleared:
     """Delete ``entries`` (from :func:`select`); entries in use are kept, foreign files are never touched."""
     out = Cleared(foreign=len(inv.foreign))
     if not entries:
@@ -629,8 +693,9 @@ def clear(inv: Inventory, entries: Sequence[Entry], older_than_days: float | Non
     return out
 
 
-def _clear_one(entry: Entry, root_fd: int, features_fd: int | None, locks_fd: int | None,
-               cutoff_ns: int | None) -> int | None:
+def _clear_one(
+    entry: Entry, root_fd: int, features_fd: int | None, locks_fd: int | None, cutoff_ns: int | None
+) -> int | None:
     if entry.kind in ("features", "views"):
         if features_fd is None or locks_fd is None:
             return None
@@ -649,7 +714,9 @@ def _clear_one(entry: Entry, root_fd: int, features_fd: int | None, locks_fd: in
                 _unlink(f"{entry.key}.lock", locks_fd)  # no entry left to guard (removed while held)
             return freed
     freed = sum(_unlink_under(root_fd, rel) for rel in entry.files)
-    top = f"{MICRO}/{entry.name}" if entry.kind == "micro" else entry.name if entry.name.startswith(f"{MICRO}/") else None
+    top = (
+        f"{MICRO}/{entry.name}" if entry.kind == "micro" else entry.name if entry.name.startswith(f"{MICRO}/") else None
+    )
     if top is not None:
         _remove_empty_folders(root_fd, top)
     return freed
@@ -682,6 +749,7 @@ def _unlink_under(root_fd: int, rel: str) -> int:
 
 def _remove_empty_folders(root_fd: int, top: str) -> None:
     """Remove the folders under (and including) ``top`` that are empty now, deepest first; links untouched."""
+
     def visit(parent_fd: int, name: str) -> None:
         fd = _open_folder(name, parent_fd)
         if fd is None:
@@ -703,6 +771,7 @@ def _remove_empty_folders(root_fd: int, top: str) -> None:
 
 # -- reporting -----------------------------------------------------------------------------------------------------
 
+
 def human_bytes(count: int | float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(count) < 1000 or unit == "TB":
@@ -723,7 +792,9 @@ def summary(inv: Inventory) -> dict[str, Any]:
         kinds[entry.kind]["entries"] += 1
         kinds[entry.kind]["bytes"] += entry.bytes
         if entry.kind in ("features", "views"):
-            row = backbones.setdefault(entry.backbone or "unknown", {}).setdefault(entry.kind, {"entries": 0, "bytes": 0})
+            row = backbones.setdefault(entry.backbone or "unknown", {}).setdefault(
+                entry.kind, {"entries": 0, "bytes": 0}
+            )
             row["entries"] += 1
             row["bytes"] += entry.bytes
     return {
@@ -741,8 +812,10 @@ def summary(inv: Inventory) -> dict[str, Any]:
 def info_text(inv: Inventory) -> str:
     data = summary(inv)
     lines = [f"cache folder: {inv.root}" + ("" if inv.exists else " (does not exist yet: empty)")]
-    lines.append(f"bound: cache.max_gb (default {DEFAULT_MAX_GB:g} GB) on centre-crop features + views; "
-                 f"least recently used evicted first")
+    lines.append(
+        f"bound: cache.max_gb (default {DEFAULT_MAX_GB:g} GB) on centre-crop features + views; "
+        f"least recently used evicted first"
+    )
     lines.append("")
     lines.append(f"{'kind':<46}{'entries':>8}{'size':>11}")
     for kind in KINDS:
@@ -758,7 +831,9 @@ def info_text(inv: Inventory) -> str:
             for i, kind in enumerate(k for k in ("features", "views") if k in data["backbones"][backbone]):
                 row = data["backbones"][backbone][kind]
                 label = backbone if i == 0 else ""
-                lines.append(f"{label:<{width}}{KIND_TITLES[kind]:<24}{row['entries']:>8}{human_bytes(row['bytes']):>11}")
+                lines.append(
+                    f"{label:<{width}}{KIND_TITLES[kind]:<24}{row['entries']:>8}{human_bytes(row['bytes']):>11}"
+                )
     foreign = data["foreign"]
     if foreign["files"]:
         lines.append("")
@@ -771,12 +846,24 @@ def ls_text(entries: Sequence[Entry]) -> str:
         return "no matching cache entries"
     rows = [("last used", "size", "kind", "backbone", "dataset", "view", "seed", "name")]
     for e in sorted(entries, key=lambda e: (e.mtime, e.name)):
-        rows.append((_iso(e.mtime).replace("T", " "), human_bytes(e.bytes), e.kind, e.backbone or "-", e.dataset or "-",
-                     "-" if e.view is None else str(e.view), "-" if e.seed is None else str(e.seed), e.name))
+        rows.append(
+            (
+                _iso(e.mtime).replace("T", " "),
+                human_bytes(e.bytes),
+                e.kind,
+                e.backbone or "-",
+                e.dataset or "-",
+                "-" if e.view is None else str(e.view),
+                "-" if e.seed is None else str(e.seed),
+                e.name,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {1, 5, 6}
     return "\n".join(
-        "  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
         for row in rows
     )
 
@@ -794,8 +881,14 @@ def cleared_text(result: Cleared) -> str:
     return line
 
 
-def run_command(action: str, root: str | None = None, kinds: Sequence[str] | None = None, backbone: str | None = None,
-                older_than: Any = None, as_json: bool = False) -> str:
+def run_command(
+    action: str,
+    root: str | None = None,
+    kinds: Sequence[str] | None = None,
+    backbone: str | None = None,
+    older_than: Any = None,
+    as_json: bool = False,
+) -> str:
     """``rlptune cache info|ls|clear``: the text (or JSON) to print."""
     days = parse_days(older_than) if older_than is not None else None
     inv = scan(root)

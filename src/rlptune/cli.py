@@ -20,12 +20,23 @@ from .options import int_flag
 from .sweeps.executors import add_executor_args, executor_settings_from_args
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] | None = None, skip: Sequence[str] = (),
-                      recipe: "_Recipe | None" = None) -> None:
-    parser.add_argument("--config", help="YAML settings file or the name of a shipped preset (coop, rlp, …) "
-                                         "(default: none, the method's recipe)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="set any field, e.g. prompt.rank=2 (repeatable; default: none)")
+def _add_config_flags(
+    parser: argparse.ArgumentParser,
+    sections: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    recipe: "_Recipe | None" = None,
+) -> None:
+    parser.add_argument(
+        "--config",
+        help="YAML settings file or the name of a shipped preset (coop, rlp, …) (default: none, the method's recipe)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="set any field, e.g. prompt.rank=2 (repeatable; default: none)",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (section, name, f) in flag_table().items():
         if (sections is not None and section not in sections) or f"{section}.{name}" in skip:
@@ -39,10 +50,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str] |
             help_text += f"; registered: {_backbone_names()}"
         help_text = help_text.replace("%", "%%")
         if hint is bool:
-            group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(
+                f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif hint is list or typing.get_origin(hint) is list:
-            group.add_argument(f"--{flag}", dest=dest, action="append", default=None, metavar=name.upper(),
-                               help=help_text + " (repeatable)")
+            group.add_argument(
+                f"--{flag}",
+                dest=dest,
+                action="append",
+                default=None,
+                metavar=name.upper(),
+                help=help_text + " (repeatable)",
+            )
         elif hint is dict:
             continue
         else:
@@ -95,8 +114,9 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     return found
 
 
-def _recipe_for(argv: Sequence[str], command: str, method: str | None = None,
-                base: dict[str, Any] | None = None) -> _Recipe:
+def _recipe_for(
+    argv: Sequence[str], command: str, method: str | None = None, base: dict[str, Any] | None = None
+) -> _Recipe:
     """The recipe ``command``'s line resolves to (``--method``, ``--protocol``, ``--shots`` as typed, else the
     defaults); its values are looked up only when that command's help is asked for (they import the registries)."""
     from .config import DataSettings
@@ -162,8 +182,10 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
     metadata = {f.name: f.metadata for f in dataclasses.fields(entry.options_class)}
     group = parser.add_argument_group(f"{name} options (method.options.*)")
     for field_name, default, help_text, hint in fields:
-        if field_name in FORMER_METHOD_FIELDS:  # a knob several methods share keeps its one flag (--csc, --text-chunk …),
-            for action in parser._actions:       # which now sets this method's option (as --set method.options.X does)
+        if (
+            field_name in FORMER_METHOD_FIELDS
+        ):  # a knob several methods share keeps its one flag (--csc, --text-chunk …),
+            for action in parser._actions:  # which now sets this method's option (as --set method.options.X does)
                 if action.dest == f"cfg__method__{field_name}":
                     action.dest = f"opt__{field_name}"
             continue
@@ -172,7 +194,9 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
             flag = f"--{name.replace('_', '-')}-{field_name.replace('_', '-')}"
         text = f"{help_text} (default: {default!r}{_bounds(metadata[field_name])})"
         if hint is bool:
-            group.add_argument(flag, dest=f"opt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+            group.add_argument(
+                flag, dest=f"opt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
             group.add_argument(flag, dest=f"opt__{field_name}", default=None, metavar=field_name.upper(), help=text)
 
@@ -184,7 +208,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             _, section, name = key.split("__", 2)
             out.setdefault(section, {})[name] = value
         elif key.startswith("opt__") and value is not None:
-            out.setdefault("method", {}).setdefault("options", {})[key[len("opt__"):]] = value
+            out.setdefault("method", {}).setdefault("options", {})[key[len("opt__") :]] = value
     return out
 
 
@@ -207,6 +231,7 @@ def _print_against_zero_shot(zero_shot: dict, notes: list, split: str) -> None:
 
 # -- commands ------------------------------------------------------------------------------------------------------
 
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.api import train
     from .rundir import ADAPTER_DIR
@@ -215,7 +240,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = Path(args.output)
     # the text as typed: an empty -o is refused, not read as the current directory
     result = train(config, args.output, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
-    print(f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)")
+    print(
+        f"method {result['method']}  trainable params {result['trainable_params']:,}  epochs {result['epochs']}  ({result['train_seconds']:.1f}s)"
+    )
     if "test" in result["metrics"]:
         _print_metrics("test", result["metrics"]["test"])
     _print_against_zero_shot(result.get("zero_shot", {}), result.get("notes", []), "test")
@@ -239,7 +266,9 @@ def _load_adapter(args: argparse.Namespace):
     device = args.device or "auto"
     from .backbones.precision import check_precision
 
-    precision = check_precision(getattr(args, "precision", None) or "auto", "--precision")  # auto: per the adapter's method
+    precision = check_precision(
+        getattr(args, "precision", None) or "auto", "--precision"
+    )  # auto: per the adapter's method
     backbone = load_backbone(args.backbone, device=device, precision=precision) if args.backbone else None
     return load_adapter(args.adapter, backbone=backbone, device=device, precision=precision)
 
@@ -254,8 +283,9 @@ def _check_metrics_json(args: argparse.Namespace) -> None:
     if args.json is not None:
         from .rundir import check_output_file
 
-        check_output_file(args.json, "--json", lambda first: first.lstrip().startswith(b"{") and b'"top1"' in first,
-                          "a metrics JSON")
+        check_output_file(
+            args.json, "--json", lambda first: first.lstrip().startswith(b"{") and b'"top1"' in first, "a metrics JSON"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -278,7 +308,9 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .engine.api import evaluate, prepare_dataset, resolve_backbone, zero_shot_method
 
     _check_metrics_json(args)
-    config = resolve_config(getattr(args, "config", None), _overrides(args), base={"method": {"name": "zeroshot"}, "data": {"shots": 0}})
+    config = resolve_config(
+        getattr(args, "config", None), _overrides(args), base={"method": {"name": "zeroshot"}, "data": {"shots": 0}}
+    )
     splits = prepare_dataset(config)
     backbone = resolve_backbone(config)
     method = zero_shot_method(config, backbone, splits.classnames, splits.template)
@@ -312,8 +344,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     skipped = [row for row in rows if "error" in row]
     if args.output:
         write_predictions_csv(args.output, rows, k, error_column=args.image_policy == "skip")
-        print(f"wrote {len(rows) - len(skipped)} predictions to {args.output}"
-              + (f" ({len(skipped)} skipped image(s) listed in its error column)" if skipped else ""))
+        print(
+            f"wrote {len(rows) - len(skipped)} predictions to {args.output}"
+            + (f" ({len(skipped)} skipped image(s) listed in its error column)" if skipped else "")
+        )
     else:
         for row in rows:
             if "error" not in row:
@@ -351,7 +385,10 @@ def parameter_counts(config) -> dict[str, Any]:
         "prompt": config.prompt.kind,
         "n_ctx": getattr(method, "n_ctx", None),
         # the prompt kind's own sizes (low rank: "rank"), named by the kind
-        **{field.rsplit(".", 1)[-1]: value for field, value, _ in prompt_layout(config.prompt.kind).sizes(config.prompt)},
+        **{
+            field.rsplit(".", 1)[-1]: value
+            for field, value, _ in prompt_layout(config.prompt.kind).sizes(config.prompt)
+        },
         "trainable_params": method.num_trainable(),
         "formula": method.parameter_formula() if hasattr(method, "parameter_formula") else None,
     }
@@ -365,7 +402,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     args.precision = "fp32"  # the exported numbers are float32 whatever the adapter trained in
     method = _load_adapter(args)
     tensor_path, json_path = export_classifier(method, args.output)
-    print(f"wrote {tensor_path} (class features: {len(method.classnames)} classes) and {json_path} (class names, logit scale)")
+    print(
+        f"wrote {tensor_path} (class features: {len(method.classnames)} classes) and {json_path} (class names, logit scale)"
+    )
     return 0
 
 
@@ -396,11 +435,17 @@ def recipe_lines(method: str, protocol: str = "few-shot", shots: int = 16, datas
     if method not in recipes.recipe_methods():
         return [f"{method}: no official recipe (the settings' defaults apply)"]
     preset = recipes.preset(method, protocol, shots, dataset)
-    lines = [f"{method} recipe for {protocol}, {shots} shots{f', {dataset}' if dataset else ''} "
-             f"(values from these sources; anything given explicitly wins):"]
+    lines = [
+        f"{method} recipe for {protocol}, {shots} shots{f', {dataset}' if dataset else ''} "
+        f"(values from these sources; anything given explicitly wins):"
+    ]
     for key, source in recipes.sources(method, protocol, shots, dataset).items():
         section, _, name = key.partition(".")
-        value = preset[section]["options"][name[len("options."):]] if name.startswith("options.") else preset[section][name]
+        value = (
+            preset[section]["options"][name[len("options.") :]]
+            if name.startswith("options.")
+            else preset[section][name]
+        )
         lines.append(f"  {key} = {value!r}  [{source}]")
     return lines
 
@@ -430,7 +475,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     targets = None
     if protocol.uses_targets:
-        targets = {d: list(args.targets) for d in datasets} if args.targets else default_targets(args.protocol, datasets)
+        targets = (
+            {d: list(args.targets) for d in datasets} if args.targets else default_targets(args.protocol, datasets)
+        )
     specs = make_specs(
         args.protocol,
         datasets,
@@ -446,7 +493,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     results = Path(args.results)
     run_sweep(specs, args.results, executor=executor_settings_from_args(args))  # as typed: an empty one is refused
-    _, markdown = aggregate(results, args.protocol, results / "tables" / args.protocol, run_dirs=[s.run_dir(results) for s in specs])
+    _, markdown = aggregate(
+        results, args.protocol, results / "tables" / args.protocol, run_dirs=[s.run_dir(results) for s in specs]
+    )
     print(markdown)
     print(f"tables: {results / 'tables'}")
     return 0
@@ -510,10 +559,25 @@ def cmd_pretrain_micro(args: argparse.Namespace, rest: list[str]) -> int:
 
 #: Names people type for a flag, from other tools, and the flag they mean.
 FLAG_SYNONYMS = {
-    "learning-rate": "lr", "learningrate": "lr", "base-lr": "lr", "max-epoch": "epochs", "max-epochs": "epochs",
-    "num-epochs": "epochs", "n-epochs": "epochs", "epoch": "epochs", "bs": "batch-size", "batch": "batch-size",
-    "wd": "weight-decay", "num-shots": "shots", "n-shots": "shots", "nctx": "n-ctx", "num-ctx": "n-ctx",
-    "model": "backbone", "arch": "backbone", "out": "output", "output-dir": "output",
+    "learning-rate": "lr",
+    "learningrate": "lr",
+    "base-lr": "lr",
+    "max-epoch": "epochs",
+    "max-epochs": "epochs",
+    "num-epochs": "epochs",
+    "n-epochs": "epochs",
+    "epoch": "epochs",
+    "bs": "batch-size",
+    "batch": "batch-size",
+    "wd": "weight-decay",
+    "num-shots": "shots",
+    "n-shots": "shots",
+    "nctx": "n-ctx",
+    "num-ctx": "n-ctx",
+    "model": "backbone",
+    "arch": "backbone",
+    "out": "output",
+    "output-dir": "output",
 }
 
 
@@ -535,8 +599,12 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         """Descriptions and epilogs keep their line breaks (the recipe listing is one value per line)."""
         lines = text.splitlines()
-        return "\n".join(super(_HelpFormatter, self)._fill_text(line, width, indent + line[: len(line) - len(line.lstrip())])
-                         if line.strip() else "" for line in lines)
+        return "\n".join(
+            super(_HelpFormatter, self)._fill_text(line, width, indent + line[: len(line) - len(line.lstrip())])
+            if line.strip()
+            else ""
+            for line in lines
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -584,39 +652,74 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="rlptune", description="Adapt a frozen CLIP with a tiny prompt (CoOp, RLP, …).")
     parser.add_argument("--version", action="version", version=f"rlptune {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import this plug-in module first (repeatable; also $RLPTUNE_PLUGINS and the "
-                             "rlptune.plugins entry points); a sweep's workers import it too")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this plug-in module first (repeatable; also $RLPTUNE_PLUGINS and the "
+        "rlptune.plugins entry points); a sweep's workers import it too",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train_recipe = _recipe_for(argv, "train")
-    p = sub.add_parser("train", help="train a method and write a run directory (adapter, metrics, result)",
-                       epilog="\n".join(recipe_lines(train_recipe.method, train_recipe.protocol, train_recipe.shots))
-                       if train_recipe.detailed else None)
+    p = sub.add_parser(
+        "train",
+        help="train a method and write a run directory (adapter, metrics, result)",
+        epilog="\n".join(recipe_lines(train_recipe.method, train_recipe.protocol, train_recipe.shots))
+        if train_recipe.detailed
+        else None,
+    )
     _add_config_flags(p, recipe=train_recipe)
     _add_method_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished run with the same settings")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the rlptune run the output folder holds (only when the new run succeeds; never a "
-                        "folder that is not a run)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the rlptune run the output folder holds (only when the new run succeeds; never a "
+        "folder that is not a run)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate an adapter on a dataset split")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    _add_config_flags(p, sections=("data", "eval"), skip=("eval.top_k",), recipe=_recipe_for(argv, "eval", base={"data.shots": 0}))
-    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    _add_config_flags(
+        p, sections=("data", "eval"), skip=("eval.top_k",), recipe=_recipe_for(argv, "eval", base={"data.shots": 0})
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="backbone spec to load the adapter on (default: the one it records; identity checked)",
+    )
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
-    p.add_argument("--precision", default="auto", metavar="PRECISION",
-                   help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        metavar="PRECISION",
+        help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)",
+    )
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     p.add_argument("--json", help="also write the metrics to this JSON file (default: print only)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy with hand-written templates")
-    _add_config_flags(p, sections=("backbone", "data", "method", "eval"), skip=("eval.top_k", "method.class_specific", "method.class_token_position", "method.text_chunk", "method.checkpoint_text", "method.shared_prefix", "method.name", "method.options"),
-                      recipe=_recipe_for(argv, "zeroshot", method="zeroshot", base={"data.shots": 0}))
+    _add_config_flags(
+        p,
+        sections=("backbone", "data", "method", "eval"),
+        skip=(
+            "eval.top_k",
+            "method.class_specific",
+            "method.class_token_position",
+            "method.text_chunk",
+            "method.checkpoint_text",
+            "method.shared_prefix",
+            "method.name",
+            "method.options",
+        ),
+        recipe=_recipe_for(argv, "zeroshot", method="zeroshot", base={"data.shots": 0}),
+    )
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     p.add_argument("--json", help="also write the metrics to this JSON file (default: print only)")
     p.set_defaults(func=cmd_zeroshot)
@@ -624,18 +727,37 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k labels for images or folders, as CSV")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int_flag("--top-k", low=1), default=5,
-                   help="labels per image, most probable first (clipped to the class count; default: 5)")
-    p.add_argument("--classes", help="comma-separated class names or a file (one per line): overrides the adapter's "
-                                     "classes (default: the adapter's)")
+    p.add_argument(
+        "--top-k",
+        type=int_flag("--top-k", low=1),
+        default=5,
+        help="labels per image, most probable first (clipped to the class count; default: 5)",
+    )
+    p.add_argument(
+        "--classes",
+        help="comma-separated class names or a file (one per line): overrides the adapter's "
+        "classes (default: the adapter's)",
+    )
     p.add_argument("-o", "--output", help="CSV file to write (default: print)")
-    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="backbone spec to load the adapter on (default: the one it records; identity checked)",
+    )
     p.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 … (default: auto)")
-    p.add_argument("--precision", default="auto", metavar="PRECISION",
-                   help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)")
-    p.add_argument("--image-policy", default="error", choices=("error", "skip"),
-                   help="an image that does not decode: error stops with one line naming it; skip predicts the others "
-                        "and lists the skipped files at the end and in the CSV's error column (default: error)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        metavar="PRECISION",
+        help="auto | fp32 | bf16 | fp16 autocast (default auto: the method's official fp16 on CUDA, fp32 on a CPU)",
+    )
+    p.add_argument(
+        "--image-policy",
+        default="error",
+        choices=("error", "skip"),
+        help="an image that does not decode: error stops with one line naming it; skip predicts the others "
+        "and lists the skipped files at the end and in the CSV's error column (default: error)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     p.set_defaults(func=cmd_predict)
 
@@ -648,12 +770,25 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export an adapter for use without rlptune (a classifier for open_clip)")
     p.add_argument("adapter", help="adapter folder (run_dir/adapter)")
-    p.add_argument("--format", default="classifier", choices=("classifier",),
-                   help="classifier: the merged class features (safetensors) and a JSON of class names and logit scale "
-                        "(default: classifier; see docs/ADAPTERS.md for the open_clip lines that use them)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors",
-                   help="the class features file; its JSON is written beside it as FILE.json")
-    p.add_argument("--backbone", default=None, help="backbone spec to load the adapter on (default: the one it records; identity checked)")
+    p.add_argument(
+        "--format",
+        default="classifier",
+        choices=("classifier",),
+        help="classifier: the merged class features (safetensors) and a JSON of class names and logit scale "
+        "(default: classifier; see docs/ADAPTERS.md for the open_clip lines that use them)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE.safetensors",
+        help="the class features file; its JSON is written beside it as FILE.json",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="backbone spec to load the adapter on (default: the one it records; identity checked)",
+    )
     p.add_argument("--device", default="cpu", help="device to merge the prompt on (default: cpu)")
     p.set_defaults(func=cmd_export)
 
@@ -665,24 +800,61 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a protocol over datasets × methods × shots × seeds (× a settings grid)")
     names = registry.protocol_names()  # the registered protocols, plug-ins' included
     p.add_argument("protocol", metavar="PROTOCOL", help=f"a registered protocol: {', '.join(names)}")
-    p.add_argument("--datasets", nargs="+", help="dataset names (default: the micro suite; source for cross-dataset/domain-gen)")
-    p.add_argument("--targets", nargs="+", help="target datasets (cross-dataset / domain-gen; default: the literature's)")
-    p.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "rlp"], metavar="METHOD",
-                   help="methods to run, each with its own recipe (`rlptune methods NAME`; default: zeroshot coop rlp)")
-    p.add_argument("--seeds", nargs="+", type=int_flag("--seeds"), default=[1, 2, 3], metavar="SEED",
-                   help="seeds, one run per seed (default: 1 2 3)")
-    p.add_argument("--shots", nargs="+", type=int_flag("--shots", low=0), default=[16], metavar="SHOTS",
-                   help="shots per class, one run per count (default: 16)")
-    p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2", help="sweep a setting (repeatable: grid product)")
+    p.add_argument(
+        "--datasets", nargs="+", help="dataset names (default: the micro suite; source for cross-dataset/domain-gen)"
+    )
+    p.add_argument(
+        "--targets", nargs="+", help="target datasets (cross-dataset / domain-gen; default: the literature's)"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["zeroshot", "coop", "rlp"],
+        metavar="METHOD",
+        help="methods to run, each with its own recipe (`rlptune methods NAME`; default: zeroshot coop rlp)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int_flag("--seeds"),
+        default=[1, 2, 3],
+        metavar="SEED",
+        help="seeds, one run per seed (default: 1 2 3)",
+    )
+    p.add_argument(
+        "--shots",
+        nargs="+",
+        type=int_flag("--shots", low=0),
+        default=[16],
+        metavar="SHOTS",
+        help="shots per class, one run per count (default: 16)",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=V1,V2",
+        help="sweep a setting (repeatable: grid product)",
+    )
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
     p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=1, help="runs in parallel (processes)")
     add_executor_args(p)
-    _add_config_flags(p, sections=("method", "prompt", "train", "eval", "cache", "auto"),
-                      recipe=_Recipe("each method's", "the protocol's", 16, {}, {}, False))
-    p.add_argument("--backbone", default="micro", help="backbone spec of every run (default: micro, whose suite "
-                                                       "the default datasets are; micro-v2 brings its own)")
-    p.add_argument("--data-root", default=None, help="folder holding real datasets (CoOp layout; default: "
-                                                     "$RLPTUNE_DATA, or none for the micro suites)")
+    _add_config_flags(
+        p,
+        sections=("method", "prompt", "train", "eval", "cache", "auto"),
+        recipe=_Recipe("each method's", "the protocol's", 16, {}, {}, False),
+    )
+    p.add_argument(
+        "--backbone",
+        default="micro",
+        help="backbone spec of every run (default: micro, whose suite "
+        "the default datasets are; micro-v2 brings its own)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding real datasets (CoOp layout; default: $RLPTUNE_DATA, or none for the micro suites)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="tables, figures and report.md/report.html from a results folder")
@@ -690,36 +862,69 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report", help="report folder (tables, figures, report.md/.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("analyze", help="prompt singular values / information density per run, and their correlation with new-class accuracy")
+    p = sub.add_parser(
+        "analyze",
+        help="prompt singular values / information density per run, and their correlation with new-class accuracy",
+    )
     p.add_argument("runs", nargs="+", help="run directories or folders of runs")
     p.add_argument("--k", type=int_flag("--k", low=1), default=1, help="k of ID_k")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("methods", help="list registered methods and every official recipe value, or one method's "
-                                       "recipe resolved for a protocol and shot count, with sources")
-    p.add_argument("method", nargs="?", default=None,
-                   help="print this method's resolved recipe (default: list every method and recipe)")
-    p.add_argument("--protocol", default="few-shot",
-                   help="a registered protocol whose recipe to resolve (`rlptune run --help` lists them; default: few-shot)")
+    p = sub.add_parser(
+        "methods",
+        help="list registered methods and every official recipe value, or one method's "
+        "recipe resolved for a protocol and shot count, with sources",
+    )
+    p.add_argument(
+        "method",
+        nargs="?",
+        default=None,
+        help="print this method's resolved recipe (default: list every method and recipe)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="few-shot",
+        help="a registered protocol whose recipe to resolve (`rlptune run --help` lists them; default: few-shot)",
+    )
     p.add_argument("--shots", type=int_flag("--shots", low=0), default=16, help="shots per class")
     p.add_argument("--dataset", default=None, help="dataset, for recipes with per-dataset values (default: none)")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("demo", help="the main job on the embedded micro world v2: zero-shot vs CoOp vs RLP, base-to-new")
+    p = sub.add_parser(
+        "demo", help="the main job on the embedded micro world v2: zero-shot vs CoOp vs RLP, base-to-new"
+    )
     p.add_argument("-o", "--output", default="rlptune-demo", help="output folder")
-    p.add_argument("--seeds", type=int_flag("--seeds"), nargs="+", default=[1, 2], metavar="SEED",
-                   help="seeds per method and dataset")
+    p.add_argument(
+        "--seeds",
+        type=int_flag("--seeds"),
+        nargs="+",
+        default=[1, 2],
+        metavar="SEED",
+        help="seeds per method and dataset",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
-    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=min(2, os.cpu_count() or 1),
-                   help="runs in parallel (processes; default: 2, or 1 on a one-core machine)")
+    p.add_argument(
+        "--jobs",
+        type=int_flag("--jobs", low=1),
+        default=min(2, os.cpu_count() or 1),
+        help="runs in parallel (processes; default: 2, or 1 on a one-core machine)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cache", help="what the feature cache holds (per backbone and kind), and clearing it")
-    p.add_argument("action", choices=("info", "ls", "clear"),
-                   help="info: sizes per kind and backbone; ls: one line per entry; clear: delete matching entries")
+    p.add_argument(
+        "action",
+        choices=("info", "ls", "clear"),
+        help="info: sizes per kind and backbone; ls: one line per entry; clear: delete matching entries",
+    )
     p.add_argument("--cache-dir", default=None, help="cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
-    p.add_argument("--kind", action="append", default=None, metavar="KIND",
-                   help="features (centre crops), views, micro, memo or leftovers (repeatable; default: all)")
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="features (centre crops), views, micro, memo or leftovers (repeatable; default: all)",
+    )
     p.add_argument("--backbone", default=None, help="only this backbone's entries (its identity or architecture name)")
     p.add_argument("--older-than", default=None, metavar="DAYS", help="only entries not used for more than DAYS days")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -19,10 +19,32 @@ import yaml
 
 from .errors import RlptuneError
 from .options import (
-    MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_SEED, MAX_SHOTS, MAX_STEPS, MAX_TOKENS, MAX_VIEWS, MAX_WORKERS,
-    SettingsLoader, check_ranges, check_template, checkpoint_text_option, class_specific_option,
-    class_token_position_option, coerce, options_dict, parse_options, read_setting_text, settle_numbers,
-    shared_prefix_option, shown, templates_option, text_chunk_option, type_hints, use_dataset_template_option,
+    MAX_BATCH,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_SHOTS,
+    MAX_STEPS,
+    MAX_TOKENS,
+    MAX_VIEWS,
+    MAX_WORKERS,
+    SettingsLoader,
+    check_ranges,
+    check_template,
+    checkpoint_text_option,
+    class_specific_option,
+    class_token_position_option,
+    coerce,
+    options_dict,
+    parse_options,
+    read_setting_text,
+    settle_numbers,
+    shared_prefix_option,
+    shown,
+    templates_option,
+    text_chunk_option,
+    type_hints,
+    use_dataset_template_option,
 )
 from . import recipes, registry  # after .options: the order the package imports in
 from .defaults import DEFAULT_BACKBONE, DEFAULT_METHOD
@@ -30,9 +52,15 @@ from .defaults import DEFAULT_BACKBONE, DEFAULT_METHOD
 _log = logging.getLogger(__name__)
 
 
-
-def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, low: int | float | None = None,
-       high: int | float | None = None, **kw: Any):
+def _f(
+    default: Any,
+    help: str,
+    flag: str | None = None,
+    choices: tuple | None = None,
+    low: int | float | None = None,
+    high: int | float | None = None,
+    **kw: Any,
+):
     """A settings field: help text, its flag, its choices and, for numbers, inclusive bounds (:func:`check_ranges`)."""
     meta = {"help": help, "flag": flag, "choices": choices, "low": low, "high": high}
     if isinstance(default, (list, dict)):
@@ -52,7 +80,11 @@ class _Section:
 
 @dataclass
 class BackboneSettings(_Section):
-    name: str = _f(DEFAULT_BACKBONE, "backbone spec: a registered name or spelling (`rlptune train --help` lists them)", flag="backbone")
+    name: str = _f(
+        DEFAULT_BACKBONE,
+        "backbone spec: a registered name or spelling (`rlptune train --help` lists them)",
+        flag="backbone",
+    )
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:1 …", flag="device")
     precision: str = _f(
         "auto",
@@ -63,7 +95,9 @@ class BackboneSettings(_Section):
 
     def validate(self) -> None:
         if not self.name.strip():
-            raise RlptuneError("backbone.name is empty; expected micro, ARCH:TAG, ARCH:/path/weights, a .pt file or an arch .json")
+            raise RlptuneError(
+                "backbone.name is empty; expected micro, ARCH:TAG, ARCH:/path/weights, a .pt file or an arch .json"
+            )
         if not _DEVICE.match(self.device):
             raise RlptuneError(f"backbone.device {self.device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu[:N]")
 
@@ -73,10 +107,18 @@ class DataSettings(_Section):
     dataset: str = _f("folder", "dataset name (folder, csv, split-json, a CoOp dataset such as eurosat, or micro-*)")
     root: Optional[str] = _f(None, "dataset root folder (or file for csv / split-json)", flag="data-root")
     shots: int = _f(16, "images per class drawn for training (0 = all)", low=0, high=MAX_SHOTS)
-    split_seed: int = _f(1, "seed of the train/val/test split of a plain image folder or CSV (the loaders' default too)",
-                         low=0, high=MAX_SEED)
-    subsample: str = _f("all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new"))
-    image_policy: str = _f("error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip"))
+    split_seed: int = _f(
+        1,
+        "seed of the train/val/test split of a plain image folder or CSV (the loaders' default too)",
+        low=0,
+        high=MAX_SEED,
+    )
+    subsample: str = _f(
+        "all", "classes to use: all | base | new (base-to-new protocol)", choices=("all", "base", "new")
+    )
+    image_policy: str = _f(
+        "error", "unreadable images: error | skip (skipped files are reported)", choices=("error", "skip")
+    )
     protocol: str = _f(
         "few-shot",
         "evaluation protocol the run belongs to (a registered protocol: `rlptune run --help` lists them); selects "
@@ -85,7 +127,9 @@ class DataSettings(_Section):
 
     def validate(self) -> None:
         if not self.dataset.strip():
-            raise RlptuneError("data.dataset is empty; expected folder, csv, split-json, a CoOp dataset name or micro-*")
+            raise RlptuneError(
+                "data.dataset is empty; expected folder, csv, split-json, a CoOp dataset name or micro-*"
+            )
         _at_least("data.shots", self.shots, 0)
         registry.get_protocol(self.protocol)  # an unknown protocol is one line with the registered ones
 
@@ -97,7 +141,8 @@ class PromptSettings(_Section):
         16,
         "learned context tokens; with ctx_init, its first n_ctx tokens are learned and the rest stay fixed text "
         "(MaPLe: 2 of 'a photo of a'); n_ctx above the init's token count learns the whole init (CoOp)",
-        low=1, high=MAX_TOKENS,
+        low=1,
+        high=MAX_TOKENS,
     )
     ctx_init: Optional[str] = _f(None, "initialise the context from this text, e.g. 'a photo of a'")
     init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset", low=0)
@@ -120,12 +165,18 @@ class PromptSettings(_Section):
         if self.alpha is not None and self.alpha <= 0:
             raise RlptuneError(f"prompt.alpha must be > 0 (or unset), got {self.alpha}")
         if self.ctx_init is not None and not self.ctx_init.strip():
-            raise RlptuneError("prompt.ctx_init is empty; unset it for a random context or give a text such as 'a photo of a'")
+            raise RlptuneError(
+                "prompt.ctx_init is empty; unset it for a random context or give a text such as 'a photo of a'"
+            )
 
 
 @dataclass
 class MethodSettings(_Section):
-    name: str = _f(DEFAULT_METHOD, "method: zeroshot | coop | rlp | … (see `rlptune methods`); its official recipe applies", flag="method")
+    name: str = _f(
+        DEFAULT_METHOD,
+        "method: zeroshot | coop | rlp | … (see `rlptune methods`); its official recipe applies",
+        flag="method",
+    )
     options: dict = _f({}, "the method's own options (`rlptune train --method NAME --help` lists them)")
 
     def __post_init__(self) -> None:
@@ -141,7 +192,10 @@ class MethodSettings(_Section):
         values = dict(self.options)
         for key, (value, same_mapping) in self._former.items():
             if key in shared:
-                if same_mapping is not None and coerce(same_mapping, type_hints(FormerMethodSettings)[key], f"method.options.{key}") != value:
+                if (
+                    same_mapping is not None
+                    and coerce(same_mapping, type_hints(FormerMethodSettings)[key], f"method.options.{key}") != value
+                ):
                     raise RlptuneError(
                         f"method.{key}={value!r} and method.options.{key}={same_mapping!r} disagree; give it once, as "
                         f"method.options.{key}"
@@ -205,12 +259,17 @@ def in_former_spelling(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         options_class = registry.method_entry(str(section.get("name"))).options_class
     except RlptuneError:
         return out
-    shared = {f.metadata.get("shared"): f.name for f in fields(options_class) if f.metadata.get("shared")} \
-        if dataclasses.is_dataclass(options_class) else {}
+    shared = (
+        {f.metadata.get("shared"): f.name for f in fields(options_class) if f.metadata.get("shared")}
+        if dataclasses.is_dataclass(options_class)
+        else {}
+    )
     options = dict(section["options"])
     method = {k: v for k, v in section.items() if k != "options"}
     for knob, field_ in FORMER_METHOD_FIELDS.items():
-        method[knob] = options.pop(shared[knob]) if knob in shared and shared[knob] in options else _field_default(field_)
+        method[knob] = (
+            options.pop(shared[knob]) if knob in shared and shared[knob] in options else _field_default(field_)
+        )
     method["options"] = options
     out["method"] = method
     return out
@@ -223,7 +282,12 @@ def _read_former_method_field(target: MethodSettings, key: str, value: Any, valu
     meta = FORMER_METHOD_FIELDS[key].metadata
     if meta.get("choices") and coerced not in meta["choices"]:
         raise RlptuneError(f"{where}: expected one of {', '.join(meta['choices'])}, got {coerced!r}")
-    if isinstance(coerced, int) and not isinstance(coerced, bool) and meta.get("low") is not None and coerced < meta["low"]:
+    if (
+        isinstance(coerced, int)
+        and not isinstance(coerced, bool)
+        and meta.get("low") is not None
+        and coerced < meta["low"]
+    ):
         raise RlptuneError(f"method.{key} must be >= {meta['low']}, got {shown(coerced)}")
     if key == "templates":
         if not coerced:
@@ -237,8 +301,12 @@ def _read_former_method_field(target: MethodSettings, key: str, value: Any, valu
 @dataclass
 class TrainSettings(_Section):
     epochs: int = _f(10, "training epochs (0 = no training: the initial prompt)", low=0, high=MAX_EPOCHS)
-    iterations: int = _f(0, "train for this many steps instead of whole epochs (0 = use epochs; CLIP-LoRA: 500 x shots)",
-                         low=0, high=MAX_STEPS)
+    iterations: int = _f(
+        0,
+        "train for this many steps instead of whole epochs (0 = use epochs; CLIP-LoRA: 500 x shots)",
+        low=0,
+        high=MAX_STEPS,
+    )
     batch_size: int = _f(32, "images per step (global, over all processes)", low=1, high=MAX_BATCH)
     optimizer: str = _f("sgd", "sgd (momentum) | adamw", choices=("sgd", "adamw"))
     lr: float = _f(0.002, "peak learning rate")
@@ -246,29 +314,45 @@ class TrainSettings(_Section):
     momentum: float = _f(0.9, "SGD momentum", low=0)
     weight_decay: float = _f(5e-4, "weight decay", low=0)
     scheduler: str = _f("cosine", "cosine | constant", choices=("cosine", "constant"))
-    schedule_unit: str = _f("epoch", "the schedule steps once per epoch (Dassl) or once per step (CLIP-LoRA)", choices=("epoch", "step"))
-    warmup_epochs: int = _f(1, "epochs at the constant warm-up learning rate before the schedule (Dassl's constant warm-up)",
-                            low=0, high=MAX_EPOCHS)
+    schedule_unit: str = _f(
+        "epoch", "the schedule steps once per epoch (Dassl) or once per step (CLIP-LoRA)", choices=("epoch", "step")
+    )
+    warmup_epochs: int = _f(
+        1,
+        "epochs at the constant warm-up learning rate before the schedule (Dassl's constant warm-up)",
+        low=0,
+        high=MAX_EPOCHS,
+    )
     warmup_lr: float = _f(1e-5, "warm-up learning rate", low=0)
-    seed: int = _f(1, "seed of the few-shot draw, initialisation, shuffling, dropout and augmentation", low=0, high=MAX_SEED)
+    seed: int = _f(
+        1, "seed of the few-shot draw, initialisation, shuffling, dropout and augmentation", low=0, high=MAX_SEED
+    )
     aug_views: int = _f(
         0,
         "0 = a fresh random crop and flip per image per epoch, as the official code (default); "
         "K > 0 = K cached augmented views cycled over the epochs (faster, less faithful; see docs/METHODS.md)",
-        low=0, high=MAX_VIEWS,
+        low=0,
+        high=MAX_VIEWS,
     )
-    augment: bool = _f(True, "random resized crop + flip for training (false = centre crops only: not the official recipe)")
+    augment: bool = _f(
+        True, "random resized crop + flip for training (false = centre crops only: not the official recipe)"
+    )
     crop_scale: float = _f(0.08, "smallest area fraction of the random resized crop (CoOp: 0.08)")
     flip: bool = _f(True, "random horizontal flip (always off for datasets whose labels a mirror changes)")
-    val_every: int = _f(1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc",
-                        low=0, high=MAX_EPOCHS)
-    select_best: bool = _f(False, "keep the epoch with the best validation accuracy instead of the last (the papers report the last)")
+    val_every: int = _f(
+        1, "evaluate on the validation split every N epochs (0 = never); logged as val_acc", low=0, high=MAX_EPOCHS
+    )
+    select_best: bool = _f(
+        False, "keep the epoch with the best validation accuracy instead of the last (the papers report the last)"
+    )
     track_new: bool = _f(
         False,
         "base-to-new only: also score the new classes' test split at every validation epoch, logged as new_acc "
         "(a diagnostic for generalisation over training; never used to choose an epoch)",
     )
-    loggers: list = _f([], "extra metric loggers besides metrics.jsonl: tensorboard, csv (comma-separated or repeated)", flag="logger")
+    loggers: list = _f(
+        [], "extra metric loggers besides metrics.jsonl: tensorboard, csv (comma-separated or repeated)", flag="logger"
+    )
     checkpoint_every: int = _f(1, "write a resumable checkpoint every N epochs (0 = never)", low=0, high=MAX_EPOCHS)
     num_workers: int = _f(0, "image-loading worker processes", low=0, high=MAX_WORKERS)
     cache_dir: Optional[str] = _f(None, "feature cache folder (default $RLPTUNE_CACHE or ~/.cache/rlptune)")
@@ -293,7 +377,9 @@ class TrainSettings(_Section):
         if self.select_best and self.val_every == 0:
             raise RlptuneError("train.select_best needs validation: set train.val_every >= 1")
         if self.track_new and self.val_every == 0:
-            raise RlptuneError("train.track_new scores the new classes at the validation epochs: set train.val_every >= 1")
+            raise RlptuneError(
+                "train.track_new scores the new classes at the validation epochs: set train.val_every >= 1"
+            )
         _at_least("train.num_workers", self.num_workers, 0)
         _at_least("train.seed", self.seed, 0)
         if self.seed >= 2**63:
@@ -315,7 +401,9 @@ class CacheSettings(_Section):
         "bound on the feature cache's centre-crop features + views, in GB (10^9 bytes); the least recently used "
         "entries are evicted first; 0 = write none (20 GB keeps an ImageNet base-to-new sweep's views of ViT-B/16 "
         "and of ViT-L/14 side by side)",
-        flag="cache-max-gb", low=0.0, high=1e6,
+        flag="cache-max-gb",
+        low=0.0,
+        high=1e6,
     )
     views: str = _f(
         "disk",
@@ -325,8 +413,13 @@ class CacheSettings(_Section):
         flag="view-cache",
         choices=("disk", "memory"),
     )
-    memory_gb: float = _f(2.0, "cache.views=memory: GB of views one process keeps (least recently used dropped first)",
-                          flag="view-memory-gb", low=0.0, high=1e6)
+    memory_gb: float = _f(
+        2.0,
+        "cache.views=memory: GB of views one process keeps (least recently used dropped first)",
+        flag="view-memory-gb",
+        low=0.0,
+        high=1e6,
+    )
 
     def validate(self) -> None:
         for name in ("max_gb", "memory_gb"):
@@ -353,31 +446,66 @@ class AutoSettings(_Section):
         "(docs/AUTO.md)",
         flag="auto",
     )
-    ranks: list = _f([1, 2, 4], "auto: the ranks tried (low-rank prompts only; other methods keep prompt.rank)",
-                     flag="auto-ranks")
-    crop_scales: list = _f([0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)",
-                           flag="auto-crop-scales")
+    ranks: list = _f(
+        [1, 2, 4], "auto: the ranks tried (low-rank prompts only; other methods keep prompt.rank)", flag="auto-ranks"
+    )
+    crop_scales: list = _f(
+        [0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)", flag="auto-crop-scales"
+    )
     dropouts: list = _f([0.1, 0.3], "auto: the low-rank dropouts tried (low-rank prompts only)", flag="auto-dropouts")
     rank_rule: str = _f(
         "validation",
         "auto: validation (every rank in auto.ranks, chosen on validation) | spectrum (the smallest rank holding "
         "auto.energy of a short full-rank run's update; only that rank is trained) | both (the grid, with the "
         "spectrum's rank recorded beside the choice)",
-        choices=("validation", "spectrum", "both"), flag="auto-rank-rule",
+        choices=("validation", "spectrum", "both"),
+        flag="auto-rank-rule",
     )
-    energy: float = _f(0.9, "auto: share of the update's energy (sum of squared singular values) the spectrum rank holds",
-                       low=0.0, high=1.0, flag="auto-energy")
-    spectrum_epochs: int = _f(0, "auto: epochs of the short full-rank run of rank_rule=spectrum (0 = a quarter of "
-                                 "train.epochs)", low=0, high=MAX_EPOCHS, flag="auto-spectrum-epochs")
-    folds: int = _f(3, "auto: folds over the training shots when the validation split has fewer than "
-                       "auto.min_val_per_class images in some class", low=2, high=MAX_SHOTS, flag="auto-folds")
-    min_val_per_class: int = _f(4, "auto: validation images every class needs for the validation split to be used",
-                                low=1, high=MAX_SHOTS, flag="auto-min-val-per-class")
-    alpha: float = _f(0.05, "auto: one-sided error rate of the guard, shared by the candidates (Bonferroni): a "
-                            "candidate replaces the zero-shot prompt only if its validation margin exceeds "
-                            "z = Phi^-1(1 - alpha / candidates) paired standard errors", low=1e-9, high=0.5, flag="auto-alpha")
-    margin_z: Optional[float] = _f(None, "auto: use this z instead of the one auto.alpha gives (0 = any gain)",
-                                   low=0.0, high=100.0, flag="auto-margin-z")
+    energy: float = _f(
+        0.9,
+        "auto: share of the update's energy (sum of squared singular values) the spectrum rank holds",
+        low=0.0,
+        high=1.0,
+        flag="auto-energy",
+    )
+    spectrum_epochs: int = _f(
+        0,
+        "auto: epochs of the short full-rank run of rank_rule=spectrum (0 = a quarter of train.epochs)",
+        low=0,
+        high=MAX_EPOCHS,
+        flag="auto-spectrum-epochs",
+    )
+    folds: int = _f(
+        3,
+        "auto: folds over the training shots when the validation split has fewer than "
+        "auto.min_val_per_class images in some class",
+        low=2,
+        high=MAX_SHOTS,
+        flag="auto-folds",
+    )
+    min_val_per_class: int = _f(
+        4,
+        "auto: validation images every class needs for the validation split to be used",
+        low=1,
+        high=MAX_SHOTS,
+        flag="auto-min-val-per-class",
+    )
+    alpha: float = _f(
+        0.05,
+        "auto: one-sided error rate of the guard, shared by the candidates (Bonferroni): a "
+        "candidate replaces the zero-shot prompt only if its validation margin exceeds "
+        "z = Phi^-1(1 - alpha / candidates) paired standard errors",
+        low=1e-9,
+        high=0.5,
+        flag="auto-alpha",
+    )
+    margin_z: Optional[float] = _f(
+        None,
+        "auto: use this z instead of the one auto.alpha gives (0 = any gain)",
+        low=0.0,
+        high=100.0,
+        flag="auto-margin-z",
+    )
 
     def validate(self) -> None:
         self.ranks = _number_list(self.ranks, int, "auto.ranks", 1, MAX_TOKENS)
@@ -431,7 +559,9 @@ class RunConfig:
         elif isinstance(self.method, str):  # RunConfig(method="rlp") means what --method rlp means: its preset applied
             name = self.method
             self.method = MethodSettings()
-            apply_mapping(self, method_preset(name, self.data.protocol, self.data.shots, self.data.dataset), f"{name} preset")
+            apply_mapping(
+                self, method_preset(name, self.data.protocol, self.data.shots, self.data.dataset), f"{name} preset"
+            )
             self.method.name = name
             self.method.validate()  # the method's options, with the recipe's, as resolve_config records them
 
@@ -517,7 +647,9 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
     if data is None:
         return config
     if not isinstance(data, dict):
-        raise RlptuneError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+        raise RlptuneError(
+            f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}"
+        )
     classes = _section_classes()
     for section, values in data.items():
         if section not in classes:
@@ -525,7 +657,9 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise RlptuneError(f"{source}: section {section!r} must be a mapping of fields, got {type(values).__name__}")
+            raise RlptuneError(
+                f"{source}: section {section!r} must be a mapping of fields, got {type(values).__name__}"
+            )
         target = getattr(config, section)
         hints = type_hints(classes[section])
         valid = [f.name for f in fields(classes[section])] + (list(FORMER_METHOD_FIELDS) if section == "method" else [])
@@ -576,7 +710,9 @@ class _UniqueKeyLoader(SettingsLoader):
                     continue  # the base class reports unhashable keys
                 line = key_node.start_mark.line + 1
                 if key in seen:
-                    raise _DuplicateKey(f"line {line}: key {key!r} given twice (first at line {seen[key]}); each key may appear once")
+                    raise _DuplicateKey(
+                        f"line {line}: key {key!r} given twice (first at line {seen[key]}); each key may appear once"
+                    )
                 seen.setdefault(key, line)
         return super().construct_mapping(node, deep=deep)
 
@@ -608,7 +744,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def method_preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Any]:
+def method_preset(
+    method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None
+) -> dict[str, Any]:
     """The method's official recipe for this protocol and shot count (:mod:`rlptune.recipes`, every value sourced);
     a method without its own recipe inherits its parent class's (:func:`rlptune.recipes.recipe_owner`); empty when
     there is none (e.g. a method added from outside the package that subclasses no recipe-bearing method)."""
@@ -644,7 +782,11 @@ def resolve_config(
     shots = _peek(layers, "data", "shots", int)
     dataset = _peek(layers, "data", "dataset", str)
     config = blank_config()
-    apply_mapping(config, method_preset(method, protocol, DataSettings().shots if shots is None else shots, dataset), f"{method} recipe")
+    apply_mapping(
+        config,
+        method_preset(method, protocol, DataSettings().shots if shots is None else shots, dataset),
+        f"{method} recipe",
+    )
     apply_mapping(config, base, "settings")
     apply_mapping(config, file_data, str(config_file))
     apply_mapping(config, overrides, "command line")
@@ -690,7 +832,9 @@ def flag_table() -> dict[str, tuple[str, str, dataclasses.Field]]:
         for f in fields(cls):
             flag = f.metadata.get("flag") or f.name.replace("_", "-")
             if flag in table:
-                raise RuntimeError(f"duplicate flag --{flag} for {section}.{f.name} and {table[flag][0]}.{table[flag][1]}")
+                raise RuntimeError(
+                    f"duplicate flag --{flag} for {section}.{f.name} and {table[flag][0]}.{table[flag][1]}"
+                )
             table[flag] = (section, f.name, f)
     return table
 
@@ -705,7 +849,7 @@ def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
         section, name = key.split(".", 1)
         value = read_setting_text(raw) if raw else ""  # as the same text reads in a YAML file
         if section == "method" and name.startswith("options."):
-            out.setdefault("method", {}).setdefault("options", {})[name[len("options."):]] = value
+            out.setdefault("method", {}).setdefault("options", {})[name[len("options.") :]] = value
             continue
         out.setdefault(section, {})[name] = value
     return out

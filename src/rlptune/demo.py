@@ -43,7 +43,13 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.quick:
         datasets, train = datasets[:2], {"epochs": 2}
     specs = make_specs(
-        "base2new", datasets, DEMO_METHODS, args.seeds, [16], backbone=DEMO_BACKBONE, base_overrides={"train": train, "backbone": dict(DEMO_BACKBONE_SETTINGS)}
+        "base2new",
+        datasets,
+        DEMO_METHODS,
+        args.seeds,
+        [16],
+        backbone=DEMO_BACKBONE,
+        base_overrides={"train": train, "backbone": dict(DEMO_BACKBONE_SETTINGS)},
     )
     t0 = time.perf_counter()
     run_sweep(specs, results, jobs=args.jobs)

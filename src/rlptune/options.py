@@ -48,8 +48,14 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def option(default: Any, help: str, low: int | float | None = None, high: int | float | None = None,
-           choices: tuple | None = None, shared: str | None = None):
+def option(
+    default: Any,
+    help: str,
+    low: int | float | None = None,
+    high: int | float | None = None,
+    choices: tuple | None = None,
+    shared: str | None = None,
+):
     """A dataclass field with help text (lists and dicts get a factory); ``low``/``high`` bound a number (inclusive,
     checked by :func:`check_ranges` whatever the value's spelling); ``choices`` lists the values a text may take;
     ``shared`` names the knob several methods declare (the ``*_option()`` helpers below), which the former
@@ -81,7 +87,9 @@ def parse_options(cls: type, values: dict | None, method: str):
                 raise RlptuneError(f"method.options: method {method!r} takes no options, got {key!r}")
             close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.4)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RlptuneError(f"method.options: unknown option {key!r} for method {method!r}{hint}; valid options: {', '.join(valid)}")
+            raise RlptuneError(
+                f"method.options: unknown option {key!r} for method {method!r}{hint}; valid options: {', '.join(valid)}"
+            )
         kwargs[key] = coerce(value, hints[key], f"method.options.{key}")
         choices = next(f.metadata.get("choices") for f in fields(cls) if f.name == key)
         if choices and kwargs[key] not in choices:
@@ -328,11 +336,15 @@ def check_ranges(obj: Any, prefix: str) -> None:
 def check_template(template: Any, where: str) -> str:
     """A class-prompt template must be a string with one ``{}`` for the class name and nothing else to fill."""
     if not isinstance(template, str) or "{}" not in template:
-        raise RlptuneError(f"{where}: template {template!r} must contain {{}} where the class name goes, e.g. 'a photo of a {{}}.'")
+        raise RlptuneError(
+            f"{where}: template {template!r} must contain {{}} where the class name goes, e.g. 'a photo of a {{}}.'"
+        )
     try:
         template.format("x")
     except (IndexError, KeyError, ValueError):
-        raise RlptuneError(f"{where}: template {template!r} has braces other than one {{}} for the class name (write {{{{ }}}} for a literal brace)") from None
+        raise RlptuneError(
+            f"{where}: template {template!r} has braces other than one {{}} for the class name (write {{{{ }}}} for a literal brace)"
+        ) from None
     return template
 
 
@@ -349,7 +361,9 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
         for item in value:
             check_plain(item, where, depth + 1)
     elif not (value is None or isinstance(value, (str, int, float, bool))):
-        raise RlptuneError(f"{where}: expected a plain value (text, number, true/false, list), got {type(value).__name__}")
+        raise RlptuneError(
+            f"{where}: expected a plain value (text, number, true/false, list), got {type(value).__name__}"
+        )
 
 
 # Option fields that several methods declare, each method the ones it honours (a method that does not declare one
@@ -358,21 +372,34 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
 
 
 def class_specific_option():
-    return option(False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", shared="class_specific")
+    return option(
+        False, "one context per class (CoOp's CSC); cannot transfer to unseen classes", shared="class_specific"
+    )
 
 
 def class_token_position_option():
-    return option("end", "where the class name goes: end | middle | front", choices=("end", "middle", "front"),
-                  shared="class_token_position")
+    return option(
+        "end",
+        "where the class name goes: end | middle | front",
+        choices=("end", "middle", "front"),
+        shared="class_token_position",
+    )
 
 
 def text_chunk_option():
-    return option(0, "encode class prompts in chunks of this many classes (0 = all at once) to bound memory",
-                  low=0, high=MAX_CLASSES, shared="text_chunk")
+    return option(
+        0,
+        "encode class prompts in chunks of this many classes (0 = all at once) to bound memory",
+        low=0,
+        high=MAX_CLASSES,
+        shared="text_chunk",
+    )
 
 
 def checkpoint_text_option():
-    return option(False, "activation checkpointing in the text tower (less memory, more compute)", shared="checkpoint_text")
+    return option(
+        False, "activation checkpointing in the text tower (less memory, more compute)", shared="checkpoint_text"
+    )
 
 
 def shared_prefix_option():

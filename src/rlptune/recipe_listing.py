@@ -46,7 +46,9 @@ def methods_table() -> str:
         lines.append(f"{method}: {recipe.title}")
         variants: dict[tuple[str, int, str | None], dict[str, recipes.Setting]] = {
             (protocol, shots, dataset): recipes.resolved(method, protocol, shots, dataset)
-            for protocol in recipes.PROTOCOLS for shots in recipes.OFFICIAL_SHOTS for dataset in probe_datasets
+            for protocol in recipes.PROTOCOLS
+            for shots in recipes.OFFICIAL_SHOTS
+            for dataset in probe_datasets
         }
         keys = sorted({key for resolved in variants.values() for key in resolved})
         common = [k for k in keys if len({_show(r[k].value) if k in r else "-" for r in variants.values()}) == 1]

@@ -113,8 +113,9 @@ def _s(key: str, value: Any, source: str, note: str = "") -> Setting:
     return Setting(key, value, source, note)
 
 
-def _rule(*settings: Setting, protocols: tuple[str, ...] = (), shots: tuple[int, ...] = (),
-          datasets: tuple[str, ...] = ()) -> Rule:
+def _rule(
+    *settings: Setting, protocols: tuple[str, ...] = (), shots: tuple[int, ...] = (), datasets: tuple[str, ...] = ()
+) -> Rule:
     return Rule(tuple(settings), protocols, shots, datasets)
 
 
@@ -125,9 +126,17 @@ def _rule(*settings: Setting, protocols: tuple[str, ...] = (), shots: tuple[int,
 _DASSL_CROP = (DASSL_DEFAULTS, "INPUT.RRCROP_SCALE = (0.08, 1.0); config TRANSFORMS random_resized_crop")
 
 
-def _dassl_train(config: str, *, lr: float, batch: int, epochs: int | None, defaults: str = DASSL_DEFAULTS,
-                 scheduler: str = DASSL_SCHEDULER, stepper: str = _COOP + "trainers/coop.py",
-                 crop: tuple[str, str] = _DASSL_CROP) -> list[Setting]:
+def _dassl_train(
+    config: str,
+    *,
+    lr: float,
+    batch: int,
+    epochs: int | None,
+    defaults: str = DASSL_DEFAULTS,
+    scheduler: str = DASSL_SCHEDULER,
+    stepper: str = _COOP + "trainers/coop.py",
+    crop: tuple[str, str] = _DASSL_CROP,
+) -> list[Setting]:
     """The optimiser, schedule and augmentation every Dassl config fixes (SGD, cosine, 1 constant warm-up epoch)."""
     settings = [
         _s("train.optimizer", "sgd", config),
@@ -160,8 +169,18 @@ def _coop_rules(method: str) -> list[Rule]:
     rules = [
         _rule(
             _s("method.name", method, _COOP + "trainers/coop.py" if method == "coop" else RLP_SOURCE),
-            _s("method.class_token_position", "end", _COOP + "COOP.md", "the main results use 'end' (scripts/coop/main.sh CTP)"),
-            _s("method.class_specific", False, _COOP + "COOP.md", "scripts/coop/main.sh CSC=False for the unified context"),
+            _s(
+                "method.class_token_position",
+                "end",
+                _COOP + "COOP.md",
+                "the main results use 'end' (scripts/coop/main.sh CTP)",
+            ),
+            _s(
+                "method.class_specific",
+                False,
+                _COOP + "COOP.md",
+                "scripts/coop/main.sh CSC=False for the unified context",
+            ),
             _s("prompt.kind", "full", _COOP + "trainers/coop.py"),
             _s("prompt.init_std", 0.02, _COOP + "trainers/coop.py", "nn.init.normal_(ctx_vectors, std=0.02)"),
             _s("prompt.n_ctx", 16, _COOP + "COOP.md", "M=16 (scripts/coop/main.sh NCTX)"),
@@ -174,25 +193,40 @@ def _coop_rules(method: str) -> list[Rule]:
             config = f"{cfg}{name}{suffix}.yaml"
             if suffix:
                 extra = (
-                    _s("prompt.ctx_init", "a photo of a", config, "CTX_INIT (scripts/cocoop/base2new_train.sh: CoOp uses vit_b16_ctxv1)"),
+                    _s(
+                        "prompt.ctx_init",
+                        "a photo of a",
+                        config,
+                        "CTX_INIT (scripts/cocoop/base2new_train.sh: CoOp uses vit_b16_ctxv1)",
+                    ),
                     _s("prompt.n_ctx", 4, _COOP + "trainers/coop.py", "n_ctx = the number of words of CTX_INIT"),
                 )
             else:
                 extra = (_s("prompt.ctx_init", None, config, "no CTX_INIT: random init"),)
-            rules.append(_rule(*_dassl_train(config, lr=0.002, batch=32, epochs=epochs), *extra,
-                               protocols=protocols, shots=shots))
+            rules.append(
+                _rule(
+                    *_dassl_train(config, lr=0.002, batch=32, epochs=epochs), *extra, protocols=protocols, shots=shots
+                )
+            )
         config = f"{cfg}vit_b16_ep50{suffix}.yaml"
-        rules.append(_rule(
-            *_dassl_train(config, lr=0.002, batch=32, epochs=None),
-            _s("train.epochs", 50, config, "ImageNet uses *_ep50 at every shot count (COOP.md; CoCoOp's scripts)"),
-            _s("prompt.ctx_init", "a photo of a" if suffix else None, config, "CTX_INIT" if suffix else "no CTX_INIT: random init"),
-            protocols=protocols, datasets=("ImageNet",),
-        ))
+        rules.append(
+            _rule(
+                *_dassl_train(config, lr=0.002, batch=32, epochs=None),
+                _s("train.epochs", 50, config, "ImageNet uses *_ep50 at every shot count (COOP.md; CoCoOp's scripts)"),
+                _s(
+                    "prompt.ctx_init",
+                    "a photo of a" if suffix else None,
+                    config,
+                    "CTX_INIT" if suffix else "no CTX_INIT: random init",
+                ),
+                protocols=protocols,
+                datasets=("ImageNet",),
+            )
+        )
     return rules
 
 
-def _mpl_rules(method: str, config: str, *, lr: float, epochs: int, batch: int = 4,
-               trainer: str) -> list[Setting]:
+def _mpl_rules(method: str, config: str, *, lr: float, epochs: int, batch: int = 4, trainer: str) -> list[Setting]:
     """The Dassl part of a multimodal-prompt-learning / PromptSRC config plus the method's name and token position."""
     return [
         _s("method.name", method, trainer),
@@ -227,34 +261,57 @@ _TRANSFER = ("cross-dataset", "domain-gen")
 PROMPTSRC_FEW_SHOT_GPA_GROUP_A = ("ImageNet", "Caltech101", "OxfordPets", "Food101", "UCF101", "SUN397")
 PROMPTSRC_FEW_SHOT_GPA_GROUP_B = ("StanfordCars", "OxfordFlowers", "FGVCAircraft", "DescribableTextures", "EuroSAT")
 
-_PURE_FP16 = ("pure fp16: CLIP's weights as clip.build_model leaves them (convert_weights: fp16), the context "
-              "vectors created in that dtype and stepped in fp16 by SGD, no loss scaling")
+_PURE_FP16 = (
+    "pure fp16: CLIP's weights as clip.build_model leaves them (convert_weights: fp16), the context "
+    "vectors created in that dtype and stepped in fp16 by SGD, no loss scaling"
+)
 _FP32_DEEP = "; the deeper and vision prompts are fp32 Parameters cast to fp16 in the forward"
 #: The precision each method's official code runs in on a GPU: (precision, source, how). ``backbone.precision: auto``
 #: resolves to it on CUDA, run as autocast with fp32 trainable tensors and a gradient scaler
 #: (:mod:`rlptune.backbones.precision`; docs/METHODS.md compares the two).
 OFFICIAL_PRECISION: dict[str, tuple[str, str, str]] = {
-    "zeroshot": ("fp16", _COOP + "trainers/zsclip.py",
-                 "CLIP's fp16 weights (load_clip_to_cpu + clip.build_model; ZeroshotCLIP never calls float())"),
-    "linear_probe": ("fp16", _COOP + "lpclip/feat_extractor.py",
-                     "features from clip.load(..., 'cuda'): fp16 weights on CUDA; the logistic regression is sklearn's float64"),
+    "zeroshot": (
+        "fp16",
+        _COOP + "trainers/zsclip.py",
+        "CLIP's fp16 weights (load_clip_to_cpu + clip.build_model; ZeroshotCLIP never calls float())",
+    ),
+    "linear_probe": (
+        "fp16",
+        _COOP + "lpclip/feat_extractor.py",
+        "features from clip.load(..., 'cuda'): fp16 weights on CUDA; the logistic regression is sklearn's float64",
+    ),
     "coop": ("fp16", _COOP + "train.py (TRAINER.COOP.PREC = 'fp16'; the CoOp configs do not set it)", _PURE_FP16),
     "rlp": ("fp16", RLP_SOURCE + "; CoOp's PREC, as for its other settings", _PURE_FP16),
     "cocoop": ("fp16", _COCOOP_CFG + " (PREC: 'fp16')", _PURE_FP16 + "; the meta-net .half()"),
     "kgcoop": ("fp16", _KG + "KgCoOp/train.py (TRAINER.COOP.PREC = 'fp16'; its config does not set it)", _PURE_FP16),
-    "deep_text": ("fp16", _LP_CFG + " (PREC: 'fp16')",
-                  _PURE_FP16 + "; the deeper prompts are fp32 Parameters cast to fp16 in the forward"),
-    "deep_vision": ("fp16", _VPT_CFG + " (PREC: 'fp16')",
-                    "CLIP's weights as clip.build_model leaves them (convert_weights: fp16), no text context; the "
-                    "vision prompts are fp32 Parameters cast to fp16 in the forward, SGD without loss scaling"),
+    "deep_text": (
+        "fp16",
+        _LP_CFG + " (PREC: 'fp16')",
+        _PURE_FP16 + "; the deeper prompts are fp32 Parameters cast to fp16 in the forward",
+    ),
+    "deep_vision": (
+        "fp16",
+        _VPT_CFG + " (PREC: 'fp16')",
+        "CLIP's weights as clip.build_model leaves them (convert_weights: fp16), no text context; the "
+        "vision prompts are fp32 Parameters cast to fp16 in the forward, SGD without loss scaling",
+    ),
     "ivlp": ("fp16", _IVLP_CFG + " (PREC: 'fp16')", _PURE_FP16 + _FP32_DEEP),
-    "maple": ("fp16", _MAPLE_CFG + " (PREC: 'fp16')",
-              _PURE_FP16 + "; the first coupling layer .half(), the deeper prompts and coupling layers fp32"),
-    "promptsrc": ("fp16", _SRC_FS + " (PREC: 'fp16'; every PromptSRC config)",
-                  _PURE_FP16 + _FP32_DEEP + "; the frozen zero-shot CLIP (the regulariser) fp32"),
-    "clip_lora": ("fp16", _LORA + "lora.py",
-                  "fp16 autocast with GradScaler; fp32 LoRA matrices and the attention projections it re-creates "
-                  "(nn.Linear copies of the fp16 weights), the rest of CLIP in fp16 (clip.load on CUDA)"),
+    "maple": (
+        "fp16",
+        _MAPLE_CFG + " (PREC: 'fp16')",
+        _PURE_FP16 + "; the first coupling layer .half(), the deeper prompts and coupling layers fp32",
+    ),
+    "promptsrc": (
+        "fp16",
+        _SRC_FS + " (PREC: 'fp16'; every PromptSRC config)",
+        _PURE_FP16 + _FP32_DEEP + "; the frozen zero-shot CLIP (the regulariser) fp32",
+    ),
+    "clip_lora": (
+        "fp16",
+        _LORA + "lora.py",
+        "fp16 autocast with GradScaler; fp32 LoRA matrices and the attention projections it re-creates "
+        "(nn.Linear copies of the fp16 weights), the rest of CLIP in fp16 (clip.load on CUDA)",
+    ),
 }
 
 RECIPES: dict[str, Recipe] = {}
@@ -264,147 +321,234 @@ def _add(recipe: Recipe) -> None:
     RECIPES[recipe.method] = recipe
 
 
-_add(Recipe(
-    "zeroshot", "Zero-shot CLIP (CoOp's ZeroshotCLIP trainer)",
-    (
-        _rule(
-            _s("method.name", "zeroshot", _COOP + "trainers/zsclip.py"),
-            _s("method.templates", ["a photo of a {}."], _COOP + "trainers/zsclip.py", "CUSTOM_TEMPLATES for datasets without their own"),
-            _s("method.use_dataset_template", True, _COOP + "trainers/zsclip.py", "CUSTOM_TEMPLATES[dataset]"),
-            _s("train.epochs", 0, _COOP + "scripts/coop/zeroshot.sh", "--eval-only"),
+_add(
+    Recipe(
+        "zeroshot",
+        "Zero-shot CLIP (CoOp's ZeroshotCLIP trainer)",
+        (
+            _rule(
+                _s("method.name", "zeroshot", _COOP + "trainers/zsclip.py"),
+                _s(
+                    "method.templates",
+                    ["a photo of a {}."],
+                    _COOP + "trainers/zsclip.py",
+                    "CUSTOM_TEMPLATES for datasets without their own",
+                ),
+                _s("method.use_dataset_template", True, _COOP + "trainers/zsclip.py", "CUSTOM_TEMPLATES[dataset]"),
+                _s("train.epochs", 0, _COOP + "scripts/coop/zeroshot.sh", "--eval-only"),
+            ),
         ),
-    ),
-))
+    )
+)
 
-_add(Recipe(
-    "linear_probe", "Linear probe CLIP (CoOp's lpclip/)",
-    (
-        _rule(
-            _s("method.name", "linear_probe", _COOP + "lpclip/linear_probe.py"),
-            _s("method.options.max_iter", 1000, _COOP + "lpclip/linear_probe.py", "LogisticRegression(max_iter=1000)"),
-            _s("train.epochs", 1, "rlptune:src/rlptune/methods/linear_probe.py", "one closed-form fit (0 = the zero-shot weights)"),
-            _s("train.warmup_epochs", 0, "rlptune:src/rlptune/methods/linear_probe.py", "no gradient schedule to warm up"),
+_add(
+    Recipe(
+        "linear_probe",
+        "Linear probe CLIP (CoOp's lpclip/)",
+        (
+            _rule(
+                _s("method.name", "linear_probe", _COOP + "lpclip/linear_probe.py"),
+                _s(
+                    "method.options.max_iter",
+                    1000,
+                    _COOP + "lpclip/linear_probe.py",
+                    "LogisticRegression(max_iter=1000)",
+                ),
+                _s(
+                    "train.epochs",
+                    1,
+                    "rlptune:src/rlptune/methods/linear_probe.py",
+                    "one closed-form fit (0 = the zero-shot weights)",
+                ),
+                _s(
+                    "train.warmup_epochs",
+                    0,
+                    "rlptune:src/rlptune/methods/linear_probe.py",
+                    "no gradient schedule to warm up",
+                ),
+            ),
         ),
-    ),
-    notes=("The official C search and its tie rules are in LINEAR_PROBE_SEARCH; rlptune runs that search (docs/METHODS.md).",),
-))
+        notes=(
+            "The official C search and its tie rules are in LINEAR_PROBE_SEARCH; rlptune runs that search (docs/METHODS.md).",
+        ),
+    )
+)
 
 _add(Recipe("coop", "CoOp (Zhou et al., IJCV 2022)", tuple(_coop_rules("coop"))))
 
-_add(Recipe(
-    "rlp", "RLP on CoOp's placement (no public code: CoOp's recipe for the same protocol and shots)",
-    (
-        *_coop_rules("rlp"),
-        _rule(
-            _s("prompt.kind", "lowrank", RLP_SOURCE),
-            _s("prompt.n_ctx", 4, RLP_SOURCE, "the 4 tokens of 'a photo of a'"),
-            _s("prompt.ctx_init", "a photo of a", RLP_SOURCE, "P_fr = its word embeddings"),
-            _s("prompt.rank", 1, RLP_SOURCE),
-            _s("prompt.dropout", 0.1, RLP_SOURCE),
-            _s("prompt.a_std", 1.0, RLP_SOURCE, "measured in docs/RLP.md: small inits do not move under SGD"),
-            _s("prompt.b_std", 0.0, RLP_SOURCE, "starts exactly at the zero-shot prompt"),
-            _s("prompt.alpha", None, RLP_SOURCE, "scale 1"),
+_add(
+    Recipe(
+        "rlp",
+        "RLP on CoOp's placement (no public code: CoOp's recipe for the same protocol and shots)",
+        (
+            *_coop_rules("rlp"),
+            _rule(
+                _s("prompt.kind", "lowrank", RLP_SOURCE),
+                _s("prompt.n_ctx", 4, RLP_SOURCE, "the 4 tokens of 'a photo of a'"),
+                _s("prompt.ctx_init", "a photo of a", RLP_SOURCE, "P_fr = its word embeddings"),
+                _s("prompt.rank", 1, RLP_SOURCE),
+                _s("prompt.dropout", 0.1, RLP_SOURCE),
+                _s("prompt.a_std", 1.0, RLP_SOURCE, "measured in docs/RLP.md: small inits do not move under SGD"),
+                _s("prompt.b_std", 0.0, RLP_SOURCE, "starts exactly at the zero-shot prompt"),
+                _s("prompt.alpha", None, RLP_SOURCE, "scale 1"),
+            ),
         ),
-    ),
-    notes=("Every optimiser, schedule and epoch value is CoOp's (sourced to CoOp's files); only the prompt differs.",),
-))
+        notes=(
+            "Every optimiser, schedule and epoch value is CoOp's (sourced to CoOp's files); only the prompt differs.",
+        ),
+    )
+)
 
-_add(Recipe(
-    "cocoop", "CoCoOp (Zhou et al., CVPR 2022)",
-    (
-        _rule(
-            _s("method.name", "cocoop", _COOP + "trainers/cocoop.py"),
-            _s("method.class_token_position", "end", _COOP + "trainers/cocoop.py", "prefix + context + class name"),
-            _s("method.class_specific", False, _COOP + "trainers/cocoop.py"),
-            _s("method.options.hidden_ratio", 16, _COOP + "trainers/cocoop.py", "meta-net Linear(vis_dim, vis_dim // 16)"),
-            _s("prompt.kind", "full", _COOP + "trainers/cocoop.py"),
-            _s("prompt.n_ctx", 4, _COCOOP_CFG),
-            _s("prompt.ctx_init", "a photo of a", _COCOOP_CFG),
-            _s("prompt.init_std", 0.02, _COOP + "trainers/cocoop.py"),
-            *_dassl_train(_COCOOP_CFG, lr=0.002, batch=1, epochs=10, stepper=_COOP + "trainers/cocoop.py"),
+_add(
+    Recipe(
+        "cocoop",
+        "CoCoOp (Zhou et al., CVPR 2022)",
+        (
+            _rule(
+                _s("method.name", "cocoop", _COOP + "trainers/cocoop.py"),
+                _s("method.class_token_position", "end", _COOP + "trainers/cocoop.py", "prefix + context + class name"),
+                _s("method.class_specific", False, _COOP + "trainers/cocoop.py"),
+                _s(
+                    "method.options.hidden_ratio",
+                    16,
+                    _COOP + "trainers/cocoop.py",
+                    "meta-net Linear(vis_dim, vis_dim // 16)",
+                ),
+                _s("prompt.kind", "full", _COOP + "trainers/cocoop.py"),
+                _s("prompt.n_ctx", 4, _COCOOP_CFG),
+                _s("prompt.ctx_init", "a photo of a", _COCOOP_CFG),
+                _s("prompt.init_std", 0.02, _COOP + "trainers/cocoop.py"),
+                *_dassl_train(_COCOOP_CFG, lr=0.002, batch=1, epochs=10, stepper=_COOP + "trainers/cocoop.py"),
+            ),
         ),
-    ),
-    notes=("CoCoOp ships base2new and cross-dataset scripts (16 shots); there is no few-shot script, so the same "
-           "config is used at every shot count.",),
-))
+        notes=(
+            "CoCoOp ships base2new and cross-dataset scripts (16 shots); there is no few-shot script, so the same "
+            "config is used at every shot count.",
+        ),
+    )
+)
 
-_add(Recipe(
-    "kgcoop", "KgCoOp (Yao et al., CVPR 2023)",
-    (
-        _rule(
-            _s("method.name", "kgcoop", _KG + "KgCoOp/trainers/kgcoop.py"),
-            _s("method.class_token_position", "end", _KG + "KgCoOp/scripts/base2new_train.sh", "CTP=end"),
-            _s("method.class_specific", False, _KG + "KgCoOp/scripts/base2new_train.sh", "CSC=False"),
-            _s("method.options.lambda_kg", 8.0, _KG + "KgCoOp/scripts/run.sh", "TRAINER.COOP.W 8.0"),
-            _s("prompt.kind", "full", _KG + "KgCoOp/trainers/kgcoop.py"),
-            _s("prompt.n_ctx", 4, _KG + "KgCoOp/scripts/base2new_train.sh", "NCTX=4"),
-            _s("prompt.ctx_init", "a photo of a", _KG + "KgCoOp/trainers/kgcoop.py", "CTX_INIT: True -> 'a photo of a' (hard-coded)"),
-            _s("prompt.init_std", 0.02, _KG + "KgCoOp/trainers/kgcoop.py"),
-            *_dassl_train(_KG_CFG, lr=0.002, batch=128, epochs=100, defaults=_KG_DEFAULTS, scheduler=_KG_SCHED,
-                          stepper=_KG + "KgCoOp/trainers/kgcoop.py",
-                          crop=(_KG + "Dassl.ProGrad.pytorch/dassl/data/transforms/transforms.py",
-                                "RandomResizedCrop without a scale: torchvision's default (0.08, 1.0)")),
+_add(
+    Recipe(
+        "kgcoop",
+        "KgCoOp (Yao et al., CVPR 2023)",
+        (
+            _rule(
+                _s("method.name", "kgcoop", _KG + "KgCoOp/trainers/kgcoop.py"),
+                _s("method.class_token_position", "end", _KG + "KgCoOp/scripts/base2new_train.sh", "CTP=end"),
+                _s("method.class_specific", False, _KG + "KgCoOp/scripts/base2new_train.sh", "CSC=False"),
+                _s("method.options.lambda_kg", 8.0, _KG + "KgCoOp/scripts/run.sh", "TRAINER.COOP.W 8.0"),
+                _s("prompt.kind", "full", _KG + "KgCoOp/trainers/kgcoop.py"),
+                _s("prompt.n_ctx", 4, _KG + "KgCoOp/scripts/base2new_train.sh", "NCTX=4"),
+                _s(
+                    "prompt.ctx_init",
+                    "a photo of a",
+                    _KG + "KgCoOp/trainers/kgcoop.py",
+                    "CTX_INIT: True -> 'a photo of a' (hard-coded)",
+                ),
+                _s("prompt.init_std", 0.02, _KG + "KgCoOp/trainers/kgcoop.py"),
+                *_dassl_train(
+                    _KG_CFG,
+                    lr=0.002,
+                    batch=128,
+                    epochs=100,
+                    defaults=_KG_DEFAULTS,
+                    scheduler=_KG_SCHED,
+                    stepper=_KG + "KgCoOp/trainers/kgcoop.py",
+                    crop=(
+                        _KG + "Dassl.ProGrad.pytorch/dassl/data/transforms/transforms.py",
+                        "RandomResizedCrop without a scale: torchvision's default (0.08, 1.0)",
+                    ),
+                ),
+            ),
+            *(
+                _rule(
+                    _s("method.options.template", template, KGCOOP_TEMPLATES_SOURCE, "CUSTOM_TEMPLATES[dataset]"),
+                    datasets=(name,),
+                )
+                for name, template in KGCOOP_TEMPLATES.items()
+            ),
         ),
-        *(
-            _rule(_s("method.options.template", template, KGCOOP_TEMPLATES_SOURCE, "CUSTOM_TEMPLATES[dataset]"),
-                  datasets=(name,))
-            for name, template in KGCOOP_TEMPLATES.items()
+        notes=(
+            "The repository's few-shot run (scripts/xd_train.sh, despite its name) uses the same config at 4 shots "
+            "on all classes; it ships no cross-dataset or domain-generalisation script.",
         ),
-    ),
-    notes=("The repository's few-shot run (scripts/xd_train.sh, despite its name) uses the same config at 4 shots "
-           "on all classes; it ships no cross-dataset or domain-generalisation script.",),
-))
+    )
+)
 
-_add(Recipe(
-    "deep_text", "Deep language prompting (MaPLe paper's baseline; IVLP trainer, language only)",
-    (
-        _rule(
-            *_mpl_rules("deep_text", _LP_CFG, lr=0.0025, epochs=5, trainer=_MPL + "trainers/independentVL.py"),
-            _s("prompt.n_ctx", 4, _LP_CFG, "N_CTX_TEXT"),
-            _s("prompt.ctx_init", "a photo of a", _LP_CFG, "CTX_INIT"),
-            _s("method.options.text_depth", 12, _LP_CFG, "PROMPT_DEPTH_TEXT"),
-            _s("method.options.vision_depth", 0, _LP_CFG, "PROMPT_DEPTH_VISION"),
-            _s("method.options.vision_ctx", 0, _LP_CFG, "N_CTX_VISION"),
-            _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
+_add(
+    Recipe(
+        "deep_text",
+        "Deep language prompting (MaPLe paper's baseline; IVLP trainer, language only)",
+        (
+            _rule(
+                *_mpl_rules("deep_text", _LP_CFG, lr=0.0025, epochs=5, trainer=_MPL + "trainers/independentVL.py"),
+                _s("prompt.n_ctx", 4, _LP_CFG, "N_CTX_TEXT"),
+                _s("prompt.ctx_init", "a photo of a", _LP_CFG, "CTX_INIT"),
+                _s("method.options.text_depth", 12, _LP_CFG, "PROMPT_DEPTH_TEXT"),
+                _s("method.options.vision_depth", 0, _LP_CFG, "PROMPT_DEPTH_VISION"),
+                _s("method.options.vision_ctx", 0, _LP_CFG, "N_CTX_VISION"),
+                _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
+            ),
         ),
-    ),
-    notes=("Shipped scripts: base2new and cross-dataset at 16 shots (scripts/language-prompting/); no few-shot "
-           "script, so the same config is used at every shot count.",),
-))
+        notes=(
+            "Shipped scripts: base2new and cross-dataset at 16 shots (scripts/language-prompting/); no few-shot "
+            "script, so the same config is used at every shot count.",
+        ),
+    )
+)
 
-_add(Recipe(
-    "deep_vision", "Deep vision prompting (VPT-deep; MaPLe paper's baseline, VPT trainer)",
-    (
-        _rule(
-            *_mpl_rules("deep_vision", _VPT_CFG, lr=0.0025, epochs=5, trainer=_MPL + "trainers/vpt.py"),
-            _s("method.options.vision_ctx", 8, _VPT_CFG, "N_CTX_VISION (the file name says 4)"),
-            _s("method.options.vision_depth", 12, _VPT_CFG, "PROMPT_DEPTH_VISION"),
-            _s("method.options.text_depth", 0, _MPL + "trainers/vpt.py", "fixed hand-crafted prompt"),
-            _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
-            _s("method.options.template", "a photo of a {}.", _MPL + "trainers/vpt.py",
-               "prompt_prefix 'a photo of a' + name + '.' for every dataset"),
+_add(
+    Recipe(
+        "deep_vision",
+        "Deep vision prompting (VPT-deep; MaPLe paper's baseline, VPT trainer)",
+        (
+            _rule(
+                *_mpl_rules("deep_vision", _VPT_CFG, lr=0.0025, epochs=5, trainer=_MPL + "trainers/vpt.py"),
+                _s("method.options.vision_ctx", 8, _VPT_CFG, "N_CTX_VISION (the file name says 4)"),
+                _s("method.options.vision_depth", 12, _VPT_CFG, "PROMPT_DEPTH_VISION"),
+                _s("method.options.text_depth", 0, _MPL + "trainers/vpt.py", "fixed hand-crafted prompt"),
+                _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
+                _s(
+                    "method.options.template",
+                    "a photo of a {}.",
+                    _MPL + "trainers/vpt.py",
+                    "prompt_prefix 'a photo of a' + name + '.' for every dataset",
+                ),
+            ),
         ),
-    ),
-    notes=("Shipped scripts: base2new and cross-dataset at 16 shots (scripts/vpt/); no few-shot script.",),
-))
+        notes=("Shipped scripts: base2new and cross-dataset at 16 shots (scripts/vpt/); no few-shot script.",),
+    )
+)
 
-_add(Recipe(
-    "ivlp", "Independent vision-language prompting (MaPLe paper's baseline)",
-    (
-        _rule(
-            *_mpl_rules("ivlp", _IVLP_CFG, lr=0.0035, epochs=5, trainer=_MPL + "trainers/independentVL.py"),
-            _s("prompt.n_ctx", 2, _IVLP_CFG, "N_CTX_TEXT: the first 2 tokens of CTX_INIT are learned, 'of a' stays text"),
-            _s("prompt.ctx_init", "a photo of a", _IVLP_CFG, "CTX_INIT"),
-            _s("method.options.text_depth", 12, _IVLP_CFG, "PROMPT_DEPTH_TEXT (train.py's default is 9)"),
-            _s("method.options.vision_depth", 12, _IVLP_CFG, "PROMPT_DEPTH_VISION (train.py's default is 9)"),
-            _s("method.options.vision_ctx", 2, _IVLP_CFG, "N_CTX_VISION"),
-            _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
+_add(
+    Recipe(
+        "ivlp",
+        "Independent vision-language prompting (MaPLe paper's baseline)",
+        (
+            _rule(
+                *_mpl_rules("ivlp", _IVLP_CFG, lr=0.0035, epochs=5, trainer=_MPL + "trainers/independentVL.py"),
+                _s(
+                    "prompt.n_ctx",
+                    2,
+                    _IVLP_CFG,
+                    "N_CTX_TEXT: the first 2 tokens of CTX_INIT are learned, 'of a' stays text",
+                ),
+                _s("prompt.ctx_init", "a photo of a", _IVLP_CFG, "CTX_INIT"),
+                _s("method.options.text_depth", 12, _IVLP_CFG, "PROMPT_DEPTH_TEXT (train.py's default is 9)"),
+                _s("method.options.vision_depth", 12, _IVLP_CFG, "PROMPT_DEPTH_VISION (train.py's default is 9)"),
+                _s("method.options.vision_ctx", 2, _IVLP_CFG, "N_CTX_VISION"),
+                _s("method.options.deep_init_std", 0.02, _MPL_MODEL, "nn.init.normal_(ctx_vectors, std=0.02)"),
+            ),
         ),
-    ),
-    notes=("PromptSRC's repository ships a different IVLP config (4+4 tokens, depth 9, lr 0.0025, 20 epochs: "
-           "configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml), its paper's IVLP baseline; rlptune uses MaPLe's.",
-           "No few-shot script; the base2new config is used at every shot count."),
-))
+        notes=(
+            "PromptSRC's repository ships a different IVLP config (4+4 tokens, depth 9, lr 0.0025, 20 epochs: "
+            "configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml), its paper's IVLP baseline; rlptune uses MaPLe's.",
+            "No few-shot script; the base2new config is used at every shot count.",
+        ),
+    )
+)
+
 
 def _maple(config: str, *, lr: float, epochs: int, depth: int, note: str = "") -> list[Setting]:
     return [
@@ -412,20 +556,36 @@ def _maple(config: str, *, lr: float, epochs: int, depth: int, note: str = "") -
         _s("prompt.n_ctx", 2, config, "N_CTX: the first 2 tokens of CTX_INIT are learned, 'of a' stays text"),
         _s("prompt.ctx_init", "a photo of a", config, "CTX_INIT"),
         _s("method.options.depth", depth, config, "PROMPT_DEPTH" + note),
-        _s("method.options.deep_init_std", 0.02, _MPL + "trainers/maple.py", "compound prompts nn.init.normal_(std=0.02)"),
+        _s(
+            "method.options.deep_init_std",
+            0.02,
+            _MPL + "trainers/maple.py",
+            "compound prompts nn.init.normal_(std=0.02)",
+        ),
     ]
 
 
-_add(Recipe(
-    "maple", "MaPLe (Khattak et al., CVPR 2023)",
-    (
-        _rule(*_maple(_MAPLE_CFG, lr=0.0035, epochs=5, depth=9)),
-        _rule(*_maple(_MAPLE_XD_CFG, lr=0.0026, epochs=2, depth=3,
-                      note=" (scripts/maple/xd_train_maple.sh; xd_test_maple.sh loads epoch 2)"),
-              protocols=_TRANSFER),
-    ),
-    notes=("No few-shot script; the base2new config is used at every shot count.",),
-))
+_add(
+    Recipe(
+        "maple",
+        "MaPLe (Khattak et al., CVPR 2023)",
+        (
+            _rule(*_maple(_MAPLE_CFG, lr=0.0035, epochs=5, depth=9)),
+            _rule(
+                *_maple(
+                    _MAPLE_XD_CFG,
+                    lr=0.0026,
+                    epochs=2,
+                    depth=3,
+                    note=" (scripts/maple/xd_train_maple.sh; xd_test_maple.sh loads epoch 2)",
+                ),
+                protocols=_TRANSFER,
+            ),
+        ),
+        notes=("No few-shot script; the base2new config is used at every shot count.",),
+    )
+)
+
 
 def _promptsrc(config: str, *, epochs: int, depth: int, gpa_mean: float, gpa_std: float) -> list[Setting]:
     return [
@@ -438,63 +598,98 @@ def _promptsrc(config: str, *, epochs: int, depth: int, gpa_mean: float, gpa_std
         _s("method.options.vision_depth", depth, config, "PROMPT_DEPTH_VISION"),
         _s("method.options.text_loss_weight", 25.0, config, "TEXT_LOSS_WEIGHT (L1, mean over elements)"),
         _s("method.options.image_loss_weight", 10.0, config, "IMAGE_LOSS_WEIGHT (L1, mean over elements)"),
-        _s("method.options.kl_loss_weight", 1.0, _SRC_TRAINER,
-           "hard-coded: KL(zero-shot || prompted logits), reduction sum / logits.numel(), temperature 1"),
+        _s(
+            "method.options.kl_loss_weight",
+            1.0,
+            _SRC_TRAINER,
+            "hard-coded: KL(zero-shot || prompted logits), reduction sum / logits.numel(), temperature 1",
+        ),
         _s("method.options.gpa_mean", gpa_mean, config, "GPA_MEAN (epochs counted from 1)"),
         _s("method.options.gpa_std", gpa_std, config, "GPA_STD"),
-        _s("method.options.n_templates", 60, PROMPTSRC_TEMPLATES_SOURCE, "IMAGENET_TEMPLATES (see PROMPTSRC_TEMPLATES)"),
+        _s(
+            "method.options.n_templates", 60, PROMPTSRC_TEMPLATES_SOURCE, "IMAGENET_TEMPLATES (see PROMPTSRC_TEMPLATES)"
+        ),
         _s("method.options.deep_init_std", 0.02, _SRC + "clip/model.py", "nn.init.normal_(ctx_vectors, std=0.02)"),
     ]
 
 
-_add(Recipe(
-    "promptsrc", "PromptSRC (Khattak et al., ICCV 2023)",
-    (
-        _rule(*_promptsrc(_SRC_B2N, epochs=20, depth=9, gpa_mean=15.0, gpa_std=1.0)),
-        # ImageNet, Caltech101, OxfordPets, Food101, UCF101, SUN397 (the config's active values)
-        _rule(*_promptsrc(_SRC_FS, epochs=50, depth=9, gpa_mean=30.0, gpa_std=30.0), protocols=("few-shot",)),
-        _rule(
-            _s("method.options.gpa_mean", 45.0, _SRC_FS, "commented alternative for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT"),
-            _s("method.options.gpa_std", 5.0, _SRC_FS, "commented alternative for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT"),
-            protocols=("few-shot",), datasets=PROMPTSRC_FEW_SHOT_GPA_GROUP_B,
+_add(
+    Recipe(
+        "promptsrc",
+        "PromptSRC (Khattak et al., ICCV 2023)",
+        (
+            _rule(*_promptsrc(_SRC_B2N, epochs=20, depth=9, gpa_mean=15.0, gpa_std=1.0)),
+            # ImageNet, Caltech101, OxfordPets, Food101, UCF101, SUN397 (the config's active values)
+            _rule(*_promptsrc(_SRC_FS, epochs=50, depth=9, gpa_mean=30.0, gpa_std=30.0), protocols=("few-shot",)),
+            _rule(
+                _s(
+                    "method.options.gpa_mean",
+                    45.0,
+                    _SRC_FS,
+                    "commented alternative for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT",
+                ),
+                _s(
+                    "method.options.gpa_std",
+                    5.0,
+                    _SRC_FS,
+                    "commented alternative for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT",
+                ),
+                protocols=("few-shot",),
+                datasets=PROMPTSRC_FEW_SHOT_GPA_GROUP_B,
+            ),
+            _rule(*_promptsrc(_SRC_XD, epochs=20, depth=3, gpa_mean=6.0, gpa_std=10.0), protocols=_TRANSFER),
         ),
-        _rule(*_promptsrc(_SRC_XD, epochs=20, depth=3, gpa_mean=6.0, gpa_std=10.0), protocols=_TRANSFER),
-    ),
-    notes=("scripts/promptsrc/xd_train.sh names CFG=vit_b16_c2_ep5_batch4_4+4ctx_cross_datasets, a file that does "
-           "not exist; the shipped file is ..._ep20_..._cross_datasets.yaml (MAX_EPOCH 20) and xd_test.sh loads epoch "
-           "20, so 20 epochs are used.",),
-))
+        notes=(
+            "scripts/promptsrc/xd_train.sh names CFG=vit_b16_c2_ep5_batch4_4+4ctx_cross_datasets, a file that does "
+            "not exist; the shipped file is ..._ep20_..._cross_datasets.yaml (MAX_EPOCH 20) and xd_test.sh loads epoch "
+            "20, so 20 epochs are used.",
+        ),
+    )
+)
 
-_add(Recipe(
-    "clip_lora", "CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024)",
-    (
-        _rule(
-            _s("method.name", "clip_lora", _LORA + "lora.py"),
-            _s("method.options.r", 2, _LORA + "run_utils.py", "--r"),
-            _s("method.options.alpha", 1.0, _LORA + "run_utils.py", "--alpha"),
-            _s("method.options.rslora", True, _LORA + "loralib/layers.py",
-               "scaling = lora_alpha / math.sqrt(r) (lora_alpha / r is commented out)"),
-            _s("method.options.dropout", 0.25, _LORA + "run_utils.py", "--dropout_rate"),
-            _s("method.options.targets", ["q", "k", "v"], _LORA + "run_utils.py", "--params"),
-            _s("method.options.towers", "both", _LORA + "run_utils.py", "--encoder"),
-            _s("method.options.template", "a photo of a {}.", _LORA + "datasets/dtd.py",
-               "every datasets/*.py reassigns template = ['a photo of a {}.'] after its dataset template"),
-            _s("train.optimizer", "adamw", _LORA + "lora.py", "betas (0.9, 0.999)"),
-            _s("train.lr", 2e-4, _LORA + "run_utils.py", "--lr"),
-            _s("train.weight_decay", 1e-2, _LORA + "lora.py"),
-            _s("train.batch_size", 32, _LORA + "run_utils.py", "--batch_size"),
-            _s("train.iterations", ShotsTimes(500), _LORA + "lora.py", "total_iters = n_iters (500) * shots"),
-            _s("train.scheduler", "cosine", _LORA + "lora.py", "CosineAnnealingLR(T_max=total_iters)"),
-            _s("train.schedule_unit", "step", _LORA + "lora.py", "scheduler.step() after every iteration"),
-            _s("train.min_lr", 1e-6, _LORA + "lora.py", "eta_min=1e-6"),
-            _s("train.warmup_epochs", 0, _LORA + "lora.py", "no warm-up"),
-            _s("train.crop_scale", 0.08, _LORA + "main.py", "RandomResizedCrop(224, scale=(0.08, 1), bicubic)"),
-            _s("train.flip", True, _LORA + "main.py", "RandomHorizontalFlip(p=0.5)"),
+_add(
+    Recipe(
+        "clip_lora",
+        "CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024)",
+        (
+            _rule(
+                _s("method.name", "clip_lora", _LORA + "lora.py"),
+                _s("method.options.r", 2, _LORA + "run_utils.py", "--r"),
+                _s("method.options.alpha", 1.0, _LORA + "run_utils.py", "--alpha"),
+                _s(
+                    "method.options.rslora",
+                    True,
+                    _LORA + "loralib/layers.py",
+                    "scaling = lora_alpha / math.sqrt(r) (lora_alpha / r is commented out)",
+                ),
+                _s("method.options.dropout", 0.25, _LORA + "run_utils.py", "--dropout_rate"),
+                _s("method.options.targets", ["q", "k", "v"], _LORA + "run_utils.py", "--params"),
+                _s("method.options.towers", "both", _LORA + "run_utils.py", "--encoder"),
+                _s(
+                    "method.options.template",
+                    "a photo of a {}.",
+                    _LORA + "datasets/dtd.py",
+                    "every datasets/*.py reassigns template = ['a photo of a {}.'] after its dataset template",
+                ),
+                _s("train.optimizer", "adamw", _LORA + "lora.py", "betas (0.9, 0.999)"),
+                _s("train.lr", 2e-4, _LORA + "run_utils.py", "--lr"),
+                _s("train.weight_decay", 1e-2, _LORA + "lora.py"),
+                _s("train.batch_size", 32, _LORA + "run_utils.py", "--batch_size"),
+                _s("train.iterations", ShotsTimes(500), _LORA + "lora.py", "total_iters = n_iters (500) * shots"),
+                _s("train.scheduler", "cosine", _LORA + "lora.py", "CosineAnnealingLR(T_max=total_iters)"),
+                _s("train.schedule_unit", "step", _LORA + "lora.py", "scheduler.step() after every iteration"),
+                _s("train.min_lr", 1e-6, _LORA + "lora.py", "eta_min=1e-6"),
+                _s("train.warmup_epochs", 0, _LORA + "lora.py", "no warm-up"),
+                _s("train.crop_scale", 0.08, _LORA + "main.py", "RandomResizedCrop(224, scale=(0.08, 1), bicubic)"),
+                _s("train.flip", True, _LORA + "main.py", "RandomHorizontalFlip(p=0.5)"),
+            ),
         ),
-    ),
-    notes=("The repository runs the few-shot protocol only ('fixed hyperparameters for every task and every number "
-           "of shots', README.md); the same recipe is used for the other protocols.",),
-))
+        notes=(
+            "The repository runs the few-shot protocol only ('fixed hyperparameters for every task and every number "
+            "of shots', README.md); the same recipe is used for the other protocols.",
+        ),
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -526,7 +721,9 @@ def register_recipe(method: str, recipe: Recipe) -> None:
     (:func:`recipe_owner`), so a CoOp subclass registered from outside the package trains CoOp's 200 epochs at 16
     shots, not the bare defaults."""
     if not isinstance(recipe, Recipe):
-        raise RlptuneError(f"register_recipe({method!r}): expected a rlptune.recipes.Recipe, got {type(recipe).__name__}")
+        raise RlptuneError(
+            f"register_recipe({method!r}): expected a rlptune.recipes.Recipe, got {type(recipe).__name__}"
+        )
     if not isinstance(method, str) or not method.strip():
         raise RlptuneError(f"register_recipe: method name {method!r}: expected a non-empty name")
     RECIPES[method] = recipe
@@ -580,7 +777,9 @@ def _resolved(method: str, protocol: str, shots: int, dataset: str | None) -> di
     return out
 
 
-def resolved(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, Setting]:
+def resolved(
+    method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None
+) -> dict[str, Setting]:
     """Every :class:`Setting` (value, source, note) the recipe of ``method`` gives for this protocol, shot count and
     dataset, by dotted key; a value proportional to the shots is still a :class:`ShotsTimes` (see :func:`preset`)."""
     return _resolved(method, protocol, shots, dataset)
@@ -592,7 +791,9 @@ def _value(value: Any, shots: int) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None) -> dict[str, dict[str, Any]]:
+def preset(
+    method: str, protocol: str = "few-shot", shots: int = 16, dataset: str | None = None
+) -> dict[str, dict[str, Any]]:
     """The official settings of ``method`` for ``protocol`` at ``shots`` shots (on ``dataset``, when the recipe has
     a per-dataset value), as ``{section: {field: value}}`` with method options under ``method.options``."""
     nested: dict[str, dict[str, Any]] = {}
@@ -601,7 +802,7 @@ def preset(method: str, protocol: str = "few-shot", shots: int = 16, dataset: st
         target = nested.setdefault(section, {})
         if field_name.startswith("options."):
             target = target.setdefault("options", {})
-            field_name = field_name[len("options."):]
+            field_name = field_name[len("options.") :]
         target[field_name] = _value(setting.value, shots)
     if "name" in nested.get("method", {}):
         nested["method"]["name"] = method  # an inherited recipe names the parent; the run is the subclass's

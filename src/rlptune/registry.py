@@ -81,7 +81,11 @@ def method_entry(name: str) -> MethodEntry:
     if name in _METHODS:
         return _METHODS[name]
     lowered = {n.lower(): n for n in _METHODS}
-    close = [lowered[name.lower()]] if isinstance(name, str) and name.lower() in lowered else difflib.get_close_matches(str(name), list(_METHODS), n=1, cutoff=0.5)
+    close = (
+        [lowered[name.lower()]]
+        if isinstance(name, str) and name.lower() in lowered
+        else difflib.get_close_matches(str(name), list(_METHODS), n=1, cutoff=0.5)
+    )
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise RlptuneError(f"method.name {name!r} is not known{hint}; available: {', '.join(sorted(_METHODS))}")
 
@@ -134,14 +138,24 @@ def register_protocol(protocol: Any) -> Any:
     """Record ``protocol`` (an instance of :class:`rlptune.protocols.Protocol`) under its ``name``; returns it.
     Re-registering a name replaces it (plug-ins may override), as for methods."""
     name = getattr(protocol, "name", None)
-    if not isinstance(name, str) or not name.strip() or name != name.strip() or name in (".", "..") or any(
-        c in name for c in "/\\"
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name != name.strip()
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
     ):
-        raise RlptuneError(f"protocol name {name!r}: expected a non-empty name (a folder name: no spaces around it, no '/')")
-    missing = [a for a in ("training_subset", "evaluate", "default_targets") if not callable(getattr(protocol, a, None))]
+        raise RlptuneError(
+            f"protocol name {name!r}: expected a non-empty name (a folder name: no spaces around it, no '/')"
+        )
+    missing = [
+        a for a in ("training_subset", "evaluate", "default_targets") if not callable(getattr(protocol, a, None))
+    ]
     missing += [a for a in ("recipe_key", "table_kind") if not isinstance(getattr(protocol, a, None), str)]
     if missing:
-        raise RlptuneError(f"protocol {name!r}: expected an instance of rlptune.Protocol; it lacks {', '.join(missing)}")
+        raise RlptuneError(
+            f"protocol {name!r}: expected an instance of rlptune.Protocol; it lacks {', '.join(missing)}"
+        )
     _PROTOCOLS[name] = protocol
     note_plugin_module(type(protocol).__module__)
     return protocol
@@ -208,7 +222,7 @@ def _import_root(module: str) -> tuple[bool, str | None]:
     path = Path(file).resolve()
     parts = module.split(".")
     folders = path.parent.parts if path.stem == "__init__" else (*path.parent.parts, path.stem)
-    if len(folders) <= len(parts) or tuple(folders[-len(parts):]) != tuple(parts):
+    if len(folders) <= len(parts) or tuple(folders[-len(parts) :]) != tuple(parts):
         return False, None
     return True, str(Path(*folders[: -len(parts)]))
 

@@ -129,7 +129,9 @@ def read_result(run: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise RlptuneError(f"{path}: no result file (the run has not finished)") from None
     except UnicodeDecodeError as exc:
-        raise RlptuneError(f"{path}: corrupt result file (not UTF-8 text at byte {exc.start}); delete it to run again") from None
+        raise RlptuneError(
+            f"{path}: corrupt result file (not UTF-8 text at byte {exc.start}); delete it to run again"
+        ) from None
     except OSError as exc:
         raise RlptuneError(os_error_line(exc, path, "read the result file")) from None
     try:
@@ -142,7 +144,9 @@ def read_result(run: str | os.PathLike) -> dict[str, Any]:
     except RecursionError:
         raise RlptuneError(f"{path}: corrupt result file (JSON nested too deeply); delete it to run again") from None
     if not isinstance(data, dict):
-        raise RlptuneError(f"{path}: corrupt result file (expected a JSON object, got {type(data).__name__}); delete it to run again")
+        raise RlptuneError(
+            f"{path}: corrupt result file (expected a JSON object, got {type(data).__name__}); delete it to run again"
+        )
     return data
 
 
@@ -183,18 +187,39 @@ OUTPUT_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     ),
     "report": (("report.md", "report.html", "tables", "figures", "comparisons.json", "analysis.json"), None),
     "evidence": (
-        ("EVIDENCE.md", "evidence.json", "part[0-9]*_*.md", "part[0-9]*_*.csv", "part[0-9]*_*.json", "fig_*.png",
-         "fig_*.svg"),
+        (
+            "EVIDENCE.md",
+            "evidence.json",
+            "part[0-9]*_*.md",
+            "part[0-9]*_*.csv",
+            "part[0-9]*_*.json",
+            "fig_*.png",
+            "fig_*.svg",
+        ),
         None,
     ),
     "demo": (
-        ("runs", "report", "base2new.md", "base2new.csv", "base2new.json", "base2new_chart.png", "base2new_chart.svg",
-         "base2new_table.md"),
+        (
+            "runs",
+            "report",
+            "base2new.md",
+            "base2new.csv",
+            "base2new.json",
+            "base2new_chart.png",
+            "base2new_chart.svg",
+            "base2new_table.md",
+        ),
         None,
     ),
     "adapter": (  # rlptune_adapter.*, 0.1.0's (peft's) names, CLIP-LoRA's peft export, the model card and settings
-        ("rlptune_adapter.json", "rlptune_adapter.safetensors", "adapter_config.json", "adapter_model.safetensors",
-         "README.md", "training_config.yaml"),
+        (
+            "rlptune_adapter.json",
+            "rlptune_adapter.safetensors",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "README.md",
+            "training_config.yaml",
+        ),
         ("rlptune_adapter.json", "rlptune_adapter.safetensors", "adapter_config.json", "adapter_model.safetensors"),
     ),
 }
@@ -247,16 +272,19 @@ def check_output_folder(
         raise ValueError(f"unknown output kind {kind!r}")
     label = OUTPUT_LABELS[kind]
     if isinstance(path, (str, bytes)) and not path:
-        raise RlptuneError(f"{option}: the {label} name is empty; expected a folder path (an empty path would mean "
-                           f"the current directory)")
+        raise RlptuneError(
+            f"{option}: the {label} name is empty; expected a folder path (an empty path would mean "
+            f"the current directory)"
+        )
     shown = os.fspath(path)
     target = Path(os.path.abspath(shown))
     reason = _protected_reason(target, inputs)
     if reason is not None:
         raise RlptuneError(f"{shown}: output folder {reason}; {_advice(kind)}")
     if target.exists() and not target.is_dir():
-        raise RlptuneError(f"{shown}: output path is a file, not a folder; choose a folder for the "
-                           f"{'run' if kind == 'run' else label}")
+        raise RlptuneError(
+            f"{shown}: output path is a file, not a folder; choose a folder for the {'run' if kind == 'run' else label}"
+        )
     if target.is_dir():
         foreign = _foreign_entries(Path(os.path.realpath(target)), kind)
         if foreign:
@@ -265,7 +293,11 @@ def check_output_folder(
 
 
 def _advice(kind: str) -> str:
-    return "--overwrite replaces only rlptune run folders; choose a new output folder" if kind == "run" else "choose a new folder"
+    return (
+        "--overwrite replaces only rlptune run folders; choose a new output folder"
+        if kind == "run"
+        else "choose a new folder"
+    )
 
 
 def _not_ours_line(shown: str | os.PathLike, kind: str, foreign: list[str]) -> str:
@@ -543,8 +575,10 @@ class RunDirectory:
         if self.target.is_dir() and not is_run_directory(self.target) and os.listdir(self.target):
             # someone filled the folder while the run trained: never replace what is not a run
             self._keep_staging = True
-            raise RlptuneError(f"{_not_ours_line(self.target, 'run', sorted(os.listdir(self.target)))} (the finished "
-                               f"run is kept in {self.staging.name})")
+            raise RlptuneError(
+                f"{_not_ours_line(self.target, 'run', sorted(os.listdir(self.target)))} (the finished "
+                f"run is kept in {self.staging.name})"
+            )
         try:
             _fsync_dir(self.staging)
             if self.target.exists():
@@ -565,9 +599,17 @@ class RunDirectory:
         try:
             # nothing to resume from, or only a copy of the checkpoint the finished target still holds (a refused
             # --resume of a finished run leaves no interrupted attempt behind; one that trained further does)
-            copies = (self.resumed_from == self.target and (self.target / RESULT).is_file()
-                      and _same_bytes(self.staging / CHECKPOINT, self.target / CHECKPOINT))
-            if not self.committed and not self._keep_staging and self.staging.is_dir() and (copies or not (self.staging / CHECKPOINT).is_file()):
+            copies = (
+                self.resumed_from == self.target
+                and (self.target / RESULT).is_file()
+                and _same_bytes(self.staging / CHECKPOINT, self.target / CHECKPOINT)
+            )
+            if (
+                not self.committed
+                and not self._keep_staging
+                and self.staging.is_dir()
+                and (copies or not (self.staging / CHECKPOINT).is_file())
+            ):
                 shutil.rmtree(self.staging, ignore_errors=True)
             if isinstance(exc, RlptuneError) and exc.args and str(self.staging) in str(exc.args[0]):
                 # the user knows the run folder, not the staging folder: name the file where it belongs

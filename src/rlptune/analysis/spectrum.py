@@ -180,9 +180,7 @@ def diagnostics_from_singular_values(
     )
 
 
-def diagnose(
-    matrix: Any, k: int = 1, dtype: torch.dtype | None = None, scale: Any = 0.0
-) -> PromptDiagnostics:
+def diagnose(matrix: Any, k: int = 1, dtype: torch.dtype | None = None, scale: Any = 0.0) -> PromptDiagnostics:
     """Diagnostics of a matrix (n, d) or of a stack (..., n, d), scalars averaged over the stack.
 
     ``dtype`` (default: the input's) sets the precision the rank tolerance assumes; ``scale`` is a floor for σ_max in
@@ -192,7 +190,9 @@ def diagnose(
     dtype = tensor.dtype if dtype is None else dtype
     sigma = singular_values(tensor)
     shape = list(tensor.shape)
-    scales = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (int(np.prod(shape[:-2], dtype=np.int64)),))
+    scales = np.broadcast_to(
+        np.asarray(scale, dtype=np.float64).reshape(-1), (int(np.prod(shape[:-2], dtype=np.int64)),)
+    )
     if tensor.ndim == 2:
         return diagnostics_from_singular_values(sigma, shape, k, dtype, float(scales[0]))
     flat = sigma.reshape(-1, sigma.shape[-1])
@@ -243,7 +243,9 @@ def prompt_diagnostics_by_name(diag: Any) -> dict[str, dict[str, Any]]:
         return {}
     if isinstance(diag.get("P"), dict):
         return {"prompt": diag}
-    return {str(name): value for name, value in diag.items() if isinstance(value, dict) and isinstance(value.get("P"), dict)}
+    return {
+        str(name): value for name, value in diag.items() if isinstance(value, dict) and isinstance(value.get("P"), dict)
+    }
 
 
 def primary_diagnostics(diag: Any) -> tuple[str, dict[str, Any]] | None:

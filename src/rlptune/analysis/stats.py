@@ -106,7 +106,6 @@ def row_metric(row: Mapping[str, Any], metric: str) -> float | None:
     """A row's value of ``metric`` (H computed from base and new when the row has no "h"); None when absent."""
     value = row.get(metric)
     if value is None and metric == "h" and row.get("base") is not None and row.get("new") is not None:
-
         value = harmonic_mean(float(row["base"]), float(row["new"]))
     return None if value is None else float(value)
 

@@ -29,6 +29,7 @@ def attention_block(name: str) -> tuple[str, int] | None:
             return found
     return None
 
+
 __all__ = [
     "write_clip_tokenizer_files",
     "Backbone",

@@ -46,7 +46,10 @@ TOWERS = ("text", "vision")
 
 
 def run_transformer_blocks(
-    transformer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, before_block: BlockHook | None = None
+    transformer: nn.Module,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    before_block: BlockHook | None = None,
 ) -> torch.Tensor:
     """Run an open_clip ``Transformer`` on batch-first ``x``; with ``before_block``, block by block with the hook.
 
@@ -56,7 +59,9 @@ def run_transformer_blocks(
         return transformer(x, attn_mask=attn_mask)
     blocks = getattr(transformer, "resblocks", None)
     if blocks is None:
-        raise RlptuneError(f"backbone transformer {type(transformer).__name__} has no resblocks: per-layer prompts are not supported")
+        raise RlptuneError(
+            f"backbone transformer {type(transformer).__name__} has no resblocks: per-layer prompts are not supported"
+        )
     batch_first = getattr(transformer, "batch_first", True)
     for i, block in enumerate(blocks):
         x = before_block(i, x)
@@ -266,7 +271,9 @@ class BackboneFamily:
         family that does not override it is the same backbone only as itself."""
         return {"model": f"{self.name}:{module_fingerprint(model)}"}
 
-    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def from_canonical_state(
+        self, state: dict[str, torch.Tensor], structure: dict[str, Any]
+    ) -> dict[str, torch.Tensor] | None:
         """A canonical state dict under this library's names (the inverse of :meth:`canonical_state_dict`), or
         None where this library cannot hold it: how an identity hashed by older rlptune under another library's
         names is recognised."""
@@ -315,7 +322,9 @@ class Backbone:
 
     def __post_init__(self) -> None:
         if self.family is None:
-            raise RlptuneError("Backbone needs its family (how its library's towers are read); build it with load_backbone")
+            raise RlptuneError(
+                "Backbone needs its family (how its library's towers are read); build it with load_backbone"
+            )
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -401,7 +410,8 @@ class Backbone:
             return self.model
         params = list(self.model.parameters())
         if any(p.requires_grad for p in params) or any(
-                m._forward_hooks or m._forward_pre_hooks for m in self.model.modules()):
+            m._forward_hooks or m._forward_pre_hooks for m in self.model.modules()
+        ):
             return self.model
         key = tuple(id(p) for p in params)
         cached = getattr(self, "_frozen_encoder_cache", None)

@@ -65,7 +65,9 @@ class HFTextTower(TextTower):
     def __init__(self, model: nn.Module) -> None:
         text = getattr(model, "text_model", None)
         if text is None or not hasattr(text, "embeddings") or not hasattr(model, "text_projection"):
-            raise RlptuneError(f"hf backbone {type(model).__name__} has no text_model/text_projection: expected a transformers CLIPModel")
+            raise RlptuneError(
+                f"hf backbone {type(model).__name__} has no text_model/text_projection: expected a transformers CLIPModel"
+            )
         self._model = model
         self._text = text
         self.eos_id = pooling_token_id(model)
@@ -103,7 +105,9 @@ class HFTextTower(TextTower):
         cast = self.cast_dtype
         x = x[:, :length].to(cast) + self.positional_embedding[:length].to(cast)
         # CLIPTextModel's additive causal mask: dtype minimum above the diagonal, (1, 1, L, L)
-        mask = torch.full((length, length), torch.finfo(x.dtype).min, device=x.device, dtype=x.dtype).triu(1)[None, None]
+        mask = torch.full((length, length), torch.finfo(x.dtype).min, device=x.device, dtype=x.dtype).triu(1)[
+            None, None
+        ]
         for i, layer in enumerate(self._text.encoder.layers):
             if before_block is not None:
                 x = before_block(i, x)
@@ -145,7 +149,9 @@ class HFVisionTower(VisionTower):
     def __init__(self, model: nn.Module) -> None:
         vision = getattr(model, "vision_model", None)
         if vision is None or not hasattr(model, "visual_projection"):
-            raise RlptuneError(f"hf backbone {type(model).__name__} has no vision_model/visual_projection: expected a transformers CLIPModel")
+            raise RlptuneError(
+                f"hf backbone {type(model).__name__} has no vision_model/visual_projection: expected a transformers CLIPModel"
+            )
         self._model = model
         self._vision = vision
 
@@ -240,7 +246,9 @@ class HFFamily(BackboneFamily):
             "vision": vision_out,
         }
 
-    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def from_canonical_state(
+        self, state: dict[str, torch.Tensor], structure: dict[str, Any]
+    ) -> dict[str, torch.Tensor] | None:
         try:
             return openai_to_hf_state(state, int(structure["text"]["layers"]), int(structure["vision"]["layers"]))
         except (KeyError, TypeError, ValueError):
@@ -257,7 +265,9 @@ class HFFamily(BackboneFamily):
         transposed); a model with tensors this mapping does not know keeps its own names."""
         state = model.state_dict()
         try:
-            return hf_to_openai_state(state, len(model.text_model.encoder.layers), len(model.vision_model.encoder.layers))
+            return hf_to_openai_state(
+                state, len(model.text_model.encoder.layers), len(model.vision_model.encoder.layers)
+            )
         except KeyError:
             return state
 
@@ -268,7 +278,9 @@ HF = HFFamily()
 def _layer_structure(layer: nn.Module) -> dict[str, Any]:
     """One ``CLIPEncoderLayer`` described as :func:`rlptune.backbones.openclip._block_structure` describes open_clip's."""
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-    if type(layer).__name__ != "CLIPEncoderLayer" or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
+    if type(layer).__name__ != "CLIPEncoderLayer" or not all(
+        hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")
+    ):
         return {"block": module_fingerprint(layer)}
     a, b = norm_name(layer.layer_norm1), norm_name(layer.layer_norm2)
     return {
@@ -281,24 +293,35 @@ def _layer_structure(layer: nn.Module) -> dict[str, Any]:
 
 # OpenAI name <-> Hugging Face name, per block and for the towers' ends (projections and q/k/v are special-cased)
 _BLOCK_NAMES = {
-    "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 _END_NAMES = {
     "logit_scale": "logit_scale",
     "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
     "positional_embedding": "text_model.embeddings.position_embedding.weight",
-    "ln_final.weight": "text_model.final_layer_norm.weight", "ln_final.bias": "text_model.final_layer_norm.bias",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
     "visual.class_embedding": "vision_model.embeddings.class_embedding",
     "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
     "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight", "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-    "visual.ln_post.weight": "vision_model.post_layernorm.weight", "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
 }
-_TOWERS = (("transformer.resblocks.", "text_model.encoder.layers."), ("visual.transformer.resblocks.", "vision_model.encoder.layers."))
+_TOWERS = (
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+)
 
 
 def hf_to_openai_state(state: dict[str, torch.Tensor], text_layers: int, vision_layers: int) -> dict[str, torch.Tensor]:
@@ -415,7 +438,9 @@ def _tokenizer(source: str, spec: str, config) -> HFTokenizer:
     context = int(config.text_config.max_position_embeddings)
     folder = Path(source)
     # a folder without tokenizer files would silently get transformers' placeholder vocabulary: check first
-    has_files = (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+    has_files = (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
     try:
         if folder.is_dir() and not has_files:
             raise RlptuneError("no tokenizer files")
@@ -438,7 +463,7 @@ def hf_arch(config) -> str:
 def load_hf_backbone(request: BackboneRequest) -> Backbone:
     """``hf:PATH_OR_NAME`` → a :class:`Backbone` over ``transformers.CLIPModel``."""
     spec = request.spec
-    source = spec[len(HF_PREFIX):].strip()
+    source = spec[len(HF_PREFIX) :].strip()
     if not source:
         raise RlptuneError("backbone 'hf:': expected hf:PATH (a save_pretrained folder) or hf:ORG/NAME (a hub model)")
     local = os.path.isdir(os.path.expanduser(source))
@@ -452,7 +477,11 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
         raise RlptuneError(f"backbone {spec!r}: expected a CLIPModel, got {type(model).__name__}")
     pooling_token_id(model, f"backbone {spec!r}: {Path(source) / 'config.json' if local else 'config.json'}")
     tokenizer = _tokenizer(source, spec, model.config)
-    size, mean, std = _image_settings(source, model.config) if local else (int(model.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD)
+    size, mean, std = (
+        _image_settings(source, model.config)
+        if local
+        else (int(model.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD)
+    )
     if not local:
         try:
             processor = tf.CLIPImageProcessor.from_pretrained(source, local_files_only=True)
@@ -460,7 +489,9 @@ def load_hf_backbone(request: BackboneRequest) -> Backbone:
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except Exception:  # no processor in the cache: CLIP's defaults
             pass
-    backbone = finish_backbone(model, tokenizer, hf_arch(model.config), f"{HF_PREFIX}{source}", size, mean, std, request, family=HF)
+    backbone = finish_backbone(
+        model, tokenizer, hf_arch(model.config), f"{HF_PREFIX}{source}", size, mean, std, request, family=HF
+    )
     backbone.info["hf_source"] = source
     return backbone
 
@@ -481,7 +512,9 @@ def _openai_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def _write_vocabulary(directory: Path, vocab: dict[str, int], pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8"
+    )
     return directory / "vocab.json", directory / "merges.txt"
 
 
@@ -537,20 +570,38 @@ def _hf_tower_config(tower: dict[str, Any], name: str, spec: str) -> dict[str, A
         problem = "layer scale, an overlapping patch stride or no projection"
     elif name == "text" and (tower.get("pool") != "eot" or not tower.get("causal")):
         problem = f"pooling {tower.get('pool')} / causal {tower.get('causal')}"
-    elif name == "vision" and (tower.get("pool") != "cls" or tower["image_size"][0] != tower["image_size"][1] or tower["patch_size"][0] != tower["patch_size"][1]):
-        problem = f"pooling {tower.get('pool')}, image size {tower.get('image_size')}, patch size {tower.get('patch_size')}"
+    elif name == "vision" and (
+        tower.get("pool") != "cls"
+        or tower["image_size"][0] != tower["image_size"][1]
+        or tower["patch_size"][0] != tower["patch_size"][1]
+    ):
+        problem = (
+            f"pooling {tower.get('pool')}, image size {tower.get('image_size')}, patch size {tower.get('patch_size')}"
+        )
     if problem is not None:
-        raise RlptuneError(f"backbone {spec}: its {name} tower cannot be written as a Hugging Face CLIPModel ({problem})")
-    eps = float(next(iter(norms))[len("layernorm(eps="):-1])
+        raise RlptuneError(
+            f"backbone {spec}: its {name} tower cannot be written as a Hugging Face CLIPModel ({problem})"
+        )
+    eps = float(next(iter(norms))[len("layernorm(eps=") : -1])
     common = {
-        "hidden_size": tower["width"], "intermediate_size": tower["mlp_width"], "num_hidden_layers": tower["layers"],
-        "num_attention_heads": tower["heads"], "hidden_act": _HF_ACT[tower["activation"]], "layer_norm_eps": eps,
+        "hidden_size": tower["width"],
+        "intermediate_size": tower["mlp_width"],
+        "num_hidden_layers": tower["layers"],
+        "num_attention_heads": tower["heads"],
+        "hidden_act": _HF_ACT[tower["activation"]],
+        "layer_norm_eps": eps,
         "projection_dim": tower["projection"][1],
     }
     if name == "text":
         vocab = tower["vocab_size"]
-        return {**common, "vocab_size": vocab, "max_position_embeddings": tower["context_length"],
-                "bos_token_id": vocab - 2, "eos_token_id": vocab - 1, "pad_token_id": vocab - 1}
+        return {
+            **common,
+            "vocab_size": vocab,
+            "max_position_embeddings": tower["context_length"],
+            "bos_token_id": vocab - 2,
+            "eos_token_id": vocab - 1,
+            "pad_token_id": vocab - 1,
+        }
     return {**common, "image_size": tower["image_size"][0], "patch_size": tower["patch_size"][0], "num_channels": 3}
 
 
@@ -564,14 +615,23 @@ def export_hf_clip(backbone: Backbone, folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.exists():
         raise RlptuneError(f"{folder}: already exists; export_hf_clip writes a new folder and never overwrites one")
-    text, vision = (_hf_tower_config(backbone.structure.get(t, {}), t, backbone.spec or backbone.identity) for t in ("text", "vision"))
+    text, vision = (
+        _hf_tower_config(backbone.structure.get(t, {}), t, backbone.spec or backbone.identity)
+        for t in ("text", "vision")
+    )
     if text["projection_dim"] != vision["projection_dim"]:
-        raise RlptuneError(f"backbone {backbone.spec}: text and image projections differ in width ({text['projection_dim']} vs {vision['projection_dim']})")
+        raise RlptuneError(
+            f"backbone {backbone.spec}: text and image projections differ in width ({text['projection_dim']} vs {vision['projection_dim']})"
+        )
     if text["vocab_size"] != 49408:
-        raise RlptuneError(f"backbone {backbone.spec}: vocabulary of {text['vocab_size']} tokens; only OpenAI CLIP's (49,408) tokenizer can be written")
+        raise RlptuneError(
+            f"backbone {backbone.spec}: vocabulary of {text['vocab_size']} tokens; only OpenAI CLIP's (49,408) tokenizer can be written"
+        )
     config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=text["projection_dim"])
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-             for k, v in backbone.family.canonical_state_dict(backbone.model).items()}
+    state = {
+        k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+        for k, v in backbone.family.canonical_state_dict(backbone.model).items()
+    }
     try:
         hf_state = openai_to_hf_state(state, text["num_hidden_layers"], vision["num_hidden_layers"])
     except KeyError as exc:
@@ -584,12 +644,27 @@ def export_hf_clip(backbone: Backbone, folder: str | Path) -> Path:
         model.save_pretrained(str(staging))
         write_clip_tokenizer_files(staging, context_length=text["max_position_embeddings"])
         size = vision["image_size"]
-        (staging / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
-            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "resample": 3,
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-            "image_mean": list(backbone.image_mean), "image_std": list(backbone.image_std),
-        }, indent=2) + "\n", encoding="utf-8")
+        (staging / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_processor_type": "CLIPImageProcessor",
+                    "do_resize": True,
+                    "size": {"shortest_edge": size},
+                    "do_center_crop": True,
+                    "crop_size": {"height": size, "width": size},
+                    "resample": 3,
+                    "do_rescale": True,
+                    "rescale_factor": 1 / 255,
+                    "do_normalize": True,
+                    "do_convert_rgb": True,
+                    "image_mean": list(backbone.image_mean),
+                    "image_std": list(backbone.image_std),
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         written = load_hf_backbone(BackboneRequest(f"{HF_PREFIX}{staging}"))
         diffs = structure_differences(backbone.structure, written.structure)
         if written.weights != backbone.weights or diffs:

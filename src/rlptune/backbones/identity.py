@@ -42,6 +42,7 @@ _WEIGHTS = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 # -- records and comparison ------------------------------------------------------------------------------------
 
+
 def backbone_record(backbone) -> dict[str, Any]:
     """What an adapter records of its backbone: the label, a spec that loads it again, and what identifies it."""
     return {
@@ -60,7 +61,7 @@ def weight_aliases(backbone) -> tuple[str, ...]:
     backbone, only when an old record needs it."""
     cached = backbone.info.get("weight_aliases")
     if cached is None:
-        found = [backbone.weights[len("sha256:"):][:16], hash_state(backbone.model.state_dict())[:16]]
+        found = [backbone.weights[len("sha256:") :][:16], hash_state(backbone.model.state_dict())[:16]]
         canonical = backbone.family.canonical_state_dict(backbone.model)
         for family in (OPEN_CLIP, HF):
             named = family.from_canonical_state(canonical, backbone.structure)
@@ -92,10 +93,14 @@ def backbone_mismatch(recorded: Mapping[str, Any], backbone, source: str) -> str
     weights, structure = recorded.get("weights"), recorded.get("structure")
     if weights is not None or structure is not None:
         if not isinstance(weights, str) or not _WEIGHTS.match(weights):
-            raise RlptuneError(f"{source}: field 'backbone.weights' must be 'sha256:' and 64 hex digits, got {weights!r}")
+            raise RlptuneError(
+                f"{source}: field 'backbone.weights' must be 'sha256:' and 64 hex digits, got {weights!r}"
+            )
         if not isinstance(structure, dict):
-            raise RlptuneError(f"{source}: field 'backbone.structure' must be an object (the backbone's towers), got {type(structure).__name__}")
-        if _label_hash(label) != weights[len("sha256:"):][:16]:
+            raise RlptuneError(
+                f"{source}: field 'backbone.structure' must be an object (the backbone's towers), got {type(structure).__name__}"
+            )
+        if _label_hash(label) != weights[len("sha256:") :][:16]:
             return f"the weights differ (the label's hash is not the record's own weights field {weights[:23]}: the record was edited or damaged)"
         if weights != backbone.weights:
             return f"the weights differ ({weights[:23]} vs {backbone.weights[:23]})"

@@ -62,7 +62,8 @@ def _default_device(device: str) -> str:
         index = torch.device(device).index or 0
         if index >= count:
             raise RlptuneError(
-                f"device {device!r}: " + (f"this machine has {count} CUDA device(s)" if count else "CUDA is not available on this machine")
+                f"device {device!r}: "
+                + (f"this machine has {count} CUDA device(s)" if count else "CUDA is not available on this machine")
                 + "; use --device cpu or auto"
             )
     elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -136,7 +137,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         elif _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            for key in [k for k in state if k in ("input_resolution", "context_length", "vocab_size") or k.endswith("attn_mask")]:
+            for key in [
+                k for k in state if k in ("input_resolution", "context_length", "vocab_size") or k.endswith("attn_mask")
+            ]:
                 state.pop(key)  # scripted archives carry these non-weight buffers
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -149,7 +152,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RlptuneError(f"{path}: expected a state dict of tensors")
     if next(iter(state)).startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -185,7 +188,9 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
-            raise RlptuneError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
+            raise RlptuneError(
+                f"{source}: weight {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
+            )
     model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}, strict=True)
 
 
@@ -227,7 +232,9 @@ def register_backbone_loader(prefix_or_matcher: SpecMatcher, loader: BackboneLoa
     elif callable(prefix_or_matcher):
         _MATCHERS.append(_Registered(prefix_or_matcher, loader, name or getattr(loader, "__name__", "loader")))
     else:
-        raise RlptuneError(f"register_backbone_loader: expected a prefix string or a callable, got {prefix_or_matcher!r}")
+        raise RlptuneError(
+            f"register_backbone_loader: expected a prefix string or a callable, got {prefix_or_matcher!r}"
+        )
     registry.note_plugin_module(getattr(loader, "__module__", None))  # a sweep's workers import it too
 
 
@@ -256,7 +263,9 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "auto", seed:
     device = _default_device(device)
     spec = str(spec).strip()
     if not spec:
-        raise RlptuneError("backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file, an arch .json or hf:PATH")
+        raise RlptuneError(
+            "backbone: empty spec; expected 'micro', ARCH:TAG, ARCH:/path/weights, a .pt file, an arch .json or hf:PATH"
+        )
     requested = check_precision(precision, "backbone precision")
     precision = resolve_precision(requested, device)
     registered = _find_loader(spec)
@@ -289,7 +298,7 @@ def finish_backbone(
     device. ``arch`` only labels the identity; what identifies the backbone is its weights and structure."""
     model = model.float().eval()
     weights = canonical_weights(model, family)
-    identity = f"{arch}@sha256:{weights[len('sha256:'):][:16]}"
+    identity = f"{arch}@sha256:{weights[len('sha256:') :][:16]}"
     model.to(request.device)
     return Backbone(
         model=model,
@@ -324,10 +333,11 @@ def _mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 # -- the built-in open_clip loaders -----------------------------------------------------------------------------
 
+
 def _load_random(request: BackboneRequest) -> Backbone:
     """``random:ARCH`` / ``random:path.json`` / ``path.json``: an architecture with seeded random weights."""
     spec = request.spec
-    target = spec[len("random:"):] if spec.startswith("random:") else spec
+    target = spec[len("random:") :] if spec.startswith("random:") else spec
     if target.endswith(".json") or os.path.sep in target:
         cfg = read_arch_json(target)
         arch = Path(target).stem
@@ -340,7 +350,9 @@ def _load_random(request: BackboneRequest) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(request.seed)
         model = build_clip(cfg)
-    backbone = finish_backbone(model, tokenizer_for_cfg(cfg), arch, resolved, model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request)
+    backbone = finish_backbone(
+        model, tokenizer_for_cfg(cfg), arch, resolved, model_cfg_image_size(cfg), OPENAI_MEAN, OPENAI_STD, request
+    )
     backbone.info["seed"] = request.seed
     return backbone
 
@@ -350,7 +362,9 @@ def _load_openai_file(request: BackboneRequest) -> Backbone:
     spec = request.spec
     state = read_state_dict(spec)
     if not _looks_openai(state):
-        raise RlptuneError(f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})")
+        raise RlptuneError(
+            f"{spec}: cannot infer the architecture of this checkpoint; pass it as ARCH:{spec} (e.g. ViT-B-16:{spec})"
+        )
     oc = _open_clip()
     try:
         # open_clip infers the architecture, but rounds weights through fp16 while loading: reload in fp32
@@ -358,7 +372,9 @@ def _load_openai_file(request: BackboneRequest) -> Backbone:
     except Exception as exc:
         raise RlptuneError(f"{spec}: not an OpenAI CLIP state dict ({type(exc).__name__}: {exc})") from None
     load_state_into(model, state, spec)
-    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+    size = int(
+        model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size
+    )
     tok = oc.tokenizer.SimpleTokenizer(context_length=int(model.positional_embedding.shape[0]))
     arch = f"openai-{'vit' if 'visual.proj' in state else 'rn'}-{state['text_projection'].shape[1]}"
     return finish_backbone(model, tok, arch, absolute(spec), size, OPENAI_MEAN, OPENAI_STD, request)
@@ -382,8 +398,14 @@ def _load_open_clip_name(request: BackboneRequest) -> Backbone:
         model = build_clip(cfg)
         load_state_into(model, read_state_dict(pretrained), pretrained)
         return finish_backbone(
-            model, tokenizer_for_cfg(cfg), arch_name, f"{arch_spec}:{absolute(pretrained)}", model_cfg_image_size(cfg),
-            OPENAI_MEAN, OPENAI_STD, request,
+            model,
+            tokenizer_for_cfg(cfg),
+            arch_name,
+            f"{arch_spec}:{absolute(pretrained)}",
+            model_cfg_image_size(cfg),
+            OPENAI_MEAN,
+            OPENAI_STD,
+            request,
         )
     try:
         model, _, _ = oc.create_model_and_transforms(arch, pretrained=pretrained, device="cpu")
@@ -405,4 +427,6 @@ register_backbone_loader("hf-hub:", _load_open_clip_name, "hf-hub:org/repo (open
 register_backbone_loader(lambda spec: spec.endswith(".json"), _load_random, "arch .json (random weights)")
 register_backbone_loader(os.path.isfile, _load_openai_file, "OpenAI .pt file")
 register_backbone_loader(lambda spec: ":" in spec, _load_open_clip_name, "ARCH:TAG or ARCH:/path/to/weights")
-register_backbone_loader(lambda spec: spec.endswith((".pt", ".pth", ".bin", ".safetensors")), _missing_checkpoint, "missing checkpoint")
+register_backbone_loader(
+    lambda spec: spec.endswith((".pt", ".pth", ".bin", ".safetensors")), _missing_checkpoint, "missing checkpoint"
+)

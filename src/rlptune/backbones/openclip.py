@@ -29,9 +29,13 @@ class OpenClipTextTower(TextTower):
             owner = model
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
             if not hasattr(owner, attr):
-                raise RlptuneError(f"backbone text tower has no {attr!r}: only open_clip transformer text towers are supported")
+                raise RlptuneError(
+                    f"backbone text tower has no {attr!r}: only open_clip transformer text towers are supported"
+                )
         if getattr(owner, "cls_emb", None) is not None:
-            raise RlptuneError("backbone text tower appends a class token (CoCa-style); prompt injection needs EOT pooling")
+            raise RlptuneError(
+                "backbone text tower appends a class token (CoCa-style); prompt injection needs EOT pooling"
+            )
         pool = getattr(owner, "text_pool_type", getattr(owner, "pool_type", "argmax"))
         if pool not in ("argmax", "eos"):
             raise RlptuneError(f"backbone text pool type {pool!r} is not supported: expected 'argmax' or 'eos'")
@@ -163,7 +167,9 @@ class SplitAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         if not getattr(mha, "_qkv_same_embed_dim", True) or mha.bias_k is not None or mha.add_zero_attn:
-            raise RlptuneError("attention with separate k/v dims, bias_k/bias_v or add_zero_attn cannot be split for adapters")
+            raise RlptuneError(
+                "attention with separate k/v dims, bias_k/bias_v or add_zero_attn cannot be split for adapters"
+            )
         d = mha.embed_dim
         self.embed_dim, self.num_heads, self.batch_first = d, mha.num_heads, mha.batch_first
         self.dropout = float(mha.dropout)
@@ -239,16 +245,19 @@ class OpenClipFamily(BackboneFamily):
             for block in attention:
                 block.attn = SplitAttention(block.attn)
 
-
     # -- identity ---------------------------------------------------------------------------------------------
     def structure(self, model: nn.Module) -> dict[str, Any]:
         """The towers' canonical description (:mod:`.identity`), read from open_clip's modules."""
         return {"text": _text_structure(model), "vision": _vision_structure(getattr(model, "visual", None))}
 
-    def from_canonical_state(self, state: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def from_canonical_state(
+        self, state: dict[str, torch.Tensor], structure: dict[str, Any]
+    ) -> dict[str, torch.Tensor] | None:
         return state  # open_clip's CLIP keeps OpenAI's names
 
-    _ATTENTION = re.compile(r"^(?:(?P<text>(?:text\.)?transformer)|(?P<vision>visual\.transformer))\.resblocks\.(?P<i>\d+)\.attn$")
+    _ATTENTION = re.compile(
+        r"^(?:(?P<text>(?:text\.)?transformer)|(?P<vision>visual\.transformer))\.resblocks\.(?P<i>\d+)\.attn$"
+    )
 
     def attention_block(self, name: str) -> tuple[str, int] | None:
         found = self._ATTENTION.match(name)
@@ -260,7 +269,7 @@ class OpenClipFamily(BackboneFamily):
         state = model.state_dict()
         text = getattr(model, "text", None)
         if text is not None and hasattr(text, "token_embedding") and not hasattr(model, "token_embedding"):
-            state = {k[len("text."):] if k.startswith("text.") else k: v for k, v in state.items()}
+            state = {k[len("text.") :] if k.startswith("text.") else k: v for k, v in state.items()}
         return state
 
 
@@ -270,7 +279,8 @@ def _block_structure(block: nn.Module) -> dict[str, Any]:
     standard = (
         type(block).__name__ == "ResidualAttentionBlock"
         and isinstance(attn, (nn.MultiheadAttention, SplitAttention))
-        and isinstance(mlp, nn.Sequential) and [n for n, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
+        and isinstance(mlp, nn.Sequential)
+        and [n for n, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
         and not hasattr(block, "ln_1_kv")
     )
     if not standard:
@@ -279,7 +289,9 @@ def _block_structure(block: nn.Module) -> dict[str, Any]:
         "heads": int(attn.num_heads),
         "mlp_width": int(mlp.c_fc.out_features),
         "activation": activation_name(mlp.gelu),
-        "norm": norm_name(block.ln_1) if norm_name(block.ln_1) == norm_name(block.ln_2) else [norm_name(block.ln_1), norm_name(block.ln_2)],
+        "norm": norm_name(block.ln_1)
+        if norm_name(block.ln_1) == norm_name(block.ln_2)
+        else [norm_name(block.ln_1), norm_name(block.ln_2)],
     }
     if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
         out["layer_scale"] = True
@@ -366,7 +378,9 @@ def _vision_pool(visual: nn.Module) -> str:
     if pool == "tok":
         return "cls"
     if pool == "avg":
-        return "avg, norm after pooling" if getattr(visual, "final_ln_after_pool", False) else "avg, norm before pooling"
+        return (
+            "avg, norm after pooling" if getattr(visual, "final_ln_after_pool", False) else "avg, norm before pooling"
+        )
     return str(pool)
 
 

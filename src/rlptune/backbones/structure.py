@@ -26,6 +26,7 @@ TOKENIZER_PROBES = (
 
 # -- hashing ----------------------------------------------------------------------------------------------------
 
+
 def hash_state(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over a state dict: sorted names, shapes and fp32 bytes (integer buffers as they are)."""
     digest = hashlib.sha256()
@@ -42,6 +43,7 @@ def hash_state(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- describing modules ----------------------------------------------------------------------------------------
+
 
 def activation_name(module: nn.Module) -> str:
     """The function of an activation module, the same name whichever library defines it."""
@@ -119,7 +121,6 @@ def backbone_structure(model: nn.Module, family, tokenizer, text_tower) -> dict[
 def canonical_weights(model: nn.Module, family) -> str:
     """``sha256:<64 hex>`` over the family's canonical state dict (OpenAI's names and layout)."""
     return "sha256:" + hash_state(family.canonical_state_dict(model))
-
 
 
 def structure_differences(recorded: Mapping[str, Any], loaded: Mapping[str, Any], prefix: str = "") -> list[str]:

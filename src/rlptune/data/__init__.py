@@ -154,8 +154,16 @@ def _csv_loader(
     seed=1,
     check_files=True,
 ):
-    return load_csv(root, image_root, classnames=classnames, name=name, template=template, fractions=fractions,
-                    seed=seed, check_files=check_files)
+    return load_csv(
+        root,
+        image_root,
+        classnames=classnames,
+        name=name,
+        template=template,
+        fractions=fractions,
+        seed=seed,
+        check_files=check_files,
+    )
 
 
 def _split_json_loader(root, image_root=None, *, name=None, template="a photo of a {}.", check_files=True):

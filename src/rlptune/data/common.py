@@ -34,8 +34,19 @@ log = logging.getLogger(__name__)
 LEFTOVER_NAMES = frozenset(
     name.casefold()
     for name in (
-        "__MACOSX", ".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", ".Trashes", ".Spotlight-V100",
-        ".fseventsd", ".TemporaryItems", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "Icon\r",
+        "__MACOSX",
+        ".DS_Store",
+        "Thumbs.db",
+        "ehthumbs.db",
+        "desktop.ini",
+        ".Trashes",
+        ".Spotlight-V100",
+        ".fseventsd",
+        ".TemporaryItems",
+        "$RECYCLE.BIN",
+        "System Volume Information",
+        "@eaDir",
+        "Icon\r",
     )
 )
 
@@ -67,7 +78,9 @@ class Leftovers:
             log.warning(
                 "%s: ignored %d file(s) and folder(s) that archive tools and operating systems leave (__MACOSX, ._*, "
                 ".DS_Store, Thumbs.db, desktop.ini, hidden names), first %r",
-                root, self.count, self.first,
+                root,
+                self.count,
+                self.first,
             )
 
 
@@ -136,7 +149,9 @@ def check_unique_classnames(names: Sequence[str], source: str | os.PathLike, wha
     colliding = [group for key, group in groups.items() if len(group) > 1]
     if not colliding:
         return
-    shown = "; ".join(" = ".join(repr(n) for n in group[:4]) + (" = ..." if len(group) > 4 else "") for group in colliding[:3])
+    shown = "; ".join(
+        " = ".join(repr(n) for n in group[:4]) + (" = ..." if len(group) > 4 else "") for group in colliding[:3]
+    )
     more = f" and {len(colliding) - 3} more group(s)" if len(colliding) > 3 else ""
     raise RlptuneError(
         f"{source}: {what} collide after prompt normalisation (case, '_' and spaces ignored), so their prompts are "
@@ -214,8 +229,7 @@ def build_splits(
                 name_label[cname] = (label, where)
             elif other[0] != label:
                 raise RlptuneError(
-                    f"{source}: {where}: class name {cname!r} has label {label} but {other[1]} gave it label "
-                    f"{other[0]}"
+                    f"{source}: {where}: class name {cname!r} has label {label} but {other[1]} gave it label {other[0]}"
                 )
     if total == 0:
         raise RlptuneError(f"{source}: no images listed (train, val and test are all empty)")
@@ -350,7 +364,7 @@ def list_images(
                 found.append(rel)
                 if same_file is not None and (entry.is_symlink() or real_dir != plain_dir):
                     real = os.path.realpath(entry.path)
-                    key = real[len(prefix):].replace(os.sep, "/") if real.startswith(prefix) else real
+                    key = real[len(prefix) :].replace(os.sep, "/") if real.startswith(prefix) else real
                     if key != rel:
                         same_file[rel] = key
             if recursive:

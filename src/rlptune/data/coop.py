@@ -93,51 +93,144 @@ COOP_DATASETS: dict[str, CoopDataset] = {
     d.name: d
     for d in [
         CoopDataset(
-            "ImageNet", "imagenet", "images", "a photo of a {}.", "imagenet", None, ("imagenet-1k", "ilsvrc"),
-            "https://image-net.org (+ classnames.txt from the CoOp repository)", "classnames.txt",
+            "ImageNet",
+            "imagenet",
+            "images",
+            "a photo of a {}.",
+            "imagenet",
+            None,
+            ("imagenet-1k", "ilsvrc"),
+            "https://image-net.org (+ classnames.txt from the CoOp repository)",
+            "classnames.txt",
         ),
-        _split_dataset("Caltech101", "caltech-101", "101_ObjectCategories", "a photo of a {}.",
-                       ("caltech", "caltech-101"), "http://www.vision.caltech.edu/Image_Datasets/Caltech101/"),
-        _split_dataset("OxfordPets", "oxford_pets", "images", "a photo of a {}, a type of pet.",
-                       ("pets", "oxford-pets"), "https://www.robots.ox.ac.uk/~vgg/data/pets/"),
-        _split_dataset("StanfordCars", "stanford_cars", "", "a photo of a {}.",
-                       ("cars", "stanford-cars"), "https://ai.stanford.edu/~jkrause/cars/car_dataset.html"),
-        _split_dataset("OxfordFlowers", "oxford_flowers", "jpg", "a photo of a {}, a type of flower.",
-                       ("flowers", "flowers102", "oxford-flowers", "flowers-102"),
-                       "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/", cat_to_name="cat_to_name.json"),
-        _split_dataset("Food101", "food-101", "images", "a photo of {}, a type of food.",
-                       ("food", "food-101"), "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/"),
+        _split_dataset(
+            "Caltech101",
+            "caltech-101",
+            "101_ObjectCategories",
+            "a photo of a {}.",
+            ("caltech", "caltech-101"),
+            "http://www.vision.caltech.edu/Image_Datasets/Caltech101/",
+        ),
+        _split_dataset(
+            "OxfordPets",
+            "oxford_pets",
+            "images",
+            "a photo of a {}, a type of pet.",
+            ("pets", "oxford-pets"),
+            "https://www.robots.ox.ac.uk/~vgg/data/pets/",
+        ),
+        _split_dataset(
+            "StanfordCars",
+            "stanford_cars",
+            "",
+            "a photo of a {}.",
+            ("cars", "stanford-cars"),
+            "https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
+        ),
+        _split_dataset(
+            "OxfordFlowers",
+            "oxford_flowers",
+            "jpg",
+            "a photo of a {}, a type of flower.",
+            ("flowers", "flowers102", "oxford-flowers", "flowers-102"),
+            "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+            cat_to_name="cat_to_name.json",
+        ),
+        _split_dataset(
+            "Food101",
+            "food-101",
+            "images",
+            "a photo of {}, a type of food.",
+            ("food", "food-101"),
+            "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
+        ),
         CoopDataset(
-            "FGVCAircraft", "fgvc_aircraft", "images", "a photo of a {}, a type of aircraft.", "aircraft", None,
+            "FGVCAircraft",
+            "fgvc_aircraft",
+            "images",
+            "a photo of a {}, a type of aircraft.",
+            "aircraft",
+            None,
             ("aircraft", "fgvc", "fgvc-aircraft"),
             "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (fgvc-aircraft-2013b, its data/ folder)",
             "variants.txt",
         ),
-        _split_dataset("SUN397", "sun397", "SUN397", "a photo of a {}.", ("sun",),
-                       "https://vision.princeton.edu/projects/2010/SUN/"),
-        _split_dataset("DescribableTextures", "dtd", "images", "{} texture.", ("dtd", "textures"),
-                       "https://www.robots.ox.ac.uk/~vgg/data/dtd/"),
-        _split_dataset("EuroSAT", "eurosat", "2750", "a centered satellite photo of {}.", ("euro-sat",),
-                       "https://github.com/phelber/EuroSAT (RGB version, folder 2750/)"),
-        _split_dataset("UCF101", "ucf101", "UCF-101-midframes", "a photo of a person doing {}.", ("ucf",),
-                       "UCF-101-midframes.zip from the CoOp repository's DATASETS.md"),
-        CoopDataset(
-            "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "a photo of a {}.", "shift",
-            None, ("imagenet-v2",), "https://github.com/modestyachts/ImageNetV2 (matched-frequency)",
-            "classnames.txt", extra={"numbered": True},
+        _split_dataset(
+            "SUN397",
+            "sun397",
+            "SUN397",
+            "a photo of a {}.",
+            ("sun",),
+            "https://vision.princeton.edu/projects/2010/SUN/",
+        ),
+        _split_dataset(
+            "DescribableTextures",
+            "dtd",
+            "images",
+            "{} texture.",
+            ("dtd", "textures"),
+            "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
+        ),
+        _split_dataset(
+            "EuroSAT",
+            "eurosat",
+            "2750",
+            "a centered satellite photo of {}.",
+            ("euro-sat",),
+            "https://github.com/phelber/EuroSAT (RGB version, folder 2750/)",
+        ),
+        _split_dataset(
+            "UCF101",
+            "ucf101",
+            "UCF-101-midframes",
+            "a photo of a person doing {}.",
+            ("ucf",),
+            "UCF-101-midframes.zip from the CoOp repository's DATASETS.md",
         ),
         CoopDataset(
-            "ImageNetSketch", "imagenet-sketch", "images", "a photo of a {}.", "shift", None,
-            ("imagenet-sketch", "sketch"), "https://github.com/HaohanWang/ImageNet-Sketch", "classnames.txt",
+            "ImageNetV2",
+            "imagenetv2",
+            "imagenetv2-matched-frequency-format-val",
+            "a photo of a {}.",
+            "shift",
+            None,
+            ("imagenet-v2",),
+            "https://github.com/modestyachts/ImageNetV2 (matched-frequency)",
+            "classnames.txt",
+            extra={"numbered": True},
         ),
         CoopDataset(
-            "ImageNetA", "imagenet-adversarial", "imagenet-a", "a photo of a {}.", "shift", None,
-            ("imagenet-a", "imagenet-adversarial"), "https://github.com/hendrycks/natural-adv-examples",
+            "ImageNetSketch",
+            "imagenet-sketch",
+            "images",
+            "a photo of a {}.",
+            "shift",
+            None,
+            ("imagenet-sketch", "sketch"),
+            "https://github.com/HaohanWang/ImageNet-Sketch",
             "classnames.txt",
         ),
         CoopDataset(
-            "ImageNetR", "imagenet-rendition", "imagenet-r", "a photo of a {}.", "shift", None,
-            ("imagenet-r", "imagenet-rendition"), "https://github.com/hendrycks/imagenet-r", "classnames.txt",
+            "ImageNetA",
+            "imagenet-adversarial",
+            "imagenet-a",
+            "a photo of a {}.",
+            "shift",
+            None,
+            ("imagenet-a", "imagenet-adversarial"),
+            "https://github.com/hendrycks/natural-adv-examples",
+            "classnames.txt",
+        ),
+        CoopDataset(
+            "ImageNetR",
+            "imagenet-rendition",
+            "imagenet-r",
+            "a photo of a {}.",
+            "shift",
+            None,
+            ("imagenet-r", "imagenet-rendition"),
+            "https://github.com/hendrycks/imagenet-r",
+            "classnames.txt",
         ),
     ]
 }
@@ -146,8 +239,19 @@ COOP_DATASETS: dict[str, CoopDataset] = {
 COOP_TEMPLATES = {name: d.template for name, d in COOP_DATASETS.items()}
 
 #: The 11 datasets of the few-shot / base-to-new / cross-dataset protocols, in the literature's table order.
-COOP_11 = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101", "FGVCAircraft",
-           "SUN397", "DescribableTextures", "EuroSAT", "UCF101")
+COOP_11 = (
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "OxfordFlowers",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DescribableTextures",
+    "EuroSAT",
+    "UCF101",
+)
 #: The four ImageNet shifts of the domain-generalisation protocol.
 IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 
@@ -155,10 +259,21 @@ IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 #: Each dataset's ``configs/datasets/<stem>.yaml`` stem in the official repositories (CoOp, KgCoOp, MaPLe, PromptSRC),
 #: another spelling a recipe's dataset is known by (:func:`coop_name`).
 CONFIG_STEMS = {
-    "ImageNet": "imagenet", "Caltech101": "caltech101", "OxfordPets": "oxford_pets", "StanfordCars": "stanford_cars",
-    "OxfordFlowers": "oxford_flowers", "Food101": "food101", "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397",
-    "DescribableTextures": "dtd", "EuroSAT": "eurosat", "UCF101": "ucf101", "ImageNetV2": "imagenetv2",
-    "ImageNetSketch": "imagenet_sketch", "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r",
+    "ImageNet": "imagenet",
+    "Caltech101": "caltech101",
+    "OxfordPets": "oxford_pets",
+    "StanfordCars": "stanford_cars",
+    "OxfordFlowers": "oxford_flowers",
+    "Food101": "food101",
+    "FGVCAircraft": "fgvc_aircraft",
+    "SUN397": "sun397",
+    "DescribableTextures": "dtd",
+    "EuroSAT": "eurosat",
+    "UCF101": "ucf101",
+    "ImageNetV2": "imagenetv2",
+    "ImageNetSketch": "imagenet_sketch",
+    "ImageNetA": "imagenet_a",
+    "ImageNetR": "imagenet_r",
 }
 
 
@@ -291,8 +406,13 @@ def _load_aircraft(spec: CoopDataset, root, *, split_file, check_files, file_ord
             items.append((parts[0] + ".jpg", label_of[variant], variant, f"{path.name} line {number}"))
         entries[split] = items
     return build_splits(
-        entries, name=spec.name, root=ddir / spec.image_dir, source=ddir, template=spec.template,
-        check_files=check_files, classnames=variants,
+        entries,
+        name=spec.name,
+        root=ddir / spec.image_dir,
+        source=ddir,
+        template=spec.template,
+        check_files=check_files,
+        classnames=variants,
     )
 
 
@@ -331,7 +451,7 @@ class _Walk:
             path = f"{rel}/{entry.name}"
             if moved or entry.is_symlink():
                 real = os.path.realpath(entry.path)
-                key = real[len(self._prefix):].replace(os.sep, "/") if real.startswith(self._prefix) else real
+                key = real[len(self._prefix) :].replace(os.sep, "/") if real.startswith(self._prefix) else real
                 if key != path:
                     self.same_file[path] = key
             out.append(Item(path, label, cname))

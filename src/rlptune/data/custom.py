@@ -50,9 +50,7 @@ log = logging.getLogger(__name__)
 def parse_split_object(obj: object, source: str | os.PathLike) -> dict[str, list[Entry]]:
     """Check the structure and entry types of a loaded split JSON object; return entries per split."""
     if not isinstance(obj, dict):
-        raise RlptuneError(
-            f"{source}: expected a JSON object with keys train, val, test; got a {type(obj).__name__}"
-        )
+        raise RlptuneError(f"{source}: expected a JSON object with keys train, val, test; got a {type(obj).__name__}")
     unknown = [k for k in obj if k not in SPLIT_NAMES]
     if unknown:
         raise RlptuneError(
@@ -255,7 +253,8 @@ def _label_records(records, names, path, names_source) -> dict:
             merged = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
             log.warning(
                 "%s: integer labels without a classnames file; the numbers are used as class names (%s)%s",
-                path, ", ".join(repr(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else ""),
+                path,
+                ", ".join(repr(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else ""),
                 f"; {' and '.join(repr(m) for m in merged[:3])} are one class" if merged else "",
             )
         remap = {v: i for i, v in enumerate(present)}

@@ -129,7 +129,12 @@ def _draw(splits, header, num_shots, val_shots, seed, cache_path, repeat, strict
         log.warning(
             "%s: %d class/split pair(s) have fewer images than shots and keep all of them, e.g. %r: %d %s image(s)"
             " for %d shots",
-            splits.name, len(short), splits.classnames[label], count, split, wanted,
+            splits.name,
+            len(short),
+            splits.classnames[label],
+            count,
+            split,
+            wanted,
         )
     rng = random.Random(seed)
     train = sample_per_label(splits.train, num_shots, rng, repeat=repeat)

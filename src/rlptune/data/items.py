@@ -105,9 +105,7 @@ def _find_fault(
         for i, item in enumerate(getattr(splits, split)):
             label = item.label
             if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < n:
-                raise RlptuneError(
-                    f"{source}: {split} item {item.path!r} has label {label!r}, expected 0..{n - 1}"
-                )
+                raise RlptuneError(f"{source}: {split} item {item.path!r} has label {label!r}, expected 0..{n - 1}")
             here = places[i] if places is not None else f"{split}[{i}]"
             if item.classname != names[label]:
                 raise RlptuneError(

@@ -32,8 +32,11 @@ def normalize_rel(rel: object, source: str | os.PathLike, entry: str) -> str:
         raise RlptuneError(f"{source}: {entry}: image path is empty")
     if "\x00" in rel:
         raise RlptuneError(f"{source}: {entry}: image path {rel!r} contains a NUL character")
-    if rel.startswith(("/", "\\")) or os.path.isabs(rel) or _WINDOWS_ABS.match(rel) or (
-        os.name == "nt" and PureWindowsPath(rel).drive
+    if (
+        rel.startswith(("/", "\\"))
+        or os.path.isabs(rel)
+        or _WINDOWS_ABS.match(rel)
+        or (os.name == "nt" and PureWindowsPath(rel).drive)
     ):
         raise RlptuneError(
             f"{source}: {entry}: image path {rel!r} is absolute; expected a path relative to the dataset root"
@@ -88,8 +91,7 @@ class PathChecker:
 
     def _escape(self, clean: str, entry: str) -> RlptuneError:
         return RlptuneError(
-            f"{self.source}: {entry}: image path {clean!r} leads outside the dataset root {self.root} through a "
-            f"symlink"
+            f"{self.source}: {entry}: image path {clean!r} leads outside the dataset root {self.root} through a symlink"
         )
 
     def check(self, rel: object, entry: str) -> tuple[str, bool]:
@@ -131,7 +133,7 @@ class PathChecker:
         """A resolved path as a POSIX path relative to the resolved root (unchanged if it lies outside)."""
         if not real.startswith(self._prefix):
             return real
-        rel = real[len(self._prefix):]
+        rel = real[len(self._prefix) :]
         return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 

@@ -62,9 +62,11 @@ def save_adapter(directory: str | Path, method, config, extra: dict[str, Any] | 
         "format": ADAPTER_FORMAT,
         "library": {"name": "rlptune", "version": __version__},
         "method": method.registered_name,
-        "backbone": {**backbone_record(method.backbone),  # label, spec, and the weights hash + structure that identify it
-                     # what it trained in (loading resolves auto anew; a loaded adapter re-saved keeps its record)
-                     "precision": (getattr(method, "adapter_record", None) or {}).get("precision") or method.backbone.precision},
+        "backbone": {
+            **backbone_record(method.backbone),  # label, spec, and the weights hash + structure that identify it
+            # what it trained in (loading resolves auto anew; a loaded adapter re-saved keeps its record)
+            "precision": (getattr(method, "adapter_record", None) or {}).get("precision") or method.backbone.precision,
+        },
         "classnames": list(method.classnames),
         "dataset_template": method.dataset_template,
         "settings": {"method": cfg["method"], "prompt": cfg["prompt"]},
@@ -107,7 +109,9 @@ def _not_an_adapter_line(directory: Path) -> str:
         return f"{directory}: no such adapter folder"
     if not directory.is_dir():
         return f"{directory}: not an adapter folder (a file; pass the folder that holds {ADAPTER_CONFIG})"
-    if (directory / ADAPTER_DIR / ADAPTER_CONFIG).is_file() or (directory / ADAPTER_DIR / LEGACY_ADAPTER_CONFIG).is_file():
+    if (directory / ADAPTER_DIR / ADAPTER_CONFIG).is_file() or (
+        directory / ADAPTER_DIR / LEGACY_ADAPTER_CONFIG
+    ).is_file():
         return f"{directory}: not an adapter folder (no {ADAPTER_CONFIG}); this is a run folder, pass {directory / ADAPTER_DIR}"
     model_type = _json_field(directory / "config.json", "model_type")
     if model_type is not None:
@@ -202,12 +206,18 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
             raise RlptuneError(f"{path}: field {key!r} must be an object or null, got {type(payload[key]).__name__}")
     data = payload.get("data")
     if data is not None and not (
-        isinstance(data, dict) and isinstance(data.get("dataset"), str) and (data.get("root") is None or isinstance(data["root"], str))
+        isinstance(data, dict)
+        and isinstance(data.get("dataset"), str)
+        and (data.get("root") is None or isinstance(data["root"], str))
     ):
-        raise RlptuneError(f"{path}: field 'data' must be an object {{dataset, root}} with a dataset name and a root path or null")
+        raise RlptuneError(
+            f"{path}: field 'data' must be an object {{dataset, root}} with a dataset name and a root path or null"
+        )
 
 
-def load_adapter(directory: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"):
+def load_adapter(
+    directory: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"
+):
     """Rebuild the method of an adapter folder on its backbone (loaded from the recorded spec if not given).
 
     ``precision`` (default ``auto``) is resolved for the adapter's method as a training run resolves it
@@ -228,7 +238,9 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         backbone = load_backbone(payload["backbone"].get("spec") or "micro", device=device, precision=resolved)
     else:
         backbone = backbone.with_precision(precision_for(backbone, payload["method"], precision))
-    differs = backbone_mismatch(payload["backbone"], backbone, str(config_path))  # by weights and structure, not spelling
+    differs = backbone_mismatch(
+        payload["backbone"], backbone, str(config_path)
+    )  # by weights and structure, not spelling
     if differs is not None:
         raise RlptuneError(
             f"{directory}: adapter was trained on backbone {recorded}, but the loaded backbone is {backbone.identity}: {differs}"
@@ -237,7 +249,9 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
         config = config_from_dict({**payload["settings"]}, f"{config_path}")
     except RlptuneError as exc:  # a bound or a type of the settings: name the adapter file and the field in it
         message = str(exc)
-        raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: settings.{message}") from None
+        raise RlptuneError(
+            message if message.startswith(str(config_path)) else f"{config_path}: settings.{message}"
+        ) from None
     config.method.name = payload["method"]
     config = _training_config(payload, config, config_path)
     if not model_path.is_file():
@@ -257,9 +271,13 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, device
     check_logits_finite(method.eval(), state, model_path)
     # what the folder recorded beyond the tensors, so that save_pretrained / push_to_hub of the loaded method write
     # the same training_config.yaml and card as the run that made it, and eval finds its data
-    method.adapter_record = {"data": payload.get("data"), "result": payload.get("result"), "source": str(directory),
-                             "training_config": payload.get("training_config"),
-                             "precision": payload["backbone"].get("precision")}
+    method.adapter_record = {
+        "data": payload.get("data"),
+        "result": payload.get("result"),
+        "source": str(directory),
+        "training_config": payload.get("training_config"),
+        "precision": payload["backbone"].get("precision"),
+    }
     return method
 
 
@@ -276,7 +294,9 @@ def _training_config(payload: dict[str, Any], config, config_path: Path):
         return config_from_dict(merged, f"{config_path}: training_config")
     except RlptuneError as exc:
         message = str(exc)
-        raise RlptuneError(message if message.startswith(str(config_path)) else f"{config_path}: training_config.{message}") from None
+        raise RlptuneError(
+            message if message.startswith(str(config_path)) else f"{config_path}: training_config.{message}"
+        ) from None
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str = "tensor") -> None:
@@ -351,6 +371,7 @@ def check_logits_finite(method, tensors: dict[str, torch.Tensor], path: Path) ->
 
 # -- checkpoints -----------------------------------------------------------------------------------------------
 
+
 def config_digest(config) -> str:
     """Digest of the settings that change the training trajectory (a resume with other settings is refused)."""
     return settings_hash(config.to_dict())  # the run directory's key: one definition of "the same settings"
@@ -403,7 +424,9 @@ def load_checkpoint(path: str | Path, method, optimizer, config) -> dict:
             raw = (handle.metadata() or {}).get("rlptune_checkpoint")
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:
-        raise RlptuneError(f"{path}: not an rlptune checkpoint ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise RlptuneError(
+            f"{path}: not an rlptune checkpoint ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        ) from None
     if raw is None:
         raise RlptuneError(f"{path}: not an rlptune checkpoint (no rlptune_checkpoint metadata)")
     meta = _checkpoint_meta(raw, path)
@@ -412,15 +435,19 @@ def load_checkpoint(path: str | Path, method, optimizer, config) -> dict:
             f"{path}: checkpoint written by rlptune {meta.get('library_version')}, cannot be resumed by rlptune {__version__}"
         )
     if meta.get("config_digest") != config_digest(config):
-        raise RlptuneError(f"{path}: checkpoint was written with other settings; use a new output folder or the same config")
-    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+        raise RlptuneError(
+            f"{path}: checkpoint was written with other settings; use a new output folder or the same config"
+        )
+    params = {k[len("param.") :]: v for k, v in tensors.items() if k.startswith("param.")}
     check_finite(params, path, "checkpoint tensor")
     method.load_adapter_state(params, str(path))
     try:
         state = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
         optimizer.load_state_dict(state)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RlptuneError(f"{path}: checkpoint's optimizer state does not match this run ({type(exc).__name__}: {exc})") from None
+        raise RlptuneError(
+            f"{path}: checkpoint's optimizer state does not match this run ({type(exc).__name__}: {exc})"
+        ) from None
     return meta
 
 
@@ -436,7 +463,10 @@ def _checkpoint_meta(raw: str, path: Path) -> dict:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise RlptuneError(f"{path}: not an rlptune checkpoint (epoch {epoch!r} is not a completed-epoch count)")
     optim = meta.get("optimizer")
-    if not isinstance(optim, dict) or not isinstance(optim.get("state"), dict) or not isinstance(optim.get("param_groups"), list):
+    if (
+        not isinstance(optim, dict)
+        or not isinstance(optim.get("state"), dict)
+        or not isinstance(optim.get("param_groups"), list)
+    ):
         raise RlptuneError(f"{path}: not an rlptune checkpoint (no optimizer state in its metadata)")
     return meta
-

@@ -52,10 +52,14 @@ def train(
     The same pipeline as ``rlptune train`` and ``rlptune run`` (:func:`rlptune.engine.pipeline.run`): a folder that
     already holds a run is reused only with ``resume`` (same settings) or replaced with ``overwrite``.
     """
-    return pipeline.run(config, output_dir, backbone=backbone, resume=resume, overwrite=overwrite, progress=progress, log=log)
+    return pipeline.run(
+        config, output_dir, backbone=backbone, resume=resume, overwrite=overwrite, progress=progress, log=log
+    )
 
 
-def prepare_dataset(config, few_shot_cache: str | Path | None = None, skipped_report: str | Path | None = None) -> DatasetSplits:
+def prepare_dataset(
+    config, few_shot_cache: str | Path | None = None, skipped_report: str | Path | None = None
+) -> DatasetSplits:
     """The splits the configured method trains on (split seed, image policy, few-shot draw, class subset applied)."""
     return pipeline.prepare_data(config, few_shot_cache, skipped_report).train
 
@@ -165,8 +169,9 @@ def predict(
 
 def check_predictions_output(path: str | Path) -> Path:
     """``predict -o``: replaces an earlier predictions CSV and nothing else (see :func:`check_output_file`)."""
-    return check_output_file(path, "-o/--output", lambda first: first.startswith(b"path,label_1,prob_1"),
-                             "a predictions CSV")
+    return check_output_file(
+        path, "-o/--output", lambda first: first.startswith(b"path,label_1,prob_1"), "a predictions CSV"
+    )
 
 
 def write_predictions_csv(path: str | Path, rows: list[dict[str, Any]], top_k: int, error_column: bool = False) -> Path:

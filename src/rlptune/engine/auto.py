@@ -61,9 +61,11 @@ from .features import FeatureCache, encode_items
 from .trainer import Trainer, TrainState
 
 #: What ``result.json``'s ``auto.rule`` says (the guard, in one sentence).
-GUARD_RULE = ("keep the best candidate only if its validation margin over the starting prompt is > 0 and > z paired "
-              "(McNemar) standard errors sqrt(b + w - (b - w)^2 / n) / n, z = Phi^-1(1 - alpha / K) for K candidates "
-              "(one-sided, Bonferroni; or auto.margin_z); else return the starting prompt")
+GUARD_RULE = (
+    "keep the best candidate only if its validation margin over the starting prompt is > 0 and > z paired "
+    "(McNemar) standard errors sqrt(b + w - (b - w)^2 / n) / n, z = Phi^-1(1 - alpha / K) for K candidates "
+    "(one-sided, Bonferroni; or auto.margin_z); else return the starting prompt"
+)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -111,7 +113,9 @@ def candidate_grid(config) -> list[dict[str, dict[str, Any]]]:
 
 
 def candidate_name(settings: dict[str, dict[str, Any]]) -> str:
-    return f"r{settings['prompt']['rank']}-crop{settings['train']['crop_scale']:g}-drop{settings['prompt']['dropout']:g}"
+    return (
+        f"r{settings['prompt']['rank']}-crop{settings['train']['crop_scale']:g}-drop{settings['prompt']['dropout']:g}"
+    )
 
 
 def base_config(config):
@@ -137,7 +141,10 @@ def validation_folds(splits: DatasetSplits, config) -> tuple[str, list[tuple[lis
     for item in splits.val:
         per_class[item.label] += 1
     if splits.val and min(per_class) >= need:
-        return (f"the validation split ({len(splits.val)} images, >= {need} per class)", [(list(splits.train), list(splits.val))])
+        return (
+            f"the validation split ({len(splits.val)} images, >= {need} per class)",
+            [(list(splits.train), list(splits.val))],
+        )
     k = config.auto.folds
     if len(splits.train) < 2 * k:
         raise RlptuneError(
@@ -161,8 +168,11 @@ def validation_folds(splits: DatasetSplits, config) -> tuple[str, list[tuple[lis
         val = [it for i, it in enumerate(splits.train) if fold_of[i] == f]
         train = [it for i, it in enumerate(splits.train) if fold_of[i] != f]
         folds.append((train, val))
-    return (f"{k}-fold cross-validation over the {len(splits.train)} training images (the validation split has fewer "
-            f"than {need} images in some class)", folds)
+    return (
+        f"{k}-fold cross-validation over the {len(splits.train)} training images (the validation split has fewer "
+        f"than {need} images in some class)",
+        folds,
+    )
 
 
 def _build(config, backbone, splits: DatasetSplits) -> Method:
@@ -192,8 +202,16 @@ def predictions(method: Method, splits: DatasetSplits, items: Sequence, cache: F
     return preds
 
 
-def _train_sequential(runs: list[CandidateRun], splits: DatasetSplits, train_items, val_items, cache: FeatureCache,
-                      scratch: Path, log: Callable[[str], None], stop_after: int | None = None) -> float:
+def _train_sequential(
+    runs: list[CandidateRun],
+    splits: DatasetSplits,
+    train_items,
+    val_items,
+    cache: FeatureCache,
+    scratch: Path,
+    log: Callable[[str], None],
+    stop_after: int | None = None,
+) -> float:
     """Candidates one by one with the normal trainer; a monitor records validation after every epoch."""
     t0 = time.perf_counter()
     fold = replace(splits, train=list(train_items), val=[])  # the trainer's own validation is the monitor below
@@ -219,7 +237,9 @@ def _train_sequential(runs: list[CandidateRun], splits: DatasetSplits, train_ite
             return accuracy
 
         folder = scratch / run.name
-        trainer = Trainer(cfg, run.method, fold, folder, cache=cache, log=log, progress=False, monitors={"auto_val": monitor})
+        trainer = Trainer(
+            cfg, run.method, fold, folder, cache=cache, log=log, progress=False, monitors={"auto_val": monitor}
+        )
         try:
             state = trainer.fit()
         except RlptuneError as exc:
@@ -236,8 +256,9 @@ def _train(runs, splits, train_items, val_items, cache, scratch, log, stop_after
     return _train_sequential(runs, splits, train_items, val_items, cache, scratch, log, stop_after)
 
 
-def spectrum_rank(config, backbone, splits: DatasetSplits, cache: FeatureCache, scratch: Path,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+def spectrum_rank(
+    config, backbone, splits: DatasetSplits, cache: FeatureCache, scratch: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
     """A short full-rank run of the same context; the smallest rank holding ``auto.energy`` of its update."""
     a = config.auto
     cfg = copy.deepcopy(config)
@@ -255,8 +276,14 @@ def spectrum_rank(config, backbone, splits: DatasetSplits, cache: FeatureCache, 
     total = float(energy.sum())
     shares = (energy.cumsum(0) / total).tolist() if total > 0 else [1.0] * len(sigma)
     rank = next((i + 1 for i, s in enumerate(shares) if s >= a.energy - 1e-12), len(shares))
-    return {"rank": rank, "energy": a.energy, "epochs": cfg.train.epochs, "energy_share": [round(s, 6) for s in shares],
-            "singular_values": [float(s) for s in sigma], "seconds": round(seconds, 3)}
+    return {
+        "rank": rank,
+        "energy": a.energy,
+        "epochs": cfg.train.epochs,
+        "energy_share": [round(s, 6) for s in shares],
+        "singular_values": [float(s) for s in sigma],
+        "seconds": round(seconds, 3),
+    }
 
 
 @dataclass
@@ -272,8 +299,9 @@ class _Search:
     log: Callable[[str], None]
 
 
-def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
-           log: Callable[[str], None] | None = None) -> tuple[Method, TrainState, dict[str, Any], Any]:
+def search(
+    config, backbone, data, cache: FeatureCache, output_dir: str | Path, log: Callable[[str], None] | None = None
+) -> tuple[Method, TrainState, dict[str, Any], Any]:
     """Run ``--auto``: (the chosen method, its training state, the ``auto`` record, the chosen settings)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if current().enabled:
@@ -309,8 +337,9 @@ def search(config, backbone, data, cache: FeatureCache, output_dir: str | Path,
         record["decision"] = "zero-shot"
     else:
         curve = candidates[names.index(best_name)]["curve"]
-        method, adapter_config, state, seconds = _take_candidate(s, folds, settings, chosen_runs, best_epoch, curve,
-                                                                 outcome)
+        method, adapter_config, state, seconds = _take_candidate(
+            s, folds, settings, chosen_runs, best_epoch, curve, outcome
+        )
         train_seconds += seconds
         record["decision"] = "candidate"
     _record_choice(record, adapter_config, best_name, best_epoch)
@@ -328,7 +357,9 @@ def _starting_method(s: _Search) -> Method:
     steps has no settings to search, so it is refused here, before anything trains."""
     start = _build(s.base, s.backbone, s.splits)
     if start.closed_form or not any(p.requires_grad for p in start.parameters()):
-        raise RlptuneError(f"auto.enabled: method {s.base.method.name!r} has no prompt trained by gradient steps to choose settings for")
+        raise RlptuneError(
+            f"auto.enabled: method {s.base.method.name!r} has no prompt trained by gradient steps to choose settings for"
+        )
     return start
 
 
@@ -340,7 +371,9 @@ def _search_grid(s: _Search, record: dict[str, Any]) -> list[dict[str, dict[str,
     if prompt_layout(base.prompt.kind).spectrum_kind and base.auto.rank_rule in ("spectrum", "both"):
         spectrum = spectrum_rank(base, s.backbone, s.splits, s.cache, s.scratch, s.log)
         record["spectrum"] = spectrum
-        s.log(f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)")
+        s.log(
+            f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)"
+        )
         if base.auto.rank_rule == "spectrum":
             grid = [g for g in grid if g["prompt"]["rank"] == grid[0]["prompt"]["rank"]]
             for g in grid:
@@ -350,7 +383,9 @@ def _search_grid(s: _Search, record: dict[str, Any]) -> list[dict[str, dict[str,
     return grid
 
 
-def _train_folds(s: _Search, start: Method, folds, names: list[str], grid: list) -> tuple[dict[str, list], torch.Tensor, float]:
+def _train_folds(
+    s: _Search, start: Method, folds, names: list[str], grid: list
+) -> tuple[dict[str, list], torch.Tensor, float]:
     """Every candidate trained on every fold: ({name: its run per fold}, the starting prompt's per-image
     correctness over all folds' validation images, the training seconds)."""
     pooled: dict[str, list] = {n: [] for n in names}
@@ -369,8 +404,9 @@ def _train_folds(s: _Search, start: Method, folds, names: list[str], grid: list)
     return pooled, torch.cat(baseline_right), train_seconds
 
 
-def _score_candidates(names: list[str], grid: list, pooled: dict[str, list],
-                      n_val: int) -> tuple[list[dict[str, Any]], str | None, float, int]:
+def _score_candidates(
+    names: list[str], grid: list, pooled: dict[str, list], n_val: int
+) -> tuple[list[dict[str, Any]], str | None, float, int]:
     """Each candidate's pooled validation curve and best epoch (the record's entries), and the best candidate:
     (entries, its name or None, its accuracy, its epoch); ties keep the earlier candidate and epoch."""
     candidates = []
@@ -380,8 +416,12 @@ def _score_candidates(names: list[str], grid: list, pooled: dict[str, list],
         stopped = next((r.stopped for r in runs if r.stopped), None)
         length = min(len(r.correct) for r in runs)
         curve = [100.0 * float(sum(int(r.correct[e].sum()) for r in runs)) / n_val for e in range(length)]
-        entry = {"name": name, "settings": settings, "curve": [round(c, 4) for c in curve],
-                 "losses": [round(x, 6) for x in runs[0].losses]}
+        entry = {
+            "name": name,
+            "settings": settings,
+            "curve": [round(c, 4) for c in curve],
+            "losses": [round(x, 6) for x in runs[0].losses],
+        }
         if curve:
             epoch = max(range(length), key=lambda e: (curve[e], -e)) + 1
             entry.update(best_epoch=epoch, best_val=round(curve[epoch - 1], 4))
@@ -397,24 +437,37 @@ def _record_baseline(record: dict[str, Any], baseline: torch.Tensor, zero_shot: 
     """Record the starting prompt's validation accuracy (and whether it is the zero-shot prompt); return it."""
     n_val = int(baseline.numel())
     baseline_acc = 100.0 * float(baseline.float().mean()) if n_val else 0.0
-    record["baseline"] = {"val": round(baseline_acc, 4), "is_zero_shot_prompt": zero_shot,
-                          "what": "the starting prompt" + (" (= the zero-shot prompt)" if zero_shot else "")}
+    record["baseline"] = {
+        "val": round(baseline_acc, 4),
+        "is_zero_shot_prompt": zero_shot,
+        "what": "the starting prompt" + (" (= the zero-shot prompt)" if zero_shot else ""),
+    }
     return baseline_acc
 
 
 def _return_start(s: _Search, start: Method, zero_shot: bool, outcome: tuple) -> tuple[Method, Any, TrainState]:
     """The guard's refusal: the starting prompt, untrained, and one line saying by how little the best missed."""
     best_name, best_acc, baseline_acc, guard = outcome
-    what = "the starting prompt" if not zero_shot else (
-        "the zero-shot prompt (P_B = 0)" if prompt_layout(s.base.prompt.kind).spectrum_kind else "the zero-shot prompt")
-    s.log(f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
-          f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
-          f"{guard['se']:.2f}); returning {what}")
+    what = (
+        "the starting prompt"
+        if not zero_shot
+        else (
+            "the zero-shot prompt (P_B = 0)"
+            if prompt_layout(s.base.prompt.kind).spectrum_kind
+            else "the zero-shot prompt"
+        )
+    )
+    s.log(
+        f"auto: no candidate beats the zero-shot prompt on validation by more than its noise (best {best_name}: "
+        f"{best_acc:.2f}% vs {baseline_acc:.2f}%, margin {guard['margin']:+.2f} <= {guard['z']:g} x SE "
+        f"{guard['se']:.2f}); returning {what}"
+    )
     return start, s.base, TrainState(epochs_done=0)
 
 
-def _take_candidate(s: _Search, folds, settings, chosen_runs: list, best_epoch: int, curve: list[float],
-                    outcome: tuple) -> tuple[Method, Any, TrainState, float]:
+def _take_candidate(
+    s: _Search, folds, settings, chosen_runs: list, best_epoch: int, curve: list[float], outcome: tuple
+) -> tuple[Method, Any, TrainState, float]:
     """The guard's acceptance: the chosen candidate at its chosen epoch (with one validation split its kept state;
     with k folds retrained on every shot to that epoch), its curve as the history, and the retraining seconds."""
     best_name, best_acc, baseline_acc, guard = outcome
@@ -431,18 +484,23 @@ def _take_candidate(s: _Search, folds, settings, chosen_runs: list, best_epoch: 
         method = run.method
     state = TrainState(epochs_done=best_epoch)
     state.records = [{"epoch": e + 1, "val_acc": v} for e, v in enumerate(curve)]
-    s.log(f"auto: chose {best_name} at epoch {best_epoch}: validation {best_acc:.2f}% vs zero-shot {baseline_acc:.2f}% "
-          f"(margin {guard['margin']:+.2f} > {guard['z']:g} x SE {guard['se']:.2f})")
+    s.log(
+        f"auto: chose {best_name} at epoch {best_epoch}: validation {best_acc:.2f}% vs zero-shot {baseline_acc:.2f}% "
+        f"(margin {guard['margin']:+.2f} > {guard['z']:g} x SE {guard['se']:.2f})"
+    )
     return method, adapter_config, state, seconds
 
 
 def _record_choice(record: dict[str, Any], adapter_config, best_name: str, best_epoch: int) -> None:
     """Record what ``--auto`` returns: the candidate's settings and epoch, or the starting prompt's (epoch 0)."""
     chosen = record["decision"] == "candidate"
-    record["chosen"] = {"name": best_name if chosen else "zero-shot",
-                        "rank": getattr(adapter_config.prompt, "rank"), "dropout": getattr(adapter_config.prompt, "dropout"),
-                        "crop_scale": adapter_config.train.crop_scale,
-                        "epoch": best_epoch if chosen else 0}
+    record["chosen"] = {
+        "name": best_name if chosen else "zero-shot",
+        "rank": getattr(adapter_config.prompt, "rank"),
+        "dropout": getattr(adapter_config.prompt, "dropout"),
+        "crop_scale": adapter_config.train.crop_scale,
+        "epoch": best_epoch if chosen else 0,
+    }
 
 
 def _jsonl(record: dict) -> str:

@@ -62,8 +62,17 @@ class Validation:
     ``select_best`` (restored when training ends), and the monitors: extra scores that may switch the method's
     classes or merge its prompt, so the training state is restored after each."""
 
-    def __init__(self, method, backbone, settings, epochs_total: int, val, state: TrainState,
-                 monitors: Mapping[str, Callable[[], float]], log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        method,
+        backbone,
+        settings,
+        epochs_total: int,
+        val,
+        state: TrainState,
+        monitors: Mapping[str, Callable[[], float]],
+        log: Callable[[str], None],
+    ) -> None:
         self.method, self.backbone, self.settings = method, backbone, settings
         self.epochs_total, self.val, self.state = epochs_total, val, state
         self.monitors, self.log = dict(monitors), log

@@ -78,8 +78,15 @@ def _features(cache: FeatureCache, config, backbone, splits, items, epoch: int, 
     if not settings.augment:
         return cache.get_or_encode(backbone, splits, items, view=0, num_workers=settings.num_workers)
     view = (epoch % settings.aug_views) + 1 if settings.aug_views > 0 else epoch + 1
-    return cache.get_or_encode(backbone, splits, items, view=view, num_workers=settings.num_workers,
-                               augment=(settings.crop_scale, settings.flip and flip_ok), view_seed=settings.seed)
+    return cache.get_or_encode(
+        backbone,
+        splits,
+        items,
+        view=view,
+        num_workers=settings.num_workers,
+        augment=(settings.crop_scale, settings.flip and flip_ok),
+        view_seed=settings.seed,
+    )
 
 
 def _swap_rng(run: CandidateRun, device: torch.device) -> None:
@@ -121,8 +128,11 @@ def train_batched(
     index = _split_index(splits, train_items)
     labels = torch.tensor([it.label for it in train_items])
     val_labels = torch.tensor([it.label for it in val_items])
-    val_feats = (cache.get_or_encode(backbone, splits, list(val_items), view=0, num_workers=first.config.train.num_workers)
-                 if val_items else None)
+    val_feats = (
+        cache.get_or_encode(backbone, splits, list(val_items), view=0, num_workers=first.config.train.num_workers)
+        if val_items
+        else None
+    )
     count = len(labels)
     batch, stop, steps_per_epoch = _batches(first.config.train, count)
     epochs = max(total_epochs(run.config.train, steps_per_epoch) for run in runs)
@@ -194,20 +204,31 @@ def _view_key(config) -> tuple:
     return (_crop_of(config), config.train.augment, config.train.aug_views)
 
 
-def _epoch_views(active: Sequence[CandidateRun], cache: FeatureCache, backbone, splits, epoch: int,
-                 index: torch.Tensor) -> dict[tuple, torch.Tensor]:
+def _epoch_views(
+    active: Sequence[CandidateRun], cache: FeatureCache, backbone, splits, epoch: int, index: torch.Tensor
+) -> dict[tuple, torch.Tensor]:
     """This epoch's training features per view, read before the epoch is seeded (as the trainer: encoding a view
     may draw from the global generator)."""
     views: dict[tuple, torch.Tensor] = {}
     for run in active:
         key = _view_key(run.config)
         if key not in views:
-            views[key] = _features(cache, run.config, backbone, splits, splits.train, epoch, splits.hflip_invariant)[index]
+            views[key] = _features(cache, run.config, backbone, splits, splits.train, epoch, splits.hflip_invariant)[
+                index
+            ]
     return views
 
 
-def _step(active: Sequence[CandidateRun], backbone, text_module, views: dict[tuple, torch.Tensor], idx: torch.Tensor,
-          labels: torch.Tensor, when: tuple[int, int, int], totals: list[float]) -> None:
+def _step(
+    active: Sequence[CandidateRun],
+    backbone,
+    text_module,
+    views: dict[tuple, torch.Tensor],
+    idx: torch.Tensor,
+    labels: torch.Tensor,
+    when: tuple[int, int, int],
+    totals: list[float],
+) -> None:
     """One optimisation step of every active candidate: one text pass for all, one backward of the summed losses,
     a step for each candidate still finite (a non-finite loss stops that candidate only). ``when`` is (epoch, step,
     steps per epoch), what the learning-rate schedule reads."""
@@ -250,8 +271,9 @@ def _end_epoch(active: Sequence[CandidateRun], totals: list[float], count: int, 
 
 
 @torch.no_grad()
-def _validate(active: Sequence[CandidateRun], text_module, feats: torch.Tensor, labels: torch.Tensor, epoch: int,
-              backbone) -> None:
+def _validate(
+    active: Sequence[CandidateRun], text_module, feats: torch.Tensor, labels: torch.Tensor, epoch: int, backbone
+) -> None:
     """Centre-crop validation of every active candidate in one text pass (dropout off)."""
     live = [r for r in active if r.stopped is None]
     if not live:

@@ -41,9 +41,17 @@ def data_record(splits: DatasetSplits, cache: FeatureCache) -> dict[str, Any]:
         full[split] = {item.path: f"{item.label}:{sha}" for item, sha in zip(listed, hashes)}
     classes = list(splits.classnames)
     payload = json.dumps({"classes": classes, "items": full}, sort_keys=True, separators=(",", ":"))
-    items = {split: {path: entry[: entry.index(":") + 17] for path, entry in entries.items()} for split, entries in full.items()}
-    return {"format": DATA_FORMAT, "root": str(Path(splits.root).resolve()), "classes": classes,
-            "digest": hashlib.sha256(payload.encode()).hexdigest(), "items": items}
+    items = {
+        split: {path: entry[: entry.index(":") + 17] for path, entry in entries.items()}
+        for split, entries in full.items()
+    }
+    return {
+        "format": DATA_FORMAT,
+        "root": str(Path(splits.root).resolve()),
+        "classes": classes,
+        "digest": hashlib.sha256(payload.encode()).hexdigest(),
+        "items": items,
+    }
 
 
 def write_data_record(folder: Path, record: dict[str, Any]) -> None:
@@ -60,19 +68,26 @@ def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path 
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        log.warning("%s: no record of the images this run trained on (an older rlptune wrote it); resuming without "
-                    "checking that the data is unchanged", shown_folder or folder)
+        log.warning(
+            "%s: no record of the images this run trained on (an older rlptune wrote it); resuming without "
+            "checking that the data is unchanged",
+            shown_folder or folder,
+        )
         return
     except (OSError, UnicodeDecodeError) as exc:
-        raise RlptuneError(f"{shown}: cannot read the record of the run's images ({exc}); use --overwrite to train "
-                           "again, or another output folder") from None
+        raise RlptuneError(
+            f"{shown}: cannot read the record of the run's images ({exc}); use --overwrite to train "
+            "again, or another output folder"
+        ) from None
     try:
         recorded = json.loads(text)
     except (ValueError, RecursionError):
         recorded = None
     if not _well_formed(recorded):
-        raise RlptuneError(f"{shown}: not a record of the run's images (damaged?); use --overwrite to train again, "
-                           "or another output folder")
+        raise RlptuneError(
+            f"{shown}: not a record of the run's images (damaged?); use --overwrite to train again, "
+            "or another output folder"
+        )
     if recorded["digest"] == record["digest"]:
         return
     changed, added, removed = [], [], []
@@ -83,7 +98,9 @@ def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path 
         changed += [f"{split} {p!r}" for p in sorted(now) if p in before and before[p] != now[p]]
         added += [f"{split} {p!r}" for p in sorted(now) if p not in before]
         removed += [f"{split} {p!r}" for p in sorted(before) if p not in now]
-    counts = ", ".join(f"{len(v)} {what}" for what, v in (("changed", changed), ("added", added), ("removed", removed)) if v)
+    counts = ", ".join(
+        f"{len(v)} {what}" for what, v in (("changed", changed), ("added", added), ("removed", removed)) if v
+    )
     first = (changed or added or removed or ["the image list"])[0]
     raise RlptuneError(
         f"{record['root']}: the images differ from those this run trained on ({counts or 'same files, other order'}; "
@@ -93,7 +110,11 @@ def check_resumed_data(folder: Path, record: dict[str, Any], shown_folder: Path 
 
 
 def _well_formed(recorded: Any) -> bool:
-    if not isinstance(recorded, dict) or recorded.get("format") != DATA_FORMAT or not isinstance(recorded.get("digest"), str):
+    if (
+        not isinstance(recorded, dict)
+        or recorded.get("format") != DATA_FORMAT
+        or not isinstance(recorded.get("digest"), str)
+    ):
         return False
     classes, items = recorded.get("classes"), recorded.get("items")
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):

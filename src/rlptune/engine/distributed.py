@@ -75,7 +75,9 @@ class DistContext:
             return batch
         size = len(batch) // self.world_size
         if size * self.world_size != len(batch):
-            raise RlptuneError(f"a global batch of {len(batch)} cannot be split evenly over {self.world_size} processes")
+            raise RlptuneError(
+                f"a global batch of {len(batch)} cannot be split evenly over {self.world_size} processes"
+            )
         return batch[self.rank * size : (self.rank + 1) * size]
 
     def all_reduce_sum(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
@@ -123,7 +125,9 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 60.0) -> DistCo
     use_cuda = torch.cuda.is_available() and (device == "auto" or str(device).startswith("cuda"))
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RlptuneError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise RlptuneError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(minutes=timeout_minutes))
@@ -161,4 +165,6 @@ def wrap_for_training(method: nn.Module, context: DistContext) -> nn.Module:
         return module
     device = next((p.device for p in method.parameters() if p.requires_grad), torch.device("cpu"))
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=False)
+    return DistributedDataParallel(
+        module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=False
+    )

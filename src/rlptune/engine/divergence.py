@@ -35,7 +35,9 @@ class DivergenceGuard:
     def check_tensors(self, params: Iterable[torch.Tensor], epoch: int, step: int, lr: float) -> None:
         """After the update: an overflowing step leaves non-finite tensors behind a finite loss."""
         if not all(bool(torch.isfinite(p).all()) for p in params):
-            self.fail(f"the trainable tensors became non-finite in the update at epoch {epoch + 1}, step {step + 1}", lr)
+            self.fail(
+                f"the trainable tensors became non-finite in the update at epoch {epoch + 1}, step {step + 1}", lr
+            )
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         """The effective prompts after epoch ``epoch`` (0-based), before anything is written."""

@@ -55,7 +55,9 @@ def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_
     }
 
 
-def evaluate_split(method, splits: DatasetSplits, split: str, cache: FeatureCache, batch_size: int = 128, num_workers: int = 0) -> dict:
+def evaluate_split(
+    method, splits: DatasetSplits, split: str, cache: FeatureCache, batch_size: int = 128, num_workers: int = 0
+) -> dict:
     """Metrics of ``method`` on one split (features from the cache when the image tower is untouched)."""
     items = splits.split(split)
     if not items:
@@ -65,12 +67,22 @@ def evaluate_split(method, splits: DatasetSplits, split: str, cache: FeatureCach
     if method.needs_image_tower:
         feats = encode_items(method.backbone, splits, items, 0, batch_size, num_workers, encoder=method.encode_images)
     else:
-        feats = cache.get_or_encode(method.backbone, splits, items, view=0, batch_size=batch_size, num_workers=num_workers,
-                                    normalize=method.normalize_features)
+        feats = cache.get_or_encode(
+            method.backbone,
+            splits,
+            items,
+            view=0,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            normalize=method.normalize_features,
+        )
     with torch.no_grad():
         method.merge()
         preds = torch.cat(
-            [method.logits(feats[i : i + 4096].to(method.backbone.device)).argmax(-1).cpu() for i in range(0, len(feats), 4096)]
+            [
+                method.logits(feats[i : i + 4096].to(method.backbone.device)).argmax(-1).cpu()
+                for i in range(0, len(feats), 4096)
+            ]
         )
     # per_class is in class order; its names beside it, so result.json and eval --json say which class is which
     return {**classification_metrics(preds, labels, len(method.classnames)), "per_class_names": list(method.classnames)}

@@ -128,4 +128,12 @@ def export_classifier(method, path: str | Path) -> tuple[Path, Path]:
     return tensor_path, json_path
 
 
-__all__ = ["CLASSIFIER_FORMAT", "CLASSIFIER_TENSOR", "check_classifier_output", "classifier", "classifier_paths", "export_classifier", "why_not_exportable"]
+__all__ = [
+    "CLASSIFIER_FORMAT",
+    "CLASSIFIER_TENSOR",
+    "check_classifier_output",
+    "classifier",
+    "classifier_paths",
+    "export_classifier",
+    "why_not_exportable",
+]

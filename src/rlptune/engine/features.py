@@ -41,8 +41,16 @@ CACHE_VERSION = 2
 class ImageItems(Dataset):
     """Items → (image tensor, label, index); view > 0 seeds the random augmentation per (view, item)."""
 
-    def __init__(self, splits: DatasetSplits, items: Sequence[Item], transform: Callable, view: int = 0, view_seed: int = 0):
-        self.splits, self.items, self.transform, self.view, self.view_seed = splits, list(items), transform, view, view_seed
+    def __init__(
+        self, splits: DatasetSplits, items: Sequence[Item], transform: Callable, view: int = 0, view_seed: int = 0
+    ):
+        self.splits, self.items, self.transform, self.view, self.view_seed = (
+            splits,
+            list(items),
+            transform,
+            view,
+            view_seed,
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,7 +119,9 @@ def transform_for_view(backbone: Backbone, view: int, augment: Augment = DEFAULT
     return train_transform(backbone, crop_scale=(float(augment[0]), 1.0), flip=bool(augment[1]))
 
 
-def transform_description(backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT, view_seed: int = 0) -> dict:
+def transform_description(
+    backbone: Backbone, view: int, augment: Augment = DEFAULT_AUGMENT, view_seed: int = 0
+) -> dict:
     """What the features of ``view`` depend on besides the weights: the transform itself (its repr lists every
     parameter: sizes, crop scale and ratio, interpolation, flip, mean/std) and the per-image seeding scheme."""
     base = {"size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std}
@@ -119,13 +129,24 @@ def transform_description(backbone: Backbone, view: int, augment: Augment = DEFA
     if view == 0:
         return {**base, "kind": "eval: resize bicubic + center crop", "transform": spec}
     kind = f"train: random resized crop ({augment[0]}, 1) bicubic" + (" + hflip" if augment[1] else "")
-    return {**base, "kind": kind, "view": view, "view_seed": view_seed, "transform": spec,
-            "seeding": "seed(view_seed*1000003 + view*100003 + index)"}
+    return {
+        **base,
+        "kind": kind,
+        "view": view,
+        "view_seed": view_seed,
+        "transform": spec,
+        "seeding": "seed(view_seed*1000003 + view*100003 + index)",
+    }
 
 
 def cache_key(
-    backbone: Backbone, splits: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = DEFAULT_AUGMENT,
-    view_seed: int = 0, normalize: bool = True,
+    backbone: Backbone,
+    splits: DatasetSplits,
+    items: Sequence[Item],
+    view: int,
+    augment: Augment = DEFAULT_AUGMENT,
+    view_seed: int = 0,
+    normalize: bool = True,
 ) -> str:
     desc = {
         "version": CACHE_VERSION,
@@ -206,7 +227,12 @@ class FeatureCache:
         if views not in VIEW_STORES:
             raise RlptuneError(f"cache.views {views!r}: expected one of {', '.join(VIEW_STORES)}")
         for name, value in (("cache.max_gb", max_gb), ("cache.memory_gb", memory_gb)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or value == float("inf"):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not value >= 0
+                or value == float("inf")
+            ):
                 raise RlptuneError(f"{name} must be a finite number of GB >= 0, got {value!r}")
         self.root = Path(root) if root else default_cache_dir()
         self.enabled = enabled
@@ -248,8 +274,17 @@ class FeatureCache:
         view_seed = view_seed if view > 0 else 0
         if not self.enabled:
             self.misses += 1
-            return encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
-                                view_seed=view_seed, normalize=normalize)
+            return encode_items(
+                backbone,
+                splits,
+                items,
+                view,
+                batch_size,
+                num_workers,
+                augment=augment,
+                view_seed=view_seed,
+                normalize=normalize,
+            )
         in_memory = view > 0 and self.views == "memory"
         if not in_memory:
             self._check_root()
@@ -260,13 +295,16 @@ class FeatureCache:
         if len(_CONTENT_MEMO) != memo_size:
             self._save_memo()
         if in_memory:
-            return self._from_memory(key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
-                                     normalize)
-        return self._from_disk(key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
-                               normalize)
+            return self._from_memory(
+                key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
+            )
+        return self._from_disk(
+            key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
+        )
 
-    def _from_disk(self, key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
-                   normalize) -> torch.Tensor:
+    def _from_disk(
+        self, key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
+    ) -> torch.Tensor:
         """The entry ``key`` read under its lock held shared, else built under it held exclusively (so processes
         that need the same features encode them once)."""
         path = self.path(key)
@@ -287,14 +325,26 @@ class FeatureCache:
                 self.hits += 1
                 return feats
             self.misses += 1
-            feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
-                                 view_seed=view_seed, normalize=normalize)
-            self._store(key, feats, self._manifest(backbone, splits, view, len(items), augment, view_seed, sources, feats))
+            feats = encode_items(
+                backbone,
+                splits,
+                items,
+                view,
+                batch_size,
+                num_workers,
+                augment=augment,
+                view_seed=view_seed,
+                normalize=normalize,
+            )
+            self._store(
+                key, feats, self._manifest(backbone, splits, view, len(items), augment, view_seed, sources, feats)
+            )
         return feats
 
     @staticmethod
-    def _manifest(backbone, splits, view: int, count: int, augment, view_seed: int, sources: str,
-                  feats: torch.Tensor) -> dict:
+    def _manifest(
+        backbone, splits, view: int, count: int, augment, view_seed: int, sources: str, feats: torch.Tensor
+    ) -> dict:
         """What an entry records beside its features: where they came from and both hashes checked on load."""
         return {
             "backbone": backbone.identity,
@@ -317,8 +367,9 @@ class FeatureCache:
         if not cachedir.store_entry(self.root, key, files, self.max_bytes):
             self.not_stored += 1
 
-    def _from_memory(self, key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed,
-                     normalize) -> torch.Tensor:
+    def _from_memory(
+        self, key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
+    ) -> torch.Tensor:
         """``cache.views = memory``: the view's features from this process's store, encoded once per view."""
         with _VIEW_MEMORY_LOCK:
             feats = _VIEW_MEMORY.get(key)
@@ -328,8 +379,17 @@ class FeatureCache:
             self.hits += 1
             return feats.clone()  # callers may not share one tensor: a run must not change another's view
         self.misses += 1
-        feats = encode_items(backbone, splits, items, view, batch_size, num_workers, augment=augment,
-                             view_seed=view_seed, normalize=normalize)
+        feats = encode_items(
+            backbone,
+            splits,
+            items,
+            view,
+            batch_size,
+            num_workers,
+            augment=augment,
+            view_seed=view_seed,
+            normalize=normalize,
+        )
         size = feats.numel() * feats.element_size()
         if size <= self.memory_bytes:
             with _VIEW_MEMORY_LOCK:
@@ -393,11 +453,15 @@ class FeatureCache:
     def _check_root(self) -> None:
         for folder in (self.root, self.root / "features", self.root / "locks"):
             if folder.exists() and not folder.is_dir():
-                raise RlptuneError(f"{folder}: feature cache folder is a file, not a folder (train.cache_dir / $RLPTUNE_CACHE)")
+                raise RlptuneError(
+                    f"{folder}: feature cache folder is a file, not a folder (train.cache_dir / $RLPTUNE_CACHE)"
+                )
         try:
             (self.root / "features").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RlptuneError(io.os_error_line(exc, self.root / "features", "create the feature cache folder")) from None
+            raise RlptuneError(
+                io.os_error_line(exc, self.root / "features", "create the feature cache folder")
+            ) from None
         try:
             (self.root / "locks").mkdir(exist_ok=True)
         except OSError:
@@ -413,8 +477,13 @@ class FeatureCache:
             return  # no memo yet, or a damaged one: files are hashed again
         if isinstance(data, dict):
             for key, value in data.items():
-                if (isinstance(value, list) and len(value) == 5 and all(isinstance(v, int) for v in value[:4])
-                        and isinstance(value[4], str) and key not in _CONTENT_MEMO):
+                if (
+                    isinstance(value, list)
+                    and len(value) == 5
+                    and all(isinstance(v, int) for v in value[:4])
+                    and isinstance(value[4], str)
+                    and key not in _CONTENT_MEMO
+                ):
                     _CONTENT_MEMO[key] = tuple(value)
 
     def _save_memo(self) -> None:

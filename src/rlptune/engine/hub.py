@@ -47,10 +47,13 @@ MODEL_CARD = "README.md"
 TRAINING_CONFIG = "training_config.yaml"
 #: The files a hub download fetches: rlptune's adapter, 0.1.0's names, CLIP-LoRA's peft export and the card.
 HUB_FILES = [ADAPTER_CONFIG, ADAPTER_MODEL, LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_MODEL, MODEL_CARD, TRAINING_CONFIG]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would let "org/name\n" through
+_REPO_ID = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
+)  # \Z: "$" would let "org/name\n" through
 
 
 # -- saving ----------------------------------------------------------------------------------------------------
+
 
 def save_pretrained(
     method,
@@ -167,8 +170,8 @@ def base_model_of(spec: str | None) -> str | None:
     """The hub repo of a backbone spec that names one (``hf:org/name``, ``hf-hub:org/name``), for the card's
     ``base_model`` field; local files and open_clip tags have none."""
     for prefix in ("hf-hub:", "hf:"):
-        if spec and spec.startswith(prefix) and _REPO_ID.match(spec[len(prefix):]):
-            return spec[len(prefix):]
+        if spec and spec.startswith(prefix) and _REPO_ID.match(spec[len(prefix) :]):
+            return spec[len(prefix) :]
     return None
 
 
@@ -248,7 +251,8 @@ def model_card(
         "```",
         "",
         f"`{TRAINING_CONFIG}` holds every setting (point `data.root` / `--data-root` at your copy of the dataset)."
-        if TRAINING_CONFIG in command else "",
+        if TRAINING_CONFIG in command
+        else "",
         "",
         "## Use",
         "",
@@ -289,6 +293,7 @@ def _metric_rows(metrics: object) -> list[tuple[str, str, str]]:
 
 # -- loading ---------------------------------------------------------------------------------------------------
 
+
 def from_pretrained(
     source: str | Path,
     backbone: Backbone | None = None,
@@ -307,7 +312,9 @@ def from_pretrained(
         return load_adapter(path, backbone=backbone, device=device)
     text = str(source)
     if not _REPO_ID.match(text):
-        raise RlptuneError(f"{text if text.isprintable() else repr(text)}: no such adapter folder, and not a hub repo id (org/name)")
+        raise RlptuneError(
+            f"{text if text.isprintable() else repr(text)}: no such adapter folder, and not a hub repo id (org/name)"
+        )
     return load_adapter(download(text, revision=revision, token=token), backbone=backbone, device=device)
 
 
@@ -343,7 +350,9 @@ def download(repo_id: str, *, revision: str | None = None, token: str | None = N
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
         raise RlptuneError(f"{repo_id}: not a local folder and not in the Hugging Face cache, and {why}") from None
     except GatedRepoError:
-        raise RlptuneError(f"{repo_id}: gated hub repo; accept its terms on the hub and log in (hf auth login)") from None
+        raise RlptuneError(
+            f"{repo_id}: gated hub repo; accept its terms on the hub and log in (hf auth login)"
+        ) from None
     except RepositoryNotFoundError:
         raise RlptuneError(f"{repo_id}: no such hub repo (or it is private: log in or pass token=)") from None
     except RevisionNotFoundError:
@@ -351,7 +360,9 @@ def download(repo_id: str, *, revision: str | None = None, token: str | None = N
     except HFValidationError as exc:
         raise RlptuneError(f"{repo_id}: not a valid hub repo id ({_first_line(exc)})") from None
     except Exception as exc:  # network and HTTP failures of every kind: one line, never a traceback
-        raise RlptuneError(f"{repo_id}: cannot download from the Hugging Face hub ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise RlptuneError(
+            f"{repo_id}: cannot download from the Hugging Face hub ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     return Path(folder)
 
 
@@ -369,6 +380,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- pushing ---------------------------------------------------------------------------------------------------
+
 
 def push_to_hub(
     source,
@@ -389,7 +401,9 @@ def push_to_hub(
     names). Only the adapter's files travel; nothing is written into ``source``.
     """
     if not _REPO_ID.match(repo_id):
-        raise RlptuneError(f"{repo_id if str(repo_id).isprintable() else repr(repo_id)}: not a hub repo id (expected org/name)")
+        raise RlptuneError(
+            f"{repo_id if str(repo_id).isprintable() else repr(repo_id)}: not a hub repo id (expected org/name)"
+        )
     _require_hub("push_to_hub")
     from huggingface_hub import HfApi
 
@@ -410,7 +424,9 @@ def push_to_hub(
                 commit_message=commit_message or f"Upload rlptune adapter ({read_adapter_config(staging)['method']})",
             )
         except Exception as exc:  # authentication, network, HTTP: one line
-            raise RlptuneError(f"{repo_id}: cannot push to the Hugging Face hub ({type(exc).__name__}: {_first_line(exc)})") from None
+            raise RlptuneError(
+                f"{repo_id}: cannot push to the Hugging Face hub ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
     return str(getattr(info, "commit_url", None) or info)
 
 

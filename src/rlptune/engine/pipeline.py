@@ -78,7 +78,9 @@ def training_subset(config) -> str:
     return registry.get_protocol(config.data.protocol).training_subset(config)
 
 
-def load_data(config, name: str | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None) -> DatasetSplits:
+def load_data(
+    config, name: str | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None
+) -> DatasetSplits:
     """Dataset ``name`` (default ``data.dataset``) from ``data.root`` with the split seed and the image policy applied."""
     d = config.data
     name = name or d.dataset
@@ -90,7 +92,10 @@ def load_data(config, name: str | None = None, skipped: str | Path | None = None
 
 
 def prepare_data(
-    config, few_shot_cache: str | Path | None = None, skipped: str | Path | None = None, skipped_shown: str | Path | None = None
+    config,
+    few_shot_cache: str | Path | None = None,
+    skipped: str | Path | None = None,
+    skipped_shown: str | Path | None = None,
 ) -> PreparedData:
     """Load the configured dataset, draw the few-shot training set (Dassl's algorithm) and pick the training classes."""
     splits = load_data(config, skipped=skipped, skipped_shown=skipped_shown)
@@ -101,7 +106,9 @@ def prepare_data(
     return PreparedData(drawn=splits, train=train)
 
 
-def _skip_unreadable(splits: DatasetSplits, report: str | Path | None, report_shown: str | Path | None) -> DatasetSplits:
+def _skip_unreadable(
+    splits: DatasetSplits, report: str | Path | None, report_shown: str | Path | None
+) -> DatasetSplits:
     """The ``skip`` image policy: drop unreadable images, report each one, refuse a class left without any."""
     before = {it.label for it in splits.train}
     splits, dropped = check_images(splits, policy="skip")
@@ -146,15 +153,18 @@ class RunEvaluation:
     """What a protocol may measure of a trained run (:class:`rlptune.protocols.Evaluation`): the training classes'
     test split, the new classes', other datasets'."""
 
-    def __init__(self, method: Method, config, data: PreparedData, cache: FeatureCache, targets: Sequence[str] = ()) -> None:
+    def __init__(
+        self, method: Method, config, data: PreparedData, cache: FeatureCache, targets: Sequence[str] = ()
+    ) -> None:
         self.method, self.config, self.data, self.cache = method, config, data, cache
         self.targets = list(targets)
         self.transfers_to_new_classes = bool(method.transfers_to_new_classes)
         self.has_test_split = bool(data.train.test)
 
     def test(self) -> dict[str, Any]:
-        return evaluate_split(self.method, self.data.train, "test", self.cache, self.config.eval.batch_size,
-                              self.config.train.num_workers)
+        return evaluate_split(
+            self.method, self.data.train, "test", self.cache, self.config.eval.batch_size, self.config.train.num_workers
+        )
 
     def new_classes(self) -> dict[str, Any]:
         return evaluate_new_classes(self.method, self.config, self.data, self.cache)
@@ -165,8 +175,9 @@ class RunEvaluation:
         for name in names:
             target = load_data(self.config, name)
             self.method.set_classnames(target.classnames)
-            results[name] = evaluate_split(self.method, target, "test", self.cache, self.config.eval.batch_size,
-                                           self.config.train.num_workers)
+            results[name] = evaluate_split(
+                self.method, target, "test", self.cache, self.config.eval.batch_size, self.config.train.num_workers
+            )
         self.method.set_classnames(self.data.train.classnames)
         return results
 
@@ -194,8 +205,10 @@ def zero_shot_fields(
     (an interval wider than 10 points; ending below zero-shot on validation). The method's numbers are untouched:
     zero-shot is a separate classifier on the same frozen features."""
     batch, workers = config.eval.batch_size, config.train.num_workers
-    zero = {name: zero_shot_baseline(method, data.new if name == "new" else data.train, "test", cache, batch, workers)
-            for name in metrics}
+    zero = {
+        name: zero_shot_baseline(method, data.new if name == "new" else data.train, "test", cache, batch, workers)
+        for name in metrics
+    }
     fields: dict[str, Any] = {"zero_shot": zero}
     ended, against = final_validation(state), None
     if ended is not None and data.train.val:
@@ -234,8 +247,9 @@ def run(
     settle_run_precision(config, backbone)  # config.yaml and the settings hash record the resolved precision
     if ddp.enabled:
         return _run_in(config, output_dir, output_dir, ddp, backbone, resume, progress, log, targets, extra)
-    with RunDirectory(output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite,
-                      inputs=inputs) as run_dir:
+    with RunDirectory(
+        output_dir, settings_hash(config.to_dict()), resume=resume, overwrite=overwrite, inputs=inputs
+    ) as run_dir:
         resumed = run_dir.resumed_from is not None
         result = _run_in(config, run_dir.staging, output_dir, ddp, backbone, resumed, progress, log, targets, extra)
         run_dir.commit()
@@ -257,7 +271,9 @@ def run_inputs(config) -> list[tuple[str, str | None]]:
     return found
 
 
-def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, progress, log, targets, extra) -> dict[str, Any]:
+def _run_in(
+    config, output_dir: Path, final_dir: Path, ddp, backbone, resume, progress, log, targets, extra
+) -> dict[str, Any]:
     """The run itself, writing into ``output_dir`` (a staging folder that becomes ``final_dir``, or under torchrun the
     shared folder itself)."""
     data, cache, backbone = _open_run(config, output_dir, final_dir, ddp, backbone, resume)
@@ -265,7 +281,13 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
     if config.auto.enabled:  # --auto: the best of a grid of candidates on validation (rlptune.engine.auto)
         method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log)
         metrics, fields = evaluate_run(method, config, data, cache, targets)
-        fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields, **(extra or {}), "auto": record}
+        fields = {
+            "dataset": data.train.name,
+            "protocol": config.data.protocol,
+            **fields,
+            **(extra or {}),
+            "auto": record,
+        }
         return finish_run(output_dir, method, chosen, state, metrics, fields)
     method = build_method(config, backbone, data.train.classnames, data.train.template)
     state = _fit(config, method, data, cache, output_dir, ddp, resume, progress, log)
@@ -273,8 +295,13 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         ddp.barrier()
         return json.loads((output_dir / RESULT).read_text(encoding="utf-8"))
     metrics, fields = evaluate_run(method, config, data, cache, targets)
-    fields = {"dataset": data.train.name, "protocol": config.data.protocol, **fields,
-              **zero_shot_fields(method, config, data, cache, metrics, state), **(extra or {})}
+    fields = {
+        "dataset": data.train.name,
+        "protocol": config.data.protocol,
+        **fields,
+        **zero_shot_fields(method, config, data, cache, metrics, state),
+        **(extra or {}),
+    }
     if ddp.enabled:
         fields["world_size"] = ddp.world_size
     try:
@@ -283,7 +310,9 @@ def _run_in(config, output_dir: Path, final_dir: Path, ddp, backbone, resume, pr
         ddp.barrier()
 
 
-def _open_run(config, output_dir: Path, final_dir: Path, ddp, backbone, resume) -> tuple[PreparedData, FeatureCache, Backbone]:
+def _open_run(
+    config, output_dir: Path, final_dir: Path, ddp, backbone, resume
+) -> tuple[PreparedData, FeatureCache, Backbone]:
     """The run's data, feature cache and backbone, and its folder started: the data first, so a wrong path or a bad
     split file fails in a second, not after loading weights; a resumed run's data checked against its record."""
     with ddp.main_first():  # rank 0 draws (and writes) the few-shot split first; the others read it
@@ -296,20 +325,32 @@ def _open_run(config, output_dir: Path, final_dir: Path, ddp, backbone, resume) 
     if ddp.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         # result.json means "complete": a run started (or resumed) in this folder is not complete until it ends
-        start_run_files(output_dir, config.to_dict(), run_info(backbone, data.train.name, data.train.classnames, ddp.world_size))
+        start_run_files(
+            output_dir, config.to_dict(), run_info(backbone, data.train.name, data.train.classnames, ddp.world_size)
+        )
         write_data_record(output_dir, images)
     return data, cache, backbone
 
 
-def _fit(config, method: Method, data: PreparedData, cache: FeatureCache, output_dir: Path, ddp, resume, progress,
-         log) -> TrainState:
+def _fit(
+    config, method: Method, data: PreparedData, cache: FeatureCache, output_dir: Path, ddp, resume, progress, log
+) -> TrainState:
     """Train ``method`` with the run's loggers (rank 0 only; closed whatever happens) and monitors."""
     loggers = [make_loggers(config.train.loggers, output_dir)] if config.train.loggers and ddp.is_main else []
     monitors = {}
     if config.train.track_new and method.transfers_to_new_classes:
         monitors["new_acc"] = lambda: float(evaluate_new_classes(method, config, data, cache)["top1"])
-    trainer = Trainer(config, method, data.train, output_dir, cache=cache, log=log, progress=progress, loggers=loggers,
-                      monitors=monitors)
+    trainer = Trainer(
+        config,
+        method,
+        data.train,
+        output_dir,
+        cache=cache,
+        log=log,
+        progress=progress,
+        loggers=loggers,
+        monitors=monitors,
+    )
     try:
         return trainer.fit(resume=resume)
     finally:
@@ -317,7 +358,9 @@ def _fit(config, method: Method, data: PreparedData, cache: FeatureCache, output
             logger.close()
 
 
-def evaluate(method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128) -> dict:
+def evaluate(
+    method: Method, splits: DatasetSplits, split: str = "test", cache: FeatureCache | None = None, batch_size: int = 128
+) -> dict:
     """Metrics of a (trained or zero-shot) method on a split; the method is pointed at the split's classes."""
     if list(method.classnames) != list(splits.classnames):
         method.set_classnames(splits.classnames)

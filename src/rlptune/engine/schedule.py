@@ -90,8 +90,14 @@ def plan_batches(settings, count: int, ddp: DistContext) -> Batching:
         drop_last = True
     stop = (count // batch) * batch if drop_last else count
     steps_per_epoch = max(1, -(-stop // batch))
-    return Batching(count, batch, stop, steps_per_epoch, total_epochs(settings, steps_per_epoch),
-                    total_steps(settings, steps_per_epoch))
+    return Batching(
+        count,
+        batch,
+        stop,
+        steps_per_epoch,
+        total_epochs(settings, steps_per_epoch),
+        total_steps(settings, steps_per_epoch),
+    )
 
 
 __all__ = [

@@ -35,9 +35,20 @@ class EpochSums:
 class StepLoop:
     """Runs the optimiser steps of one epoch at a time; everything it needs is fixed for the run."""
 
-    def __init__(self, method, step_module, optimizer, params: list, labels: torch.Tensor, batching: Batching,
-                 settings, backbone, ddp: DistContext, guard: DivergenceGuard,
-                 scaler: torch.amp.GradScaler | None) -> None:
+    def __init__(
+        self,
+        method,
+        step_module,
+        optimizer,
+        params: list,
+        labels: torch.Tensor,
+        batching: Batching,
+        settings,
+        backbone,
+        ddp: DistContext,
+        guard: DivergenceGuard,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
         self.method, self.step_module, self.optimizer, self.params = method, step_module, optimizer, params
         self.labels, self.batching, self.settings, self.backbone = labels, batching, settings, backbone
         self.ddp, self.guard, self.scaler = ddp, guard, scaler

@@ -104,14 +104,25 @@ class Trainer:
         view = (epoch % settings.aug_views) + 1 if settings.aug_views > 0 else epoch + 1
         with self.dist.main_first():  # rank 0 builds the cache, the other ranks then read it
             return self.cache.get_or_encode(
-                self.backbone, self.splits, self.splits.train, view=view, num_workers=settings.num_workers,
-                augment=self.augment(), view_seed=settings.seed,
+                self.backbone,
+                self.splits,
+                self.splits.train,
+                view=view,
+                num_workers=settings.num_workers,
+                augment=self.augment(),
+                view_seed=settings.seed,
             )
 
     def centre_features(self, items) -> torch.Tensor:
         with self.dist.main_first():
-            return self.cache.get_or_encode(self.backbone, self.splits, items, view=0, num_workers=self.config.train.num_workers,
-                                            normalize=self.method.normalize_features)
+            return self.cache.get_or_encode(
+                self.backbone,
+                self.splits,
+                items,
+                view=0,
+                num_workers=self.config.train.num_workers,
+                normalize=self.method.normalize_features,
+            )
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainState:
@@ -145,12 +156,24 @@ class Trainer:
         method.eval()
         return state
 
-    def _step_loop(self, optimizer, params: list, labels: torch.Tensor, batching: Batching,
-                   guard: DivergenceGuard) -> StepLoop:
+    def _step_loop(
+        self, optimizer, params: list, labels: torch.Tensor, batching: Batching, guard: DivergenceGuard
+    ) -> StepLoop:
         """The epoch's optimisation steps over the method as this process trains it (wrapped for DDP when on)."""
         method = self.method
-        return StepLoop(method, wrap_for_training(method, self.dist), optimizer, params, labels, batching,
-                        self.config.train, self.backbone, self.dist, guard, self._grad_scaler())
+        return StepLoop(
+            method,
+            wrap_for_training(method, self.dist),
+            optimizer,
+            params,
+            labels,
+            batching,
+            self.config.train,
+            self.backbone,
+            self.dist,
+            guard,
+            self._grad_scaler(),
+        )
 
     def _run_epochs(self, loop: StepLoop, callbacks: list, epochs: range, image_loader: ImageItems | None) -> None:
         """Each epoch's steps, then every end-of-epoch unit in order; after the last, the units' ends in reverse."""
@@ -185,19 +208,30 @@ class Trainer:
         self.scaler = scaler
         return scaler
 
-    def _callbacks(self, batching: Batching, start: int, val, state: TrainState, guard: DivergenceGuard,
-                   optimizer) -> list[EpochCallback]:
+    def _callbacks(
+        self, batching: Batching, start: int, val, state: TrainState, guard: DivergenceGuard, optimizer
+    ) -> list[EpochCallback]:
         """The end-of-epoch units in their order (see :mod:`rlptune.engine.callbacks`); rank 0 is the one writer."""
         settings = self.config.train
         callbacks: list[EpochCallback] = [
-            Validation(self.method, self.backbone, settings, batching.epochs_total, val, state, self.monitors, self.log),
+            Validation(
+                self.method, self.backbone, settings, batching.epochs_total, val, state, self.monitors, self.log
+            ),
             guard,
             History(state),
         ]
         if self.dist.is_main:
             callbacks.append(MetricsLog(self.method, self.metrics_path, self.loggers, settings.log_diagnostics))
-            callbacks.append(Checkpointing(self.checkpoint_path, self.method, optimizer, self.config,
-                                           settings.checkpoint_every, batching.epochs_total))
+            callbacks.append(
+                Checkpointing(
+                    self.checkpoint_path,
+                    self.method,
+                    optimizer,
+                    self.config,
+                    settings.checkpoint_every,
+                    batching.epochs_total,
+                )
+            )
             if self.progress:
                 callbacks.append(ProgressBar(batching.epochs_total, start))
         return callbacks

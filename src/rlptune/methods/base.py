@@ -95,17 +95,24 @@ def register_method(name: str, options: type | None = None) -> Callable[[type["M
 
 
 def _with_parent_options(options: type, cls: type) -> type:
-    parent = next((b.options_class for b in cls.__mro__[1:] if _registered(b)), NoOptions)  # the nearest registered parent
+    parent = next(
+        (b.options_class for b in cls.__mro__[1:] if _registered(b)), NoOptions
+    )  # the nearest registered parent
     if parent is NoOptions or issubclass(options, parent):
         return options
-    merged = type(options.__name__, (options, parent), {"__module__": options.__module__, "__doc__": options.__doc__,
-                                                        "__qualname__": options.__qualname__})
+    merged = type(
+        options.__name__,
+        (options, parent),
+        {"__module__": options.__module__, "__doc__": options.__doc__, "__qualname__": options.__qualname__},
+    )
     return dataclass(merged)
 
 
 def _registered(klass: type) -> bool:
     name = vars(klass).get("registered_name")
-    return isinstance(name, str) and name in registry.method_names() and registry.method_entry(name).method_class is klass
+    return (
+        isinstance(name, str) and name in registry.method_names() and registry.method_entry(name).method_class is klass
+    )
 
 
 def get_method_class(name: str) -> type["Method"]:
@@ -116,7 +123,9 @@ def list_methods() -> list[str]:
     return registry.method_names()
 
 
-def build_method(config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None) -> "Method":
+def build_method(
+    config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None
+) -> "Method":
     cls = get_method_class(config.method.name)
     return cls(config, backbone, list(classnames), dataset_template=dataset_template)
 
@@ -226,7 +235,9 @@ class Method(nn.Module):
         return eval_transform(self.backbone)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, top_k: int = 5, batch_size: int = 64, merge: bool = True) -> list[dict[str, Any]]:
+    def predict(
+        self, images: torch.Tensor, top_k: int = 5, batch_size: int = 64, merge: bool = True
+    ) -> list[dict[str, Any]]:
         """Top-k labels and probabilities (softmax over the classes) of a batch of preprocessed images, (B, 3, H, W)
         or one (3, H, W) image (see :attr:`preprocess`); one row ``{labels, probs}`` per image.
 
@@ -238,8 +249,10 @@ class Method(nn.Module):
                 f"{type(images).__name__}; for paths, folders or PIL images use rlptune.predict(method, images)"
             )
         if images.dim() not in (3, 4):
-            raise RlptuneError(f"{type(self).__name__}.predict: expected images (B, 3, H, W) or (3, H, W), got shape "
-                               f"{tuple(images.shape)}")
+            raise RlptuneError(
+                f"{type(self).__name__}.predict: expected images (B, 3, H, W) or (3, H, W), got shape "
+                f"{tuple(images.shape)}"
+            )
         batch = images if images.dim() == 4 else images.unsqueeze(0)
         if merge:
             self.eval()

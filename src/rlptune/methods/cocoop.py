@@ -37,12 +37,21 @@ from .shared import formula, prompt_kind_sizes, prompt_term, prompt_token_size
 
 @dataclass
 class CoCoOpOptions:
-    hidden_ratio: int = option(16, "meta-net bottleneck: hidden width h = max(1, embed_dim // hidden_ratio) (CoCoOp: 16)",
-                               low=1, high=MAX_TOKENS)
-    images_per_call: int = option(0, "training: images whose B·C class prompts share one text-tower call (0 = the whole batch)",
-                                   low=0, high=MAX_BATCH)
-    inference_images_per_call: int = option(32, "inference: images per text-tower call (bounds memory on large test sets)",
-                                             low=1, high=MAX_BATCH)
+    hidden_ratio: int = option(
+        16,
+        "meta-net bottleneck: hidden width h = max(1, embed_dim // hidden_ratio) (CoCoOp: 16)",
+        low=1,
+        high=MAX_TOKENS,
+    )
+    images_per_call: int = option(
+        0,
+        "training: images whose B·C class prompts share one text-tower call (0 = the whole batch)",
+        low=0,
+        high=MAX_BATCH,
+    )
+    inference_images_per_call: int = option(
+        32, "inference: images per text-tower call (bounds memory on large test sets)", low=1, high=MAX_BATCH
+    )
     class_token_position: str = class_token_position_option()
     text_chunk: int = text_chunk_option()
 
@@ -67,7 +76,11 @@ class CoCoOp(Method):
         self.hidden = max(1, embed // self.options.hidden_ratio)
         self.meta_net = nn.Sequential(
             OrderedDict(
-                [("linear1", nn.Linear(embed, self.hidden)), ("relu", nn.ReLU(inplace=True)), ("linear2", nn.Linear(self.hidden, width))]
+                [
+                    ("linear1", nn.Linear(embed, self.hidden)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("linear2", nn.Linear(self.hidden, width)),
+                ]
             )
         ).to(backbone.device)
         self.text = self._make_text(classnames)
@@ -77,7 +90,12 @@ class CoCoOp(Method):
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, context_text=self.config.prompt.ctx_init
+            self.backbone,
+            classnames,
+            self.n_ctx,
+            o.class_token_position,
+            o.text_chunk,
+            context_text=self.config.prompt.ctx_init,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -88,7 +106,11 @@ class CoCoOp(Method):
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
         """The context's n_ctx (without an init text) and the prompt kind's own sizes; the meta-net's width is bounded by the backbone's."""
         settings = config.prompt
-        sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        sizes = (
+            []
+            if settings.ctx_init
+            else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        )
         return sizes + prompt_kind_sizes(settings, ["prompt"])
 
     # -- text features ------------------------------------------------------------------------------------------

@@ -15,7 +15,11 @@ import torch.nn.functional as F
 
 from ..errors import RlptuneError
 from ..options import (
-    checkpoint_text_option, class_specific_option, class_token_position_option, parse_options, shared_prefix_option,
+    checkpoint_text_option,
+    class_specific_option,
+    class_token_position_option,
+    parse_options,
+    shared_prefix_option,
     text_chunk_option,
 )
 from ..prompts import build_prompt
@@ -63,8 +67,14 @@ class CoOp(Method):
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, o.checkpoint_text,
-            shared_prefix=o.shared_prefix, context_text=self.config.prompt.ctx_init,
+            self.backbone,
+            classnames,
+            self.n_ctx,
+            o.class_token_position,
+            o.text_chunk,
+            o.checkpoint_text,
+            shared_prefix=o.shared_prefix,
+            context_text=self.config.prompt.ctx_init,
         ).to(self.backbone.device)
 
     @classmethod
@@ -72,15 +82,23 @@ class CoOp(Method):
         """n_ctx (without an init text: with one, its token count bounds n), the prompt kind's own sizes, and with a class-specific
         context one prompt per class."""
         settings = config.prompt
-        sizes = [] if settings.ctx_init else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        sizes = (
+            []
+            if settings.ctx_init
+            else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
+        )
         sizes += prompt_kind_sizes(settings, ["prompt"])
         if parse_options(cls.options_class, config.method.options, cls.registered_name).class_specific:
-            sizes += prompt_copies_size(settings, "prompt", "the number of classnames (class-specific context)", len(classnames))
+            sizes += prompt_copies_size(
+                settings, "prompt", "the number of classnames (class-specific context)", len(classnames)
+            )
         return sizes
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         if self.options.class_specific and len(classnames) != self.prompt.shape[0]:
-            raise RlptuneError("a class-specific context (method.options.class_specific) cannot be applied to other classes")
+            raise RlptuneError(
+                "a class-specific context (method.options.class_specific) cannot be applied to other classes"
+            )
         super().set_classnames(classnames)
         self.text = self._make_text(classnames)
 

@@ -43,22 +43,37 @@ from ..errors import RlptuneError
 from ..prompts import build_prompt
 from ..text import PromptedClassText, context_from_init
 from ..options import (
-    checkpoint_text_option, class_token_position_option, parse_options, shared_prefix_option, text_chunk_option,
+    checkpoint_text_option,
+    class_token_position_option,
+    parse_options,
+    shared_prefix_option,
+    text_chunk_option,
 )
 from .base import DeclaredSize, Method, register_method
 from .options import MAX_LAYERS, MAX_TOKENS, option
-from .shared import formula, handcrafted_features, handcrafted_template, prompt_kind_sizes, prompt_term, prompt_token_size
+from .shared import (
+    formula,
+    handcrafted_features,
+    handcrafted_template,
+    prompt_kind_sizes,
+    prompt_term,
+    prompt_token_size,
+)
 
 
 @dataclass
 class DeepPromptOptions:
-    text_depth: int = option(9, "J_t: text layers with prompts (1 = CoOp's context only; 0 = no text prompts)",
-                             low=0, high=MAX_LAYERS)
+    text_depth: int = option(
+        9, "J_t: text layers with prompts (1 = CoOp's context only; 0 = no text prompts)", low=0, high=MAX_LAYERS
+    )
     vision_depth: int = option(9, "J_v: image layers with prompts (VPT-deep; 0 = none)", low=0, high=MAX_LAYERS)
     vision_ctx: int = option(2, "n_v: prompt tokens in the image tower", low=0, high=MAX_TOKENS)
-    deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts",
-                                  low=0)
-    template: Optional[str] = option(None, "hand-crafted template when there are no text prompts; unset = dataset's, else 'a photo of a {}.'")
+    deep_init_std: float = option(
+        0.02, "std of the N(0, std²) init of the text prompts of layers >= 1 and of all vision prompts", low=0
+    )
+    template: Optional[str] = option(
+        None, "hand-crafted template when there are no text prompts; unset = dataset's, else 'a photo of a {}.'"
+    )
     class_token_position: str = class_token_position_option()
     text_chunk: int = text_chunk_option()
     checkpoint_text: bool = checkpoint_text_option()
@@ -82,14 +97,22 @@ class DeepTextOptions(DeepPromptOptions):
 
 @dataclass
 class DeepVisionOptions(DeepPromptOptions):
-    text_depth: int = option(0, "J_t: text layers with prompts (0 for deep_vision: the hand-crafted prompt classifies)",
-                             low=0, high=MAX_LAYERS)
+    text_depth: int = option(
+        0,
+        "J_t: text layers with prompts (0 for deep_vision: the hand-crafted prompt classifies)",
+        low=0,
+        high=MAX_LAYERS,
+    )
 
 
 @dataclass
 class MapleOptions:
-    depth: int = option(9, "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)",
-                        low=1, high=MAX_LAYERS)
+    depth: int = option(
+        9,
+        "J: layers of both towers with prompts; the vision prompt of layer i = F_i(text prompt of layer i)",
+        low=1,
+        high=MAX_LAYERS,
+    )
     deep_init_std: float = option(0.02, "std of the N(0, std²) init of the text prompts of layers >= 1", low=0)
     class_token_position: str = class_token_position_option()
     text_chunk: int = text_chunk_option()
@@ -103,7 +126,9 @@ class MapleOptions:
             raise RlptuneError("method.options.deep_init_std must be >= 0")
 
 
-def text_context_init(settings, backbone, n_ctx: int, field: str = "prompt.n_ctx") -> tuple[torch.Tensor, bool, str | None]:
+def text_context_init(
+    settings, backbone, n_ctx: int, field: str = "prompt.n_ctx"
+) -> tuple[torch.Tensor, bool, str | None]:
     """The learned layer-0 text context (n, d), whether it comes from words, and the context text whose tokens after
     the first n stay fixed words (``prompt.ctx_init``; None for a random N(0, init_std²) context)."""
     if settings.ctx_init:
@@ -173,7 +198,9 @@ class DeepPrompts(Method):
         first_map: nn.Linear | None = None
         if self.text_depth > 0:
             if self.text_depth > 1 and opts.class_token_position != "end":
-                raise RlptuneError(f"{self.registered_name}: deep text prompts need method.options.class_token_position=end")
+                raise RlptuneError(
+                    f"{self.registered_name}: deep text prompts need method.options.class_token_position=end"
+                )
             init, from_text, self.context_text = text_context_init(
                 config.prompt, backbone, self.text_context_size(), self.text_context_field
             )
@@ -187,7 +214,9 @@ class DeepPrompts(Method):
             self.text = self._make_text(classnames)
         else:
             self.template = handcrafted_template(dataset_template, opts.template)
-            self.register_buffer("fixed_text", handcrafted_features(backbone, classnames, self.template), persistent=False)
+            self.register_buffer(
+                "fixed_text", handcrafted_features(backbone, classnames, self.template), persistent=False
+            )
 
         self.needs_image_tower = self.vision_depth > 0
         if vision is not None:
@@ -223,7 +252,9 @@ class DeepPrompts(Method):
         vision = ["vision_prompt"] if vision_depth > 0 else []
         sizes: list[DeclaredSize] = []
         if text and not settings.ctx_init:
-            sizes += prompt_token_size(settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts))
+            sizes += prompt_token_size(
+                settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts)
+            )
         if vision:
             sizes += prompt_token_size(settings, vision, "settings.method.options.vision_ctx", opts.vision_ctx)
         return sizes + prompt_kind_sizes(settings, text + vision)
@@ -231,8 +262,14 @@ class DeepPrompts(Method):
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
         o = self.options
         return PromptedClassText(
-            self.backbone, classnames, self.n_ctx, o.class_token_position, o.text_chunk, o.checkpoint_text,
-            shared_prefix=o.shared_prefix, context_text=self.context_text,
+            self.backbone,
+            classnames,
+            self.n_ctx,
+            o.class_token_position,
+            o.text_chunk,
+            o.checkpoint_text,
+            shared_prefix=o.shared_prefix,
+            context_text=self.context_text,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -342,7 +379,9 @@ class DeepPrompts(Method):
             if self.coupled:
                 terms.append(("J·(d·w + w)", self.vision_depth * (d * w + w)))
             else:
-                terms.append(prompt_term(self.vision_prompt, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v"))
+                terms.append(
+                    prompt_term(self.vision_prompt, self.vision_depth, n_sym="n_v", d_sym="w", copies_sym="J_v")
+                )
                 symbols["n_v"] = self.n_vision
         if self.coupled:
             symbols["J"] = self.text_depth

@@ -30,11 +30,14 @@ from .shared import handcrafted_features, handcrafted_template
 
 @dataclass
 class KgCoOpOptions(CoOpOptions):
-    lambda_kg: float = option(8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)",
-                              low=0)
+    lambda_kg: float = option(
+        8.0, "weight λ of the knowledge-guidance term λ·(1 − cos(learned, hand-crafted)) (paper: 8)", low=0
+    )
     template: Optional[str] = option(
-        None, "hand-crafted template ({} = class name); unset = KgCoOp's own for a CoOp dataset, else the dataset's, "
-        "else 'a photo of a {}.'")
+        None,
+        "hand-crafted template ({} = class name); unset = KgCoOp's own for a CoOp dataset, else the dataset's, "
+        "else 'a photo of a {}.'",
+    )
 
     def validate(self) -> None:
         if self.lambda_kg < 0:
@@ -51,7 +54,9 @@ def kgcoop_template(dataset: str | None, dataset_template: str | None) -> str | 
 class KgCoOp(CoOp):
     def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
         super().__init__(config, backbone, classnames, dataset_template)
-        self.template = handcrafted_template(kgcoop_template(config.data.dataset, dataset_template), self.options.template)
+        self.template = handcrafted_template(
+            kgcoop_template(config.data.dataset, dataset_template), self.options.template
+        )
         self.register_buffer("handcrafted", handcrafted_features(backbone, classnames, self.template), persistent=False)
         self.to(backbone.device)  # the prompt too (a random-init context is created on the CPU)
 
@@ -72,7 +77,11 @@ class KgCoOp(CoOp):
         if self.options.lambda_kg == 0:
             return StepOutput(ce, logits, {"loss_ce": float(ce.detach())})
         guidance = self.guidance(text)
-        return StepOutput(ce + self.options.lambda_kg * guidance, logits, {"loss_ce": float(ce.detach()), "guidance": float(guidance.detach())})
+        return StepOutput(
+            ce + self.options.lambda_kg * guidance,
+            logits,
+            {"loss_ce": float(ce.detach()), "guidance": float(guidance.detach())},
+        )
 
     def describe(self) -> dict:
         return {**super().describe(), "template": self.template, "lambda_kg": self.options.lambda_kg}

@@ -52,16 +52,23 @@ SOLVERS = ("auto", "sklearn", "torch")
 @dataclass
 class LinearProbeOptions:
     c: float = option(0.0, "fixed inverse L2 strength C (> 0 skips the search); sklearn's LogisticRegression C", low=0)
-    search_steps: int = option(8, "bisection steps in log10 C after the grid (CoOp lpclip: 8)", low=0,
-                               high=64)  # 64 halvings reach float64's resolution of log10 C
+    search_steps: int = option(
+        8, "bisection steps in log10 C after the grid (CoOp lpclip: 8)", low=0, high=64
+    )  # 64 halvings reach float64's resolution of log10 C
     default_c: float = option(1.0, "C used when there is no validation split and c is unset (sklearn's default)")
     max_iter: int = option(1000, "L-BFGS iterations per fit (CoOp lpclip: 1000)", low=1, high=MAX_ITERATIONS)
-    solver: str = option("auto", "auto = scikit-learn when installed, else torch | sklearn | torch (the same objective)")
-    template: str = option("", "template of the zero-shot initialisation; empty = the dataset's, else 'a photo of a {}.'")
+    solver: str = option(
+        "auto", "auto = scikit-learn when installed, else torch | sklearn | torch (the same objective)"
+    )
+    template: str = option(
+        "", "template of the zero-shot initialisation; empty = the dataset's, else 'a photo of a {}.'"
+    )
 
     def validate(self) -> None:
         if self.c < 0 or self.default_c <= 0:
-            raise RlptuneError(f"method.options.c must be >= 0 and default_c > 0, got c={self.c}, default_c={self.default_c}")
+            raise RlptuneError(
+                f"method.options.c must be >= 0 and default_c > 0, got c={self.c}, default_c={self.default_c}"
+            )
         if self.search_steps < 0 or self.max_iter < 1:
             raise RlptuneError("method.options.search_steps must be >= 0 and max_iter >= 1")
         if self.solver not in SOLVERS:
@@ -81,12 +88,16 @@ def resolve_solver(solver: str) -> str:
     if solver == "auto":
         return "sklearn" if sklearn_available() else "torch"
     if solver == "sklearn" and not sklearn_available():
-        raise RlptuneError("method.options.solver=sklearn: scikit-learn is not installed (pip install 'rlptune[probe]'), "
-                           "or use solver=torch")
+        raise RlptuneError(
+            "method.options.solver=sklearn: scikit-learn is not installed (pip install 'rlptune[probe]'), "
+            "or use solver=torch"
+        )
     return solver
 
 
-def _as_head(coef: torch.Tensor, intercept: torch.Tensor, present: Sequence[int], classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_head(
+    coef: torch.Tensor, intercept: torch.Tensor, present: Sequence[int], classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A (classes, e) weight and (classes,) bias from a fitted model over the labels ``present``.
 
     Two labels give one weight vector w (sklearn's binary model, P(second) = σ(x·w + b)): the head is rows (0, w)
@@ -102,13 +113,17 @@ def _as_head(coef: torch.Tensor, intercept: torch.Tensor, present: Sequence[int]
     return weight, bias
 
 
-def fit_sklearn(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_sklearn(
+    x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's ``LogisticRegression(solver='lbfgs', penalty='l2', C=c, max_iter=max_iter)`` as a head."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # lpclip runs the same capped fits (large C, separable data)
+        warnings.simplefilter(
+            "ignore", ConvergenceWarning
+        )  # lpclip runs the same capped fits (large C, separable data)
         # lpclip passes penalty="l2": the default in every scikit-learn version (the argument is deprecated in 1.8)
         model = LogisticRegression(solver="lbfgs", C=c, max_iter=max_iter)
         model.fit(x.double().numpy(), y.long().numpy())
@@ -117,7 +132,9 @@ def fit_sklearn(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_it
     return _as_head(coef, intercept, [int(k) for k in model.classes_], classes)
 
 
-def fit_torch(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_torch(
+    x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same objective, C·Σ CE + ½‖W‖² (divided by C·N for conditioning), by L-BFGS in float64 from zero."""
     x, y = x.double(), y.long()
     present = sorted(set(y.tolist()))
@@ -127,8 +144,13 @@ def fit_torch(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter
     weight = torch.zeros(rows, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(rows, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10, tolerance_change=1e-14,
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
     )
     l2 = 1.0 / (c * len(y))
 
@@ -177,7 +199,7 @@ def search_c(val_accuracy: Callable[[float], float], steps: int = 8) -> tuple[fl
             chosen, log_left = right, middle
         else:  # a tie keeps the left end (the smaller C)
             chosen, log_right = left, middle
-        left, right = 10.0 ** log_left, 10.0 ** log_right
+        left, right = 10.0**log_left, 10.0**log_right
     return chosen, trials
 
 
@@ -204,7 +226,9 @@ class LinearProbe(Method):
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         if list(classnames) != list(self.classnames):
-            raise RlptuneError("linear_probe: a linear probe scores only the classes it was fitted on; refit it for other classes")
+            raise RlptuneError(
+                "linear_probe: a linear probe scores only the classes it was fitted on; refit it for other classes"
+            )
         super().set_classnames(classnames)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,19 @@ CLIP_LORA_TEMPLATE = "a photo of a {}."
 @dataclass
 class ClipLoraOptions:
     r: int = option(2, "LoRA rank of each adapted projection (CLIP-LoRA: 2)", low=1, high=MAX_TOKENS)
-    alpha: float = option(1.0, "LoRA alpha (CLIP-LoRA: 1); the update is scaled by alpha/sqrt(r) with rslora, else alpha/r")
-    rslora: bool = option(True, "scale by alpha/sqrt(r) as the official CLIP-LoRA code (peft use_rslora); false = alpha/r")
+    alpha: float = option(
+        1.0, "LoRA alpha (CLIP-LoRA: 1); the update is scaled by alpha/sqrt(r) with rslora, else alpha/r"
+    )
+    rslora: bool = option(
+        True, "scale by alpha/sqrt(r) as the official CLIP-LoRA code (peft use_rslora); false = alpha/r"
+    )
     dropout: float = option(0.25, "dropout on the adapter input during training (CLIP-LoRA: 0.25)")
     targets: list = option(["q", "k", "v"], "projections to adapt in every attention block: any of q, k, v, o")
     towers: str = option("both", "towers to adapt: both | text | vision")
-    template: str = option(CLIP_LORA_TEMPLATE, "class prompt template ({} = class name; CLIP-LoRA uses 'a photo of a {}.' for every dataset); empty = the dataset's")
+    template: str = option(
+        CLIP_LORA_TEMPLATE,
+        "class prompt template ({} = class name; CLIP-LoRA uses 'a photo of a {}.' for every dataset); empty = the dataset's",
+    )
 
     def validate(self) -> None:
         if self.r < 1:
@@ -80,20 +87,30 @@ class ClipLoRA(Method):
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
-            raise RlptuneError("clip_lora needs the peft library: pip install 'rlptune[lora]' (or pip install peft)") from None
+            raise RlptuneError(
+                "clip_lora needs the peft library: pip install 'rlptune[lora]' (or pip install peft)"
+            ) from None
         towers = ("text", "vision") if opts.towers == "both" else (opts.towers,)
         try:
             adapted = backbone.adapter_copy(towers)
         except RlptuneError as exc:
             other = "text" if "vision" in towers else "vision"
-            raise RlptuneError(f"clip_lora: {exc}; set method.options.towers to {other} or use a ViT backbone") from None
+            raise RlptuneError(
+                f"clip_lora: {exc}; set method.options.towers to {other} or use a ViT backbone"
+            ) from None
         attention = {tower: adapted.attention_modules(tower) for tower in towers}
-        targets = [f"{name}.{TARGETS[t]}" for modules in attention.values() for name, _ in modules for t in opts.targets]
+        targets = [
+            f"{name}.{TARGETS[t]}" for modules in attention.values() for name, _ in modules for t in opts.targets
+        ]
         # a string target is matched by peft as a full regex: exact module names only (a list would also match
         # any module whose name merely ends with one, e.g. the image tower's out_proj for a text target)
         pattern = "|".join(re.escape(t) for t in targets)
         self.lora_config = LoraConfig(
-            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=f"^(?:{pattern})$", bias="none",
+            r=opts.r,
+            lora_alpha=opts.alpha,
+            lora_dropout=opts.dropout,
+            target_modules=f"^(?:{pattern})$",
+            bias="none",
             use_rslora=bool(opts.rslora),
         )
         self.clip = inject_adapter_in_model(self.lora_config, adapted.model)
@@ -111,7 +128,13 @@ class ClipLoRA(Method):
     def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
         """The LoRA rank r: ``lora_A`` (r, in) and ``lora_B`` (out, r) of every adapted projection."""
         opts = parse_options(ClipLoraOptions, config.method.options, "clip_lora")
-        return [DeclaredSize("settings.method.options.r", int(opts.r), ((r".*\.lora_A\.[^.]+\.weight", 0), (r".*\.lora_B\.[^.]+\.weight", 1)))]
+        return [
+            DeclaredSize(
+                "settings.method.options.r",
+                int(opts.r),
+                ((r".*\.lora_A\.[^.]+\.weight", 0), (r".*\.lora_B\.[^.]+\.weight", 1)),
+            )
+        ]
 
     @property
     def adapted_backbone(self):

@@ -66,25 +66,41 @@ from ..options import checkpoint_text_option, class_token_position_option, share
 
 @dataclass
 class PromptSRCOptions:
-    text_depth: int = option(9, "J_t: text layers with prompts (official PROMPT_DEPTH_TEXT; >= 1)", low=1, high=MAX_LAYERS)
-    vision_depth: int = option(9, "J_v: image layers with prompts (official PROMPT_DEPTH_VISION; 0 = none)",
-                               low=0, high=MAX_LAYERS)
-    text_ctx: int = option(4, "n: learned text tokens per layer, layer 0 from the first n tokens of prompt.ctx_init (N_CTX_TEXT)",
-                           low=1, high=MAX_TOKENS)
+    text_depth: int = option(
+        9, "J_t: text layers with prompts (official PROMPT_DEPTH_TEXT; >= 1)", low=1, high=MAX_LAYERS
+    )
+    vision_depth: int = option(
+        9, "J_v: image layers with prompts (official PROMPT_DEPTH_VISION; 0 = none)", low=0, high=MAX_LAYERS
+    )
+    text_ctx: int = option(
+        4,
+        "n: learned text tokens per layer, layer 0 from the first n tokens of prompt.ctx_init (N_CTX_TEXT)",
+        low=1,
+        high=MAX_TOKENS,
+    )
     vision_ctx: int = option(4, "n_v: learned vision tokens per layer (N_CTX_VISION)", low=0, high=MAX_TOKENS)
-    text_loss_weight: float = option(25.0, "weight of L1(prompted, template-ensemble frozen) text features (TEXT_LOSS_WEIGHT)",
-                                     low=0)
+    text_loss_weight: float = option(
+        25.0, "weight of L1(prompted, template-ensemble frozen) text features (TEXT_LOSS_WEIGHT)", low=0
+    )
     image_loss_weight: float = option(10.0, "weight of L1(prompted, frozen) image features (IMAGE_LOSS_WEIGHT)", low=0)
-    kl_loss_weight: float = option(1.0, "weight of KL(frozen || prompted logits) summed and divided by B*C (the official code has none: 1)",
-                                   low=0)
+    kl_loss_weight: float = option(
+        1.0, "weight of KL(frozen || prompted logits) summed and divided by B*C (the official code has none: 1)", low=0
+    )
     aggregate: bool = option(True, "Gaussian prompt aggregation over epochs (false = keep the last epoch's prompts)")
     gpa_mean: float = option(15.0, "mu of the Gaussian epoch weights, epochs counted from 1 (GPA_MEAN)")
     gpa_std: float = option(1.0, "sigma of the Gaussian epoch weights (GPA_STD)")
-    n_templates: int = option(60, "templates of the official 60-prompt ImageNet ensemble to average (the first N)",
-                              low=1, high=len(PROMPTSRC_TEMPLATES))
-    templates: list = option([], "own template ensemble instead of the official one ({} = class name); empty = official")
-    deep_init_std: float = option(0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts",
-                                  low=0)
+    n_templates: int = option(
+        60,
+        "templates of the official 60-prompt ImageNet ensemble to average (the first N)",
+        low=1,
+        high=len(PROMPTSRC_TEMPLATES),
+    )
+    templates: list = option(
+        [], "own template ensemble instead of the official one ({} = class name); empty = official"
+    )
+    deep_init_std: float = option(
+        0.02, "std of the N(0, std^2) init of the text prompts of layers >= 1 and of all vision prompts", low=0
+    )
     class_token_position: str = class_token_position_option()
     text_chunk: int = text_chunk_option()
     checkpoint_text: bool = checkpoint_text_option()
@@ -92,7 +108,9 @@ class PromptSRCOptions:
 
     def validate(self) -> None:
         if self.text_depth < 1:
-            raise RlptuneError(f"method.options.text_depth must be >= 1 for promptsrc (its text prompts carry the classes), got {self.text_depth}")
+            raise RlptuneError(
+                f"method.options.text_depth must be >= 1 for promptsrc (its text prompts carry the classes), got {self.text_depth}"
+            )
         if self.vision_depth < 0:
             raise RlptuneError(f"method.options.vision_depth must be >= 0, got {self.vision_depth}")
         if self.text_ctx < 1 or (self.vision_depth > 0 and self.vision_ctx < 1):
@@ -103,10 +121,14 @@ class PromptSRCOptions:
         if self.gpa_std <= 0:
             raise RlptuneError(f"method.options.gpa_std must be > 0, got {self.gpa_std}")
         if not 1 <= self.n_templates <= len(PROMPTSRC_TEMPLATES):
-            raise RlptuneError(f"method.options.n_templates must be between 1 and {len(PROMPTSRC_TEMPLATES)}, got {self.n_templates}")
+            raise RlptuneError(
+                f"method.options.n_templates must be between 1 and {len(PROMPTSRC_TEMPLATES)}, got {self.n_templates}"
+            )
         for template in self.templates:
             if not isinstance(template, str) or template.count("{}") != 1:
-                raise RlptuneError(f"method.options.templates: {template!r} must be text with one '{{}}' for the class name")
+                raise RlptuneError(
+                    f"method.options.templates: {template!r} must be text with one '{{}}' for the class name"
+                )
 
     def ensemble(self) -> list[str]:
         """The templates whose mean frozen text feature regularises the prompted one."""
@@ -115,7 +137,9 @@ class PromptSRCOptions:
 
 def gpa_weights(total_epochs: int, mean: float, std: float) -> list[float]:
     """PromptSRC's aggregation weights of epochs 1 … N: a Gaussian density at each epoch, normalised to sum 1."""
-    density = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, total_epochs + 1)]
+    density = [
+        math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, total_epochs + 1)
+    ]
     total = sum(density)
     if total_epochs < 1 or total <= 0.0 or not math.isfinite(total):
         raise RlptuneError(
@@ -153,7 +177,9 @@ class PromptSRC(DeepPrompts):
             "settings.method.options.vision_ctx": (r"prompts\.vision", -2),
         }
         return [
-            dataclasses.replace(size, carriers=size.carriers + (aggregated[size.field],)) if size.field in aggregated else size
+            dataclasses.replace(size, carriers=size.carriers + (aggregated[size.field],))
+            if size.field in aggregated
+            else size
             for size in super().declared_sizes(config, classnames)
         ]
 
@@ -183,10 +209,14 @@ class PromptSRC(DeepPrompts):
             total = None
             for template in templates:
                 texts = [template.replace("{}", name) for name in names]
-                feats = torch.cat([
-                    self.backbone.encode_text_ids(self.backbone.tokenize(texts[i : i + 256]), normalize=False).float()
-                    for i in range(0, len(texts), 256)  # bounded memory for 1,000 classes
-                ])
+                feats = torch.cat(
+                    [
+                        self.backbone.encode_text_ids(
+                            self.backbone.tokenize(texts[i : i + 256]), normalize=False
+                        ).float()
+                        for i in range(0, len(texts), 256)  # bounded memory for 1,000 classes
+                    ]
+                )
                 total = feats if total is None else total + feats
             self._ensemble_text = F.normalize(total / len(templates), dim=-1)
         return self._ensemble_text
@@ -215,7 +245,12 @@ class PromptSRC(DeepPrompts):
             loss = loss + loss_image
         if opts.kl_loss_weight > 0:
             frozen_logits = self.scores(frozen, ensemble).float()
-            kl = F.kl_div(F.log_softmax(logits.float(), dim=1), F.log_softmax(frozen_logits, dim=1), reduction="sum", log_target=True)
+            kl = F.kl_div(
+                F.log_softmax(logits.float(), dim=1),
+                F.log_softmax(frozen_logits, dim=1),
+                reduction="sum",
+                log_target=True,
+            )
             loss_kl = opts.kl_loss_weight * kl / logits.numel()
             logs["loss_kl"] = float(loss_kl.detach())
             loss = loss + loss_kl
@@ -224,7 +259,9 @@ class PromptSRC(DeepPrompts):
     # -- Gaussian prompt aggregation ----------------------------------------------------------------------------
     def on_train_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         opts = self.options
-        self._gpa_weights = gpa_weights(total_epochs, opts.gpa_mean, opts.gpa_std) if opts.aggregate and total_epochs > 0 else None
+        self._gpa_weights = (
+            gpa_weights(total_epochs, opts.gpa_mean, opts.gpa_std) if opts.aggregate and total_epochs > 0 else None
+        )
 
     def on_epoch_start(self, epoch: int) -> None:
         self._aggregated = None  # training again: the parameters are the prompts
@@ -294,21 +331,27 @@ class PromptSRC(DeepPrompts):
         if any(k.startswith("prompts.") for k in state):
             expected = {f"prompts.{k}" for k in shapes}
             if set(state) != expected:
-                raise RlptuneError(f"{source}: tensors {sorted(state)} do not match promptsrc's aggregated prompts ({sorted(expected)})")
+                raise RlptuneError(
+                    f"{source}: tensors {sorted(state)} do not match promptsrc's aggregated prompts ({sorted(expected)})"
+                )
             prompts = {}
             for key, tensor in state.items():
-                name = key[len("prompts."):]
+                name = key[len("prompts.") :]
                 if tuple(tensor.shape) != shapes[name]:
-                    raise RlptuneError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+                    raise RlptuneError(
+                        f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {shapes[name]}"
+                    )
                 check_dtype(key, tensor, merged[name].dtype, source)
                 prompts[name] = tensor.detach().to(self.backbone.device, torch.float32).clone()
             self._gpa_sum = None
             self._install_aggregate(prompts)
             return
-        sums = {k[len("gpa_sum."):]: state.pop(k) for k in list(state) if k.startswith("gpa_sum.")}
+        sums = {k[len("gpa_sum.") :]: state.pop(k) for k in list(state) if k.startswith("gpa_sum.")}
         for name, tensor in sums.items():
             if name not in shapes or tuple(tensor.shape) != shapes[name]:
-                raise RlptuneError(f"{source}: tensor gpa_sum.{name} of shape {tuple(tensor.shape)} does not match promptsrc's prompts")
+                raise RlptuneError(
+                    f"{source}: tensor gpa_sum.{name} of shape {tuple(tensor.shape)} does not match promptsrc's prompts"
+                )
             check_dtype(f"gpa_sum.{name}", tensor, merged[name].dtype, source)
         super().load_adapter_state(state, source)
         self._aggregated = None

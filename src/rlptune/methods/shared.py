@@ -25,10 +25,15 @@ def handcrafted_template(dataset_template: str | None, override: str | None = No
 
 
 @torch.no_grad()
-def handcrafted_features(backbone: Backbone, classnames: Sequence[str], template: str, batch: int = 256) -> torch.Tensor:
+def handcrafted_features(
+    backbone: Backbone, classnames: Sequence[str], template: str, batch: int = 256
+) -> torch.Tensor:
     """Normalised text features (C, e) of ``template`` filled with each class name (frozen CLIP)."""
     texts = [template.format(str(name).replace("_", " ")) for name in classnames]
-    feats = [backbone.encode_text_ids(backbone.tokenize(texts[i : i + batch]), normalize=True) for i in range(0, len(texts), batch)]
+    feats = [
+        backbone.encode_text_ids(backbone.tokenize(texts[i : i + batch]), normalize=True)
+        for i in range(0, len(texts), batch)
+    ]
     return F.normalize(torch.cat(feats).float(), dim=-1)
 
 
@@ -64,7 +69,9 @@ def prompt_kind_sizes(settings, prefixes: Sequence[str]) -> list[DeclaredSize]:
     """The sizes the prompt kind's own settings declare (low rank: ``prompt.rank``) for the modules at ``prefixes``."""
     if not prefixes:
         return []
-    return [DeclaredSize(f, v, _carriers(prefixes, dims)) for f, v, dims in prompt_layout(settings.kind).sizes(settings)]
+    return [
+        DeclaredSize(f, v, _carriers(prefixes, dims)) for f, v, dims in prompt_layout(settings.kind).sizes(settings)
+    ]
 
 
 def prompt_copies_size(settings, prefix: str, field: str, copies: int) -> list[DeclaredSize]:

@@ -22,7 +22,9 @@ class ZeroShotOptions:
 
     def validate(self) -> None:
         if not self.templates:
-            raise RlptuneError("method.options.templates is empty; expected at least one template such as 'a photo of a {}.'")
+            raise RlptuneError(
+                "method.options.templates is empty; expected at least one template such as 'a photo of a {}.'"
+            )
         for template in self.templates:
             check_template(template, "method.options.templates")
 

@@ -24,8 +24,16 @@ MICRO_WEIGHTS_PATH = Path(__file__).parent / "weights" / "micro_clip.safetensors
 import torch  # noqa: E402
 
 from ..backbones.loader import (  # noqa: E402
-    MICRO_NAME, OPENAI_MEAN, OPENAI_STD, BackboneRequest, build_clip, finish_backbone, load_state_into,
-    model_cfg_image_size, register_backbone_loader, tokenizer_for_cfg,
+    MICRO_NAME,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    BackboneRequest,
+    build_clip,
+    finish_backbone,
+    load_state_into,
+    model_cfg_image_size,
+    register_backbone_loader,
+    tokenizer_for_cfg,
 )
 from ..data import register_dataset  # noqa: E402
 from . import v2  # noqa: E402
@@ -52,15 +60,24 @@ class MicroWorld:
 
     def state_dict(self, path: str | Path | None = None) -> dict[str, torch.Tensor]:
         """The shipped weights (or ``path``), floating tensors in fp32."""
-        return read_state_dict(Path(path) if path is not None else self.weights_path, self.backbone,
-                               self.pretrain_command)
+        return read_state_dict(
+            Path(path) if path is not None else self.weights_path, self.backbone, self.pretrain_command
+        )
 
     def load_backbone(self, request: BackboneRequest):
         cfg = self.config()
         model = build_clip(cfg)
         load_state_into(model, self.state_dict(), self.backbone)
-        return finish_backbone(model, tokenizer_for_cfg(cfg), self.backbone, self.backbone, model_cfg_image_size(cfg),
-                               OPENAI_MEAN, OPENAI_STD, request)
+        return finish_backbone(
+            model,
+            tokenizer_for_cfg(cfg),
+            self.backbone,
+            self.backbone,
+            model_cfg_image_size(cfg),
+            OPENAI_MEAN,
+            OPENAI_STD,
+            request,
+        )
 
     def load_dataset(self, name: str, root=None):
         """A dataset of this world (generated once, cached under $RLPTUNE_CACHE); ``root`` is an optional cache folder."""
@@ -71,11 +88,25 @@ class MicroWorld:
 
 
 WORLDS: dict[str, MicroWorld] = {
-    world.backbone: world for world in (
-        MicroWorld(MICRO_NAME, "micro (shipped micro CLIP, world v1)", MICRO_CONFIG_PATH, MICRO_WEIGHTS_PATH,
-                   SUITE_V1, "rlptune pretrain-micro", hflip_variant=("micro-positions",)),
-        MicroWorld(v2.MICRO2_NAME, "micro-v2 (shipped ViT micro CLIP, world v2)", v2.MICRO2_CONFIG_PATH,
-                   v2.MICRO2_WEIGHTS_PATH, v2.SUITE, v2.PRETRAIN_COMMAND),
+    world.backbone: world
+    for world in (
+        MicroWorld(
+            MICRO_NAME,
+            "micro (shipped micro CLIP, world v1)",
+            MICRO_CONFIG_PATH,
+            MICRO_WEIGHTS_PATH,
+            SUITE_V1,
+            "rlptune pretrain-micro",
+            hflip_variant=("micro-positions",),
+        ),
+        MicroWorld(
+            v2.MICRO2_NAME,
+            "micro-v2 (shipped ViT micro CLIP, world v2)",
+            v2.MICRO2_CONFIG_PATH,
+            v2.MICRO2_WEIGHTS_PATH,
+            v2.SUITE,
+            v2.PRETRAIN_COMMAND,
+        ),
     )
 }
 
@@ -90,5 +121,13 @@ for _world in WORLDS.values():
     for _name in _world.suite.all_names():
         register_dataset(_name, functools.partial(_world.load_dataset, _name), needs_root=False)
 
-__all__ = ["MICRO_CONFIG_PATH", "MICRO_WEIGHTS_PATH", "MICRO_DATASETS", "MICRO_SHIFTS", "WORLDS", "MicroWorld",
-           "load_micro_dataset", "world_of"]
+__all__ = [
+    "MICRO_CONFIG_PATH",
+    "MICRO_WEIGHTS_PATH",
+    "MICRO_DATASETS",
+    "MICRO_SHIFTS",
+    "WORLDS",
+    "MicroWorld",
+    "load_micro_dataset",
+    "world_of",
+]

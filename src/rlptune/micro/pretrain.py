@@ -39,6 +39,7 @@ from .suite import GENERIC_TEMPLATE, MICRO_DATASETS, dataset_scenes, micro_spec
 from . import world as W
 
 from . import MICRO_CONFIG_PATH as CONFIG_PATH
+
 WEIGHTS_NAME = "micro_clip.safetensors"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -48,8 +49,14 @@ DEFAULT_LR = 1.5e-3
 GROUPS = 16
 GROUP_SIZE = 8
 FACTOR_WEIGHTS = {
-    "shape": 0.25, "color": 0.12, "pattern": 0.14, "count": 0.09, "size": 0.06, "position": 0.10,
-    "background": 0.08, "style": 0.16,
+    "shape": 0.25,
+    "color": 0.12,
+    "pattern": 0.14,
+    "count": 0.09,
+    "size": 0.06,
+    "position": 0.10,
+    "background": 0.08,
+    "style": 0.16,
 }
 PLAIN_BACKGROUND_PROB = 0.4  # after the ramp; objects on busy backgrounds are harder to see
 RANDOM_GROUP_PROB = 0.2
@@ -88,6 +95,7 @@ def images_to_tensor(images) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- data
 
+
 def _ramp(progress: float) -> float:
     return float(np.clip((progress - RAMP[0]) / max(1e-9, RAMP[1] - RAMP[0]), 0.0, 1.0))
 
@@ -106,8 +114,9 @@ def _sample_background(rng: np.random.Generator, progress: float = 1.0) -> str:
     return W.BACKGROUNDS[int(rng.integers(1, len(W.BACKGROUNDS)))]
 
 
-def sample_batch(rng: np.random.Generator, progress: float = 1.0
-                 ) -> tuple[list[W.Scene], list[np.ndarray], list[str], list[dict]]:
+def sample_batch(
+    rng: np.random.Generator, progress: float = 1.0
+) -> tuple[list[W.Scene], list[np.ndarray], list[str], list[dict]]:
     """One batch: scenes, rendered images, captions and their claims; ``progress`` in [0, 1] drives the curriculum."""
     scenes: list[W.Scene] = []
     factors: list[str | None] = []
@@ -117,8 +126,11 @@ def sample_batch(rng: np.random.Generator, progress: float = 1.0
     for _g in range(GROUPS):
         if rng.random() < RANDOM_GROUP_PROB:
             for _ in range(GROUP_SIZE):
-                scenes.append(W.sample_scene(rng, style=_sample_style(rng, progress),
-                                              background=_sample_background(rng, progress)))
+                scenes.append(
+                    W.sample_scene(
+                        rng, style=_sample_style(rng, progress), background=_sample_background(rng, progress)
+                    )
+                )
                 factors.append(None)
             continue
         factor = names[int(rng.choice(len(names), p=probs))]
@@ -151,6 +163,7 @@ def positives(scenes: list[W.Scene], claims: list[dict]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- text path
+
 
 def world_vocabulary(tokenizer) -> list[int]:
     """Token ids the world's captions (and the suite's prompts) can use, sorted."""
@@ -226,6 +239,7 @@ class CompactEmbedding(torch.nn.Module):
 
 # --------------------------------------------------------------------------- evaluation
 
+
 @torch.no_grad()
 def quick_zero_shot(model, tokenizer, per_class: int = 10, embed=None, style_prompt: bool = False) -> dict:
     """Zero-shot accuracy on the first ``per_class`` test images per class of every micro dataset."""
@@ -252,6 +266,7 @@ def quick_zero_shot(model, tokenizer, per_class: int = 10, embed=None, style_pro
 
 # --------------------------------------------------------------------------- training
 
+
 def export_state_dict(model) -> dict[str, torch.Tensor]:
     """The CLIP state dict with floating tensors in fp16 (integer buffers unchanged)."""
     sd = model.state_dict()
@@ -270,9 +285,17 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, steps: int | None = None,
-                   threads: int | None = None, log: Callable[[str], None] = print, lr: float = DEFAULT_LR,
-                   eval_every: int = 500, save_every_s: float = 300.0) -> Path:
+def pretrain_micro(
+    output_dir,
+    seed: int = 0,
+    minutes: float | None = None,
+    steps: int | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    lr: float = DEFAULT_LR,
+    eval_every: int = 500,
+    save_every_s: float = 300.0,
+) -> Path:
     """Pretrain the micro CLIP; writes ``output_dir/micro_clip.safetensors`` (atomically) and returns its path.
 
     ``steps`` fixes the schedule (batches of 128 pairs; default ``DEFAULT_STEPS``); ``minutes`` is a wall-clock cap
@@ -296,10 +319,15 @@ def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, step
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "positional" not in n else no_decay).append(p)
-    opt = torch.optim.AdamW([
-        {"params": decay, "weight_decay": 0.1},
-        {"params": no_decay + [embed.weight], "weight_decay": 0.0},
-    ], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": 0.1},
+            {"params": no_decay + [embed.weight], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     warmup = min(200, max(1, steps // 10))
     path = output_dir / WEIGHTS_NAME
     meta = {"seed": seed, "steps": steps, "world": W.WORLD_VERSION, "batch": GROUPS * GROUP_SIZE}
@@ -325,17 +353,28 @@ def pretrain_micro(output_dir, seed: int = 0, minutes: float | None = None, step
         done = step + 1
         elapsed = time.time() - start
         if done % 50 == 0 or done == 1:
-            log(f"step {done}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
-                f"lr {opt.param_groups[0]['lr']:.2e} {done * GROUPS * GROUP_SIZE / elapsed:.0f} pairs/s")
+            log(
+                f"step {done}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} {done * GROUPS * GROUP_SIZE / elapsed:.0f} pairs/s"
+            )
         if eval_every and done % eval_every == 0:
             zs = quick_zero_shot(model, tokenizer, embed=embed)
             zs_style = quick_zero_shot(model, tokenizer, embed=embed, style_prompt=True)
-            rec = {"step": done, "elapsed_s": round(elapsed, 1), "loss": round(loss.item(), 4),
-                   "zero_shot": zs, "style_prompt": zs_style,
-                   "mean": float(np.mean(list(zs.values()))), "mean_style": float(np.mean(list(zs_style.values())))}
+            rec = {
+                "step": done,
+                "elapsed_s": round(elapsed, 1),
+                "loss": round(loss.item(), 4),
+                "zero_shot": zs,
+                "style_prompt": zs_style,
+                "mean": float(np.mean(list(zs.values()))),
+                "mean_style": float(np.mean(list(zs_style.values()))),
+            }
             history.append(rec)
-            log("eval " + " ".join(f"{k[6:]}={v:.2f}/{zs_style[k]:.2f}" for k, v in zs.items())
-                + f" | mean {rec['mean']:.3f} styled {rec['mean_style']:.3f}")
+            log(
+                "eval "
+                + " ".join(f"{k[6:]}={v:.2f}/{zs_style[k]:.2f}" for k, v in zs.items())
+                + f" | mean {rec['mean']:.3f} styled {rec['mean_style']:.3f}"
+            )
             write_json(output_dir / "pretrain_history.json", history)
         if time.time() - last_save > save_every_s:
             save_weights(model, embed, path, {**meta, "completed_steps": done})
@@ -355,18 +394,32 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog="rlptune pretrain-micro --version 2 ... runs micro v2's two-phase recipe (its own --help).",
     )
-    parser.add_argument("-o", "--output", "--out", dest="out", default="micro_clip_out", help="output folder (as -o everywhere else)")
+    parser.add_argument(
+        "-o", "--output", "--out", dest="out", default="micro_clip_out", help="output folder (as -o everywhere else)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"optimizer steps of 128 pairs (default {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"optimizer steps of 128 pairs (default {DEFAULT_STEPS})"
+    )
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: reproducible, and on a shared CPU faster than 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: reproducible, and on a shared CPU faster than 2)",
+    )
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--eval-every", type=int, default=500)
     args = parser.parse_args(argv)
-    pretrain_micro(args.out, seed=args.seed, minutes=args.minutes, steps=args.steps, threads=args.threads,
-                   lr=args.lr, eval_every=args.eval_every)
+    pretrain_micro(
+        args.out,
+        seed=args.seed,
+        minutes=args.minutes,
+        steps=args.steps,
+        threads=args.threads,
+        lr=args.lr,
+        eval_every=args.eval_every,
+    )
     return 0
 
 

@@ -59,37 +59,85 @@ def _cls(name: str, **attrs) -> tuple[str, tuple[tuple[str, object], ...]]:
     return (name, tuple(sorted(attrs.items())))
 
 
-_POS5 = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-         "center": "in the center"}
+_POS5 = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
 
 _SPECS: list[MicroSpec] = [
-    MicroSpec("micro-shapes", "sketch", tuple(_cls(s, shape=s) for s in SHAPES),
-              fixed=(("count", 1),),
-              choices=(("size", ("medium", "large")), ("background", ("plain", "snow", "sunset", "desert"))),
-              analogue="ImageNet / Caltech101"),
-    MicroSpec("micro-textures", "noisy", tuple(_cls(p, pattern=p) for p in PATTERNS),
-              fixed=(("count", 1), ("size", "large")), analogue="DTD"),
-    MicroSpec("micro-scenes", "pixelated", tuple(_cls(b, background=b) for b in BACKGROUNDS if b != "plain"),
-              choices=(("size", ("small",)),), analogue="SUN397"),
-    MicroSpec("micro-counts", "foggy",
-              tuple(_cls(f"{w} {s if n == 1 else _plural(s)}", count=n, shape=s)
-                    for s in ("circle", "triangle") for n, w in
-                    zip(range(1, 6), ("one", "two", "three", "four", "five"))),
-              analogue="counting (CLEVR-like)"),
-    MicroSpec("micro-positions", "inverted",
-              tuple(_cls(f"{s} {ph}", shape=s, position=p) for s in ("circle", "star") for p, ph in _POS5.items()),
-              fixed=(("count", 1),), choices=(("size", ("small", "medium")),), analogue="EuroSAT (layout)"),
-    MicroSpec("micro-colors", "pixelated", tuple(_cls(c, color=c) for c in COLOR_NAMES),
-              choices=(("pattern", ("plain", "striped", "checkered")),), analogue="Oxford Flowers"),
-    MicroSpec("micro-objects", "noisy",
-              tuple(_cls(f"{c} {s}", color=c, shape=s) for c in ("red", "blue", "yellow")
-                    for s in ("circle", "square", "triangle", "star")),
-              fixed=(("count", 1),), choices=(("size", ("medium", "large")),),
-              analogue="Stanford Cars / FGVC Aircraft (fine-grained)"),
-    MicroSpec("micro-patterned", "sketch",
-              tuple(_cls(f"{p} {s}", pattern=p, shape=s) for p in ("striped", "dotted", "checkered")
-                    for s in ("square", "heart", "hexagon", "diamond")),
-              fixed=(("count", 1), ("size", "large")), analogue="Food-101 / Oxford Pets (fine-grained)"),
+    MicroSpec(
+        "micro-shapes",
+        "sketch",
+        tuple(_cls(s, shape=s) for s in SHAPES),
+        fixed=(("count", 1),),
+        choices=(("size", ("medium", "large")), ("background", ("plain", "snow", "sunset", "desert"))),
+        analogue="ImageNet / Caltech101",
+    ),
+    MicroSpec(
+        "micro-textures",
+        "noisy",
+        tuple(_cls(p, pattern=p) for p in PATTERNS),
+        fixed=(("count", 1), ("size", "large")),
+        analogue="DTD",
+    ),
+    MicroSpec(
+        "micro-scenes",
+        "pixelated",
+        tuple(_cls(b, background=b) for b in BACKGROUNDS if b != "plain"),
+        choices=(("size", ("small",)),),
+        analogue="SUN397",
+    ),
+    MicroSpec(
+        "micro-counts",
+        "foggy",
+        tuple(
+            _cls(f"{w} {s if n == 1 else _plural(s)}", count=n, shape=s)
+            for s in ("circle", "triangle")
+            for n, w in zip(range(1, 6), ("one", "two", "three", "four", "five"))
+        ),
+        analogue="counting (CLEVR-like)",
+    ),
+    MicroSpec(
+        "micro-positions",
+        "inverted",
+        tuple(_cls(f"{s} {ph}", shape=s, position=p) for s in ("circle", "star") for p, ph in _POS5.items()),
+        fixed=(("count", 1),),
+        choices=(("size", ("small", "medium")),),
+        analogue="EuroSAT (layout)",
+    ),
+    MicroSpec(
+        "micro-colors",
+        "pixelated",
+        tuple(_cls(c, color=c) for c in COLOR_NAMES),
+        choices=(("pattern", ("plain", "striped", "checkered")),),
+        analogue="Oxford Flowers",
+    ),
+    MicroSpec(
+        "micro-objects",
+        "noisy",
+        tuple(
+            _cls(f"{c} {s}", color=c, shape=s)
+            for c in ("red", "blue", "yellow")
+            for s in ("circle", "square", "triangle", "star")
+        ),
+        fixed=(("count", 1),),
+        choices=(("size", ("medium", "large")),),
+        analogue="Stanford Cars / FGVC Aircraft (fine-grained)",
+    ),
+    MicroSpec(
+        "micro-patterned",
+        "sketch",
+        tuple(
+            _cls(f"{p} {s}", pattern=p, shape=s)
+            for p in ("striped", "dotted", "checkered")
+            for s in ("square", "heart", "hexagon", "diamond")
+        ),
+        fixed=(("count", 1), ("size", "large")),
+        analogue="Food-101 / Oxford Pets (fine-grained)",
+    ),
 ]
 
 
@@ -132,9 +180,15 @@ class MicroSuite:
     open. Same name, same pixels, on any machine.
     """
 
-    def __init__(self, label: str, world: ModuleType, seed: int, specs: list[MicroSpec],
-                 shift_styles: dict[str, tuple[str, ...]],
-                 complete: Callable[[dict, np.random.Generator], None] | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        world: ModuleType,
+        seed: int,
+        specs: list[MicroSpec],
+        shift_styles: dict[str, tuple[str, ...]],
+        complete: Callable[[dict, np.random.Generator], None] | None = None,
+    ) -> None:
         self.label, self.world, self.seed, self.complete = label, world, seed, complete
         self._by_name = {s.name: s for s in specs}
         self.datasets: list[str] = [s.name for s in specs]
@@ -143,8 +197,13 @@ class MicroSuite:
             self.shifts[source] = []
             for style in styles:
                 name = f"{source}-{style}"
-                self._by_name[name] = replace(self._by_name[source], name=name, style=style, shift_of=source,
-                                              splits={"train": 0, "val": 0, "test": SHIFT_TEST_PER_CLASS})
+                self._by_name[name] = replace(
+                    self._by_name[source],
+                    name=name,
+                    style=style,
+                    shift_of=source,
+                    splits={"train": 0, "val": 0, "test": SHIFT_TEST_PER_CLASS},
+                )
                 self.shifts[source].append(name)
 
     def all_names(self) -> list[str]:
@@ -155,7 +214,9 @@ class MicroSuite:
         try:
             return self._by_name[name]
         except KeyError:
-            raise RlptuneError(f"unknown {self.label} dataset {name!r}: expected one of {', '.join(sorted(self._by_name))}") from None
+            raise RlptuneError(
+                f"unknown {self.label} dataset {name!r}: expected one of {', '.join(sorted(self._by_name))}"
+            ) from None
 
     def dataset_scenes(self, name: str, split: str) -> list[tuple[Any, int, np.random.Generator]]:
         """(scene, label, render generator) for each image of a split, in a fixed order."""
@@ -166,7 +227,9 @@ class MicroSuite:
         out = []
         for label, (_cname, attrs) in enumerate(spec.classes):
             for i in range(n):
-                rng = np.random.default_rng([self.seed, _stable(content_key), split_id + 3 * bool(spec.shift_of), label, i])
+                rng = np.random.default_rng(
+                    [self.seed, _stable(content_key), split_id + 3 * bool(spec.shift_of), label, i]
+                )
                 pinned = dict(spec.fixed)
                 pinned.update(dict(attrs))
                 for attr, values in spec.choices:
@@ -203,10 +266,17 @@ class MicroSuite:
             if not marker.exists():
                 self._render(name, spec, items, root, marker, stamp)
         except OSError as exc:  # a cache path that is a file, a read-only or full disk: one line, not a traceback
-            raise RlptuneError(os_error_line(exc, exc.filename or base, "write the micro dataset into the cache ($RLPTUNE_CACHE)")) from None
+            raise RlptuneError(
+                os_error_line(exc, exc.filename or base, "write the micro dataset into the cache ($RLPTUNE_CACHE)")
+            ) from None
         return DatasetSplits(
-            name=name, root=root, classnames=spec.classnames, train=items["train"], val=items["val"],
-            test=items["test"], template=GENERIC_TEMPLATE,
+            name=name,
+            root=root,
+            classnames=spec.classnames,
+            train=items["train"],
+            val=items["val"],
+            test=items["test"],
+            template=GENERIC_TEMPLATE,
         ).validate(root)
 
     def _render(self, name: str, spec: MicroSpec, items: dict, root: Path, marker: Path, stamp: str) -> None:
@@ -244,8 +314,9 @@ def _complete_v1(pinned: dict, rng: np.random.Generator) -> None:
 
 
 # Domain-shifted test sets of micro-shapes: the same classes in other renderings.
-SUITE = MicroSuite("micro", _world, SUITE_SEED, _SPECS, {"micro-shapes": ("photo", "pixelated", "foggy")},
-                   complete=_complete_v1)
+SUITE = MicroSuite(
+    "micro", _world, SUITE_SEED, _SPECS, {"micro-shapes": ("photo", "pixelated", "foggy")}, complete=_complete_v1
+)
 MICRO_DATASETS: list[str] = SUITE.datasets
 MICRO_SHIFTS: dict[str, list[str]] = SUITE.shifts
 micro_spec = SUITE.spec

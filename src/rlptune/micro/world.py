@@ -66,7 +66,17 @@ POSITION_PHRASES = {
     "bottom right": ["in the bottom right corner", "at the bottom right"],
 }
 BACKGROUNDS = [
-    "plain", "beach", "forest", "desert", "snow", "ocean", "meadow", "city", "night sky", "sunset", "brick wall",
+    "plain",
+    "beach",
+    "forest",
+    "desert",
+    "snow",
+    "ocean",
+    "meadow",
+    "city",
+    "night sky",
+    "sunset",
+    "brick wall",
 ]
 BACKGROUND_PHRASES = {
     "plain": ["on a plain background", "on a blank background"],
@@ -94,7 +104,6 @@ STYLE_TEMPLATES = {
 NEUTRAL_TEMPLATES = ["{}", "an image of {}", "there is {}", "this shows {}"]
 
 
-
 @dataclass(frozen=True)
 class Scene:
     shape: str = "circle"
@@ -111,6 +120,7 @@ class Scene:
 
 
 # --------------------------------------------------------------------------- sampling
+
 
 def _choice(rng: np.random.Generator, values):
     return values[int(rng.integers(len(values)))]
@@ -146,9 +156,14 @@ def sample_scene(rng: np.random.Generator, **fixed) -> Scene:
 def vary(scene: Scene, attribute: str, rng: np.random.Generator) -> Scene:
     """The scene with one attribute resampled to a different value (kept valid)."""
     domain = {
-        "shape": SHAPES, "color": COLOR_NAMES, "pattern": PATTERNS, "size": max_size_for_count(scene.count),
-        "count": [c for c in COUNTS if scene.size in max_size_for_count(c)], "position": POSITION_NAMES,
-        "background": BACKGROUNDS, "style": STYLES,
+        "shape": SHAPES,
+        "color": COLOR_NAMES,
+        "pattern": PATTERNS,
+        "size": max_size_for_count(scene.count),
+        "count": [c for c in COUNTS if scene.size in max_size_for_count(c)],
+        "position": POSITION_NAMES,
+        "background": BACKGROUNDS,
+        "style": STYLES,
     }[attribute]
     current = getattr(scene, attribute)
     options = [v for v in domain if v != current] or list(domain)
@@ -164,16 +179,38 @@ def vary(scene: Scene, attribute: str, rng: np.random.Generator) -> Scene:
 # Rotate the 10 star points so that outer points sit at even indices starting from the top.
 _STAR_PTS = []
 for _i in range(10):
-    _ang_c, _ang_s = [(0.0, -1.0), (0.5878, -0.809), (0.9511, -0.309), (0.9511, 0.309), (0.5878, 0.809),
-                      (0.0, 1.0), (-0.5878, 0.809), (-0.9511, 0.309), (-0.9511, -0.309), (-0.5878, -0.809)][_i]
+    _ang_c, _ang_s = [
+        (0.0, -1.0),
+        (0.5878, -0.809),
+        (0.9511, -0.309),
+        (0.9511, 0.309),
+        (0.5878, 0.809),
+        (0.0, 1.0),
+        (-0.5878, 0.809),
+        (-0.9511, 0.309),
+        (-0.9511, -0.309),
+        (-0.5878, -0.809),
+    ][_i]
     _r = 0.5 if _i % 2 == 0 else 0.21
     _STAR_PTS.append((0.5 + _r * _ang_c, 0.53 + _r * _ang_s))
 POLYGONS = {
     "square": [(0.08, 0.08), (0.92, 0.08), (0.92, 0.92), (0.08, 0.92)],
     "triangle": [(0.5, 0.02), (0.98, 0.95), (0.02, 0.95)],
     "star": _STAR_PTS,
-    "cross": [(0.35, 0.0), (0.65, 0.0), (0.65, 0.35), (1.0, 0.35), (1.0, 0.65), (0.65, 0.65), (0.65, 1.0),
-              (0.35, 1.0), (0.35, 0.65), (0.0, 0.65), (0.0, 0.35), (0.35, 0.35)],
+    "cross": [
+        (0.35, 0.0),
+        (0.65, 0.0),
+        (0.65, 0.35),
+        (1.0, 0.35),
+        (1.0, 0.65),
+        (0.65, 0.65),
+        (0.65, 1.0),
+        (0.35, 1.0),
+        (0.35, 0.65),
+        (0.0, 0.65),
+        (0.0, 0.35),
+        (0.35, 0.35),
+    ],
     "diamond": [(0.5, 0.0), (0.85, 0.5), (0.5, 1.0), (0.15, 0.5)],
     "hexagon": [(0.25, 0.07), (0.75, 0.07), (1.0, 0.5), (0.75, 0.93), (0.25, 0.93), (0.0, 0.5)],
     "arrow": [(0.0, 0.35), (0.55, 0.35), (0.55, 0.08), (1.0, 0.5), (0.55, 0.92), (0.55, 0.65), (0.0, 0.65)],
@@ -258,15 +295,15 @@ def _background(name: str, rng: np.random.Generator) -> np.ndarray:
         horizon = int(rng.integers(22, 34))
         img[:horizon] = _jit(rng, (130, 190, 240), 10)
         img[horizon:] = _jit(rng, (225, 200, 140), 10)
-        img[horizon:horizon + 3] = (240, 245, 250)
+        img[horizon : horizon + 3] = (240, 245, 250)
     elif name == "forest":
         img[:] = _jit(rng, (30, 80, 35), 8)
         for _ in range(6):
             tx = int(rng.integers(0, h))
-            img[:, tx:tx + 3] = (70, 45, 25)
+            img[:, tx : tx + 3] = (70, 45, 25)
             top = int(rng.integers(0, 30))
             for k in range(14):
-                img[top + k, max(0, tx - k // 2):tx + 3 + k // 2] = (20, 110, 40)
+                img[top + k, max(0, tx - k // 2) : tx + 3 + k // 2] = (20, 110, 40)
     elif name == "desert":
         img[:] = _jit(rng, (235, 225, 190), 8)
         base = int(rng.integers(24, 34))
@@ -293,7 +330,7 @@ def _background(name: str, rng: np.random.Generator) -> np.ndarray:
         while x < h:
             w = int(rng.integers(8, 16))
             top = int(rng.integers(8, 36))
-            img[top:, x:x + w - 1] = _jit(rng, (90, 90, 100), 15)
+            img[top:, x : x + w - 1] = _jit(rng, (90, 90, 100), 15)
             win = ((_YY % 5) == 2) & ((_XX % 4) == 1) & (_YY > top + 2) & (_XX >= x) & (_XX < x + w - 2)
             img[win] = (230, 220, 120)
             x += w
@@ -403,7 +440,13 @@ def render_seeded(scene: Scene, seed: int | Iterable[int]) -> np.ndarray:
 # --------------------------------------------------------------------------- captions
 
 MENTION_PROBS = {  # how often a caption names each attribute (count is always implied by the noun phrase)
-    "shape": 0.9, "color": 0.6, "pattern": 0.55, "size": 0.35, "position": 0.45, "background": 0.45, "style": 0.7,
+    "shape": 0.9,
+    "color": 0.6,
+    "pattern": 0.55,
+    "size": 0.35,
+    "position": 0.45,
+    "background": 0.45,
+    "style": 0.7,
 }
 
 
@@ -431,8 +474,9 @@ def noun_phrase(scene: Scene, mention: set[str], rng: np.random.Generator | None
     return " ".join([art] + words)
 
 
-def caption(scene: Scene, rng: np.random.Generator, mention: set[str] | None = None,
-            force: Iterable[str] = ()) -> tuple[str, dict]:
+def caption(
+    scene: Scene, rng: np.random.Generator, mention: set[str] | None = None, force: Iterable[str] = ()
+) -> tuple[str, dict]:
     """A natural caption of ``scene`` and the attributes it claims (attribute -> value)."""
     if mention is None:
         mention = {a for a, p in MENTION_PROBS.items() if rng.random() < p}

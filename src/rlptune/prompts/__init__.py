@@ -6,6 +6,12 @@ from .full_rank import FullRankPrompt
 from .low_rank import LowRankPrompt
 
 __all__ = [
-    "FullRankPrompt", "LowRankPrompt", "PromptLayout", "PromptModule", "build_prompt", "count_trainable", "prompt_layout",
+    "FullRankPrompt",
+    "LowRankPrompt",
+    "PromptLayout",
+    "PromptModule",
+    "build_prompt",
+    "count_trainable",
+    "prompt_layout",
     "register_prompt_kind",
 ]

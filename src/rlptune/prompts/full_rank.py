@@ -25,4 +25,6 @@ class FullRankPrompt(PromptModule):
 
 
 #: ``ctx`` (…, n, d) holds the tokens per prompt.
-register_prompt_kind("full", lambda settings, init, from_text: FullRankPrompt(init), PromptLayout(tokens=(("ctx", -2),)))
+register_prompt_kind(
+    "full", lambda settings, init, from_text: FullRankPrompt(init), PromptLayout(tokens=(("ctx", -2),))
+)

@@ -65,10 +65,19 @@ def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPro
     if settings.rank > min(n, d):  # valid, but the extra rank buys parameters and no expressiveness
         logging.getLogger(__name__).warning(
             "prompt.rank %d > min(n_ctx %d, width %d): P_A @ P_B cannot have rank above %d, so the extra rank only "
-            "adds parameters", settings.rank, n, d, min(n, d),
+            "adds parameters",
+            settings.rank,
+            n,
+            d,
+            min(n, d),
         )
     return LowRankPrompt(
-        frozen, rank=settings.rank, dropout=settings.dropout, a_std=settings.a_std, b_std=settings.b_std, alpha=settings.alpha
+        frozen,
+        rank=settings.rank,
+        dropout=settings.dropout,
+        a_std=settings.a_std,
+        b_std=settings.b_std,
+        alpha=settings.alpha,
     )
 
 
@@ -76,7 +85,8 @@ def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPro
 LOW_RANK_LAYOUT = PromptLayout(
     searchable=("rank", "dropout"),
     spectrum_kind="full",
-    tokens=(("A", -2),), sizes=lambda settings: (("settings.prompt.rank", int(settings.rank), (("A", -1), ("B", -2))),)
+    tokens=(("A", -2),),
+    sizes=lambda settings: (("settings.prompt.rank", int(settings.rank), (("A", -1), ("B", -2))),),
 )
 
 register_prompt_kind("lowrank", _build_low_rank, LOW_RANK_LAYOUT)

@@ -20,7 +20,6 @@ from .cross_dataset import CROSS_DATASET
 from .domain_generalisation import DOMAIN_GENERALISATION
 
 
-
 def __getattr__(name: str) -> Any:
     if name == "PROTOCOLS":  # the registered names now (plug-ins included)
         return tuple(protocol_names())
@@ -53,8 +52,11 @@ def tables_for(rows: list[dict[str, Any]], protocol: str, group_by: str = "metho
     if kind == chosen.name:
         return T.protocol_table(kind, rows, group_by=group_by)
     # a protocol tabled like another: its rows enter the builder under that kind, the table keeps its own name
-    mine = T.protocol_table(kind, [{**r, "protocol": kind} for r in rows if T.normalize_protocol(r.get("protocol")) == chosen.name],
-                            group_by=group_by)
+    mine = T.protocol_table(
+        kind,
+        [{**r, "protocol": kind} for r in rows if T.normalize_protocol(r.get("protocol")) == chosen.name],
+        group_by=group_by,
+    )
     mine.protocol = chosen.name
     mine.name = chosen.name.replace("-", "_")
     mine.title = f"{chosen.title or chosen.name} ({mine.title[0].lower()}{mine.title[1:]})"

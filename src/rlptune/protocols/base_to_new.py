@@ -22,7 +22,9 @@ class BaseToNew(Protocol):
     def training_subset(self, config: Any) -> str:
         """Always the base half; ``data.subsample=new`` contradicts the protocol."""
         if config.data.subsample == "new":
-            raise RlptuneError(f"data.subsample=new contradicts data.protocol={self.name}, which trains on the base classes")
+            raise RlptuneError(
+                f"data.subsample=new contradicts data.protocol={self.name}, which trains on the base classes"
+            )
         return "base"
 
     def evaluate(self, run: Evaluation) -> tuple[Metrics, Metrics]:

@@ -23,7 +23,9 @@ class DomainGeneralisation(Protocol):
             from ..micro.suite import MICRO_SHIFTS
 
             if source not in MICRO_SHIFTS:
-                raise RlptuneError(f"{self.name}: micro dataset {source!r} has no shifted variants; use one of {', '.join(MICRO_SHIFTS)}")
+                raise RlptuneError(
+                    f"{self.name}: micro dataset {source!r} has no shifted variants; use one of {', '.join(MICRO_SHIFTS)}"
+                )
             return list(MICRO_SHIFTS[source])
         from ..data.coop import IMAGENET_SHIFTS
 

@@ -74,9 +74,27 @@ METHOD_STYLES: dict[str, MethodStyle] = {
 # Plug-in methods and sweep variants ("rlp (rank=2)") draw from these: colours, markers and dashes no registered
 # method uses, so they never look like one.
 _EXTRA_COLOURS = ["#F0E442", "#AA4499", "#117733", "#88CCEE", "#661100", "#6699CC", "#DDCC77", "#BBCC33"]
-_EXTRA_MARKERS = [(6, 1, 0), (7, 0, 0), (4, 1, 0), (8, 1, 0), (3, 1, 0), "8", (9, 0, 0), (10, 1, 0), (12, 1, 0)]  # filled
-_EXTRA_DASHES = [(0, (1, 2)), (0, (7, 3, 1, 3)), (0, (2, 1, 2, 4)), (0, (9, 2, 3, 2)), (0, (1, 3, 4, 3)),
-                 (0, (5, 1, 5, 4)), (0, (3, 3, 1, 1)), (0, (10, 3))]
+_EXTRA_MARKERS = [
+    (6, 1, 0),
+    (7, 0, 0),
+    (4, 1, 0),
+    (8, 1, 0),
+    (3, 1, 0),
+    "8",
+    (9, 0, 0),
+    (10, 1, 0),
+    (12, 1, 0),
+]  # filled
+_EXTRA_DASHES = [
+    (0, (1, 2)),
+    (0, (7, 3, 1, 3)),
+    (0, (2, 1, 2, 4)),
+    (0, (9, 2, 3, 2)),
+    (0, (1, 3, 4, 3)),
+    (0, (5, 1, 5, 4)),
+    (0, (3, 3, 1, 1)),
+    (0, (10, 3)),
+]
 _EXTRA_HATCHES = ["\\\\..", "//..", "xx..", "++..", "||..", "--..", "**//", "oo\\\\"]
 
 
@@ -96,13 +114,19 @@ def method_styles(names: Sequence[str]) -> dict[str, MethodStyle]:
     for name in sorted({str(n) for n in names if str(n) not in METHOD_STYLES}):
         start = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % total
         order = [(start + i) % total for i in range(total)]
-        slot = next((s for s in order if s % n_colours not in used_colours and s % n_markers not in used_markers),
-                    next((s for s in order if s not in taken), start))  # beyond 72 plug-ins in one figure, styles repeat
+        slot = next(
+            (s for s in order if s % n_colours not in used_colours and s % n_markers not in used_markers),
+            next((s for s in order if s not in taken), start),
+        )  # beyond 72 plug-ins in one figure, styles repeat
         taken.add(slot)
         used_colours.add(slot % n_colours)
         used_markers.add(slot % n_markers)
-        out[name] = MethodStyle(_EXTRA_COLOURS[slot % n_colours], _EXTRA_MARKERS[slot % n_markers],
-                                _EXTRA_DASHES[slot % n_colours], _EXTRA_HATCHES[slot % n_colours])
+        out[name] = MethodStyle(
+            _EXTRA_COLOURS[slot % n_colours],
+            _EXTRA_MARKERS[slot % n_markers],
+            _EXTRA_DASHES[slot % n_colours],
+            _EXTRA_HATCHES[slot % n_colours],
+        )
     return {str(n): METHOD_STYLES.get(str(n)) or out[str(n)] for n in names}
 
 
@@ -127,7 +151,10 @@ def _save(fig: Any, stem: str | Path) -> list[Path]:
     stem = Path(stem)
     paths = []
     with matplotlib.rc_context({"svg.hashsalt": "rlptune", "svg.fonttype": "path"}):
-        for ext, kwargs in (("png", {"dpi": 150, "metadata": {"Software": None}}), ("svg", {"metadata": {"Date": None}})):
+        for ext, kwargs in (
+            ("png", {"dpi": 150, "metadata": {"Software": None}}),
+            ("svg", {"metadata": {"Date": None}}),
+        ):
             buffer = io.BytesIO()
             # tight bounding box: titles, outside legends and long tick labels are never cut at the canvas edge
             fig.savefig(buffer, format=ext, facecolor="white", bbox_inches="tight", pad_inches=0.12, **kwargs)
@@ -201,17 +228,36 @@ def plot_base_new_bars(table_or_rows: Any, stem: str | Path, title: str | None =
                 heights.append(np.nan if cell is None else cell.value)
                 errs.append(0.0 if cell is None or cell.std is None else cell.std)
             offset = (j - (len(methods) - 1) / 2.0) * width
-            ax.bar(x + offset, heights, width, yerr=errs, capsize=2, color=styles[method].colour, label=method,
-                   hatch=styles[method].hatch, edgecolor="black", linewidth=0.4, error_kw={"elinewidth": 0.8})
+            ax.bar(
+                x + offset,
+                heights,
+                width,
+                yerr=errs,
+                capsize=2,
+                color=styles[method].colour,
+                label=method,
+                hatch=styles[method].hatch,
+                edgecolor="black",
+                linewidth=0.4,
+                error_kw={"elinewidth": 0.8},
+            )
         ax.set_ylabel(f"{metric} accuracy (%)" if metric != "H" else "H (harmonic mean, %)")
         ax.set_ylim(low, min(100.0, max(values) + 5.0) if values else 100.0)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     group_width = fig.get_figwidth() / max(len(groups), 1)
     tick_labels = [_wrap(g, group_width * 0.9, 10.0) for g in groups]
-    axes[-1].set_xticks(x, tick_labels, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    axes[-1].set_xticks(
+        x, tick_labels, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center"
+    )
     axes[-1].set_xlabel("Dataset")
-    axes[0].legend(title="Method", ncols=_legend_columns(methods, fig.get_figwidth(), 4), loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
+    axes[0].legend(
+        title="Method",
+        ncols=_legend_columns(methods, fig.get_figwidth(), 4),
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.02),
+        frameon=False,
+    )
     if any(row.average for row in table.rows) and len(groups) > 1:
         for ax in axes:
             ax.axvline(len(groups) - 1.5, color="#999999", linewidth=0.8, linestyle=":")
@@ -260,20 +306,39 @@ def plot_few_shot_curves(
             positive = xs > 0
             style = styles[method]
             if not positive.any():  # zero-shot: one number, independent of the shot count
-                ax.axhline(float(mean[0]), color=style.colour, linestyle=style.dash, linewidth=1.6,
-                           label=f"{method} (0 shots)")
+                ax.axhline(
+                    float(mean[0]), color=style.colour, linestyle=style.dash, linewidth=1.6, label=f"{method} (0 shots)"
+                )
                 continue
             xs, mean, std = xs[positive], mean[positive], std[positive]
             slot = trained.index(method) if method in trained else 0
             nudge = 2.0 ** ((slot - (len(trained) - 1) / 2.0) * 0.06)  # ± a few % of an octave
-            ax.plot(xs * nudge, mean, marker=style.marker, color=style.colour, label=method, linewidth=1.5,
-                    linestyle=style.dash, markersize=5, markeredgecolor="black", markeredgewidth=0.4,
-                    zorder=3 + slot)
+            ax.plot(
+                xs * nudge,
+                mean,
+                marker=style.marker,
+                color=style.colour,
+                label=method,
+                linewidth=1.5,
+                linestyle=style.dash,
+                markersize=5,
+                markeredgecolor="black",
+                markeredgewidth=0.4,
+                zorder=3 + slot,
+            )
             # the spread is drawn as whiskers at every point (a band alone is invisible at a single shot count)
             # and as a band between points
             if (std > 0).any():
-                ax.errorbar(xs * nudge, mean, yerr=std, fmt="none", ecolor=style.colour, elinewidth=1.0, capsize=3,
-                            zorder=2 + slot)
+                ax.errorbar(
+                    xs * nudge,
+                    mean,
+                    yerr=std,
+                    fmt="none",
+                    ecolor=style.colour,
+                    elinewidth=1.0,
+                    capsize=3,
+                    zorder=2 + slot,
+                )
             if len(xs) > 1:
                 ax.fill_between(xs * nudge, mean - std, mean + std, color=style.colour, alpha=0.15, linewidth=0)
             shots_seen.update(int(s) for s in xs)
@@ -287,23 +352,35 @@ def plot_few_shot_curves(
         ax.set_xlabel("Shots per class")
         ax.set_ylabel("Accuracy (%)")
         ax.grid(alpha=0.3)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     handles: dict[str, Any] = {}
     for ax in axes[: len(names)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), title="Method", loc="outside lower center",
-               ncols=_legend_columns(list(handles), fig.get_figwidth(), 4), frameon=False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        title="Method",
+        loc="outside lower center",
+        ncols=_legend_columns(list(handles), fig.get_figwidth(), 4),
+        frameon=False,
+    )
     _suptitle(fig, title or f"Few-shot accuracy vs shots per class ({few_shot_spread_note(curves, names)})")
     return _save(fig, stem)
 
 
-def few_shot_spread_note(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
-                         datasets: Sequence[str] | None = None) -> str:
+def few_shot_spread_note(
+    curves: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]], datasets: Sequence[str] | None = None
+) -> str:
     """What the whiskers of a few-shot figure are, from the seeds behind its trained points (the caption's words)."""
-    counts = [int(n) for d in (datasets if datasets is not None else list(curves)) for c in curves.get(d, {}).values()
-              for s, n in zip(c.get("shots", []), c.get("n") or []) if s and s > 0 and n is not None]
+    counts = [
+        int(n)
+        for d in (datasets if datasets is not None else list(curves))
+        for c in curves.get(d, {}).values()
+        for s, n in zip(c.get("shots", []), c.get("n") or [])
+        if s and s > 0 and n is not None
+    ]
     if counts and max(counts) <= 1:
         return "one seed per point, n = 1: no spread to show"
     if counts and min(counts) <= 1:
@@ -332,8 +409,14 @@ def plot_id_vs_accuracy(
     n_points = len(id_k)
     if len(accuracy) != n_points or any(g is not None and len(g) != n_points for g in (labels, markers_by)):
         raise RlptuneError("plot: id_k, accuracy, labels and markers_by must have the same length")
-    keep = [i for i in range(n_points) if id_k[i] is not None and accuracy[i] is not None
-            and math.isfinite(float(id_k[i])) and math.isfinite(float(accuracy[i]))]
+    keep = [
+        i
+        for i in range(n_points)
+        if id_k[i] is not None
+        and accuracy[i] is not None
+        and math.isfinite(float(id_k[i]))
+        and math.isfinite(float(accuracy[i]))
+    ]
     xs = np.asarray([float(id_k[i]) for i in keep])
     ys = np.asarray([float(accuracy[i]) for i in keep])
     groups = [str(labels[i]) for i in keep] if labels is not None else ["runs"] * len(keep)
@@ -357,31 +440,62 @@ def plot_id_vs_accuracy(
             part = [i for i in sel if shapes[i] == shape]
             if part:
                 marker = _marker(shape_order.index(shape)) if markers_by is not None else style.marker
-                ax.scatter(xs[part], ys[part], color=style.colour, marker=marker, s=40,
-                           edgecolor="black", linewidth=0.4, zorder=3)
+                ax.scatter(
+                    xs[part],
+                    ys[part],
+                    color=style.colour,
+                    marker=marker,
+                    s=40,
+                    edgecolor="black",
+                    linewidth=0.4,
+                    zorder=3,
+                )
         label = f"{group}: {rho_text(sel)}"
         if len(set(xs[sel].tolist())) >= 2:
             slope, intercept = np.polyfit(xs[sel], ys[sel], 1)
             grid = np.linspace(xs[sel].min(), xs[sel].max(), 50)
-            ax.plot(grid, slope * grid + intercept, color=style.colour, linestyle=style.dash, linewidth=1.2, zorder=2,
-                    label=label)
+            ax.plot(
+                grid,
+                slope * grid + intercept,
+                color=style.colour,
+                linestyle=style.dash,
+                linewidth=1.2,
+                zorder=2,
+                label=label,
+            )
         else:
             ax.plot([], [], color=style.colour, marker=style.marker, linestyle="none", label=label)
     from matplotlib.lines import Line2D
 
-    legend = ax.legend(title="Method (trend line, Spearman within method)", frameon=False, fontsize="small",
-                       title_fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend = ax.legend(
+        title="Method (trend line, Spearman within method)",
+        frameon=False,
+        fontsize="small",
+        title_fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     if markers_by is not None:
         ax.add_artist(legend)
         legend.set_clip_on(False)  # add_artist clips to the axes, and a clipped legend is left out of the tight box
-        shape_handles = [Line2D([], [], color="#444444", marker=_marker(i), linestyle="none", label=shape)
-                         for i, shape in enumerate(shape_order)]
-        ax.legend(handles=shape_handles, title="Dataset", frameon=False, fontsize="small", title_fontsize="small",
-                  loc="lower left", bbox_to_anchor=(1.01, 0.0))
+        shape_handles = [
+            Line2D([], [], color="#444444", marker=_marker(i), linestyle="none", label=shape)
+            for i, shape in enumerate(shape_order)
+        ]
+        ax.legend(
+            handles=shape_handles,
+            title="Dataset",
+            frameon=False,
+            fontsize="small",
+            title_fontsize="small",
+            loc="lower left",
+            bbox_to_anchor=(1.01, 0.0),
+        )
     pooled = rho_text(list(range(len(keep))))
     over = f"{len(set(groups))} method(s)" + (f" × {len(shape_order)} dataset(s)" if markers_by is not None else "")
-    ax.set_title(_wrap(title or f"{_id_label(k)} vs accuracy — pooled over {over}: Spearman {pooled}", 5.5, 11.0),
-                 fontsize=11)
+    ax.set_title(
+        _wrap(title or f"{_id_label(k)} vs accuracy — pooled over {over}: Spearman {pooled}", 5.5, 11.0), fontsize=11
+    )
     ax.set_xlabel(xlabel or f"Information density {_id_label(k)} of the prompt")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -421,8 +535,16 @@ def plot_singular_spectra(
         idx = np.arange(1, s.size + 1)
         positive = s > 0
         if positive.any():
-            ax.plot(idx[positive], s[positive], marker=marker, color=style.colour, linestyle=style.dash, label=name,
-                    linewidth=1.4, markersize=4)
+            ax.plot(
+                idx[positive],
+                s[positive],
+                marker=marker,
+                color=style.colour,
+                linestyle=style.dash,
+                label=name,
+                linewidth=1.4,
+                markersize=4,
+            )
             drew = True
     if drew:
         ax.set_yscale("log")
@@ -431,7 +553,13 @@ def plot_singular_spectra(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Index i (singular values in descending order)")
     ax.set_ylabel("σ$_i$ / σ$_1$" if normalize else "Singular value σ$_i$")
-    ax.set_title(_wrap(title or ("Normalised singular-value spectra of prompts" if normalize else "Singular-value spectra of prompts"), 5.5))
+    ax.set_title(
+        _wrap(
+            title
+            or ("Normalised singular-value spectra of prompts" if normalize else "Singular-value spectra of prompts"),
+            5.5,
+        )
+    )
     ax.grid(alpha=0.3)
     if drew:  # beside the axes, not over the lines (eight runs fill the plot area)
         ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -478,8 +606,10 @@ def plot_training_curves(
     styles = method_styles(owners)
     shape_order = list(dict.fromkeys(markers_by)) if markers_by is not None else []
     run_colour = [styles[o].colour for o in owners]
-    run_marker = [_marker(shape_order.index(markers_by[j])) if markers_by is not None else styles[o].marker
-                  for j, o in enumerate(owners)]
+    run_marker = [
+        _marker(shape_order.index(markers_by[j])) if markers_by is not None else styles[o].marker
+        for j, o in enumerate(owners)
+    ]
 
     k = 1
     for recs in runs.values():
@@ -490,9 +620,16 @@ def plot_training_curves(
                 break
     panels = [
         ("Loss", "Training loss", [(("loss",), "-", "")]),
-        ("Accuracy", "Accuracy (%)", [(("train_acc",), "-", "training (epoch mean)"), (("val_acc",), "--", "validation")]),
-        (_id_label(k), f"Information density {_id_label(k)}",
-         [(("diagnostics", "P", "id_k"), "-", "P"), (("diagnostics", "delta", "id_k"), "--", "ΔP")]),
+        (
+            "Accuracy",
+            "Accuracy (%)",
+            [(("train_acc",), "-", "training (epoch mean)"), (("val_acc",), "--", "validation")],
+        ),
+        (
+            _id_label(k),
+            f"Information density {_id_label(k)}",
+            [(("diagnostics", "P", "id_k"), "-", "P"), (("diagnostics", "delta", "id_k"), "--", "ΔP")],
+        ),
     ]
     present = [p for p in panels if any(_series(recs, *path)[0] for recs in runs.values() for path, _, _ in p[2])]
     if not present:

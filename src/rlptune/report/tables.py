@@ -101,9 +101,7 @@ class Cell:
         return f"{self.value:.{decimals}f} ± {self.std:.{decimals}f}"
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable(
-            {"value": self.value, "std": self.std, "n": self.n, "values": self.values, "seeds": self.seeds}
-        )
+        return jsonable({"value": self.value, "std": self.std, "n": self.n, "values": self.values, "seeds": self.seeds})
 
 
 @dataclass
@@ -181,8 +179,13 @@ def collapse_shot_independent(rows: Rows) -> list[Mapping[str, Any]]:
         if not is_shot_independent(row):
             out.append(row)
             continue
-        key = (_infer_protocol(row), str(row.get("dataset")), str(row.get("method")), str(row.get("tag")),
-               str(row.get("source")))
+        key = (
+            _infer_protocol(row),
+            str(row.get("dataset")),
+            str(row.get("method")),
+            str(row.get("tag")),
+            str(row.get("source")),
+        )
         if key not in groups:
             groups[key] = []
             out.append(groups[key])  # type: ignore[arg-type]  # placeholder, replaced below in the same position
@@ -378,7 +381,9 @@ def _shots_label(shots: Any) -> str:
     return f"{shots} shot" if shots == 1 else f"{shots} shots"
 
 
-_ZERO_SHOT_NOTE = "0 shots: zero-shot CLIP, which trains nothing; one evaluation per dataset, the same for every shot count and seed."
+_ZERO_SHOT_NOTE = (
+    "0 shots: zero-shot CLIP, which trains nothing; one evaluation per dataset, the same for every shot count and seed."
+)
 
 
 def few_shot_table(
@@ -394,7 +399,12 @@ def few_shot_table(
             continue
         if row.get("shots") is None:
             raise RlptuneError(f"tables: a few-shot result for {row.get('dataset')!r} has no 'shots' field")
-        _put(acc, (str(row["dataset"]), _group(row, group_by), int(row["shots"]), row.get("seed")), row["accuracy"], "few-shot")
+        _put(
+            acc,
+            (str(row["dataset"]), _group(row, group_by), int(row["shots"]), row.get("seed")),
+            row["accuracy"],
+            "few-shot",
+        )
     shots = sorted({k[2] for k in acc})
     ds_order = _order((k[0] for k in acc), datasets, dataset_sort_key)
     m_order = _order((k[1] for k in acc), methods, str)
@@ -403,9 +413,7 @@ def few_shot_table(
     per_method: dict[str, list[dict[str, Cell | None]]] = {m: [] for m in m_order}
     for ds in ds_order:
         for m in m_order:
-            cells = {
-                _shots_label(s): _cell({k[3]: v for k, v in acc.items() if k[:3] == (ds, m, s)}) for s in shots
-            }
+            cells = {_shots_label(s): _cell({k[3]: v for k, v in acc.items() if k[:3] == (ds, m, s)}) for s in shots}
             if all(c is None for c in cells.values()):
                 continue
             per_method[m].append(cells)
@@ -436,7 +444,9 @@ def few_shot_table(
         label_columns=["Dataset", "Method"],
         value_columns=columns,
         rows=out_rows,
-        notes=["Average: mean over datasets of the per-dataset means; ± over seeds when all datasets share the same seeds."]
+        notes=[
+            "Average: mean over datasets of the per-dataset means; ± over seeds when all datasets share the same seeds."
+        ]
         + ([_ZERO_SHOT_NOTE] if 0 in shots else []),
     )
 
@@ -524,7 +534,12 @@ def _transfer_table(
 def cross_dataset_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence[str] | None = None) -> Table:
     """Method × (source, each target dataset, average over targets), as CoCoOp's cross-dataset table."""
     return _transfer_table(
-        rows, "cross-dataset", "cross_dataset", "Cross-dataset transfer (accuracy %, mean ± std over seeds)", group_by, methods
+        rows,
+        "cross-dataset",
+        "cross_dataset",
+        "Cross-dataset transfer (accuracy %, mean ± std over seeds)",
+        group_by,
+        methods,
     )
 
 
@@ -575,8 +590,13 @@ def other_runs_table(rows: Rows, group_by: GroupBy = "method", methods: Sequence
                 }
                 if cells["Accuracy"] is None:
                     continue
-                out_rows.append(TableRow(labels={"Dataset": ds, "Method": m, "Shots": "all" if sh is None else str(sh)},
-                                         cells=cells, n=cells["Accuracy"].n))
+                out_rows.append(
+                    TableRow(
+                        labels={"Dataset": ds, "Method": m, "Shots": "all" if sh is None else str(sh)},
+                        cells=cells,
+                        n=cells["Accuracy"].n,
+                    )
+                )
     return Table(
         name="other_runs",
         title="Other runs (test accuracy %, mean ± std over seeds)",
@@ -656,7 +676,10 @@ def render_csv(table: Table) -> str:
         for col in table.value_columns:
             cell = row.cells.get(col)
             line += ["", "", ""] if cell is None else [_num(cell.value), _num(cell.std), cell.n]
-        line += ["" if row.n is None else row.n, *("" if row.extra.get(c) is None else row.extra[c] for c in table.extra_columns)]
+        line += [
+            "" if row.n is None else row.n,
+            *("" if row.extra.get(c) is None else row.extra[c] for c in table.extra_columns),
+        ]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -677,7 +700,9 @@ def table_to_json(table: Table) -> dict[str, Any]:
                     "labels": row.labels,
                     "average": row.average,
                     "seeds": row.n,
-                    "cells": {c: (None if row.cells.get(c) is None else row.cells[c].to_dict()) for c in table.value_columns},  # type: ignore[union-attr]
+                    "cells": {
+                        c: (None if row.cells.get(c) is None else row.cells[c].to_dict()) for c in table.value_columns
+                    },  # type: ignore[union-attr]
                     "extra": row.extra,
                 }
                 for row in table.rows

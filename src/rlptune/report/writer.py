@@ -272,7 +272,9 @@ def disambiguate_methods(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         names = sorted(varying.get(row.get("method"), ()))
         if names:
             flat = _flat_settings(row.get("settings"))
-            row["method"] = f"{row['method']} (" + ", ".join(f"{n.split('.')[-1]}={flat.get(n, '–')}" for n in names) + ")"
+            row["method"] = (
+                f"{row['method']} (" + ", ".join(f"{n.split('.')[-1]}={flat.get(n, '–')}" for n in names) + ")"
+            )
     _label_repeats_by_folder(out)
     return out
 
@@ -320,8 +322,12 @@ def _rediagnose(part: Mapping[str, Any], k: int) -> dict[str, Any] | None:
             "numerical_rank": part.get("numerical_rank"),
         }
     d = diagnostics_from_singular_values(sv, shape, k)
-    return {"k": k, "id_k": d.id_k, "effective_rank": part.get("effective_rank", d.effective_rank),
-            "numerical_rank": part.get("numerical_rank", d.numerical_rank)}
+    return {
+        "k": k,
+        "id_k": d.id_k,
+        "effective_rank": part.get("effective_rank", d.effective_rank),
+        "numerical_rank": part.get("numerical_rank", d.numerical_rank),
+    }
 
 
 def _run_diagnostics(row: Mapping[str, Any], k: int | None, loader: PromptLoader | None) -> tuple[dict, str | None]:
@@ -479,10 +485,18 @@ def _fmt(value: Any, decimals: int = 3) -> str:
 
 
 _ANALYSIS_COLUMNS = [
-    ("Run", "run", 0), ("Dataset", "dataset", 0), ("Method", "method", 0), ("Seed", "seed", 0),
-    ("ID_k (P)", "id_k", 3), ("ID_k (ΔP)", "id_k_delta", 3), ("eff. rank (P)", "effective_rank", 2),
-    ("eff. rank (ΔP)", "effective_rank_delta", 2), ("rank (P)", "numerical_rank", 0),
-    ("rank (ΔP)", "numerical_rank_delta", 0), ("New (%)", "new", 2), ("Acc. (%)", "accuracy", 2),
+    ("Run", "run", 0),
+    ("Dataset", "dataset", 0),
+    ("Method", "method", 0),
+    ("Seed", "seed", 0),
+    ("ID_k (P)", "id_k", 3),
+    ("ID_k (ΔP)", "id_k_delta", 3),
+    ("eff. rank (P)", "effective_rank", 2),
+    ("eff. rank (ΔP)", "effective_rank_delta", 2),
+    ("rank (P)", "numerical_rank", 0),
+    ("rank (ΔP)", "numerical_rank_delta", 0),
+    ("New (%)", "new", 2),
+    ("Acc. (%)", "accuracy", 2),
 ]
 
 
@@ -507,7 +521,9 @@ def _correlation_lines(correlation: Mapping[str, Any]) -> list[str]:
     over = correlation.get("pooled_over") or {}
     methods, datasets = over.get("methods") or [], over.get("datasets") or []
     grouping = f" over {len(methods)} method(s) × {len(datasets)} dataset(s)" if over else ""
-    caveat = "; across methods this mostly says which method, not how ID relates to accuracy" if len(methods) > 1 else ""
+    caveat = (
+        "; across methods this mostly says which method, not how ID relates to accuracy" if len(methods) > 1 else ""
+    )
     lines.append(f"- pooled{grouping}: {_rho_text(correlation)}{caveat}")
     return lines
 
@@ -523,7 +539,9 @@ def render_analysis_markdown(table_rows: Sequence[Mapping[str, Any]], correlatio
     header = [name.replace("ID_k", f"ID_{k}") for name, _, _ in _ANALYSIS_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     for row in table_rows:
-        lines.append("| " + " | ".join(_fmt(row.get(key), dec).replace("|", "\\|") for _, key, dec in _ANALYSIS_COLUMNS) + " |")
+        lines.append(
+            "| " + " | ".join(_fmt(row.get(key), dec).replace("|", "\\|") for _, key, dec in _ANALYSIS_COLUMNS) + " |"
+        )
     return "\n".join(lines) + "\n\n" + _correlation_text(correlation) + "\n"
 
 
@@ -552,13 +570,17 @@ def compare_methods(
     out: list[dict[str, Any]] = []
     for protocol, metric, key in specs:
         selected = collapse_shot_independent(
-            [r for r in rows if (r.get("protocol") == protocol or (protocol == "other" and r.get("protocol") not in known))]
+            [
+                r
+                for r in rows
+                if (r.get("protocol") == protocol or (protocol == "other" and r.get("protocol") not in known))
+            ]
         )
         methods = sorted({str(r["method"]) for r in selected})
         if baseline is not None:
             pairs = [(m, baseline) for m in methods if m != baseline and baseline in methods]
         elif len(methods) <= max_methods:
-            pairs = [(a, b) for i, b in enumerate(methods) for a in methods[i + 1:]]
+            pairs = [(a, b) for i, b in enumerate(methods) for a in methods[i + 1 :]]
         else:
             pairs = []
         for a, b in pairs:
@@ -569,8 +591,15 @@ def compare_methods(
             for label, a_side, b_side, pair_key, over in _pairings(protocol, key, a_rows, b_rows, metric):
                 result = paired_comparison(a_side, b_side, key=pair_key, metric=metric)
                 if result.n:
-                    out.append({"protocol": label, "a": a, "b": b, "paired_over": over,
-                                **{k: v for k, v in result.to_dict().items() if k != "pairs"}})
+                    out.append(
+                        {
+                            "protocol": label,
+                            "a": a,
+                            "b": b,
+                            "paired_over": over,
+                            **{k: v for k, v in result.to_dict().items() if k != "pairs"},
+                        }
+                    )
     return out
 
 
@@ -588,11 +617,17 @@ def _pairings(
     trained = b_rows if a_fixed else a_rows
     fixed = a_rows if a_fixed else b_rows
     out = []
-    shot_counts = sorted({r.get("shots") for r in trained}, key=lambda s: (s is None, s or 0)) if "shots" in key else [None]
+    shot_counts = (
+        sorted({r.get("shots") for r in trained}, key=lambda s: (s is None, s or 0)) if "shots" in key else [None]
+    )
     for shots in shot_counts:
         members = [r for r in trained if "shots" not in key or r.get("shots") == shots]
         averaged = _seed_means(members, metric)
-        label = protocol if shots is None or len(shot_counts) == 1 and protocol != "few-shot" else f"{protocol} ({shots} shots)"
+        label = (
+            protocol
+            if shots is None or len(shot_counts) == 1 and protocol != "few-shot"
+            else f"{protocol} ({shots} shots)"
+        )
         sides = (fixed, averaged) if a_fixed else (averaged, fixed)
         out.append((label, sides[0], sides[1], ("dataset",), "dataset (seed mean vs zero-shot)"))
     return out
@@ -667,7 +702,10 @@ class _Doc:
         self.md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
         self.md.append("")
         view = {
-            "id": name, "caption": caption, "header": list(header), "notes": [],
+            "id": name,
+            "caption": caption,
+            "header": list(header),
+            "notes": [],
             "rows": [{"average": False, "cells": [{"text": c, "num": _looks_numeric(c)} for c in row]} for row in body],
         }
         self._blocks().append({"kind": "table", "table": view})
@@ -678,10 +716,19 @@ class _Doc:
         self.md += [f"![{caption}]({rel_png})", "", f"*{caption}* ([SVG]({rel_svg}))", ""]
         data = png.read_bytes()
         width, height = _png_size(data)
-        self._blocks().append({"kind": "figure", "figure": {
-            "id": png.stem.replace("_", "-"), "caption": caption, "svg": rel_svg, "width": width, "height": height,
-            "src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
-        }})
+        self._blocks().append(
+            {
+                "kind": "figure",
+                "figure": {
+                    "id": png.stem.replace("_", "-"),
+                    "caption": caption,
+                    "svg": rel_svg,
+                    "width": width,
+                    "height": height,
+                    "src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+                },
+            }
+        )
 
     def html(self, title: str) -> str:
         from rlptune.report.templates import render
@@ -700,7 +747,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _pick_runs(rows: Sequence[Mapping[str, Any]], limit: int, need: Callable[[Mapping[str, Any]], bool]) -> list[Mapping[str, Any]]:
+def _pick_runs(
+    rows: Sequence[Mapping[str, Any]], limit: int, need: Callable[[Mapping[str, Any]], bool]
+) -> list[Mapping[str, Any]]:
     """First qualifying run of each (method, dataset), methods interleaved so every method shows up; at most ``limit``."""
     by_method: dict[str, list[Mapping[str, Any]]] = {}
     seen: set[tuple] = set()
@@ -744,8 +793,11 @@ def _training_curve_note(picked: Sequence[Mapping[str, Any]]) -> str:
     used = sorted({v for v in (_aug_views(r) for r in picked) if v is not None})
     unknown = sum(_aug_views(r) is None for r in picked)
     if used:
-        runs = (f"These runs used train.aug_views = {', '.join(map(str, used))}"
-                + (f" ({unknown} run(s) did not record it)" if unknown else "") + ". ")
+        runs = (
+            f"These runs used train.aug_views = {', '.join(map(str, used))}"
+            + (f" ({unknown} run(s) did not record it)" if unknown else "")
+            + ". "
+        )
     else:
         runs = "These runs did not record train.aug_views. "
     return (
@@ -791,7 +843,11 @@ def write_report(
     from rlptune.report.templates import environment
 
     environment()  # fail on a missing jinja2 before any file is written
-    reported = [("the results folder it reports on", rows_or_results_dir)] if isinstance(rows_or_results_dir, (str, os.PathLike)) else []
+    reported = (
+        [("the results folder it reports on", rows_or_results_dir)]
+        if isinstance(rows_or_results_dir, (str, os.PathLike))
+        else []
+    )
     check_output_folder(out_dir, kind="report", inputs=reported)  # never over the user's files or the runs read
     root: Path | None = None
     if isinstance(rows_or_results_dir, (str, os.PathLike)):
@@ -810,11 +866,14 @@ def write_report(
     tables_dir, figures_dir = out / "tables", out / "figures"
     doc = _Doc(out)
     protocols = sorted({str(r.get("protocol")) for r in rows})
-    doc.intro(title, (
-        f"{len(rows)} runs; protocols: {', '.join(protocols)}; methods: {', '.join(sorted({str(r['method']) for r in rows}))}; "
-        f"datasets: {len({str(r['dataset']) for r in rows})}. Accuracies in %, mean ± sample std over seeds "
-        "(– : one seed, no spread observed)."
-    ))
+    doc.intro(
+        title,
+        (
+            f"{len(rows)} runs; protocols: {', '.join(protocols)}; methods: {', '.join(sorted({str(r['method']) for r in rows}))}; "
+            f"datasets: {len({str(r['dataset']) for r in rows})}. Accuracies in %, mean ± sample std over seeds "
+            "(– : one seed, no spread observed)."
+        ),
+    )
 
     table_files: list[Path] = []
     figure_files: list[Path] = []
@@ -838,18 +897,24 @@ def write_report(
             figure_files += paths
             n_methods = len({row.labels["Method"] for row in table.rows})
             n_datasets = len({row.labels["Dataset"] for row in table.rows if not row.average})
-            doc.figure(paths, f"Base / New / H for {n_methods} method(s) on {n_datasets} dataset(s) "
-                              f"({plots.bars_spread_note(table)}); colour and hatch: method")
+            doc.figure(
+                paths,
+                f"Base / New / H for {n_methods} method(s) on {n_datasets} dataset(s) "
+                f"({plots.bars_spread_note(table)}); colour and hatch: method",
+            )
         if protocol == "few-shot":
             curves = few_shot_curves(table)
             paths = _plot("plot_few_shot_curves", curves, figures_dir / "few_shot_curves")
             figure_files += paths
             zero_shot = any(c.get("shots") == [0] for methods in curves.values() for c in methods.values())
             shown = [d for d in curves if d != "Average"]
-            doc.figure(paths, f"Few-shot accuracy vs shots per class on {len(shown)} dataset(s) "
-                              f"({plots.few_shot_spread_note(curves)}; whiskers and band: ± std; markers of "
-                              "different methods are nudged sideways so equal values stay visible"
-                              + ("; zero-shot CLIP is the horizontal dotted line)" if zero_shot else ")"))
+            doc.figure(
+                paths,
+                f"Few-shot accuracy vs shots per class on {len(shown)} dataset(s) "
+                f"({plots.few_shot_spread_note(curves)}; whiskers and band: ± std; markers of "
+                "different methods are nudged sideways so equal values stay visible"
+                + ("; zero-shot CLIP is the horizontal dotted line)" if zero_shot else ")"),
+            )
 
     comparisons = compare_methods(rows, baseline=baseline)
     if comparisons:
@@ -862,8 +927,10 @@ def write_report(
         doc.simple_table("comparisons", *_comparison_rows(comparisons))
 
     diag_rows = [
-        r for r in rows
-        if primary_diagnostics(r.get("prompt_diagnostics")) or any(primary_diagnostics(h.get("diagnostics")) for h in r.get("history") or [])
+        r
+        for r in rows
+        if primary_diagnostics(r.get("prompt_diagnostics"))
+        or any(primary_diagnostics(h.get("diagnostics")) for h in r.get("history") or [])
     ]
     analysis: dict[str, Any] = {}
     if diag_rows:
@@ -884,46 +951,71 @@ def write_report(
         if len(points) >= 2:
             what = "new-class accuracy" if y == "new" else "test accuracy"
             paths = _plot(
-                "plot_id_vs_accuracy", [r["id_k"] for r in points], [r[y] for r in points],
-                figures_dir / ("id_vs_new" if y == "new" else "id_vs_accuracy"), labels=[str(r["method"]) for r in points],
-                markers_by=[str(r["dataset"]) for r in points], k=k, ylabel=f"{what[0].upper()}{what[1:]} (%)",
+                "plot_id_vs_accuracy",
+                [r["id_k"] for r in points],
+                [r[y] for r in points],
+                figures_dir / ("id_vs_new" if y == "new" else "id_vs_accuracy"),
+                labels=[str(r["method"]) for r in points],
+                markers_by=[str(r["dataset"]) for r in points],
+                k=k,
+                ylabel=f"{what[0].upper()}{what[1:]} (%)",
             )
             figure_files += paths
-            doc.figure(paths, f"Information density of the prompt vs {what}, one point per run ({len(points)} runs "
-                              f"of {len({str(r['method']) for r in points})} method(s) on "
-                              f"{len({str(r['dataset']) for r in points})} dataset(s)); colour and trend-line dash: "
-                              "method, marker: dataset; one trend line and Spearman ρ per method (the pooled ρ is in "
-                              "the title with what it pools over)")
+            doc.figure(
+                paths,
+                f"Information density of the prompt vs {what}, one point per run ({len(points)} runs "
+                f"of {len({str(r['method']) for r in points})} method(s) on "
+                f"{len({str(r['dataset']) for r in points})} dataset(s)); colour and trend-line dash: "
+                "method, marker: dataset; one trend line and Spearman ρ per method (the pooled ρ is in "
+                "the title with what it pools over)",
+            )
         for part, name, label in (("P", "spectra", "P"), ("delta", "spectra_delta", "ΔP")):
             picked = _pick_runs(rows, 8, lambda r, part=part: _spectrum(r, part) is not None)
             if picked:
                 eligible = [r for r in rows if _spectrum(r, part) is not None]
                 spectra = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": _spectrum(r, part) for r in picked}
-                paths = _plot("plot_singular_spectra", spectra, figures_dir / name,
-                              title=f"Singular-value spectra of {label}", methods=[str(r["method"]) for r in picked],
-                              markers_by=[str(r["dataset"]) for r in picked])
+                paths = _plot(
+                    "plot_singular_spectra",
+                    spectra,
+                    figures_dir / name,
+                    title=f"Singular-value spectra of {label}",
+                    methods=[str(r["method"]) for r in picked],
+                    markers_by=[str(r["dataset"]) for r in picked],
+                )
                 figure_files += paths
-                doc.figure(paths, f"Singular values of {label} (log scale) of {_shown_runs(picked, eligible)}; "
-                                  "colour and dash: method, marker: dataset")
+                doc.figure(
+                    paths,
+                    f"Singular values of {label} (log scale) of {_shown_runs(picked, eligible)}; "
+                    "colour and dash: method, marker: dataset",
+                )
 
     with_history = _pick_runs(rows, 6, lambda r: bool(r.get("history")))
     if with_history:
         records = {f"{r['method']} ({r['dataset']}, seed {r.get('seed')})": r["history"] for r in with_history}
         try:
-            paths = _plot("plot_training_curves", records, figures_dir / "training_curves",
-                          methods=[str(r["method"]) for r in with_history],
-                          markers_by=[str(r["dataset"]) for r in with_history])
+            paths = _plot(
+                "plot_training_curves",
+                records,
+                figures_dir / "training_curves",
+                methods=[str(r["method"]) for r in with_history],
+                markers_by=[str(r["dataset"]) for r in with_history],
+            )
         except RlptuneError:
             paths = []
         if paths:
             doc.heading("Training curves")
             has_val = any(rec.get("val_acc") is not None for r in with_history for rec in r["history"])
-            doc.para(_training_curve_note(with_history) + ("" if has_val else " These runs logged no validation accuracy."),
-                     css="note")
+            doc.para(
+                _training_curve_note(with_history) + ("" if has_val else " These runs logged no validation accuracy."),
+                css="note",
+            )
             figure_files += paths
             eligible = [r for r in rows if r.get("history")]
-            doc.figure(paths, "Training loss, accuracy (training solid, validation dashed) and information density "
-                              f"per epoch of {_shown_runs(with_history, eligible)}; colour: method, marker: dataset")
+            doc.figure(
+                paths,
+                "Training loss, accuracy (training solid, validation dashed) and information density "
+                f"per epoch of {_shown_runs(with_history, eligible)}; colour: method, marker: dataset",
+            )
 
     json_files = [write_json(out / "comparisons.json", jsonable(comparisons))]
     if analysis:

@@ -21,11 +21,31 @@ from .settings import StudySettings
 from .tables import EvidenceTable, cell
 
 PAIRS = (("--auto", "official recipe"), ("--auto", "zero-shot"), ("official recipe", "zero-shot"))
-ACCURACY_COLUMNS = ["block", "dataset", "shots", "arm", "runs", "metric", "mean", "t_low", "t_high", "wilson_low",
-                    "wilson_high"]
+ACCURACY_COLUMNS = [
+    "block",
+    "dataset",
+    "shots",
+    "arm",
+    "runs",
+    "metric",
+    "mean",
+    "t_low",
+    "t_high",
+    "wilson_low",
+    "wilson_high",
+]
 PAIRED_COLUMNS = ["block", "comparison", "metric", "n", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p"]
-RANK_COLUMNS = ["block", "dataset", "shots", "runs", "kept_candidate", "ranks_chosen", "spectrum_ranks", "agree",
-                "validation"]
+RANK_COLUMNS = [
+    "block",
+    "dataset",
+    "shots",
+    "runs",
+    "kept_candidate",
+    "ranks_chosen",
+    "spectrum_ranks",
+    "agree",
+    "validation",
+]
 
 
 def _metric(block: str) -> str:
@@ -46,9 +66,14 @@ def part_rows(plan: Plan, results: StudyResults, settings: StudySettings) -> dic
             if key not in results.runs:
                 continue
             result = results.runs[key]
-            row = {**result_to_row(result), "dataset": dataset_label(spec),
-                   "shots": spec.shots if spec.protocol == "few-shot" else settings.shots, "seed": spec.seed,
-                   "auto": result.get("auto"), "test_n": ((result.get("metrics") or {}).get("test") or {}).get("n")}
+            row = {
+                **result_to_row(result),
+                "dataset": dataset_label(spec),
+                "shots": spec.shots if spec.protocol == "few-shot" else settings.shots,
+                "seed": spec.seed,
+                "auto": result.get("auto"),
+                "test_n": ((result.get("metrics") or {}).get("test") or {}).get("n"),
+            }
             rows.append(row)
     return out
 
@@ -81,10 +106,22 @@ def _accuracy_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str,
                 if not values:
                     continue
                 low, high = _t_interval(values)
-                row = {"block": block, "dataset": dataset, "shots": shots, "arm": arm, "runs": len(values),
-                       "metric": metric, "mean": sum(values) / len(values), "t_low": low, "t_high": high,
-                       "wilson_low": None, "wilson_high": None}
-                counted = [(r["accuracy"], r["test_n"]) for r in rows if r.get("test_n") and r.get("accuracy") is not None]
+                row = {
+                    "block": block,
+                    "dataset": dataset,
+                    "shots": shots,
+                    "arm": arm,
+                    "runs": len(values),
+                    "metric": metric,
+                    "mean": sum(values) / len(values),
+                    "t_low": low,
+                    "t_high": high,
+                    "wilson_low": None,
+                    "wilson_high": None,
+                }
+                counted = [
+                    (r["accuracy"], r["test_n"]) for r in rows if r.get("test_n") and r.get("accuracy") is not None
+                ]
                 if metric == "accuracy" and counted:
                     correct = sum(round(a * n / 100) for a, n in counted)
                     row["wilson_low"], row["wilson_high"] = wilson_interval(correct, sum(n for _, n in counted))
@@ -92,10 +129,23 @@ def _accuracy_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str,
     return out
 
 
-def _paired(label: str, a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], metric: str, block: str) -> dict[str, Any]:
+def _paired(
+    label: str, a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], metric: str, block: str
+) -> dict[str, Any]:
     c = S.paired_comparison(a_rows, b_rows, key=("dataset", "seed", "shots"), metric=metric)
-    return {"block": block, "comparison": label, "metric": metric, "n": c.n, "mean_a": c.mean_a, "mean_b": c.mean_b,
-            "diff": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p_value, "pairs": c.pairs}
+    return {
+        "block": block,
+        "comparison": label,
+        "metric": metric,
+        "n": c.n,
+        "mean_a": c.mean_a,
+        "mean_b": c.mean_b,
+        "diff": c.mean_diff,
+        "ci_low": c.ci_low,
+        "ci_high": c.ci_high,
+        "p": c.p_value,
+        "pairs": c.pairs,
+    }
 
 
 def _paired_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str, Any]]:
@@ -105,12 +155,22 @@ def _paired_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str, A
         groups.append((block, _metric(block), arms))
         if block == block_name("few-shot"):
             for k in sorted({r["shots"] for rows in arms.values() for r in rows}):
-                groups.append((f"few-shot {k} shots", "accuracy",
-                               {a: [r for r in rows if r["shots"] == k] for a, rows in arms.items()}))
+                groups.append(
+                    (
+                        f"few-shot {k} shots",
+                        "accuracy",
+                        {a: [r for r in rows if r["shots"] == k] for a, rows in arms.items()},
+                    )
+                )
     folders = [arms for block, arms in by.items() if block.startswith("folder ")]
     if len(folders) > 1:
-        groups.append(("all custom folders", "accuracy",
-                       {arm: [r for arms in folders for r in arms.get(arm, [])] for arm, _, _ in ARMS}))
+        groups.append(
+            (
+                "all custom folders",
+                "accuracy",
+                {arm: [r for arms in folders for r in arms.get(arm, [])] for arm, _, _ in ARMS},
+            )
+        )
     out = []
     for block, metric, arms in groups:
         for a, b in PAIRS:
@@ -140,11 +200,21 @@ def _rank_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str, Any
                 if rank is not None and best is not None:
                     compared += 1
                     agree += int(rank == best)
-            out.append({"block": block, "dataset": dataset, "shots": shots, "runs": len(mine),
-                        "kept_candidate": sum(1 for r in mine if r["auto"].get("decision") == "candidate"),
-                        "ranks_chosen": ", ".join(chosen), "spectrum_ranks": ", ".join(spectrum),
-                        "agree": f"{agree}/{compared}", "agree_n": agree, "compared_n": compared,
-                        "validation": "k-fold" if (mine[0]["auto"].get("folds") or 1) > 1 else "val split"})
+            out.append(
+                {
+                    "block": block,
+                    "dataset": dataset,
+                    "shots": shots,
+                    "runs": len(mine),
+                    "kept_candidate": sum(1 for r in mine if r["auto"].get("decision") == "candidate"),
+                    "ranks_chosen": ", ".join(chosen),
+                    "spectrum_ranks": ", ".join(spectrum),
+                    "agree": f"{agree}/{compared}",
+                    "agree_n": agree,
+                    "compared_n": compared,
+                    "validation": "k-fold" if (mine[0]["auto"].get("folds") or 1) > 1 else "val split",
+                }
+            )
     return out
 
 
@@ -169,8 +239,15 @@ def agreement(rank_rows: Sequence[Mapping[str, Any]], ranks: int = 3) -> dict[st
         v = "contradicts"
     else:
         v = f"cannot decide (95% interval contains chance, {chance:.0f}%)"
-    return {"agree": agree, "n": n, "rate": 100.0 * agree / n if n else None, "low": low, "high": high,
-            "chance": chance, "verdict": v}
+    return {
+        "agree": agree,
+        "n": n,
+        "rate": 100.0 * agree / n if n else None,
+        "low": low,
+        "high": high,
+        "chance": chance,
+        "verdict": v,
+    }
 
 
 def auto_analysis(plan: Plan, results: StudyResults, settings: StudySettings) -> tuple[list[EvidenceTable], list[dict]]:
@@ -180,32 +257,64 @@ def auto_analysis(plan: Plan, results: StudyResults, settings: StudySettings) ->
     paired = _paired_rows(by)
     ranks = _rank_rows(by)
     tables = [
-        EvidenceTable("part7_auto_accuracy", "Part 7. --auto vs RLP's official recipe vs zero-shot: test accuracy (H for base-to-new)",
-                      ACCURACY_COLUMNS, accuracy,
-                      "mean over seeds; t_low/t_high: 95% t interval over the seeds; wilson_low/wilson_high: 95% Wilson "
-                      "interval on the test images of all seeds pooled (accuracy only)."),
-        EvidenceTable("part7_auto_paired", "Part 7. Paired differences over (dataset, seed, shots): 95% t interval, Wilcoxon p",
-                      PAIRED_COLUMNS, paired),
-        EvidenceTable("part7_auto_ranks", "Part 7. What --auto chose, and the spectrum rule's rank beside validation's",
-                      RANK_COLUMNS, ranks,
-                      "ranks_chosen: the rank of the best candidate on validation per seed; (zs): the guard returned the "
-                      "zero-shot prompt instead. spectrum_ranks: the smallest rank holding 90% of a short full-rank "
-                      "run's update energy. agree: runs where the two ranks are equal."),
+        EvidenceTable(
+            "part7_auto_accuracy",
+            "Part 7. --auto vs RLP's official recipe vs zero-shot: test accuracy (H for base-to-new)",
+            ACCURACY_COLUMNS,
+            accuracy,
+            "mean over seeds; t_low/t_high: 95% t interval over the seeds; wilson_low/wilson_high: 95% Wilson "
+            "interval on the test images of all seeds pooled (accuracy only).",
+        ),
+        EvidenceTable(
+            "part7_auto_paired",
+            "Part 7. Paired differences over (dataset, seed, shots): 95% t interval, Wilcoxon p",
+            PAIRED_COLUMNS,
+            paired,
+        ),
+        EvidenceTable(
+            "part7_auto_ranks",
+            "Part 7. What --auto chose, and the spectrum rule's rank beside validation's",
+            RANK_COLUMNS,
+            ranks,
+            "ranks_chosen: the rank of the best candidate on validation per seed; (zs): the guard returned the "
+            "zero-shot prompt instead. spectrum_ranks: the smallest rank holding 90% of a short full-rank "
+            "run's update energy. agree: runs where the two ranks are equal.",
+        ),
     ]
     claims = []
     for row in paired:
-        if row["comparison"] in ("--auto − official recipe", "--auto − zero-shot") and not row["block"].startswith("few-shot "):
-            claims.append({"claim": f"{row['comparison'].replace(' − ', ' beats ')} ({row['block']}, "
-                                    f"{'H' if row['metric'] == 'h' else 'test accuracy'})",
-                           "evidence": (f"Δ = {cell(row['diff'])} [{cell(row['ci_low'])}, {cell(row['ci_high'])}] 95% CI, "
-                                        f"Wilcoxon p = {cell(row['p'])}, n = {row['n']} pairs"),
-                           "verdict": verdict(row), "part": PART})
+        if row["comparison"] in ("--auto − official recipe", "--auto − zero-shot") and not row["block"].startswith(
+            "few-shot "
+        ):
+            claims.append(
+                {
+                    "claim": f"{row['comparison'].replace(' − ', ' beats ')} ({row['block']}, "
+                    f"{'H' if row['metric'] == 'h' else 'test accuracy'})",
+                    "evidence": (
+                        f"Δ = {cell(row['diff'])} [{cell(row['ci_low'])}, {cell(row['ci_high'])}] 95% CI, "
+                        f"Wilcoxon p = {cell(row['p'])}, n = {row['n']} pairs"
+                    ),
+                    "verdict": verdict(row),
+                    "part": PART,
+                }
+            )
     agreed = agreement(ranks)
-    claims.append({"claim": "the spectrum rule (90% of the update's energy) picks the rank validation picks",
-                   "evidence": (f"{agreed['agree']} of {agreed['n']} --auto runs agree"
-                                + (f" ({cell(agreed['rate'])}%, 95% Wilson [{cell(agreed['low'])}, {cell(agreed['high'])}];"
-                                   f" chance {agreed['chance']:.0f}%)" if agreed["n"] else "")),
-                   "verdict": agreed["verdict"], "part": PART})
+    claims.append(
+        {
+            "claim": "the spectrum rule (90% of the update's energy) picks the rank validation picks",
+            "evidence": (
+                f"{agreed['agree']} of {agreed['n']} --auto runs agree"
+                + (
+                    f" ({cell(agreed['rate'])}%, 95% Wilson [{cell(agreed['low'])}, {cell(agreed['high'])}];"
+                    f" chance {agreed['chance']:.0f}%)"
+                    if agreed["n"]
+                    else ""
+                )
+            ),
+            "verdict": agreed["verdict"],
+            "part": PART,
+        }
+    )
     return tables, claims
 
 

@@ -89,23 +89,28 @@ def make_custom_folder(settings: StudySettings, folder: CustomFolder) -> Path:
     source = datasets[folder.source % len(datasets)]
     splits = load_dataset(source)
     if folder.classes > len(splits.classnames):
-        raise RlptuneError(f"reproduce --parts auto: {source} has {len(splits.classnames)} classes; the custom folder "
-                           f"{folder.name} needs {folder.classes}")
+        raise RlptuneError(
+            f"reproduce --parts auto: {source} has {len(splits.classnames)} classes; the custom folder "
+            f"{folder.name} needs {folder.classes}"
+        )
     items = [*splits.train, *splits.test]
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root.parent))
     try:
         for label in range(folder.classes):
-            mine = [it for it in items if it.label == label][:folder.per_class]
+            mine = [it for it in items if it.label == label][: folder.per_class]
             if len(mine) < folder.per_class:
-                raise RlptuneError(f"reproduce --parts auto: {source} class {splits.classnames[label]!r} has "
-                                   f"{len(mine)} images; the custom folder {folder.name} needs {folder.per_class}")
+                raise RlptuneError(
+                    f"reproduce --parts auto: {source} class {splits.classnames[label]!r} has "
+                    f"{len(mine)} images; the custom folder {folder.name} needs {folder.per_class}"
+                )
             target = staging / splits.classnames[label]
             target.mkdir()
             for i, item in enumerate(mine):
                 shutil.copyfile(splits.abspath(item), target / f"{i:03d}.png")
-        (staging / STAMP).write_text(f"{source} classes 0-{folder.classes - 1}, {folder.per_class} images each\n",
-                                     encoding="utf-8")
+        (staging / STAMP).write_text(
+            f"{source} classes 0-{folder.classes - 1}, {folder.per_class} images each\n", encoding="utf-8"
+        )
         if root.exists():  # a half-made folder of an interrupted study (no stamp): made again
             shutil.rmtree(root)
         os.replace(staging, root)
@@ -114,13 +119,27 @@ def make_custom_folder(settings: StudySettings, folder: CustomFolder) -> Path:
     return root
 
 
-def _arm_specs(protocol: str, datasets: Sequence[str], arm: tuple[str, str, dict], settings: StudySettings,
-               shots: Sequence[int], data_root: str | None) -> list[RunSpec]:
+def _arm_specs(
+    protocol: str,
+    datasets: Sequence[str],
+    arm: tuple[str, str, dict],
+    settings: StudySettings,
+    shots: Sequence[int],
+    data_root: str | None,
+) -> list[RunSpec]:
     _, method, changes = arm  # none of them a recipe value: the official arm shares its folders with parts 1 and 5
     train = settings.train_overrides(protocol)
-    return make_specs(protocol, datasets, [method], settings.seeds, shots, backbone=settings.backbone,
-                      data_root=data_root, grid=[changes],
-                      base_overrides={"backbone": {"precision": "fp32"}, **({"train": train} if train else {})})
+    return make_specs(
+        protocol,
+        datasets,
+        [method],
+        settings.seeds,
+        shots,
+        backbone=settings.backbone,
+        data_root=data_root,
+        grid=[changes],
+        base_overrides={"backbone": {"precision": "fp32"}, **({"train": train} if train else {})},
+    )
 
 
 def block_name(protocol: str, folder: CustomFolder | None = None) -> str:
@@ -142,10 +161,12 @@ def auto_runs(settings: StudySettings) -> dict[tuple[str, str], list[RunSpec]]:
     datasets = list(settings.sweep_datasets or settings.datasets or [])
     runs: dict[tuple[str, str], list[RunSpec]] = {}
     for arm in ARMS:
-        runs[run_key(block_name("few-shot"), arm[0])] = _arm_specs("few-shot", datasets, arm, settings,
-                                                                   few_shots(settings), settings.data_root)
-        runs[run_key(block_name("base2new"), arm[0])] = _arm_specs("base2new", datasets, arm, settings,
-                                                                   [settings.shots], settings.data_root)
+        runs[run_key(block_name("few-shot"), arm[0])] = _arm_specs(
+            "few-shot", datasets, arm, settings, few_shots(settings), settings.data_root
+        )
+        runs[run_key(block_name("base2new"), arm[0])] = _arm_specs(
+            "base2new", datasets, arm, settings, [settings.shots], settings.data_root
+        )
     for folder in custom_folders(settings):
         root = str(make_custom_folder(settings, folder))
         for arm in ARMS:

@@ -18,14 +18,28 @@ from .settings import PARTS, SWEEP_PARTS, TRANSFER_PROTOCOLS, StudySettings
 from .tables import EvidenceTable
 
 #: The part each table (by name prefix) and figure (by file stem) of a report belongs to.
-TABLE_PARTS = {"part1_": "base2new", "part2_": "lowrank", "part3_": "rank", "part4_": "ablation", "part5_": "transfer",
-               "part6_": "density", "part7_": "auto"}
+TABLE_PARTS = {
+    "part1_": "base2new",
+    "part2_": "lowrank",
+    "part3_": "rank",
+    "part4_": "ablation",
+    "part5_": "transfer",
+    "part6_": "density",
+    "part7_": "auto",
+}
 FIGURE_PARTS = {"fig_base2new": "base2new", "fig_few_shot": "transfer", "fig_density": "density"}
 #: Claims of reports written before claims named their part, by the opening words the study gives them.
-_CLAIM_OPENINGS = {"RLP generalises base-to-new": "base2new", "RLP tunes far fewer": "base2new",
-                   "a low-rank prompt": "lowrank", "lower rank goes with": "rank", "the frozen full-rank branch": "ablation",
-                   "dropout on the low-rank branch": "ablation", "higher information density": "density",
-                   "lower effective rank": "density", "within a run, epochs": "density"}
+_CLAIM_OPENINGS = {
+    "RLP generalises base-to-new": "base2new",
+    "RLP tunes far fewer": "base2new",
+    "a low-rank prompt": "lowrank",
+    "lower rank goes with": "rank",
+    "the frozen full-rank branch": "ablation",
+    "dropout on the low-rank branch": "ablation",
+    "higher information density": "density",
+    "lower effective rank": "density",
+    "within a run, epochs": "density",
+}
 #: Settings every piece of one report must share (what the parts are measured on).
 SHARED_SETTINGS = ("backbone", "datasets", "data_root", "seeds", "shots", "epochs", "quick", "exclude")
 #: The ``part`` a skipped entry may name: a part, or one of the transfer part's protocols.
@@ -47,10 +61,15 @@ class EarlierReport:
     figures: list[str]
 
     def provenance(self) -> dict[str, Any]:
-        return {"source": str(self.source), "parts": self.parts, "runs": self.summary.get("runs"),
-                "wall_seconds": self.summary.get("wall_seconds"),
-                "train_seconds_total": self.summary.get("train_seconds_total"), "made_at": self.summary.get("made_at"),
-                "rlptune_version": self.summary.get("rlptune_version")}
+        return {
+            "source": str(self.source),
+            "parts": self.parts,
+            "runs": self.summary.get("runs"),
+            "wall_seconds": self.summary.get("wall_seconds"),
+            "train_seconds_total": self.summary.get("train_seconds_total"),
+            "made_at": self.summary.get("made_at"),
+            "rlptune_version": self.summary.get("rlptune_version"),
+        }
 
 
 def part_of(name: str, table: Mapping[str, str]) -> str | None:
@@ -78,7 +97,9 @@ class _Checked:
     def fail(self, where: str, value: Any, expected: str) -> RlptuneError:
         shown = json.dumps(value, default=str)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return RlptuneError(f"{self.label}: {where} is {shown}; expected {expected} (the report was changed or damaged)")
+        return RlptuneError(
+            f"{self.label}: {where} is {shown}; expected {expected} (the report was changed or damaged)"
+        )
 
     def mapping(self, value: Any, where: str) -> dict:
         if not isinstance(value, dict):
@@ -108,7 +129,9 @@ class _Checked:
         if not (isinstance(value, str) or (optional and value is None)):
             raise self.fail(where, value, "text")
 
-    def parts(self, value: Any, where: str, known: Sequence[str] = PARTS, among: str = "the study's parts") -> list[str]:
+    def parts(
+        self, value: Any, where: str, known: Sequence[str] = PARTS, among: str = "the study's parts"
+    ) -> list[str]:
         names = self.items(value, where)
         for i, name in enumerate(names):
             if name not in known:
@@ -121,7 +144,9 @@ class _Checked:
         names = self.items(value, where)
         for i, name in enumerate(names):
             if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or not name.endswith(suffix):
-                raise self.fail(f"{where}[{i}]", name, f"a file name in the report folder{' ending ' + suffix if suffix else ''}")
+                raise self.fail(
+                    f"{where}[{i}]", name, f"a file name in the report folder{' ending ' + suffix if suffix else ''}"
+                )
         return names
 
 
@@ -130,7 +155,9 @@ def _check_summary(summary: Any, label: str) -> dict[str, Any]:
     has its type and range, parts are the study's, and each carried part has something to show."""
     check = _Checked(label)
     if not isinstance(summary, dict) or not isinstance(summary.get("settings"), dict):
-        raise RlptuneError(f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')")
+        raise RlptuneError(
+            f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')"
+        )
     parts = check.parts(summary["settings"].get("parts"), "settings.parts")
     sweep = summary["settings"].get("sweep_datasets")
     if sweep is not None and not (isinstance(sweep, list) and all(isinstance(d, str) for d in sweep)):
@@ -179,21 +206,28 @@ def _check_summary(summary: Any, label: str) -> dict[str, Any]:
             for key in ("source", "made_at", "rlptune_version"):
                 check.text(piece.get(key), f"pieces[{i}].{key}", optional=True)
         if sorted(covered) != sorted(parts):
-            raise check.fail("pieces", [p.get("parts") for p in pieces], f"the parts of settings.parts ({', '.join(parts)}), "
-                             "each made by one piece")
+            raise check.fail(
+                "pieces",
+                [p.get("parts") for p in pieces],
+                f"the parts of settings.parts ({', '.join(parts)}), each made by one piece",
+            )
     return summary
 
 
 def _check_carried(summary: Mapping[str, Any], parts: Sequence[str], label: str) -> None:
     """Each part carried into the joined report has a table or figure to show, or says why it was skipped: a part
     with nothing would be claimed by the joined report without any result behind it."""
-    shown = {part_of(t, TABLE_PARTS) for t in summary["tables"]} | {part_of(f, FIGURE_PARTS) for f in summary.get("figures", [])}
+    shown = {part_of(t, TABLE_PARTS) for t in summary["tables"]} | {
+        part_of(f, FIGURE_PARTS) for f in summary.get("figures", [])
+    }
     skipped = {e["part"] for e in summary.get("skipped") or []}
     for part in parts:
         stated = {part} | (set(TRANSFER_PROTOCOLS) if part == "transfer" else set())
         if part not in shown and not (stated & skipped):
-            raise RlptuneError(f"{label}: its part {part!r} has no table or figure (and no skipped entry saying why); "
-                               f"run that part in this invocation instead of carrying it")
+            raise RlptuneError(
+                f"{label}: its part {part!r} has no table or figure (and no skipped entry saying why); "
+                f"run that part in this invocation instead of carrying it"
+            )
 
 
 def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierReport:
@@ -205,23 +239,36 @@ def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierRep
     try:
         summary = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RlptuneError(f"{label}: no such file; expected a report folder written by `rlptune reproduce rlp`") from None
+        raise RlptuneError(
+            f"{label}: no such file; expected a report folder written by `rlptune reproduce rlp`"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        raise RlptuneError(f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')") from None
+        raise RlptuneError(
+            f"{label}: not a study report (expected the JSON `rlptune reproduce rlp` writes, with 'settings')"
+        ) from None
     earlier = _check_summary(summary, label)["settings"]
     mine = S.jsonable(vars(settings))
     for key in SHARED_SETTINGS:
         if earlier.get(key) != mine.get(key):
-            raise RlptuneError(f"{label}: its settings.{key} is {earlier.get(key)!r}, this study's is {mine.get(key)!r}; "
-                               "a report joins only parts measured with the same " + ", ".join(SHARED_SETTINGS))
+            raise RlptuneError(
+                f"{label}: its settings.{key} is {earlier.get(key)!r}, this study's is {mine.get(key)!r}; "
+                "a report joins only parts measured with the same " + ", ".join(SHARED_SETTINGS)
+            )
     parts = [p for p in earlier["parts"] if p not in settings.parts]
     if not parts:
-        raise RlptuneError(f"{label}: it holds no part that this invocation does not run (its parts: "
-                           f"{', '.join(earlier.get('parts', [])) or 'none'}; this one's: {', '.join(settings.parts)})")
-    if any(p in SWEEP_PARTS for p in parts) and any(p in SWEEP_PARTS for p in settings.parts) \
-            and earlier.get("sweep_datasets") != mine.get("sweep_datasets"):
-        raise RlptuneError(f"{label}: its parts 3-5 ran on {earlier.get('sweep_datasets')}, this study's on "
-                           f"{mine.get('sweep_datasets')}; one report states one set of sweep datasets")
+        raise RlptuneError(
+            f"{label}: it holds no part that this invocation does not run (its parts: "
+            f"{', '.join(earlier.get('parts', [])) or 'none'}; this one's: {', '.join(settings.parts)})"
+        )
+    if (
+        any(p in SWEEP_PARTS for p in parts)
+        and any(p in SWEEP_PARTS for p in settings.parts)
+        and earlier.get("sweep_datasets") != mine.get("sweep_datasets")
+    ):
+        raise RlptuneError(
+            f"{label}: its parts 3-5 ran on {earlier.get('sweep_datasets')}, this study's on "
+            f"{mine.get('sweep_datasets')}; one report states one set of sweep datasets"
+        )
     _check_carried(summary, parts, label)
     folder = file.parent
     tables = []
@@ -230,16 +277,28 @@ def load_earlier_report(path: str | Path, settings: StudySettings) -> EarlierRep
             continue
         try:
             data = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-            if not (isinstance(data["title"], str) and isinstance(data.get("note", ""), str)
-                    and isinstance(data["columns"], list) and all(isinstance(c, str) for c in data["columns"])
-                    and isinstance(data["rows"], list) and all(isinstance(r, dict) for r in data["rows"])):
+            if not (
+                isinstance(data["title"], str)
+                and isinstance(data.get("note", ""), str)
+                and isinstance(data["columns"], list)
+                and all(isinstance(c, str) for c in data["columns"])
+                and isinstance(data["rows"], list)
+                and all(isinstance(r, dict) for r in data["rows"])
+            ):
                 raise TypeError
-            tables.append(EvidenceTable(name, data["title"], list(data["columns"]), list(data["rows"]), data.get("note", "")))
+            tables.append(
+                EvidenceTable(name, data["title"], list(data["columns"]), list(data["rows"]), data.get("note", ""))
+            )
         except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
-            raise RlptuneError(f"{label}: its table {folder / (name + '.json')} is missing or not a report table") from None
+            raise RlptuneError(
+                f"{label}: its table {folder / (name + '.json')} is missing or not a report table"
+            ) from None
     claims = [dict(c, part=claim_part(c)) for c in summary.get("claims", []) if claim_part(c) in parts]
-    skipped = [s for s in summary.get("skipped") or [] if s.get("part") in parts
-               or (s.get("part") in TRANSFER_PROTOCOLS and "transfer" in parts)]
+    skipped = [
+        s
+        for s in summary.get("skipped") or []
+        if s.get("part") in parts or (s.get("part") in TRANSFER_PROTOCOLS and "transfer" in parts)
+    ]
     figures = [f for f in summary.get("figures", []) if part_of(f, FIGURE_PARTS) in parts]
     for figure in figures:
         if not (folder / figure).is_file():
@@ -265,14 +324,25 @@ def copy_figures(earlier: EarlierReport, output: Path) -> None:
                 io.write_bytes(target, source.read_bytes())
 
 
-def report_pieces(settings: StudySettings, runs: int, wall: float, train_seconds: float, made_at: str,
-                  earlier: EarlierReport | None) -> list[dict[str, Any]]:
+def report_pieces(
+    settings: StudySettings, runs: int, wall: float, train_seconds: float, made_at: str, earlier: EarlierReport | None
+) -> list[dict[str, Any]]:
     """Where each part of the report was measured: this invocation, then the earlier report's pieces it keeps."""
-    pieces = [{"source": "this invocation", "parts": list(settings.parts), "runs": runs, "wall_seconds": wall,
-               "train_seconds_total": train_seconds, "made_at": made_at}]
+    pieces = [
+        {
+            "source": "this invocation",
+            "parts": list(settings.parts),
+            "runs": runs,
+            "wall_seconds": wall,
+            "train_seconds_total": train_seconds,
+            "made_at": made_at,
+        }
+    ]
     if earlier is None:
         return pieces
-    for piece in earlier.summary.get("pieces") or [{**earlier.provenance(), "parts": earlier.summary["settings"].get("parts", [])}]:
+    for piece in earlier.summary.get("pieces") or [
+        {**earlier.provenance(), "parts": earlier.summary["settings"].get("parts", [])}
+    ]:
         kept = [p for p in piece.get("parts", []) if p in earlier.parts]
         if kept:
             source = str(earlier.source) if piece.get("source") in (None, "this invocation") else piece["source"]

@@ -64,7 +64,9 @@ class Variant:
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def without_recipe_values(method: str, changes: Mapping[str, Mapping[str, Any]], shots: int) -> dict[str, dict[str, Any]]:
+def without_recipe_values(
+    method: str, changes: Mapping[str, Mapping[str, Any]], shots: int
+) -> dict[str, dict[str, Any]]:
     """Drop changes equal to the recipe's value, so the same settings share one run folder across parts."""
     preset = recipes.preset(method, "base2new", shots) if method in recipes.recipe_methods() else {}
     out: dict[str, dict[str, Any]] = {}
@@ -89,7 +91,13 @@ def part_variants(part: str, settings: StudySettings) -> list[Variant]:
         for alpha in (None, 1.0):
             for r in ranks:
                 suffix = "" if alpha is None else ", α/r"
-                out.append(Variant(f"rlp r={r}{' (=n)' if r == 4 else ''}{suffix}", SUBJECT, {"prompt": {"rank": r, "alpha": alpha}}))
+                out.append(
+                    Variant(
+                        f"rlp r={r}{' (=n)' if r == 4 else ''}{suffix}",
+                        SUBJECT,
+                        {"prompt": {"rank": r, "alpha": alpha}},
+                    )
+                )
         return out
     if part == "ablation":
         dropouts = DROPOUTS if not quick else (0.0, 0.1, 0.5)
@@ -103,13 +111,27 @@ def part_variants(part: str, settings: StudySettings) -> list[Variant]:
     return []
 
 
-def _specs(protocol: str, datasets: Sequence[str], variant: Variant, settings: StudySettings, shots: Sequence[int],
-           targets: dict[str, list[str]] | None = None) -> list[RunSpec]:
+def _specs(
+    protocol: str,
+    datasets: Sequence[str],
+    variant: Variant,
+    settings: StudySettings,
+    shots: Sequence[int],
+    targets: dict[str, list[str]] | None = None,
+) -> list[RunSpec]:
     changes = without_recipe_values(variant.method, variant.changes, settings.shots)
     train = settings.train_overrides(protocol)
     specs = make_specs(
-        protocol, datasets, [variant.method], settings.seeds, shots, backbone=settings.backbone,
-        data_root=settings.data_root, grid=[changes], targets=targets, base_overrides={"backbone": {"precision": "fp32"}, **({"train": train} if train else {})},
+        protocol,
+        datasets,
+        [variant.method],
+        settings.seeds,
+        shots,
+        backbone=settings.backbone,
+        data_root=settings.data_root,
+        grid=[changes],
+        targets=targets,
+        base_overrides={"backbone": {"precision": "fp32"}, **({"train": train} if train else {})},
     )
     return specs
 
@@ -206,10 +228,22 @@ def _transfer_groups(settings: StudySettings) -> list[Group]:
     groups = []  # transfer first (a few runs), then the few-shot curves (many): a study cut short keeps the former
     for m in methods:
         if cross_targets:
-            groups.append(Group("cross-dataset", "cross-dataset", [source], Variant(m, m), [settings.shots], {source: cross_targets}))
+            groups.append(
+                Group(
+                    "cross-dataset", "cross-dataset", [source], Variant(m, m), [settings.shots], {source: cross_targets}
+                )
+            )
         if dg_source:
-            groups.append(Group("domain-gen", "domain-gen", [dg_source], Variant(m, m), [settings.shots],
-                                {dg_source: list(shifts[dg_source])}))
+            groups.append(
+                Group(
+                    "domain-gen",
+                    "domain-gen",
+                    [dg_source],
+                    Variant(m, m),
+                    [settings.shots],
+                    {dg_source: list(shifts[dg_source])},
+                )
+            )
     groups += [Group("few-shot", "few-shot", datasets, Variant(m, m), shot_counts) for m in methods]
     return groups
 

@@ -64,12 +64,26 @@ class StudySettings:
         methods = study_methods()
         unknown = [m for m in self.exclude if m not in methods]
         if unknown:
-            raise RlptuneError(f"reproduce --exclude: {unknown[0]!r} is not one of the study's methods ({', '.join(methods)})")
+            raise RlptuneError(
+                f"reproduce --exclude: {unknown[0]!r} is not one of the study's methods ({', '.join(methods)})"
+            )
         strays = [d for d in (self.sweep_datasets or []) if d not in datasets]
         if strays:
-            raise RlptuneError(f"reproduce --sweep-datasets: {strays[0]!r} is not among the study's datasets ({', '.join(datasets)})")
-        out = StudySettings(self.backbone, datasets, self.data_root, list(self.seeds), self.shots, self.epochs,
-                            list(self.parts), self.quick, list(self.sweep_datasets or datasets), list(self.exclude))
+            raise RlptuneError(
+                f"reproduce --sweep-datasets: {strays[0]!r} is not among the study's datasets ({', '.join(datasets)})"
+            )
+        out = StudySettings(
+            self.backbone,
+            datasets,
+            self.data_root,
+            list(self.seeds),
+            self.shots,
+            self.epochs,
+            list(self.parts),
+            self.quick,
+            list(self.sweep_datasets or datasets),
+            list(self.exclude),
+        )
         if self.quick:
             out.datasets = datasets[:2]
             out.sweep_datasets = [d for d in out.sweep_datasets if d in out.datasets] or out.datasets
@@ -94,13 +108,16 @@ class StudySettings:
 def suite(backbone: str) -> tuple[list[str], dict[str, list[str]]]:
     """The datasets and shifted variants that come with a micro backbone; other backbones need --datasets."""
     if backbone not in SUITES:
-        raise RlptuneError(f"reproduce --backbone {backbone}: no default datasets for this backbone; pass --datasets "
-                           f"(and --data-root)")
+        raise RlptuneError(
+            f"reproduce --backbone {backbone}: no default datasets for this backbone; pass --datasets (and --data-root)"
+        )
     module, datasets, shifts = SUITES[backbone]
     try:
         loaded = importlib.import_module(module)
     except ImportError:
-        raise RlptuneError(f"reproduce --backbone {backbone}: its dataset suite ({module}) is not installed; pass --datasets")
+        raise RlptuneError(
+            f"reproduce --backbone {backbone}: its dataset suite ({module}) is not installed; pass --datasets"
+        )
     return list(getattr(loaded, datasets)), dict(getattr(loaded, shifts))
 
 

@@ -45,9 +45,16 @@ from .settings import BASELINE, StudySettings
 from .write import write_report
 
 
-def run_study(settings: StudySettings, results_dir: str | Path, output: str | Path, executor: ExecutorSettings | None = None,
-              docs: str | Path | None = None, log: Callable[[str], None] | None = None,
-              report_only: bool = False, merge: str | Path | None = None) -> dict[str, Any]:
+def run_study(
+    settings: StudySettings,
+    results_dir: str | Path,
+    output: str | Path,
+    executor: ExecutorSettings | None = None,
+    docs: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    report_only: bool = False,
+    merge: str | Path | None = None,
+) -> dict[str, Any]:
     """Plan, run (resumable) and report the study; returns the report's summary (also ``<output>/evidence.json``).
     ``report_only`` runs nothing: the report is made from the runs already finished, and says how many are missing.
     ``merge`` names an earlier report (same settings) whose other parts join this one's, each with where it came from:
@@ -63,8 +70,15 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     if earlier is not None:
         log(f"parts {', '.join(earlier.parts)} are carried from {earlier.source}")
     results_dir, output = Path(results_dir), Path(output)
-    probe = make_specs("base2new", settings.datasets[:1], [BASELINE], settings.seeds[:1], [settings.shots],
-                       backbone=settings.backbone, data_root=settings.data_root)[0]
+    probe = make_specs(
+        "base2new",
+        settings.datasets[:1],
+        [BASELINE],
+        settings.seeds[:1],
+        [settings.shots],
+        backbone=settings.backbone,
+        data_root=settings.data_root,
+    )[0]
     backbone = BACKBONES.get(probe.config())
     plan = make_plan(settings, backbone)
     for (part, name), reason in plan.skipped.items():
@@ -75,15 +89,23 @@ def run_study(settings: StudySettings, results_dir: str | Path, output: str | Pa
     if report_only:
         done = [s for s in specs if (s.run_dir(results_dir) / RESULT).is_file()]
         results.runs = {results.key(s): read_result(s.run_dir(results_dir)) for s in done}
-        log(f"report only: {len(done)} of {len(specs)} planned runs are finished; the others are left out of the tables")
+        log(
+            f"report only: {len(done)} of {len(specs)} planned runs are finished; the others are left out of the tables"
+        )
     else:
-        finished = run_sweep(specs, results_dir, executor=executor, log=log,
-                             backbone=backbone if (executor is None or executor.kind == "local") else None)
+        finished = run_sweep(
+            specs,
+            results_dir,
+            executor=executor,
+            log=log,
+            backbone=backbone if (executor is None or executor.kind == "local") else None,
+        )
         results.runs = {results.key(s): r for s, r in zip(specs, finished)}
     wall = time.perf_counter() - started
     tables, claims, figures = analyse(plan, results, settings)
     if AUTO_PART in plan.variants:  # part 7 (its own module: it reads the --auto record of each run)
         auto_tables, auto_claims = auto_analysis(plan, results, settings)
         tables, claims = [*tables, *auto_tables], [*claims, *auto_claims]
-    return write_report(plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs),
-                        earlier=earlier)
+    return write_report(
+        plan, results, settings, tables, claims, figures, output, wall, docs, planned=len(specs), earlier=earlier
+    )

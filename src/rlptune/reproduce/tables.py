@@ -27,8 +27,12 @@ class EvidenceTable:
     note: str = ""
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|",
+        ]
         for row in self.rows:
             lines.append("| " + " | ".join(cell(row.get(c), c) for c in self.columns) + " |")
         if self.note:
@@ -43,8 +47,10 @@ class EvidenceTable:
             writer.writerow({c: S.jsonable(row.get(c)) for c in self.columns})
         io.write_text(folder / f"{self.name}.csv", buffer.getvalue())
         io.write_text(folder / f"{self.name}.md", self.markdown())
-        io.write_json(folder / f"{self.name}.json", S.jsonable(
-            {"title": self.title, "columns": self.columns, "rows": self.rows, "note": self.note}))
+        io.write_json(
+            folder / f"{self.name}.json",
+            S.jsonable({"title": self.title, "columns": self.columns, "rows": self.rows, "note": self.note}),
+        )
 
 
 def cell(value: Any, column: str = "") -> str:

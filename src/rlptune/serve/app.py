@@ -41,8 +41,16 @@ from .tasks import TaskConflict, TaskRegistry, check_task_name
 
 log = logging.getLogger("rlptune.serve")
 
-ROUTES = ("/", "/healthz", "/metrics", "/v1/classify", "/v1/tasks", "/docs", "/openapi.json",
-          *(STATIC_PREFIX + name for name in STATIC_FILES))
+ROUTES = (
+    "/",
+    "/healthz",
+    "/metrics",
+    "/v1/classify",
+    "/v1/tasks",
+    "/docs",
+    "/openapi.json",
+    *(STATIC_PREFIX + name for name in STATIC_FILES),
+)
 
 #: ``top_k`` is clipped to the task's classes; beyond this it is surely a mistake (and never a 5,000-digit number).
 MAX_TOP_K = 1_000_000
@@ -71,12 +79,12 @@ class _LongInteger:
         self.digits = digits
 
 
-
 def _without_root(message: str, root: Path) -> str:
     """A loader's message with the server's own folder left out: clients learn the file, not where it lives."""
     for prefix in {str(root), str(Path(root).resolve())}:
         message = message.replace(prefix.rstrip("/") + "/", "")
     return message
+
 
 def _parse_json_int(text: str):
     return int(text) if len(text) <= _DIGITS else _LongInteger(len(text.lstrip("-")))
@@ -154,7 +162,9 @@ class GuardMiddleware:
                 too_big = False
             if too_big:
                 size = f"{int(declared)} bytes" if len(declared) <= 20 else f"a {len(declared)}-digit number of bytes"
-                response = _error(413, f"request body of {size} is over the limit of {self.limit} bytes (--max-request-mb)")
+                response = _error(
+                    413, f"request body of {size} is over the limit of {self.limit} bytes (--max-request-mb)"
+                )
                 await response(scope, receive, send)
                 self.metrics.request(_route_label(scope["path"]), scope["method"], 413, time.perf_counter() - start)
                 return
@@ -184,14 +194,20 @@ class GuardMiddleware:
             timeout = self.graceful_timeout_s
             log.warning(
                 "%s %s cancelled at shutdown (still running after --graceful-timeout-s %g)",
-                scope["method"][:40], _route_label(scope["path"]), timeout,
+                scope["method"][:40],
+                _route_label(scope["path"]),
+                timeout,
             )
             if not status["started"]:
                 status["code"] = 503
-                message = f"server is shutting down: the request did not finish within --graceful-timeout-s ({timeout:g} s)"
+                message = (
+                    f"server is shutting down: the request did not finish within --graceful-timeout-s ({timeout:g} s)"
+                )
                 await _error(503, message, {"Connection": "close"})(scope, receive, send)
         finally:
-            self.metrics.request(_route_label(scope["path"]), scope["method"], status["code"], time.perf_counter() - start)
+            self.metrics.request(
+                _route_label(scope["path"]), scope["method"], status["code"], time.perf_counter() - start
+            )
 
 
 class Server:
@@ -236,7 +252,9 @@ class Server:
                     image = load_image(path, max_pixels=self.settings.max_image_pixels)
                 except RlptuneError as exc:
                     message = str(exc).replace(path, name)
-                    raise ApiError(413 if "above the limit" in message or "decompression bomb" in message else 400, message) from None
+                    raise ApiError(
+                        413 if "above the limit" in message or "decompression bomb" in message else 400, message
+                    ) from None
             finally:
                 os.unlink(path)
             tensors.append(self.transform(image))
@@ -297,7 +315,10 @@ async def _read_classify(request: Request, server: Server) -> tuple[str, int, li
             except (binascii.Error, ValueError):
                 raise ApiError(400, f"images[{i - 1}] is not valid base64") from None
     else:
-        raise ApiError(415, "send multipart/form-data (task, top_k, image files) or application/json (task, top_k, images as base64)")
+        raise ApiError(
+            415,
+            "send multipart/form-data (task, top_k, image files) or application/json (task, top_k, images as base64)",
+        )
     top_k = parse_top_k(top_k)
     if not blobs:
         raise ApiError(400, "no image in the request (multipart field 'image', or JSON field 'images')")
@@ -385,7 +406,12 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
     )
     add_docs_routes(app)
     app.state.server = server
-    app.add_middleware(GuardMiddleware, limit=settings.max_request_bytes, metrics=server.metrics, graceful_timeout_s=float(settings.graceful_timeout_s))
+    app.add_middleware(
+        GuardMiddleware,
+        limit=settings.max_request_bytes,
+        metrics=server.metrics,
+        graceful_timeout_s=float(settings.graceful_timeout_s),
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -432,7 +458,14 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
     async def healthz() -> JSONResponse:
         if server.closing:
             return _error(503, "server is shutting down")
-        return JSONResponse({"status": "ok", "backbone": backbone.identity, "tasks": len(server.registry), "uptime_s": round(time.time() - server.started, 3)})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "backbone": backbone.identity,
+                "tasks": len(server.registry),
+                "uptime_s": round(time.time() - server.started, 3),
+            }
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text-format metrics")
     async def metrics() -> PlainTextResponse:
@@ -455,13 +488,19 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         _name(name)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
-            raise ApiError(415, "upload an adapter as multipart/form-data with files 'config' (rlptune_adapter.json) and 'model' (rlptune_adapter.safetensors)")
+            raise ApiError(
+                415,
+                "upload an adapter as multipart/form-data with files 'config' (rlptune_adapter.json) and 'model' (rlptune_adapter.safetensors)",
+            )
         form = await request.form(max_files=2, max_fields=4)
         parts = {}
         for key in ("config", "model"):
             item = form.get(key)
             if item is None or isinstance(item, str):
-                raise ApiError(400, f"form file {key!r} is missing ({'rlptune_adapter.json' if key == 'config' else 'rlptune_adapter.safetensors'})")
+                raise ApiError(
+                    400,
+                    f"form file {key!r} is missing ({'rlptune_adapter.json' if key == 'config' else 'rlptune_adapter.safetensors'})",
+                )
             parts[key] = await item.read()
         info, replaced = await run_in_threadpool(server.registry.install, name, parts["config"], parts["model"])
         return JSONResponse({"task": info.to_json(), "replaced": replaced}, status_code=200 if replaced else 201)
@@ -485,7 +524,9 @@ def create_app(settings: ServeSettings, backbone=None, token: str | None = None)
         except KeyError:
             raise ApiError(404, f"unknown task {task_name!r}; GET /v1/tasks lists the tasks") from None
         except RlptuneError as exc:
-            raise ApiError(409, f"task {task_name!r} cannot be loaded: {_without_root(str(exc), server.registry.root)}") from None
+            raise ApiError(
+                409, f"task {task_name!r} cannot be loaded: {_without_root(str(exc), server.registry.root)}"
+            ) from None
         images = await run_in_threadpool(server.decode, blobs)
         try:
             predictions = await server.batcher.submit(task, images, top_k)

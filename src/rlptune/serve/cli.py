@@ -88,7 +88,6 @@ def run_server(settings: ServeSettings) -> int:
         print(f"rlptune serve: token for PUT/DELETE /v1/tasks: {token}", file=sys.stderr)
     server = uvicorn.Server(uvicorn_config(app, settings))
     if settings.max_lifetime_s > 0:
-
         timer = threading.Timer(settings.max_lifetime_s, lambda: setattr(server, "should_exit", True))
         timer.daemon = True
         timer.start()

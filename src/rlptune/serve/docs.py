@@ -52,7 +52,9 @@ def add_docs_routes(app: FastAPI) -> None:
 
     def serve(name: str):
         async def static() -> Response:
-            return Response(cached[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "public, max-age=86400"})
+            return Response(
+                cached[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "public, max-age=86400"}
+            )
 
         return static
 

@@ -79,15 +79,28 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP rlptune_requests_total HTTP requests by route, method and status.", "# TYPE rlptune_requests_total counter"]
+            lines = [
+                "# HELP rlptune_requests_total HTTP requests by route, method and status.",
+                "# TYPE rlptune_requests_total counter",
+            ]
             for (route, method, status), count in sorted(self.requests.items()):
                 lines.append(f'rlptune_requests_total{{route="{route}",method="{method}",status="{status}"}} {count}')
-            lines += ["# HELP rlptune_request_seconds Request latency in seconds by route.", "# TYPE rlptune_request_seconds histogram"]
+            lines += [
+                "# HELP rlptune_request_seconds Request latency in seconds by route.",
+                "# TYPE rlptune_request_seconds histogram",
+            ]
             for route, hist in sorted(self.latency.items()):
                 lines += hist.lines("rlptune_request_seconds", f'route="{route}"')
-            lines += ["# HELP rlptune_batch_images Images per image-tower pass.", "# TYPE rlptune_batch_images histogram"]
+            lines += [
+                "# HELP rlptune_batch_images Images per image-tower pass.",
+                "# TYPE rlptune_batch_images histogram",
+            ]
             lines += self.batch_sizes.lines("rlptune_batch_images")
-            lines += ["# HELP rlptune_images_total Images through the image tower.", "# TYPE rlptune_images_total counter", f"rlptune_images_total {self.images}"]
+            lines += [
+                "# HELP rlptune_images_total Images through the image tower.",
+                "# TYPE rlptune_images_total counter",
+                f"rlptune_images_total {self.images}",
+            ]
         for name, (help_text, read) in sorted(self.gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(float(read()))}"]
         return "\n".join(lines) + "\n"

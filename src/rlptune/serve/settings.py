@@ -71,28 +71,46 @@ def _s(default: Any, help: str) -> Any:
 
 @dataclass
 class ServeSettings:
-    backbone: str = _s(DEFAULT_BACKBONE, "backbone spec every adapter was trained on (micro-v2, micro, ARCH:TAG, hf:PATH, random:ARCH, ...)")
-    adapters: str = _s("adapters", "folder of adapter folders: <adapters>/<task name>/rlptune_adapter.json + rlptune_adapter.safetensors")
+    backbone: str = _s(
+        DEFAULT_BACKBONE,
+        "backbone spec every adapter was trained on (micro-v2, micro, ARCH:TAG, hf:PATH, random:ARCH, ...)",
+    )
+    adapters: str = _s(
+        "adapters",
+        "folder of adapter folders: <adapters>/<task name>/rlptune_adapter.json + rlptune_adapter.safetensors",
+    )
     host: str = _s("127.0.0.1", "address to bind; loopback by default (other hosts are reachable only if you say so)")
     port: int = _s(8000, "TCP port")
     device: str = _s("auto", "device for the backbone: auto, cpu, cuda, cuda:1 ...")
-    token_file: Optional[str] = _s(None, f"file holding the token for PUT/DELETE (else ${TOKEN_ENV}, else a random one printed at start)")
-    max_batch_size: int = _s(64, "most images per image-tower batch (requests of all frozen-image tasks share one batch)")
+    token_file: Optional[str] = _s(
+        None, f"file holding the token for PUT/DELETE (else ${TOKEN_ENV}, else a random one printed at start)"
+    )
+    max_batch_size: int = _s(
+        64, "most images per image-tower batch (requests of all frozen-image tasks share one batch)"
+    )
     max_wait_ms: float = _s(5.0, "longest a request waits for others to join its batch, in milliseconds")
     max_images_per_request: int = _s(32, "most images in one classify request")
     max_request_mb: float = _s(16.0, "largest request body, in MiB (classify and adapter upload)")
     max_image_pixels: int = _s(25_000_000, "largest decoded image, width x height (decompression-bomb guard)")
-    cache_mb: float = _s(512.0, "memory for loaded tasks (class features; whole methods for image-tower tasks), in MiB, least recently used evicted")
+    cache_mb: float = _s(
+        512.0,
+        "memory for loaded tasks (class features; whole methods for image-tower tasks), in MiB, least recently used evicted",
+    )
     preload: bool = _s(False, "load every adapter's class features at start (else on first use)")
     max_lifetime_s: float = _s(0.0, "stop by itself (gracefully) after this many seconds; 0 = run until interrupted")
-    graceful_timeout_s: float = _s(30.0, "on shutdown, how long in-flight requests may take to finish; any still running then get a 503 (0 = no wait)")
+    graceful_timeout_s: float = _s(
+        30.0,
+        "on shutdown, how long in-flight requests may take to finish; any still running then get a 503 (0 = no wait)",
+    )
 
     def validate(self) -> "ServeSettings":
         """Check every setting (one line naming the setting and its flag); whole-number settings become ints."""
         for name in ("backbone", "adapters", "host", "device"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise RlptuneError(f"serve setting {name} ({_flag(name)}) must be a non-empty text, got {_shown(value)}")
+                raise RlptuneError(
+                    f"serve setting {name} ({_flag(name)}) must be a non-empty text, got {_shown(value)}"
+                )
         for name, (low, high, low_open, whole, _) in RANGES.items():
             raw = getattr(self, name)
             value = parse_number(raw) if isinstance(raw, str) else raw
@@ -101,7 +119,9 @@ class ServeSettings:
             ok = ok and not isinstance(value, bool) and (value > low if low_open else value >= low) and value <= high
             ok = ok and (not whole or float(value).is_integer())
             if not ok:
-                raise RlptuneError(f"serve setting {name} ({_flag(name)}) must be {kind} {describe_range(name)}, got {_shown(raw)}")
+                raise RlptuneError(
+                    f"serve setting {name} ({_flag(name)}) must be {kind} {describe_range(name)}, got {_shown(raw)}"
+                )
             setattr(self, name, int(value) if whole else float(value))
         return self
 
@@ -130,7 +150,9 @@ class ServeSettings:
             try:
                 token = path.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise RlptuneError(f"{path}: cannot read the token file ({getattr(exc, 'strerror', None) or exc})") from None
+                raise RlptuneError(
+                    f"{path}: cannot read the token file ({getattr(exc, 'strerror', None) or exc})"
+                ) from None
             if len(token) < 16:
                 raise RlptuneError(f"{path}: token must be at least 16 characters")
             return token, False

@@ -90,7 +90,13 @@ class TaskInfo:
     identity: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "method": self.method, "classes": list(self.classnames), "num_classes": len(self.classnames), "backbone": self.identity}
+        return {
+            "name": self.name,
+            "method": self.method,
+            "classes": list(self.classnames),
+            "num_classes": len(self.classnames),
+            "backbone": self.identity,
+        }
 
 
 @dataclass
@@ -221,7 +227,9 @@ class TaskRegistry:
         identity = payload["backbone"]["identity"]
         differs = backbone_mismatch(payload["backbone"], self.backbone, str(adapter_files(folder)[0]))
         if differs is not None:
-            raise RlptuneError(f"{folder}: adapter was trained on backbone {identity}, but this server runs {self.backbone.identity}: {differs}")
+            raise RlptuneError(
+                f"{folder}: adapter was trained on backbone {identity}, but this server runs {self.backbone.identity}: {differs}"
+            )
         model_path = adapter_files(folder)[1]  # rlptune's names, or 0.1.0's
         if not model_path.is_file():
             raise RlptuneError(f"{folder}: missing {model_path.name}")
@@ -230,7 +238,9 @@ class TaskRegistry:
     def _check_real_folder(self, path: Path) -> None:
         """A served task is a real folder directly inside the adapters folder: never a link to one elsewhere."""
         if path.is_symlink():
-            raise RlptuneError(f"{path}: is a symbolic link; the server serves only real folders inside {self.root} (copy the adapter in)")
+            raise RlptuneError(
+                f"{path}: is a symbolic link; the server serves only real folders inside {self.root} (copy the adapter in)"
+            )
         if path.resolve().parent != self.root.resolve():
             raise RlptuneError(f"{path}: resolves outside the adapters folder {self.root}")
 
@@ -365,7 +375,9 @@ class TaskRegistry:
                 task = prepare_task(info, method, self.backbone, self.width)
             except RlptuneError as exc:
                 message = str(exc).replace(str(staging / ADAPTER_CONFIG), ADAPTER_CONFIG)
-                message = message.replace(str(staging / ADAPTER_MODEL), ADAPTER_MODEL).replace(str(staging), "uploaded adapter")
+                message = message.replace(str(staging / ADAPTER_MODEL), ADAPTER_MODEL).replace(
+                    str(staging), "uploaded adapter"
+                )
                 raise RlptuneError(message) from None
             with self._lock:
                 replaced = self._check_replaceable(name, target)

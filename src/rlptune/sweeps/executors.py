@@ -43,20 +43,33 @@ def _f(default: Any, help_text: str, flag: str | None = None, **kw: Any) -> Any:
 class ExecutorSettings:
     """How and where a sweep's runs execute (not part of any run's settings: results never depend on them)."""
 
-    kind: str = _f("local", "where runs execute: local (processes on this machine) | ray | slurm (submitit)", flag="executor")
-    jobs: int = _f(1, "runs at once on this machine (local) or submitted at once (slurm with --slurm-cluster local)", flag="jobs")
-    cpus_per_run: int = _f(0, "CPU cores (torch threads) per run; 0 = this machine's cores / --jobs (local), 1 (ray, slurm)")
+    kind: str = _f(
+        "local", "where runs execute: local (processes on this machine) | ray | slurm (submitit)", flag="executor"
+    )
+    jobs: int = _f(
+        1, "runs at once on this machine (local) or submitted at once (slurm with --slurm-cluster local)", flag="jobs"
+    )
+    cpus_per_run: int = _f(
+        0, "CPU cores (torch threads) per run; 0 = this machine's cores / --jobs (local), 1 (ray, slurm)"
+    )
     gpus_per_run: float = _f(0.0, "GPUs per run (ray: may be a fraction such as 0.5; slurm: whole GPUs)")
-    max_retries: int = _f(2, "times a run whose worker died (killed, out of memory, node lost) is started again; it resumes from its checkpoint")
+    max_retries: int = _f(
+        2,
+        "times a run whose worker died (killed, out of memory, node lost) is started again; it resumes from its checkpoint",
+    )
     progress_every_s: float = _f(60.0, "seconds between progress lines while no run finishes")
-    ray_address: Optional[str] = _f(None, "Ray cluster to join (e.g. auto or ray://head:10001); unset = start Ray on this machine")
+    ray_address: Optional[str] = _f(
+        None, "Ray cluster to join (e.g. auto or ray://head:10001); unset = start Ray on this machine"
+    )
     slurm_partition: Optional[str] = _f(None, "Slurm partition")
     slurm_time_min: int = _f(240, "Slurm time limit per run, minutes (a run that hits it is requeued and resumes)")
     slurm_mem_gb: Optional[float] = _f(None, "Slurm memory per run, GB (unset = the partition's default)")
     slurm_account: Optional[str] = _f(None, "Slurm account")
     slurm_array_parallelism: int = _f(64, "most runs of the job array running at once")
     slurm_logs: Optional[str] = _f(None, "folder for submitit's job files and logs (default: <results>/.submitit)")
-    slurm_cluster: str = _f("slurm", "slurm | local (submitit's local executor: the Slurm code path as local subprocesses)")
+    slurm_cluster: str = _f(
+        "slurm", "slurm | local (submitit's local executor: the Slurm code path as local subprocesses)"
+    )
 
     def validate(self) -> "ExecutorSettings":
         for f in fields(self):  # argparse's float() takes nan and inf; Slurm's int(inf) would be a traceback
@@ -97,8 +110,12 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
     for f in fields(ExecutorSettings):
         if f"--{_flag(f)}" in taken:  # e.g. run's own --jobs: read back under its own name
             continue
-        kwargs: dict[str, Any] = {"dest": f"executor__{f.name}", "default": f.default, "help": f.metadata["help"],
-                                  "metavar": f.name.rsplit("_", 1)[-1].upper()}
+        kwargs: dict[str, Any] = {
+            "dest": f"executor__{f.name}",
+            "default": f.default,
+            "help": f.metadata["help"],
+            "metavar": f.name.rsplit("_", 1)[-1].upper(),
+        }
         if f.name == "kind":
             kwargs.update(choices=tuple(EXECUTORS), metavar=None)
         elif f.name == "slurm_cluster":
@@ -122,6 +139,7 @@ def executor_settings_from_args(args: argparse.Namespace) -> ExecutorSettings:
 
 
 # -- units of work and their outcomes ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Task:
@@ -174,6 +192,7 @@ def _first_line(text: str) -> str:
 
 # -- progress ---------------------------------------------------------------------------------------------------
 
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
@@ -186,7 +205,9 @@ def format_duration(seconds: float) -> str:
 class SweepProgress:
     """Counts outcomes and prints one line per finished run (done, running, failed, ETA) plus a heartbeat."""
 
-    def __init__(self, tasks: Sequence[Task], log: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, tasks: Sequence[Task], log: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.total = len(tasks)
         self.titles = {t.key: t.title for t in tasks}
         self.log = log
@@ -213,22 +234,28 @@ class SweepProgress:
         return format_duration((self.clock() - self.started) / finished * remaining)
 
     def status(self, running: int) -> str:
-        return (f"done {self.done}/{self.total} · running {running} · failed {len(self.failures)} · "
-                f"ETA {self.eta(running)}")
+        return (
+            f"done {self.done}/{self.total} · running {running} · failed {len(self.failures)} · ETA {self.eta(running)}"
+        )
 
     def record(self, outcome: Outcome, running: int) -> None:
         self.outcomes.append(outcome)
         what = outcome.summary if outcome.ok else f"FAILED: {outcome.error}"
-        self.log(f"[{len(self.outcomes)}/{self.total}] {self.status(running)} | {self.titles.get(outcome.key, outcome.key)}: {what}")
+        self.log(
+            f"[{len(self.outcomes)}/{self.total}] {self.status(running)} | {self.titles.get(outcome.key, outcome.key)}: {what}"
+        )
         self.last_line = self.clock()
 
     def heartbeat(self, running: int, every_s: float) -> None:
         if self.clock() - self.last_line >= every_s:
-            self.log(f"[{len(self.outcomes)}/{self.total}] {self.status(running)} | elapsed {format_duration(self.clock() - self.started)}")
+            self.log(
+                f"[{len(self.outcomes)}/{self.total}] {self.status(running)} | elapsed {format_duration(self.clock() - self.started)}"
+            )
             self.last_line = self.clock()
 
 
 # -- the executor interface and registry ------------------------------------------------------------------------
+
 
 class Executor:
     """Runs tasks somewhere; subclasses register with :func:`register_executor`."""
@@ -290,8 +317,9 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="rlptune-parent-watchdog", daemon=True).start()
 
 
-def _worker_main(conn: Any, work: WorkFunction, threads: int, parent_pid: int,
-                 plugins: registry.PluginSet | None = None) -> None:
+def _worker_main(
+    conn: Any, work: WorkFunction, threads: int, parent_pid: int, plugins: registry.PluginSet | None = None
+) -> None:
     """A sweep worker: runs the tasks its parent sends, one at a time, until told to stop (``None``) or orphaned."""
     _die_with_parent(parent_pid)
     while True:
@@ -308,10 +336,13 @@ class _Worker:
     """One spawned process with a pipe of its own, so that a death is charged to the run it was running and to no
     other (a shared process pool breaks whole and cannot say which of its runs killed it)."""
 
-    def __init__(self, context: Any, work: WorkFunction, threads: int, plugins: registry.PluginSet | None = None) -> None:
+    def __init__(
+        self, context: Any, work: WorkFunction, threads: int, plugins: registry.PluginSet | None = None
+    ) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, work, threads, os.getpid(), plugins),
-                                       name="rlptune-run-worker")
+        self.process = context.Process(
+            target=_worker_main, args=(child, work, threads, os.getpid(), plugins), name="rlptune-run-worker"
+        )
         self.process.start()
         child.close()
         self.task: Optional[Task] = None
@@ -387,8 +418,10 @@ class LocalExecutor(Executor):
                     workers.remove(worker)
                 if not workers:
                     break
-                mp_connection.wait([w.conn for w in workers] + [w.process.sentinel for w in workers],
-                                   timeout=min(1.0, self.settings.progress_every_s))
+                mp_connection.wait(
+                    [w.conn for w in workers] + [w.process.sentinel for w in workers],
+                    timeout=min(1.0, self.settings.progress_every_s),
+                )
                 for worker in list(workers):
                     task = worker.task
                     outcome = worker.result()
@@ -401,8 +434,10 @@ class LocalExecutor(Executor):
                         if attempts[task.key] <= self.settings.max_retries:
                             queue.appendleft(task)
                             continue
-                        outcome = Outcome(task.key, error=f"its worker process died {attempts[task.key]} times "
-                                                          f"(killed or out of memory)")
+                        outcome = Outcome(
+                            task.key,
+                            error=f"its worker process died {attempts[task.key]} times (killed or out of memory)",
+                        )
                     worker.task = None
                     progress.record(outcome, sum(w.task is not None for w in workers))
                 progress.heartbeat(sum(w.task is not None for w in workers), self.settings.progress_every_s)
@@ -414,6 +449,7 @@ class LocalExecutor(Executor):
 
 
 # -- ray: one task per run ---------------------------------------------------------------------------------------
+
 
 @register_executor("ray")
 class RayExecutor(Executor):
@@ -427,8 +463,12 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return ray, False
         try:
-            ray.init(address=self.settings.ray_address or None, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+            ray.init(
+                address=self.settings.ray_address or None,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.settings.ray_address or "a local Ray instance"
             raise RlptuneError(f"--executor ray: cannot start or join {where} ({_first_line(str(exc))})") from None
@@ -438,8 +478,11 @@ class RayExecutor(Executor):
         ray, started_here = self._init_ray()
         cpus = self.settings.cpus_per_run or 1
         remote = ray.remote(run_task).options(
-            num_cpus=cpus, num_gpus=self.settings.gpus_per_run, max_retries=self.settings.max_retries,
-            retry_exceptions=False, name="rlptune-run",
+            num_cpus=cpus,
+            num_gpus=self.settings.gpus_per_run,
+            max_retries=self.settings.max_retries,
+            retry_exceptions=False,
+            name="rlptune-run",
         )
         refs: dict[Any, Task] = {}
         try:
@@ -454,8 +497,11 @@ class RayExecutor(Executor):
                     try:
                         outcome = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        outcome = Outcome(task.key, error=f"Ray gave up after {self.settings.max_retries} retries: "
-                                                          f"{_first_line(str(exc))}", detail=str(exc))
+                        outcome = Outcome(
+                            task.key,
+                            error=f"Ray gave up after {self.settings.max_retries} retries: {_first_line(str(exc))}",
+                            detail=str(exc),
+                        )
                     progress.record(outcome, running)
                 progress.heartbeat(running, self.settings.progress_every_s)
         except BaseException:
@@ -480,6 +526,7 @@ class RayExecutor(Executor):
 
 
 # -- slurm: submitit job arrays ---------------------------------------------------------------------------------
+
 
 class SlurmRun:
     """What one Slurm job executes: ``run_task(work, task)``. Preemption or the time limit makes submitit call
@@ -511,10 +558,15 @@ class SlurmExecutor(Executor):
         s = self.settings
         folder = Path(s.slurm_logs) if s.slurm_logs else self.results_dir / ".submitit"
         try:
-            executor = submitit.AutoExecutor(folder=folder / "%j", cluster=s.slurm_cluster,
-                                             **{f"{s.slurm_cluster}_max_num_timeout": s.max_retries + 1})
+            executor = submitit.AutoExecutor(
+                folder=folder / "%j",
+                cluster=s.slurm_cluster,
+                **{f"{s.slurm_cluster}_max_num_timeout": s.max_retries + 1},
+            )
         except Exception as exc:  # no sbatch on this machine, unwritable folder ...
-            raise RlptuneError(f"--executor slurm: cannot use the {s.slurm_cluster} cluster ({_first_line(str(exc))})") from None
+            raise RlptuneError(
+                f"--executor slurm: cannot use the {s.slurm_cluster} cluster ({_first_line(str(exc))})"
+            ) from None
         parameters: dict[str, Any] = {
             "name": "rlptune",
             "timeout_min": s.slurm_time_min,
@@ -544,7 +596,7 @@ class SlurmExecutor(Executor):
         try:
             while waiting or jobs:
                 if waiting and len(jobs) < window:
-                    batch, waiting = waiting[: window - len(jobs)], waiting[window - len(jobs):]
+                    batch, waiting = waiting[: window - len(jobs)], waiting[window - len(jobs) :]
                     jobs.update(self._submit(executor, job_function, batch))
                 finished = [job for job in jobs if job.done()]
                 running = sum(1 for job in jobs if job not in finished and job.state == "RUNNING")

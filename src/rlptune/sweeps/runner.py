@@ -72,8 +72,14 @@ class RunSpec:
     def run_dir(self, results_dir: str | Path) -> Path:
         """``<results>/<protocol>/<dataset>/<tag>/shots<K>/seed<S>-<settings hash>``: keyed by every setting that
         affects the result, so a rerun with other settings (``--epochs``, ``--lr`` …) never reuses these results."""
-        return (Path(results_dir) / self.protocol / self.dataset / _folder_name(self.tag()) / f"shots{self.shots}"
-                / f"seed{self.seed}-{spec_settings_hash(self)[:12]}")
+        return (
+            Path(results_dir)
+            / self.protocol
+            / self.dataset
+            / _folder_name(self.tag())
+            / f"shots{self.shots}"
+            / f"seed{self.seed}-{spec_settings_hash(self)[:12]}"
+        )
 
     def config(self):
         overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in self.overrides.items()}
@@ -102,7 +108,9 @@ def spec_settings_hash(spec: RunSpec) -> str:
     if key not in _SPEC_HASHES:
         config = spec.config()
         settle_run_precision(config)  # the precision the run will record (auto resolved), as pipeline.run hashes it
-        _SPEC_HASHES[key] = settings_hash({**config.to_dict(), "protocol": spec.protocol, "targets": list(spec.targets)})
+        _SPEC_HASHES[key] = settings_hash(
+            {**config.to_dict(), "protocol": spec.protocol, "targets": list(spec.targets)}
+        )
     return _SPEC_HASHES[key]
 
 
@@ -150,7 +158,9 @@ class BackboneCache:
 BACKBONES = BackboneCache()
 
 
-def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None = None, progress: bool = False) -> dict[str, Any]:
+def run_single(
+    spec: RunSpec, results_dir: str | Path, backbone: Backbone | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Run one protocol run (or return its existing result) through the one run pipeline; resumes from a checkpoint."""
     get_protocol(spec.protocol, what="protocol")
     run_dir = spec.run_dir(results_dir)
@@ -161,7 +171,9 @@ def run_single(spec: RunSpec, results_dir: str | Path, backbone: Backbone | None
     backbone = backbone or BACKBONES.get(config)
     # run folders are keyed by the settings hash: an interrupted run (its staging folder) always resumes
     extra = {"tag": spec.tag(), "settings": spec.swept, "spec": asdict(spec)}
-    return pipeline.run(config, run_dir, backbone=backbone, resume=True, progress=progress, targets=spec.targets, extra=extra)
+    return pipeline.run(
+        config, run_dir, backbone=backbone, resume=True, progress=progress, targets=spec.targets, extra=extra
+    )
 
 
 def execute_spec(payload: dict[str, Any], backbone: Backbone | None = None) -> str:
@@ -184,12 +196,16 @@ def validate_specs(specs: Sequence[RunSpec]) -> None:
         digest = spec_settings_hash(spec)
         twin = by_hash.setdefault(digest, spec)
         if twin is not spec:
-            raise RlptuneError(f"run {_title(spec)} is listed twice (same settings); remove the repeated method, grid value or seed")
+            raise RlptuneError(
+                f"run {_title(spec)} is listed twice (same settings); remove the repeated method, grid value or seed"
+            )
         row = (spec.protocol, spec.dataset, spec.tag(), spec.shots, spec.seed)
         other = by_row.setdefault(row, spec)
         if other is not spec:
-            raise RlptuneError(f"runs with settings {other.swept} and {spec.swept} share the name {spec.tag()!r}; "
-                               f"give them distinct labels")
+            raise RlptuneError(
+                f"runs with settings {other.swept} and {spec.swept} share the name {spec.tag()!r}; "
+                f"give them distinct labels"
+            )
 
 
 def _title(spec: RunSpec) -> str:
@@ -216,11 +232,16 @@ def run_sweep(
     pending = [s for s in specs if not (s.run_dir(results_dir) / RESULT).is_file()]
     where = "" if settings.kind == "local" else f" on {settings.kind}"
     log(f"{len(specs)} runs, {len(specs) - len(pending)} already finished, {len(pending)} to run{where}")
-    tasks = [Task(str(s.run_dir(results_dir)), _title(s), {"spec": asdict(s), "results_dir": str(results_dir)}) for s in pending]
+    tasks = [
+        Task(str(s.run_dir(results_dir)), _title(s), {"spec": asdict(s), "results_dir": str(results_dir)})
+        for s in pending
+    ]
     progress = SweepProgress(tasks, log)
     if tasks:
         in_process = settings.kind == "local" and (settings.jobs <= 1 or len(tasks) <= 1)
-        work = functools.partial(execute_spec, backbone=backbone) if in_process and backbone is not None else execute_spec
+        work = (
+            functools.partial(execute_spec, backbone=backbone) if in_process and backbone is not None else execute_spec
+        )
         make_executor(settings, results_dir).run(tasks, work, progress)
     failures = progress.failures
     if failures:
@@ -229,8 +250,10 @@ def run_sweep(
             log(f"  {outcome.key}: {outcome.error}")
         details = results_dir / "failed-runs.log"
         io.write_text(details, "".join(f"== {o.key}\n{o.detail.rstrip()}\n\n" for o in failures))
-        raise RlptuneError(f"{len(failures)} of {len(pending)} runs failed (listed above; details in {details}); first: "
-                           f"{failures[0].error}")
+        raise RlptuneError(
+            f"{len(failures)} of {len(pending)} runs failed (listed above; details in {details}); first: "
+            f"{failures[0].error}"
+        )
     return [read_result(s.run_dir(results_dir)) for s in specs]
 
 
@@ -276,11 +299,15 @@ def make_specs(
                 dataset=dataset,
                 method=method,
                 seed=seed,
-                shots=0 if method == "zeroshot" and get_protocol(protocol, what="protocol").table_kind != "few-shot" else k,
+                shots=0
+                if method == "zeroshot" and get_protocol(protocol, what="protocol").table_kind != "few-shot"
+                else k,
                 backbone=backbone,
                 data_root=data_root,
                 targets=list((targets or {}).get(dataset, [])),
-                overrides=merged if method != "zeroshot" else {k2: v for k2, v in merged.items() if k2 not in ("prompt", "train")},
+                overrides=merged
+                if method != "zeroshot"
+                else {k2: v for k2, v in merged.items() if k2 not in ("prompt", "train")},
                 config_file=config_file,
                 swept=overrides if method != "zeroshot" else {},
             )
@@ -309,4 +336,3 @@ __all__ = [
     "spec_settings_hash",
     "validate_specs",
 ]
-

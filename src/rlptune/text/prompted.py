@@ -137,7 +137,7 @@ class PromptedClassText(nn.Module):
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)  # SOS
-        self.register_buffer("suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # [fixed] name . EOT pad
+        self.register_buffer("suffix", emb[:, 1 + self.n_ctx :].clone(), persistent=False)  # [fixed] name . EOT pad
         head = 1 + self.n_ctx + self.n_fixed
         self.register_buffer("fixed", emb[:1, 1 + self.n_ctx : head].clone(), persistent=False)  # (1, m, d)
         self.register_buffer("own", emb[:, head:].clone(), persistent=False)  # name . EOT pad (each class's own)
@@ -148,7 +148,9 @@ class PromptedClassText(nn.Module):
         # shared-prefix path: why it cannot be used (None = it can), and the class groups it runs
         self.shared_prefix = bool(shared_prefix)
         if position != "end":
-            self.shared_prefix_reason: str | None = f"class token position {position!r} puts class tokens inside the prefix"
+            self.shared_prefix_reason: str | None = (
+                f"class token position {position!r} puts class tokens inside the prefix"
+            )
         elif not bool((self.prefix == self.prefix[:1]).all()):
             self.shared_prefix_reason = "the start-token embeddings differ between classes"
         elif not bool((emb[:, 1 + self.n_ctx : head] == self.fixed).all()):
@@ -204,7 +206,9 @@ class PromptedClassText(nn.Module):
         index = self._layout[rows].unsqueeze(-1).expand(-1, -1, end_layout.shape[-1])
         return torch.gather(end_layout, 1, index)  # all classes at once, no Python loop over classes
 
-    def _encode_rows(self, ctx: torch.Tensor, start: int, stop: int, before_block: BlockHook | None = None) -> torch.Tensor:
+    def _encode_rows(
+        self, ctx: torch.Tensor, start: int, stop: int, before_block: BlockHook | None = None
+    ) -> torch.Tensor:
         rows = slice(start, stop)
         embeddings = self.assemble(ctx, rows)
         with self.backbone.autocast():

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ClassPack", "PrefixCache", "encode_classes", "encode_pack", "encode_prefix", "encode_suffix", "pack_classes",
+    "ClassPack",
+    "PrefixCache",
+    "encode_classes",
+    "encode_pack",
+    "encode_prefix",
+    "encode_suffix",
+    "pack_classes",
     "unsupported_reason",
 ]
 
@@ -99,7 +105,9 @@ class PrefixCache:
         return cls(list(tensors[0::2]), list(tensors[1::2]), length)
 
 
-def encode_prefix(tower, prefix: torch.Tensor, before_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> PrefixCache:
+def encode_prefix(
+    tower, prefix: torch.Tensor, before_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+) -> PrefixCache:
     """Run the shared prefix (P, d) — start token + context (+ fixed words) — or B of them (B, P, d) through every
     block once; return the per-layer K/V cache. The prefix's own outputs past the last block are not needed (no class
     pools inside the prefix), so the last block stops after its keys and values. ``before_block(i, x) -> x`` edits the
@@ -165,7 +173,9 @@ def encode_suffix(tower, cache: PrefixCache, suffix: torch.Tensor, last_only: bo
         s_own = torch.matmul(q, k.transpose(-1, -2)) + mask.to(q.dtype)  # (H, C, rows, S)
         weights = torch.cat([s_pre, s_own], dim=-1).softmax(dim=-1)
         w_pre, w_own = weights[..., :p], weights[..., p:]
-        out = torch.matmul(w_pre.reshape(heads, batch, per, p).to(v_pre.dtype), v_pre).view(heads, count, rows, head_dim)
+        out = torch.matmul(w_pre.reshape(heads, batch, per, p).to(v_pre.dtype), v_pre).view(
+            heads, count, rows, head_dim
+        )
         out = out + torch.matmul(w_own.to(v.dtype), v)
         out = out.permute(1, 2, 0, 3).reshape(count, rows, heads * head_dim)
         x = x + block.ls_1(attn.out_proj(out))
@@ -216,7 +226,9 @@ class ClassPack:
         self.offsets = torch.tensor(offsets, dtype=torch.long)  # position of each token after the prefix
         self.slots = torch.tensor(slots, dtype=torch.long)  # packed token -> flat (class, offset) slot
         pad = torch.tensor(padded, dtype=torch.long)
-        self.padded = torch.where(pad < 0, torch.full_like(pad, start), pad)  # (classes, S_max) -> packed row (T = a zero row)
+        self.padded = torch.where(
+            pad < 0, torch.full_like(pad, start), pad
+        )  # (classes, S_max) -> packed row (T = a zero row)
         self.eot = torch.tensor(self.lengths, dtype=torch.long).cumsum(0) - 1  # last own token of each class: pooled
         causal = torch.full((self.longest, self.longest), float("-inf")).triu(1)
         self.causal = causal  # (S_max, S_max) slot j sees slots <= j of its class
@@ -256,7 +268,10 @@ def encode_pack(tower, cache: PrefixCache, own: torch.Tensor, pack: ClassPack) -
         attn = block.attn
         heads = attn.num_heads
         h = block.ln_1(x)
-        q, k, v = (_split_heads(t, heads).transpose(0, 1) for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+        q, k, v = (
+            _split_heads(t, heads).transpose(0, 1)
+            for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        )
         head_dim = q.shape[-1]
         k_own, v_own = _to_padded(k, pack, padded), _to_padded(v, pack, padded)  # (B, H, classes, S_max, hd)
         last = i == len(blocks) - 1

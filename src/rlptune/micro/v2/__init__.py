@@ -48,5 +48,16 @@ def export_openai(path: str | Path, weights: str | Path | None = None) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-__all__ = ["MICRO2_CONFIG_PATH", "MICRO2_DATASETS", "MICRO2_NAME", "MICRO2_SHIFTS", "MICRO2_WEIGHTS_PATH", "PRETRAIN_COMMAND", "SUITE",
-           "export_openai", "load_micro2_dataset", "micro2_config", "micro2_state_dict"]
+__all__ = [
+    "MICRO2_CONFIG_PATH",
+    "MICRO2_DATASETS",
+    "MICRO2_NAME",
+    "MICRO2_SHIFTS",
+    "MICRO2_WEIGHTS_PATH",
+    "PRETRAIN_COMMAND",
+    "SUITE",
+    "export_openai",
+    "load_micro2_dataset",
+    "micro2_config",
+    "micro2_state_dict",
+]

@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from ...io import write_json, write_safetensors
 from .. import world as W1
 from ..pretrain import (
-    CompactEmbedding, encode_text_truncated, get_tokenizer, images_to_tensor, multi_positive_contrastive_loss, tokenize,
+    CompactEmbedding,
+    encode_text_truncated,
+    get_tokenizer,
+    images_to_tensor,
+    multi_positive_contrastive_loss,
+    tokenize,
 )
 from . import world as W
 
@@ -121,10 +126,12 @@ class AttributeHeads(torch.nn.Module):
 
     def __init__(self, embed_dim: int):
         super().__init__()
-        self.heads = torch.nn.ParameterDict({
-            a: torch.nn.Parameter(torch.randn(len(v), embed_dim) * embed_dim ** -0.5)
-            for a, v in W.ATTRIBUTE_VALUES.items()
-        })
+        self.heads = torch.nn.ParameterDict(
+            {
+                a: torch.nn.Parameter(torch.randn(len(v), embed_dim) * embed_dim**-0.5)
+                for a, v in W.ATTRIBUTE_VALUES.items()
+            }
+        )
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = F.normalize(features, dim=-1)
@@ -143,12 +150,23 @@ def _adamw(named_params, lr: float, weight_decay: float):
     for n, p in named_params:
         if p.requires_grad:
             (decay if p.ndim >= 2 and "positional" not in n and "embedding" not in n else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
-def train_image_tower(model, images: np.ndarray, scenes: list[W.Scene], seed: int, steps: int = IMAGE_STEPS,
-                      minutes: float | None = None, log: Callable[[str], None] = print) -> dict:
+def train_image_tower(
+    model,
+    images: np.ndarray,
+    scenes: list[W.Scene],
+    seed: int,
+    steps: int = IMAGE_STEPS,
+    minutes: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Phase 1: supervised attribute heads on the image tower; returns a summary (steps done, head accuracies)."""
     visual = model.visual
     visual.train()
@@ -169,7 +187,7 @@ def train_image_tower(model, images: np.ndarray, scenes: list[W.Scene], seed: in
             g["lr"] = _lr_at(step, steps, IMAGE_LR, warmup)
         if cursor + IMAGE_BATCH > n:
             order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor:cursor + IMAGE_BATCH].clone()
+        idx = order[cursor : cursor + IMAGE_BATCH].clone()
         cursor += IMAGE_BATCH
         ramp = min(1.0, step / max(1.0, EASY_UNTIL * steps))
         p_easy = EASY_PROB[0] + (EASY_PROB[1] - EASY_PROB[0]) * ramp
@@ -188,8 +206,10 @@ def train_image_tower(model, images: np.ndarray, scenes: list[W.Scene], seed: in
             running[a] = 0.95 * running.get(a, acc) + 0.05 * acc
         elapsed = time.time() - start
         if done % 50 == 0 or done == 1:
-            log(f"image step {done}/{steps} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.1e} "
-                f"{done * IMAGE_BATCH / elapsed:.0f} img/s acc " + " ".join(f"{a}={v:.2f}" for a, v in running.items()))
+            log(
+                f"image step {done}/{steps} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.1e} "
+                f"{done * IMAGE_BATCH / elapsed:.0f} img/s acc " + " ".join(f"{a}={v:.2f}" for a, v in running.items())
+            )
         if minutes is not None and elapsed > minutes * 60:
             log(f"image phase: time cap of {minutes} min reached after {done} steps")
             break
@@ -201,7 +221,7 @@ def train_image_tower(model, images: np.ndarray, scenes: list[W.Scene], seed: in
 def embed_images(model, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     out = []
     for i in range(0, len(images), batch):
-        out.append(F.normalize(model.encode_image(images_to_tensor(images[i:i + batch])), dim=-1))
+        out.append(F.normalize(model.encode_image(images_to_tensor(images[i : i + batch])), dim=-1))
     return torch.cat(out)
 
 
@@ -220,14 +240,21 @@ def world_vocabulary(tokenizer, extra_texts: list[str] = ()) -> list[int]:
     return sorted(ids)
 
 
-def train_text_tower(model, image_features: torch.Tensor, scenes: list[W.Scene], seed: int, steps: int = TEXT_STEPS,
-                     log: Callable[[str], None] = print) -> tuple[CompactEmbedding, dict]:
+def train_text_tower(
+    model,
+    image_features: torch.Tensor,
+    scenes: list[W.Scene],
+    seed: int,
+    steps: int = TEXT_STEPS,
+    log: Callable[[str], None] = print,
+) -> tuple[CompactEmbedding, dict]:
     """Phase 2 (LiT): captions generated on the fly are aligned to the frozen image embeddings."""
     tokenizer = get_tokenizer()
     embed = CompactEmbedding(model.token_embedding.weight.detach(), world_vocabulary(tokenizer))
     model.token_embedding.weight.requires_grad_(False)
-    text_params = [(n, p) for n, p in model.named_parameters()
-                   if not n.startswith("visual.") and n != "token_embedding.weight"]
+    text_params = [
+        (n, p) for n, p in model.named_parameters() if not n.startswith("visual.") and n != "token_embedding.weight"
+    ]
     opt = _adamw(text_params + [("embedding", embed.weight)], TEXT_LR, 0.05)
     rng = np.random.default_rng([seed, 3])
     n = len(scenes)
@@ -253,8 +280,10 @@ def train_text_tower(model, image_features: torch.Tensor, scenes: list[W.Scene],
         done = step + 1
         running_loss = loss.item() if running_loss is None else 0.95 * running_loss + 0.05 * loss.item()
         if done % 25 == 0 or done == 1:
-            log(f"text step {done}/{steps} loss {running_loss:.3f} scale {model.logit_scale.exp().item():.1f} "
-                f"{time.time() - start:.0f} s")
+            log(
+                f"text step {done}/{steps} loss {running_loss:.3f} scale {model.logit_scale.exp().item():.1f} "
+                f"{time.time() - start:.0f} s"
+            )
     embed.write_back(model.token_embedding)
     return embed, {"text_steps": done, "text_seconds": round(time.time() - start), "text_loss": running_loss}
 
@@ -281,9 +310,17 @@ def export_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
 
 
-def pretrain_micro_v2(output_dir, seed: int = 0, threads: int | None = 1, corpus_size: int = CORPUS_SIZE,
-                      image_steps: int = IMAGE_STEPS, text_steps: int = TEXT_STEPS, minutes_image: float | None = None,
-                      image_tower: str | None = None, log: Callable[[str], None] = print) -> Path:
+def pretrain_micro_v2(
+    output_dir,
+    seed: int = 0,
+    threads: int | None = 1,
+    corpus_size: int = CORPUS_SIZE,
+    image_steps: int = IMAGE_STEPS,
+    text_steps: int = TEXT_STEPS,
+    minutes_image: float | None = None,
+    image_tower: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Both phases; writes ``output_dir/micro_clip_v2.safetensors`` (and the phase-1 image tower) atomically."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -302,8 +339,11 @@ def pretrain_micro_v2(output_dir, seed: int = 0, threads: int | None = 1, corpus
         meta["image_tower"] = image_tower
     else:
         meta.update(train_image_tower(model, images, scenes, seed, image_steps, minutes_image, log))
-        write_safetensors(output_dir / "image_tower.safetensors", model.visual.state_dict(),
-                          metadata={k: str(v) for k, v in meta.items()})
+        write_safetensors(
+            output_dir / "image_tower.safetensors",
+            model.visual.state_dict(),
+            metadata={k: str(v) for k, v in meta.items()},
+        )
     for p in model.visual.parameters():
         p.requires_grad_(False)
     t0 = time.time()
@@ -316,8 +356,11 @@ def pretrain_micro_v2(output_dir, seed: int = 0, threads: int | None = 1, corpus
     meta["attribute_zero_shot"] = zs
     meta["total_seconds"] = round(time.time() - start)
     log("attribute zero-shot " + " ".join(f"{a}={v:.2f}" for a, v in zs.items()))
-    path = write_safetensors(output_dir / WEIGHTS_NAME, export_state_dict(model),
-                             metadata={k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in meta.items()})
+    path = write_safetensors(
+        output_dir / WEIGHTS_NAME,
+        export_state_dict(model),
+        metadata={k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in meta.items()},
+    )
     write_json(output_dir / "pretrain_v2_summary.json", meta)
     log(f"wrote {path} after {meta['total_seconds']} s")
     return path
@@ -334,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes-image", type=float, default=None, help="safety cap on phase 1 (wall clock)")
     parser.add_argument("--image-tower", default=None, help="skip phase 1: a saved image_tower.safetensors")
     args = parser.parse_args(argv)
-    pretrain_micro_v2(args.out, seed=args.seed, threads=args.threads, corpus_size=args.corpus,
-                      image_steps=args.image_steps, text_steps=args.text_steps, minutes_image=args.minutes_image,
-                      image_tower=args.image_tower)
+    pretrain_micro_v2(
+        args.out,
+        seed=args.seed,
+        threads=args.threads,
+        corpus_size=args.corpus,
+        image_steps=args.image_steps,
+        text_steps=args.text_steps,
+        minutes_image=args.minutes_image,
+        image_tower=args.image_tower,
+    )
     return 0
 
 

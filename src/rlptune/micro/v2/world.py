@@ -31,7 +31,11 @@ SIDE_RANGE = {1: (36, 48), 2: (26, 34), 3: (24, 30), 4: (20, 26), 5: (18, 24), 6
 
 #: The attributes a scene has, each with its values (the supervised targets of the image tower).
 ATTRIBUTE_VALUES: dict[str, list] = {
-    "shape": SHAPES, "color": COLOR_NAMES, "pattern": PATTERNS, "background": BACKGROUNDS, "style": STYLES,
+    "shape": SHAPES,
+    "color": COLOR_NAMES,
+    "pattern": PATTERNS,
+    "background": BACKGROUNDS,
+    "style": STYLES,
     "count": COUNTS,
 }
 

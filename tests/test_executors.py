@@ -241,7 +241,8 @@ def _start_parallel_sweep(tmp_path: Path, tiny_arch_path: Path, cache: Path) -> 
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         workers = _children(process.pid)
-        if len(workers) == 2 and len(list((tmp_path / "res").rglob("metrics.jsonl"))) >= 1:
+        # both runs have logged an epoch: both workers are training, not starting up
+        if len(workers) == 2 and len(list((tmp_path / "res").rglob("metrics.jsonl"))) >= 2:
             return process, workers
         time.sleep(0.2)
     process.kill()

@@ -235,7 +235,15 @@ def _start_parallel_sweep(tmp_path: Path, tiny_arch_path: Path, cache: Path) -> 
         str(tmp_path / "res"),
     ]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # a terminal's foreground process: Ctrl-C not ignored, even when pytest itself was started in the background
+        # of a non-interactive shell (which ignores SIGINT there, and children inherit the ignoring)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

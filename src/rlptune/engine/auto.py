@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from .. import io
+from ..analysis import stats
 from ..analysis.spectrum import singular_values
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
@@ -69,13 +70,11 @@ GUARD_RULE = (
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (percent) of an accuracy of ``correct``/``n`` (95% with the default z)."""
+    """Wilson score interval of ``correct``/``n`` in percent (:func:`rlptune.analysis.stats.wilson_interval`)."""
     if n <= 0:
         return (0.0, 100.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half))
+    low, high = stats.wilson_interval(correct, n, z)
+    return (100.0 * low, 100.0 * high)
 
 
 def paired_margin(candidate: torch.Tensor, baseline: torch.Tensor, z: float) -> dict[str, Any]:

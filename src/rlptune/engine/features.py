@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -194,6 +195,35 @@ def encode_items(
     return torch.cat(outs)
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    """One request to :meth:`FeatureCache.get_or_encode`: what to encode and how, so a miss encodes it the same way
+    wherever it is served from (no cache, the disk store, the memory store)."""
+
+    backbone: Backbone
+    splits: DatasetSplits
+    items: Sequence[Item]
+    view: int
+    batch_size: int
+    num_workers: int
+    augment: Augment
+    view_seed: int
+    normalize: bool
+
+    def encode(self) -> torch.Tensor:
+        return encode_items(
+            self.backbone,
+            self.splits,
+            self.items,
+            self.view,
+            self.batch_size,
+            self.num_workers,
+            augment=self.augment,
+            view_seed=self.view_seed,
+            normalize=self.normalize,
+        )
+
+
 #: Views kept in memory (``cache.views = memory``): cache key -> features, least recently used first. Shared by every
 #: FeatureCache of the process, so the runs of one process (a sweep's methods and settings) share each view.
 _VIEW_MEMORY: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -272,19 +302,10 @@ class FeatureCache:
             raise RlptuneError(f"dataset {splits.name!r}: no images to encode")
         augment = tuple(augment) if view > 0 else DEFAULT_AUGMENT  # the centre crop does not depend on it
         view_seed = view_seed if view > 0 else 0
+        request = _Encoding(backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize)
         if not self.enabled:
             self.misses += 1
-            return encode_items(
-                backbone,
-                splits,
-                items,
-                view,
-                batch_size,
-                num_workers,
-                augment=augment,
-                view_seed=view_seed,
-                normalize=normalize,
-            )
+            return request.encode()
         in_memory = view > 0 and self.views == "memory"
         if not in_memory:
             self._check_root()
@@ -295,16 +316,10 @@ class FeatureCache:
         if len(_CONTENT_MEMO) != memo_size:
             self._save_memo()
         if in_memory:
-            return self._from_memory(
-                key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
-            )
-        return self._from_disk(
-            key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
-        )
+            return self._from_memory(key, request)
+        return self._from_disk(key, sources, request)
 
-    def _from_disk(
-        self, key, sources, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
-    ) -> torch.Tensor:
+    def _from_disk(self, key: str, sources: str, request: _Encoding) -> torch.Tensor:
         """The entry ``key`` read under its lock held shared, else built under it held exclusively (so processes
         that need the same features encode them once)."""
         path = self.path(key)
@@ -312,47 +327,34 @@ class FeatureCache:
         rebuilt_before = self.rebuilt
         # shared: eviction (which takes the lock without waiting) never removes an entry while it is read
         with cachedir.entry_lock(locks, lock_name, shared=True, required=False):
-            feats = self._load_verified(path, len(items), sources)
+            feats = self._load_verified(path, len(request.items), sources)
             if feats is not None:
                 cachedir.touch(path)  # recency for least-recently-used eviction
                 self.hits += 1
                 return feats
         with cachedir.entry_lock(locks, lock_name):
             # built (or repaired) by another process while we waited?
-            feats = self._load_verified(path, len(items), sources, quiet=self.rebuilt > rebuilt_before)
+            feats = self._load_verified(path, len(request.items), sources, quiet=self.rebuilt > rebuilt_before)
             if feats is not None:
                 cachedir.touch(path)
                 self.hits += 1
                 return feats
             self.misses += 1
-            feats = encode_items(
-                backbone,
-                splits,
-                items,
-                view,
-                batch_size,
-                num_workers,
-                augment=augment,
-                view_seed=view_seed,
-                normalize=normalize,
-            )
-            self._store(
-                key, feats, self._manifest(backbone, splits, view, len(items), augment, view_seed, sources, feats)
-            )
+            feats = request.encode()
+            self._store(key, feats, self._manifest(request, sources, feats))
         return feats
 
     @staticmethod
-    def _manifest(
-        backbone, splits, view: int, count: int, augment, view_seed: int, sources: str, feats: torch.Tensor
-    ) -> dict:
+    def _manifest(request: _Encoding, sources: str, feats: torch.Tensor) -> dict:
         """What an entry records beside its features: where they came from and both hashes checked on load."""
+        backbone, view = request.backbone, request.view
         return {
             "backbone": backbone.identity,
             "precision": backbone.precision,
-            "dataset": splits.name,
+            "dataset": request.splits.name,
             "view": view,
-            "count": count,
-            "transform": transform_description(backbone, view, augment, view_seed),
+            "count": len(request.items),
+            "transform": transform_description(backbone, view, request.augment, request.view_seed),
             "sources_sha256": sources,
             "features_sha256": _tensor_sha256(feats),
         }
@@ -367,9 +369,7 @@ class FeatureCache:
         if not cachedir.store_entry(self.root, key, files, self.max_bytes):
             self.not_stored += 1
 
-    def _from_memory(
-        self, key, backbone, splits, items, view, batch_size, num_workers, augment, view_seed, normalize
-    ) -> torch.Tensor:
+    def _from_memory(self, key: str, request: _Encoding) -> torch.Tensor:
         """``cache.views = memory``: the view's features from this process's store, encoded once per view."""
         with _VIEW_MEMORY_LOCK:
             feats = _VIEW_MEMORY.get(key)
@@ -379,17 +379,7 @@ class FeatureCache:
             self.hits += 1
             return feats.clone()  # callers may not share one tensor: a run must not change another's view
         self.misses += 1
-        feats = encode_items(
-            backbone,
-            splits,
-            items,
-            view,
-            batch_size,
-            num_workers,
-            augment=augment,
-            view_seed=view_seed,
-            normalize=normalize,
-        )
+        feats = request.encode()
         size = feats.numel() * feats.element_size()
         if size <= self.memory_bytes:
             with _VIEW_MEMORY_LOCK:

@@ -18,6 +18,7 @@ from .config import FORMER_METHOD_FIELDS, flag_hint, flag_table, parse_set, reso
 from .errors import RlptuneError
 from .options import int_flag
 from .sweeps.executors import add_executor_args, executor_settings_from_args
+from .sweeps.flags import add_jobs_flag, add_seeds_flag, add_shots_flag
 
 
 def _add_config_flags(
@@ -813,22 +814,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="METHOD",
         help="methods to run, each with its own recipe (`rlptune methods NAME`; default: zeroshot coop rlp)",
     )
-    p.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int_flag("--seeds"),
-        default=[1, 2, 3],
-        metavar="SEED",
-        help="seeds, one run per seed (default: 1 2 3)",
-    )
-    p.add_argument(
-        "--shots",
-        nargs="+",
-        type=int_flag("--shots", low=0),
-        default=[16],
-        metavar="SHOTS",
-        help="shots per class, one run per count (default: 16)",
-    )
+    add_seeds_flag(p, [1, 2, 3])
+    add_shots_flag(p, [16], "shots per class, one run per count")
     p.add_argument(
         "--grid",
         action="append",
@@ -837,7 +824,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="sweep a setting (repeatable: grid product)",
     )
     p.add_argument("--results", default="results", help="results folder (finished runs are skipped)")
-    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=1, help="runs in parallel (processes)")
+    add_jobs_flag(p)
     add_executor_args(p)
     _add_config_flags(
         p,
@@ -894,21 +881,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "demo", help="the main job on the embedded micro world v2: zero-shot vs CoOp vs RLP, base-to-new"
     )
     p.add_argument("-o", "--output", default="rlptune-demo", help="output folder")
-    p.add_argument(
-        "--seeds",
-        type=int_flag("--seeds"),
-        nargs="+",
-        default=[1, 2],
-        metavar="SEED",
-        help="seeds per method and dataset",
-    )
+    add_seeds_flag(p, [1, 2], each="one run per seed, method and dataset")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
-    p.add_argument(
-        "--jobs",
-        type=int_flag("--jobs", low=1),
-        default=min(2, os.cpu_count() or 1),
-        help="runs in parallel (processes; default: 2, or 1 on a one-core machine)",
-    )
+    add_jobs_flag(p, min(2, os.cpu_count() or 1), default_text="2, or 1 on a one-core machine")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cache", help="what the feature cache holds (per backbone and kind), and clearing it")

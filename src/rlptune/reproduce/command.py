@@ -12,6 +12,7 @@ from typing import Any
 
 from ..options import int_flag
 from ..sweeps.executors import add_executor_args, executor_settings_from_args
+from ..sweeps.flags import add_jobs_flag, add_seeds_flag, add_shots_flag
 from .settings import PAPER_PARTS, PARTS, StudySettings
 
 
@@ -28,20 +29,8 @@ def add_reproduce_parser(sub: Any) -> None:
     )
     p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: the backbone's micro suite)")
     p.add_argument("--data-root", default=None, help="root of real datasets (CoOp layout)")
-    p.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int_flag("--seeds"),
-        default=[1, 2, 3],
-        metavar="SEED",
-        help="seeds, one run per seed and setting",
-    )
-    p.add_argument(
-        "--shots",
-        type=int_flag("--shots", low=0),
-        default=16,
-        help="shots of the base-to-new, cross-dataset and domain-gen runs",
-    )
+    add_seeds_flag(p, [1, 2, 3], each="one run per seed and setting")
+    add_shots_flag(p, 16, "shots of the base-to-new, cross-dataset and domain-gen runs")
     p.add_argument(
         "--epochs",
         type=int_flag("--epochs", low=0),
@@ -91,7 +80,7 @@ def add_reproduce_parser(sub: Any) -> None:
     )
     p.add_argument("-o", "--output", default="report", help="report folder (tables md/csv/json, figures, EVIDENCE.md)")
     p.add_argument("--docs", default=None, help="also write the report's markdown here (e.g. docs/EVIDENCE.md)")
-    p.add_argument("--jobs", type=int_flag("--jobs", low=1), default=1, help="runs in parallel (processes)")
+    add_jobs_flag(p)
     add_executor_args(p)
     p.set_defaults(func=cmd_reproduce)
 

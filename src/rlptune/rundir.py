@@ -70,6 +70,9 @@ ADAPTER_DIR = "adapter"
 #: The resumable checkpoint's folder, and the checkpoint in it.
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = Path(CHECKPOINT_DIR) / "last.safetensors"
+#: where a search over candidates (``--auto``) keeps its candidates' checkpoints, one folder per step, each with a
+#: ``progress.json`` written last: a staging folder holding one is resumable, as one holding :data:`CHECKPOINT` is
+SEARCH_CHECKPOINTS = Path(CHECKPOINT_DIR) / "search"
 #: What a resumed run takes over from a finished one: the checkpoint, the metric lines, the few-shot draw and the
 #: record of the images it trained on (checked on resume, see rlptune.engine.datacheck).
 RESUMABLE = (CHECKPOINT_DIR, METRICS, FEW_SHOT, DATA_HASHES)
@@ -374,6 +377,12 @@ def _is_rlptune_output(folder: Path, depth: int) -> bool:
         return False
 
 
+def holds_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` (a run's staging folder) holds something to resume from: the trainer's checkpoint, or a
+    search's saved candidates."""
+    return (folder / CHECKPOINT).is_file() or any((folder / SEARCH_CHECKPOINTS).glob("*/progress.json"))
+
+
 class RunDirectory:
     """Context manager that makes one run's writes to ``target`` all-or-nothing (see the module docstring).
 
@@ -496,7 +505,7 @@ class RunDirectory:
         is_run = exists and is_run_directory(target)
         finished = is_run and (target / RESULT).is_file()
         stale = self._stale_stagings()
-        resumable = [p for p in stale if (p / CHECKPOINT).is_file()]
+        resumable = [p for p in stale if holds_checkpoint(p)]
         for path in stale:  # a staging folder without a checkpoint holds nothing worth resuming
             if path not in resumable:
                 shutil.rmtree(path, ignore_errors=True)
@@ -608,7 +617,7 @@ class RunDirectory:
                 not self.committed
                 and not self._keep_staging
                 and self.staging.is_dir()
-                and (copies or not (self.staging / CHECKPOINT).is_file())
+                and (copies or not holds_checkpoint(self.staging))
             ):
                 shutil.rmtree(self.staging, ignore_errors=True)
             if isinstance(exc, RlptuneError) and exc.args and str(self.staging) in str(exc.args[0]):

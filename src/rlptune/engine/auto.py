@@ -53,7 +53,7 @@ from ..analysis import stats
 from ..analysis.spectrum import singular_values
 from ..data.items import DatasetSplits
 from ..errors import RlptuneError
-from ..rundir import METRICS
+from ..rundir import METRICS, SEARCH_CHECKPOINTS
 from ..methods import Method, build_method
 from ..prompts import prompt_layout
 from .candidates import CandidateRun, batchable, train_batched
@@ -249,14 +249,26 @@ def _train_sequential(
     return time.perf_counter() - t0
 
 
-def _train(runs, splits, train_items, val_items, cache, scratch, log, stop_after=None) -> float:
+def _train(
+    runs, splits, train_items, val_items, cache, scratch, log, stop_after=None, checkpoints: Path | None = None
+) -> float:
+    """Train ``runs``: batched when they can (saved in ``checkpoints``, so a killed search resumes there), else one
+    by one with the trainer (a killed search trains those candidates again)."""
     if all(batchable(r.method) for r in runs) and all(r.config.train.iterations == 0 for r in runs):
-        return train_batched(runs, splits, train_items, val_items, cache, stop_after=stop_after, log=log)
+        return train_batched(
+            runs, splits, train_items, val_items, cache, stop_after=stop_after, log=log, checkpoints=checkpoints
+        )
     return _train_sequential(runs, splits, train_items, val_items, cache, scratch, log, stop_after)
 
 
 def spectrum_rank(
-    config, backbone, splits: DatasetSplits, cache: FeatureCache, scratch: Path, log: Callable[[str], None]
+    config,
+    backbone,
+    splits: DatasetSplits,
+    cache: FeatureCache,
+    scratch: Path,
+    log: Callable[[str], None],
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     """A short full-rank run of the same context; the smallest rank holding ``auto.energy`` of its update."""
     a = config.auto
@@ -268,7 +280,7 @@ def spectrum_rank(
     cfg.train.epochs = a.spectrum_epochs or max(1, config.train.epochs // 4)
     cfg.train.warmup_epochs = min(cfg.train.warmup_epochs, max(cfg.train.epochs - 1, 0))
     run = CandidateRun("spectrum", cfg, _build(cfg, backbone, splits))
-    seconds = _train([run], splits, splits.train, [], cache, scratch, log)
+    seconds = _train([run], splits, splits.train, [], cache, scratch, log, checkpoints=checkpoints)
     effective, initial = run.method.prompt_matrices()["ctx"]
     sigma = singular_values(effective - initial).double()
     energy = sigma * sigma
@@ -294,19 +306,32 @@ class _Search:
     backbone: Any
     splits: DatasetSplits
     cache: FeatureCache
-    scratch: Path
+    scratch: Path  # candidates trained one by one with the trainer write here (removed when each ends)
     log: Callable[[str], None]
+    checkpoints: Path  # batched candidates' saved state, per step, for a killed search to resume from
 
 
 def search(
-    config, backbone, data, cache: FeatureCache, output_dir: str | Path, log: Callable[[str], None] | None = None
+    config,
+    backbone,
+    data,
+    cache: FeatureCache,
+    output_dir: str | Path,
+    log: Callable[[str], None] | None = None,
+    resume: bool = False,
 ) -> tuple[Method, TrainState, dict[str, Any], Any]:
-    """Run ``--auto``: (the chosen method, its training state, the ``auto`` record, the chosen settings)."""
+    """Run ``--auto``: (the chosen method, its training state, the ``auto`` record, the chosen settings).
+
+    ``resume``: continue a killed search from the candidates' checkpoints in the run folder (batched candidates
+    resume at their last saved epoch, with the same result as an uninterrupted search); otherwise start over."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if current().enabled:
         raise RlptuneError("auto.enabled: --auto runs in one process; start it without torchrun")
     t0 = time.perf_counter()
-    s = _Search(base_config(config), backbone, data.train, cache, Path(output_dir) / ".auto", log)
+    out = Path(output_dir)
+    s = _Search(base_config(config), backbone, data.train, cache, out / ".auto", log, out / SEARCH_CHECKPOINTS)
+    if not resume:
+        shutil.rmtree(s.checkpoints, ignore_errors=True)
     start = _starting_method(s)
     how, folds = validation_folds(s.splits, s.base)
     log(f"auto: validating on {how}")
@@ -347,6 +372,10 @@ def search(
     record["batched"] = batchable(start)
     if state.records:
         io.write_text(Path(output_dir) / METRICS, "".join(_jsonl(r) for r in state.records))
+    shutil.rmtree(s.scratch, ignore_errors=True)
+    shutil.rmtree(s.checkpoints, ignore_errors=True)  # the search ended: a finished run keeps no candidates
+    if s.checkpoints.parent.is_dir() and not any(s.checkpoints.parent.iterdir()):
+        s.checkpoints.parent.rmdir()
     method.eval()
     return method, state, record, adapter_config
 
@@ -368,7 +397,7 @@ def _search_grid(s: _Search, record: dict[str, Any]) -> list[dict[str, dict[str,
     base = s.base
     grid = candidate_grid(base)
     if prompt_layout(base.prompt.kind).spectrum_kind and base.auto.rank_rule in ("spectrum", "both"):
-        spectrum = spectrum_rank(base, s.backbone, s.splits, s.cache, s.scratch, s.log)
+        spectrum = spectrum_rank(base, s.backbone, s.splits, s.cache, s.scratch, s.log, s.checkpoints / "spectrum")
         record["spectrum"] = spectrum
         s.log(
             f"auto: the spectrum rule picks rank {spectrum['rank']} ({100 * base.auto.energy:g}% of the update's energy)"
@@ -390,16 +419,17 @@ def _train_folds(
     pooled: dict[str, list] = {n: [] for n in names}
     baseline_right = []
     train_seconds = 0.0
-    for train_items, val_items in folds:
+    for fold, (train_items, val_items) in enumerate(folds):
         labels = torch.tensor([it.label for it in val_items])
         baseline_right.append(predictions(start, s.splits, val_items, s.cache) == labels)
         runs = [CandidateRun(n, with_settings(s.base, g), None) for n, g in zip(names, grid)]  # type: ignore[arg-type]
         for run in runs:
             run.method = _build(run.config, s.backbone, s.splits)
-        train_seconds += _train(runs, s.splits, train_items, val_items, s.cache, s.scratch, s.log)
+        train_seconds += _train(
+            runs, s.splits, train_items, val_items, s.cache, s.scratch, s.log, checkpoints=s.checkpoints / f"fold{fold}"
+        )
         for run in runs:
             pooled[run.name].append(run)
-    shutil.rmtree(s.scratch, ignore_errors=True)
     return pooled, torch.cat(baseline_right), train_seconds
 
 
@@ -478,7 +508,9 @@ def _take_candidate(
         method.load_adapter_state(run.best[2], f"auto candidate {best_name}, epoch {best_epoch}")
     else:  # k-fold: the chosen candidate retrained on every shot, to its chosen epoch
         run = CandidateRun(best_name, adapter_config, _build(adapter_config, s.backbone, s.splits))
-        seconds = _train([run], s.splits, s.splits.train, [], s.cache, s.scratch, s.log, stop_after=best_epoch)
+        seconds = _train(
+            [run], s.splits, s.splits.train, [], s.cache, s.scratch, s.log, best_epoch, s.checkpoints / "final"
+        )
         shutil.rmtree(s.scratch, ignore_errors=True)
         method = run.method
     state = TrainState(epochs_done=best_epoch)

@@ -25,16 +25,20 @@ says so and :mod:`rlptune.engine.auto` trains their candidates one at a time wit
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .. import io
 from ..errors import RlptuneError
 from ..methods.base import Method
 from ..methods.coop import CoOp
+from .adapter import load_checkpoint, save_checkpoint
 from .features import FeatureCache
 from .schedule import epoch_seed, learning_rate, make_optimizer, total_epochs
 
@@ -110,13 +114,17 @@ def train_batched(
     cache: FeatureCache,
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
+    checkpoints: Path | None = None,
 ) -> float:
     """Train every candidate of ``runs`` (one seed, one method, one class list) together; fill their curves.
 
     ``train_items`` train and ``val_items`` (centre crops; may be empty) are scored after every epoch. The features of
     a fresh view are read for the whole training split and indexed, so a fold of it reads the same crops as the full
     split. ``stop_after`` ends the loop after that many epochs (the learning-rate schedule still counts the full
-    ``train.epochs``). Returns the wall seconds.
+    ``train.epochs``). ``checkpoints``: a folder where every candidate's state is saved at epoch ends (at most every
+    :data:`CHECKPOINT_SECONDS`, and after the last epoch) and from which a killed search resumes, exactly: each epoch
+    seeds its own shuffle and dropout streams, so the state at an epoch's end is all that carries over. Returns the
+    wall seconds.
     """
     if not runs:
         return 0.0
@@ -138,7 +146,9 @@ def train_batched(
     epochs = max(total_epochs(run.config.train, steps_per_epoch) for run in runs)
     if stop_after is not None:
         epochs = min(epochs, stop_after)
-    for epoch in range(epochs):
+    start = _resume(runs, checkpoints, log) if checkpoints is not None else 0
+    saved = time.perf_counter()
+    for epoch in range(start, epochs):
         active = [r for r in runs if r.stopped is None and epoch < total_epochs(r.config.train, steps_per_epoch)]
         if not active:
             break
@@ -157,6 +167,9 @@ def train_batched(
             _validate(active, text_module, val_feats, val_labels, epoch, backbone)
         if log is not None and (epoch + 1) % 50 == 0:
             log(f"auto: epoch {epoch + 1}/{epochs} of {len(active)} candidates")
+        if checkpoints is not None and (epoch + 1 == epochs or time.perf_counter() - saved >= CHECKPOINT_SECONDS):
+            _save_progress(runs, checkpoints, epoch + 1)
+            saved = time.perf_counter()
     for run in runs:
         run.method.eval()
     return time.perf_counter() - t0
@@ -289,6 +302,69 @@ def _validate(
             run.correct.append(right)
             if run.best is None or accuracy > run.best[1]:
                 run.best = (epoch + 1, accuracy, run.method.adapter_state())
+
+
+#: Seconds between checkpoints of a batched search (saving K small states every epoch would cost more than it saves).
+CHECKPOINT_SECONDS = 30.0
+_PROGRESS = "progress.json"
+
+
+def _save_progress(runs: Sequence[CandidateRun], folder: Path, epochs_done: int) -> None:
+    """Each candidate's prompt and optimiser (a trainer checkpoint) and best state, then one progress file naming the
+    epoch they all reached: written last, so a search killed mid-save resumes from the previous complete set."""
+    for k, run in enumerate(runs):
+        history = {
+            "curve": run.curve,
+            "losses": run.losses,
+            "correct": ["".join("1" if bool(c) else "0" for c in right) for right in run.correct],
+            "best": list(run.best[:2]) if run.best is not None else None,
+            "stopped": run.stopped,
+        }
+        save_checkpoint(folder / f"{k}.safetensors", run.method, run.optimizer, epochs_done, run.config, history)
+        if run.best is not None:
+            io.write_safetensors(folder / f"{k}.best.safetensors", run.best[2])
+    io.write_json(folder / _PROGRESS, {"epochs": epochs_done, "candidates": [run.name for run in runs]})
+
+
+def _resume(runs: Sequence[CandidateRun], folder: Path, log: Callable[[str], None] | None) -> int:
+    """Restore every candidate from ``folder`` (see :func:`_save_progress`); the epochs they had done (0: none)."""
+    from safetensors.torch import load_file
+
+    path = folder / _PROGRESS
+    if not path.is_file():
+        return 0
+    try:
+        progress = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RlptuneError(f"{path}: unreadable search progress; delete {folder} to start the search over") from None
+    if progress.get("candidates") != [run.name for run in runs]:
+        raise RlptuneError(f"{path}: saved for other candidates; delete {folder} to start the search over")
+    epochs = int(progress["epochs"])
+    for k, run in enumerate(runs):
+        meta = _history(folder / f"{k}.safetensors")
+        if meta["stopped"] is None:  # a diverged candidate's prompt is not finite, and it trains no further
+            meta = load_checkpoint(folder / f"{k}.safetensors", run.method, run.optimizer, run.config)
+        if meta["epoch"] != epochs:
+            raise RlptuneError(f"{folder / f'{k}.safetensors'}: epoch {meta['epoch']}, the search's is {epochs}")
+        run.curve, run.losses, run.stopped = list(meta["curve"]), list(meta["losses"]), meta["stopped"]
+        run.correct = [torch.tensor([c == "1" for c in right], dtype=torch.bool) for right in meta["correct"]]
+        if meta["best"] is not None:
+            best = load_file(str(folder / f"{k}.best.safetensors"))
+            run.best = (int(meta["best"][0]), float(meta["best"][1]), best)
+    if log is not None:
+        log(f"auto: resumed {len(runs)} candidates after epoch {epochs} ({folder})")
+    return epochs
+
+
+def _history(path: Path) -> dict[str, Any]:
+    """A candidate checkpoint's metadata (its epoch and history), read without loading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads((handle.metadata() or {})["rlptune_checkpoint"])
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a missing or damaged file
+        raise RlptuneError(f"{path}: unreadable candidate checkpoint; delete {path.parent} to start over") from None
 
 
 __all__ = ["CandidateRun", "batchable", "train_batched"]

@@ -279,7 +279,7 @@ def _run_in(
     data, cache, backbone = _open_run(config, output_dir, final_dir, ddp, backbone, resume)
     seed_everything(config.train.seed)
     if config.auto.enabled:  # --auto: the best of a grid of candidates on validation (rlptune.engine.auto)
-        method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log)
+        method, state, record, chosen = auto.search(config, backbone, data, cache, output_dir, log, resume=resume)
         metrics, fields = evaluate_run(method, config, data, cache, targets)
         fields = {
             "dataset": data.train.name,

@@ -145,16 +145,17 @@ class DeclaredSettings:
     class does not declare is one line naming the method, the setting and the fix, so a method's dependence on the
     settings is visible in its class (and a run's settings hash cannot miss what a method reads)."""
 
-    def __init__(self, owner: str, values: dict[str, Any], where: str = "") -> None:
-        object.__setattr__(self, "_owner", owner)
+    def __init__(self, owner: str, values: dict[str, Any], where: str = "", declarer: str = "") -> None:
+        object.__setattr__(self, "_owner", owner)  # the registered name, quoted
         object.__setattr__(self, "_where", where)  # "data." for a partly declared section, "" at the top
+        object.__setattr__(self, "_declarer", declarer)  # the class whose ``reads`` to extend
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
     @classmethod
     def of(cls, method_class: type["Method"], config) -> "DeclaredSettings":
         """What ``method_class`` may read of the run config ``config``: ``method`` and its declared ``reads``."""
-        owner = method_class.__name__
+        owner = f"{method_class.registered_name!r}"
         values: dict[str, Any] = {"method": copy.deepcopy(config.method)}
         fields: dict[str, dict[str, Any]] = {}
         for declared in method_class.reads:
@@ -162,8 +163,8 @@ class DeclaredSettings:
             source = getattr(config, section, None) if section and not section.startswith("_") else None
             if source is None or (name and (name.startswith("_") or not hasattr(source, name))):
                 raise RlptuneError(
-                    f"{owner}.reads declares {declared!r}, which is not a setting; expected a section such as "
-                    f"'prompt' or a section field such as 'data.dataset'"
+                    f"{method_class.__name__}.reads declares {declared!r}, which is not a setting; expected a "
+                    f"section such as 'prompt' or a section field such as 'data.dataset'"
                 )
             if not name:
                 values[section] = copy.deepcopy(source)
@@ -171,16 +172,17 @@ class DeclaredSettings:
                 fields.setdefault(section, {})[name] = copy.deepcopy(getattr(source, name))
         for section, declared_fields in fields.items():
             if section not in values:  # a whole section declared too wins
-                values[section] = cls(owner, declared_fields, f"{section}.")
-        return cls(owner, values)
+                values[section] = cls(owner, declared_fields, f"{section}.", method_class.__name__)
+        return cls(owner, values, "", method_class.__name__)
 
     def __getattr__(self, name: str) -> Any:  # only called for what was not declared
         if name.startswith("_"):
             raise AttributeError(name)
         setting = f"{self._where}{name}"
+        fix = repr(setting) if self._where else f"{setting!r} (or the fields it reads, '{setting}.<field>')"
         raise RlptuneError(
-            f"method {self._owner} reads setting {setting!r}, which it does not declare; add {setting!r} to "
-            f"{self._owner}.reads"
+            f"method {self._owner} reads setting {setting!r}, which it does not declare; add {fix} to "
+            f"{self._declarer}.reads"
         )
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -105,6 +105,18 @@ def test_the_settings_refuse_assignment_and_a_built_method_keeps_no_config(tiny)
     assert method.run_config.to_dict() == config.to_dict() and method.run_config is not config
 
 
+def test_save_pretrained_of_a_method_without_a_run_config_is_one_line(tiny, tmp_path):
+    """Built straight from its declared settings (not by build_method or load_adapter), a method has no record of
+    the whole run: saving it without ``config=`` says so instead of writing a partial training_config.yaml."""
+    config = resolve_config(None, {"method": {"name": "coop"}, "prompt": {"n_ctx": 2}})
+    method = CoOp(DeclaredSettings.of(CoOp, config), tiny, CLASSES)
+    assert method.run_config is None
+    with pytest.raises(RlptuneError, match=r"^save_pretrained: this CoOp records no run config .*pass config=$"):
+        rlptune.save_pretrained(method, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+    assert (rlptune.save_pretrained(method, tmp_path / "adapter", config) / "training_config.yaml").is_file()
+
+
 SECTION_FIELDS = {
     "prompt": ["n_ctx", "ctx_init", "init_std", "kind"],
     "data": ["dataset", "shots", "root"],

@@ -102,7 +102,8 @@ def test_a_loaded_adapter_resaves_the_runs_settings_and_card_byte_for_byte(runs,
     assert "rlptune train --config training_config.yaml" in card
 
     loaded = rlptune.load_adapter(adapter, tiny)
-    assert loaded.config.to_dict() == yaml.safe_load((run / "config.yaml").read_text())  # not the defaults: the run's
+    # not the defaults: the run's
+    assert loaded.run_config.to_dict() == yaml.safe_load((run / "config.yaml").read_text())
     by_function = rlptune.save_pretrained(loaded, tmp_path / "function")
     by_method = loaded.save_pretrained(tmp_path / "method")
     in_bf16 = rlptune.load_adapter(adapter, tiny, precision="bf16").save_pretrained(tmp_path / "bf16")

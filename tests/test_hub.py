@@ -67,7 +67,7 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_logits(tiny, tmp_pa
     # no backbone given: the recorded (resolvable) spec loads the same weights, identity checked
     assert _same_logits(method, rlptune.from_pretrained(str(folder), device="cpu"), features)
     settings = yaml.safe_load((folder / "training_config.yaml").read_text())
-    assert settings == method.config.to_dict()
+    assert settings == method.run_config.to_dict()
 
 
 def test_the_model_card_says_what_the_adapter_is_and_how_it_was_made(tiny, tmp_path):

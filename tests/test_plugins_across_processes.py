@@ -26,14 +26,17 @@ TRAIN = {"train": {"epochs": 1, "aug_views": 0, "batch_size": 16}}
 _NUMBERS = itertools.count()
 
 METHOD_PLUGIN = '''
-"""CoOp under another name, registered from outside the package."""
+"""CoOp under another name, registered from outside the package, written as outside methods were before methods
+got declared settings: a positional config handed on to CoOp, and a read of a section CoOp declares."""
 import rlptune
 from rlptune.methods.coop import CoOp
 
 
 @rlptune.register_method("{name}")
 class ToyPluginCoOp(CoOp):
-    pass
+    def __init__(self, config, backbone, classnames, dataset_template=None):
+        super().__init__(config, backbone, classnames, dataset_template)
+        self.words = config.prompt.ctx_init
 '''
 
 

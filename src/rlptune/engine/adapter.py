@@ -32,7 +32,7 @@ from ..data.common import check_unique_classnames
 from ..errors import RlptuneError
 from ..rundir import ADAPTER_DIR, settings_hash
 from ..methods import build_method, get_method_class, list_methods
-from ..methods.base import DeclaredSize
+from ..methods.base import DeclaredSettings, DeclaredSize
 
 ADAPTER_CONFIG = "rlptune_adapter.json"
 ADAPTER_MODEL = "rlptune_adapter.safetensors"
@@ -264,9 +264,10 @@ def load_adapter(
         raise RlptuneError(f"{model_path}: not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
     check_finite(state, model_path)
     check_floating(state, model_path)
-    sizes = get_method_class(payload["method"]).declared_sizes(config, payload["classnames"])
+    method_class = get_method_class(payload["method"])
+    sizes = method_class.declared_sizes(DeclaredSettings.of(method_class, config), payload["classnames"])
     check_declared_sizes(sizes, state, config_path, model_path)  # before building allocates what they declare
-    method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))
+    method = build_method(config, backbone, payload["classnames"], payload.get("dataset_template"))  # records config
     method.load_adapter_state(state, str(model_path))
     check_logits_finite(method.eval(), state, model_path)
     # what the folder recorded beyond the tensors, so that save_pretrained / push_to_hub of the loaded method write

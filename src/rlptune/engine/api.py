@@ -74,7 +74,7 @@ def eval_config(method, config_file: str | None = None, overrides: dict[str, dic
     record = (getattr(method, "adapter_record", None) or {}).get("data")
     if not record:
         return resolve_config(config_file, overrides or {}, base={"data": {"shots": 0}})
-    recorded = {**method.config.to_dict()["data"], "dataset": record["dataset"], "root": record["root"], "shots": 0}
+    recorded = {**method.run_config.to_dict()["data"], "dataset": record["dataset"], "root": record["root"], "shots": 0}
     config = resolve_config(config_file, overrides or {}, base={"data": recorded})
     root = record["root"]
     if root is not None and config.data.root == root:

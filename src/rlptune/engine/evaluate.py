@@ -92,7 +92,7 @@ def zero_shot_of(method: Method, classnames: Sequence[str] | None = None) -> Met
     """Zero-shot CLIP under ``method``'s settings: the same backbone, dataset template and zero-shot templates,
     with none of the method's own options (the baseline a tuned prompt has to beat), on ``classnames`` (default:
     the method's)."""
-    config = copy.deepcopy(method.config)
+    config = copy.deepcopy(method.run_config)  # the engine's record of the run the method was built for
     config.method.name = "zeroshot"
     config.method.options = {}
     names = method.classnames if classnames is None else classnames

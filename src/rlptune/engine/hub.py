@@ -75,7 +75,12 @@ def save_pretrained(
     run = Path(record["source"]).parent if record.get("source") else None  # the run folder a loaded adapter sits in
     extra: dict[str, Any] = {}
     if config is None:
-        config = method.config
+        config = method.run_config  # the engine's record of the settings the method was built from
+        if config is None:
+            raise RlptuneError(
+                f"save_pretrained: this {type(method).__name__} records no run config (it was not built by "
+                f"rlptune.build_method or load_adapter); pass config="
+            )
         if record.get("data"):  # the root as resolved where it trained, not against today's working directory
             extra["data"] = record["data"]
         elif run is not None and not record.get("training_config") and (run / CONFIG).is_file():

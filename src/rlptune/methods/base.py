@@ -1,7 +1,8 @@
 """The method contract: what every method declares, and the only things the engine calls.
 
-A method is an ``nn.Module`` built from (run config, backbone, class names), registered with its typed options
-(peft's config-class-with-model-class arrangement)::
+A method is an ``nn.Module`` built from (its settings, backbone, class names), registered with its typed options
+(peft's config-class-with-model-class arrangement); its settings are a :class:`DeclaredSettings`: its options and
+exactly the run settings its class declares in ``reads``, never the whole run config::
 
     @register_method("kgcoop", options=KgCoOpOptions)
     class KgCoOp(CoOp): ...
@@ -15,6 +16,7 @@ discovered with ``hasattr``: every hook has a default here.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -126,8 +128,75 @@ def list_methods() -> list[str]:
 def build_method(
     config, backbone: Backbone, classnames: Sequence[str], dataset_template: str | None = None
 ) -> "Method":
+    """Build ``config``'s method: the only place that sees the whole config. The method receives a
+    :class:`DeclaredSettings` (its options and what its class declares in ``reads``); the whole config is kept
+    beside it as the engine's record (:attr:`Method.run_config`)."""
     cls = get_method_class(config.method.name)
-    return cls(config, backbone, list(classnames), dataset_template=dataset_template)
+    method = cls(DeclaredSettings.of(cls, config), backbone, list(classnames), dataset_template=dataset_template)
+    method.run_config = copy.deepcopy(config)
+    return method
+
+
+class DeclaredSettings:
+    """The settings a method is built with: ``method`` (name and options) and exactly the sections (``"prompt"``) or
+    section fields (``"data.dataset"``) its class declares in :attr:`Method.reads`.
+
+    A deep copy that refuses assignment, so nothing a method does changes the run's config; reading a setting the
+    class does not declare is one line naming the method, the setting and the fix, so a method's dependence on the
+    settings is visible in its class (and a run's settings hash cannot miss what a method reads)."""
+
+    def __init__(self, owner: str, values: dict[str, Any], where: str = "", declarer: str = "") -> None:
+        object.__setattr__(self, "_owner", owner)  # the registered name, quoted
+        object.__setattr__(self, "_where", where)  # "data." for a partly declared section, "" at the top
+        object.__setattr__(self, "_declarer", declarer)  # the class whose ``reads`` to extend
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def of(cls, method_class: type["Method"], config) -> "DeclaredSettings":
+        """What ``method_class`` may read of the run config ``config``: ``method`` and its declared ``reads``."""
+        owner = f"{method_class.registered_name!r}"
+        values: dict[str, Any] = {"method": copy.deepcopy(config.method)}
+        fields: dict[str, dict[str, Any]] = {}
+        for declared in method_class.reads:
+            section, _, name = str(declared).partition(".")
+            source = getattr(config, section, None) if section and not section.startswith("_") else None
+            if source is None or (name and (name.startswith("_") or not hasattr(source, name))):
+                raise RlptuneError(
+                    f"{method_class.__name__}.reads declares {declared!r}, which is not a setting; expected a "
+                    f"section such as 'prompt' or a section field such as 'data.dataset'"
+                )
+            if not name:
+                values[section] = copy.deepcopy(source)
+            elif section not in values:
+                fields.setdefault(section, {})[name] = copy.deepcopy(getattr(source, name))
+        for section, declared_fields in fields.items():
+            if section not in values:  # a whole section declared too wins
+                values[section] = cls(owner, declared_fields, f"{section}.", method_class.__name__)
+        return cls(owner, values, "", method_class.__name__)
+
+    def __getattr__(self, name: str) -> Any:  # only called for what was not declared
+        if name.startswith("_"):
+            raise AttributeError(name)
+        setting = f"{self._where}{name}"
+        fix = repr(setting) if self._where else f"{setting!r} (or the fields it reads, '{setting}.<field>')"
+        raise RlptuneError(
+            f"method {self._owner} reads setting {setting!r}, which it does not declare; add {fix} to "
+            f"{self._declarer}.reads"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise RlptuneError(
+            f"method {self._owner}: the settings it is built with are read-only (tried to set "
+            f"{self._where}{name}); keep what changes on the method itself"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return f"DeclaredSettings({self._owner}, {shown})"
 
 
 class Method(nn.Module):
@@ -153,10 +222,24 @@ class Method(nn.Module):
     #: tower's prompts), or None: a study can leave an ablation to the method it ablates.
     ablation_of: ClassVar[str | None] = None
 
-    def __init__(self, config, backbone: Backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+    #: What the method reads beyond its options: whole sections (``"prompt"``) or section fields
+    #: (``"data.dataset"``) of the run config; its :class:`DeclaredSettings` holds exactly these (and ``method``).
+    #: Subclasses inherit it; one that reads more extends it (``reads = CoOp.reads + ("data.dataset",)``).
+    reads: ClassVar[tuple[str, ...]] = ()
+    #: The whole run config the engine built this method from (set by :func:`build_method` and adapter loading), so
+    #: that functions given only a method (``save_pretrained``, ``eval``, zero-shot baselines) know its run. The
+    #: engine's record: a method's own code reads :attr:`settings`, never this.
+    run_config: Any = None
+
+    def __init__(
+        self, settings, backbone: Backbone, classnames: list[str], dataset_template: str | None = None
+    ) -> None:
         super().__init__()
-        self.config = config
-        self.options = parse_options(self.options_class, config.method.options, self.registered_name)
+        if not isinstance(settings, DeclaredSettings):  # a whole run config, handed to the class directly
+            self.run_config = copy.deepcopy(settings)
+            settings = DeclaredSettings.of(type(self), settings)
+        self.settings = settings
+        self.options = parse_options(self.options_class, settings.method.options, self.registered_name)
         self._backbone = [backbone]  # not a submodule: the frozen backbone is never part of the method's state
         self.classnames = list(classnames)
         self.dataset_template = dataset_template
@@ -284,9 +367,10 @@ class Method(nn.Module):
 
     # -- adapters -----------------------------------------------------------------------------------------------
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
-        """The sizes ``config`` declares for this method's adapter tensors (see :class:`DeclaredSize`); none by
-        default. A method whose settings size its tensors (context length, rank, prompt tokens) lists them here."""
+    def declared_sizes(cls, settings: DeclaredSettings, classnames: Sequence[str]) -> list[DeclaredSize]:
+        """The sizes ``settings`` (what this class declares, as :class:`DeclaredSettings`) declare for this method's
+        adapter tensors (see :class:`DeclaredSize`); none by default. A method whose settings size its tensors
+        (context length, rank, prompt tokens) lists them here."""
         return []
 
     def adapter_state(self) -> dict[str, torch.Tensor]:

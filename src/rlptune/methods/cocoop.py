@@ -66,12 +66,13 @@ class CoCoOpOptions:
 class CoCoOp(Method):
     options_class = CoCoOpOptions
     learns_prompt = True
+    reads = ("prompt",)
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
-        init, from_text = initial_context(config, backbone)
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
+        init, from_text = initial_context(self.settings, backbone)
         self.n_ctx = int(init.shape[-2])
-        self.prompt = build_prompt(config.prompt, init, from_text)
+        self.prompt = build_prompt(self.settings.prompt, init, from_text)
         embed, width = backbone.embed_dim, backbone.text.width
         self.hidden = max(1, embed // self.options.hidden_ratio)
         self.meta_net = nn.Sequential(
@@ -95,7 +96,7 @@ class CoCoOp(Method):
             self.n_ctx,
             o.class_token_position,
             o.text_chunk,
-            context_text=self.config.prompt.ctx_init,
+            context_text=self.settings.prompt.ctx_init,
         ).to(self.backbone.device)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -103,9 +104,9 @@ class CoCoOp(Method):
         self.text = self._make_text(classnames)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, settings, classnames: Sequence[str]) -> list[DeclaredSize]:
         """The context's n_ctx (without an init text) and the prompt kind's own sizes; the meta-net's width is bounded by the backbone's."""
-        settings = config.prompt
+        settings = settings.prompt
         sizes = (
             []
             if settings.ctx_init

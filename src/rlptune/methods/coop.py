@@ -28,10 +28,11 @@ from .base import DeclaredSize, Method, register_method
 from .shared import formula, prompt_copies_size, prompt_kind_sizes, prompt_token_size
 
 
-def initial_context(config, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
+def initial_context(settings, backbone, shape_lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, bool]:
     """The starting context (…, n, d): the first n = ``prompt.n_ctx`` token embeddings of ``prompt.ctx_init`` (its
-    remaining tokens stay fixed words, see :class:`PromptedClassText`), or CoOp's N(0, init_std²)."""
-    settings = config.prompt
+    remaining tokens stay fixed words, see :class:`PromptedClassText`), or CoOp's N(0, init_std²). ``settings``: a
+    method's :class:`~rlptune.methods.base.DeclaredSettings` (it declares ``prompt``)."""
+    settings = settings.prompt
     width = backbone.text.width
     if settings.ctx_init:
         init = context_from_init(backbone, settings.ctx_init, settings.n_ctx)
@@ -55,13 +56,14 @@ class CoOpOptions:
 @register_method("coop", options=CoOpOptions)
 class CoOp(Method):
     learns_prompt = True
+    reads = ("prompt",)
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
         lead = (len(classnames),) if self.options.class_specific else ()
-        init, from_text = initial_context(config, backbone, lead)
+        init, from_text = initial_context(self.settings, backbone, lead)
         self.n_ctx = int(init.shape[-2])
-        self.prompt = build_prompt(config.prompt, init, from_text).to(backbone.device)
+        self.prompt = build_prompt(self.settings.prompt, init, from_text).to(backbone.device)
         self.text = self._make_text(classnames)
 
     def _make_text(self, classnames: Sequence[str]) -> PromptedClassText:
@@ -74,21 +76,22 @@ class CoOp(Method):
             o.text_chunk,
             o.checkpoint_text,
             shared_prefix=o.shared_prefix,
-            context_text=self.config.prompt.ctx_init,
+            context_text=self.settings.prompt.ctx_init,
         ).to(self.backbone.device)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, settings, classnames: Sequence[str]) -> list[DeclaredSize]:
         """n_ctx (without an init text: with one, its token count bounds n), the prompt kind's own sizes, and with a class-specific
         context one prompt per class."""
-        settings = config.prompt
+        options = settings.method.options
+        settings = settings.prompt
         sizes = (
             []
             if settings.ctx_init
             else prompt_token_size(settings, ["prompt"], "settings.prompt.n_ctx", settings.n_ctx)
         )
         sizes += prompt_kind_sizes(settings, ["prompt"])
-        if parse_options(cls.options_class, config.method.options, cls.registered_name).class_specific:
+        if parse_options(cls.options_class, options, cls.registered_name).class_specific:
             sizes += prompt_copies_size(
                 settings, "prompt", "the number of classnames (class-specific context)", len(classnames)
             )

@@ -171,9 +171,10 @@ class DeepPrompts(Method):
     coupled = False
     learns_prompt = True
     text_context_field = "prompt.n_ctx"  # the setting that gives the learned text tokens per layer
+    reads = ("prompt",)
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
         opts = self.options
         if self.coupled:
             self.text_depth = self.vision_depth = opts.depth
@@ -202,15 +203,15 @@ class DeepPrompts(Method):
                     f"{self.registered_name}: deep text prompts need method.options.class_token_position=end"
                 )
             init, from_text, self.context_text = text_context_init(
-                config.prompt, backbone, self.text_context_size(), self.text_context_field
+                self.settings.prompt, backbone, self.text_context_size(), self.text_context_field
             )
             self.n_ctx = int(init.shape[-2])
-            self.text_prompt = build_prompt(config.prompt, init, from_text)
+            self.text_prompt = build_prompt(self.settings.prompt, init, from_text)
             if self.coupled:  # the official draw order: context, layer 0's map, deeper text prompts, deeper maps
                 first_map = nn.Linear(width, vision.width)
             if self.text_depth > 1:
                 deep = layer_prompts(self.text_depth - 1, self.n_ctx, width, opts.deep_init_std)
-                self.text_deep = build_prompt(config.prompt, deep, False)
+                self.text_deep = build_prompt(self.settings.prompt, deep, False)
             self.text = self._make_text(classnames)
         else:
             self.template = handcrafted_template(dataset_template, opts.template)
@@ -227,33 +228,33 @@ class DeepPrompts(Method):
             else:
                 self.n_vision = int(opts.vision_ctx)
                 init = layer_prompts(self.vision_depth, self.n_vision, vision.width, opts.deep_init_std)
-                self.vision_prompt = build_prompt(config.prompt, init, False)
+                self.vision_prompt = build_prompt(self.settings.prompt, init, False)
         self._merged_vision: torch.Tensor | None = None
         self.to(backbone.device)
 
     def text_context_size(self) -> int:
         """n: learned text tokens per layer (``prompt.n_ctx``)."""
-        return int(self.config.prompt.n_ctx)
+        return int(self.settings.prompt.n_ctx)
 
     @classmethod
-    def declared_text_tokens(cls, config, options) -> int:
+    def declared_text_tokens(cls, settings, options) -> int:
         """n as the settings declare it (``prompt.n_ctx``), before any init text bounds it."""
-        return int(config.prompt.n_ctx)
+        return int(settings.prompt.n_ctx)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, declared, classnames: Sequence[str]) -> list[DeclaredSize]:
         """Text tokens per layer (without an init text), vision tokens per layer and the rank of every prompt.
         Depths are bounded by the backbone's layers before anything is built."""
-        opts = parse_options(cls.options_class, config.method.options, cls.registered_name)
+        opts = parse_options(cls.options_class, declared.method.options, cls.registered_name)
         text_depth = opts.depth if cls.coupled else opts.text_depth
         vision_depth = 0 if cls.coupled else opts.vision_depth
-        settings = config.prompt
+        settings = declared.prompt
         text = ["text_prompt", "text_deep"] if text_depth > 0 else []
         vision = ["vision_prompt"] if vision_depth > 0 else []
         sizes: list[DeclaredSize] = []
         if text and not settings.ctx_init:
             sizes += prompt_token_size(
-                settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(config, opts)
+                settings, text, f"settings.{cls.text_context_field}", cls.declared_text_tokens(declared, opts)
             )
         if vision:
             sizes += prompt_token_size(settings, vision, "settings.method.options.vision_ctx", opts.vision_ctx)

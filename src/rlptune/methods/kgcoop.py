@@ -52,10 +52,12 @@ def kgcoop_template(dataset: str | None, dataset_template: str | None) -> str | 
 
 @register_method("kgcoop", options=KgCoOpOptions)
 class KgCoOp(CoOp):
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
+    reads = CoOp.reads + ("data.dataset",)  # its hand-crafted template is chosen by the dataset
+
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
         self.template = handcrafted_template(
-            kgcoop_template(config.data.dataset, dataset_template), self.options.template
+            kgcoop_template(self.settings.data.dataset, dataset_template), self.options.template
         )
         self.register_buffer("handcrafted", handcrafted_features(backbone, classnames, self.template), persistent=False)
         self.to(backbone.device)  # the prompt too (a random-init context is created on the CPU)

@@ -210,8 +210,8 @@ class LinearProbe(Method):
     closed_form = True
     normalize_features = False  # lpclip fits the image tower's raw output
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
         template = handcrafted_template(dataset_template, self.options.template or None)
         text = handcrafted_features(backbone, classnames, template)
         # zero-shot start; "trainable" marks these as the adapter's tensors (see the module docstring)
@@ -220,7 +220,7 @@ class LinearProbe(Method):
         self.to(backbone.device)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, settings, classnames: Sequence[str]) -> list[DeclaredSize]:
         """One weight row and one bias per class (checked before every class's prompt is encoded)."""
         return [DeclaredSize("the number of classnames", len(classnames), ((r"weight", 0), (r"bias", 0)))]
 

@@ -81,9 +81,9 @@ class ClipLoraOptions:
 class ClipLoRA(Method):
     options_class = ClipLoraOptions
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
-        self.options = opts = parse_options(ClipLoraOptions, config.method.options, "clip_lora")
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
+        self.options = opts = parse_options(ClipLoraOptions, self.settings.method.options, "clip_lora")
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
@@ -125,9 +125,9 @@ class ClipLoRA(Method):
         self.train(False)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, settings, classnames: Sequence[str]) -> list[DeclaredSize]:
         """The LoRA rank r: ``lora_A`` (r, in) and ``lora_B`` (out, r) of every adapted projection."""
-        opts = parse_options(ClipLoraOptions, config.method.options, "clip_lora")
+        opts = parse_options(ClipLoraOptions, settings.method.options, "clip_lora")
         return [
             DeclaredSize(
                 "settings.method.options.r",

@@ -156,20 +156,20 @@ class PromptSRC(DeepPrompts):
     options_class = PromptSRCOptions
     text_context_field = "method.options.text_ctx"
 
-    def __init__(self, config, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
-        super().__init__(config, backbone, classnames, dataset_template)
+    def __init__(self, settings, backbone, classnames: list[str], dataset_template: str | None = None) -> None:
+        super().__init__(settings, backbone, classnames, dataset_template)
         self._ensemble_text: torch.Tensor | None = None  # (C, e) normalised template-ensemble features, lazily
         self._gpa_weights: list[float] | None = None
         self._gpa_sum: dict[str, torch.Tensor] | None = None  # running weighted sum of the merged prompts
         self._aggregated: dict[str, torch.Tensor] | None = None  # the final aggregate: plain prompts per layer
 
     @classmethod
-    def declared_text_tokens(cls, config, options) -> int:
+    def declared_text_tokens(cls, settings, options) -> int:
         """n = ``method.options.text_ctx`` (a disagreeing ``prompt.n_ctx`` is refused when the method is built)."""
         return int(options.text_ctx)
 
     @classmethod
-    def declared_sizes(cls, config, classnames: Sequence[str]) -> list[DeclaredSize]:
+    def declared_sizes(cls, settings, classnames: Sequence[str]) -> list[DeclaredSize]:
         """IVLP's sizes, also carried by the aggregated prompts (``prompts.text`` (J_t, n, d), ``prompts.vision``
         (J_v, n_v, w)) that replace the factors in an adapter saved after aggregation."""
         aggregated = {
@@ -180,14 +180,14 @@ class PromptSRC(DeepPrompts):
             dataclasses.replace(size, carriers=size.carriers + (aggregated[size.field],))
             if size.field in aggregated
             else size
-            for size in super().declared_sizes(config, classnames)
+            for size in super().declared_sizes(settings, classnames)
         ]
 
     def text_context_size(self) -> int:
         """n = ``method.options.text_ctx``; ``prompt.n_ctx`` may only repeat it (or stay at its default)."""
         n = int(self.options.text_ctx)
-        given = int(self.config.prompt.n_ctx)
-        default = {f.name: f.default for f in dataclasses.fields(type(self.config.prompt))}.get("n_ctx", given)
+        given = int(self.settings.prompt.n_ctx)
+        default = {f.name: f.default for f in dataclasses.fields(type(self.settings.prompt))}.get("n_ctx", given)
         if given not in (n, default):
             raise RlptuneError(
                 f"prompt.n_ctx={given} disagrees with method.options.text_ctx={n}: promptsrc learns text_ctx tokens per "

@@ -53,7 +53,17 @@ def test_an_old_config_yaml_loads_with_its_knobs_in_the_method_options():
         "checkpoint_text": True,
         "shared_prefix": True,
     }
-    assert (rlp.prompt.kind, rlp.prompt.rank, rlp.prompt.dropout, rlp.prompt.alpha) == ("lowrank", 2, 0.25, 4.0)
+    assert (
+        rlp.prompt.kind,
+        rlp.prompt.options["rank"],
+        rlp.prompt.options["dropout"],
+        rlp.prompt.options["alpha"],
+    ) == (
+        "lowrank",
+        2,
+        0.25,
+        4.0,
+    )
     coop = config_from_dict(_old("coop_csc_config"))
     assert (coop.method.options["class_specific"], coop.method.options["class_token_position"]) == (True, "middle")
     assert coop.train.epochs == 3

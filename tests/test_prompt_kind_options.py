@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,3 +400,38 @@ def test_the_kinds_options_appear_in_help(shifted_kind, capsys):
     for flag in ("--rank", "--dropout", "--a-std", "--b-std", "--alpha"):
         assert flag in out
     assert "prompt.options.rank" in out
+
+
+def test_a_kinds_options_must_be_a_dataclass():
+    assert _one_line(lambda: rlptune.register_prompt_kind("k", _build_shifted, options=dict)) == (
+        "prompt kind 'k': options must be a dataclass (fields made with rlptune.option)"
+    )
+    assert "k" not in registry._PROMPT_KINDS  # nothing half-registered
+
+
+# -- the catalogue ---------------------------------------------------------------------------------------------------
+
+#: the case ids of docs/RELIABILITY.md's "Prompt-kind options" section, each held by a test of this file
+CASES = {
+    "prompt-knob-both-spellings-disagree": "test_both_spellings_in_one_mapping_with_different_values_is_one_line",
+    "prompt-knob-not-declared": "test_a_knob_the_kind_does_not_declare_is_refused_unless_it_is_the_0_2_default",
+    "prompt-option-not-declared": "test_a_knob_the_kind_does_not_declare_is_refused_unless_it_is_the_0_2_default",
+    "prompt-option-unknown": "test_an_unknown_option_of_a_kind_is_one_line_with_a_suggestion",
+    "prompt-option-invalid-either-spelling": (
+        "test_property_an_invalid_value_is_refused_with_the_same_line_in_every_spelling"
+    ),
+    "prompt-option-two-spellings-one-meaning": "test_property_every_valid_value_means_the_same_in_every_spelling",
+    "prompt-old-config-and-adapter": "test_an_adapter_in_either_shape_loads_and_predicts_the_same",
+    "prompt-outside-kind-option-bound": "test_an_outside_kind_declares_options_that_set_yaml_and_flags_reach",
+    "prompt-kind-options-not-dataclass": "test_a_kinds_options_must_be_a_dataclass",
+}
+
+
+def test_every_case_is_in_the_catalogue_section_and_held_by_a_test():
+    doc = (ROOT / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Prompt-kind options\n", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M) == list(CASES)
+    assert "tests/test_prompt_kind_options.py" in section
+    source = Path(__file__).read_text(encoding="utf-8")
+    for test in CASES.values():
+        assert f"\ndef {test}(" in source, test

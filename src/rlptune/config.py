@@ -514,7 +514,7 @@ class AutoSettings(_Section):
         flag="auto",
     )
     ranks: list = _f(
-        [1, 2, 4], "auto: the ranks tried (low-rank prompts only; other methods keep prompt.rank)", flag="auto-ranks"
+        [1, 2, 4], "auto: the ranks tried (low-rank prompts only: prompt.options.rank)", flag="auto-ranks"
     )
     crop_scales: list = _f(
         [0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)", flag="auto-crop-scales"

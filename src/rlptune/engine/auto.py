@@ -1,7 +1,7 @@
 """``--auto``: rank and recipe chosen from the data, and never worse than zero-shot on validation.
 
 For the configured method a small grid of candidates is trained — rank r ∈ ``auto.ranks`` and dropout ∈
-``auto.dropouts`` (low-rank prompts only: other methods keep their ``prompt.rank``/``prompt.dropout``), crop scale ∈
+``auto.dropouts`` (the kinds that search them, low-rank prompts: a full-rank prompt has neither), crop scale ∈
 ``auto.crop_scales`` (methods that train on augmented crops) — each for the recipe's epochs, scored on validation
 after every epoch; each candidate's epoch is the one with its best validation accuracy, and the candidate with the
 best such accuracy is kept (ties: the earlier in grid order, i.e. the smaller rank).

@@ -53,17 +53,12 @@ def test_an_old_config_yaml_loads_with_its_knobs_in_the_method_options():
         "checkpoint_text": True,
         "shared_prefix": True,
     }
-    assert (
-        rlp.prompt.kind,
-        rlp.prompt.options["rank"],
-        rlp.prompt.options["dropout"],
-        rlp.prompt.options["alpha"],
-    ) == (
-        "lowrank",
-        2,
-        0.25,
-        4.0,
-    )
+    assert rlp.prompt.kind == "lowrank"
+    assert {k: rlp.prompt.options[k] for k in ("rank", "dropout", "alpha")} == {
+        "rank": 2,
+        "dropout": 0.25,
+        "alpha": 4.0,
+    }
     coop = config_from_dict(_old("coop_csc_config"))
     assert (coop.method.options["class_specific"], coop.method.options["class_token_position"]) == (True, "middle")
     assert coop.train.epochs == 3

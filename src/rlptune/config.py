@@ -168,6 +168,8 @@ class PromptSettings(_Section):
             raise RlptuneError(
                 "prompt.ctx_init is empty; unset it for a random context or give a text such as 'a photo of a'"
             )
+        if not isinstance(self.options, dict):
+            raise RlptuneError(f"prompt.options: expected a mapping of the kind's options, got {shown(self.options)}")
         declared = {f.name for f in fields(options_class)}
         given: dict[str, tuple[Any, Any]] = {}
         for key, (value, same_mapping) in self._former.items():
@@ -513,9 +515,7 @@ class AutoSettings(_Section):
         "(docs/AUTO.md)",
         flag="auto",
     )
-    ranks: list = _f(
-        [1, 2, 4], "auto: the ranks tried (low-rank prompts only: prompt.options.rank)", flag="auto-ranks"
-    )
+    ranks: list = _f([1, 2, 4], "auto: the ranks tried (low-rank prompts only: prompt.options.rank)", flag="auto-ranks")
     crop_scales: list = _f(
         [0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)", flag="auto-crop-scales"
     )
@@ -760,8 +760,9 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
 
 
 def _read_former_prompt_field(target: PromptSettings, key: str, value: Any, values: dict, source: str) -> None:
-    """``prompt.<key>`` (the short spelling) read as its type, kept until the kind is known (:meth:`PromptSettings.validate`
-    moves it into the kind's options, where its bounds are checked as for ``prompt.options.<key>``)."""
+    """``prompt.<key>`` (the short spelling) read as its type and kept until the kind is known
+    (:meth:`PromptSettings.validate` moves it into the kind's options, where its bounds are checked as for
+    ``prompt.options.<key>``, with the same line)."""
     coerced = coerce(value, type_hints(FormerPromptSettings)[key], f"{source}: prompt.{key}")
     explicit = values.get("options")
     target._former[key] = (coerced, explicit.get(key) if isinstance(explicit, dict) else None)
@@ -774,8 +775,8 @@ def set_field(target: Any, section: str, key: str, value: Any, source: str) -> N
     choices = next(f.metadata.get("choices") for f in fields(type(target)) if f.name == key)
     if choices and coerced not in choices:
         raise RlptuneError(f"{where}: expected one of {', '.join(choices)}, got {coerced!r}")
-    if section in ("method", "prompt") and key == "options":  # options merge: --set method.options.x=1 keeps the
-        coerced = {**getattr(target, key), **coerced}  # preset's others
+    if section in ("method", "prompt") and key == "options":  # options merge: --set prompt.options.x=1 keeps the others
+        coerced = {**getattr(target, key), **coerced}
         for name in coerced:  # an option given now wins over the same knob given before in its former spelling
             target._former.pop(name, None)
     setattr(target, key, coerced)

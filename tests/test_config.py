@@ -13,7 +13,7 @@ def test_layers_apply_in_order(tmp_path):
     path.write_text("method: {name: rlp}\nprompt: {rank: 2}\ntrain: {epochs: 3, lr: 0.01}\n")
     config = resolve_config(str(path), {"train": {"lr": "0.05"}})
     assert config.prompt.kind == "lowrank"  # from the rlp preset
-    assert config.prompt.rank == 2  # YAML beats preset
+    assert config.prompt.options["rank"] == 2  # YAML beats preset
     assert config.train.lr == 0.05  # command line beats YAML
     assert config.train.epochs == 3
 

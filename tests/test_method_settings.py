@@ -53,7 +53,12 @@ def test_an_old_config_yaml_loads_with_its_knobs_in_the_method_options():
         "checkpoint_text": True,
         "shared_prefix": True,
     }
-    assert (rlp.prompt.kind, rlp.prompt.rank, rlp.prompt.dropout, rlp.prompt.alpha) == ("lowrank", 2, 0.25, 4.0)
+    assert rlp.prompt.kind == "lowrank"
+    assert {k: rlp.prompt.options[k] for k in ("rank", "dropout", "alpha")} == {
+        "rank": 2,
+        "dropout": 0.25,
+        "alpha": 4.0,
+    }
     coop = config_from_dict(_old("coop_csc_config"))
     assert (coop.method.options["class_specific"], coop.method.options["class_token_position"]) == (True, "middle")
     assert coop.train.epochs == 3
@@ -220,32 +225,91 @@ def test_a_named_runconfig_records_the_methods_options_as_resolving_does():
 # -- the prompt kind owns its sizes -----------------------------------------------------------------------------------
 
 
+def _is_prompt_settings(node: ast.AST) -> bool:
+    """``x.prompt``, ``prompt``, ``settings`` or their ``.options`` (the prompt kind's options mapping)."""
+    if isinstance(node, ast.Attribute) and node.attr == "options":
+        node = node.value
+    return (isinstance(node, ast.Attribute) and node.attr == "prompt") or (
+        isinstance(node, ast.Name) and node.id in ("settings", "prompt")
+    )
+
+
+def _low_rank_reads(tree: ast.AST) -> list[int]:
+    """Lines that compare a prompt kind with "lowrank" or read a low-rank knob of prompt settings: ``.rank``,
+    ``getattr(cfg.prompt, "rank")``, ``cfg.prompt.options["rank"]``, ``cfg.prompt.options.get("rank")`` …"""
+    knobs = {"rank", "dropout", "a_std", "b_std", "alpha"}
+    lines = []
+    for node in ast.walk(tree):
+        sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
+        compares_kind = any(isinstance(c, ast.Constant) and c.value == "lowrank" for c in sides) and any(
+            isinstance(c, ast.Attribute) and c.attr == "kind" for c in sides
+        )
+        attribute = isinstance(node, ast.Attribute) and node.attr in knobs and _is_prompt_settings(node.value)
+        by_name = (
+            isinstance(node, ast.Call)
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in knobs
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr", "delattr"))
+                and _is_prompt_settings(node.args[0])
+            )
+        )
+        by_method = (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "pop", "setdefault")
+            and node.func.value is not None
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "options"
+            and _is_prompt_settings(node.func.value)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in knobs
+        )
+        subscript = (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and node.slice.value in knobs
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "options"
+            and _is_prompt_settings(node.value)
+        )
+        if compares_kind or attribute or by_name or by_method or subscript:
+            lines.append(node.lineno)
+    return lines
+
+
 def test_nothing_outside_prompts_asks_whether_a_prompt_is_low_rank():
-    """No code outside ``prompts/`` compares a prompt kind with "lowrank" or reads the low-rank settings (the kind's
-    module counts, describes and declares its own sizes); ``config.py`` only holds them."""
-    low_rank_settings = {"rank", "dropout", "a_std", "b_std", "alpha"}
+    """No code outside ``prompts/`` compares a prompt kind with "lowrank" or reads a low-rank knob of prompt
+    settings, by attribute, ``getattr`` or the kind's options mapping (the kind's module counts, describes and
+    declares its own sizes and reads its typed options; ``config.py`` only knows the knobs' former spelling)."""
     package = ROOT / "src" / "rlptune"
     offenders = []
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
-        if rel.startswith("prompts/") or rel == "config.py":
+        if rel.startswith("prompts/"):
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
-            compares_kind = any(isinstance(c, ast.Constant) and c.value == "lowrank" for c in sides) and any(
-                isinstance(c, ast.Attribute) and c.attr == "kind" for c in sides
-            )
-            reads_setting = (
-                isinstance(node, ast.Attribute)
-                and node.attr in low_rank_settings
-                and (
-                    (isinstance(node.value, ast.Attribute) and node.value.attr == "prompt")
-                    or (isinstance(node.value, ast.Name) and node.value.id in ("settings", "prompt"))
-                )
-            )
-            if compares_kind or reads_setting:
-                offenders.append(f"{rel}:{node.lineno}")
+        offenders += [f"{rel}:{line}" for line in _low_rank_reads(ast.parse(path.read_text(encoding="utf-8")))]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "config.prompt.rank",
+        "settings.dropout",
+        "getattr(config.prompt, 'rank')",
+        "setattr(cfg.prompt, 'dropout', 0.0)",
+        "config.prompt.options['alpha']",
+        "config.prompt.options.get('a_std')",
+        "prompt.options.b_std",
+        "config.prompt.kind == 'lowrank'",
+    ],
+)
+def test_the_low_rank_read_check_catches_every_spelling(source):
+    """The check above is not vacuous: each way of reading a low-rank knob of prompt settings is caught."""
+    assert _low_rank_reads(ast.parse(source)) == [1]
 
 
 # -- the catalogue ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from rlptune.prompts import FullRankPrompt, LowRankPrompt, build_prompt
 @pytest.mark.parametrize(
     "settings,expected",
     [
-        ({"kind": "lowrank", "rank": 1}, 4 * 1 + 1 * 512),  # RLP n=4 r=1 d=512 -> 516
-        ({"kind": "lowrank", "rank": 4}, 4 * 4 + 4 * 512),
+        ({"kind": "lowrank", "options": {"rank": 1}}, 4 * 1 + 1 * 512),  # RLP n=4 r=1 d=512 -> 516
+        ({"kind": "lowrank", "options": {"rank": 4}}, 4 * 4 + 4 * 512),
         ({"kind": "full"}, 4 * 512),  # CoOp n=4 -> 2,048
     ],
 )
@@ -47,7 +47,7 @@ def test_lowrank_default_init_starts_exactly_at_frozen_prompt():
 
 
 def test_lowrank_without_init_text_uses_zero_frozen_prompt():
-    prompt = build_prompt(PromptSettings(kind="lowrank", b_std=0.0), torch.randn(4, 32), from_text=False)
+    prompt = build_prompt(PromptSettings(kind="lowrank", options={"b_std": 0.0}), torch.randn(4, 32), from_text=False)
     assert torch.equal(prompt.frozen, torch.zeros(4, 32))
 
 
@@ -67,6 +67,6 @@ def test_frozen_parts_are_not_in_the_state_dict():
 
 def test_rlp_preset_defaults():
     config = resolve_config(overrides={"method": {"name": "rlp"}})
-    assert (config.prompt.kind, config.prompt.ctx_init, config.prompt.rank) == ("lowrank", "a photo of a", 1)
+    assert (config.prompt.kind, config.prompt.ctx_init, config.prompt.options["rank"]) == ("lowrank", "a photo of a", 1)
     coop = resolve_config(overrides={"method": {"name": "coop"}})
     assert (coop.prompt.kind, coop.prompt.n_ctx, coop.prompt.ctx_init, coop.train.lr) == ("full", 16, None, 0.002)

@@ -18,6 +18,7 @@ import pytest
 
 import oracles
 from rlptune import config as rc
+from rlptune import registry
 from rlptune import method_templates
 from rlptune import recipes
 from rlptune.recipe_listing import methods_table
@@ -308,6 +309,10 @@ def test_every_key_is_a_runconfig_field_or_a_method_option_and_the_config_accept
                                 method,
                                 key,
                             )
+                        elif section == "prompt" and key in rc.FORMER_PROMPT_FIELDS:  # read into prompt.options
+                            kind = data["prompt"].get("kind", rc.PromptSettings().kind)
+                            declared = {f.name for f in dataclasses.fields(registry.prompt_options_class(kind))}
+                            assert key in declared or value == rc.FormerPromptSettings().__dict__[key], (method, key)
                         else:
                             assert key in sections[section], (method, f"{section}.{key}")
                 # the settings machinery takes every value with its type, and the options class validates them

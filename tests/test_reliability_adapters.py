@@ -134,7 +134,7 @@ def images(tmp_path_factory) -> Path:
 
 #: case -> (method, options, prompt settings, JSON path of the declared size, the field as the message names it)
 SIZED = {
-    "rlp-rank": ("rlp", {}, None, ("settings", "prompt", "rank"), "settings.prompt.rank"),
+    "rlp-rank": ("rlp", {}, None, ("settings", "prompt", "options", "rank"), "settings.prompt.rank"),
     "coop-n-ctx": ("coop", {}, None, ("settings", "prompt", "n_ctx"), "settings.prompt.n_ctx"),
     "cocoop-n-ctx": (
         "cocoop",
@@ -154,7 +154,7 @@ SIZED = {
         "ivlp",
         {"text_depth": 2, "vision_depth": 2},
         {"kind": "lowrank"},
-        ("settings", "prompt", "rank"),
+        ("settings", "prompt", "options", "rank"),
         "settings.prompt.rank",
     ),
     "promptsrc-text-ctx": (
@@ -201,7 +201,7 @@ def test_a_huge_declared_rank_is_one_line_in_predict_and_from_pretrained(
     sized_adapters, tmp_path, images, capsys, nothing_is_built
 ):
     folder = shutil.copytree(sized_adapters["rlp-rank"], tmp_path / "rank")
-    edit_config(folder, lambda p: p["settings"]["prompt"].update(rank=10**12))
+    edit_config(folder, lambda p: p["settings"]["prompt"]["options"].update(rank=10**12))
     expected = f"{folder / CONFIG}: settings.prompt.rank must be <= 4096, got 1000000000000"  # the settings' bound
     code, out, err = run_cli(["predict", folder, images, "--no-progress", "--device", "cpu"], capsys)
     assert assert_cli_error(code, out, err) == f"rlptune: error: {expected}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__, registry
-from .config import FORMER_METHOD_FIELDS, flag_hint, flag_table, parse_set, resolve_config
+from .config import FORMER_METHOD_FIELDS, FORMER_PROMPT_FIELDS, flag_hint, flag_table, parse_set, resolve_config
 from .errors import RlptuneError
 from .options import int_flag
 from .sweeps.executors import add_executor_args, executor_settings_from_args
@@ -202,6 +202,38 @@ def _add_method_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str
             group.add_argument(flag, dest=f"opt__{field_name}", default=None, metavar=field_name.upper(), help=text)
 
 
+def _add_prompt_option_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """The typed options of the prompt kind named on the command line (``--prompt KIND``), as flags setting
+    ``prompt.options.*``; the low-rank kind's keep the flags they always had (``--rank``, ``--dropout`` …)."""
+    from . import registry
+    from .options import option_fields
+
+    kind = _flag_value(argv, "--prompt")
+    if not kind:
+        return
+    try:
+        options_class = registry.prompt_options_class(kind)
+    except RlptuneError:
+        return  # reported when the settings are resolved, with a suggestion
+    fields = [f for f in option_fields(options_class) if f[0] not in FORMER_PROMPT_FIELDS]
+    if not fields:
+        return
+    taken = {a for action in parser._actions for a in action.option_strings}
+    metadata = {f.name: f.metadata for f in dataclasses.fields(options_class)}
+    group = parser.add_argument_group(f"{kind} prompt options (prompt.options.*)")
+    for field_name, default, help_text, hint in fields:
+        flag = "--" + field_name.replace("_", "-")
+        if flag in taken:
+            flag = f"--{kind.replace('_', '-')}-{field_name.replace('_', '-')}"
+        text = f"{help_text} (default: {default!r}{_bounds(metadata[field_name])})".replace("%", "%%")
+        if hint is bool:
+            group.add_argument(
+                flag, dest=f"popt__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            group.add_argument(flag, dest=f"popt__{field_name}", default=None, metavar=field_name.upper(), help=text)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out = parse_set(getattr(args, "set", []) or [])
     for key, value in vars(args).items():
@@ -210,6 +242,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             out.setdefault(section, {})[name] = value
         elif key.startswith("opt__") and value is not None:
             out.setdefault("method", {}).setdefault("options", {})[key[len("opt__") :]] = value
+        elif key.startswith("popt__") and value is not None:
+            out.setdefault("prompt", {}).setdefault("options", {})[key[len("popt__") :]] = value
     return out
 
 
@@ -673,6 +707,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     _add_config_flags(p, recipe=train_recipe)
     _add_method_option_flags(p, argv)
+    _add_prompt_option_flags(p, argv)
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished run with the same settings")
     p.add_argument(

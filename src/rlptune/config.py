@@ -36,6 +36,7 @@ from .options import (
     class_token_position_option,
     coerce,
     options_dict,
+    parse_kind_options,
     parse_options,
     read_setting_text,
     settle_numbers,
@@ -146,28 +147,93 @@ class PromptSettings(_Section):
     )
     ctx_init: Optional[str] = _f(None, "initialise the context from this text, e.g. 'a photo of a'")
     init_std: float = _f(0.02, "std of the random full-rank context init N(0, std^2) when ctx_init is unset", low=0)
-    rank: int = _f(1, "rank r of the low-rank update P_A @ P_B (lowrank only)", low=1, high=MAX_TOKENS)
-    dropout: float = _f(0.0, "dropout on the low-rank update during training (lowrank only)")
-    a_std: float = _f(1.0, "std of P_A's Gaussian init (lowrank only)", low=0)
-    b_std: float = _f(0.0, "std of P_B's Gaussian init (lowrank only; 0 starts exactly at P_fr)", low=0)
-    alpha: Optional[float] = _f(None, "LoRA-style scale: the update is multiplied by alpha / rank (unset = 1)")
+    options: dict = _f(
+        {},
+        "the prompt kind's own options (lowrank: rank, dropout, a_std, b_std, alpha; also spelled prompt.<option>)",
+        flag="prompt-options",  # a mapping: set with --set prompt.options.<name>=… (and the kind's own flags)
+    )
+
+    def __post_init__(self) -> None:
+        # values given in the short spelling (prompt.<knob>, see FormerPromptSettings), kept apart until the kind is
+        # known: key -> (value, the same mapping's prompt.options.<knob> or None)
+        object.__setattr__(self, "_former", {})
 
     def validate(self) -> None:
-        registry.prompt_builder(self.kind)  # an unknown kind is one line with the registered ones
+        options_class = registry.prompt_options_class(self.kind)  # an unknown kind is one line with the registered ones
         if self.n_ctx < 1:
             raise RlptuneError(f"prompt.n_ctx must be >= 1, got {self.n_ctx}")
-        if self.rank < 1:
-            raise RlptuneError(f"prompt.rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RlptuneError(f"prompt.dropout must be in [0, 1), got {self.dropout}")
-        if self.a_std < 0 or self.b_std < 0 or self.init_std < 0:
+        if self.init_std < 0:
             raise RlptuneError("prompt.a_std, prompt.b_std and prompt.init_std must be >= 0")
-        if self.alpha is not None and self.alpha <= 0:
-            raise RlptuneError(f"prompt.alpha must be > 0 (or unset), got {self.alpha}")
         if self.ctx_init is not None and not self.ctx_init.strip():
             raise RlptuneError(
                 "prompt.ctx_init is empty; unset it for a random context or give a text such as 'a photo of a'"
             )
+        if not isinstance(self.options, dict):
+            raise RlptuneError(f"prompt.options: expected a mapping of the kind's options, got {shown(self.options)}")
+        declared = {f.name for f in fields(options_class)}
+        given: dict[str, tuple[Any, Any]] = {}
+        for key, (value, same_mapping) in self._former.items():
+            if key in declared:
+                given[key] = (value, same_mapping)
+                continue
+            default = _field_default(FORMER_PROMPT_FIELDS[key])
+            if value != default:  # 0.2 recorded every knob for every kind: only its default may go unheard
+                raise RlptuneError(
+                    f"prompt.{key}={value!r}: prompt kind {self.kind!r} does not support this setting "
+                    f"(leave it at {default!r})"
+                )
+        values = {**self.options, **{key: value for key, (value, _) in given.items()}}
+        options = parse_kind_options(options_class, values, self.kind)  # a bad value first, in either spelling
+        hints = type_hints(options_class)
+        for key, (value, same_mapping) in given.items():
+            if same_mapping is not None and coerce(same_mapping, hints[key], f"prompt.options.{key}") != value:
+                raise RlptuneError(
+                    f"prompt.{key}={value!r} and prompt.options.{key}={same_mapping!r} disagree; give it once, as "
+                    f"prompt.options.{key}"
+                )
+        object.__setattr__(self, "_former", {})
+        object.__setattr__(self, "options", options_dict(options))  # every option recorded, with its value
+
+
+@dataclass
+class FormerPromptSettings:
+    """The low-rank knobs in the spelling every prompt carried until 0.3: ``prompt.<name>``, with 0.2's defaults.
+
+    They are now the ``lowrank`` kind's options (``prompt.options.<name>``, :class:`rlptune.prompts.LowRankOptions`).
+    This spelling is still read, from files, ``--set`` and these flags (``--rank``, ``--dropout`` …), into the
+    options of a kind that declares the knob, so old ``config.yaml`` files, adapters and command lines keep working;
+    for a kind that does not, the default given here is dropped (0.2 recorded every knob for every kind) and any
+    other value is one line. :func:`in_former_spelling` puts them back in this shape for the settings hash."""
+
+    rank: int = _f(
+        1, "rank r of the low-rank update P_A @ P_B (lowrank only: prompt.options.rank)", low=1, high=MAX_TOKENS
+    )
+    dropout: float = _f(0.0, "dropout on the low-rank update during training (lowrank only: prompt.options.dropout)")
+    a_std: float = _f(1.0, "std of P_A's Gaussian init (lowrank only: prompt.options.a_std)", low=0)
+    b_std: float = _f(
+        0.0, "std of P_B's Gaussian init (lowrank only: prompt.options.b_std; 0 starts exactly at P_fr)", low=0
+    )
+    alpha: Optional[float] = _f(
+        None,
+        "LoRA-style scale: the update is multiplied by alpha / rank (lowrank only: prompt.options.alpha; unset = 1)",
+    )
+
+
+FORMER_PROMPT_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(FormerPromptSettings)}
+
+
+def former_prompt(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``prompt`` settings mapping in the 0.2 shape: the kind's options flat (``rank``, ``dropout`` …), every knob
+    of :class:`FormerPromptSettings` present (its default where the kind has none), ``options`` kept only for an
+    option 0.2 never had. Reads both shapes: a result or config written by 0.2/0.3 (flat) and by this version
+    (``options``), so a reader of old and new run folders has one place to look (``former_prompt(p)["rank"]``)."""
+    out = {k: v for k, v in section.items() if k != "options"}
+    options = dict(section.get("options") or {}) if isinstance(section.get("options"), Mapping) else {}
+    for knob, field_ in FORMER_PROMPT_FIELDS.items():
+        out[knob] = options.pop(knob) if knob in options else out.get(knob, _field_default(field_))
+    if options:
+        out["options"] = options
+    return out
 
 
 @dataclass
@@ -246,12 +312,15 @@ FORMER_METHOD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(
 
 
 def in_former_spelling(config_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """``config.to_dict()`` with the shared knobs back in their 0.2 place (``method.<knob>``, every knob present).
+    """``config.to_dict()`` with the shared knobs back in their 0.2 place (``method.<knob>``, every knob present)
+    and the prompt kind's options flat again (``prompt.rank`` …, :func:`former_prompt`).
 
     The run folder's settings hash is taken over this shape, so a run, sweep or study made by 0.2 is the same run
     today (it is reused or resumed, not trained again). A knob moves back only when the method's options declare it
     as the shared knob; an option of the method's own with the same name (PromptSRC's ``templates``) stays put."""
     out = dict(config_dict)
+    if isinstance(config_dict.get("prompt"), Mapping):  # the kind's options flat again (prompt.rank …)
+        out["prompt"] = former_prompt(config_dict["prompt"])
     section = config_dict.get("method")
     if not isinstance(section, Mapping) or not isinstance(section.get("options"), Mapping):
         return out
@@ -446,9 +515,7 @@ class AutoSettings(_Section):
         "(docs/AUTO.md)",
         flag="auto",
     )
-    ranks: list = _f(
-        [1, 2, 4], "auto: the ranks tried (low-rank prompts only; other methods keep prompt.rank)", flag="auto-ranks"
-    )
+    ranks: list = _f([1, 2, 4], "auto: the ranks tried (low-rank prompts only: prompt.options.rank)", flag="auto-ranks")
     crop_scales: list = _f(
         [0.08, 0.5], "auto: the smallest crop fractions tried (0.08 is the official one)", flag="auto-crop-scales"
     )
@@ -564,10 +631,13 @@ class RunConfig:
             )
             self.method.name = name
             self.method.validate()  # the method's options, with the recipe's, as resolve_config records them
+            self.prompt.validate()  # and the prompt kind's (the recipe may give them as prompt.rank …)
 
     def validate(self) -> "RunConfig":
         for name in SECTIONS:
             section = getattr(self, name)
+            if name == "prompt":  # before the kind's options: a method defined by its kind names the kind it needs
+                self._check_required_kind()
             settle_numbers(section, name)  # values set in Python are read as the same value from YAML or a flag
             section.validate()
             check_ranges(section, name)  # the declared bounds, after the sections' own (more specific) checks
@@ -576,14 +646,17 @@ class RunConfig:
             raise RlptuneError(
                 f"train.track_new needs data.protocol={holding} (the new classes are its unseen half), got {self.data.protocol!r}"
             )
+        _warn_nonsensical(self)
+        return self
+
+    def _check_required_kind(self) -> None:
+        registry.prompt_builder(self.prompt.kind)  # an unknown kind is one line with the registered ones
         required = getattr(registry.method_entry(self.method.name).method_class, "requires_prompt_kind", None)
         if required is not None and self.prompt.kind != required:
             raise RlptuneError(
                 f"method {self.method.name!r} is defined by prompt.kind={required!r}, got {self.prompt.kind!r} "
                 f"(use --method coop for a full-rank context)"
             )
-        _warn_nonsensical(self)
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -593,6 +666,13 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+#: The sections with settings still read in a former spelling, and the dataclass that declares that spelling.
+_FORMER_CLASSES: dict[str, type] = {"method": FormerMethodSettings, "prompt": FormerPromptSettings}
+_FORMER_FIELDS: dict[str, dict[str, dataclasses.Field]] = {
+    "method": FORMER_METHOD_FIELDS,
+    "prompt": FORMER_PROMPT_FIELDS,
+}
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)\Z")  # \Z: "$" would let "cpu\n" through
 
@@ -626,7 +706,7 @@ def _at_least(where: str, value: int, low: int) -> None:
 def flag_hint(section: str, name: str) -> Any:
     """The type of the setting a :func:`flag_table` flag sets."""
     hints = type_hints(_section_classes()[section])
-    return hints[name] if name in hints else type_hints(FormerMethodSettings)[name]
+    return hints[name] if name in hints else type_hints(_FORMER_CLASSES[section])[name]
 
 
 def _section_classes() -> dict[str, type]:
@@ -662,17 +742,30 @@ def apply_mapping(config: RunConfig, data: Any, source: str) -> RunConfig:
             )
         target = getattr(config, section)
         hints = type_hints(classes[section])
-        valid = [f.name for f in fields(classes[section])] + (list(FORMER_METHOD_FIELDS) if section == "method" else [])
-        former = {k: v for k, v in values.items() if section == "method" and k in FORMER_METHOD_FIELDS}
+        former_fields = _FORMER_FIELDS.get(section, {})
+        valid = [f.name for f in fields(classes[section])] + list(former_fields)
+        former = {k: v for k, v in values.items() if k in former_fields}
         for key, value in values.items():
             if key in former:
                 continue
             if key not in hints:
                 raise _unknown(str(key), valid, f"{source}: {section}")
             set_field(target, section, key, value, source)
-        for key, value in former.items():  # after this mapping's method.options: a later spelling wins, either way
-            _read_former_method_field(target, key, value, values, source)
+        for key, value in former.items():  # after this mapping's options: a later spelling wins, either way
+            if section == "method":
+                _read_former_method_field(target, key, value, values, source)
+            else:
+                _read_former_prompt_field(target, key, value, values, source)
     return config
+
+
+def _read_former_prompt_field(target: PromptSettings, key: str, value: Any, values: dict, source: str) -> None:
+    """``prompt.<key>`` (the short spelling) read as its type and kept until the kind is known
+    (:meth:`PromptSettings.validate` moves it into the kind's options, where its bounds are checked as for
+    ``prompt.options.<key>``, with the same line)."""
+    coerced = coerce(value, type_hints(FormerPromptSettings)[key], f"{source}: prompt.{key}")
+    explicit = values.get("options")
+    target._former[key] = (coerced, explicit.get(key) if isinstance(explicit, dict) else None)
 
 
 def set_field(target: Any, section: str, key: str, value: Any, source: str) -> None:
@@ -682,7 +775,7 @@ def set_field(target: Any, section: str, key: str, value: Any, source: str) -> N
     choices = next(f.metadata.get("choices") for f in fields(type(target)) if f.name == key)
     if choices and coerced not in choices:
         raise RlptuneError(f"{where}: expected one of {', '.join(choices)}, got {coerced!r}")
-    if section == "method" and key == "options":  # options merge: --set method.options.x=1 keeps the preset's others
+    if section in ("method", "prompt") and key == "options":  # options merge: --set prompt.options.x=1 keeps the others
         coerced = {**getattr(target, key), **coerced}
         for name in coerced:  # an option given now wins over the same knob given before in its former spelling
             target._former.pop(name, None)
@@ -824,10 +917,12 @@ def blank_config() -> RunConfig:
 
 def flag_table() -> dict[str, tuple[str, str, dataclasses.Field]]:
     """Command-line flag -> (section, field, dataclass field) for every setting; flags are unique. The options
-    several methods declare keep their flags (:class:`FormerMethodSettings`)."""
+    several methods declare keep their flags (:class:`FormerMethodSettings`), and so do the low-rank kind's
+    (``--rank`` …, :class:`FormerPromptSettings`)."""
     table: dict[str, tuple[str, str, dataclasses.Field]] = {}
     classes = list(_section_classes().items())
     classes.insert(classes.index(("method", MethodSettings)) + 1, ("method", FormerMethodSettings))
+    classes.insert(classes.index(("prompt", PromptSettings)) + 1, ("prompt", FormerPromptSettings))
     for section, cls in classes:
         for f in fields(cls):
             flag = f.metadata.get("flag") or f.name.replace("_", "-")
@@ -848,8 +943,8 @@ def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
         key, raw = item.split("=", 1)
         section, name = key.split(".", 1)
         value = read_setting_text(raw) if raw else ""  # as the same text reads in a YAML file
-        if section == "method" and name.startswith("options."):
-            out.setdefault("method", {}).setdefault("options", {})[name[len("options.") :]] = value
+        if section in ("method", "prompt") and name.startswith("options."):
+            out.setdefault(section, {}).setdefault("options", {})[name[len("options.") :]] = value
             continue
         out.setdefault(section, {})[name] = value
     return out

@@ -71,10 +71,22 @@ class NoOptions:
     """Methods without options of their own."""
 
 
-def parse_options(cls: type, values: dict | None, method: str):
-    """``cls`` filled from ``values`` (``method.options``), coerced and validated."""
+def parse_options(
+    cls: type,
+    values: dict | None,
+    method: str,
+    where: str = "method.options",
+    owner: str = "method",
+    field_prefix: str | None = None,
+):
+    """``cls`` filled from ``values`` (``method.options``), coerced and validated.
+
+    ``where`` / ``owner`` name the mapping and what declares it in messages (a prompt kind's options:
+    ``prompt.options``, ``prompt kind``); ``field_prefix`` names each option in value and bound messages (default
+    ``where``; a prompt kind's options keep their short names, ``prompt.rank``)."""
     if not is_dataclass(cls):  # pragma: no cover - programming error
         raise TypeError(f"{cls!r} is not a dataclass")
+    prefix = where if field_prefix is None else field_prefix
     if isinstance(values, cls):
         values = dataclasses.asdict(values)
     values = dict(values or {})
@@ -84,23 +96,29 @@ def parse_options(cls: type, values: dict | None, method: str):
     for key, value in values.items():
         if key not in hints:
             if not valid:
-                raise RlptuneError(f"method.options: method {method!r} takes no options, got {key!r}")
+                raise RlptuneError(f"{where}: {owner} {method!r} takes no options, got {key!r}")
             close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.4)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RlptuneError(
-                f"method.options: unknown option {key!r} for method {method!r}{hint}; valid options: {', '.join(valid)}"
+                f"{where}: unknown option {key!r} for {owner} {method!r}{hint}; valid options: {', '.join(valid)}"
             )
-        kwargs[key] = coerce(value, hints[key], f"method.options.{key}")
+        kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}")
         choices = next(f.metadata.get("choices") for f in fields(cls) if f.name == key)
         if choices and kwargs[key] not in choices:
-            raise RlptuneError(f"method.options.{key}: expected one of {', '.join(choices)}, got {kwargs[key]!r}")
+            raise RlptuneError(f"{prefix}.{key}: expected one of {', '.join(choices)}, got {kwargs[key]!r}")
     options = cls(**kwargs)
-    settle_numbers(options, "method.options")  # defaults and values built in Python get what YAML and flags get
+    settle_numbers(options, prefix)  # defaults and values built in Python get what YAML and flags get
     check = getattr(options, "validate", None)  # optional by design: most options need no cross-field check
     if check is not None:
         check()
-    check_ranges(options, "method.options")
+    check_ranges(options, prefix)
     return options
+
+
+def parse_kind_options(cls: type, values: dict | None, kind: str):
+    """A prompt kind's options (``prompt.options``) as ``cls``: each is named ``prompt.<option>`` in messages, the
+    short spelling users type (``prompt.rank must be >= 1``), whichever spelling gave it."""
+    return parse_options(cls, values, kind, where="prompt.options", owner="prompt kind", field_prefix="prompt")
 
 
 def options_dict(options: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import importlib
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -91,13 +91,25 @@ def method_entry(name: str) -> MethodEntry:
 
 
 _PROMPT_KINDS: dict[str, Callable[..., Any]] = {}
+#: prompt kind -> its typed options dataclass (``prompt.options``); a kind registered without one has none
+_PROMPT_OPTIONS: dict[str, type] = {}
 
 
-def register_prompt_kind(name: str, builder: Callable[..., Any]) -> None:
-    """Record a prompt parameterisation ``builder(settings, init, from_text) -> PromptModule`` as ``prompt.kind``."""
+@dataclass
+class NoPromptOptions:
+    """A prompt kind without options of its own (``full``)."""
+
+
+def register_prompt_kind(name: str, builder: Callable[..., Any], options: type | None = None) -> None:
+    """Record a prompt parameterisation ``builder(settings, init, from_text) -> PromptModule`` as ``prompt.kind``,
+    with ``options``, the dataclass of its own settings (``prompt.options``; see :mod:`rlptune.options`), so that
+    settings resolution checks and records them without importing the kind (or torch)."""
     if not isinstance(name, str) or not name.strip():
         raise RlptuneError(f"prompt kind {name!r}: expected a non-empty name")
+    if options is not None and not (isinstance(options, type) and is_dataclass(options)):
+        raise RlptuneError(f"prompt kind {name!r}: options must be a dataclass (fields made with rlptune.option)")
     _PROMPT_KINDS[name] = builder
+    _PROMPT_OPTIONS[name] = options or NoPromptOptions
     note_plugin_module(getattr(builder, "__module__", None))
 
 
@@ -114,6 +126,12 @@ def prompt_builder(name: str) -> Callable[..., Any]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RlptuneError(f"prompt.kind {name!r} is not known{hint}; expected one of {', '.join(kinds)}")
     return _PROMPT_KINDS[name]
+
+
+def prompt_options_class(name: str) -> type:
+    """The options dataclass of prompt kind ``name`` (an unknown kind is one line, as :func:`prompt_builder`)."""
+    prompt_builder(name)
+    return _PROMPT_OPTIONS[name]
 
 
 def load_builtin_plugins() -> None:

@@ -1,7 +1,7 @@
 """``--auto``: rank and recipe chosen from the data, and never worse than zero-shot on validation.
 
 For the configured method a small grid of candidates is trained — rank r ∈ ``auto.ranks`` and dropout ∈
-``auto.dropouts`` (low-rank prompts only: other methods keep their ``prompt.rank``/``prompt.dropout``), crop scale ∈
+``auto.dropouts`` (the kinds that search them, low-rank prompts: a full-rank prompt has neither), crop scale ∈
 ``auto.crop_scales`` (methods that train on augmented crops) — each for the recipe's epochs, scored on validation
 after every epoch; each candidate's epoch is the one with its best validation accuracy, and the candidate with the
 best such accuracy is kept (ties: the earlier in grid order, i.e. the smaller rank).
@@ -40,7 +40,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable, Sequence
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from .. import io
+from ..config import former_prompt
 from ..analysis import stats
 from ..analysis.spectrum import singular_values
 from ..data.items import DatasetSplits
@@ -100,8 +101,9 @@ def candidate_grid(config) -> list[dict[str, dict[str, Any]]]:
     """The candidates' settings ({section: {field: value}}) in grid order: rank, then crop scale, then dropout."""
     a = config.auto
     searchable = prompt_layout(config.prompt.kind).searchable  # the kind says what a search may vary
-    ranks = a.ranks if "rank" in searchable else [getattr(config.prompt, "rank")]
-    dropouts = a.dropouts if "dropout" in searchable else [getattr(config.prompt, "dropout")]
+    current = former_prompt(asdict(config.prompt))  # the kind's values; 0.2's defaults for a kind without them
+    ranks = a.ranks if "rank" in searchable else [current["rank"]]
+    dropouts = a.dropouts if "dropout" in searchable else [current["dropout"]]
     crops = a.crop_scales if config.train.augment else [config.train.crop_scale]
     grid = []
     for r in ranks:
@@ -125,9 +127,17 @@ def base_config(config):
 
 
 def with_settings(config, settings: dict[str, dict[str, Any]]):
+    """``config`` with a candidate's settings; its ``prompt`` values the kind searches go into the kind's options
+    (a kind without them only carries the grid's record of its fixed values)."""
     out = copy.deepcopy(config)
+    prompt_fields = {f.name for f in fields(out.prompt)}
+    searchable = prompt_layout(out.prompt.kind).searchable
     for section, values in settings.items():
         for key, value in values.items():
+            if section == "prompt" and key not in prompt_fields:
+                if key in searchable:
+                    out.prompt.options = {**out.prompt.options, key: value}
+                continue
             setattr(getattr(out, section), key, value)
     return out
 
@@ -275,8 +285,7 @@ def spectrum_rank(
     cfg = copy.deepcopy(config)
     cfg.method.name = "coop"
     cfg.prompt.kind = prompt_layout(config.prompt.kind).spectrum_kind
-    for name, value in (("dropout", 0.0), ("rank", 1)):  # the full-rank run has neither
-        setattr(cfg.prompt, name, value)
+    cfg.prompt.options = {}  # the spectrum kind's own defaults (the full-rank run has neither rank nor dropout)
     cfg.train.epochs = a.spectrum_epochs or max(1, config.train.epochs // 4)
     cfg.train.warmup_epochs = min(cfg.train.warmup_epochs, max(cfg.train.epochs - 1, 0))
     run = CandidateRun("spectrum", cfg, _build(cfg, backbone, splits))
@@ -525,10 +534,11 @@ def _take_candidate(
 def _record_choice(record: dict[str, Any], adapter_config, best_name: str, best_epoch: int) -> None:
     """Record what ``--auto`` returns: the candidate's settings and epoch, or the starting prompt's (epoch 0)."""
     chosen = record["decision"] == "candidate"
+    prompt = former_prompt(asdict(adapter_config.prompt))  # the kind's values, 0.2's defaults for a kind without
     record["chosen"] = {
         "name": best_name if chosen else "zero-shot",
-        "rank": getattr(adapter_config.prompt, "rank"),
-        "dropout": getattr(adapter_config.prompt, "dropout"),
+        "rank": prompt["rank"],
+        "dropout": prompt["dropout"],
         "crop_scale": adapter_config.train.crop_scale,
         "epoch": best_epoch if chosen else 0,
     }

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import registry
+from ..options import parse_kind_options
 
 
 class PromptModule(nn.Module):
@@ -75,12 +76,13 @@ class PromptLayout:
     its settings first (an edited ``rank: 1000000000000`` is one line, not a terabyte allocation).
 
     ``tokens``: where n (tokens per prompt) is stored; ``sizes(settings)``: the kind's own sizes as
-    ``(settings field, value, dims)`` (low rank: ``prompt.rank`` in P_A's last and P_B's first dimension). A kind
+    ``(settings field, value, dims)`` read from the kind's options (low rank: ``prompt.rank`` in P_A's last and P_B's
+    first dimension). A kind
     registered without a layout has no sizes checked before it is built (its tensors' shapes still are, on load)."""
 
     tokens: Dims = ()
     sizes: Callable[[Any], tuple[tuple[str, int, Dims], ...]] = _no_sizes
-    #: the ``prompt.*`` settings a search over candidates (``--auto``) may vary for this kind (low rank: rank and
+    #: the kind's options (``prompt.options.*``) a search over candidates (``--auto``) may vary (low rank: rank and
     #: dropout), and the kind whose trained update's spectrum picks the rank (low rank: ``full``); empty / None: none
     searchable: tuple[str, ...] = ()
     spectrum_kind: str | None = None
@@ -89,11 +91,21 @@ class PromptLayout:
 _LAYOUTS: dict[str, PromptLayout] = {}
 
 
-def register_prompt_kind(name: str, builder: PromptBuilder, layout: PromptLayout | None = None) -> None:
+def register_prompt_kind(
+    name: str, builder: PromptBuilder, layout: PromptLayout | None = None, options: type | None = None
+) -> None:
     """Make ``prompt.kind = name`` build ``builder(settings, init, from_text)`` (a new parameterisation, from anywhere);
-    ``layout`` says where its tensors carry their sizes (see :class:`PromptLayout`)."""
-    registry.register_prompt_kind(name, builder)
+    ``layout`` says where its tensors carry their sizes (see :class:`PromptLayout`); ``options`` is the dataclass of
+    the kind's own settings (fields made with :func:`rlptune.option`, optional ``validate()``), set as
+    ``prompt.options.<name>`` and read by the builder with :func:`prompt_options`."""
+    registry.register_prompt_kind(name, builder, options)
     _LAYOUTS[name] = layout or PromptLayout()
+
+
+def prompt_options(settings) -> Any:
+    """The typed options of ``settings.kind`` filled from ``settings.options`` (what a builder and a layout read:
+    low rank's ``prompt_options(settings).rank``); checked as settings resolution checks them."""
+    return parse_kind_options(registry.prompt_options_class(settings.kind), settings.options, settings.kind)
 
 
 def prompt_layout(kind: str) -> PromptLayout:

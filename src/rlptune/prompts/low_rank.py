@@ -14,11 +14,36 @@ gradient projected on A's direction. ``alpha`` gives the optional LoRA scale s =
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .base import PromptLayout, PromptModule, register_prompt_kind
+from ..errors import RlptuneError
+from ..options import MAX_TOKENS, option
+from .base import PromptLayout, PromptModule, prompt_options, register_prompt_kind
+
+
+@dataclass
+class LowRankOptions:
+    """The low-rank kind's own settings (``prompt.options.*``, also spelled ``prompt.rank`` … as until 0.3)."""
+
+    rank: int = option(1, "rank r of the low-rank update P_A @ P_B", low=1, high=MAX_TOKENS)
+    dropout: float = option(0.0, "dropout on the low-rank update during training")
+    a_std: float = option(1.0, "std of P_A's Gaussian init", low=0)
+    b_std: float = option(0.0, "std of P_B's Gaussian init (0 starts exactly at P_fr)", low=0)
+    alpha: Optional[float] = option(None, "LoRA-style scale: the update is multiplied by alpha / rank (unset = 1)")
+
+    def validate(self) -> None:
+        if self.rank < 1:
+            raise RlptuneError(f"prompt.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RlptuneError(f"prompt.dropout must be in [0, 1), got {self.dropout}")
+        if self.a_std < 0 or self.b_std < 0:
+            raise RlptuneError("prompt.a_std, prompt.b_std and prompt.init_std must be >= 0")
+        if self.alpha is not None and self.alpha <= 0:
+            raise RlptuneError(f"prompt.alpha must be > 0 (or unset), got {self.alpha}")
 
 
 class LowRankPrompt(PromptModule):
@@ -60,24 +85,20 @@ class LowRankPrompt(PromptModule):
 
 def _build_low_rank(settings, init: torch.Tensor, from_text: bool) -> LowRankPrompt:
     """RLP: ``P_fr`` is the text embeddings, or zeros when there is no init text, as in the paper."""
+    opts: LowRankOptions = prompt_options(settings)
     frozen = init if from_text else torch.zeros_like(init)
     n, d = init.shape[-2], init.shape[-1]
-    if settings.rank > min(n, d):  # valid, but the extra rank buys parameters and no expressiveness
+    if opts.rank > min(n, d):  # valid, but the extra rank buys parameters and no expressiveness
         logging.getLogger(__name__).warning(
             "prompt.rank %d > min(n_ctx %d, width %d): P_A @ P_B cannot have rank above %d, so the extra rank only "
             "adds parameters",
-            settings.rank,
+            opts.rank,
             n,
             d,
             min(n, d),
         )
     return LowRankPrompt(
-        frozen,
-        rank=settings.rank,
-        dropout=settings.dropout,
-        a_std=settings.a_std,
-        b_std=settings.b_std,
-        alpha=settings.alpha,
+        frozen, rank=opts.rank, dropout=opts.dropout, a_std=opts.a_std, b_std=opts.b_std, alpha=opts.alpha
     )
 
 
@@ -86,7 +107,7 @@ LOW_RANK_LAYOUT = PromptLayout(
     searchable=("rank", "dropout"),
     spectrum_kind="full",
     tokens=(("A", -2),),
-    sizes=lambda settings: (("settings.prompt.rank", int(settings.rank), (("A", -1), ("B", -2))),),
+    sizes=lambda settings: (("settings.prompt.rank", int(prompt_options(settings).rank), (("A", -1), ("B", -2))),),
 )
 
-register_prompt_kind("lowrank", _build_low_rank, LOW_RANK_LAYOUT)
+register_prompt_kind("lowrank", _build_low_rank, LOW_RANK_LAYOUT, options=LowRankOptions)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..analysis import stats as S
+from ..config import former_prompt
 from ..report.writer import headline, result_to_row
 from ..protocols import tables_for
 from ..rundir import METRICS
@@ -205,7 +206,7 @@ def analyse(plan: Plan, results: StudyResults, settings: StudySettings) -> tuple
             )
         )
         points = [
-            (r["settings"].get("prompt", {}).get("rank", 1) if r.get("settings") else 1, r)
+            (former_prompt((r.get("settings") or {}).get("prompt") or {})["rank"], r)
             for n, rows in by.items()
             if "α" not in n
             for r in rows

@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..analysis import stats as S
+from ..config import former_prompt
 from ..report.writer import result_to_row
 from ..engine.auto import wilson_interval
 from .analyse import verdict
@@ -220,7 +221,7 @@ def _rank_rows(by: Mapping[str, Mapping[str, list[dict]]]) -> list[dict[str, Any
 
 def _best_rank(record: Mapping[str, Any]) -> int | None:
     best = record.get("best_candidate") or {}
-    rank = ((best.get("settings") or {}).get("prompt") or {}).get("rank")
+    rank = former_prompt((best.get("settings") or {}).get("prompt") or {})["rank"]
     return int(rank) if isinstance(rank, (int, float)) else None
 
 

@@ -13,7 +13,7 @@ The practitioner's path in a few lines::
 
 from __future__ import annotations
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .errors import RlptuneError  # noqa: E402
 

@@ -117,11 +117,13 @@ class ReferencePrompt(nn.Module):
         self.register_buffer("tokenized", tokenized)
         self.lowrank = prompt.kind == "lowrank"
         if self.lowrank:
+            lowrank = prompt.options  # the lowrank kind's options: rank, dropout, a_std, b_std, alpha
+            rank = lowrank["rank"]
             self.register_buffer("frozen", ctx)
-            self.A = nn.Parameter(torch.randn(n_ctx, prompt.rank) * prompt.a_std)
-            self.B = nn.Parameter(torch.randn(prompt.rank, ctx.shape[1]) * prompt.b_std)
-            self.scale = prompt.alpha / prompt.rank if prompt.alpha is not None else 1.0
-            self.drop = nn.Dropout(prompt.dropout)
+            self.A = nn.Parameter(torch.randn(n_ctx, rank) * lowrank["a_std"])
+            self.B = nn.Parameter(torch.randn(rank, ctx.shape[1]) * lowrank["b_std"])
+            self.scale = lowrank["alpha"] / rank if lowrank["alpha"] is not None else 1.0
+            self.drop = nn.Dropout(lowrank["dropout"])
         else:
             self.ctx = nn.Parameter(ctx)
 

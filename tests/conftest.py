@@ -53,6 +53,28 @@ def draw_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int
     return image
 
 
+def one_run_sweep(protocol: str, dataset: str, backbone, results, *extra: str) -> list[str]:
+    """``rlptune run`` arguments for one RLP run (seed 1, 1 shot) of ``protocol`` on ``backbone``: the set-up the
+    sweep tests share; ``extra`` adds or overrides flags (a flag given twice takes its last value)."""
+    return [
+        "run",
+        protocol,
+        "--datasets",
+        dataset,
+        "--methods",
+        "rlp",
+        "--seeds",
+        "1",
+        "--shots",
+        "1",
+        "--backbone",
+        str(backbone),
+        "--results",
+        str(results),
+        *extra,
+    ]
+
+
 def make_image_folder(root: Path, classes: list[str], per_split: dict[str, int], seed: int = 0) -> Path:
     """root/{train,val,test}/<class>/<i>.png with generated images."""
     rng = np.random.default_rng(seed)

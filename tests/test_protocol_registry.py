@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from conftest import one_run_sweep
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,26 +163,9 @@ def test_an_outside_protocol_is_accepted_by_settings_recipes_and_the_command_lin
 def test_an_outside_protocol_trains_evaluates_and_tables_through_rlptune_run(
     tiny_arch_path, micro_cache, tmp_path, capsys
 ):
-    args = [
-        "run",
-        "toy-first-half",
-        "--datasets",
-        "micro-shapes",
-        "--methods",
-        "rlp",
-        "--seeds",
-        "1",
-        "--shots",
-        "1",
-        "--backbone",
-        str(tiny_arch_path),
-        "--epochs",
-        "1",
-        "--aug-views",
-        "0",
-        "--results",
-        str(tmp_path / "res"),
-    ]
+    args = one_run_sweep(
+        "toy-first-half", "micro-shapes", tiny_arch_path, tmp_path / "res", "--epochs", "1", "--aug-views", "0"
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     run_dir = next((tmp_path / "res" / "toy-first-half").rglob("result.json")).parent

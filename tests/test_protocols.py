@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import one_run_sweep
+
 import pytest
 
 from rlptune.cli import main
@@ -68,28 +70,7 @@ def test_sweep_skips_finished_runs(tiny_arch_path, micro_cache, tmp_path):
     "protocol,source,n_targets", [("cross-dataset", "micro-colors", 7), ("domain-gen", "micro-shapes", 3)]
 )
 def test_transfer_protocols_via_cli(protocol, source, n_targets, tiny_arch_path, micro_cache, tmp_path, capsys):
-    code = main(
-        [
-            "run",
-            protocol,
-            "--datasets",
-            source,
-            "--methods",
-            "rlp",
-            "--seeds",
-            "1",
-            "--shots",
-            "1",
-            "--backbone",
-            str(tiny_arch_path),
-            "--epochs",
-            "1",
-            "--aug-views",
-            "0",
-            "--results",
-            str(tmp_path / "res"),
-        ]
-    )
+    code = main(one_run_sweep(protocol, source, tiny_arch_path, tmp_path / "res", "--epochs", "1", "--aug-views", "0"))
     assert code == 0
     result = json.loads(next((tmp_path / "res").rglob("result.json")).read_text())
     assert len(result["targets"]) == n_targets

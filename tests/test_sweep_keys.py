@@ -5,6 +5,7 @@ the others."""
 from __future__ import annotations
 
 import pytest
+from conftest import one_run_sweep
 
 from rlptune.cli import main
 from rlptune.errors import RlptuneError
@@ -23,27 +24,7 @@ def micro_cache(tmp_path_factory, monkeypatch):
 
 
 def _run(tiny_arch_path, results, *extra):
-    return main(
-        [
-            "run",
-            "few-shot",
-            "--datasets",
-            "micro-colors",
-            "--methods",
-            "rlp",
-            "--seeds",
-            "1",
-            "--shots",
-            "1",
-            "--backbone",
-            str(tiny_arch_path),
-            "--aug-views",
-            "0",
-            "--results",
-            str(results),
-            *extra,
-        ]
-    )
+    return main(one_run_sweep("few-shot", "micro-colors", tiny_arch_path, results, "--aug-views", "0", *extra))
 
 
 def _table_row(stdout: str) -> list[str]:
@@ -128,24 +109,7 @@ def test_grid_values_equal_after_sanitising_stay_two_grid_points(tiny_arch_path,
 def test_every_run_is_checked_before_the_first_starts(
     arguments, message, tiny_arch_path, micro_cache, tmp_path, capsys
 ):
-    command = [
-        "run",
-        "few-shot",
-        "--datasets",
-        "micro-colors",
-        "--methods",
-        "rlp",
-        "--seeds",
-        "1",
-        "--shots",
-        "1",
-        "--backbone",
-        str(tiny_arch_path),
-        "--epochs",
-        "1",
-        "--results",
-        str(tmp_path / "res"),
-    ]
+    command = one_run_sweep("few-shot", "micro-colors", tiny_arch_path, tmp_path / "res", "--epochs", "1")
     for flag in ("--datasets", "--methods", "--seeds"):  # the case's own value replaces the default one
         if flag in arguments:
             at = command.index(flag)

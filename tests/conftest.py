@@ -75,6 +75,12 @@ def one_run_sweep(protocol: str, dataset: str, backbone, results, *extra: str) -
     ]
 
 
+def quick_reproduce(results, *extra: str) -> list[str]:
+    """``rlptune reproduce rlp --quick`` arguments on the micro backbone with ``results`` as the results folder: the
+    set-up the study tests share; ``extra`` adds the invocation's own flags (seeds, parts, outputs)."""
+    return ["reproduce", "rlp", "--backbone", "micro", "--quick", "--results", str(results), *extra]
+
+
 def make_image_folder(root: Path, classes: list[str], per_split: dict[str, int], seed: int = 0) -> Path:
     """root/{train,val,test}/<class>/<i>.png with generated images."""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from conftest import quick_reproduce
 
 from rlptune.cli import main
 from rlptune.reproduce.analyse import epoch_series, verdict
@@ -137,22 +138,16 @@ def test_a_reduced_study_says_so_in_its_first_lines():
 def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("evidence")
     code = main(
-        [
-            "reproduce",
-            "rlp",
-            "--backbone",
-            "micro",
-            "--quick",
+        quick_reproduce(
+            str(root / "results"),
             "--seeds",
             "1",
             "2",
-            "--results",
-            str(root / "results"),
             "-o",
             str(root / "report"),
             "--docs",
             str(root / "docs" / "EVIDENCE.md"),
-        ]
+        )
     )
     assert code == 0
     return root
@@ -266,23 +261,7 @@ def test_report_only_uses_finished_runs_and_says_what_is_missing(quick_study, tm
     coop = next(p for p in done if "/base2new/" in str(p) and "/coop/" in str(p))
     coop.unlink()  # one planned run "not finished"
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
-    code = main(
-        [
-            "reproduce",
-            "rlp",
-            "--backbone",
-            "micro",
-            "--quick",
-            "--seeds",
-            "1",
-            "2",
-            "--results",
-            str(results),
-            "-o",
-            str(tmp_path / "report"),
-            "--report-only",
-        ]
-    )
+    code = main(quick_reproduce(str(results), "--seeds", "1", "2", "-o", str(tmp_path / "report"), "--report-only"))
     assert code == 0
     after = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
     assert after == before  # nothing ran, nothing was written into the results
@@ -309,19 +288,7 @@ def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_pa
             del claim["part"]
         del summary["full_study_estimate"]["rates"], summary["pieces"], summary["made_at"]
         (earlier / "evidence.json").write_text(json.dumps(summary))
-    common = [
-        "reproduce",
-        "rlp",
-        "--backbone",
-        "micro",
-        "--quick",
-        "--seeds",
-        "1",
-        "2",
-        "--results",
-        str(quick_study / "results"),
-        "--report-only",
-    ]
+    common = quick_reproduce(str(quick_study / "results"), "--seeds", "1", "2", "--report-only")
     code = main(
         [
             *common,
@@ -371,20 +338,14 @@ def test_a_report_made_in_pieces_equals_the_one_made_at_once(quick_study, tmp_pa
 
 
 def test_merge_refuses_a_report_of_other_settings_or_without_new_parts(quick_study, tmp_path, capsys):
-    common = [
-        "reproduce",
-        "rlp",
-        "--backbone",
-        "micro",
-        "--quick",
-        "--results",
+    common = quick_reproduce(
         str(quick_study / "results"),
         "--report-only",
         "-o",
         str(tmp_path / "out"),
         "--merge",
         str(quick_study / "report"),
-    ]
+    )
     assert main([*common, "--seeds", "1", "--parts", "rank"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "settings.seeds is [1, 2]" in err[0] and "Traceback" not in err[0]

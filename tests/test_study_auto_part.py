@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import quick_reproduce
 from hypothesis import given, settings as hsettings, strategies as st
 
 from rlptune.cli import main
@@ -24,23 +25,17 @@ PART_TABLES = ("part7_auto_accuracy", "part7_auto_paired", "part7_auto_ranks")
 def auto_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("autopart")
     code = main(
-        [
-            "reproduce",
-            "rlp",
-            "--backbone",
-            "micro",
-            "--quick",
+        quick_reproduce(
+            str(root / "results"),
             "--parts",
             "auto",
             "--seeds",
             "1",
-            "--results",
-            str(root / "results"),
             "-o",
             str(root / "report"),
             "--docs",
             str(root / "docs" / "EVIDENCE.md"),
-        ]
+        )
     )
     assert code == 0
     return root
@@ -132,24 +127,18 @@ def test_pairs_match_the_runs_result_files(auto_study):
 def test_merge_carries_the_auto_part(auto_study, tmp_path):
     """A later piece (here the pure-analysis density part, nothing to run) joins the auto part of an earlier report."""
     code = main(
-        [
-            "reproduce",
-            "rlp",
-            "--backbone",
-            "micro",
-            "--quick",
+        quick_reproduce(
+            str(auto_study / "results"),
             "--seeds",
             "1",
             "--parts",
             "density",
             "--report-only",
-            "--results",
-            str(auto_study / "results"),
             "-o",
             str(tmp_path / "joined"),
             "--merge",
             str(auto_study / "report"),
-        ]
+        )
     )
     assert code == 0
     joined = json.loads((tmp_path / "joined" / "evidence.json").read_text(encoding="utf-8"))
